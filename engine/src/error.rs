@@ -1,0 +1,275 @@
+//! The engine's one error type, its one mapping to `CK_RV`, and its retry classification.
+
+use cryptoki_sys::*;
+use hsmpool_sim::types::Rv;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A function was called before `C_Initialize` (or in a forked child).
+    #[error("the library is not initialised")]
+    NotInitialized,
+    /// `C_Initialize` was called twice.
+    #[error("the library is already initialised")]
+    AlreadyInitialized,
+    /// Bad arguments: NULL pointers, inconsistent lengths, bad flags.
+    #[error("bad arguments: {0}")]
+    ArgumentsBad(&'static str),
+    /// Mutex callbacks without `CKF_OS_LOCKING_OK`.
+    #[error("cannot use the application's locking primitives")]
+    CantLock,
+    /// The configuration is unusable (file, key and reason are in the message).
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The output buffer is too small; the operation stays active.
+    #[error("buffer too small: {needed} bytes needed")]
+    BufferTooSmall {
+        /// The length the caller must provide.
+        needed: usize,
+    },
+    /// Unknown slot id.
+    #[error("slot id invalid")]
+    SlotIdInvalid,
+    /// Unknown or closed session handle.
+    #[error("session handle invalid")]
+    SessionHandleInvalid,
+    /// `CKF_SERIAL_SESSION` missing from `C_OpenSession` flags.
+    #[error("session must be serial")]
+    SessionParallelNotSupported,
+    /// A write needs a read-write session.
+    #[error("session is read-only")]
+    SessionReadOnly,
+    /// SO login with read-only sessions open.
+    #[error("a read-only session exists")]
+    SessionReadOnlyExists,
+    /// A read-write SO session exists, so no read-only session may open.
+    #[error("a read-write SO session exists")]
+    SessionReadWriteSoExists,
+    /// Sessions are open where none may be (`C_InitToken`).
+    #[error("a session exists")]
+    SessionExists,
+    /// Unknown object handle, or an object this session may not see.
+    #[error("object handle invalid")]
+    ObjectHandleInvalid,
+    /// Unknown key handle given to an `*Init` function.
+    #[error("key handle invalid")]
+    KeyHandleInvalid,
+    /// The key's type does not fit the mechanism.
+    #[error("key type inconsistent with mechanism")]
+    KeyTypeInconsistent,
+    /// The key may not be used for this function (`CKA_SIGN` false, ...).
+    #[error("key function not permitted")]
+    KeyFunctionNotPermitted,
+    /// The key size is outside the mechanism's range.
+    #[error("key size out of range")]
+    KeySizeRange,
+    /// Unknown mechanism, or not allowed for this function.
+    #[error("mechanism invalid")]
+    MechanismInvalid,
+    /// Bad mechanism parameter.
+    #[error("mechanism parameter invalid")]
+    MechanismParamInvalid,
+    /// An operation of this kind is already active.
+    #[error("operation already active")]
+    OperationActive,
+    /// No operation of this kind is active.
+    #[error("operation not initialised")]
+    OperationNotInitialized,
+    /// The template names an attribute type the object class does not have.
+    #[error("attribute type invalid: {0:#x}")]
+    AttributeTypeInvalid(CK_ATTRIBUTE_TYPE),
+    /// An attribute value is invalid (wrong size, unsupported value).
+    #[error("attribute value invalid: {0:#x}")]
+    AttributeValueInvalid(CK_ATTRIBUTE_TYPE),
+    /// The attribute may not be set or changed.
+    #[error("attribute read-only: {0:#x}")]
+    AttributeReadOnly(CK_ATTRIBUTE_TYPE),
+    /// The template is missing something the object needs.
+    #[error("template incomplete")]
+    TemplateIncomplete,
+    /// The template contradicts itself or the mechanism.
+    #[error("template inconsistent")]
+    TemplateInconsistent,
+    /// Login needed.
+    #[error("user not logged in")]
+    UserNotLoggedIn,
+    /// Somebody is already logged in.
+    #[error("user already logged in")]
+    UserAlreadyLoggedIn,
+    /// Another user type is logged in.
+    #[error("another user is already logged in")]
+    UserAnotherAlreadyLoggedIn,
+    /// Bad user type.
+    #[error("user type invalid")]
+    UserTypeInvalid,
+    /// The user PIN was never set (`C_InitPIN`).
+    #[error("user PIN not initialised")]
+    UserPinNotInitialized,
+    /// The token is not initialised.
+    #[error("token not recognised (not initialised)")]
+    TokenNotRecognized,
+    /// Wrong PIN.
+    #[error("PIN incorrect")]
+    PinIncorrect,
+    /// The PIN is malformed or has a bad length.
+    #[error("PIN length out of range")]
+    PinLenRange,
+    /// The PIN is locked.
+    #[error("PIN locked")]
+    PinLocked,
+    /// Input data has a bad length for the operation.
+    #[error("data length out of range")]
+    DataLenRange,
+    /// Input data invalid.
+    #[error("data invalid")]
+    DataInvalid,
+    /// Ciphertext has a bad length.
+    #[error("encrypted data length out of range")]
+    EncryptedDataLenRange,
+    /// Ciphertext invalid (padding, tag).
+    #[error("encrypted data invalid")]
+    EncryptedDataInvalid,
+    /// Signature did not verify.
+    #[error("signature invalid")]
+    SignatureInvalid,
+    /// Signature has the wrong length.
+    #[error("signature length out of range")]
+    SignatureLenRange,
+    /// The function is not implemented (and is listed in the README).
+    #[error("function not supported")]
+    FunctionNotSupported,
+    /// The token is write protected.
+    #[error("token write protected")]
+    TokenWriteProtected,
+    /// The HSM returned an error code; carried through unchanged.
+    #[error("HSM member {member} returned {rv:#x}")]
+    Hsm {
+        /// Which member said it.
+        member: u32,
+        /// What it said.
+        rv: Rv,
+    },
+    /// The device failed in a way the caller cannot fix.
+    #[error("device error: {0}")]
+    DeviceError(String),
+    /// Memory could not be had (a cap was hit).
+    #[error("host memory")]
+    HostMemory,
+    /// A broken invariant: a bug. Also what a caught panic becomes.
+    #[error("internal error: {0}")]
+    General(String),
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The `CK_RV` the PKCS #11 specification names for this error.
+    pub fn ck_rv(&self) -> CK_RV {
+        match self {
+            Error::NotInitialized => CKR_CRYPTOKI_NOT_INITIALIZED,
+            Error::AlreadyInitialized => CKR_CRYPTOKI_ALREADY_INITIALIZED,
+            Error::ArgumentsBad(_) => CKR_ARGUMENTS_BAD,
+            Error::CantLock => CKR_CANT_LOCK,
+            Error::Config(_) => CKR_GENERAL_ERROR,
+            Error::BufferTooSmall { .. } => CKR_BUFFER_TOO_SMALL,
+            Error::SlotIdInvalid => CKR_SLOT_ID_INVALID,
+            Error::SessionHandleInvalid => CKR_SESSION_HANDLE_INVALID,
+            Error::SessionParallelNotSupported => CKR_SESSION_PARALLEL_NOT_SUPPORTED,
+            Error::SessionReadOnly => CKR_SESSION_READ_ONLY,
+            Error::SessionReadOnlyExists => CKR_SESSION_READ_ONLY_EXISTS,
+            Error::SessionReadWriteSoExists => CKR_SESSION_READ_WRITE_SO_EXISTS,
+            Error::SessionExists => CKR_SESSION_EXISTS,
+            Error::ObjectHandleInvalid => CKR_OBJECT_HANDLE_INVALID,
+            Error::KeyHandleInvalid => CKR_KEY_HANDLE_INVALID,
+            Error::KeyTypeInconsistent => CKR_KEY_TYPE_INCONSISTENT,
+            Error::KeyFunctionNotPermitted => CKR_KEY_FUNCTION_NOT_PERMITTED,
+            Error::KeySizeRange => CKR_KEY_SIZE_RANGE,
+            Error::MechanismInvalid => CKR_MECHANISM_INVALID,
+            Error::MechanismParamInvalid => CKR_MECHANISM_PARAM_INVALID,
+            Error::OperationActive => CKR_OPERATION_ACTIVE,
+            Error::OperationNotInitialized => CKR_OPERATION_NOT_INITIALIZED,
+            Error::AttributeTypeInvalid(_) => CKR_ATTRIBUTE_TYPE_INVALID,
+            Error::AttributeValueInvalid(_) => CKR_ATTRIBUTE_VALUE_INVALID,
+            Error::AttributeReadOnly(_) => CKR_ATTRIBUTE_READ_ONLY,
+            Error::TemplateIncomplete => CKR_TEMPLATE_INCOMPLETE,
+            Error::TemplateInconsistent => CKR_TEMPLATE_INCONSISTENT,
+            Error::UserNotLoggedIn => CKR_USER_NOT_LOGGED_IN,
+            Error::UserAlreadyLoggedIn => CKR_USER_ALREADY_LOGGED_IN,
+            Error::UserAnotherAlreadyLoggedIn => CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+            Error::UserTypeInvalid => CKR_USER_TYPE_INVALID,
+            Error::UserPinNotInitialized => CKR_USER_PIN_NOT_INITIALIZED,
+            Error::TokenNotRecognized => CKR_TOKEN_NOT_RECOGNIZED,
+            Error::PinIncorrect => CKR_PIN_INCORRECT,
+            Error::PinLenRange => CKR_PIN_LEN_RANGE,
+            Error::PinLocked => CKR_PIN_LOCKED,
+            Error::DataLenRange => CKR_DATA_LEN_RANGE,
+            Error::DataInvalid => CKR_DATA_INVALID,
+            Error::EncryptedDataLenRange => CKR_ENCRYPTED_DATA_LEN_RANGE,
+            Error::EncryptedDataInvalid => CKR_ENCRYPTED_DATA_INVALID,
+            Error::SignatureInvalid => CKR_SIGNATURE_INVALID,
+            Error::SignatureLenRange => CKR_SIGNATURE_LEN_RANGE,
+            Error::FunctionNotSupported => CKR_FUNCTION_NOT_SUPPORTED,
+            Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
+            Error::Hsm { rv, .. } => *rv,
+            Error::DeviceError(_) => CKR_DEVICE_ERROR,
+            Error::HostMemory => CKR_HOST_MEMORY,
+            Error::General(_) => CKR_GENERAL_ERROR,
+        }
+    }
+
+    /// Whether the same call may be repeated on another member: only device-level failures are;
+    /// everything the caller or the key decides is permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Hsm { rv, .. } => matches!(*rv, CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_DEVICE_MEMORY | CKR_SESSION_CLOSED),
+            Error::DeviceError(_) => true,
+            Error::NotInitialized
+            | Error::AlreadyInitialized
+            | Error::ArgumentsBad(_)
+            | Error::CantLock
+            | Error::Config(_)
+            | Error::BufferTooSmall { .. }
+            | Error::SlotIdInvalid
+            | Error::SessionHandleInvalid
+            | Error::SessionParallelNotSupported
+            | Error::SessionReadOnly
+            | Error::SessionReadOnlyExists
+            | Error::SessionReadWriteSoExists
+            | Error::SessionExists
+            | Error::ObjectHandleInvalid
+            | Error::KeyHandleInvalid
+            | Error::KeyTypeInconsistent
+            | Error::KeyFunctionNotPermitted
+            | Error::KeySizeRange
+            | Error::MechanismInvalid
+            | Error::MechanismParamInvalid
+            | Error::OperationActive
+            | Error::OperationNotInitialized
+            | Error::AttributeTypeInvalid(_)
+            | Error::AttributeValueInvalid(_)
+            | Error::AttributeReadOnly(_)
+            | Error::TemplateIncomplete
+            | Error::TemplateInconsistent
+            | Error::UserNotLoggedIn
+            | Error::UserAlreadyLoggedIn
+            | Error::UserAnotherAlreadyLoggedIn
+            | Error::UserTypeInvalid
+            | Error::UserPinNotInitialized
+            | Error::TokenNotRecognized
+            | Error::PinIncorrect
+            | Error::PinLenRange
+            | Error::PinLocked
+            | Error::DataLenRange
+            | Error::DataInvalid
+            | Error::EncryptedDataLenRange
+            | Error::EncryptedDataInvalid
+            | Error::SignatureInvalid
+            | Error::SignatureLenRange
+            | Error::FunctionNotSupported
+            | Error::TokenWriteProtected
+            | Error::HostMemory
+            | Error::General(_) => false,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! hsmpool simulator: a software HSM.
+#![deny(unsafe_code)]
+
+pub mod types;

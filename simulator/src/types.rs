@@ -1,0 +1,143 @@
+//! Plain data shared by the simulator and the engine: attributes, mechanisms, return values.
+//!
+//! Attribute values are kept in the PKCS #11 native layout of this platform (a `CK_BBOOL` is one
+//! byte, a `CK_ULONG` is eight little-endian bytes on x86_64), so a value read from a caller's
+//! template can be stored and returned without conversion.
+
+use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE, CK_RV, CK_ULONG};
+use zeroize::Zeroize;
+
+/// A PKCS #11 return value (`CK_RV`).
+pub type Rv = CK_RV;
+
+/// One attribute: its type and its value in native layout.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// The `CKA_*` type.
+    pub ty: CK_ATTRIBUTE_TYPE,
+    /// The value bytes, native layout.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for Attr {
+    // Values may be secret (CKA_VALUE of a key in a template), so Debug never prints them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Attr({:#x}, {} bytes)", self.ty, self.value.len())
+    }
+}
+
+impl Drop for Attr {
+    fn drop(&mut self) {
+        self.value.zeroize();
+    }
+}
+
+impl Attr {
+    /// An attribute holding a `CK_BBOOL`.
+    pub fn bool(ty: CK_ATTRIBUTE_TYPE, v: bool) -> Self {
+        Attr { ty, value: vec![u8::from(v)] }
+    }
+    /// An attribute holding a `CK_ULONG`.
+    pub fn ulong(ty: CK_ATTRIBUTE_TYPE, v: CK_ULONG) -> Self {
+        Attr { ty, value: v.to_ne_bytes().to_vec() }
+    }
+    /// An attribute holding bytes.
+    pub fn bytes(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> Self {
+        Attr { ty, value: v.to_vec() }
+    }
+    /// The value read as a `CK_BBOOL`, if it has the size of one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.value.as_slice() {
+            [b] => Some(*b != 0),
+            _ => None,
+        }
+    }
+    /// The value read as a `CK_ULONG`, if it has the size of one.
+    pub fn as_ulong(&self) -> Option<CK_ULONG> {
+        let arr: [u8; std::mem::size_of::<CK_ULONG>()] = self.value.as_slice().try_into().ok()?;
+        Some(CK_ULONG::from_ne_bytes(arr))
+    }
+}
+
+/// Mechanism parameters, parsed from the caller's `CK_MECHANISM` by the C ABI layer.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MechParam {
+    /// No parameter (`pParameter` NULL, length 0).
+    None,
+    /// An initialisation vector (CBC, CBC_PAD, ECB has none).
+    Iv(Vec<u8>),
+    /// `CK_GCM_PARAMS`.
+    Gcm {
+        /// The IV.
+        iv: Vec<u8>,
+        /// Additional authenticated data.
+        aad: Vec<u8>,
+        /// Tag length in bits.
+        tag_bits: CK_ULONG,
+    },
+    /// `CK_RSA_PKCS_PSS_PARAMS`.
+    Pss {
+        /// `CKM_SHA*` of the message digest.
+        hash: CK_MECHANISM_TYPE,
+        /// `CKG_MGF1_SHA*`.
+        mgf: CK_ULONG,
+        /// Salt length in bytes.
+        salt_len: CK_ULONG,
+    },
+    /// `CK_RSA_PKCS_OAEP_PARAMS`.
+    Oaep {
+        /// `CKM_SHA*` of the label hash.
+        hash: CK_MECHANISM_TYPE,
+        /// `CKG_MGF1_SHA*`.
+        mgf: CK_ULONG,
+        /// The label (`CKZ_DATA_SPECIFIED` source data); empty when none.
+        label: Vec<u8>,
+    },
+    /// A `CK_ULONG` parameter (e.g. the MAC length of a `_GENERAL` mechanism).
+    Ulong(CK_ULONG),
+    /// Any other parameter, as raw bytes; the mechanism decides whether it is valid.
+    Raw(Vec<u8>),
+}
+
+impl std::fmt::Debug for MechParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MechParam::None => write!(f, "None"),
+            MechParam::Iv(iv) => write!(f, "Iv({} bytes)", iv.len()),
+            MechParam::Gcm { iv, aad, tag_bits } => {
+                write!(f, "Gcm(iv {} bytes, aad {} bytes, tag {tag_bits} bits)", iv.len(), aad.len())
+            }
+            MechParam::Pss { hash, mgf, salt_len } => write!(f, "Pss({hash:#x}, {mgf:#x}, {salt_len})"),
+            MechParam::Oaep { hash, mgf, label } => write!(f, "Oaep({hash:#x}, {mgf:#x}, label {} bytes)", label.len()),
+            MechParam::Ulong(v) => write!(f, "Ulong({v})"),
+            MechParam::Raw(r) => write!(f, "Raw({} bytes)", r.len()),
+        }
+    }
+}
+
+/// A mechanism with its parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mechanism {
+    /// The `CKM_*` type.
+    pub mech: CK_MECHANISM_TYPE,
+    /// Its parameter.
+    pub param: MechParam,
+}
+
+impl Mechanism {
+    /// A mechanism without parameter.
+    pub fn plain(mech: CK_MECHANISM_TYPE) -> Self {
+        Mechanism { mech, param: MechParam::None }
+    }
+}
+
+/// What a sign or verify call is given.
+#[derive(Clone, Copy, Debug)]
+pub enum SignInput<'a> {
+    /// The message itself: the mechanism hashes it if it is a hash-and-sign mechanism.
+    Message(&'a [u8]),
+    /// For a hash-and-sign mechanism (`CKM_SHA256_RSA_PKCS`, `CKM_ECDSA_SHA256`, ...): the digest
+    /// of the message, already computed by the caller with the mechanism's hash (multi-part
+    /// operations hash as the data streams in, then sign once).
+    Prehashed(&'a [u8]),
+}
