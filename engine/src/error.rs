@@ -138,6 +138,9 @@ pub enum Error {
     /// The function is not implemented (and is listed in the README).
     #[error("function not supported")]
     FunctionNotSupported,
+    /// The token's generator cannot be seeded.
+    #[error("random seed not supported")]
+    RandomSeedNotSupported,
     /// The token is write protected.
     #[error("token write protected")]
     TokenWriteProtected,
@@ -210,6 +213,7 @@ impl Error {
             Error::SignatureInvalid => CKR_SIGNATURE_INVALID,
             Error::SignatureLenRange => CKR_SIGNATURE_LEN_RANGE,
             Error::FunctionNotSupported => CKR_FUNCTION_NOT_SUPPORTED,
+            Error::RandomSeedNotSupported => CKR_RANDOM_SEED_NOT_SUPPORTED,
             Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
             Error::Hsm { rv, .. } => *rv,
             Error::DeviceError(_) => CKR_DEVICE_ERROR,
@@ -267,6 +271,7 @@ impl Error {
             | Error::SignatureInvalid
             | Error::SignatureLenRange
             | Error::FunctionNotSupported
+            | Error::RandomSeedNotSupported
             | Error::TokenWriteProtected
             | Error::HostMemory
             | Error::General(_) => false,

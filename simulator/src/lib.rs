@@ -1,4 +1,13 @@
-//! hsmpool simulator: a software HSM.
+//! hsmpool simulator: a software HSM modelled on a CloudHSM-style device: crypto officers and
+//! crypto users, key ownership, an encrypted persistent store, real cryptography (aws-lc).
+//!
+//! It never trusts its store (every row is authenticated under the master key) and never
+//! panics on input; `unsafe` is confined to `crypto/raw.rs` (raw aws-lc calls).
 #![deny(unsafe_code)]
 
+pub mod crypto;
+pub mod error;
+pub mod hsm;
+pub mod object;
+pub mod store;
 pub mod types;

@@ -1,0 +1,123 @@
+//! §5.4 General-purpose functions.
+
+use std::ffi::c_void;
+
+use cryptoki_sys::*;
+use hsmpool_engine::{engine, Error};
+
+use crate::guard::{guard, in_cstr, in_opt, init_args, out_ref, pad, version, OutBuf};
+use crate::table;
+
+/// The longest interface name we read; ours is far shorter, so a longer one matches nothing.
+const INTERFACE_NAME_MAX_LEN: usize = 256;
+
+/// §5.4.1 C_Initialize: reads `CK_C_INITIALIZE_ARGS` (see `cdylib/README.md` for the mutex,
+/// flag and `pReserved` rules) and starts the engine.
+///
+/// # Safety
+/// `p_init_args` is NULL or points to a readable `CK_C_INITIALIZE_ARGS` whose `pReserved` is NULL
+/// or a readable NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
+    guard!("C_Initialize", {
+        // SAFETY: relayed from this function's contract.
+        let args = unsafe { init_args(p_init_args.cast::<CK_C_INITIALIZE_ARGS>().cast_const()) }?;
+        hsmpool_engine::initialize(args)?;
+        Ok(CKR_OK)
+    })
+}
+
+/// §5.4.2 C_Finalize: stops the engine; `pReserved` must be NULL.
+///
+/// # Safety
+/// None beyond the C ABI: `p_reserved` is only compared with NULL.
+#[no_mangle]
+pub unsafe extern "C" fn C_Finalize(p_reserved: *mut c_void) -> CK_RV {
+    guard!("C_Finalize", {
+        drop(engine()?);
+        if !p_reserved.is_null() {
+            return Err(Error::ArgumentsBad("pReserved must be NULL"));
+        }
+        hsmpool_engine::finalize()?;
+        Ok(CKR_OK)
+    })
+}
+
+/// §5.4.3 C_GetInfo: library information, Cryptoki version 3.0.
+///
+/// # Safety
+/// `p_info` is NULL or points to writable memory for a `CK_INFO`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInfo(p_info: *mut CK_INFO) -> CK_RV {
+    guard!("C_GetInfo", {
+        let engine = engine()?;
+        // SAFETY: relayed from this function's contract.
+        let out = unsafe { out_ref(p_info) }?;
+        let info = engine.library_info();
+        out.set(CK_INFO {
+            cryptokiVersion: CK_VERSION { major: 3, minor: 0 },
+            manufacturerID: pad(&info.manufacturer),
+            flags: 0,
+            libraryDescription: pad(&info.description),
+            libraryVersion: version(info.version),
+        });
+        Ok(CKR_OK)
+    })
+}
+
+/// §5.4.4 C_GetFunctionList: the 2.40 function list. Callable before `C_Initialize`.
+///
+/// # Safety
+/// `pp_function_list` is NULL or points to writable memory for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(pp_function_list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    guard!("C_GetFunctionList", {
+        // SAFETY: relayed from this function's contract.
+        unsafe { out_ref(pp_function_list) }?.set(table::function_list_ptr());
+        Ok(CKR_OK)
+    })
+}
+
+/// §5.4.5 C_GetInterfaceList: the 3.0 then the 2.40 interface, both named "PKCS 11", under the
+/// variable-length output rule (§5.2). Callable before `C_Initialize`.
+///
+/// # Safety
+/// `pul_count` is NULL or points to a readable and writable `CK_ULONG`; a non-NULL
+/// `p_interfaces_list` points to `*pul_count` writable `CK_INTERFACE`s.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterfaceList(
+    p_interfaces_list: *mut CK_INTERFACE,
+    pul_count: *mut CK_ULONG,
+) -> CK_RV {
+    guard!("C_GetInterfaceList", {
+        // SAFETY: relayed from this function's contract.
+        unsafe { OutBuf::new(p_interfaces_list, pul_count) }?.put(table::interfaces())
+    })
+}
+
+/// §5.4.6 C_GetInterface: the interface matching a name, version and flags (NULL name or version
+/// matches any; see [`table::find_interface`]). Callable before `C_Initialize`.
+///
+/// # Safety
+/// `p_interface_name` is NULL or a readable NUL-terminated string; `p_version` is NULL or points
+/// to a readable `CK_VERSION`; `pp_interface` is NULL or points to writable memory for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterface(
+    p_interface_name: *mut CK_UTF8CHAR,
+    p_version: *mut CK_VERSION,
+    pp_interface: *mut *mut CK_INTERFACE,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    guard!("C_GetInterface", {
+        // SAFETY: relayed from this function's contract.
+        let out = unsafe { out_ref(pp_interface) }?;
+        // SAFETY: relayed from this function's contract.
+        let name = unsafe { in_cstr(p_interface_name, INTERFACE_NAME_MAX_LEN) }
+            .map_err(|_| Error::ArgumentsBad("unknown interface name"))?;
+        // SAFETY: relayed from this function's contract.
+        let version = unsafe { in_opt(p_version.cast_const()) }?;
+        let interface = table::find_interface(name, version, flags)?;
+        out.set(std::ptr::from_ref(interface).cast_mut());
+        Ok(CKR_OK)
+    })
+}

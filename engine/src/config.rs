@@ -1,0 +1,153 @@
+//! Configuration: a TOML file named by `HSMPOOL_CONF` or by the `pReserved` string of
+//! `C_Initialize`; with neither, the embedded default (one in-process simulated HSM whose data
+//! lives under `HSMPOOL_DATA`, else `$XDG_DATA_HOME/hsmpool`, else `~/.local/share/hsmpool`).
+//!
+//! ```toml
+//! log = "info"                 # tracing filter; HSMPOOL_LOG overrides; off when neither
+//! [token]
+//! label_hint = "hsmpool"       # shown in the slot description
+//! [[member]]
+//! kind = "embedded"            # the in-process simulator
+//! data_dir = "/var/lib/hsmpool/hsm0"
+//! pin_iterations = 100000      # PBKDF2 iterations for new PIN hashes
+//! max_login_failures = 10
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Tracing filter (`HSMPOOL_LOG` overrides).
+    pub log: Option<String>,
+    /// Token presentation.
+    #[serde(default)]
+    pub token: TokenConfig,
+    /// Cluster members; empty means the embedded default.
+    #[serde(default)]
+    pub member: Vec<MemberConfig>,
+}
+
+/// How the token presents itself.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Slot description.
+    pub slot_description: Option<String>,
+}
+
+/// One cluster member.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// `embedded` (in-process simulator).
+    pub kind: String,
+    /// Where an embedded member keeps its store.
+    pub data_dir: Option<PathBuf>,
+    /// PBKDF2 iterations for new PIN hashes.
+    pub pin_iterations: Option<u32>,
+    /// Consecutive failed logins that lock a user.
+    pub max_login_failures: Option<u32>,
+}
+
+/// Where the embedded default keeps its data.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HSMPOOL_DATA").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("hsmpool");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/hsmpool"),
+        None => PathBuf::from("/tmp/hsmpool"),
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
+        for (i, m) in cfg.member.iter().enumerate() {
+            if m.kind != "embedded" {
+                return Err(Error::Config(format!(
+                    "{origin}: member[{i}].kind: unknown kind {:?} (this build knows \"embedded\")",
+                    m.kind
+                )));
+            }
+            if m.pin_iterations == Some(0) {
+                return Err(Error::Config(format!("{origin}: member[{i}].pin_iterations: must be at least 1")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Load from a file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Resolve the configuration from the `pReserved` string (`conf=<path>` or `toml=<text>`),
+    /// else `HSMPOOL_CONF`, else the embedded default.
+    pub fn resolve(init_string: Option<&str>) -> Result<Config> {
+        if let Some(s) = init_string {
+            if let Some(path) = s.strip_prefix("conf=") {
+                return Config::load(Path::new(path));
+            }
+            if let Some(text) = s.strip_prefix("toml=") {
+                return Config::parse(text, "C_Initialize pReserved");
+            }
+            if s.is_empty() {
+                return Ok(Config::default());
+            }
+            return Err(Error::Config(format!(
+                "C_Initialize pReserved: expected \"hsmpool:conf=<path>\" or \"hsmpool:toml=<text>\", got {:?}",
+                s.chars().take(40).collect::<String>()
+            )));
+        }
+        match std::env::var_os("HSMPOOL_CONF").filter(|v| !v.is_empty()) {
+            Some(p) => Config::load(Path::new(&p)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The members, with the embedded default filled in when none is configured.
+    pub fn members(&self) -> Vec<MemberConfig> {
+        if self.member.is_empty() {
+            vec![MemberConfig { kind: "embedded".into(), data_dir: None, pin_iterations: None, max_login_failures: None }]
+        } else {
+            self.member.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_name_the_file_and_the_key() {
+        let e = Config::parse("[[member]]\nkind = \"embedded\"\ndata_dri = \"/x\"\n", "/etc/h.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/h.toml") && msg.contains("data_dri"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_member_kind_is_refused() {
+        let e = Config::parse("[[member]]\nkind = \"quantum\"\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("member[0].kind"), "{e}");
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Config::parse("", "f").expect("empty config parses");
+        assert_eq!(c.members().len(), 1);
+        assert_eq!(c.members()[0].kind, "embedded");
+    }
+}

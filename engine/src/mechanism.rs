@@ -1,0 +1,141 @@
+//! The one mechanism table: what `C_GetMechanismList` lists, what `C_GetMechanismInfo` says,
+//! which functions each mechanism may start, which key types and sizes it takes, and which
+//! hash a hash-and-sign mechanism streams through. The README's table is checked against it.
+
+use cryptoki_sys::*;
+
+/// Units of a mechanism's key-size range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeUnit {
+    /// Bits (RSA modulus, EC order, generic secrets).
+    Bits,
+    /// Bytes (AES, HMAC keys).
+    Bytes,
+}
+
+/// One row.
+#[derive(Clone, Copy, Debug)]
+pub struct MechRow {
+    /// The mechanism.
+    pub mech: CK_MECHANISM_TYPE,
+    /// Its name, as the spec spells it.
+    pub name: &'static str,
+    /// `ulMinKeySize`.
+    pub min: CK_ULONG,
+    /// `ulMaxKeySize`.
+    pub max: CK_ULONG,
+    /// Unit of `min`/`max`.
+    pub unit: SizeUnit,
+    /// `CKF_*` flags.
+    pub flags: CK_FLAGS,
+    /// Key types it takes.
+    pub key_types: &'static [CK_KEY_TYPE],
+    /// For hash-and-sign mechanisms: the hash, so multi-part input is hashed as it streams.
+    pub hash: Option<CK_MECHANISM_TYPE>,
+    /// Multi-part (`*Update`) allowed.
+    pub multipart: bool,
+}
+
+const SV: CK_FLAGS = CKF_SIGN | CKF_VERIFY;
+const ED: CK_FLAGS = CKF_ENCRYPT | CKF_DECRYPT;
+const EC_FLAGS: CK_FLAGS = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+const RSA: &[CK_KEY_TYPE] = &[CKK_RSA];
+const EC: &[CK_KEY_TYPE] = &[CKK_EC];
+const AES: &[CK_KEY_TYPE] = &[CKK_AES];
+const GENERIC: &[CK_KEY_TYPE] = &[CKK_GENERIC_SECRET];
+const NONE: &[CK_KEY_TYPE] = &[];
+
+const fn row(
+    mech: CK_MECHANISM_TYPE,
+    name: &'static str,
+    min: CK_ULONG,
+    max: CK_ULONG,
+    unit: SizeUnit,
+    flags: CK_FLAGS,
+    key_types: &'static [CK_KEY_TYPE],
+    hash: Option<CK_MECHANISM_TYPE>,
+    multipart: bool,
+) -> MechRow {
+    MechRow { mech, name, min, max, unit, flags, key_types, hash, multipart }
+}
+
+use SizeUnit::{Bits, Bytes};
+
+/// Every mechanism the engine offers.
+pub static MECHANISMS: &[MechRow] = &[
+    row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 4096, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
+    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false),
+    row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
+    row(CKM_SHA224_RSA_PKCS, "CKM_SHA224_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
+    row(CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
+    row(CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
+    row(CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
+    row(CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, None, false),
+    row(CKM_SHA1_RSA_PKCS_PSS, "CKM_SHA1_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
+    row(CKM_SHA224_RSA_PKCS_PSS, "CKM_SHA224_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
+    row(CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
+    row(CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
+    row(CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
+    row(CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", 2048, 8192, Bits, ED, RSA, None, false),
+    row(CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", 256, 384, Bits, CKF_GENERATE_KEY_PAIR | EC_FLAGS, EC, None, false),
+    row(CKM_ECDSA, "CKM_ECDSA", 256, 384, Bits, SV | EC_FLAGS, EC, None, false),
+    row(CKM_ECDSA_SHA1, "CKM_ECDSA_SHA1", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA_1), true),
+    row(CKM_ECDSA_SHA224, "CKM_ECDSA_SHA224", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA224), true),
+    row(CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA256), true),
+    row(CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA384), true),
+    row(CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA512), true),
+    row(CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", 16, 32, Bytes, CKF_GENERATE, AES, None, false),
+    row(CKM_AES_CBC, "CKM_AES_CBC", 16, 32, Bytes, ED, AES, None, true),
+    row(CKM_AES_CBC_PAD, "CKM_AES_CBC_PAD", 16, 32, Bytes, ED, AES, None, true),
+    row(CKM_AES_GCM, "CKM_AES_GCM", 16, 32, Bytes, ED, AES, None, true),
+    row(CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", 8, 4096, Bits, CKF_GENERATE, GENERIC, None, false),
+    row(CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
+    row(CKM_SHA224_HMAC, "CKM_SHA224_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
+    row(CKM_SHA256_HMAC, "CKM_SHA256_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
+    row(CKM_SHA384_HMAC, "CKM_SHA384_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
+    row(CKM_SHA512_HMAC, "CKM_SHA512_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
+    row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(CKM_SHA384, "CKM_SHA384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(CKM_SHA512, "CKM_SHA512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+];
+
+/// The row of a mechanism.
+pub fn lookup(mech: CK_MECHANISM_TYPE) -> Option<&'static MechRow> {
+    MECHANISMS.iter().find(|r| r.mech == mech)
+}
+
+impl MechRow {
+    /// Whether a key of `bits` bits fits the size range.
+    pub fn size_ok(&self, bits: usize) -> bool {
+        let size = match self.unit {
+            SizeUnit::Bits => bits,
+            SizeUnit::Bytes => bits / 8,
+        };
+        let Ok(size) = CK_ULONG::try_from(size) else { return false };
+        self.min <= size && size <= self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mechanism_appears_once_and_has_a_function() {
+        for (i, r) in MECHANISMS.iter().enumerate() {
+            assert!(MECHANISMS[i + 1..].iter().all(|o| o.mech != r.mech), "{} listed twice", r.name);
+            assert!(r.flags & (SV | ED | CKF_DIGEST | CKF_GENERATE | CKF_GENERATE_KEY_PAIR) != 0, "{} does nothing", r.name);
+            assert!(r.min <= r.max, "{} has an empty size range", r.name);
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_in_the_row_unit() {
+        let aes = lookup(CKM_AES_GCM).expect("AES-GCM is in the table");
+        assert!(aes.size_ok(256) && aes.size_ok(128) && !aes.size_ok(64));
+        let rsa = lookup(CKM_RSA_PKCS).expect("RSA is in the table");
+        assert!(rsa.size_ok(2048) && !rsa.size_ok(1024));
+    }
+}

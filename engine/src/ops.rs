@@ -1,0 +1,500 @@
+//! Cryptographic operations: init, single-part, multi-part and the spec's output-length rule.
+//!
+//! Multi-part input is handled so that the member sees one call wherever possible (which is
+//! also what lets a later failover replay it): hash-and-sign mechanisms hash as data streams in
+//! and sign the digest once; AES-CBC streams block by block, chaining the IV; everything else
+//! (HMAC, GCM, raw RSA/ECDSA) is buffered up to [`MAX_BUFFERED`] and done once at the end.
+//!
+//! Output-length rule (PKCS #11 §5.2): asked with no buffer, or with a buffer that is too
+//! small, an operation computes its result once, keeps it, reports the length and stays
+//! active; the next call with a large enough buffer returns the kept result.
+
+use aws_lc_rs::digest;
+use cryptoki_sys::*;
+use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
+use zeroize::Zeroizing;
+
+use crate::backend::MemberObject;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::mechanism::{lookup, MechRow};
+use crate::types::{ObjectHandle, OpKind, SessionHandle};
+
+/// Largest multi-part input buffered for a single member call.
+pub const MAX_BUFFERED: usize = 64 << 20;
+
+const AES_BLOCK: usize = 16;
+
+/// One active operation.
+pub(crate) struct Op {
+    mech: Mechanism,
+    row: &'static MechRow,
+    key: Option<MemberObject>,
+    hash: Option<digest::Context>,
+    buf: Zeroizing<Vec<u8>>,
+    /// An `*Update` was called: single-part calls are no longer allowed.
+    updated: bool,
+    /// A computed result waiting for a large enough buffer.
+    pending: Option<Zeroizing<Vec<u8>>>,
+    /// AES-CBC streaming: the chained IV.
+    cbc_iv: Option<[u8; AES_BLOCK]>,
+}
+
+/// The operation slots of a session: at most one per kind.
+#[derive(Default)]
+pub(crate) struct OpSlots {
+    slots: [Option<Box<Op>>; 5],
+}
+
+fn index(kind: OpKind) -> usize {
+    match kind {
+        OpKind::Encrypt => 0,
+        OpKind::Decrypt => 1,
+        OpKind::Digest => 2,
+        OpKind::Sign => 3,
+        OpKind::Verify => 4,
+    }
+}
+
+impl OpSlots {
+    pub(crate) fn take(&mut self, kind: OpKind) -> Option<Op> {
+        self.slots[index(kind)].take().map(|b| *b)
+    }
+    pub(crate) fn put(&mut self, kind: OpKind, op: Op) {
+        self.slots[index(kind)] = Some(Box::new(op));
+    }
+    fn active(&self, kind: OpKind) -> bool {
+        self.slots[index(kind)].is_some()
+    }
+    fn clear(&mut self, kind: OpKind) {
+        self.slots[index(kind)] = None;
+    }
+}
+
+fn digest_alg(mech: CK_MECHANISM_TYPE) -> Result<&'static digest::Algorithm> {
+    Ok(match mech {
+        CKM_SHA_1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        CKM_SHA224 => &digest::SHA224,
+        CKM_SHA256 => &digest::SHA256,
+        CKM_SHA384 => &digest::SHA384,
+        CKM_SHA512 => &digest::SHA512,
+        _ => return Err(Error::MechanismInvalid),
+    })
+}
+
+fn function_flag(kind: OpKind) -> CK_FLAGS {
+    match kind {
+        OpKind::Encrypt => CKF_ENCRYPT,
+        OpKind::Decrypt => CKF_DECRYPT,
+        OpKind::Digest => CKF_DIGEST,
+        OpKind::Sign => CKF_SIGN,
+        OpKind::Verify => CKF_VERIFY,
+    }
+}
+
+fn usage_attr(kind: OpKind) -> CK_ATTRIBUTE_TYPE {
+    match kind {
+        OpKind::Encrypt => CKA_ENCRYPT,
+        OpKind::Decrypt => CKA_DECRYPT,
+        OpKind::Sign | OpKind::Digest => CKA_SIGN,
+        OpKind::Verify => CKA_VERIFY,
+    }
+}
+
+fn is_cbc(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(mech, CKM_AES_CBC | CKM_AES_CBC_PAD)
+}
+
+/// Check a mechanism's parameter shape before anything reaches a member.
+fn check_param(mech: &Mechanism) -> Result<()> {
+    let ok = match (mech.mech, &mech.param) {
+        (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Iv(iv)) => iv.len() == AES_BLOCK,
+        (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Raw(iv)) => iv.len() == AES_BLOCK,
+        (CKM_AES_CBC | CKM_AES_CBC_PAD, _) => false,
+        (CKM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => !iv.is_empty() && iv.len() <= 256 && *tag_bits <= 128,
+        (CKM_AES_GCM, _) => false,
+        (CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA224_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS, p) => matches!(p, MechParam::Pss { .. }),
+        (CKM_RSA_PKCS_OAEP, p) => matches!(p, MechParam::Oaep { .. }),
+        (_, _) => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::MechanismParamInvalid)
+    }
+}
+
+fn cbc_iv(mech: &Mechanism) -> Result<[u8; AES_BLOCK]> {
+    match &mech.param {
+        MechParam::Iv(iv) | MechParam::Raw(iv) => iv.as_slice().try_into().map_err(|_| Error::MechanismParamInvalid),
+        _ => Err(Error::MechanismParamInvalid),
+    }
+}
+
+fn with_iv(mech: CK_MECHANISM_TYPE, iv: [u8; AES_BLOCK]) -> Mechanism {
+    Mechanism { mech, param: MechParam::Iv(iv.to_vec()) }
+}
+
+/// Deliver a result under the output-length rule. Returns the op to put back (if it stays
+/// active) and the outcome.
+fn deliver(mut op: Op, result: Zeroizing<Vec<u8>>, out: Option<&mut [u8]>) -> (Option<Op>, Result<usize>) {
+    let len = result.len();
+    match out {
+        None => {
+            op.pending = Some(result);
+            (Some(op), Ok(len))
+        }
+        Some(buf) if buf.len() < len => {
+            op.pending = Some(result);
+            (Some(op), Err(Error::BufferTooSmall { needed: len }))
+        }
+        Some(buf) => {
+            buf[..len].copy_from_slice(&result);
+            (None, Ok(len))
+        }
+    }
+}
+
+impl Engine {
+    /// `C_EncryptInit`, `C_DecryptInit`, `C_SignInit`, `C_VerifyInit`.
+    pub fn op_init(&self, s: SessionHandle, kind: OpKind, mech: Mechanism, key: ObjectHandle) -> Result<()> {
+        let sess = self.session(s)?;
+        if sess.lock().ops.active(kind) {
+            return Err(Error::OperationActive);
+        }
+        let row = lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
+        if row.flags & function_flag(kind) == 0 || kind == OpKind::Digest {
+            return Err(Error::MechanismInvalid);
+        }
+        check_param(&mech)?;
+        let entry = self.key_entry(key)?;
+        let meta = self.member.check_key(self.ms, usage_attr(kind), &mech, entry.member_obj).map_err(|e| match e {
+            Error::Hsm { rv: CKR_OBJECT_HANDLE_INVALID, .. } => Error::KeyHandleInvalid,
+            e => e,
+        })?;
+        match meta.key_type {
+            Some(kt) if row.key_types.contains(&kt) => {}
+            _ => return Err(Error::KeyTypeInconsistent),
+        }
+        if !row.size_ok(meta.key_bits) {
+            return Err(Error::KeySizeRange);
+        }
+        let hash = match row.hash {
+            Some(h) => Some(digest::Context::new(digest_alg(h)?)),
+            None => None,
+        };
+        let cbc_iv = if is_cbc(mech.mech) { Some(cbc_iv(&mech)?) } else { None };
+        let op = Op {
+            mech,
+            row,
+            key: Some(entry.member_obj),
+            hash,
+            buf: Zeroizing::new(Vec::new()),
+            updated: false,
+            pending: None,
+            cbc_iv,
+        };
+        let mut g = sess.lock();
+        if g.ops.active(kind) {
+            return Err(Error::OperationActive);
+        }
+        g.ops.put(kind, op);
+        g.context_authenticated = false;
+        Ok(())
+    }
+
+    /// `C_DigestInit`.
+    pub fn digest_init(&self, s: SessionHandle, mech: Mechanism) -> Result<()> {
+        let sess = self.session(s)?;
+        let row = lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
+        if row.flags & CKF_DIGEST == 0 {
+            return Err(Error::MechanismInvalid);
+        }
+        if !matches!(mech.param, MechParam::None) {
+            return Err(Error::MechanismParamInvalid);
+        }
+        let ctx = digest::Context::new(digest_alg(mech.mech)?);
+        let mut g = sess.lock();
+        if g.ops.active(OpKind::Digest) {
+            return Err(Error::OperationActive);
+        }
+        g.ops.put(
+            OpKind::Digest,
+            Op {
+                mech,
+                row,
+                key: None,
+                hash: Some(ctx),
+                buf: Zeroizing::new(Vec::new()),
+                updated: false,
+                pending: None,
+                cbc_iv: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn key_of(op: &Op) -> Result<MemberObject> {
+        op.key.ok_or(Error::General("keyed operation without a key".into()))
+    }
+
+    /// Single-part `C_Encrypt`, `C_Decrypt`, `C_Sign`, `C_Digest`. `out` None asks for the
+    /// length only; a too-small `out` gives `BufferTooSmall` and leaves the operation active.
+    /// Returns the number of bytes written (or needed, for a query).
+    pub fn op_single(&self, s: SessionHandle, kind: OpKind, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        if kind == OpKind::Verify {
+            return Err(Error::General("verify has its own entry".into()));
+        }
+        let (sess, mut op) = self.take_op(s, kind)?;
+        if op.updated {
+            // A multi-part operation is under way; single-part calls end nothing.
+            self.put_op(&sess, kind, op);
+            return Err(Error::OperationActive);
+        }
+        let result = match op.pending.take() {
+            Some(r) => Ok(r),
+            None => self.compute_single(kind, &op, data),
+        };
+        match result {
+            Ok(r) => {
+                let (back, outcome) = deliver(op, r, out);
+                if let Some(op) = back {
+                    self.put_op(&sess, kind, op);
+                }
+                outcome
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        match kind {
+            OpKind::Sign => Ok(Zeroizing::new(self.member.sign(self.ms, &op.mech, Self::key_of(op)?, SignInput::Message(data))?)),
+            OpKind::Encrypt => Ok(Zeroizing::new(self.member.encrypt(self.ms, &op.mech, Self::key_of(op)?, data)?)),
+            OpKind::Decrypt => self.member.decrypt(self.ms, &op.mech, Self::key_of(op)?, data),
+            OpKind::Digest => Ok(Zeroizing::new(digest::digest(digest_alg(op.mech.mech)?, data).as_ref().to_vec())),
+            OpKind::Verify => Err(Error::General("verify has its own entry".into())),
+        }
+    }
+
+    fn buffer(op: &mut Op, data: &[u8]) -> Result<()> {
+        if op.buf.len().saturating_add(data.len()) > MAX_BUFFERED {
+            return Err(Error::DataLenRange);
+        }
+        op.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// `C_EncryptUpdate`, `C_DecryptUpdate` (with output), `C_SignUpdate`, `C_VerifyUpdate`,
+    /// `C_DigestUpdate` (whose `out` is ignored and which return 0).
+    pub fn op_update(&self, s: SessionHandle, kind: OpKind, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        let (sess, mut op) = self.take_op(s, kind)?;
+        if !op.row.multipart && matches!(kind, OpKind::Encrypt | OpKind::Decrypt) {
+            // Single-part only mechanisms (RSA encryption) end here, as the spec allows.
+            return Err(Error::MechanismInvalid);
+        }
+        let r = self.update_inner(kind, &mut op, data, out);
+        match r {
+            Ok(n) => {
+                self.put_op(&sess, kind, op);
+                Ok(n)
+            }
+            Err(Error::BufferTooSmall { needed }) => {
+                self.put_op(&sess, kind, op);
+                Err(Error::BufferTooSmall { needed })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn update_inner(&self, kind: OpKind, op: &mut Op, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        match kind {
+            OpKind::Digest | OpKind::Sign | OpKind::Verify => {
+                op.updated = true;
+                match op.hash.as_mut() {
+                    Some(h) => h.update(data),
+                    None => Self::buffer(op, data)?,
+                }
+                Ok(0)
+            }
+            OpKind::Encrypt | OpKind::Decrypt if op.cbc_iv.is_some() => {
+                // Stream whole blocks; decryption with padding holds the last block back for
+                // the final unpadding.
+                let total = op.buf.len() + data.len();
+                let hold_back = kind == OpKind::Decrypt && op.mech.mech == CKM_AES_CBC_PAD;
+                let mut n = total / AES_BLOCK * AES_BLOCK;
+                if hold_back && n == total && n > 0 {
+                    n -= AES_BLOCK;
+                }
+                match out {
+                    None => return Ok(n),
+                    Some(ref b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
+                    _ => {}
+                }
+                op.updated = true;
+                let mut all = Zeroizing::new(Vec::with_capacity(total));
+                all.extend_from_slice(&op.buf);
+                all.extend_from_slice(data);
+                if n == 0 {
+                    op.buf = all;
+                    return Ok(0);
+                }
+                let iv = op.cbc_iv.ok_or(Error::General("CBC without IV".into()))?;
+                let chunk = &all[..n];
+                let key = Self::key_of(op)?;
+                let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
+                    Zeroizing::new(self.member.encrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?)
+                } else {
+                    self.member.decrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?
+                };
+                let chain = if kind == OpKind::Encrypt { &result[n - AES_BLOCK..n] } else { &chunk[n - AES_BLOCK..n] };
+                let mut next = [0u8; AES_BLOCK];
+                next.copy_from_slice(chain);
+                op.cbc_iv = Some(next);
+                op.buf = Zeroizing::new(all[n..].to_vec());
+                if let Some(b) = out {
+                    b[..n].copy_from_slice(&result[..n]);
+                }
+                Ok(n)
+            }
+            OpKind::Encrypt | OpKind::Decrypt => {
+                op.updated = true;
+                Self::buffer(op, data)?;
+                Ok(0)
+            }
+        }
+    }
+
+    /// `C_DigestKey`.
+    pub fn digest_key(&self, s: SessionHandle, key: ObjectHandle) -> Result<()> {
+        let (sess, mut op) = self.take_op(s, OpKind::Digest)?;
+        let entry = match self.key_entry(key) {
+            Ok(e) => e,
+            Err(e) => {
+                self.put_op(&sess, OpKind::Digest, op);
+                return Err(e);
+            }
+        };
+        let value = self.member.secret_for_digest(self.ms, entry.member_obj)?;
+        op.updated = true;
+        if let Some(h) = op.hash.as_mut() {
+            h.update(&value);
+        }
+        self.put_op(&sess, OpKind::Digest, op);
+        Ok(())
+    }
+
+    /// `C_EncryptFinal`, `C_DecryptFinal`, `C_SignFinal`, `C_DigestFinal`.
+    pub fn op_final(&self, s: SessionHandle, kind: OpKind, out: Option<&mut [u8]>) -> Result<usize> {
+        if kind == OpKind::Verify {
+            return Err(Error::General("verify has its own entry".into()));
+        }
+        let (sess, mut op) = self.take_op(s, kind)?;
+        let result = match op.pending.take() {
+            Some(r) => Ok(r),
+            None => self.compute_final(kind, &mut op),
+        };
+        match result {
+            Ok(r) => {
+                let (back, outcome) = deliver(op, r, out);
+                if let Some(op) = back {
+                    self.put_op(&sess, kind, op);
+                }
+                outcome
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Zeroizing<Vec<u8>>> {
+        match kind {
+            OpKind::Digest => {
+                let h = op.hash.take().ok_or(Error::General("digest without context".into()))?;
+                Ok(Zeroizing::new(h.finish().as_ref().to_vec()))
+            }
+            OpKind::Sign => {
+                let key = Self::key_of(op)?;
+                let sig = match op.hash.take() {
+                    Some(h) => {
+                        let d = h.finish();
+                        self.member.sign(self.ms, &op.mech, key, SignInput::Prehashed(d.as_ref()))?
+                    }
+                    None => self.member.sign(self.ms, &op.mech, key, SignInput::Message(&op.buf))?,
+                };
+                Ok(Zeroizing::new(sig))
+            }
+            OpKind::Encrypt | OpKind::Decrypt => {
+                let key = Self::key_of(op)?;
+                if let Some(iv) = op.cbc_iv {
+                    let rest = &op.buf[..];
+                    return match (kind, op.mech.mech) {
+                        (_, CKM_AES_CBC) if !rest.is_empty() => Err(if kind == OpKind::Encrypt {
+                            Error::DataLenRange
+                        } else {
+                            Error::EncryptedDataLenRange
+                        }),
+                        (_, CKM_AES_CBC) => Ok(Zeroizing::new(Vec::new())),
+                        (OpKind::Encrypt, _) => Ok(Zeroizing::new(self.member.encrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)?)),
+                        (_, _) => {
+                            if rest.len() != AES_BLOCK {
+                                return Err(Error::EncryptedDataLenRange);
+                            }
+                            self.member.decrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                        }
+                    };
+                }
+                if kind == OpKind::Encrypt {
+                    Ok(Zeroizing::new(self.member.encrypt(self.ms, &op.mech, key, &op.buf)?))
+                } else {
+                    self.member.decrypt(self.ms, &op.mech, key, &op.buf)
+                }
+            }
+            OpKind::Verify => Err(Error::General("verify has its own entry".into())),
+        }
+    }
+
+    /// `C_Verify`: single-part verification. The operation ends whatever the outcome.
+    pub fn verify(&self, s: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
+        let (sess, op) = self.take_op(s, OpKind::Verify)?;
+        if op.updated {
+            self.put_op(&sess, OpKind::Verify, op);
+            return Err(Error::OperationActive);
+        }
+        self.member.verify(self.ms, &op.mech, Self::key_of(&op)?, SignInput::Message(data), signature)
+    }
+
+    /// `C_VerifyFinal`.
+    pub fn verify_final(&self, s: SessionHandle, signature: &[u8]) -> Result<()> {
+        let (_sess, mut op) = self.take_op(s, OpKind::Verify)?;
+        let key = Self::key_of(&op)?;
+        match op.hash.take() {
+            Some(h) => {
+                let d = h.finish();
+                self.member.verify(self.ms, &op.mech, key, SignInput::Prehashed(d.as_ref()), signature)
+            }
+            None => self.member.verify(self.ms, &op.mech, key, SignInput::Message(&op.buf), signature),
+        }
+    }
+
+    /// `C_SessionCancel` (3.0): ends the operations named by `CKF_*` flags.
+    pub fn session_cancel(&self, s: SessionHandle, flags: CK_FLAGS) -> Result<()> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        for (flag, kind) in [
+            (CKF_ENCRYPT, OpKind::Encrypt),
+            (CKF_DECRYPT, OpKind::Decrypt),
+            (CKF_DIGEST, OpKind::Digest),
+            (CKF_SIGN, OpKind::Sign),
+            (CKF_VERIFY, OpKind::Verify),
+        ] {
+            if flags & flag != 0 {
+                g.ops.clear(kind);
+            }
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            g.find = None;
+        }
+        Ok(())
+    }
+}

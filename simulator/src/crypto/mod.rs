@@ -1,0 +1,562 @@
+//! The simulator's cryptography: key material, parsed keys, and the PKCS #11 mechanisms the
+//! simulated HSM performs, all on aws-lc.
+//!
+//! # Design
+//! - [`KeyMaterial`] is what the store seals: plain bytes, secrets in `Zeroizing` buffers, with a
+//!   versioned serialisation ([`KeyMaterial::to_bytes`] / [`KeyMaterial::from_bytes`]).
+//! - [`LoadedKey`] is built once from key material and cached by the HSM (it is `Send + Sync`,
+//!   meant to live in an `Arc`): keys are parsed once, never per operation. Objects only some
+//!   mechanisms need (the raw aws-lc key used for padding modes `aws-lc-rs` does not offer) are
+//!   built lazily, once, on first use.
+//! - Hash-and-sign with the common parameters runs on `aws-lc-rs` directly (`KeyPair::sign`,
+//!   `sign_digest`); everything else goes through [`raw`], the only file with `unsafe`.
+//! - Every failure is a `CK_RV` chosen as PKCS #11 3.0 says; no input makes this module panic.
+//!
+//! Operations are single-shot: the engine buffers multi-part input, or hashes it itself for a
+//! hash-and-sign mechanism (see [`is_hash_and_sign`] and [`SignInput::Prehashed`]).
+
+mod der;
+mod ec;
+mod material;
+mod raw;
+mod rsa;
+mod sym;
+
+use std::os::raw::c_int;
+
+use aws_lc_rs::digest;
+use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+use crate::types::{MechParam, Mechanism, Rv, SignInput};
+
+pub use ec::{ec_point_from_attr, ec_point_to_attr, ec_private_from_scalar, generate_ec};
+pub use material::KeyMaterial;
+pub use rsa::{generate_rsa, rsa_private_from_components, rsa_public_components, RsaGenerated};
+
+/// The SHA-2 family hashes (and SHA-1) the mechanisms use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hash {
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    /// Every hash, shortest first.
+    pub(crate) const ALL: [Hash; 5] = [
+        Hash::Sha1,
+        Hash::Sha224,
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+    ];
+
+    /// The hash of a `CKM_SHA*` digest mechanism.
+    pub(crate) fn from_ckm(mech: CK_MECHANISM_TYPE) -> Option<Self> {
+        match mech {
+            CKM_SHA_1 => Some(Hash::Sha1),
+            CKM_SHA224 => Some(Hash::Sha224),
+            CKM_SHA256 => Some(Hash::Sha256),
+            CKM_SHA384 => Some(Hash::Sha384),
+            CKM_SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    /// The hash of a `CKG_MGF1_SHA*` mask generation function.
+    pub(crate) fn from_mgf(mgf: CK_ULONG) -> Option<Self> {
+        match mgf {
+            CKG_MGF1_SHA1 => Some(Hash::Sha1),
+            CKG_MGF1_SHA224 => Some(Hash::Sha224),
+            CKG_MGF1_SHA256 => Some(Hash::Sha256),
+            CKG_MGF1_SHA384 => Some(Hash::Sha384),
+            CKG_MGF1_SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    /// The `CKM_SHA*` digest mechanism of this hash.
+    pub(crate) fn ckm(self) -> CK_MECHANISM_TYPE {
+        match self {
+            Hash::Sha1 => CKM_SHA_1,
+            Hash::Sha224 => CKM_SHA224,
+            Hash::Sha256 => CKM_SHA256,
+            Hash::Sha384 => CKM_SHA384,
+            Hash::Sha512 => CKM_SHA512,
+        }
+    }
+
+    /// The digest length in bytes.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Hash::Sha1 => 20,
+            Hash::Sha224 => 28,
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+
+    /// The `aws-lc-rs` digest algorithm.
+    pub(crate) fn alg(self) -> &'static digest::Algorithm {
+        match self {
+            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha224 => &digest::SHA224,
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        }
+    }
+
+    /// Hashes `data`.
+    pub(crate) fn digest(self, data: &[u8]) -> digest::Digest {
+        digest::digest(self.alg(), data)
+    }
+}
+
+/// A named elliptic curve. More curves (P-521, secp256k1, and Ed25519 as its own key kind) slot
+/// in as new variants: every `match` on `Curve` is exhaustive, so adding one forces each place
+/// that depends on the curve to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Curve {
+    /// NIST P-256 (secp256r1, prime256v1).
+    P256,
+    /// NIST P-384 (secp384r1).
+    P384,
+}
+
+/// DER `namedCurve` OIDs (RFC 5480).
+const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const P384_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+impl Curve {
+    /// Every supported curve.
+    pub const ALL: [Curve; 2] = [Curve::P256, Curve::P384];
+
+    /// The curve named by a `CKA_EC_PARAMS` value (a DER OBJECT IDENTIFIER): malformed DER or
+    /// anything but an OID is `CKR_ATTRIBUTE_VALUE_INVALID`; a well-formed unknown OID is
+    /// `CKR_CURVE_NOT_SUPPORTED`.
+    pub fn from_ec_params(der: &[u8]) -> Result<Curve, Rv> {
+        if der::parse_oid(der).is_none() {
+            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        }
+        Curve::ALL
+            .into_iter()
+            .find(|c| c.ec_params_der() == der)
+            .ok_or(CKR_CURVE_NOT_SUPPORTED)
+    }
+
+    /// The `CKA_EC_PARAMS` value of the curve: the DER OID of the named curve.
+    pub fn ec_params_der(&self) -> &'static [u8] {
+        match self {
+            Curve::P256 => P256_OID_DER,
+            Curve::P384 => P384_OID_DER,
+        }
+    }
+
+    /// The length in bytes of a field element (and of each of `r` and `s` in a signature).
+    pub fn field_bytes(&self) -> usize {
+        match self {
+            Curve::P256 => 32,
+            Curve::P384 => 48,
+        }
+    }
+
+    /// The bit length of the group order (the key size PKCS #11 reports).
+    pub fn order_bits(&self) -> usize {
+        match self {
+            Curve::P256 => 256,
+            Curve::P384 => 384,
+        }
+    }
+
+    /// The length of an uncompressed point `04 || X || Y`.
+    pub fn point_len(&self) -> usize {
+        1 + 2 * self.field_bytes()
+    }
+
+    /// aws-lc's NID for the curve.
+    pub(crate) fn nid(self) -> c_int {
+        match self {
+            Curve::P256 => raw::nid::P256,
+            Curve::P384 => raw::nid::P384,
+        }
+    }
+
+    /// The hash `aws-lc-rs` pairs with the curve for its fast signing path.
+    pub(crate) fn natural_hash(self) -> Hash {
+        match self {
+            Curve::P256 => Hash::Sha256,
+            Curve::P384 => Hash::Sha384,
+        }
+    }
+}
+
+/// A key parsed once from its [`KeyMaterial`], ready for any number of operations on any number
+/// of threads (`Send + Sync`; keep it in an `Arc`).
+pub struct LoadedKey {
+    /// The material the key was loaded from.
+    material: KeyMaterial,
+    /// The parsed form.
+    parsed: Parsed,
+}
+
+/// The parsed form of each kind of key.
+enum Parsed {
+    /// Boxed: the per-hash HMAC key cache is large.
+    Secret(Box<sym::SecretKey>),
+    RsaPrivate(rsa::RsaPrivate),
+    RsaPublic(rsa::RsaPublic),
+    EcPrivate(ec::EcPrivate),
+    EcPublic(ec::EcPublic),
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LoadedKey({:?}, {} bits)",
+            self.material,
+            self.key_bits()
+        )
+    }
+}
+
+impl LoadedKey {
+    /// Parses and checks key material; a key aws-lc rejects is `CKR_ATTRIBUTE_VALUE_INVALID`.
+    pub fn load(material: KeyMaterial) -> Result<Self, Rv> {
+        let parsed = match &material {
+            KeyMaterial::Secret { value, .. } => {
+                Parsed::Secret(Box::new(sym::SecretKey::new(value.len())))
+            }
+            KeyMaterial::RsaPrivate { pkcs8 } => Parsed::RsaPrivate(rsa::RsaPrivate::load(pkcs8)?),
+            KeyMaterial::RsaPublic {
+                modulus,
+                public_exponent,
+            } => Parsed::RsaPublic(rsa::RsaPublic::load(modulus, public_exponent)?),
+            KeyMaterial::EcPrivate { curve, pkcs8 } => {
+                Parsed::EcPrivate(ec::EcPrivate::load(*curve, pkcs8)?)
+            }
+            KeyMaterial::EcPublic { curve, point } => {
+                Parsed::EcPublic(ec::EcPublic::load(*curve, point)?)
+            }
+        };
+        Ok(LoadedKey { material, parsed })
+    }
+
+    /// The material the key was loaded from.
+    pub fn material(&self) -> &KeyMaterial {
+        &self.material
+    }
+
+    /// The key size as PKCS #11 reports it: modulus bits (RSA), order bits (EC), length * 8
+    /// (secret keys).
+    pub fn key_bits(&self) -> usize {
+        match (&self.parsed, &self.material) {
+            (Parsed::RsaPrivate(k), _) => k.bits(),
+            (Parsed::RsaPublic(k), _) => k.bits(),
+            (Parsed::EcPrivate(k), _) => k.curve().order_bits(),
+            (Parsed::EcPublic(k), _) => k.curve().order_bits(),
+            (Parsed::Secret(_), KeyMaterial::Secret { value, .. }) => value.len().saturating_mul(8),
+            (Parsed::Secret(_), _) => 0, // unreachable: load pairs Secret with Secret
+        }
+    }
+
+    /// The RSA key (private or public) for a public-key operation.
+    fn rsa_public_op(&self) -> Result<rsa::RsaRef<'_>, Rv> {
+        match &self.parsed {
+            Parsed::RsaPrivate(k) => Ok(rsa::RsaRef::Private(k)),
+            Parsed::RsaPublic(k) => Ok(rsa::RsaRef::Public(k)),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// The RSA private key for a private-key operation.
+    fn rsa_private(&self) -> Result<&rsa::RsaPrivate, Rv> {
+        match &self.parsed {
+            Parsed::RsaPrivate(k) => Ok(k),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// The EC key (private or public) for verification.
+    fn ec_public_op(&self) -> Result<ec::EcRef<'_>, Rv> {
+        match &self.parsed {
+            Parsed::EcPrivate(k) => Ok(ec::EcRef::Private(k)),
+            Parsed::EcPublic(k) => Ok(ec::EcRef::Public(k)),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// The EC private key for signing.
+    fn ec_private(&self) -> Result<&ec::EcPrivate, Rv> {
+        match &self.parsed {
+            Parsed::EcPrivate(k) => Ok(k),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// A secret key: its parsed form, key type and value.
+    fn secret(&self) -> Result<(&sym::SecretKey, CK_KEY_TYPE, &[u8]), Rv> {
+        match (&self.parsed, &self.material) {
+            (Parsed::Secret(s), KeyMaterial::Secret { key_type, value }) => {
+                Ok((s, *key_type, value.as_slice()))
+            }
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+}
+
+/// Generates a secret key value of `len_bytes` random bytes (1..=1024 bytes, else
+/// `CKR_KEY_SIZE_RANGE`).
+pub fn generate_secret(len_bytes: usize) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    if !(1..=1024).contains(&len_bytes) {
+        return Err(CKR_KEY_SIZE_RANGE);
+    }
+    let mut v = Zeroizing::new(vec![0u8; len_bytes]);
+    random(&mut v)?;
+    Ok(v)
+}
+
+/// Fills `out` with random bytes from aws-lc's DRBG.
+pub fn random(out: &mut [u8]) -> Result<(), Rv> {
+    aws_lc_rs::rand::fill(out).map_err(|_| CKR_FUNCTION_FAILED)
+}
+
+/// For a hash-and-sign mechanism (`CKM_SHA256_RSA_PKCS`, `CKM_ECDSA_SHA384`, ...), the digest
+/// mechanism the engine should hash multi-part input with before calling [`sign`] or [`verify`]
+/// with [`SignInput::Prehashed`]. `None` for every other mechanism (HMAC included).
+pub fn is_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
+    hash_of_hash_and_sign(mech).map(Hash::ckm)
+}
+
+/// The hash of a hash-and-sign mechanism.
+pub(crate) fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
+    match mech {
+        CKM_SHA1_RSA_PKCS | CKM_SHA1_RSA_PKCS_PSS | CKM_ECDSA_SHA1 => Some(Hash::Sha1),
+        CKM_SHA224_RSA_PKCS | CKM_SHA224_RSA_PKCS_PSS | CKM_ECDSA_SHA224 => Some(Hash::Sha224),
+        CKM_SHA256_RSA_PKCS | CKM_SHA256_RSA_PKCS_PSS | CKM_ECDSA_SHA256 => Some(Hash::Sha256),
+        CKM_SHA384_RSA_PKCS | CKM_SHA384_RSA_PKCS_PSS | CKM_ECDSA_SHA384 => Some(Hash::Sha384),
+        CKM_SHA512_RSA_PKCS | CKM_SHA512_RSA_PKCS_PSS | CKM_ECDSA_SHA512 => Some(Hash::Sha512),
+        _ => None,
+    }
+}
+
+/// The digest of `data` with `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384` or
+/// `CKM_SHA512` (else `CKR_MECHANISM_INVALID`).
+pub fn digest(mech: CK_MECHANISM_TYPE, data: &[u8]) -> Result<Vec<u8>, Rv> {
+    let h = Hash::from_ckm(mech).ok_or(CKR_MECHANISM_INVALID)?;
+    Ok(h.digest(data).as_ref().to_vec())
+}
+
+/// A streaming digest (`C_DigestInit` / `C_DigestUpdate` / `C_DigestFinal`); cloning it forks
+/// the running state.
+#[derive(Clone)]
+pub struct DigestCtx(digest::Context);
+
+impl std::fmt::Debug for DigestCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DigestCtx({:?})", self.0.algorithm())
+    }
+}
+
+impl DigestCtx {
+    /// Starts a digest with a `CKM_SHA*` mechanism (else `CKR_MECHANISM_INVALID`).
+    pub fn new(mech: CK_MECHANISM_TYPE) -> Result<Self, Rv> {
+        let h = Hash::from_ckm(mech).ok_or(CKR_MECHANISM_INVALID)?;
+        Ok(DigestCtx(digest::Context::new(h.alg())))
+    }
+
+    /// Feeds more data.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The length of the digest this context produces.
+    pub fn output_len(&self) -> usize {
+        self.0.algorithm().output_len()
+    }
+
+    /// Finishes and returns the digest.
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish().as_ref().to_vec()
+    }
+}
+
+/// The mechanism families, for dispatch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ecdsa,
+    Hmac,
+    Aes,
+}
+
+/// The family of a mechanism this module knows.
+fn family(mech: CK_MECHANISM_TYPE) -> Option<Family> {
+    match mech {
+        CKM_RSA_PKCS
+        | CKM_RSA_X_509
+        | CKM_RSA_PKCS_OAEP
+        | CKM_RSA_PKCS_PSS
+        | CKM_SHA1_RSA_PKCS
+        | CKM_SHA224_RSA_PKCS
+        | CKM_SHA256_RSA_PKCS
+        | CKM_SHA384_RSA_PKCS
+        | CKM_SHA512_RSA_PKCS
+        | CKM_SHA1_RSA_PKCS_PSS
+        | CKM_SHA224_RSA_PKCS_PSS
+        | CKM_SHA256_RSA_PKCS_PSS
+        | CKM_SHA384_RSA_PKCS_PSS
+        | CKM_SHA512_RSA_PKCS_PSS => Some(Family::Rsa),
+        CKM_ECDSA | CKM_ECDSA_SHA1 | CKM_ECDSA_SHA224 | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384
+        | CKM_ECDSA_SHA512 => Some(Family::Ecdsa),
+        CKM_SHA_1_HMAC
+        | CKM_SHA224_HMAC
+        | CKM_SHA256_HMAC
+        | CKM_SHA384_HMAC
+        | CKM_SHA512_HMAC
+        | CKM_SHA_1_HMAC_GENERAL
+        | CKM_SHA224_HMAC_GENERAL
+        | CKM_SHA256_HMAC_GENERAL
+        | CKM_SHA384_HMAC_GENERAL
+        | CKM_SHA512_HMAC_GENERAL => Some(Family::Hmac),
+        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM => Some(Family::Aes),
+        _ => None,
+    }
+}
+
+/// Checks that a mechanism takes no parameter (`None`, or an empty raw parameter).
+pub(crate) fn no_param(param: &MechParam) -> Result<(), Rv> {
+    match param {
+        MechParam::None => Ok(()),
+        MechParam::Raw(r) if r.is_empty() => Ok(()),
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
+/// Signs (or MACs) `input` with `key`.
+///
+/// For a hash-and-sign mechanism, [`SignInput::Message`] is hashed here and
+/// [`SignInput::Prehashed`] is the digest (wrong length: `CKR_DATA_LEN_RANGE`). For the
+/// mechanisms that sign what they are given (`CKM_RSA_PKCS`, `CKM_RSA_PKCS_PSS`, `CKM_ECDSA`,
+/// `CKM_RSA_X_509`) both variants carry that data. HMAC takes only `Message`.
+pub fn sign(mech: &Mechanism, key: &LoadedKey, input: SignInput<'_>) -> Result<Vec<u8>, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => rsa::sign(mech, key.rsa_private()?, input),
+        Family::Ecdsa => ec::sign(mech, key.ec_private()?, input),
+        Family::Hmac => {
+            let (s, _, value) = key.secret()?;
+            sym::hmac_sign(mech, s, value, input)
+        }
+        Family::Aes => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// Verifies `signature` over `input` (as for [`sign`]): `CKR_SIGNATURE_LEN_RANGE` when the
+/// signature has the wrong length, `CKR_SIGNATURE_INVALID` when it does not verify.
+pub fn verify(
+    mech: &Mechanism,
+    key: &LoadedKey,
+    input: SignInput<'_>,
+    signature: &[u8],
+) -> Result<(), Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => rsa::verify(mech, key.rsa_public_op()?, input, signature),
+        Family::Ecdsa => ec::verify(mech, key.ec_public_op()?, input, signature),
+        Family::Hmac => {
+            let (s, _, value) = key.secret()?;
+            sym::hmac_verify(mech, s, value, input, signature)
+        }
+        Family::Aes => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// The length of the signature [`sign`] would produce with this mechanism and key.
+pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa if mech.mech == CKM_RSA_PKCS_OAEP => Err(CKR_MECHANISM_INVALID),
+        Family::Rsa => Ok(key.rsa_public_op()?.modulus_len()),
+        Family::Ecdsa => Ok(2 * key.ec_public_op()?.curve().field_bytes()),
+        Family::Hmac => {
+            key.secret()?;
+            sym::hmac_len(mech)
+        }
+        Family::Aes => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// Encrypts `data` with `key`: RSA (`CKM_RSA_PKCS`, `CKM_RSA_PKCS_OAEP`, `CKM_RSA_X_509`) with a
+/// public or private key, AES (`CKM_AES_GCM` giving `ciphertext || tag`, `CKM_AES_CBC_PAD`,
+/// `CKM_AES_CBC`, `CKM_AES_ECB`).
+pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => rsa::encrypt(mech, key.rsa_public_op()?, data),
+        Family::Aes => {
+            let (_, key_type, value) = key.secret()?;
+            sym::aes_encrypt(mech, key_type, value, data)
+        }
+        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// Decrypts `data` with `key` (the mechanisms of [`encrypt`]; RSA needs the private key). Any
+/// failure to decrypt well-sized data is `CKR_ENCRYPTED_DATA_INVALID`, uniformly.
+pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => rsa::decrypt(mech, key.rsa_private()?, data),
+        Family::Aes => {
+            let (_, key_type, value) = key.secret()?;
+            sym::aes_decrypt(mech, key_type, value, data)
+        }
+        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// An upper bound on the output of [`encrypt`] for `data_len` bytes of input (exact for every
+/// mechanism here).
+pub fn encrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result<usize, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => Ok(key.rsa_public_op()?.modulus_len()),
+        Family::Aes => {
+            key.secret()?;
+            sym::aes_encrypt_len(mech, data_len)
+        }
+        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// An upper bound on the output of [`decrypt`] for `data_len` bytes of input.
+pub fn decrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result<usize, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Rsa => Ok(key.rsa_private()?.modulus_len()),
+        Family::Aes => {
+            key.secret()?;
+            sym::aes_decrypt_len(mech, data_len)
+        }
+        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// The bit length of a big-endian unsigned integer.
+pub(crate) fn be_bits(v: &[u8]) -> usize {
+    let v = strip_leading_zeros(v);
+    match v.first() {
+        None => 0,
+        Some(&b) => (v.len() - 1) * 8 + (8 - b.leading_zeros() as usize),
+    }
+}
+
+/// A big-endian integer without its leading zero bytes.
+pub(crate) fn strip_leading_zeros(v: &[u8]) -> &[u8] {
+    let skip = v.iter().take_while(|b| **b == 0).count();
+    &v[skip..]
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod wycheproof;

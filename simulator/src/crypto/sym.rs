@@ -1,0 +1,339 @@
+//! Secret-key mechanisms: HMAC (and its `_GENERAL` truncated forms) and AES (GCM, CBC with
+//! PKCS #7 padding, CBC, ECB).
+//!
+//! AES-GCM with a 12-byte IV and a 16-byte tag runs on `aws_lc_rs::aead`; other IV and tag
+//! lengths use aws-lc's EVP_AEAD through [`raw`].
+
+use std::sync::OnceLock;
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{
+    DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, PaddedBlockDecryptingKey,
+    PaddedBlockEncryptingKey, UnboundCipherKey, AES_128, AES_192, AES_256,
+};
+use aws_lc_rs::{constant_time, hmac};
+use cryptoki_sys::*;
+use zeroize::Zeroizing;
+
+use super::{no_param, raw, Hash};
+use crate::types::{MechParam, Mechanism, Rv, SignInput};
+
+/// The AES block length.
+const BLOCK: usize = 16;
+
+/// A parsed secret key: HMAC keys (with their precomputed pads) built on first use per hash.
+pub(crate) struct SecretKey {
+    /// One slot per [`Hash::ALL`] entry.
+    hmac: [OnceLock<hmac::Key>; 5],
+}
+
+impl SecretKey {
+    /// A secret key of `_len` bytes (the value stays in the key material).
+    pub(crate) fn new(_len: usize) -> Self {
+        SecretKey {
+            hmac: Default::default(),
+        }
+    }
+
+    /// The HMAC key for `hash`, built once.
+    fn hmac_key(&self, hash: Hash, value: &[u8]) -> &hmac::Key {
+        let i = Hash::ALL.iter().position(|h| *h == hash).unwrap_or(0);
+        self.hmac[i].get_or_init(|| hmac::Key::new(hmac_alg(hash), value))
+    }
+}
+
+/// The aws-lc-rs HMAC algorithm of a hash.
+fn hmac_alg(hash: Hash) -> hmac::Algorithm {
+    match hash {
+        Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        Hash::Sha224 => hmac::HMAC_SHA224,
+        Hash::Sha256 => hmac::HMAC_SHA256,
+        Hash::Sha384 => hmac::HMAC_SHA384,
+        Hash::Sha512 => hmac::HMAC_SHA512,
+    }
+}
+
+/// An HMAC mechanism's hash and MAC length, from the mechanism and its parameter.
+fn hmac_params(mech: &Mechanism) -> Result<(Hash, usize), Rv> {
+    let (hash, general) = match mech.mech {
+        CKM_SHA_1_HMAC => (Hash::Sha1, false),
+        CKM_SHA224_HMAC => (Hash::Sha224, false),
+        CKM_SHA256_HMAC => (Hash::Sha256, false),
+        CKM_SHA384_HMAC => (Hash::Sha384, false),
+        CKM_SHA512_HMAC => (Hash::Sha512, false),
+        CKM_SHA_1_HMAC_GENERAL => (Hash::Sha1, true),
+        CKM_SHA224_HMAC_GENERAL => (Hash::Sha224, true),
+        CKM_SHA256_HMAC_GENERAL => (Hash::Sha256, true),
+        CKM_SHA384_HMAC_GENERAL => (Hash::Sha384, true),
+        CKM_SHA512_HMAC_GENERAL => (Hash::Sha512, true),
+        _ => return Err(CKR_MECHANISM_INVALID),
+    };
+    if !general {
+        no_param(&mech.param)?;
+        return Ok((hash, hash.len()));
+    }
+    match mech.param {
+        MechParam::Ulong(n) => match usize::try_from(n) {
+            Ok(n) if (1..=hash.len()).contains(&n) => Ok((hash, n)),
+            _ => Err(CKR_MECHANISM_PARAM_INVALID),
+        },
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
+/// The MAC length of an HMAC mechanism.
+pub(crate) fn hmac_len(mech: &Mechanism) -> Result<usize, Rv> {
+    hmac_params(mech).map(|(_, n)| n)
+}
+
+/// The full MAC of a message (HMAC has no prehashed form: `CKR_MECHANISM_INVALID`).
+fn mac(key: &SecretKey, value: &[u8], hash: Hash, input: SignInput<'_>) -> Result<hmac::Tag, Rv> {
+    match input {
+        SignInput::Message(m) => Ok(hmac::sign(key.hmac_key(hash, value), m)),
+        SignInput::Prehashed(_) => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// HMAC sign: the MAC, truncated for a `_GENERAL` mechanism.
+pub(crate) fn hmac_sign(
+    mech: &Mechanism,
+    key: &SecretKey,
+    value: &[u8],
+    input: SignInput<'_>,
+) -> Result<Vec<u8>, Rv> {
+    let (hash, n) = hmac_params(mech)?;
+    let tag = mac(key, value, hash, input)?;
+    Ok(tag.as_ref()[..n].to_vec())
+}
+
+/// HMAC verify, in constant time with respect to the MAC's contents.
+pub(crate) fn hmac_verify(
+    mech: &Mechanism,
+    key: &SecretKey,
+    value: &[u8],
+    input: SignInput<'_>,
+    signature: &[u8],
+) -> Result<(), Rv> {
+    let (hash, n) = hmac_params(mech)?;
+    let tag = mac(key, value, hash, input)?;
+    if signature.len() != n {
+        return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    constant_time::verify_slices_are_equal(&tag.as_ref()[..n], signature)
+        .map_err(|_| CKR_SIGNATURE_INVALID)
+}
+
+/// Checks that the key is an AES key of a valid length.
+fn aes_key(key_type: CK_KEY_TYPE, value: &[u8]) -> Result<(), Rv> {
+    if key_type != CKK_AES {
+        return Err(CKR_KEY_TYPE_INCONSISTENT);
+    }
+    match value.len() {
+        16 | 24 | 32 => Ok(()),
+        _ => Err(CKR_KEY_SIZE_RANGE),
+    }
+}
+
+/// An aws-lc-rs cipher key.
+fn cipher_key(value: &[u8]) -> Result<UnboundCipherKey, Rv> {
+    let alg = match value.len() {
+        16 => &AES_128,
+        24 => &AES_192,
+        _ => &AES_256,
+    };
+    UnboundCipherKey::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)
+}
+
+/// A 16-byte CBC IV from the parameter.
+fn cbc_iv(param: &MechParam) -> Result<[u8; BLOCK], Rv> {
+    match param {
+        MechParam::Iv(iv) => iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| CKR_MECHANISM_PARAM_INVALID),
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
+/// `CK_GCM_PARAMS` checked: (IV, AAD, tag length in bytes). IV 1..=1024 bytes; tag 32, 64 or
+/// 96..=128 bits in steps of 8 (NIST SP 800-38D).
+fn gcm_params(param: &MechParam) -> Result<(&[u8], &[u8], usize), Rv> {
+    let MechParam::Gcm { iv, aad, tag_bits } = param else {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    };
+    if iv.is_empty() || iv.len() > 1024 {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let tag_len = match *tag_bits {
+        32 | 64 | 96 | 104 | 112 | 120 | 128 => {
+            usize::try_from(*tag_bits / 8).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?
+        }
+        _ => return Err(CKR_MECHANISM_PARAM_INVALID),
+    };
+    Ok((iv, aad, tag_len))
+}
+
+/// The aws-lc-rs AES-GCM key for the standard case.
+fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
+    let alg = match value.len() {
+        16 => &aead::AES_128_GCM,
+        24 => &aead::AES_192_GCM,
+        _ => &aead::AES_256_GCM,
+    };
+    Ok(LessSafeKey::new(
+        UnboundKey::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)?,
+    ))
+}
+
+/// AES encryption.
+pub(crate) fn aes_encrypt(
+    mech: &Mechanism,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    data: &[u8],
+) -> Result<Vec<u8>, Rv> {
+    // Check the mechanism and its parameter before the key, as the spec orders the errors.
+    match mech.mech {
+        CKM_AES_GCM => {
+            let (iv, aad, tag_len) = gcm_params(&mech.param)?;
+            aes_key(key_type, value)?;
+            if iv.len() == 12 && tag_len == 16 {
+                let nonce = Nonce::try_assume_unique_for_key(iv)
+                    .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+                let mut buf = data.to_vec();
+                gcm_key(value)?
+                    .seal_in_place_append_tag(nonce, Aad::from(aad), &mut buf)
+                    .map_err(|_| CKR_DATA_LEN_RANGE)?;
+                return Ok(buf);
+            }
+            raw::aes_gcm_seal(value, iv, aad, tag_len, data).map_err(|_| CKR_FUNCTION_FAILED)
+        }
+        CKM_AES_CBC_PAD => {
+            let iv = cbc_iv(&mech.param)?;
+            aes_key(key_type, value)?;
+            let k = PaddedBlockEncryptingKey::cbc_pkcs7(cipher_key(value)?)
+                .map_err(|_| CKR_FUNCTION_FAILED)?;
+            let mut buf = data.to_vec();
+            k.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(iv.into()))
+                .map_err(|_| CKR_FUNCTION_FAILED)?;
+            Ok(buf)
+        }
+        CKM_AES_CBC | CKM_AES_ECB => {
+            let ctx = if mech.mech == CKM_AES_CBC {
+                EncryptionContext::Iv128(cbc_iv(&mech.param)?.into())
+            } else {
+                no_param(&mech.param)?;
+                EncryptionContext::None
+            };
+            aes_key(key_type, value)?;
+            if data.len() % BLOCK != 0 {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            let ck = cipher_key(value)?;
+            let k = if mech.mech == CKM_AES_CBC {
+                EncryptingKey::cbc(ck)
+            } else {
+                EncryptingKey::ecb(ck)
+            }
+            .map_err(|_| CKR_FUNCTION_FAILED)?;
+            let mut buf = data.to_vec();
+            if !buf.is_empty() {
+                k.less_safe_encrypt(&mut buf, ctx)
+                    .map_err(|_| CKR_FUNCTION_FAILED)?;
+            }
+            Ok(buf)
+        }
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// AES decryption. A wrong length is `CKR_ENCRYPTED_DATA_LEN_RANGE`; a bad tag or bad padding is
+/// `CKR_ENCRYPTED_DATA_INVALID`.
+pub(crate) fn aes_decrypt(
+    mech: &Mechanism,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    data: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    match mech.mech {
+        CKM_AES_GCM => {
+            let (iv, aad, tag_len) = gcm_params(&mech.param)?;
+            aes_key(key_type, value)?;
+            if data.len() < tag_len {
+                return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+            }
+            if iv.len() == 12 && tag_len == 16 {
+                let nonce = Nonce::try_assume_unique_for_key(iv)
+                    .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+                let mut buf = Zeroizing::new(data.to_vec());
+                let n = gcm_key(value)?
+                    .open_in_place(nonce, Aad::from(aad), &mut buf)
+                    .map_err(|_| CKR_ENCRYPTED_DATA_INVALID)?
+                    .len();
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            raw::aes_gcm_open(value, iv, aad, tag_len, data).map_err(|_| CKR_ENCRYPTED_DATA_INVALID)
+        }
+        CKM_AES_CBC_PAD => {
+            let iv = cbc_iv(&mech.param)?;
+            aes_key(key_type, value)?;
+            if data.is_empty() || data.len() % BLOCK != 0 {
+                return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+            }
+            let k = PaddedBlockDecryptingKey::cbc_pkcs7(cipher_key(value)?)
+                .map_err(|_| CKR_FUNCTION_FAILED)?;
+            let mut buf = Zeroizing::new(data.to_vec());
+            let n = k
+                .decrypt(&mut buf, DecryptionContext::Iv128(iv.into()))
+                .map_err(|_| CKR_ENCRYPTED_DATA_INVALID)?
+                .len();
+            buf.truncate(n);
+            Ok(buf)
+        }
+        CKM_AES_CBC | CKM_AES_ECB => {
+            let ctx = if mech.mech == CKM_AES_CBC {
+                DecryptionContext::Iv128(cbc_iv(&mech.param)?.into())
+            } else {
+                no_param(&mech.param)?;
+                DecryptionContext::None
+            };
+            aes_key(key_type, value)?;
+            if data.len() % BLOCK != 0 {
+                return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+            }
+            let ck = cipher_key(value)?;
+            let k = if mech.mech == CKM_AES_CBC {
+                DecryptingKey::cbc(ck)
+            } else {
+                DecryptingKey::ecb(ck)
+            }
+            .map_err(|_| CKR_FUNCTION_FAILED)?;
+            let mut buf = Zeroizing::new(data.to_vec());
+            if !buf.is_empty() {
+                k.decrypt(&mut buf, ctx).map_err(|_| CKR_FUNCTION_FAILED)?;
+            }
+            Ok(buf)
+        }
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// The exact output length of AES encryption of `data_len` bytes.
+pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
+    match mech.mech {
+        CKM_AES_GCM => Ok(data_len.saturating_add(gcm_params(&mech.param)?.2)),
+        CKM_AES_CBC_PAD => Ok((data_len / BLOCK + 1).saturating_mul(BLOCK)),
+        CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// An upper bound on the output length of AES decryption of `data_len` bytes.
+pub(crate) fn aes_decrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
+    match mech.mech {
+        CKM_AES_GCM => Ok(data_len.saturating_sub(gcm_params(&mech.param)?.2)),
+        CKM_AES_CBC_PAD | CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}

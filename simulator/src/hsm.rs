@@ -1,0 +1,996 @@
+//! One simulated HSM: token state, users, sessions, objects and their index, over the store.
+//!
+//! # Concurrency
+//! Objects live in a `DashMap` of `Arc<Object>`: an operation clones the `Arc` and releases the
+//! shard before doing any cryptography, so signing never holds a map lock. A change builds a
+//! new `Object`, writes it to the store, then swaps it in. Users and token metadata sit behind
+//! `RwLock`s that only management calls (login, PIN changes, token init) take. Store writes are
+//! serialised by the store's connection mutex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aws_lc_rs::pbkdf2;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use cryptoki_sys::*;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
+use crate::error::{SimError, SimResult};
+use crate::object::{self, find, find_ulong, Object, Origin};
+use crate::store::{Refused, Store};
+use crate::types::{Attr, Mechanism, SignInput};
+
+/// The crypto officer that `C_InitToken` creates.
+pub const DEFAULT_SO: &str = "admin";
+/// The crypto user that `C_InitPIN` creates.
+pub const DEFAULT_USER: &str = "user";
+/// Shortest PIN accepted.
+pub const MIN_PIN_LEN: usize = 4;
+/// Longest PIN accepted (`name:password` included).
+pub const MAX_PIN_LEN: usize = 255;
+
+/// How a simulated HSM is set up.
+#[derive(Clone, Debug)]
+pub struct HsmConfig {
+    /// Where its store lives.
+    pub data_dir: PathBuf,
+    /// PBKDF2-HMAC-SHA256 iterations for new PIN hashes.
+    pub pin_iterations: u32,
+    /// Consecutive failed logins that lock a user.
+    pub max_login_failures: u32,
+}
+
+impl HsmConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        HsmConfig { data_dir, pin_iterations: 100_000, max_login_failures: 10 }
+    }
+}
+
+/// A user's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Crypto officer (PKCS #11 SO).
+    Officer,
+    /// Crypto user (PKCS #11 user).
+    User,
+}
+
+impl Role {
+    fn code(self) -> u8 {
+        match self {
+            Role::Officer => 0,
+            Role::User => 1,
+        }
+    }
+    fn from_code(c: u8) -> Option<Role> {
+        match c {
+            0 => Some(Role::Officer),
+            1 => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+struct User {
+    role: Role,
+    salt: Vec<u8>,
+    hash: Zeroizing<Vec<u8>>,
+    iterations: u32,
+    failures: u32,
+}
+
+impl User {
+    fn record(&self) -> Zeroizing<Vec<u8>> {
+        let mut r = Zeroizing::new(Vec::new());
+        r.extend_from_slice(&self.iterations.to_be_bytes());
+        r.push(self.salt.len() as u8);
+        r.extend_from_slice(&self.salt);
+        r.extend_from_slice(&self.hash);
+        r
+    }
+    fn from_record(role: Role, rec: &[u8], failures: u32) -> Option<User> {
+        let iterations = u32::from_be_bytes(rec.get(..4)?.try_into().ok()?);
+        let salt_len = *rec.get(4)? as usize;
+        let salt = rec.get(5..5 + salt_len)?.to_vec();
+        let hash = Zeroizing::new(rec.get(5 + salt_len..)?.to_vec());
+        Some(User { role, salt, hash, iterations, failures })
+    }
+    fn new(role: Role, pin: &[u8], iterations: u32) -> SimResult<User> {
+        let mut salt = vec![0u8; 16];
+        SystemRandom::new().fill(&mut salt).map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+        let mut hash = Zeroizing::new(vec![0u8; 32]);
+        let iters = std::num::NonZeroU32::new(iterations.max(1)).ok_or(SimError::Rv(CKR_GENERAL_ERROR))?;
+        pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iters, &salt, pin, &mut hash);
+        Ok(User { role, salt, hash, iterations: iters.get(), failures: 0 })
+    }
+    fn check(&self, pin: &[u8]) -> bool {
+        let Some(iters) = std::num::NonZeroU32::new(self.iterations) else { return false };
+        pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA256, iters, &self.salt, pin, &self.hash).is_ok()
+    }
+}
+
+#[derive(Clone, Default)]
+struct SimSession {
+    login: Option<(Role, String)>,
+}
+
+struct TokenMeta {
+    initialized: bool,
+    label: [u8; 32],
+}
+
+/// What `C_GetTokenInfo` needs from an HSM.
+#[derive(Clone, Debug)]
+pub struct TokenStatus {
+    /// Token initialised.
+    pub initialized: bool,
+    /// The default user has a PIN.
+    pub user_pin_initialized: bool,
+    /// The label, blank padded.
+    pub label: [u8; 32],
+    /// Failed logins of the default user so far.
+    pub user_failures: u32,
+    /// Failed logins of the default SO so far.
+    pub so_failures: u32,
+    /// Failures that lock.
+    pub max_failures: u32,
+    /// Objects held.
+    pub object_count: usize,
+}
+
+/// One answer of a get-attributes call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttrAnswer {
+    /// The value.
+    Value(Vec<u8>),
+    /// Secret and not readable.
+    Sensitive,
+    /// The object has no such attribute.
+    Invalid,
+}
+
+/// What the engine keeps about a key to route and check operations without asking again.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyMeta {
+    /// `CKA_CLASS`.
+    pub class: CK_OBJECT_CLASS,
+    /// `CKA_KEY_TYPE`, when a key.
+    pub key_type: Option<CK_KEY_TYPE>,
+    /// Key size in bits (modulus, curve order, secret length).
+    pub key_bits: usize,
+    /// `CKA_TOKEN`.
+    pub token: bool,
+    /// `CKA_PRIVATE`.
+    pub private: bool,
+}
+
+/// One simulated HSM.
+pub struct Hsm {
+    cfg: HsmConfig,
+    store: Store,
+    token: RwLock<TokenMeta>,
+    users: RwLock<HashMap<String, User>>,
+    sessions: DashMap<u64, SimSession>,
+    objects: DashMap<u64, Arc<Object>>,
+    /// (attribute type, value) → object ids, for `CKA_LABEL` and `CKA_ID`.
+    index: DashMap<(CK_ATTRIBUTE_TYPE, Vec<u8>), Vec<u64>>,
+    next_session: AtomicU64,
+    refused: Refused,
+}
+
+const INDEXED: [CK_ATTRIBUTE_TYPE; 2] = [CKA_LABEL, CKA_ID];
+
+fn rv<T>(r: Result<T, CK_RV>) -> SimResult<T> {
+    r.map_err(SimError::Rv)
+}
+
+fn random_id() -> SimResult<u64> {
+    let mut b = [0u8; 8];
+    SystemRandom::new().fill(&mut b).map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+    Ok((u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1))
+}
+
+impl Hsm {
+    /// Open the HSM over its store, loading every object whose seal verifies. Objects or users
+    /// whose seal does not verify are refused and logged; see [`Hsm::refused`].
+    pub fn open(cfg: HsmConfig) -> SimResult<Hsm> {
+        let store = Store::open(&cfg.data_dir)?;
+        let mut refused = Refused::default();
+        let initialized = store.meta("initialized")?.is_some_and(|v| v == [1]);
+        let mut label = [b' '; 32];
+        if let Some(l) = store.meta("label")? {
+            if l.len() == 32 {
+                label.copy_from_slice(&l);
+            }
+        }
+        let mut users = HashMap::new();
+        for u in store.load_users(&mut refused)? {
+            match Role::from_code(u.role).and_then(|role| User::from_record(role, &u.record, u.failures)) {
+                Some(user) => {
+                    users.insert(u.name, user);
+                }
+                None => refused.users.push(u.name),
+            }
+        }
+        let hsm = Hsm {
+            cfg,
+            store,
+            token: RwLock::new(TokenMeta { initialized, label }),
+            users: RwLock::new(users),
+            sessions: DashMap::new(),
+            objects: DashMap::new(),
+            index: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            refused: Refused::default(),
+        };
+        let mut refused_objects = Vec::new();
+        for so in hsm.store.load_objects(&mut refused)? {
+            match hsm.revive(so.id, so.owner, &so.attrs, &so.secret) {
+                Ok(obj) => hsm.insert(Arc::new(obj)),
+                Err(_) => refused_objects.push(so.id),
+            }
+        }
+        refused.objects.extend(refused_objects);
+        for id in &refused.objects {
+            tracing::error!(object = id, store = %hsm.store.path().display(), "stored object failed its integrity check and is refused");
+        }
+        for name in &refused.users {
+            tracing::error!(user = %name, store = %hsm.store.path().display(), "stored user failed its integrity check and is refused");
+        }
+        Ok(Hsm { refused, ..hsm })
+    }
+
+    fn revive(&self, id: u64, owner: Option<String>, attrs: &[u8], secret: &[u8]) -> Result<Object, CK_RV> {
+        let attrs = object::decode_attrs(attrs).ok_or(CKR_DEVICE_ERROR)?;
+        let get_ulong = |ty| attrs.get(&ty).and_then(|v| v.as_slice().try_into().ok()).map(CK_ULONG::from_ne_bytes);
+        let class = get_ulong(CKA_CLASS).ok_or(CKR_DEVICE_ERROR)?;
+        let key_type = get_ulong(CKA_KEY_TYPE);
+        let key = if secret.is_empty() { None } else { Some(Arc::new(LoadedKey::load(KeyMaterial::from_bytes(secret)?)?)) };
+        let flag = |ty| attrs.get(&ty).is_some_and(|v| v == &[1]);
+        Ok(Object { id, owner, session: None, class, key_type, token: true, private: flag(CKA_PRIVATE), attrs, key })
+    }
+
+    /// Objects and users refused at load for failing their integrity check.
+    pub fn refused(&self) -> &Refused {
+        &self.refused
+    }
+
+    fn insert(&self, obj: Arc<Object>) {
+        for ty in INDEXED {
+            if let Some(v) = obj.attrs.get(&ty) {
+                self.index.entry((ty, v.clone())).or_default().push(obj.id);
+            }
+        }
+        self.objects.insert(obj.id, obj);
+    }
+
+    fn unindex(&self, obj: &Object) {
+        for ty in INDEXED {
+            if let Some(v) = obj.attrs.get(&ty) {
+                let key = (ty, v.clone());
+                let empty = match self.index.get_mut(&key) {
+                    Some(mut ids) => {
+                        ids.retain(|i| *i != obj.id);
+                        ids.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.index.remove_if(&key, |_, ids| ids.is_empty());
+                }
+            }
+        }
+    }
+
+    fn persist(&self, obj: &Object) -> SimResult<()> {
+        if !obj.token {
+            return Ok(());
+        }
+        let secret = obj.key.as_ref().map(|k| k.material().to_bytes()).unwrap_or_default();
+        self.store.put_object(obj.id, obj.owner.as_deref(), &object::encode_attrs(&obj.attrs), &secret)
+    }
+
+    // ----- sessions and login -------------------------------------------------------------
+
+    /// Open a member session (an authentication context).
+    pub fn open_session(&self) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.sessions.insert(id, SimSession::default());
+        id
+    }
+
+    /// Close a member session and destroy its session objects.
+    pub fn close_session(&self, ms: u64) {
+        self.sessions.remove(&ms);
+        let doomed: Vec<Arc<Object>> =
+            self.objects.iter().filter(|o| o.session == Some(ms)).map(|o| o.value().clone()).collect();
+        for o in doomed {
+            self.unindex(&o);
+            self.objects.remove(&o.id);
+        }
+    }
+
+    fn login_of(&self, ms: u64) -> SimResult<Option<(Role, String)>> {
+        self.sessions.get(&ms).map(|s| s.login.clone()).ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))
+    }
+
+    /// Log a member session in. A PIN `name:password` names the user when such a user of that
+    /// role exists; otherwise the whole PIN is the default user's (or default SO's).
+    pub fn login(&self, ms: u64, role: Role, pin: &[u8]) -> SimResult<()> {
+        if let Some(pos) = pin.iter().position(|b| *b == b':') {
+            if let Ok(name) = std::str::from_utf8(&pin[..pos]) {
+                let named = self.users.read().get(name).is_some_and(|u| u.role == role);
+                if named {
+                    return self.login_named(ms, role, name, &pin[pos + 1..]);
+                }
+            }
+        }
+        let default = match role {
+            Role::Officer => DEFAULT_SO,
+            Role::User => DEFAULT_USER,
+        };
+        self.login_named(ms, role, default, pin)
+    }
+
+    /// Log a member session in as a named user.
+    pub fn login_named(&self, ms: u64, role: Role, name: &str, pin: &[u8]) -> SimResult<()> {
+        if !self.token.read().initialized {
+            return Err(SimError::Rv(CKR_USER_PIN_NOT_INITIALIZED));
+        }
+        if !self.sessions.contains_key(&ms) {
+            return Err(SimError::Rv(CKR_SESSION_HANDLE_INVALID));
+        }
+        let (ok, failures) = {
+            let users = self.users.read();
+            let Some(user) = users.get(name).filter(|u| u.role == role) else {
+                return Err(SimError::Rv(if role == Role::User && name == DEFAULT_USER {
+                    CKR_USER_PIN_NOT_INITIALIZED
+                } else {
+                    CKR_PIN_INCORRECT
+                }));
+            };
+            if user.failures >= self.cfg.max_login_failures {
+                return Err(SimError::Rv(CKR_PIN_LOCKED));
+            }
+            (user.check(pin), user.failures)
+        };
+        let new_failures = if ok { 0 } else { failures + 1 };
+        if new_failures != failures {
+            if let Some(u) = self.users.write().get_mut(name) {
+                u.failures = new_failures;
+            }
+            self.store.set_failures(name, new_failures)?;
+        }
+        if !ok {
+            return Err(SimError::Rv(CKR_PIN_INCORRECT));
+        }
+        if let Some(mut s) = self.sessions.get_mut(&ms) {
+            s.login = Some((role, name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Log a member session out.
+    pub fn logout(&self, ms: u64) -> SimResult<()> {
+        let mut s = self.sessions.get_mut(&ms).ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))?;
+        s.login = None;
+        Ok(())
+    }
+
+    fn check_pin_len(pin: &[u8]) -> SimResult<()> {
+        if pin.len() < MIN_PIN_LEN || pin.len() > MAX_PIN_LEN {
+            return Err(SimError::Rv(CKR_PIN_LEN_RANGE));
+        }
+        Ok(())
+    }
+
+    /// `C_InitToken`: initialise, or re-initialise (the SO PIN must then match), wiping every
+    /// object and every user but the SO.
+    pub fn init_token(&self, so_pin: &[u8], label: &[u8; 32]) -> SimResult<()> {
+        Self::check_pin_len(so_pin)?;
+        let initialized = self.token.read().initialized;
+        if initialized {
+            let ms = self.open_session();
+            let r = self.login_named(ms, Role::Officer, DEFAULT_SO, so_pin);
+            self.sessions.remove(&ms);
+            r?;
+        }
+        let so = User::new(Role::Officer, so_pin, self.cfg.pin_iterations)?;
+        self.store.wipe(&[])?;
+        self.store.put_user(DEFAULT_SO, Role::Officer.code(), &so.record(), 0)?;
+        self.store.set_meta("label", label)?;
+        self.store.set_meta("initialized", &[1])?;
+        {
+            let mut users = self.users.write();
+            users.clear();
+            users.insert(DEFAULT_SO.to_string(), so);
+        }
+        self.objects.clear();
+        self.index.clear();
+        let mut t = self.token.write();
+        t.initialized = true;
+        t.label = *label;
+        Ok(())
+    }
+
+    /// `C_InitPIN`: the SO sets the default user's PIN (creating the user, unlocking it).
+    pub fn init_pin(&self, ms: u64, pin: &[u8]) -> SimResult<()> {
+        match self.login_of(ms)? {
+            Some((Role::Officer, _)) => {}
+            _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        }
+        self.create_user(DEFAULT_USER, Role::User, pin)
+    }
+
+    /// Create (or reset) a named user. Used by `C_InitPIN` and by the administration tool.
+    pub fn create_user(&self, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
+        Self::check_pin_len(pin)?;
+        if name.is_empty() || name.len() > 64 || name.contains(':') {
+            return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
+        }
+        let user = User::new(role, pin, self.cfg.pin_iterations)?;
+        self.store.put_user(name, role.code(), &user.record(), 0)?;
+        self.users.write().insert(name.to_string(), user);
+        Ok(())
+    }
+
+    /// `C_SetPIN`: the logged-in user (or, not logged in, the default user) changes its PIN.
+    pub fn set_pin(&self, ms: u64, old: &[u8], new: &[u8]) -> SimResult<()> {
+        Self::check_pin_len(new)?;
+        let (role, name) = match self.login_of(ms)? {
+            Some(l) => l,
+            None => (Role::User, DEFAULT_USER.to_string()),
+        };
+        let check = self.open_session();
+        let r = self.login_named(check, role, &name, old);
+        self.sessions.remove(&check);
+        r?;
+        self.create_user(&name, role, new)
+    }
+
+    /// Token status for `C_GetTokenInfo`.
+    pub fn token_status(&self) -> TokenStatus {
+        let t = self.token.read();
+        let users = self.users.read();
+        TokenStatus {
+            initialized: t.initialized,
+            user_pin_initialized: users.contains_key(DEFAULT_USER),
+            label: t.label,
+            user_failures: users.get(DEFAULT_USER).map_or(0, |u| u.failures),
+            so_failures: users.get(DEFAULT_SO).map_or(0, |u| u.failures),
+            max_failures: self.cfg.max_login_failures,
+            object_count: self.objects.len(),
+        }
+    }
+
+    // ----- objects -------------------------------------------------------------------------
+
+    fn visible(login: &Option<(Role, String)>, ms: u64, o: &Object) -> bool {
+        if let Some(s) = o.session {
+            if s != ms {
+                return false;
+            }
+        }
+        if !o.private {
+            return true;
+        }
+        matches!(login, Some((Role::User, name)) if o.owner.as_deref() == Some(name.as_str()))
+    }
+
+    fn get_visible(&self, ms: u64, id: u64) -> SimResult<Arc<Object>> {
+        let login = self.login_of(ms)?;
+        let obj = self.objects.get(&id).map(|o| o.value().clone()).ok_or(SimError::Rv(CKR_OBJECT_HANDLE_INVALID))?;
+        if !Self::visible(&login, ms, &obj) {
+            return Err(SimError::Rv(CKR_OBJECT_HANDLE_INVALID));
+        }
+        Ok(obj)
+    }
+
+    fn owner_for(login: &Option<(Role, String)>, private: bool) -> SimResult<Option<String>> {
+        match login {
+            Some((Role::User, name)) => Ok(Some(name.clone())),
+            _ if private => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+            _ => Ok(None),
+        }
+    }
+
+    fn finish_new(
+        &self,
+        ms: u64,
+        login: &Option<(Role, String)>,
+        class: CK_OBJECT_CLASS,
+        key_type: Option<CK_KEY_TYPE>,
+        mut attrs: BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
+        key: Option<Arc<LoadedKey>>,
+    ) -> SimResult<Arc<Object>> {
+        let token = attrs.get(&CKA_TOKEN).is_some_and(|v| v == &[1]);
+        let private = attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]);
+        let owner = Self::owner_for(login, private)?;
+        let id = random_id()?;
+        attrs.insert(CKA_UNIQUE_ID, format!("{id:016x}").into_bytes());
+        let obj = Arc::new(Object {
+            id,
+            owner,
+            session: if token { None } else { Some(ms) },
+            class,
+            key_type,
+            token,
+            private,
+            attrs,
+            key,
+        });
+        self.persist(&obj)?;
+        self.insert(obj.clone());
+        Ok(obj)
+    }
+
+    fn is_so(login: &Option<(Role, String)>) -> bool {
+        matches!(login, Some((Role::Officer, _)))
+    }
+
+    /// `C_CreateObject`.
+    pub fn create_object(&self, ms: u64, template: &[Attr]) -> SimResult<u64> {
+        let login = self.login_of(ms)?;
+        let class = rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let key_type = rv(find_ulong(template, CKA_KEY_TYPE))?;
+        if matches!(class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY) && key_type.is_none() {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCOMPLETE));
+        }
+        if class == CKO_CERTIFICATE {
+            match rv(find_ulong(template, CKA_CERTIFICATE_TYPE))? {
+                Some(CKC_X_509) => {}
+                Some(_) => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+                None => return Err(SimError::Rv(CKR_TEMPLATE_INCOMPLETE)),
+            }
+        }
+        let need = |ty| find(template, ty).map(|a| a.value.as_slice()).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE));
+        let mut token_set: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = vec![
+            (CKA_LOCAL, object::bool_bytes(false)),
+            (CKA_KEY_GEN_MECHANISM, object::ulong_bytes(CK_UNAVAILABLE_INFORMATION)),
+        ];
+        let material = match (class, key_type) {
+            (CKO_SECRET_KEY, Some(kt @ (CKK_AES | CKK_GENERIC_SECRET))) => {
+                let v = need(CKA_VALUE)?;
+                if kt == CKK_AES && ![16, 24, 32].contains(&v.len()) {
+                    return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+                }
+                if v.is_empty() {
+                    return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+                }
+                if let Some(l) = rv(find_ulong(template, CKA_VALUE_LEN))? {
+                    if usize::try_from(l).ok() != Some(v.len()) {
+                        return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+                    }
+                }
+                token_set.push((CKA_VALUE_LEN, object::ulong_bytes(v.len() as CK_ULONG)));
+                Some(KeyMaterial::Secret { key_type: kt, value: Zeroizing::new(v.to_vec()) })
+            }
+            (CKO_PRIVATE_KEY, Some(CKK_RSA)) => {
+                let opt = |ty| find(template, ty).map(|a| a.value.as_slice());
+                let pkcs8 = rv(crypto::rsa_private_from_components(
+                    need(CKA_MODULUS)?,
+                    need(CKA_PUBLIC_EXPONENT)?,
+                    need(CKA_PRIVATE_EXPONENT)?,
+                    opt(CKA_PRIME_1),
+                    opt(CKA_PRIME_2),
+                    opt(CKA_EXPONENT_1),
+                    opt(CKA_EXPONENT_2),
+                    opt(CKA_COEFFICIENT),
+                ))?;
+                Some(KeyMaterial::RsaPrivate { pkcs8 })
+            }
+            (CKO_PUBLIC_KEY, Some(CKK_RSA)) => {
+                let modulus = strip_zeros(need(CKA_MODULUS)?);
+                let e = strip_zeros(need(CKA_PUBLIC_EXPONENT)?);
+                if modulus.is_empty() || e.is_empty() {
+                    return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+                }
+                let bits = bit_len(&modulus);
+                if let Some(b) = rv(find_ulong(template, CKA_MODULUS_BITS))? {
+                    if usize::try_from(b).ok() != Some(bits) {
+                        return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+                    }
+                }
+                token_set.push((CKA_MODULUS_BITS, object::ulong_bytes(bits as CK_ULONG)));
+                Some(KeyMaterial::RsaPublic { modulus, public_exponent: e })
+            }
+            (CKO_PRIVATE_KEY, Some(CKK_EC)) => {
+                let curve = rv(Curve::from_ec_params(need(CKA_EC_PARAMS)?))?;
+                let (pkcs8, _point) = rv(crypto::ec_private_from_scalar(curve, need(CKA_VALUE)?))?;
+                Some(KeyMaterial::EcPrivate { curve, pkcs8 })
+            }
+            (CKO_PUBLIC_KEY, Some(CKK_EC)) => {
+                let curve = rv(Curve::from_ec_params(need(CKA_EC_PARAMS)?))?;
+                let point = rv(crypto::ec_point_from_attr(curve, need(CKA_EC_POINT)?))?;
+                // Store the DER-wrapped form; a raw point given by the caller is accepted.
+                let wrapped = crypto::ec_point_to_attr(&point);
+                if find(template, CKA_EC_POINT).is_some_and(|a| a.value != wrapped) {
+                    token_set.push((CKA_EC_POINT, wrapped));
+                }
+                Some(KeyMaterial::EcPublic { curve, point })
+            }
+            (CKO_DATA | CKO_CERTIFICATE, _) => None,
+            (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY, _) => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+            _ => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+        };
+        if matches!(class, CKO_DATA | CKO_CERTIFICATE) {
+            token_set.clear();
+        }
+        let mut template_eff: Vec<Attr> = template.to_vec();
+        // The caller's raw EC point is replaced by the wrapped one the token stores.
+        if token_set.iter().any(|(t, _)| *t == CKA_EC_POINT) {
+            template_eff.retain(|a| a.ty != CKA_EC_POINT);
+        }
+        let mut attrs = rv(object::apply_template(class, key_type, &template_eff, Origin::Create, Self::is_so(&login), token_set))?;
+        if matches!(class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
+            attrs.insert(CKA_ALWAYS_SENSITIVE, object::bool_bytes(false));
+            attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(false));
+        }
+        let key = match material {
+            Some(m) => Some(Arc::new(rv(LoadedKey::load(m))?)),
+            None => None,
+        };
+        Ok(self.finish_new(ms, &login, class, key_type, attrs, key)?.id)
+    }
+
+    fn generated_flags(attrs: &mut BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>) {
+        let sensitive = attrs.get(&CKA_SENSITIVE).is_some_and(|v| v == &[1]);
+        let extractable = attrs.get(&CKA_EXTRACTABLE).is_some_and(|v| v == &[1]);
+        attrs.insert(CKA_ALWAYS_SENSITIVE, object::bool_bytes(sensitive));
+        attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(!extractable));
+    }
+
+    fn check_class(template: &[Attr], class: CK_OBJECT_CLASS, key_type: CK_KEY_TYPE) -> SimResult<()> {
+        if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != class) {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        if rv(find_ulong(template, CKA_KEY_TYPE))?.is_some_and(|k| k != key_type) {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        Ok(())
+    }
+
+    /// `C_GenerateKey`: AES and generic secret keys.
+    pub fn generate_key(&self, ms: u64, mech: &Mechanism, template: &[Attr]) -> SimResult<u64> {
+        let login = self.login_of(ms)?;
+        let key_type = match mech.mech {
+            CKM_AES_KEY_GEN => CKK_AES,
+            CKM_GENERIC_SECRET_KEY_GEN => CKK_GENERIC_SECRET,
+            _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
+        };
+        Self::check_class(template, CKO_SECRET_KEY, key_type)?;
+        let len = rv(find_ulong(template, CKA_VALUE_LEN))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let len = usize::try_from(len).map_err(|_| SimError::Rv(CKR_KEY_SIZE_RANGE))?;
+        let ok = match key_type {
+            CKK_AES => [16, 24, 32].contains(&len),
+            _ => (1..=512).contains(&len),
+        };
+        if !ok {
+            return Err(SimError::Rv(CKR_KEY_SIZE_RANGE));
+        }
+        let value = rv(crypto::generate_secret(len))?;
+        let token_set = vec![
+            (CKA_LOCAL, object::bool_bytes(true)),
+            (CKA_KEY_GEN_MECHANISM, object::ulong_bytes(mech.mech)),
+            (CKA_VALUE_LEN, object::ulong_bytes(len as CK_ULONG)),
+        ];
+        let mut t: Vec<Attr> = template.iter().filter(|a| a.ty != CKA_VALUE_LEN).cloned().collect();
+        t.retain(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE);
+        let mut attrs = rv(object::apply_template(CKO_SECRET_KEY, Some(key_type), &t, Origin::Generate, Self::is_so(&login), token_set))?;
+        Self::generated_flags(&mut attrs);
+        let key = Arc::new(rv(LoadedKey::load(KeyMaterial::Secret { key_type, value }))?);
+        Ok(self.finish_new(ms, &login, CKO_SECRET_KEY, Some(key_type), attrs, Some(key))?.id)
+    }
+
+    /// `C_GenerateKeyPair`: RSA and EC. Returns (public, private).
+    pub fn generate_key_pair(&self, ms: u64, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> SimResult<(u64, u64)> {
+        let login = self.login_of(ms)?;
+        let is_so = Self::is_so(&login);
+        let (key_type, pub_key, priv_key) = match mech.mech {
+            CKM_RSA_PKCS_KEY_PAIR_GEN => {
+                Self::check_class(public, CKO_PUBLIC_KEY, CKK_RSA)?;
+                Self::check_class(private, CKO_PRIVATE_KEY, CKK_RSA)?;
+                let bits = rv(find_ulong(public, CKA_MODULUS_BITS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                let bits = usize::try_from(bits).map_err(|_| SimError::Rv(CKR_KEY_SIZE_RANGE))?;
+                let exp = find(public, CKA_PUBLIC_EXPONENT).map(|a| a.value.as_slice());
+                let g = rv(crypto::generate_rsa(bits, exp))?;
+                let pub_key = KeyMaterial::RsaPublic { modulus: g.modulus, public_exponent: g.public_exponent };
+                (CKK_RSA, pub_key, KeyMaterial::RsaPrivate { pkcs8: g.pkcs8 })
+            }
+            CKM_EC_KEY_PAIR_GEN => {
+                Self::check_class(public, CKO_PUBLIC_KEY, CKK_EC)?;
+                Self::check_class(private, CKO_PRIVATE_KEY, CKK_EC)?;
+                let params = find(public, CKA_EC_PARAMS).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                if find(private, CKA_EC_PARAMS).is_some_and(|a| a.value != params.value) {
+                    return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+                }
+                let curve = rv(Curve::from_ec_params(&params.value))?;
+                let (pkcs8, point) = rv(crypto::generate_ec(curve))?;
+                (CKK_EC, KeyMaterial::EcPublic { curve, point }, KeyMaterial::EcPrivate { curve, pkcs8 })
+            }
+            _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
+        };
+        let strip = |t: &[Attr]| -> Vec<Attr> { t.iter().filter(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE).cloned().collect() };
+        let pub_attrs = rv(object::apply_template(
+            CKO_PUBLIC_KEY,
+            Some(key_type),
+            &strip(public),
+            Origin::Generate,
+            is_so,
+            local_set(&pub_key_attrs(&pub_key), mech.mech),
+        ))?;
+        let mut priv_attrs = rv(object::apply_template(
+            CKO_PRIVATE_KEY,
+            Some(key_type),
+            &strip(private),
+            Origin::Generate,
+            is_so,
+            local_set(&priv_key_attrs(&pub_key), mech.mech),
+        ))?;
+        Self::generated_flags(&mut priv_attrs);
+        let pub_loaded = Arc::new(rv(LoadedKey::load(pub_key))?);
+        let priv_loaded = Arc::new(rv(LoadedKey::load(priv_key))?);
+        // Both objects must be storable before either is stored.
+        for attrs in [&pub_attrs, &priv_attrs] {
+            Self::owner_for(&login, attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]))?;
+        }
+        let p = self.finish_new(ms, &login, CKO_PUBLIC_KEY, Some(key_type), pub_attrs, Some(pub_loaded))?;
+        match self.finish_new(ms, &login, CKO_PRIVATE_KEY, Some(key_type), priv_attrs, Some(priv_loaded)) {
+            Ok(k) => Ok((p.id, k.id)),
+            Err(e) => {
+                let _ = self.remove(&p);
+                Err(e)
+            }
+        }
+    }
+
+    fn remove(&self, obj: &Object) -> SimResult<()> {
+        if obj.token {
+            self.store.delete_object(obj.id)?;
+        }
+        self.unindex(obj);
+        self.objects.remove(&obj.id);
+        Ok(())
+    }
+
+    /// `C_DestroyObject`.
+    pub fn destroy_object(&self, ms: u64, id: u64) -> SimResult<()> {
+        let obj = self.get_visible(ms, id)?;
+        if !obj.flag(CKA_DESTROYABLE) {
+            return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
+        }
+        if obj.token && !obj.private && !matches!(self.login_of(ms)?, Some(_)) {
+            // Public token objects may be destroyed from a public R/W session; allowed.
+        }
+        self.remove(&obj)
+    }
+
+    /// `C_CopyObject`.
+    pub fn copy_object(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
+        let login = self.login_of(ms)?;
+        let obj = self.get_visible(ms, id)?;
+        if !obj.flag(CKA_COPYABLE) {
+            return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
+        }
+        let mut attrs = rv(object::modify(&obj, template, true, Self::is_so(&login)))?;
+        attrs.remove(&CKA_UNIQUE_ID);
+        Ok(self.finish_new(ms, &login, obj.class, obj.key_type, attrs, obj.key.clone())?.id)
+    }
+
+    /// `C_SetAttributeValue`.
+    pub fn set_attributes(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<()> {
+        let login = self.login_of(ms)?;
+        let obj = self.get_visible(ms, id)?;
+        if !obj.flag(CKA_MODIFIABLE) {
+            return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
+        }
+        let attrs = rv(object::modify(&obj, template, false, Self::is_so(&login)))?;
+        let new = Arc::new(Object {
+            id: obj.id,
+            owner: obj.owner.clone(),
+            session: obj.session,
+            class: obj.class,
+            key_type: obj.key_type,
+            token: obj.token,
+            private: obj.private,
+            attrs,
+            key: obj.key.clone(),
+        });
+        self.persist(&new)?;
+        self.unindex(&obj);
+        self.insert(new);
+        Ok(())
+    }
+
+    /// `C_GetAttributeValue`: one answer per type.
+    pub fn get_attributes(&self, ms: u64, id: u64, types: &[CK_ATTRIBUTE_TYPE]) -> SimResult<Vec<AttrAnswer>> {
+        let obj = self.get_visible(ms, id)?;
+        let tables = obj.tables();
+        Ok(types
+            .iter()
+            .map(|ty| {
+                if let Some(v) = obj.attrs.get(ty) {
+                    return AttrAnswer::Value(v.clone());
+                }
+                match object::rule(&tables, *ty) {
+                    Some(r) if r.flags & object::SECRET != 0 => {
+                        if obj.flag(CKA_SENSITIVE) || !obj.flag(CKA_EXTRACTABLE) {
+                            return AttrAnswer::Sensitive;
+                        }
+                        match (obj.key.as_ref().map(|k| k.material()), *ty) {
+                            (Some(KeyMaterial::Secret { value, .. }), CKA_VALUE) => AttrAnswer::Value(value.to_vec()),
+                            // Private key components are not exported in clear by this HSM.
+                            _ => AttrAnswer::Sensitive,
+                        }
+                    }
+                    _ => AttrAnswer::Invalid,
+                }
+            })
+            .collect())
+    }
+
+    /// `C_GetObjectSize`.
+    pub fn object_size(&self, ms: u64, id: u64) -> SimResult<u64> {
+        Ok(self.get_visible(ms, id)?.size())
+    }
+
+    /// What the engine caches about a key.
+    pub fn key_meta(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
+        let obj = self.get_visible(ms, id)?;
+        Ok(KeyMeta {
+            class: obj.class,
+            key_type: obj.key_type,
+            key_bits: obj.key.as_ref().map_or(0, |k| k.key_bits()),
+            token: obj.token,
+            private: obj.private,
+        })
+    }
+
+    /// `C_FindObjects*`: every visible object matching the template. A template naming
+    /// `CKA_LABEL` or `CKA_ID` is answered from the index.
+    pub fn find(&self, ms: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
+        let login = self.login_of(ms)?;
+        let keyed = template.iter().find(|a| INDEXED.contains(&a.ty));
+        let candidates: Vec<Arc<Object>> = match keyed {
+            Some(a) => {
+                let ids = self.index.get(&(a.ty, a.value.clone())).map(|v| v.clone()).unwrap_or_default();
+                ids.iter().filter_map(|id| self.objects.get(id).map(|o| o.value().clone())).collect()
+            }
+            None => self.objects.iter().map(|o| o.value().clone()).collect(),
+        };
+        let mut out: Vec<u64> =
+            candidates.iter().filter(|o| Self::visible(&login, ms, o) && o.matches(template)).map(|o| o.id).collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    // ----- cryptography --------------------------------------------------------------------
+
+    fn usable(&self, ms: u64, id: u64, usage: CK_ATTRIBUTE_TYPE, mech: CK_MECHANISM_TYPE) -> SimResult<Arc<Object>> {
+        let obj = self.get_visible(ms, id).map_err(|e| match e {
+            SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
+            e => e,
+        })?;
+        if obj.key.is_none() {
+            return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT));
+        }
+        if !obj.flag(usage) {
+            return Err(SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        if let Some(allowed) = obj.attrs.get(&CKA_ALLOWED_MECHANISMS) {
+            if !allowed.is_empty() {
+                let n = std::mem::size_of::<CK_ULONG>();
+                let ok = allowed.chunks(n).any(|c| c.try_into().ok().map(CK_ULONG::from_ne_bytes) == Some(mech));
+                if !ok {
+                    return Err(SimError::Rv(CKR_MECHANISM_INVALID));
+                }
+            }
+        }
+        Ok(obj)
+    }
+
+    fn key_of(obj: &Object) -> SimResult<&LoadedKey> {
+        obj.key.as_deref().ok_or(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT))
+    }
+
+    /// Check a key may start an operation (the `*Init` functions). `usage` is `CKA_SIGN`,
+    /// `CKA_VERIFY`, `CKA_ENCRYPT` or `CKA_DECRYPT`.
+    pub fn check_key(&self, ms: u64, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, id: u64) -> SimResult<KeyMeta> {
+        self.usable(ms, id, usage, mech.mech)?;
+        self.key_meta(ms, id)
+    }
+
+    /// Sign.
+    pub fn sign(&self, ms: u64, mech: &Mechanism, key: u64, input: SignInput) -> SimResult<Vec<u8>> {
+        let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
+        rv(crypto::sign(mech, Self::key_of(&obj)?, input))
+    }
+
+    /// The length a signature will have.
+    pub fn signature_len(&self, ms: u64, mech: &Mechanism, key: u64) -> SimResult<usize> {
+        let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
+        rv(crypto::signature_len(mech, Self::key_of(&obj)?))
+    }
+
+    /// Verify.
+    pub fn verify(&self, ms: u64, mech: &Mechanism, key: u64, input: SignInput, sig: &[u8]) -> SimResult<()> {
+        let obj = self.usable(ms, key, CKA_VERIFY, mech.mech)?;
+        rv(crypto::verify(mech, Self::key_of(&obj)?, input, sig))
+    }
+
+    /// Encrypt.
+    pub fn encrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Vec<u8>> {
+        let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
+        rv(crypto::encrypt(mech, Self::key_of(&obj)?, data))
+    }
+
+    /// Decrypt.
+    pub fn decrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Zeroizing<Vec<u8>>> {
+        let obj = self.usable(ms, key, CKA_DECRYPT, mech.mech)?;
+        rv(crypto::decrypt(mech, Self::key_of(&obj)?, data))
+    }
+
+    /// The value of a secret key, for `C_DigestKey` (which never returns it to the caller).
+    pub fn secret_value_for_digest(&self, ms: u64, key: u64) -> SimResult<Zeroizing<Vec<u8>>> {
+        let obj = self.get_visible(ms, key).map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
+        match obj.key.as_ref().map(|k| k.material()) {
+            Some(KeyMaterial::Secret { value, .. }) => Ok(value.clone()),
+            _ => Err(SimError::Rv(CKR_KEY_INDIGESTIBLE)),
+        }
+    }
+
+    /// Random bytes.
+    pub fn random(&self, out: &mut [u8]) -> SimResult<()> {
+        rv(crypto::random(out))
+    }
+}
+
+fn local_set(v: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], mech: CK_MECHANISM_TYPE) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
+    let mut out = v.to_vec();
+    out.push((CKA_LOCAL, object::bool_bytes(true)));
+    out.push((CKA_KEY_GEN_MECHANISM, object::ulong_bytes(mech)));
+    out
+}
+
+fn pub_key_attrs(k: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
+    match k {
+        KeyMaterial::RsaPublic { modulus, public_exponent } => vec![
+            (CKA_MODULUS, modulus.clone()),
+            (CKA_PUBLIC_EXPONENT, public_exponent.clone()),
+            (CKA_MODULUS_BITS, object::ulong_bytes(bit_len(modulus) as CK_ULONG)),
+        ],
+        KeyMaterial::EcPublic { curve, point } => {
+            vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec()), (CKA_EC_POINT, crypto::ec_point_to_attr(point))]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn priv_key_attrs(public: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
+    match public {
+        KeyMaterial::RsaPublic { modulus, public_exponent } => {
+            vec![(CKA_MODULUS, modulus.clone()), (CKA_PUBLIC_EXPONENT, public_exponent.clone())]
+        }
+        KeyMaterial::EcPublic { curve, .. } => vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec())],
+        _ => Vec::new(),
+    }
+}
+
+fn strip_zeros(b: &[u8]) -> Vec<u8> {
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    b[first..].to_vec()
+}
+
+fn bit_len(b: &[u8]) -> usize {
+    let b = &b[b.iter().position(|x| *x != 0).unwrap_or(b.len())..];
+    match b.first() {
+        Some(f) => b.len() * 8 - f.leading_zeros() as usize,
+        None => 0,
+    }
+}

@@ -1,0 +1,186 @@
+//! The module loaded with `dlopen`, its 3.0 function list at hand, and small helpers that keep
+//! the tests short. Every call is a real call through the C ABI.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::ptr;
+
+use cryptoki_sys::*;
+use libloading::Library;
+
+/// The loaded module.
+pub struct Module {
+    _lib: Library,
+    /// The 3.0 function list.
+    pub f: &'static CK_FUNCTION_LIST_3_0,
+    /// The 2.40 function list.
+    pub f2: &'static CK_FUNCTION_LIST,
+}
+
+/// Call a function of the list; panics if the slot is empty (every slot must be filled).
+#[macro_export]
+macro_rules! call {
+    ($m:expr, $name:ident $(, $arg:expr)* $(,)?) => {{
+        let f = $m.f.$name.expect(concat!(stringify!($name), " slot is filled"));
+        // SAFETY: the test passes arguments that follow the PKCS #11 contract for this
+        // function (or deliberately break it in a way the module must detect: NULL pointers
+        // with lengths, bad handles), and every buffer outlives the call.
+        unsafe { f($($arg),*) }
+    }};
+}
+
+impl Module {
+    /// `dlopen` the built module and fetch both function lists.
+    pub fn load() -> Module {
+        let path = crate::module_path();
+        // SAFETY: loading our own module runs no initialiser with preconditions.
+        let lib = unsafe { Library::new(&path) }.unwrap_or_else(|e| panic!("dlopen {}: {e}", path.display()));
+        let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+        let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+        // SAFETY: the symbols have the PKCS #11 signatures; out pointers are valid.
+        let (f, f2) = unsafe {
+            let get_iface: libloading::Symbol<unsafe extern "C" fn(*mut u8, *mut CK_VERSION, *mut *mut CK_INTERFACE, CK_FLAGS) -> CK_RV> =
+                lib.get(b"C_GetInterface\0").expect("C_GetInterface is exported");
+            assert_eq!(get_iface(ptr::null_mut(), ptr::null_mut(), &mut iface, 0), CKR_OK);
+            let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+                lib.get(b"C_GetFunctionList\0").expect("C_GetFunctionList is exported");
+            assert_eq!(get_list(&mut list), CKR_OK);
+            (&*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0), &*list)
+        };
+        Module { _lib: lib, f, f2 }
+    }
+
+    /// `C_Initialize` with OS locking and a `pReserved` config string `hsmpool:<cfg>`.
+    pub fn initialize_with(&self, cfg: Option<&str>) -> CK_RV {
+        let cstr = cfg.map(|c| std::ffi::CString::new(format!("hsmpool:{c}")).expect("no NUL in config"));
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: cstr.as_ref().map_or(ptr::null_mut(), |c| c.as_ptr() as *mut c_void),
+        };
+        call!(self, C_Initialize, &mut args as *mut _ as *mut c_void)
+    }
+
+    /// `C_Finalize`.
+    pub fn finalize(&self) -> CK_RV {
+        call!(self, C_Finalize, ptr::null_mut())
+    }
+
+    /// `C_InitToken` with a label.
+    pub fn init_token(&self, so_pin: &str, label: &str) -> CK_RV {
+        let mut l = [b' '; 32];
+        l[..label.len()].copy_from_slice(label.as_bytes());
+        call!(self, C_InitToken, 0, so_pin.as_ptr() as *mut u8, so_pin.len() as CK_ULONG, l.as_mut_ptr())
+    }
+
+    /// `C_OpenSession`; panics on failure.
+    pub fn open(&self, rw: bool) -> CK_SESSION_HANDLE {
+        let mut h = 0;
+        let flags = CKF_SERIAL_SESSION | if rw { CKF_RW_SESSION } else { 0 };
+        let rv = call!(self, C_OpenSession, 0, flags, ptr::null_mut(), None, &mut h);
+        assert_eq!(rv, CKR_OK, "C_OpenSession");
+        h
+    }
+
+    /// `C_Login`.
+    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &str) -> CK_RV {
+        call!(self, C_Login, h, user, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)
+    }
+
+    /// Initialise a fresh token (SO PIN `so-pin-1`, user PIN `user-pin-1`) and return a logged-in
+    /// R/W user session.
+    pub fn fresh_user_session(&self) -> CK_SESSION_HANDLE {
+        assert_eq!(self.init_token(SO_PIN, "test"), CKR_OK, "C_InitToken");
+        let h = self.open(true);
+        assert_eq!(self.login(h, CKU_SO, SO_PIN), CKR_OK, "SO login");
+        let rv = call!(self, C_InitPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG);
+        assert_eq!(rv, CKR_OK, "C_InitPIN");
+        assert_eq!(call!(self, C_Logout, h), CKR_OK);
+        assert_eq!(self.login(h, CKU_USER, USER_PIN), CKR_OK, "user login");
+        h
+    }
+}
+
+/// The SO PIN the helpers set.
+pub const SO_PIN: &str = "so-pin-1";
+/// The user PIN the helpers set.
+pub const USER_PIN: &str = "user-pin-1";
+
+/// A template attribute pointing at a value that outlives the call.
+pub fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE { type_: ty, pValue: v as *const T as *mut c_void, ulValueLen: std::mem::size_of::<T>() as CK_ULONG }
+}
+
+/// A template attribute over bytes.
+pub fn attr_bytes(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE { type_: ty, pValue: v.as_ptr() as *mut c_void, ulValueLen: v.len() as CK_ULONG }
+}
+
+/// `CK_TRUE` / `CK_FALSE` values to point at.
+pub static TRUE: CK_BBOOL = CK_TRUE;
+/// See [`TRUE`].
+pub static FALSE: CK_BBOOL = CK_FALSE;
+
+static MODULE: std::sync::OnceLock<Module> = std::sync::OnceLock::new();
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A test's exclusive use of the process-wide module, initialised over a fresh data directory
+/// (passed as the documented `pReserved` config string); finalised when dropped.
+pub struct Fixture {
+    /// The module.
+    pub m: &'static Module,
+    /// The data directory.
+    pub path: std::path::PathBuf,
+    /// Owns (and removes) the directory when the fixture made it.
+    _dir: Option<tempfile::TempDir>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    /// Take the module, initialise it over a fresh token directory.
+    pub fn new() -> Fixture {
+        Fixture::in_dir(tempfile::tempdir().expect("a temp dir can be made"))
+    }
+
+    /// Take the module, initialise it over `dir` (reusing a token already there).
+    pub fn in_dir(dir: tempfile::TempDir) -> Fixture {
+        let path = dir.path().to_path_buf();
+        Fixture::open(path, Some(dir))
+    }
+
+    /// Take the module, initialise it over an existing directory that the caller owns.
+    pub fn at_path(path: &std::path::Path) -> Fixture {
+        Fixture::open(path.to_path_buf(), None)
+    }
+
+    fn open(path: std::path::PathBuf, dir: Option<tempfile::TempDir>) -> Fixture {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let m = MODULE.get_or_init(Module::load);
+        let conf = crate::write_test_config(&path);
+        // A previous test that panicked may have left it initialised.
+        let _ = m.finalize();
+        let rv = m.initialize_with(Some(&format!("conf={}", conf.display())));
+        assert_eq!(rv, CKR_OK, "C_Initialize");
+        Fixture { m, path, _dir: dir, _serial: serial }
+    }
+
+    /// The config string that initialises over this fixture's directory.
+    pub fn config_arg(&self) -> String {
+        format!("conf={}", self.path.join("hsmpool.toml").display())
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.m.finalize();
+    }
+}
