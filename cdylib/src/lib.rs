@@ -7,7 +7,7 @@
 //!
 //! **Must never:**
 //! * let a panic unwind into C (it would abort the host): every `C_*` body is one
-//!   [`guard!`](guard::guard) call, which turns a panic into `CKR_GENERAL_ERROR`;
+//!   `guard!` call, which turns a panic into `CKR_GENERAL_ERROR`;
 //! * read or write caller memory outside [`guard`], or convert a length with `as`;
 //! * log PINs, keys or data: spans carry the function name only;
 //! * hold behaviour: sessions, login state, routing and retries live in `hsmpool-engine`, which
@@ -19,8 +19,6 @@
 //! side of the contract is in `cdylib/README.md`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-// The exported names and parameters are the specification's (`C_Sign`, `pul_signature_len`).
-#![allow(non_snake_case)]
 
 pub mod entry;
 pub mod guard;

@@ -1,1 +1,114 @@
-fn main() {}
+//! `hsmpool`: administration of an hsmpool token's simulated HSMs.
+//!
+//! It works on the embedded default (or the member named by the configuration) directly, so it
+//! must not run while a process that has the same data directory open is writing to it.
+//! Secrets (PINs) are read from the environment, never from the command line, so they do not
+//! show up in `ps` or shell history: `HSMPOOL_SO_PIN` (the crypto officer's PIN) and
+//! `HSMPOOL_NEW_PIN` (the PIN for a user being added).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hsmpool_engine::config::Config;
+use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
+
+const USAGE: &str = "usage: hsmpool [--data DIR] <command>
+
+commands:
+  status                      token state, users and object count of the HSM's store
+  user add NAME [--officer]   add (or reset) a crypto user (or officer) NAME; the crypto
+                              officer's PIN comes from HSMPOOL_SO_PIN, the new user's PIN
+                              from HSMPOOL_NEW_PIN. The user then logs in with the PIN
+                              NAME:PASSWORD (or C_LoginUser).
+  store verify                check every stored object and user against its seal; exits 1
+                              and lists them if any was tampered with
+
+options:
+  --data DIR   the HSM's data directory (default: the configured embedded member, from
+               HSMPOOL_CONF, else HSMPOOL_DATA/hsm0, else the XDG data directory)
+";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hsmpool: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn env_secret(name: &str) -> Result<Vec<u8>, String> {
+    std::env::var(name).map(String::into_bytes).map_err(|_| format!("{name} is not set"))
+}
+
+fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
+    let mut data: Option<PathBuf> = None;
+    if let Some(i) = args.iter().position(|a| a == "--data") {
+        if i + 1 >= args.len() {
+            return Err("--data needs a directory".into());
+        }
+        data = Some(PathBuf::from(args.remove(i + 1)));
+        args.remove(i);
+    }
+    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = match data {
+        Some(d) => d,
+        None => Config::resolve(None).map_err(|e| e.to_string())?.embedded_data_dir(),
+    };
+    let open = || Hsm::open(HsmConfig::new(dir.clone())).map_err(|e| format!("{}: {e}", dir.display()));
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["status"] => {
+            let hsm = open()?;
+            let st = hsm.token_status();
+            println!("data directory: {}", dir.display());
+            println!("initialised:    {}", st.initialized);
+            println!("label:          {}", String::from_utf8_lossy(&st.label).trim_end());
+            println!("objects:        {}", st.object_count);
+            for (name, role, failures) in hsm.users() {
+                let role = match role {
+                    Role::Officer => "crypto officer",
+                    Role::User => "crypto user",
+                };
+                println!("user:           {name} ({role}, {failures} failed logins)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ["user", "add", name, rest @ ..] => {
+            let role = match rest {
+                [] => Role::User,
+                ["--officer"] => Role::Officer,
+                _ => return Err(format!("unexpected arguments {rest:?}\n{USAGE}")),
+            };
+            let so_pin = env_secret("HSMPOOL_SO_PIN")?;
+            let new_pin = env_secret("HSMPOOL_NEW_PIN")?;
+            let hsm = open()?;
+            let ms = hsm.open_session();
+            hsm.login(ms, Role::Officer, &so_pin).map_err(|e| format!("crypto officer login: {e}"))?;
+            hsm.add_user(ms, name, role, &new_pin).map_err(|e| format!("adding {name}: {e}"))?;
+            hsm.close_session(ms);
+            println!("added {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ["store", "verify"] => {
+            let hsm = open()?;
+            let refused = hsm.refused();
+            if refused.objects.is_empty() && refused.users.is_empty() {
+                println!("store {}: every object and user verified", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            for id in &refused.objects {
+                println!("tampered object {id:016x}: refused");
+            }
+            for u in &refused.users {
+                println!("tampered user {u}: refused");
+            }
+            Ok(ExitCode::from(1))
+        }
+        _ => Err(format!("unknown command {:?}\n{USAGE}", args.join(" "))),
+    }
+}

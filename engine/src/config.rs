@@ -117,6 +117,11 @@ impl Config {
         }
     }
 
+    /// Where the first embedded member keeps its store.
+    pub fn embedded_data_dir(&self) -> PathBuf {
+        self.members().first().and_then(|m| m.data_dir.clone()).unwrap_or_else(|| default_data_dir().join("hsm0"))
+    }
+
     /// The members, with the embedded default filled in when none is configured.
     pub fn members(&self) -> Vec<MemberConfig> {
         if self.member.is_empty() {

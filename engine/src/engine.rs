@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::inproc::InProcess;
 use crate::backend::{Backend, MemberId, MemberObject, MemberSession};
-use crate::config::{default_data_dir, Config};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::{Op, OpSlots};
 use crate::types::*;
@@ -167,8 +167,8 @@ impl Engine {
     /// Build an engine from a configuration (opens every member).
     pub fn new(cfg: Config) -> Result<Engine> {
         let members = cfg.members();
-        let m = &members[0];
-        let data_dir = m.data_dir.clone().unwrap_or_else(|| default_data_dir().join("hsm0"));
+        let m = members.first().ok_or_else(|| Error::Config("no member configured".into()))?;
+        let data_dir = cfg.embedded_data_dir();
         let mut hcfg = HsmConfig::new(data_dir);
         if let Some(i) = m.pin_iterations {
             hcfg.pin_iterations = i;

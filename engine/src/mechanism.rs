@@ -45,6 +45,7 @@ const AES: &[CK_KEY_TYPE] = &[CKK_AES];
 const GENERIC: &[CK_KEY_TYPE] = &[CKK_GENERIC_SECRET];
 const NONE: &[CK_KEY_TYPE] = &[];
 
+#[allow(clippy::too_many_arguments)] // a table row reads best as one call
 const fn row(
     mech: CK_MECHANISM_TYPE,
     name: &'static str,

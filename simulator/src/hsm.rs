@@ -428,8 +428,22 @@ impl Hsm {
         self.create_user(DEFAULT_USER, Role::User, pin)
     }
 
-    /// Create (or reset) a named user. Used by `C_InitPIN` and by the administration tool.
-    pub fn create_user(&self, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
+    /// A crypto officer logged in on `ms` adds (or resets) a named user.
+    pub fn add_user(&self, ms: u64, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
+        match self.login_of(ms)? {
+            Some((Role::Officer, _)) => self.create_user(name, role, pin),
+            _ => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        }
+    }
+
+    /// Names and roles of every user.
+    pub fn users(&self) -> Vec<(String, Role, u32)> {
+        let mut v: Vec<_> = self.users.read().iter().map(|(n, u)| (n.clone(), u.role, u.failures)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn create_user(&self, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
         Self::check_pin_len(pin)?;
         if name.is_empty() || name.len() > 64 || name.contains(':') {
             return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
@@ -764,9 +778,6 @@ impl Hsm {
         let obj = self.get_visible(ms, id)?;
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
-        }
-        if obj.token && !obj.private && !matches!(self.login_of(ms)?, Some(_)) {
-            // Public token objects may be destroyed from a public R/W session; allowed.
         }
         self.remove(&obj)
     }

@@ -288,7 +288,7 @@ impl Object {
 pub fn encode_attrs(attrs: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
     for (ty, v) in attrs {
-        out.extend_from_slice(&(*ty as u64).to_be_bytes());
+        out.extend_from_slice(&ty.to_be_bytes());
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
         out.extend_from_slice(v);
     }
@@ -325,7 +325,7 @@ pub fn ulong_bytes(v: CK_ULONG) -> Vec<u8> {
 }
 
 /// Find an attribute in a template.
-pub fn find<'a>(template: &'a [Attr], ty: CK_ATTRIBUTE_TYPE) -> Option<&'a Attr> {
+pub fn find(template: &[Attr], ty: CK_ATTRIBUTE_TYPE) -> Option<&Attr> {
     template.iter().find(|a| a.ty == ty)
 }
 
@@ -483,10 +483,7 @@ pub fn modify(
         }
         attrs.insert(a.ty, a.value.clone());
     }
-    if attrs.get(&CKA_SENSITIVE) == Some(&vec![0]) || attrs.get(&CKA_EXTRACTABLE) == Some(&vec![1]) {
-        // Once a key has been sensitive / unextractable its "always"/"never" flags stay false
-        // after a change the other way; both flags only ever move to false.
-    }
+    // CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE only ever move to false.
     if obj.attrs.get(&CKA_SENSITIVE) != attrs.get(&CKA_SENSITIVE) && attrs.get(&CKA_SENSITIVE) == Some(&vec![0]) {
         attrs.insert(CKA_ALWAYS_SENSITIVE, bool_bytes(false));
     }

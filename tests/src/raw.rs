@@ -1,6 +1,6 @@
 //! The module loaded with `dlopen`, its 3.0 function list at hand, and small helpers that keep
 //! the tests short. Every call is a real call through the C ABI.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, clippy::macro_metavars_in_unsafe)]
 
 use std::ffi::c_void;
 use std::ptr;

@@ -147,7 +147,7 @@ fn no_key_value_at_rest_and_tampered_rows_are_refused() {
             .collect::<Result<_, _>>()
             .expect("rows");
         let (id, mut attrs) = rows.into_iter().find(|(_, a)| contains(a, b"tamper-me")).expect("the row");
-        let sensitive: Vec<u8> = [&(CKA_SENSITIVE as u64).to_be_bytes()[..], &1u32.to_be_bytes(), &[1]].concat();
+        let sensitive: Vec<u8> = [&CKA_SENSITIVE.to_be_bytes()[..], &1u32.to_be_bytes(), &[1]].concat();
         let pos = attrs.windows(sensitive.len()).position(|w| w == sensitive).expect("CKA_SENSITIVE=true is stored");
         attrs[pos + sensitive.len() - 1] = 0;
         db.execute("UPDATE objects SET attrs = ?1 WHERE id = ?2", rusqlite::params![attrs, id]).expect("tamper");
@@ -159,4 +159,11 @@ fn no_key_value_at_rest_and_tampered_rows_are_refused() {
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
     assert!(find_label(m, h, b"tamper-me").is_empty(), "a tampered key must not come back (weaker or not)");
     assert_eq!(find_label(m, h, b"untouched").len(), 1, "untampered keys are still there");
+    let out = std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"))
+        .args(["--data", path.join("hsm0").to_str().expect("UTF-8 path"), "store", "verify"])
+        .output()
+        .expect("hsmpool runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "store verify fails on a tampered store: {text}");
+    assert!(text.contains("tampered object"), "{text}");
 }

@@ -96,7 +96,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
 }
 
 /// §5.4.6 C_GetInterface: the interface matching a name, version and flags (NULL name or version
-/// matches any; see [`table::find_interface`]). Callable before `C_Initialize`.
+/// matches any; see `table::find_interface`). Callable before `C_Initialize`.
 ///
 /// # Safety
 /// `p_interface_name` is NULL or a readable NUL-terminated string; `p_version` is NULL or points

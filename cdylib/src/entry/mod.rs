@@ -1,6 +1,9 @@
 //! The `C_*` entry points, grouped as chapter 5 of the PKCS #11 3.0 base specification groups
-//! them. Each body is one [`guard!`](crate::guard::guard) call; pointers are turned into values by
-//! the helpers in [`crate::guard`] only.
+//! them. Each body is one `guard!` call; pointers are turned into values by
+//! the helpers in `guard.rs` only.
+
+// The exported names are the specification's (`C_Sign`), and so are the parameters, in snake case.
+#![allow(non_snake_case)]
 
 pub mod decrypt;
 pub mod digest;

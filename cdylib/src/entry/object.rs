@@ -93,7 +93,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
 
 /// §5.7.5 C_GetAttributeValue: answers every attribute of the template in place; returns
 /// `CKR_ATTRIBUTE_SENSITIVE`, `CKR_ATTRIBUTE_TYPE_INVALID` or `CKR_BUFFER_TOO_SMALL` if any
-/// attribute had that problem (see [`OutTemplate::fill`]).
+/// attribute had that problem (see `OutTemplate::fill`).
 ///
 /// # Safety
 /// `p_template` is NULL or points to `ul_count` readable and writable `CK_ATTRIBUTE`s, each
