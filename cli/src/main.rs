@@ -39,7 +39,9 @@ fn main() -> ExitCode {
 }
 
 fn env_secret(name: &str) -> Result<Vec<u8>, String> {
-    std::env::var(name).map(String::into_bytes).map_err(|_| format!("{name} is not set"))
+    std::env::var(name)
+        .map(String::into_bytes)
+        .map_err(|_| format!("{name} is not set"))
 }
 
 fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
@@ -57,9 +59,12 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     }
     let dir = match data {
         Some(d) => d,
-        None => Config::resolve(None).map_err(|e| e.to_string())?.embedded_data_dir(),
+        None => Config::resolve(None)
+            .map_err(|e| e.to_string())?
+            .embedded_data_dir(),
     };
-    let open = || Hsm::open(HsmConfig::new(dir.clone())).map_err(|e| format!("{}: {e}", dir.display()));
+    let open =
+        || Hsm::open(HsmConfig::new(dir.clone())).map_err(|e| format!("{}: {e}", dir.display()));
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["status"] => {
@@ -67,7 +72,10 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             let st = hsm.token_status();
             println!("data directory: {}", dir.display());
             println!("initialised:    {}", st.initialized);
-            println!("label:          {}", String::from_utf8_lossy(&st.label).trim_end());
+            println!(
+                "label:          {}",
+                String::from_utf8_lossy(&st.label).trim_end()
+            );
             println!("objects:        {}", st.object_count);
             for (name, role, failures) in hsm.users() {
                 let role = match role {
@@ -88,8 +96,10 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             let new_pin = env_secret("HSMPOOL_NEW_PIN")?;
             let hsm = open()?;
             let ms = hsm.open_session();
-            hsm.login(ms, Role::Officer, &so_pin).map_err(|e| format!("crypto officer login: {e}"))?;
-            hsm.add_user(ms, name, role, &new_pin).map_err(|e| format!("adding {name}: {e}"))?;
+            hsm.login(ms, Role::Officer, &so_pin)
+                .map_err(|e| format!("crypto officer login: {e}"))?;
+            hsm.add_user(ms, name, role, &new_pin)
+                .map_err(|e| format!("adding {name}: {e}"))?;
             hsm.close_session(ms);
             println!("added {name}");
             Ok(ExitCode::SUCCESS)

@@ -72,7 +72,8 @@ pub fn default_data_dir() -> PathBuf {
 impl Config {
     /// Parse TOML text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
         for (i, m) in cfg.member.iter().enumerate() {
             if m.kind != "embedded" {
                 return Err(Error::Config(format!(
@@ -81,7 +82,9 @@ impl Config {
                 )));
             }
             if m.pin_iterations == Some(0) {
-                return Err(Error::Config(format!("{origin}: member[{i}].pin_iterations: must be at least 1")));
+                return Err(Error::Config(format!(
+                    "{origin}: member[{i}].pin_iterations: must be at least 1"
+                )));
             }
         }
         Ok(cfg)
@@ -89,7 +92,8 @@ impl Config {
 
     /// Load from a file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -119,13 +123,21 @@ impl Config {
 
     /// Where the first embedded member keeps its store.
     pub fn embedded_data_dir(&self) -> PathBuf {
-        self.members().first().and_then(|m| m.data_dir.clone()).unwrap_or_else(|| default_data_dir().join("hsm0"))
+        self.members()
+            .first()
+            .and_then(|m| m.data_dir.clone())
+            .unwrap_or_else(|| default_data_dir().join("hsm0"))
     }
 
     /// The members, with the embedded default filled in when none is configured.
     pub fn members(&self) -> Vec<MemberConfig> {
         if self.member.is_empty() {
-            vec![MemberConfig { kind: "embedded".into(), data_dir: None, pin_iterations: None, max_login_failures: None }]
+            vec![MemberConfig {
+                kind: "embedded".into(),
+                data_dir: None,
+                pin_iterations: None,
+                max_login_failures: None,
+            }]
         } else {
             self.member.clone()
         }
@@ -138,9 +150,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_file_and_the_key() {
-        let e = Config::parse("[[member]]\nkind = \"embedded\"\ndata_dri = \"/x\"\n", "/etc/h.toml").unwrap_err();
+        let e = Config::parse(
+            "[[member]]\nkind = \"embedded\"\ndata_dri = \"/x\"\n",
+            "/etc/h.toml",
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/etc/h.toml") && msg.contains("data_dri"), "{msg}");
+        assert!(
+            msg.contains("/etc/h.toml") && msg.contains("data_dri"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -90,7 +90,10 @@ struct Global {
 static GLOBAL: Lazy<RwLock<Option<Global>>> = Lazy::new(|| RwLock::new(None));
 
 fn init_logging(cfg: &Config) {
-    let filter = std::env::var("HSMPOOL_LOG").ok().filter(|s| !s.is_empty()).or_else(|| cfg.log.clone());
+    let filter = std::env::var("HSMPOOL_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| cfg.log.clone());
     if let Some(f) = filter {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(f))
@@ -125,7 +128,10 @@ pub fn initialize(args: InitArgs) -> Result<()> {
     let engine = Engine::new(cfg).inspect_err(|e| {
         tracing::error!("C_Initialize: {e}");
     })?;
-    *g = Some(Global { pid, engine: Arc::new(engine) });
+    *g = Some(Global {
+        pid,
+        engine: Arc::new(engine),
+    });
     Ok(())
 }
 
@@ -167,7 +173,9 @@ impl Engine {
     /// Build an engine from a configuration (opens every member).
     pub fn new(cfg: Config) -> Result<Engine> {
         let members = cfg.members();
-        let m = members.first().ok_or_else(|| Error::Config("no member configured".into()))?;
+        let m = members
+            .first()
+            .ok_or_else(|| Error::Config("no member configured".into()))?;
         let data_dir = cfg.embedded_data_dir();
         let mut hcfg = HsmConfig::new(data_dir);
         if let Some(i) = m.pin_iterations {
@@ -209,11 +217,17 @@ impl Engine {
     }
 
     pub(crate) fn session(&self, s: SessionHandle) -> Result<Arc<Mutex<Session>>> {
-        self.sessions.get(&s).map(|e| e.value().clone()).ok_or(Error::SessionHandleInvalid)
+        self.sessions
+            .get(&s)
+            .map(|e| e.value().clone())
+            .ok_or(Error::SessionHandleInvalid)
     }
 
     pub(crate) fn entry(&self, o: ObjectHandle) -> Result<ObjEntry> {
-        self.objects.get(&o).map(|e| *e.value()).ok_or(Error::ObjectHandleInvalid)
+        self.objects
+            .get(&o)
+            .map(|e| *e.value())
+            .ok_or(Error::ObjectHandleInvalid)
     }
 
     pub(crate) fn key_entry(&self, o: ObjectHandle) -> Result<ObjEntry> {
@@ -224,7 +238,13 @@ impl Engine {
     fn handle_for(&self, mo: MemberObject, session: Option<SessionHandle>) -> ObjectHandle {
         *self.by_member.entry(mo).or_insert_with(|| {
             let h = ObjectHandle(self.next_object.fetch_add(1, Ordering::Relaxed));
-            self.objects.insert(h, ObjEntry { member_obj: mo, session });
+            self.objects.insert(
+                h,
+                ObjEntry {
+                    member_obj: mo,
+                    session,
+                },
+            );
             h
         })
     }
@@ -271,7 +291,12 @@ impl Engine {
     pub fn slot_info(&self, slot: SlotId) -> Result<SlotInfo> {
         self.check_slot(slot)?;
         Ok(SlotInfo {
-            description: self.cfg.token.slot_description.clone().unwrap_or_else(|| "hsmpool cluster".into()),
+            description: self
+                .cfg
+                .token
+                .slot_description
+                .clone()
+                .unwrap_or_else(|| "hsmpool cluster".into()),
             manufacturer: "hsmpool".into(),
             flags: CKF_TOKEN_PRESENT,
             hardware_version: (0, 1),
@@ -301,8 +326,18 @@ impl Engine {
                 low
             }
         };
-        flags |= pin_flags(st.user_failures, CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED);
-        flags |= pin_flags(st.so_failures, CKF_SO_PIN_COUNT_LOW, CKF_SO_PIN_FINAL_TRY, CKF_SO_PIN_LOCKED);
+        flags |= pin_flags(
+            st.user_failures,
+            CKF_USER_PIN_COUNT_LOW,
+            CKF_USER_PIN_FINAL_TRY,
+            CKF_USER_PIN_LOCKED,
+        );
+        flags |= pin_flags(
+            st.so_failures,
+            CKF_SO_PIN_COUNT_LOW,
+            CKF_SO_PIN_FINAL_TRY,
+            CKF_SO_PIN_LOCKED,
+        );
         let (mut count, mut rw) = (0u64, 0u64);
         for s in self.sessions.iter() {
             count += 1;
@@ -310,7 +345,10 @@ impl Engine {
                 rw += 1;
             }
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Ok(TokenInfo {
             label: String::from_utf8_lossy(&st.label).trim_end().to_string(),
             manufacturer: "hsmpool".into(),
@@ -336,14 +374,21 @@ impl Engine {
     /// `C_GetMechanismList`.
     pub fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
         self.check_slot(slot)?;
-        Ok(crate::mechanism::MECHANISMS.iter().map(|r| r.mech).collect())
+        Ok(crate::mechanism::MECHANISMS
+            .iter()
+            .map(|r| r.mech)
+            .collect())
     }
 
     /// `C_GetMechanismInfo`.
     pub fn mechanism_info(&self, slot: SlotId, mech: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
         self.check_slot(slot)?;
         let r = crate::mechanism::lookup(mech).ok_or(Error::MechanismInvalid)?;
-        Ok(MechanismInfo { min_key_size: r.min, max_key_size: r.max, flags: r.flags })
+        Ok(MechanismInfo {
+            min_key_size: r.min,
+            max_key_size: r.max,
+            flags: r.flags,
+        })
     }
 
     /// `C_InitToken`. `label` is the 32-byte blank-padded label.
@@ -352,7 +397,9 @@ impl Engine {
         if !self.sessions.is_empty() {
             return Err(Error::SessionExists);
         }
-        let label: &[u8; 32] = label.try_into().map_err(|_| Error::ArgumentsBad("label must be 32 bytes"))?;
+        let label: &[u8; 32] = label
+            .try_into()
+            .map_err(|_| Error::ArgumentsBad("label must be 32 bytes"))?;
         self.member.init_token(so_pin, label)?;
         self.objects.clear();
         self.by_member.clear();
@@ -408,7 +455,10 @@ impl Engine {
 
     /// `C_CloseSession`.
     pub fn close_session(&self, s: SessionHandle) -> Result<()> {
-        let (_, sess) = self.sessions.remove(&s).ok_or(Error::SessionHandleInvalid)?;
+        let (_, sess) = self
+            .sessions
+            .remove(&s)
+            .ok_or(Error::SessionHandleInvalid)?;
         let objects = std::mem::take(&mut sess.lock().objects);
         for h in objects {
             if let Ok(e) = self.entry(h) {
@@ -448,10 +498,18 @@ impl Engine {
     }
 
     /// `C_Login`. `username` is set by `C_LoginUser`.
-    pub fn login(&self, s: SessionHandle, user_type: CK_USER_TYPE, pin: &[u8], username: Option<&[u8]>) -> Result<()> {
+    pub fn login(
+        &self,
+        s: SessionHandle,
+        user_type: CK_USER_TYPE,
+        pin: &[u8],
+        username: Option<&[u8]>,
+    ) -> Result<()> {
         let sess = self.session(s)?;
         let username = match username {
-            Some(u) => Some(std::str::from_utf8(u).map_err(|_| Error::ArgumentsBad("username is not UTF-8"))?),
+            Some(u) => Some(
+                std::str::from_utf8(u).map_err(|_| Error::ArgumentsBad("username is not UTF-8"))?,
+            ),
             None => None,
         };
         let mut login = self.login.write();
@@ -469,7 +527,11 @@ impl Engine {
                 Ok(())
             }
             CKU_SO | CKU_USER => {
-                let wanted = if user_type == CKU_SO { LoginState::So } else { LoginState::User };
+                let wanted = if user_type == CKU_SO {
+                    LoginState::So
+                } else {
+                    LoginState::User
+                };
                 match *login {
                     LoginState::Public => {}
                     l if l == wanted => return Err(Error::UserAlreadyLoggedIn),
@@ -481,7 +543,11 @@ impl Engine {
                         return Err(Error::SessionReadOnlyExists);
                     }
                 }
-                let role = if wanted == LoginState::So { Role::Officer } else { Role::User };
+                let role = if wanted == LoginState::So {
+                    Role::Officer
+                } else {
+                    Role::User
+                };
                 self.member.login(self.ms, role, pin, username)?;
                 *login = wanted;
                 tracing::info!(user_type, "application logged in");
@@ -542,7 +608,12 @@ impl Engine {
     }
 
     /// `C_CopyObject`.
-    pub fn copy_object(&self, s: SessionHandle, o: ObjectHandle, template: Vec<Attr>) -> Result<ObjectHandle> {
+    pub fn copy_object(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
         self.session(s)?;
         self.check_write(s, &template)?;
         let e = self.entry(o)?;
@@ -576,10 +647,18 @@ impl Engine {
     }
 
     /// `C_GetAttributeValue`: one answer per requested type, in order.
-    pub fn get_attribute_value(&self, s: SessionHandle, o: ObjectHandle, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<AttrValue>> {
+    pub fn get_attribute_value(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrValue>> {
         self.session(s)?;
         let e = self.entry(o)?;
-        let answers = self.member.get_attributes(self.ms, e.member_obj, types).map_err(object_error)?;
+        let answers = self
+            .member
+            .get_attributes(self.ms, e.member_obj, types)
+            .map_err(object_error)?;
         Ok(answers
             .into_iter()
             .map(|a| match a {
@@ -591,13 +670,20 @@ impl Engine {
     }
 
     /// `C_SetAttributeValue`.
-    pub fn set_attribute_value(&self, s: SessionHandle, o: ObjectHandle, template: Vec<Attr>) -> Result<()> {
+    pub fn set_attribute_value(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        template: Vec<Attr>,
+    ) -> Result<()> {
         let rw = self.rw_of(s)?;
         let e = self.entry(o)?;
         if !rw && self.is_token(e.member_obj).map_err(object_error)? {
             return Err(Error::SessionReadOnly);
         }
-        self.member.set_attributes(self.ms, e.member_obj, &template).map_err(object_error)
+        self.member
+            .set_attributes(self.ms, e.member_obj, &template)
+            .map_err(object_error)
     }
 
     /// `C_FindObjectsInit`.
@@ -609,7 +695,12 @@ impl Engine {
         let found = self.member.find(self.ms, &template)?;
         let results: Vec<ObjectHandle> = found
             .into_iter()
-            .map(|mo| self.by_member.get(&mo).map(|h| *h.value()).unwrap_or_else(|| self.handle_for(mo, None)))
+            .map(|mo| {
+                self.by_member
+                    .get(&mo)
+                    .map(|h| *h.value())
+                    .unwrap_or_else(|| self.handle_for(mo, None))
+            })
             .collect();
         let mut g = sess.lock();
         if g.find.is_some() {
@@ -641,7 +732,12 @@ impl Engine {
     }
 
     /// `C_GenerateKey`.
-    pub fn generate_key(&self, s: SessionHandle, mech: Mechanism, template: Vec<Attr>) -> Result<ObjectHandle> {
+    pub fn generate_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
         self.session(s)?;
         let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
         if row.flags & CKF_GENERATE == 0 {
@@ -654,7 +750,13 @@ impl Engine {
     }
 
     /// `C_GenerateKeyPair`: (public, private).
-    pub fn generate_key_pair(&self, s: SessionHandle, mech: Mechanism, public: Vec<Attr>, private: Vec<Attr>) -> Result<(ObjectHandle, ObjectHandle)> {
+    pub fn generate_key_pair(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        public: Vec<Attr>,
+        private: Vec<Attr>,
+    ) -> Result<(ObjectHandle, ObjectHandle)> {
         self.session(s)?;
         let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
         if row.flags & CKF_GENERATE_KEY_PAIR == 0 {
@@ -664,13 +766,19 @@ impl Engine {
         self.check_write(s, &private)?;
         if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
             // Generation sizes are the table's (verification of larger imported keys is wider).
-            if let Some(bits) = public.iter().find(|a| a.ty == CKA_MODULUS_BITS).and_then(|a| a.as_ulong()) {
+            if let Some(bits) = public
+                .iter()
+                .find(|a| a.ty == CKA_MODULUS_BITS)
+                .and_then(|a| a.as_ulong())
+            {
                 if bits < row.min || bits > row.max {
                     return Err(Error::KeySizeRange);
                 }
             }
         }
-        let (p, k) = self.member.generate_key_pair(self.ms, &mech, &public, &private)?;
+        let (p, k) = self
+            .member
+            .generate_key_pair(self.ms, &mech, &public, &private)?;
         let pt = self.is_token(p)?;
         let kt = self.is_token(k)?;
         Ok((self.adopt(s, p, pt)?, self.adopt(s, k, kt)?))
@@ -689,9 +797,17 @@ impl Engine {
     }
 
     /// Take an operation out of its slot (it is put back by the caller if it stays active).
-    pub(crate) fn take_op(&self, s: SessionHandle, kind: OpKind) -> Result<(Arc<Mutex<Session>>, Op)> {
+    pub(crate) fn take_op(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+    ) -> Result<(Arc<Mutex<Session>>, Op)> {
         let sess = self.session(s)?;
-        let op = sess.lock().ops.take(kind).ok_or(Error::OperationNotInitialized)?;
+        let op = sess
+            .lock()
+            .ops
+            .take(kind)
+            .ok_or(Error::OperationNotInitialized)?;
         Ok((sess, op))
     }
 
@@ -707,7 +823,9 @@ fn object_error(e: Error) -> Error {
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn utc_time(secs: u64) -> String {
@@ -723,7 +841,12 @@ fn utc_time(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}00", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}00",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 #[allow(dead_code)]

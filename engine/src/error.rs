@@ -226,7 +226,10 @@ impl Error {
     /// everything the caller or the key decides is permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Hsm { rv, .. } => matches!(*rv, CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_DEVICE_MEMORY | CKR_SESSION_CLOSED),
+            Error::Hsm { rv, .. } => matches!(
+                *rv,
+                CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_DEVICE_MEMORY | CKR_SESSION_CLOSED
+            ),
             Error::DeviceError(_) => true,
             Error::NotInitialized
             | Error::AlreadyInitialized

@@ -57,49 +57,419 @@ const fn row(
     hash: Option<CK_MECHANISM_TYPE>,
     multipart: bool,
 ) -> MechRow {
-    MechRow { mech, name, min, max, unit, flags, key_types, hash, multipart }
+    MechRow {
+        mech,
+        name,
+        min,
+        max,
+        unit,
+        flags,
+        key_types,
+        hash,
+        multipart,
+    }
 }
 
 use SizeUnit::{Bits, Bytes};
 
 /// Every mechanism the engine offers.
 pub static MECHANISMS: &[MechRow] = &[
-    row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 4096, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
-    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false),
-    row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
-    row(CKM_SHA224_RSA_PKCS, "CKM_SHA224_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
-    row(CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
-    row(CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
-    row(CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
-    row(CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, None, false),
-    row(CKM_SHA1_RSA_PKCS_PSS, "CKM_SHA1_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
-    row(CKM_SHA224_RSA_PKCS_PSS, "CKM_SHA224_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
-    row(CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
-    row(CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
-    row(CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
-    row(CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", 2048, 8192, Bits, ED, RSA, None, false),
-    row(CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", 256, 384, Bits, CKF_GENERATE_KEY_PAIR | EC_FLAGS, EC, None, false),
-    row(CKM_ECDSA, "CKM_ECDSA", 256, 384, Bits, SV | EC_FLAGS, EC, None, false),
-    row(CKM_ECDSA_SHA1, "CKM_ECDSA_SHA1", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA_1), true),
-    row(CKM_ECDSA_SHA224, "CKM_ECDSA_SHA224", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA224), true),
-    row(CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA256), true),
-    row(CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA384), true),
-    row(CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", 256, 384, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA512), true),
-    row(CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", 16, 32, Bytes, CKF_GENERATE, AES, None, false),
-    row(CKM_AES_CBC, "CKM_AES_CBC", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_CBC_PAD, "CKM_AES_CBC_PAD", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_GCM, "CKM_AES_GCM", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", 8, 4096, Bits, CKF_GENERATE, GENERIC, None, false),
-    row(CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA224_HMAC, "CKM_SHA224_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA256_HMAC, "CKM_SHA256_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA384_HMAC, "CKM_SHA384_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA512_HMAC, "CKM_SHA512_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA384, "CKM_SHA384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA512, "CKM_SHA512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(
+        CKM_RSA_PKCS_KEY_PAIR_GEN,
+        "CKM_RSA_PKCS_KEY_PAIR_GEN",
+        2048,
+        4096,
+        Bits,
+        CKF_GENERATE_KEY_PAIR,
+        RSA,
+        None,
+        false,
+    ),
+    row(
+        CKM_RSA_PKCS,
+        "CKM_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV | ED,
+        RSA,
+        None,
+        false,
+    ),
+    row(
+        CKM_SHA1_RSA_PKCS,
+        "CKM_SHA1_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA_1),
+        true,
+    ),
+    row(
+        CKM_SHA224_RSA_PKCS,
+        "CKM_SHA224_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA224),
+        true,
+    ),
+    row(
+        CKM_SHA256_RSA_PKCS,
+        "CKM_SHA256_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA256),
+        true,
+    ),
+    row(
+        CKM_SHA384_RSA_PKCS,
+        "CKM_SHA384_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA384),
+        true,
+    ),
+    row(
+        CKM_SHA512_RSA_PKCS,
+        "CKM_SHA512_RSA_PKCS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA512),
+        true,
+    ),
+    row(
+        CKM_RSA_PKCS_PSS,
+        "CKM_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        None,
+        false,
+    ),
+    row(
+        CKM_SHA1_RSA_PKCS_PSS,
+        "CKM_SHA1_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA_1),
+        true,
+    ),
+    row(
+        CKM_SHA224_RSA_PKCS_PSS,
+        "CKM_SHA224_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA224),
+        true,
+    ),
+    row(
+        CKM_SHA256_RSA_PKCS_PSS,
+        "CKM_SHA256_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA256),
+        true,
+    ),
+    row(
+        CKM_SHA384_RSA_PKCS_PSS,
+        "CKM_SHA384_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA384),
+        true,
+    ),
+    row(
+        CKM_SHA512_RSA_PKCS_PSS,
+        "CKM_SHA512_RSA_PKCS_PSS",
+        2048,
+        8192,
+        Bits,
+        SV,
+        RSA,
+        Some(CKM_SHA512),
+        true,
+    ),
+    row(
+        CKM_RSA_PKCS_OAEP,
+        "CKM_RSA_PKCS_OAEP",
+        2048,
+        8192,
+        Bits,
+        ED,
+        RSA,
+        None,
+        false,
+    ),
+    row(
+        CKM_EC_KEY_PAIR_GEN,
+        "CKM_EC_KEY_PAIR_GEN",
+        256,
+        384,
+        Bits,
+        CKF_GENERATE_KEY_PAIR | EC_FLAGS,
+        EC,
+        None,
+        false,
+    ),
+    row(
+        CKM_ECDSA,
+        "CKM_ECDSA",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        None,
+        false,
+    ),
+    row(
+        CKM_ECDSA_SHA1,
+        "CKM_ECDSA_SHA1",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        Some(CKM_SHA_1),
+        true,
+    ),
+    row(
+        CKM_ECDSA_SHA224,
+        "CKM_ECDSA_SHA224",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        Some(CKM_SHA224),
+        true,
+    ),
+    row(
+        CKM_ECDSA_SHA256,
+        "CKM_ECDSA_SHA256",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        Some(CKM_SHA256),
+        true,
+    ),
+    row(
+        CKM_ECDSA_SHA384,
+        "CKM_ECDSA_SHA384",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        Some(CKM_SHA384),
+        true,
+    ),
+    row(
+        CKM_ECDSA_SHA512,
+        "CKM_ECDSA_SHA512",
+        256,
+        384,
+        Bits,
+        SV | EC_FLAGS,
+        EC,
+        Some(CKM_SHA512),
+        true,
+    ),
+    row(
+        CKM_AES_KEY_GEN,
+        "CKM_AES_KEY_GEN",
+        16,
+        32,
+        Bytes,
+        CKF_GENERATE,
+        AES,
+        None,
+        false,
+    ),
+    row(
+        CKM_AES_CBC,
+        "CKM_AES_CBC",
+        16,
+        32,
+        Bytes,
+        ED,
+        AES,
+        None,
+        true,
+    ),
+    row(
+        CKM_AES_CBC_PAD,
+        "CKM_AES_CBC_PAD",
+        16,
+        32,
+        Bytes,
+        ED,
+        AES,
+        None,
+        true,
+    ),
+    row(
+        CKM_AES_GCM,
+        "CKM_AES_GCM",
+        16,
+        32,
+        Bytes,
+        ED,
+        AES,
+        None,
+        true,
+    ),
+    row(
+        CKM_GENERIC_SECRET_KEY_GEN,
+        "CKM_GENERIC_SECRET_KEY_GEN",
+        8,
+        4096,
+        Bits,
+        CKF_GENERATE,
+        GENERIC,
+        None,
+        false,
+    ),
+    row(
+        CKM_SHA_1_HMAC,
+        "CKM_SHA_1_HMAC",
+        1,
+        512,
+        Bytes,
+        SV,
+        GENERIC,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA224_HMAC,
+        "CKM_SHA224_HMAC",
+        1,
+        512,
+        Bytes,
+        SV,
+        GENERIC,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA256_HMAC,
+        "CKM_SHA256_HMAC",
+        1,
+        512,
+        Bytes,
+        SV,
+        GENERIC,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA384_HMAC,
+        "CKM_SHA384_HMAC",
+        1,
+        512,
+        Bytes,
+        SV,
+        GENERIC,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA512_HMAC,
+        "CKM_SHA512_HMAC",
+        1,
+        512,
+        Bytes,
+        SV,
+        GENERIC,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA_1,
+        "CKM_SHA_1",
+        0,
+        0,
+        Bytes,
+        CKF_DIGEST,
+        NONE,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA224,
+        "CKM_SHA224",
+        0,
+        0,
+        Bytes,
+        CKF_DIGEST,
+        NONE,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA256,
+        "CKM_SHA256",
+        0,
+        0,
+        Bytes,
+        CKF_DIGEST,
+        NONE,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA384,
+        "CKM_SHA384",
+        0,
+        0,
+        Bytes,
+        CKF_DIGEST,
+        NONE,
+        None,
+        true,
+    ),
+    row(
+        CKM_SHA512,
+        "CKM_SHA512",
+        0,
+        0,
+        Bytes,
+        CKF_DIGEST,
+        NONE,
+        None,
+        true,
+    ),
 ];
 
 /// The row of a mechanism.
@@ -114,7 +484,9 @@ impl MechRow {
             SizeUnit::Bits => bits,
             SizeUnit::Bytes => bits / 8,
         };
-        let Ok(size) = CK_ULONG::try_from(size) else { return false };
+        let Ok(size) = CK_ULONG::try_from(size) else {
+            return false;
+        };
         self.min <= size && size <= self.max
     }
 }
@@ -126,8 +498,16 @@ mod tests {
     #[test]
     fn every_mechanism_appears_once_and_has_a_function() {
         for (i, r) in MECHANISMS.iter().enumerate() {
-            assert!(MECHANISMS[i + 1..].iter().all(|o| o.mech != r.mech), "{} listed twice", r.name);
-            assert!(r.flags & (SV | ED | CKF_DIGEST | CKF_GENERATE | CKF_GENERATE_KEY_PAIR) != 0, "{} does nothing", r.name);
+            assert!(
+                MECHANISMS[i + 1..].iter().all(|o| o.mech != r.mech),
+                "{} listed twice",
+                r.name
+            );
+            assert!(
+                r.flags & (SV | ED | CKF_DIGEST | CKF_GENERATE | CKF_GENERATE_KEY_PAIR) != 0,
+                "{} does nothing",
+                r.name
+            );
             assert!(r.min <= r.max, "{} has an empty size range", r.name);
         }
     }
@@ -138,5 +518,64 @@ mod tests {
         assert!(aes.size_ok(256) && aes.size_ok(128) && !aes.size_ok(64));
         let rsa = lookup(CKM_RSA_PKCS).expect("RSA is in the table");
         assert!(rsa.size_ok(2048) && !rsa.size_ok(1024));
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    fn functions(flags: CK_FLAGS) -> String {
+        let names = [
+            (CKF_GENERATE_KEY_PAIR, "generate key pair"),
+            (CKF_GENERATE, "generate"),
+            (CKF_ENCRYPT, "encrypt"),
+            (CKF_DECRYPT, "decrypt"),
+            (CKF_SIGN, "sign"),
+            (CKF_VERIFY, "verify"),
+            (CKF_DIGEST, "digest"),
+        ];
+        names
+            .iter()
+            .filter(|(f, _)| flags & f != 0)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn sizes(r: &MechRow) -> String {
+        match (r.min, r.max, r.unit) {
+            (0, 0, _) => "-".into(),
+            (a, b, SizeUnit::Bits) => format!("{a}-{b}"),
+            (a, b, SizeUnit::Bytes) => format!("{a}-{b} bytes"),
+        }
+    }
+
+    /// The README's mechanism table, as the code would write it.
+    fn table() -> String {
+        let mut s = String::from("| mechanism | key sizes | functions |\n|---|---|---|\n");
+        for r in MECHANISMS {
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r.name,
+                sizes(r),
+                functions(r.flags)
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn readme_mechanism_table_matches_the_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md exists");
+        let begin = readme
+            .find("<!-- mechanisms:begin -->\n")
+            .expect("table start marker")
+            + "<!-- mechanisms:begin -->\n".len();
+        let end = readme
+            .find("<!-- mechanisms:end -->")
+            .expect("table end marker");
+        assert_eq!(&readme[begin..end], table(), "README mechanism table differs from engine/src/mechanism.rs; replace it with the right side");
     }
 }

@@ -111,10 +111,19 @@ fn check_param(mech: &Mechanism) -> Result<()> {
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Iv(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Raw(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, _) => false,
-        (CKM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => !iv.is_empty() && iv.len() <= 256 && *tag_bits <= 128,
+        (CKM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => {
+            !iv.is_empty() && iv.len() <= 256 && *tag_bits <= 128
+        }
         (CKM_AES_GCM, _) => false,
-        (CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA224_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS
-            | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS, p) => matches!(p, MechParam::Pss { .. }),
+        (
+            CKM_RSA_PKCS_PSS
+            | CKM_SHA1_RSA_PKCS_PSS
+            | CKM_SHA224_RSA_PKCS_PSS
+            | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS
+            | CKM_SHA512_RSA_PKCS_PSS,
+            p,
+        ) => matches!(p, MechParam::Pss { .. }),
         (CKM_RSA_PKCS_OAEP, p) => matches!(p, MechParam::Oaep { .. }),
         (_, _) => true,
     };
@@ -127,18 +136,28 @@ fn check_param(mech: &Mechanism) -> Result<()> {
 
 fn cbc_iv(mech: &Mechanism) -> Result<[u8; AES_BLOCK]> {
     match &mech.param {
-        MechParam::Iv(iv) | MechParam::Raw(iv) => iv.as_slice().try_into().map_err(|_| Error::MechanismParamInvalid),
+        MechParam::Iv(iv) | MechParam::Raw(iv) => iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::MechanismParamInvalid),
         _ => Err(Error::MechanismParamInvalid),
     }
 }
 
 fn with_iv(mech: CK_MECHANISM_TYPE, iv: [u8; AES_BLOCK]) -> Mechanism {
-    Mechanism { mech, param: MechParam::Iv(iv.to_vec()) }
+    Mechanism {
+        mech,
+        param: MechParam::Iv(iv.to_vec()),
+    }
 }
 
 /// Deliver a result under the output-length rule. Returns the op to put back (if it stays
 /// active) and the outcome.
-fn deliver(mut op: Op, result: Zeroizing<Vec<u8>>, out: Option<&mut [u8]>) -> (Option<Op>, Result<usize>) {
+fn deliver(
+    mut op: Op,
+    result: Zeroizing<Vec<u8>>,
+    out: Option<&mut [u8]>,
+) -> (Option<Op>, Result<usize>) {
     let len = result.len();
     match out {
         None => {
@@ -158,7 +177,13 @@ fn deliver(mut op: Op, result: Zeroizing<Vec<u8>>, out: Option<&mut [u8]>) -> (O
 
 impl Engine {
     /// `C_EncryptInit`, `C_DecryptInit`, `C_SignInit`, `C_VerifyInit`.
-    pub fn op_init(&self, s: SessionHandle, kind: OpKind, mech: Mechanism, key: ObjectHandle) -> Result<()> {
+    pub fn op_init(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+        mech: Mechanism,
+        key: ObjectHandle,
+    ) -> Result<()> {
         let sess = self.session(s)?;
         if sess.lock().ops.active(kind) {
             return Err(Error::OperationActive);
@@ -169,10 +194,16 @@ impl Engine {
         }
         check_param(&mech)?;
         let entry = self.key_entry(key)?;
-        let meta = self.member.check_key(self.ms, usage_attr(kind), &mech, entry.member_obj).map_err(|e| match e {
-            Error::Hsm { rv: CKR_OBJECT_HANDLE_INVALID, .. } => Error::KeyHandleInvalid,
-            e => e,
-        })?;
+        let meta = self
+            .member
+            .check_key(self.ms, usage_attr(kind), &mech, entry.member_obj)
+            .map_err(|e| match e {
+                Error::Hsm {
+                    rv: CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                } => Error::KeyHandleInvalid,
+                e => e,
+            })?;
         match meta.key_type {
             Some(kt) if row.key_types.contains(&kt) => {}
             _ => return Err(Error::KeyTypeInconsistent),
@@ -184,7 +215,11 @@ impl Engine {
             Some(h) => Some(digest::Context::new(digest_alg(h)?)),
             None => None,
         };
-        let cbc_iv = if is_cbc(mech.mech) { Some(cbc_iv(&mech)?) } else { None };
+        let cbc_iv = if is_cbc(mech.mech) {
+            Some(cbc_iv(&mech)?)
+        } else {
+            None
+        };
         let op = Op {
             mech,
             row,
@@ -236,13 +271,20 @@ impl Engine {
     }
 
     fn key_of(op: &Op) -> Result<MemberObject> {
-        op.key.ok_or(Error::General("keyed operation without a key".into()))
+        op.key
+            .ok_or(Error::General("keyed operation without a key".into()))
     }
 
     /// Single-part `C_Encrypt`, `C_Decrypt`, `C_Sign`, `C_Digest`. `out` None asks for the
     /// length only; a too-small `out` gives `BufferTooSmall` and leaves the operation active.
     /// Returns the number of bytes written (or needed, for a query).
-    pub fn op_single(&self, s: SessionHandle, kind: OpKind, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    pub fn op_single(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         if kind == OpKind::Verify {
             return Err(Error::General("verify has its own entry".into()));
         }
@@ -270,10 +312,26 @@ impl Engine {
 
     fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         match kind {
-            OpKind::Sign => Ok(Zeroizing::new(self.member.sign(self.ms, &op.mech, Self::key_of(op)?, SignInput::Message(data))?)),
-            OpKind::Encrypt => Ok(Zeroizing::new(self.member.encrypt(self.ms, &op.mech, Self::key_of(op)?, data)?)),
-            OpKind::Decrypt => self.member.decrypt(self.ms, &op.mech, Self::key_of(op)?, data),
-            OpKind::Digest => Ok(Zeroizing::new(digest::digest(digest_alg(op.mech.mech)?, data).as_ref().to_vec())),
+            OpKind::Sign => Ok(Zeroizing::new(self.member.sign(
+                self.ms,
+                &op.mech,
+                Self::key_of(op)?,
+                SignInput::Message(data),
+            )?)),
+            OpKind::Encrypt => Ok(Zeroizing::new(self.member.encrypt(
+                self.ms,
+                &op.mech,
+                Self::key_of(op)?,
+                data,
+            )?)),
+            OpKind::Decrypt => self
+                .member
+                .decrypt(self.ms, &op.mech, Self::key_of(op)?, data),
+            OpKind::Digest => Ok(Zeroizing::new(
+                digest::digest(digest_alg(op.mech.mech)?, data)
+                    .as_ref()
+                    .to_vec(),
+            )),
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),
         }
     }
@@ -288,7 +346,13 @@ impl Engine {
 
     /// `C_EncryptUpdate`, `C_DecryptUpdate` (with output), `C_SignUpdate`, `C_VerifyUpdate`,
     /// `C_DigestUpdate` (whose `out` is ignored and which return 0).
-    pub fn op_update(&self, s: SessionHandle, kind: OpKind, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    pub fn op_update(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         let (sess, mut op) = self.take_op(s, kind)?;
         if !op.row.multipart && matches!(kind, OpKind::Encrypt | OpKind::Decrypt) {
             // Single-part only mechanisms (RSA encryption) end here, as the spec allows.
@@ -308,7 +372,13 @@ impl Engine {
         }
     }
 
-    fn update_inner(&self, kind: OpKind, op: &mut Op, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+    fn update_inner(
+        &self,
+        kind: OpKind,
+        op: &mut Op,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         match kind {
             OpKind::Digest | OpKind::Sign | OpKind::Verify => {
                 op.updated = true;
@@ -344,11 +414,21 @@ impl Engine {
                 let chunk = &all[..n];
                 let key = Self::key_of(op)?;
                 let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
-                    Zeroizing::new(self.member.encrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?)
+                    Zeroizing::new(self.member.encrypt(
+                        self.ms,
+                        &with_iv(CKM_AES_CBC, iv),
+                        key,
+                        chunk,
+                    )?)
                 } else {
-                    self.member.decrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?
+                    self.member
+                        .decrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?
                 };
-                let chain = if kind == OpKind::Encrypt { &result[n - AES_BLOCK..n] } else { &chunk[n - AES_BLOCK..n] };
+                let chain = if kind == OpKind::Encrypt {
+                    &result[n - AES_BLOCK..n]
+                } else {
+                    &chunk[n - AES_BLOCK..n]
+                };
                 let mut next = [0u8; AES_BLOCK];
                 next.copy_from_slice(chain);
                 op.cbc_iv = Some(next);
@@ -386,7 +466,12 @@ impl Engine {
     }
 
     /// `C_EncryptFinal`, `C_DecryptFinal`, `C_SignFinal`, `C_DigestFinal`.
-    pub fn op_final(&self, s: SessionHandle, kind: OpKind, out: Option<&mut [u8]>) -> Result<usize> {
+    pub fn op_final(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
         if kind == OpKind::Verify {
             return Err(Error::General("verify has its own entry".into()));
         }
@@ -410,7 +495,10 @@ impl Engine {
     fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Zeroizing<Vec<u8>>> {
         match kind {
             OpKind::Digest => {
-                let h = op.hash.take().ok_or(Error::General("digest without context".into()))?;
+                let h = op
+                    .hash
+                    .take()
+                    .ok_or(Error::General("digest without context".into()))?;
                 Ok(Zeroizing::new(h.finish().as_ref().to_vec()))
             }
             OpKind::Sign => {
@@ -418,9 +506,17 @@ impl Engine {
                 let sig = match op.hash.take() {
                     Some(h) => {
                         let d = h.finish();
-                        self.member.sign(self.ms, &op.mech, key, SignInput::Prehashed(d.as_ref()))?
+                        self.member.sign(
+                            self.ms,
+                            &op.mech,
+                            key,
+                            SignInput::Prehashed(d.as_ref()),
+                        )?
                     }
-                    None => self.member.sign(self.ms, &op.mech, key, SignInput::Message(&op.buf))?,
+                    None => {
+                        self.member
+                            .sign(self.ms, &op.mech, key, SignInput::Message(&op.buf))?
+                    }
                 };
                 Ok(Zeroizing::new(sig))
             }
@@ -435,17 +531,25 @@ impl Engine {
                             Error::EncryptedDataLenRange
                         }),
                         (_, CKM_AES_CBC) => Ok(Zeroizing::new(Vec::new())),
-                        (OpKind::Encrypt, _) => Ok(Zeroizing::new(self.member.encrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)?)),
+                        (OpKind::Encrypt, _) => Ok(Zeroizing::new(self.member.encrypt(
+                            self.ms,
+                            &with_iv(CKM_AES_CBC_PAD, iv),
+                            key,
+                            rest,
+                        )?)),
                         (_, _) => {
                             if rest.len() != AES_BLOCK {
                                 return Err(Error::EncryptedDataLenRange);
                             }
-                            self.member.decrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                            self.member
+                                .decrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
                         }
                     };
                 }
                 if kind == OpKind::Encrypt {
-                    Ok(Zeroizing::new(self.member.encrypt(self.ms, &op.mech, key, &op.buf)?))
+                    Ok(Zeroizing::new(
+                        self.member.encrypt(self.ms, &op.mech, key, &op.buf)?,
+                    ))
                 } else {
                     self.member.decrypt(self.ms, &op.mech, key, &op.buf)
                 }
@@ -461,7 +565,13 @@ impl Engine {
             self.put_op(&sess, OpKind::Verify, op);
             return Err(Error::OperationActive);
         }
-        self.member.verify(self.ms, &op.mech, Self::key_of(&op)?, SignInput::Message(data), signature)
+        self.member.verify(
+            self.ms,
+            &op.mech,
+            Self::key_of(&op)?,
+            SignInput::Message(data),
+            signature,
+        )
     }
 
     /// `C_VerifyFinal`.
@@ -471,9 +581,21 @@ impl Engine {
         match op.hash.take() {
             Some(h) => {
                 let d = h.finish();
-                self.member.verify(self.ms, &op.mech, key, SignInput::Prehashed(d.as_ref()), signature)
+                self.member.verify(
+                    self.ms,
+                    &op.mech,
+                    key,
+                    SignInput::Prehashed(d.as_ref()),
+                    signature,
+                )
             }
-            None => self.member.verify(self.ms, &op.mech, key, SignInput::Message(&op.buf), signature),
+            None => self.member.verify(
+                self.ms,
+                &op.mech,
+                key,
+                SignInput::Message(&op.buf),
+                signature,
+            ),
         }
     }
 

@@ -48,7 +48,11 @@ pub struct HsmConfig {
 impl HsmConfig {
     /// Defaults for a data directory.
     pub fn new(data_dir: PathBuf) -> Self {
-        HsmConfig { data_dir, pin_iterations: 100_000, max_login_failures: 10 }
+        HsmConfig {
+            data_dir,
+            pin_iterations: 100_000,
+            max_login_failures: 10,
+        }
     }
 }
 
@@ -99,19 +103,43 @@ impl User {
         let salt_len = *rec.get(4)? as usize;
         let salt = rec.get(5..5 + salt_len)?.to_vec();
         let hash = Zeroizing::new(rec.get(5 + salt_len..)?.to_vec());
-        Some(User { role, salt, hash, iterations, failures })
+        Some(User {
+            role,
+            salt,
+            hash,
+            iterations,
+            failures,
+        })
     }
     fn new(role: Role, pin: &[u8], iterations: u32) -> SimResult<User> {
         let mut salt = vec![0u8; 16];
-        SystemRandom::new().fill(&mut salt).map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
         let mut hash = Zeroizing::new(vec![0u8; 32]);
-        let iters = std::num::NonZeroU32::new(iterations.max(1)).ok_or(SimError::Rv(CKR_GENERAL_ERROR))?;
+        let iters =
+            std::num::NonZeroU32::new(iterations.max(1)).ok_or(SimError::Rv(CKR_GENERAL_ERROR))?;
         pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iters, &salt, pin, &mut hash);
-        Ok(User { role, salt, hash, iterations: iters.get(), failures: 0 })
+        Ok(User {
+            role,
+            salt,
+            hash,
+            iterations: iters.get(),
+            failures: 0,
+        })
     }
     fn check(&self, pin: &[u8]) -> bool {
-        let Some(iters) = std::num::NonZeroU32::new(self.iterations) else { return false };
-        pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA256, iters, &self.salt, pin, &self.hash).is_ok()
+        let Some(iters) = std::num::NonZeroU32::new(self.iterations) else {
+            return false;
+        };
+        pbkdf2::verify(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            iters,
+            &self.salt,
+            pin,
+            &self.hash,
+        )
+        .is_ok()
     }
 }
 
@@ -192,7 +220,9 @@ fn rv<T>(r: Result<T, CK_RV>) -> SimResult<T> {
 
 fn random_id() -> SimResult<u64> {
     let mut b = [0u8; 8];
-    SystemRandom::new().fill(&mut b).map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
     Ok((u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1))
 }
 
@@ -211,7 +241,9 @@ impl Hsm {
         }
         let mut users = HashMap::new();
         for u in store.load_users(&mut refused)? {
-            match Role::from_code(u.role).and_then(|role| User::from_record(role, &u.record, u.failures)) {
+            match Role::from_code(u.role)
+                .and_then(|role| User::from_record(role, &u.record, u.failures))
+            {
                 Some(user) => {
                     users.insert(u.name, user);
                 }
@@ -246,14 +278,39 @@ impl Hsm {
         Ok(Hsm { refused, ..hsm })
     }
 
-    fn revive(&self, id: u64, owner: Option<String>, attrs: &[u8], secret: &[u8]) -> Result<Object, CK_RV> {
+    fn revive(
+        &self,
+        id: u64,
+        owner: Option<String>,
+        attrs: &[u8],
+        secret: &[u8],
+    ) -> Result<Object, CK_RV> {
         let attrs = object::decode_attrs(attrs).ok_or(CKR_DEVICE_ERROR)?;
-        let get_ulong = |ty| attrs.get(&ty).and_then(|v| v.as_slice().try_into().ok()).map(CK_ULONG::from_ne_bytes);
+        let get_ulong = |ty| {
+            attrs
+                .get(&ty)
+                .and_then(|v| v.as_slice().try_into().ok())
+                .map(CK_ULONG::from_ne_bytes)
+        };
         let class = get_ulong(CKA_CLASS).ok_or(CKR_DEVICE_ERROR)?;
         let key_type = get_ulong(CKA_KEY_TYPE);
-        let key = if secret.is_empty() { None } else { Some(Arc::new(LoadedKey::load(KeyMaterial::from_bytes(secret)?)?)) };
+        let key = if secret.is_empty() {
+            None
+        } else {
+            Some(Arc::new(LoadedKey::load(KeyMaterial::from_bytes(secret)?)?))
+        };
         let flag = |ty| attrs.get(&ty).is_some_and(|v| v == &[1]);
-        Ok(Object { id, owner, session: None, class, key_type, token: true, private: flag(CKA_PRIVATE), attrs, key })
+        Ok(Object {
+            id,
+            owner,
+            session: None,
+            class,
+            key_type,
+            token: true,
+            private: flag(CKA_PRIVATE),
+            attrs,
+            key,
+        })
     }
 
     /// Objects and users refused at load for failing their integrity check.
@@ -292,8 +349,17 @@ impl Hsm {
         if !obj.token {
             return Ok(());
         }
-        let secret = obj.key.as_ref().map(|k| k.material().to_bytes()).unwrap_or_default();
-        self.store.put_object(obj.id, obj.owner.as_deref(), &object::encode_attrs(&obj.attrs), &secret)
+        let secret = obj
+            .key
+            .as_ref()
+            .map(|k| k.material().to_bytes())
+            .unwrap_or_default();
+        self.store.put_object(
+            obj.id,
+            obj.owner.as_deref(),
+            &object::encode_attrs(&obj.attrs),
+            &secret,
+        )
     }
 
     // ----- sessions and login -------------------------------------------------------------
@@ -308,8 +374,12 @@ impl Hsm {
     /// Close a member session and destroy its session objects.
     pub fn close_session(&self, ms: u64) {
         self.sessions.remove(&ms);
-        let doomed: Vec<Arc<Object>> =
-            self.objects.iter().filter(|o| o.session == Some(ms)).map(|o| o.value().clone()).collect();
+        let doomed: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.session == Some(ms))
+            .map(|o| o.value().clone())
+            .collect();
         for o in doomed {
             self.unindex(&o);
             self.objects.remove(&o.id);
@@ -317,7 +387,10 @@ impl Hsm {
     }
 
     fn login_of(&self, ms: u64) -> SimResult<Option<(Role, String)>> {
-        self.sessions.get(&ms).map(|s| s.login.clone()).ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))
+        self.sessions
+            .get(&ms)
+            .map(|s| s.login.clone())
+            .ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))
     }
 
     /// Log a member session in. A PIN `name:password` names the user when such a user of that
@@ -349,11 +422,13 @@ impl Hsm {
         let (ok, failures) = {
             let users = self.users.read();
             let Some(user) = users.get(name).filter(|u| u.role == role) else {
-                return Err(SimError::Rv(if role == Role::User && name == DEFAULT_USER {
-                    CKR_USER_PIN_NOT_INITIALIZED
-                } else {
-                    CKR_PIN_INCORRECT
-                }));
+                return Err(SimError::Rv(
+                    if role == Role::User && name == DEFAULT_USER {
+                        CKR_USER_PIN_NOT_INITIALIZED
+                    } else {
+                        CKR_PIN_INCORRECT
+                    },
+                ));
             };
             if user.failures >= self.cfg.max_login_failures {
                 return Err(SimError::Rv(CKR_PIN_LOCKED));
@@ -378,7 +453,10 @@ impl Hsm {
 
     /// Log a member session out.
     pub fn logout(&self, ms: u64) -> SimResult<()> {
-        let mut s = self.sessions.get_mut(&ms).ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))?;
+        let mut s = self
+            .sessions
+            .get_mut(&ms)
+            .ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))?;
         s.login = None;
         Ok(())
     }
@@ -403,7 +481,8 @@ impl Hsm {
         }
         let so = User::new(Role::Officer, so_pin, self.cfg.pin_iterations)?;
         self.store.wipe(&[])?;
-        self.store.put_user(DEFAULT_SO, Role::Officer.code(), &so.record(), 0)?;
+        self.store
+            .put_user(DEFAULT_SO, Role::Officer.code(), &so.record(), 0)?;
         self.store.set_meta("label", label)?;
         self.store.set_meta("initialized", &[1])?;
         {
@@ -438,7 +517,12 @@ impl Hsm {
 
     /// Names and roles of every user.
     pub fn users(&self) -> Vec<(String, Role, u32)> {
-        let mut v: Vec<_> = self.users.read().iter().map(|(n, u)| (n.clone(), u.role, u.failures)).collect();
+        let mut v: Vec<_> = self
+            .users
+            .read()
+            .iter()
+            .map(|(n, u)| (n.clone(), u.role, u.failures))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -499,7 +583,11 @@ impl Hsm {
 
     fn get_visible(&self, ms: u64, id: u64) -> SimResult<Arc<Object>> {
         let login = self.login_of(ms)?;
-        let obj = self.objects.get(&id).map(|o| o.value().clone()).ok_or(SimError::Rv(CKR_OBJECT_HANDLE_INVALID))?;
+        let obj = self
+            .objects
+            .get(&id)
+            .map(|o| o.value().clone())
+            .ok_or(SimError::Rv(CKR_OBJECT_HANDLE_INVALID))?;
         if !Self::visible(&login, ms, &obj) {
             return Err(SimError::Rv(CKR_OBJECT_HANDLE_INVALID));
         }
@@ -551,9 +639,11 @@ impl Hsm {
     /// `C_CreateObject`.
     pub fn create_object(&self, ms: u64, template: &[Attr]) -> SimResult<u64> {
         let login = self.login_of(ms)?;
-        let class = rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let class =
+            rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
         let key_type = rv(find_ulong(template, CKA_KEY_TYPE))?;
-        if matches!(class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY) && key_type.is_none() {
+        if matches!(class, CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY) && key_type.is_none()
+        {
             return Err(SimError::Rv(CKR_TEMPLATE_INCOMPLETE));
         }
         if class == CKO_CERTIFICATE {
@@ -563,10 +653,17 @@ impl Hsm {
                 None => return Err(SimError::Rv(CKR_TEMPLATE_INCOMPLETE)),
             }
         }
-        let need = |ty| find(template, ty).map(|a| a.value.as_slice()).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE));
+        let need = |ty| {
+            find(template, ty)
+                .map(|a| a.value.as_slice())
+                .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))
+        };
         let mut token_set: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = vec![
             (CKA_LOCAL, object::bool_bytes(false)),
-            (CKA_KEY_GEN_MECHANISM, object::ulong_bytes(CK_UNAVAILABLE_INFORMATION)),
+            (
+                CKA_KEY_GEN_MECHANISM,
+                object::ulong_bytes(CK_UNAVAILABLE_INFORMATION),
+            ),
         ];
         let material = match (class, key_type) {
             (CKO_SECRET_KEY, Some(kt @ (CKK_AES | CKK_GENERIC_SECRET))) => {
@@ -583,7 +680,10 @@ impl Hsm {
                     }
                 }
                 token_set.push((CKA_VALUE_LEN, object::ulong_bytes(v.len() as CK_ULONG)));
-                Some(KeyMaterial::Secret { key_type: kt, value: Zeroizing::new(v.to_vec()) })
+                Some(KeyMaterial::Secret {
+                    key_type: kt,
+                    value: Zeroizing::new(v.to_vec()),
+                })
             }
             (CKO_PRIVATE_KEY, Some(CKK_RSA)) => {
                 let opt = |ty| find(template, ty).map(|a| a.value.as_slice());
@@ -612,7 +712,10 @@ impl Hsm {
                     }
                 }
                 token_set.push((CKA_MODULUS_BITS, object::ulong_bytes(bits as CK_ULONG)));
-                Some(KeyMaterial::RsaPublic { modulus, public_exponent: e })
+                Some(KeyMaterial::RsaPublic {
+                    modulus,
+                    public_exponent: e,
+                })
             }
             (CKO_PRIVATE_KEY, Some(CKK_EC)) => {
                 let curve = rv(Curve::from_ec_params(need(CKA_EC_PARAMS)?))?;
@@ -630,7 +733,9 @@ impl Hsm {
                 Some(KeyMaterial::EcPublic { curve, point })
             }
             (CKO_DATA | CKO_CERTIFICATE, _) => None,
-            (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY, _) => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+            (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY, _) => {
+                return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))
+            }
             _ => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
         };
         if matches!(class, CKO_DATA | CKO_CERTIFICATE) {
@@ -641,7 +746,14 @@ impl Hsm {
         if token_set.iter().any(|(t, _)| *t == CKA_EC_POINT) {
             template_eff.retain(|a| a.ty != CKA_EC_POINT);
         }
-        let mut attrs = rv(object::apply_template(class, key_type, &template_eff, Origin::Create, Self::is_so(&login), token_set))?;
+        let mut attrs = rv(object::apply_template(
+            class,
+            key_type,
+            &template_eff,
+            Origin::Create,
+            Self::is_so(&login),
+            token_set,
+        ))?;
         if matches!(class, CKO_PRIVATE_KEY | CKO_SECRET_KEY) {
             attrs.insert(CKA_ALWAYS_SENSITIVE, object::bool_bytes(false));
             attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(false));
@@ -660,7 +772,11 @@ impl Hsm {
         attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(!extractable));
     }
 
-    fn check_class(template: &[Attr], class: CK_OBJECT_CLASS, key_type: CK_KEY_TYPE) -> SimResult<()> {
+    fn check_class(
+        template: &[Attr],
+        class: CK_OBJECT_CLASS,
+        key_type: CK_KEY_TYPE,
+    ) -> SimResult<()> {
         if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != class) {
             return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
         }
@@ -679,7 +795,8 @@ impl Hsm {
             _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
         };
         Self::check_class(template, CKO_SECRET_KEY, key_type)?;
-        let len = rv(find_ulong(template, CKA_VALUE_LEN))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let len = rv(find_ulong(template, CKA_VALUE_LEN))?
+            .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
         let len = usize::try_from(len).map_err(|_| SimError::Rv(CKR_KEY_SIZE_RANGE))?;
         let ok = match key_type {
             CKK_AES => [16, 24, 32].contains(&len),
@@ -694,43 +811,79 @@ impl Hsm {
             (CKA_KEY_GEN_MECHANISM, object::ulong_bytes(mech.mech)),
             (CKA_VALUE_LEN, object::ulong_bytes(len as CK_ULONG)),
         ];
-        let mut t: Vec<Attr> = template.iter().filter(|a| a.ty != CKA_VALUE_LEN).cloned().collect();
+        let mut t: Vec<Attr> = template
+            .iter()
+            .filter(|a| a.ty != CKA_VALUE_LEN)
+            .cloned()
+            .collect();
         t.retain(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE);
-        let mut attrs = rv(object::apply_template(CKO_SECRET_KEY, Some(key_type), &t, Origin::Generate, Self::is_so(&login), token_set))?;
+        let mut attrs = rv(object::apply_template(
+            CKO_SECRET_KEY,
+            Some(key_type),
+            &t,
+            Origin::Generate,
+            Self::is_so(&login),
+            token_set,
+        ))?;
         Self::generated_flags(&mut attrs);
-        let key = Arc::new(rv(LoadedKey::load(KeyMaterial::Secret { key_type, value }))?);
-        Ok(self.finish_new(ms, &login, CKO_SECRET_KEY, Some(key_type), attrs, Some(key))?.id)
+        let key = Arc::new(rv(LoadedKey::load(KeyMaterial::Secret {
+            key_type,
+            value,
+        }))?);
+        Ok(self
+            .finish_new(ms, &login, CKO_SECRET_KEY, Some(key_type), attrs, Some(key))?
+            .id)
     }
 
     /// `C_GenerateKeyPair`: RSA and EC. Returns (public, private).
-    pub fn generate_key_pair(&self, ms: u64, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> SimResult<(u64, u64)> {
+    pub fn generate_key_pair(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        public: &[Attr],
+        private: &[Attr],
+    ) -> SimResult<(u64, u64)> {
         let login = self.login_of(ms)?;
         let is_so = Self::is_so(&login);
         let (key_type, pub_key, priv_key) = match mech.mech {
             CKM_RSA_PKCS_KEY_PAIR_GEN => {
                 Self::check_class(public, CKO_PUBLIC_KEY, CKK_RSA)?;
                 Self::check_class(private, CKO_PRIVATE_KEY, CKK_RSA)?;
-                let bits = rv(find_ulong(public, CKA_MODULUS_BITS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                let bits = rv(find_ulong(public, CKA_MODULUS_BITS))?
+                    .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
                 let bits = usize::try_from(bits).map_err(|_| SimError::Rv(CKR_KEY_SIZE_RANGE))?;
                 let exp = find(public, CKA_PUBLIC_EXPONENT).map(|a| a.value.as_slice());
                 let g = rv(crypto::generate_rsa(bits, exp))?;
-                let pub_key = KeyMaterial::RsaPublic { modulus: g.modulus, public_exponent: g.public_exponent };
+                let pub_key = KeyMaterial::RsaPublic {
+                    modulus: g.modulus,
+                    public_exponent: g.public_exponent,
+                };
                 (CKK_RSA, pub_key, KeyMaterial::RsaPrivate { pkcs8: g.pkcs8 })
             }
             CKM_EC_KEY_PAIR_GEN => {
                 Self::check_class(public, CKO_PUBLIC_KEY, CKK_EC)?;
                 Self::check_class(private, CKO_PRIVATE_KEY, CKK_EC)?;
-                let params = find(public, CKA_EC_PARAMS).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                let params =
+                    find(public, CKA_EC_PARAMS).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
                 if find(private, CKA_EC_PARAMS).is_some_and(|a| a.value != params.value) {
                     return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
                 }
                 let curve = rv(Curve::from_ec_params(&params.value))?;
                 let (pkcs8, point) = rv(crypto::generate_ec(curve))?;
-                (CKK_EC, KeyMaterial::EcPublic { curve, point }, KeyMaterial::EcPrivate { curve, pkcs8 })
+                (
+                    CKK_EC,
+                    KeyMaterial::EcPublic { curve, point },
+                    KeyMaterial::EcPrivate { curve, pkcs8 },
+                )
             }
             _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
         };
-        let strip = |t: &[Attr]| -> Vec<Attr> { t.iter().filter(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE).cloned().collect() };
+        let strip = |t: &[Attr]| -> Vec<Attr> {
+            t.iter()
+                .filter(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE)
+                .cloned()
+                .collect()
+        };
         let pub_attrs = rv(object::apply_template(
             CKO_PUBLIC_KEY,
             Some(key_type),
@@ -754,8 +907,22 @@ impl Hsm {
         for attrs in [&pub_attrs, &priv_attrs] {
             Self::owner_for(&login, attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]))?;
         }
-        let p = self.finish_new(ms, &login, CKO_PUBLIC_KEY, Some(key_type), pub_attrs, Some(pub_loaded))?;
-        match self.finish_new(ms, &login, CKO_PRIVATE_KEY, Some(key_type), priv_attrs, Some(priv_loaded)) {
+        let p = self.finish_new(
+            ms,
+            &login,
+            CKO_PUBLIC_KEY,
+            Some(key_type),
+            pub_attrs,
+            Some(pub_loaded),
+        )?;
+        match self.finish_new(
+            ms,
+            &login,
+            CKO_PRIVATE_KEY,
+            Some(key_type),
+            priv_attrs,
+            Some(priv_loaded),
+        ) {
             Ok(k) => Ok((p.id, k.id)),
             Err(e) => {
                 let _ = self.remove(&p);
@@ -791,7 +958,9 @@ impl Hsm {
         }
         let mut attrs = rv(object::modify(&obj, template, true, Self::is_so(&login)))?;
         attrs.remove(&CKA_UNIQUE_ID);
-        Ok(self.finish_new(ms, &login, obj.class, obj.key_type, attrs, obj.key.clone())?.id)
+        Ok(self
+            .finish_new(ms, &login, obj.class, obj.key_type, attrs, obj.key.clone())?
+            .id)
     }
 
     /// `C_SetAttributeValue`.
@@ -820,7 +989,12 @@ impl Hsm {
     }
 
     /// `C_GetAttributeValue`: one answer per type.
-    pub fn get_attributes(&self, ms: u64, id: u64, types: &[CK_ATTRIBUTE_TYPE]) -> SimResult<Vec<AttrAnswer>> {
+    pub fn get_attributes(
+        &self,
+        ms: u64,
+        id: u64,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> SimResult<Vec<AttrAnswer>> {
         let obj = self.get_visible(ms, id)?;
         let tables = obj.tables();
         Ok(types
@@ -835,7 +1009,9 @@ impl Hsm {
                             return AttrAnswer::Sensitive;
                         }
                         match (obj.key.as_ref().map(|k| k.material()), *ty) {
-                            (Some(KeyMaterial::Secret { value, .. }), CKA_VALUE) => AttrAnswer::Value(value.to_vec()),
+                            (Some(KeyMaterial::Secret { value, .. }), CKA_VALUE) => {
+                                AttrAnswer::Value(value.to_vec())
+                            }
                             // Private key components are not exported in clear by this HSM.
                             _ => AttrAnswer::Sensitive,
                         }
@@ -870,20 +1046,35 @@ impl Hsm {
         let keyed = template.iter().find(|a| INDEXED.contains(&a.ty));
         let candidates: Vec<Arc<Object>> = match keyed {
             Some(a) => {
-                let ids = self.index.get(&(a.ty, a.value.clone())).map(|v| v.clone()).unwrap_or_default();
-                ids.iter().filter_map(|id| self.objects.get(id).map(|o| o.value().clone())).collect()
+                let ids = self
+                    .index
+                    .get(&(a.ty, a.value.clone()))
+                    .map(|v| v.clone())
+                    .unwrap_or_default();
+                ids.iter()
+                    .filter_map(|id| self.objects.get(id).map(|o| o.value().clone()))
+                    .collect()
             }
             None => self.objects.iter().map(|o| o.value().clone()).collect(),
         };
-        let mut out: Vec<u64> =
-            candidates.iter().filter(|o| Self::visible(&login, ms, o) && o.matches(template)).map(|o| o.id).collect();
+        let mut out: Vec<u64> = candidates
+            .iter()
+            .filter(|o| Self::visible(&login, ms, o) && o.matches(template))
+            .map(|o| o.id)
+            .collect();
         out.sort_unstable();
         Ok(out)
     }
 
     // ----- cryptography --------------------------------------------------------------------
 
-    fn usable(&self, ms: u64, id: u64, usage: CK_ATTRIBUTE_TYPE, mech: CK_MECHANISM_TYPE) -> SimResult<Arc<Object>> {
+    fn usable(
+        &self,
+        ms: u64,
+        id: u64,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: CK_MECHANISM_TYPE,
+    ) -> SimResult<Arc<Object>> {
         let obj = self.get_visible(ms, id).map_err(|e| match e {
             SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
             e => e,
@@ -897,7 +1088,9 @@ impl Hsm {
         if let Some(allowed) = obj.attrs.get(&CKA_ALLOWED_MECHANISMS) {
             if !allowed.is_empty() {
                 let n = std::mem::size_of::<CK_ULONG>();
-                let ok = allowed.chunks(n).any(|c| c.try_into().ok().map(CK_ULONG::from_ne_bytes) == Some(mech));
+                let ok = allowed
+                    .chunks(n)
+                    .any(|c| c.try_into().ok().map(CK_ULONG::from_ne_bytes) == Some(mech));
                 if !ok {
                     return Err(SimError::Rv(CKR_MECHANISM_INVALID));
                 }
@@ -907,18 +1100,32 @@ impl Hsm {
     }
 
     fn key_of(obj: &Object) -> SimResult<&LoadedKey> {
-        obj.key.as_deref().ok_or(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT))
+        obj.key
+            .as_deref()
+            .ok_or(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT))
     }
 
     /// Check a key may start an operation (the `*Init` functions). `usage` is `CKA_SIGN`,
     /// `CKA_VERIFY`, `CKA_ENCRYPT` or `CKA_DECRYPT`.
-    pub fn check_key(&self, ms: u64, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, id: u64) -> SimResult<KeyMeta> {
+    pub fn check_key(
+        &self,
+        ms: u64,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: &Mechanism,
+        id: u64,
+    ) -> SimResult<KeyMeta> {
         self.usable(ms, id, usage, mech.mech)?;
         self.key_meta(ms, id)
     }
 
     /// Sign.
-    pub fn sign(&self, ms: u64, mech: &Mechanism, key: u64, input: SignInput) -> SimResult<Vec<u8>> {
+    pub fn sign(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        key: u64,
+        input: SignInput,
+    ) -> SimResult<Vec<u8>> {
         let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
         rv(crypto::sign(mech, Self::key_of(&obj)?, input))
     }
@@ -930,7 +1137,14 @@ impl Hsm {
     }
 
     /// Verify.
-    pub fn verify(&self, ms: u64, mech: &Mechanism, key: u64, input: SignInput, sig: &[u8]) -> SimResult<()> {
+    pub fn verify(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        key: u64,
+        input: SignInput,
+        sig: &[u8],
+    ) -> SimResult<()> {
         let obj = self.usable(ms, key, CKA_VERIFY, mech.mech)?;
         rv(crypto::verify(mech, Self::key_of(&obj)?, input, sig))
     }
@@ -942,14 +1156,22 @@ impl Hsm {
     }
 
     /// Decrypt.
-    pub fn decrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Zeroizing<Vec<u8>>> {
+    pub fn decrypt(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        key: u64,
+        data: &[u8],
+    ) -> SimResult<Zeroizing<Vec<u8>>> {
         let obj = self.usable(ms, key, CKA_DECRYPT, mech.mech)?;
         rv(crypto::decrypt(mech, Self::key_of(&obj)?, data))
     }
 
     /// The value of a secret key, for `C_DigestKey` (which never returns it to the caller).
     pub fn secret_value_for_digest(&self, ms: u64, key: u64) -> SimResult<Zeroizing<Vec<u8>>> {
-        let obj = self.get_visible(ms, key).map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
+        let obj = self
+            .get_visible(ms, key)
+            .map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
         match obj.key.as_ref().map(|k| k.material()) {
             Some(KeyMaterial::Secret { value, .. }) => Ok(value.clone()),
             _ => Err(SimError::Rv(CKR_KEY_INDIGESTIBLE)),
@@ -962,7 +1184,10 @@ impl Hsm {
     }
 }
 
-fn local_set(v: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], mech: CK_MECHANISM_TYPE) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
+fn local_set(
+    v: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+    mech: CK_MECHANISM_TYPE,
+) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
     let mut out = v.to_vec();
     out.push((CKA_LOCAL, object::bool_bytes(true)));
     out.push((CKA_KEY_GEN_MECHANISM, object::ulong_bytes(mech)));
@@ -971,13 +1196,22 @@ fn local_set(v: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], mech: CK_MECHANISM_TYPE) -> Vec
 
 fn pub_key_attrs(k: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
     match k {
-        KeyMaterial::RsaPublic { modulus, public_exponent } => vec![
+        KeyMaterial::RsaPublic {
+            modulus,
+            public_exponent,
+        } => vec![
             (CKA_MODULUS, modulus.clone()),
             (CKA_PUBLIC_EXPONENT, public_exponent.clone()),
-            (CKA_MODULUS_BITS, object::ulong_bytes(bit_len(modulus) as CK_ULONG)),
+            (
+                CKA_MODULUS_BITS,
+                object::ulong_bytes(bit_len(modulus) as CK_ULONG),
+            ),
         ],
         KeyMaterial::EcPublic { curve, point } => {
-            vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec()), (CKA_EC_POINT, crypto::ec_point_to_attr(point))]
+            vec![
+                (CKA_EC_PARAMS, curve.ec_params_der().to_vec()),
+                (CKA_EC_POINT, crypto::ec_point_to_attr(point)),
+            ]
         }
         _ => Vec::new(),
     }
@@ -985,10 +1219,18 @@ fn pub_key_attrs(k: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
 
 fn priv_key_attrs(public: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
     match public {
-        KeyMaterial::RsaPublic { modulus, public_exponent } => {
-            vec![(CKA_MODULUS, modulus.clone()), (CKA_PUBLIC_EXPONENT, public_exponent.clone())]
+        KeyMaterial::RsaPublic {
+            modulus,
+            public_exponent,
+        } => {
+            vec![
+                (CKA_MODULUS, modulus.clone()),
+                (CKA_PUBLIC_EXPONENT, public_exponent.clone()),
+            ]
         }
-        KeyMaterial::EcPublic { curve, .. } => vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec())],
+        KeyMaterial::EcPublic { curve, .. } => {
+            vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec())]
+        }
         _ => Vec::new(),
     }
 }

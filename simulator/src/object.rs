@@ -63,7 +63,12 @@ pub enum Default {
 }
 
 const fn r(ty: CK_ATTRIBUTE_TYPE, kind: Kind, flags: u8, default: Option<Default>) -> Rule {
-    Rule { ty, kind, flags, default }
+    Rule {
+        ty,
+        kind,
+        flags,
+        default,
+    }
 }
 
 const CG: u8 = ON_CREATE | ON_GENERATE;
@@ -94,7 +99,12 @@ static CERT: &[Rule] = &[
     r(CKA_PRIVATE, B, CG, F),
     r(CKA_CERTIFICATE_TYPE, U, ON_CREATE | REQUIRED_CREATE, None),
     r(CKA_TRUSTED, B, ON_CREATE | SO_ONLY, F),
-    r(CKA_CERTIFICATE_CATEGORY, U, ON_CREATE, Some(Default::Ulong(0))),
+    r(
+        CKA_CERTIFICATE_CATEGORY,
+        U,
+        ON_CREATE,
+        Some(Default::Ulong(0)),
+    ),
     r(CKA_CHECK_VALUE, Y, ON_CREATE, E),
     r(CKA_START_DATE, Y, CGM, E),
     r(CKA_END_DATE, Y, CGM, E),
@@ -107,8 +117,18 @@ static CERT: &[Rule] = &[
     r(CKA_URL, Y, ON_CREATE, E),
     r(CKA_HASH_OF_SUBJECT_PUBLIC_KEY, Y, ON_CREATE, E),
     r(CKA_HASH_OF_ISSUER_PUBLIC_KEY, Y, ON_CREATE, E),
-    r(CKA_JAVA_MIDP_SECURITY_DOMAIN, U, ON_CREATE, Some(Default::Ulong(0))),
-    r(CKA_NAME_HASH_ALGORITHM, U, ON_CREATE, Some(Default::Ulong(CKM_SHA_1))),
+    r(
+        CKA_JAVA_MIDP_SECURITY_DOMAIN,
+        U,
+        ON_CREATE,
+        Some(Default::Ulong(0)),
+    ),
+    r(
+        CKA_NAME_HASH_ALGORITHM,
+        U,
+        ON_CREATE,
+        Some(Default::Ulong(CKM_SHA_1)),
+    ),
 ];
 static KEY: &[Rule] = &[
     r(CKA_KEY_TYPE, U, CG, None),
@@ -117,7 +137,12 @@ static KEY: &[Rule] = &[
     r(CKA_END_DATE, Y, CGM, E),
     r(CKA_DERIVE, B, CGM, F),
     r(CKA_LOCAL, B, 0, F),
-    r(CKA_KEY_GEN_MECHANISM, U, 0, Some(Default::Ulong(CK_UNAVAILABLE_INFORMATION))),
+    r(
+        CKA_KEY_GEN_MECHANISM,
+        U,
+        0,
+        Some(Default::Ulong(CK_UNAVAILABLE_INFORMATION)),
+    ),
     r(CKA_ALLOWED_MECHANISMS, Y, CG, E),
 ];
 static PUBLIC: &[Rule] = &[
@@ -175,7 +200,12 @@ static RSA_PUBLIC: &[Rule] = &[
 static RSA_PRIVATE: &[Rule] = &[
     r(CKA_MODULUS, Y, ON_CREATE | REQUIRED_CREATE, None),
     r(CKA_PUBLIC_EXPONENT, Y, ON_CREATE | REQUIRED_CREATE, None),
-    r(CKA_PRIVATE_EXPONENT, Y, ON_CREATE | REQUIRED_CREATE | SECRET, None),
+    r(
+        CKA_PRIVATE_EXPONENT,
+        Y,
+        ON_CREATE | REQUIRED_CREATE | SECRET,
+        None,
+    ),
     r(CKA_PRIME_1, Y, ON_CREATE | SECRET, None),
     r(CKA_PRIME_2, Y, ON_CREATE | SECRET, None),
     r(CKA_EXPONENT_1, Y, ON_CREATE | SECRET, None),
@@ -183,7 +213,12 @@ static RSA_PRIVATE: &[Rule] = &[
     r(CKA_COEFFICIENT, Y, ON_CREATE | SECRET, None),
 ];
 static EC_PUBLIC: &[Rule] = &[
-    r(CKA_EC_PARAMS, Y, CG | REQUIRED_CREATE | REQUIRED_GENERATE, None),
+    r(
+        CKA_EC_PARAMS,
+        Y,
+        CG | REQUIRED_CREATE | REQUIRED_GENERATE,
+        None,
+    ),
     r(CKA_EC_POINT, Y, ON_CREATE | REQUIRED_CREATE, None),
 ];
 static EC_PRIVATE: &[Rule] = &[
@@ -192,7 +227,10 @@ static EC_PRIVATE: &[Rule] = &[
 ];
 
 /// The rule tables that apply to an object of this class and key type, most general first.
-pub fn rules_for(class: CK_OBJECT_CLASS, key_type: Option<CK_KEY_TYPE>) -> Result<Vec<&'static [Rule]>, Rv> {
+pub fn rules_for(
+    class: CK_OBJECT_CLASS,
+    key_type: Option<CK_KEY_TYPE>,
+) -> Result<Vec<&'static [Rule]>, Rv> {
     let mut v: Vec<&'static [Rule]> = vec![STORAGE];
     match class {
         CKO_DATA => v.push(DATA),
@@ -216,7 +254,10 @@ pub fn rules_for(class: CK_OBJECT_CLASS, key_type: Option<CK_KEY_TYPE>) -> Resul
 
 /// The rule for one attribute of an object, the most specific table winning.
 pub fn rule(tables: &[&'static [Rule]], ty: CK_ATTRIBUTE_TYPE) -> Option<Rule> {
-    tables.iter().rev().find_map(|t| t.iter().find(|r| r.ty == ty).copied())
+    tables
+        .iter()
+        .rev()
+        .find_map(|t| t.iter().find(|r| r.ty == ty).copied())
 }
 
 /// Check an attribute value's encoding against its rule.
@@ -262,7 +303,9 @@ pub struct Object {
 impl Object {
     /// A boolean attribute (false when absent).
     pub fn flag(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
-        self.attrs.get(&ty).is_some_and(|v| v.first().is_some_and(|b| *b != 0))
+        self.attrs
+            .get(&ty)
+            .is_some_and(|v| v.first().is_some_and(|b| *b != 0))
     }
     /// A `CK_ULONG` attribute.
     pub fn ulong(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<CK_ULONG> {
@@ -271,7 +314,9 @@ impl Object {
     }
     /// Whether a template matches this object (every attribute equal).
     pub fn matches(&self, template: &[Attr]) -> bool {
-        template.iter().all(|a| self.attrs.get(&a.ty).is_some_and(|v| *v == a.value))
+        template
+            .iter()
+            .all(|a| self.attrs.get(&a.ty).is_some_and(|v| *v == a.value))
     }
     /// The rule tables for this object.
     pub fn tables(&self) -> Vec<&'static [Rule]> {
@@ -280,7 +325,11 @@ impl Object {
     /// Approximate size in bytes (`C_GetObjectSize`).
     pub fn size(&self) -> u64 {
         let attrs: usize = self.attrs.values().map(|v| v.len() + 16).sum();
-        (attrs + self.key.as_ref().map_or(0, |k| k.material().to_bytes().len())) as u64
+        (attrs
+            + self
+                .key
+                .as_ref()
+                .map_or(0, |k| k.material().to_bytes().len())) as u64
     }
 }
 
@@ -484,7 +533,9 @@ pub fn modify(
         attrs.insert(a.ty, a.value.clone());
     }
     // CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE only ever move to false.
-    if obj.attrs.get(&CKA_SENSITIVE) != attrs.get(&CKA_SENSITIVE) && attrs.get(&CKA_SENSITIVE) == Some(&vec![0]) {
+    if obj.attrs.get(&CKA_SENSITIVE) != attrs.get(&CKA_SENSITIVE)
+        && attrs.get(&CKA_SENSITIVE) == Some(&vec![0])
+    {
         attrs.insert(CKA_ALWAYS_SENSITIVE, bool_bytes(false));
     }
     if attrs.get(&CKA_EXTRACTABLE) == Some(&vec![1]) {

@@ -35,7 +35,11 @@ impl MasterKey {
     fn load_or_create(path: &Path) -> SimResult<Self> {
         let bytes = match OpenOptions::new().read(true).open(path) {
             Ok(mut f) => {
-                let mode = f.metadata().map_err(|e| SimError::store(path, e))?.permissions().mode();
+                let mode = f
+                    .metadata()
+                    .map_err(|e| SimError::store(path, e))?
+                    .permissions()
+                    .mode();
                 if mode & 0o077 != 0 {
                     return Err(SimError::Store(format!(
                         "{}: master key file is readable by group or others (mode {:o}); chmod 600 it",
@@ -44,12 +48,15 @@ impl MasterKey {
                     )));
                 }
                 let mut buf = Zeroizing::new(Vec::new());
-                f.read_to_end(&mut buf).map_err(|e| SimError::store(path, e))?;
+                f.read_to_end(&mut buf)
+                    .map_err(|e| SimError::store(path, e))?;
                 buf
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut buf = Zeroizing::new(vec![0u8; 32]);
-                SystemRandom::new().fill(&mut buf).map_err(|_| SimError::Store("random generator failed".into()))?;
+                SystemRandom::new()
+                    .fill(&mut buf)
+                    .map_err(|_| SimError::Store("random generator failed".into()))?;
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -63,18 +70,29 @@ impl MasterKey {
             Err(e) => return Err(SimError::store(path, e)),
         };
         if bytes.len() != 32 {
-            return Err(SimError::Store(format!("{}: master key must be 32 bytes, found {}", path.display(), bytes.len())));
+            return Err(SimError::Store(format!(
+                "{}: master key must be 32 bytes, found {}",
+                path.display(),
+                bytes.len()
+            )));
         }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| SimError::Store("bad master key".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| SimError::Store("bad master key".into()))?;
         Ok(MasterKey(LessSafeKey::new(key)))
     }
 
     fn seal(&self, aad: &[u8], plain: &[u8]) -> SimResult<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| SimError::Store("random generator failed".into()))?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SimError::Store("random generator failed".into()))?;
         let mut buf = plain.to_vec();
         self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| SimError::Store("seal failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
@@ -89,7 +107,11 @@ impl MasterKey {
         let (n, ct) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
         let mut buf = Zeroizing::new(ct.to_vec());
-        let len = self.0.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?.len();
+        let len = self
+            .0
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?
+            .len();
         buf.truncate(len);
         Some(buf)
     }
@@ -161,7 +183,8 @@ impl Store {
         let master = MasterKey::load_or_create(&dir.join("master.key"))?;
         let path = dir.join("hsm.sqlite3");
         let conn = Connection::open(&path).map_err(|e| SimError::store(&path, e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| SimError::store(&path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| SimError::store(&path, e))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -172,7 +195,11 @@ impl Store {
                  attrs BLOB NOT NULL, sealed BLOB NOT NULL);",
         )
         .map_err(|e| SimError::store(&path, e))?;
-        Ok(Store { conn: Mutex::new(conn), master, path })
+        Ok(Store {
+            conn: Mutex::new(conn),
+            master,
+            path,
+        })
     }
 
     /// The database file.
@@ -187,18 +214,30 @@ impl Store {
     /// Read a metadata value.
     pub fn meta(&self, k: &str) -> SimResult<Option<Vec<u8>>> {
         let conn = self.conn.lock();
-        conn.query_row("SELECT v FROM meta WHERE k = ?1", params![k], |r| r.get(0)).optional().map_err(|e| self.err(e))
+        conn.query_row("SELECT v FROM meta WHERE k = ?1", params![k], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Write a metadata value.
     pub fn set_meta(&self, k: &str, v: &[u8]) -> SimResult<()> {
         let conn = self.conn.lock();
-        conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)", params![k, v]).map_err(|e| self.err(e))?;
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+            params![k, v],
+        )
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Insert or replace an object.
-    pub fn put_object(&self, id: u64, owner: Option<&str>, attrs: &[u8], secret: &[u8]) -> SimResult<()> {
+    pub fn put_object(
+        &self,
+        id: u64,
+        owner: Option<&str>,
+        attrs: &[u8],
+        secret: &[u8],
+    ) -> SimResult<()> {
         let sealed = self.master.seal(&object_aad(id, owner, attrs), secret)?;
         let conn = self.conn.lock();
         conn.execute(
@@ -212,32 +251,50 @@ impl Store {
     /// Delete an object.
     pub fn delete_object(&self, id: u64) -> SimResult<()> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM objects WHERE id = ?1", params![id as i64]).map_err(|e| self.err(e))?;
+        conn.execute("DELETE FROM objects WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// The largest object id in use (0 when none).
     pub fn max_object_id(&self) -> SimResult<u64> {
         let conn = self.conn.lock();
-        let v: Option<i64> = conn.query_row("SELECT MAX(id) FROM objects", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let v: Option<i64> = conn
+            .query_row("SELECT MAX(id) FROM objects", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 
     /// Every object whose seal verifies, and the ids of those whose seal does not.
     pub fn load_objects(&self, refused: &mut Refused) -> SimResult<Vec<StoredObject>> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare("SELECT id, owner, attrs, sealed FROM objects ORDER BY id").map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare("SELECT id, owner, attrs, sealed FROM objects ORDER BY id")
+            .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, Vec<u8>>(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, owner, attrs, sealed) = row.map_err(|e| self.err(e))?;
             let id = id as u64;
-            match self.master.open(&object_aad(id, owner.as_deref(), &attrs), &sealed) {
-                Some(secret) => out.push(StoredObject { id, owner, attrs, secret }),
+            match self
+                .master
+                .open(&object_aad(id, owner.as_deref(), &attrs), &sealed)
+            {
+                Some(secret) => out.push(StoredObject {
+                    id,
+                    owner,
+                    attrs,
+                    secret,
+                }),
                 None => refused.objects.push(id),
             }
         }
@@ -259,29 +316,48 @@ impl Store {
     /// Record a user's failed-login count.
     pub fn set_failures(&self, name: &str, failures: u32) -> SimResult<()> {
         let conn = self.conn.lock();
-        conn.execute("UPDATE users SET failures = ?2 WHERE name = ?1", params![name, failures]).map_err(|e| self.err(e))?;
+        conn.execute(
+            "UPDATE users SET failures = ?2 WHERE name = ?1",
+            params![name, failures],
+        )
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Delete a user.
     pub fn delete_user(&self, name: &str) -> SimResult<()> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM users WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
+        conn.execute("DELETE FROM users WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Every user whose seal verifies.
     pub fn load_users(&self, refused: &mut Refused) -> SimResult<Vec<StoredUser>> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare("SELECT name, role, sealed, failures FROM users ORDER BY name").map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare("SELECT name, role, sealed, failures FROM users ORDER BY name")
+            .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u8>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, u32>(3)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, role, sealed, failures) = row.map_err(|e| self.err(e))?;
             match self.master.open(&user_aad(&name, role), &sealed) {
-                Some(record) => out.push(StoredUser { name, role, record, failures }),
+                Some(record) => out.push(StoredUser {
+                    name,
+                    role,
+                    record,
+                    failures,
+                }),
                 None => refused.users.push(name),
             }
         }
@@ -292,10 +368,15 @@ impl Store {
     /// transaction.
     pub fn wipe(&self, keep_users: &[&str]) -> SimResult<()> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction().map_err(|e| SimError::store(&self.path, e))?;
-        tx.execute("DELETE FROM objects", []).map_err(|e| SimError::store(&self.path, e))?;
+        let tx = conn
+            .transaction()
+            .map_err(|e| SimError::store(&self.path, e))?;
+        tx.execute("DELETE FROM objects", [])
+            .map_err(|e| SimError::store(&self.path, e))?;
         let users: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT name FROM users").map_err(|e| SimError::store(&self.path, e))?;
+            let mut stmt = tx
+                .prepare("SELECT name FROM users")
+                .map_err(|e| SimError::store(&self.path, e))?;
             let names = stmt
                 .query_map([], |r| r.get::<_, String>(0))
                 .map_err(|e| SimError::store(&self.path, e))?
@@ -304,7 +385,8 @@ impl Store {
             names
         };
         for u in users.iter().filter(|u| !keep_users.contains(&u.as_str())) {
-            tx.execute("DELETE FROM users WHERE name = ?1", params![u]).map_err(|e| SimError::store(&self.path, e))?;
+            tx.execute("DELETE FROM users WHERE name = ?1", params![u])
+                .map_err(|e| SimError::store(&self.path, e))?;
         }
         tx.commit().map_err(|e| SimError::store(&self.path, e))?;
         Ok(())

@@ -35,15 +35,24 @@ impl Drop for Attr {
 impl Attr {
     /// An attribute holding a `CK_BBOOL`.
     pub fn bool(ty: CK_ATTRIBUTE_TYPE, v: bool) -> Self {
-        Attr { ty, value: vec![u8::from(v)] }
+        Attr {
+            ty,
+            value: vec![u8::from(v)],
+        }
     }
     /// An attribute holding a `CK_ULONG`.
     pub fn ulong(ty: CK_ATTRIBUTE_TYPE, v: CK_ULONG) -> Self {
-        Attr { ty, value: v.to_ne_bytes().to_vec() }
+        Attr {
+            ty,
+            value: v.to_ne_bytes().to_vec(),
+        }
     }
     /// An attribute holding bytes.
     pub fn bytes(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> Self {
-        Attr { ty, value: v.to_vec() }
+        Attr {
+            ty,
+            value: v.to_vec(),
+        }
     }
     /// The value read as a `CK_BBOOL`, if it has the size of one.
     pub fn as_bool(&self) -> Option<bool> {
@@ -105,10 +114,21 @@ impl std::fmt::Debug for MechParam {
             MechParam::None => write!(f, "None"),
             MechParam::Iv(iv) => write!(f, "Iv({} bytes)", iv.len()),
             MechParam::Gcm { iv, aad, tag_bits } => {
-                write!(f, "Gcm(iv {} bytes, aad {} bytes, tag {tag_bits} bits)", iv.len(), aad.len())
+                write!(
+                    f,
+                    "Gcm(iv {} bytes, aad {} bytes, tag {tag_bits} bits)",
+                    iv.len(),
+                    aad.len()
+                )
             }
-            MechParam::Pss { hash, mgf, salt_len } => write!(f, "Pss({hash:#x}, {mgf:#x}, {salt_len})"),
-            MechParam::Oaep { hash, mgf, label } => write!(f, "Oaep({hash:#x}, {mgf:#x}, label {} bytes)", label.len()),
+            MechParam::Pss {
+                hash,
+                mgf,
+                salt_len,
+            } => write!(f, "Pss({hash:#x}, {mgf:#x}, {salt_len})"),
+            MechParam::Oaep { hash, mgf, label } => {
+                write!(f, "Oaep({hash:#x}, {mgf:#x}, label {} bytes)", label.len())
+            }
             MechParam::Ulong(v) => write!(f, "Ulong({v})"),
             MechParam::Raw(r) => write!(f, "Raw({} bytes)", r.len()),
         }
@@ -127,7 +147,10 @@ pub struct Mechanism {
 impl Mechanism {
     /// A mechanism without parameter.
     pub fn plain(mech: CK_MECHANISM_TYPE) -> Self {
-        Mechanism { mech, param: MechParam::None }
+        Mechanism {
+            mech,
+            param: MechParam::None,
+        }
     }
 }
 

@@ -11,7 +11,10 @@ pub mod raw;
 /// The directory cargo put this test binary's artifacts in (`target/<profile>`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its own path");
-    let mut dir = exe.parent().expect("test binaries live in target/<profile>/deps").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test binaries live in target/<profile>/deps")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -25,14 +28,22 @@ pub fn module_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = target_dir().join("libhsmpool_pkcs11.so");
-    assert!(p.exists(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
     p
 }
 
 /// A binary of this workspace (e.g. `hsmpool`), from `target/<profile>`.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
     p
 }
 

@@ -34,32 +34,53 @@ impl Module {
     pub fn load() -> Module {
         let path = crate::module_path();
         // SAFETY: loading our own module runs no initialiser with preconditions.
-        let lib = unsafe { Library::new(&path) }.unwrap_or_else(|e| panic!("dlopen {}: {e}", path.display()));
+        let lib = unsafe { Library::new(&path) }
+            .unwrap_or_else(|e| panic!("dlopen {}: {e}", path.display()));
         let mut iface: *mut CK_INTERFACE = ptr::null_mut();
         let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
         // SAFETY: the symbols have the PKCS #11 signatures; out pointers are valid.
         let (f, f2) = unsafe {
-            let get_iface: libloading::Symbol<unsafe extern "C" fn(*mut u8, *mut CK_VERSION, *mut *mut CK_INTERFACE, CK_FLAGS) -> CK_RV> =
-                lib.get(b"C_GetInterface\0").expect("C_GetInterface is exported");
-            assert_eq!(get_iface(ptr::null_mut(), ptr::null_mut(), &mut iface, 0), CKR_OK);
-            let get_list: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-                lib.get(b"C_GetFunctionList\0").expect("C_GetFunctionList is exported");
+            let get_iface: libloading::Symbol<
+                unsafe extern "C" fn(
+                    *mut u8,
+                    *mut CK_VERSION,
+                    *mut *mut CK_INTERFACE,
+                    CK_FLAGS,
+                ) -> CK_RV,
+            > = lib
+                .get(b"C_GetInterface\0")
+                .expect("C_GetInterface is exported");
+            assert_eq!(
+                get_iface(ptr::null_mut(), ptr::null_mut(), &mut iface, 0),
+                CKR_OK
+            );
+            let get_list: libloading::Symbol<
+                unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV,
+            > = lib
+                .get(b"C_GetFunctionList\0")
+                .expect("C_GetFunctionList is exported");
             assert_eq!(get_list(&mut list), CKR_OK);
-            (&*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0), &*list)
+            (
+                &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0),
+                &*list,
+            )
         };
         Module { _lib: lib, f, f2 }
     }
 
     /// `C_Initialize` with OS locking and a `pReserved` config string `hsmpool:<cfg>`.
     pub fn initialize_with(&self, cfg: Option<&str>) -> CK_RV {
-        let cstr = cfg.map(|c| std::ffi::CString::new(format!("hsmpool:{c}")).expect("no NUL in config"));
+        let cstr =
+            cfg.map(|c| std::ffi::CString::new(format!("hsmpool:{c}")).expect("no NUL in config"));
         let mut args = CK_C_INITIALIZE_ARGS {
             CreateMutex: None,
             DestroyMutex: None,
             LockMutex: None,
             UnlockMutex: None,
             flags: CKF_OS_LOCKING_OK,
-            pReserved: cstr.as_ref().map_or(ptr::null_mut(), |c| c.as_ptr() as *mut c_void),
+            pReserved: cstr
+                .as_ref()
+                .map_or(ptr::null_mut(), |c| c.as_ptr() as *mut c_void),
         };
         call!(self, C_Initialize, &mut args as *mut _ as *mut c_void)
     }
@@ -73,7 +94,14 @@ impl Module {
     pub fn init_token(&self, so_pin: &str, label: &str) -> CK_RV {
         let mut l = [b' '; 32];
         l[..label.len()].copy_from_slice(label.as_bytes());
-        call!(self, C_InitToken, 0, so_pin.as_ptr() as *mut u8, so_pin.len() as CK_ULONG, l.as_mut_ptr())
+        call!(
+            self,
+            C_InitToken,
+            0,
+            so_pin.as_ptr() as *mut u8,
+            so_pin.len() as CK_ULONG,
+            l.as_mut_ptr()
+        )
     }
 
     /// `C_OpenSession`; panics on failure.
@@ -87,7 +115,14 @@ impl Module {
 
     /// `C_Login`.
     pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &str) -> CK_RV {
-        call!(self, C_Login, h, user, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)
+        call!(
+            self,
+            C_Login,
+            h,
+            user,
+            pin.as_ptr() as *mut u8,
+            pin.len() as CK_ULONG
+        )
     }
 
     /// Initialise a fresh token (SO PIN `so-pin-1`, user PIN `user-pin-1`) and return a logged-in
@@ -96,7 +131,13 @@ impl Module {
         assert_eq!(self.init_token(SO_PIN, "test"), CKR_OK, "C_InitToken");
         let h = self.open(true);
         assert_eq!(self.login(h, CKU_SO, SO_PIN), CKR_OK, "SO login");
-        let rv = call!(self, C_InitPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG);
+        let rv = call!(
+            self,
+            C_InitPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        );
         assert_eq!(rv, CKR_OK, "C_InitPIN");
         assert_eq!(call!(self, C_Logout, h), CKR_OK);
         assert_eq!(self.login(h, CKU_USER, USER_PIN), CKR_OK, "user login");
@@ -111,12 +152,20 @@ pub const USER_PIN: &str = "user-pin-1";
 
 /// A template attribute pointing at a value that outlives the call.
 pub fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE { type_: ty, pValue: v as *const T as *mut c_void, ulValueLen: std::mem::size_of::<T>() as CK_ULONG }
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v as *const T as *mut c_void,
+        ulValueLen: std::mem::size_of::<T>() as CK_ULONG,
+    }
 }
 
 /// A template attribute over bytes.
 pub fn attr_bytes(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE { type_: ty, pValue: v.as_ptr() as *mut c_void, ulValueLen: v.len() as CK_ULONG }
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v.as_ptr() as *mut c_void,
+        ulValueLen: v.len() as CK_ULONG,
+    }
 }
 
 /// `CK_TRUE` / `CK_FALSE` values to point at.
@@ -164,7 +213,12 @@ impl Fixture {
         let _ = m.finalize();
         let rv = m.initialize_with(Some(&format!("conf={}", conf.display())));
         assert_eq!(rv, CKR_OK, "C_Initialize");
-        Fixture { m, path, _dir: dir, _serial: serial }
+        Fixture {
+            m,
+            path,
+            _dir: dir,
+            _serial: serial,
+        }
     }
 
     /// The config string that initialises over this fixture's directory.

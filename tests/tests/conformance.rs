@@ -12,21 +12,55 @@ use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, SO_PIN, TRUE,
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM { mechanism: m, pParameter: ptr::null_mut(), ulParameterLen: 0 }
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    }
 }
 
 fn mech_param<T>(m: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
-    CK_MECHANISM { mechanism: m, pParameter: p as *mut T as *mut c_void, ulParameterLen: std::mem::size_of::<T>() as CK_ULONG }
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: p as *mut T as *mut c_void,
+        ulParameterLen: std::mem::size_of::<T>() as CK_ULONG,
+    }
 }
 
-fn gen_rsa(m: &Module, h: CK_SESSION_HANDLE, token: bool, label: &str) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+fn gen_rsa(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    token: bool,
+    label: &str,
+) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
     let bits: CK_ULONG = 2048;
     let tok = if token { &TRUE } else { &FALSE };
-    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_TOKEN, tok), attr(CKA_VERIFY, &TRUE), attr_bytes(CKA_LABEL, label.as_bytes())];
-    let mut priv_t = [attr(CKA_TOKEN, tok), attr(CKA_SIGN, &TRUE), attr(CKA_PRIVATE, &TRUE), attr_bytes(CKA_LABEL, label.as_bytes())];
+    let mut pub_t = [
+        attr(CKA_MODULUS_BITS, &bits),
+        attr(CKA_TOKEN, tok),
+        attr(CKA_VERIFY, &TRUE),
+        attr_bytes(CKA_LABEL, label.as_bytes()),
+    ];
+    let mut priv_t = [
+        attr(CKA_TOKEN, tok),
+        attr(CKA_SIGN, &TRUE),
+        attr(CKA_PRIVATE, &TRUE),
+        attr_bytes(CKA_LABEL, label.as_bytes()),
+    ];
     let mut mm = mech(CKM_RSA_PKCS_KEY_PAIR_GEN);
     let (mut p, mut k) = (0, 0);
-    let rv = call!(m, C_GenerateKeyPair, h, &mut mm, pub_t.as_mut_ptr(), pub_t.len() as CK_ULONG, priv_t.as_mut_ptr(), priv_t.len() as CK_ULONG, &mut p, &mut k);
+    let rv = call!(
+        m,
+        C_GenerateKeyPair,
+        h,
+        &mut mm,
+        pub_t.as_mut_ptr(),
+        pub_t.len() as CK_ULONG,
+        priv_t.as_mut_ptr(),
+        priv_t.len() as CK_ULONG,
+        &mut p,
+        &mut k
+    );
     assert_eq!(rv, CKR_OK, "RSA key pair generation");
     (p, k)
 }
@@ -36,7 +70,18 @@ fn gen_ec(m: &Module, h: CK_SESSION_HANDLE) -> (CK_OBJECT_HANDLE, CK_OBJECT_HAND
     let mut priv_t = [attr(CKA_SIGN, &TRUE)];
     let mut mm = mech(CKM_EC_KEY_PAIR_GEN);
     let (mut p, mut k) = (0, 0);
-    let rv = call!(m, C_GenerateKeyPair, h, &mut mm, pub_t.as_mut_ptr(), 2, priv_t.as_mut_ptr(), 1, &mut p, &mut k);
+    let rv = call!(
+        m,
+        C_GenerateKeyPair,
+        h,
+        &mut mm,
+        pub_t.as_mut_ptr(),
+        2,
+        priv_t.as_mut_ptr(),
+        1,
+        &mut p,
+        &mut k
+    );
     assert_eq!(rv, CKR_OK, "EC key pair generation");
     (p, k)
 }
@@ -47,42 +92,120 @@ fn gen_aes(m: &Module, h: CK_SESSION_HANDLE, extra: &[CK_ATTRIBUTE]) -> CK_OBJEC
     t.extend_from_slice(extra);
     let mut mm = mech(CKM_AES_KEY_GEN);
     let mut k = 0;
-    assert_eq!(call!(m, C_GenerateKey, h, &mut mm, t.as_mut_ptr(), t.len() as CK_ULONG, &mut k), CKR_OK, "AES key generation");
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKey,
+            h,
+            &mut mm,
+            t.as_mut_ptr(),
+            t.len() as CK_ULONG,
+            &mut k
+        ),
+        CKR_OK,
+        "AES key generation"
+    );
     k
 }
 
-fn get_bytes(m: &Module, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
-    let mut a = CK_ATTRIBUTE { type_: ty, pValue: ptr::null_mut(), ulValueLen: 0 };
-    assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_OK, "length of attribute {ty:#x}");
+fn get_bytes(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    o: CK_OBJECT_HANDLE,
+    ty: CK_ATTRIBUTE_TYPE,
+) -> Vec<u8> {
+    let mut a = CK_ATTRIBUTE {
+        type_: ty,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, o, &mut a, 1),
+        CKR_OK,
+        "length of attribute {ty:#x}"
+    );
     let mut buf = vec![0u8; a.ulValueLen as usize];
     a.pValue = buf.as_mut_ptr() as *mut c_void;
-    assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_OK, "value of attribute {ty:#x}");
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, o, &mut a, 1),
+        CKR_OK,
+        "value of attribute {ty:#x}"
+    );
     buf.truncate(a.ulValueLen as usize);
     buf
 }
 
-fn sign(m: &Module, h: CK_SESSION_HANDLE, mm: &mut CK_MECHANISM, k: CK_OBJECT_HANDLE, data: &[u8]) -> Vec<u8> {
+fn sign(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> Vec<u8> {
     assert_eq!(call!(m, C_SignInit, h, mm, k), CKR_OK, "C_SignInit");
     let mut len: CK_ULONG = 0;
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, data.len() as CK_ULONG, ptr::null_mut(), &mut len), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            ptr::null_mut(),
+            &mut len
+        ),
+        CKR_OK
+    );
     let mut sig = vec![0u8; len as usize];
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, data.len() as CK_ULONG, sig.as_mut_ptr(), &mut len), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OK
+    );
     sig.truncate(len as usize);
     sig
 }
 
-fn verify(m: &Module, h: CK_SESSION_HANDLE, mm: &mut CK_MECHANISM, k: CK_OBJECT_HANDLE, data: &[u8], sig: &[u8]) -> CK_RV {
+fn verify(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+    data: &[u8],
+    sig: &[u8],
+) -> CK_RV {
     assert_eq!(call!(m, C_VerifyInit, h, mm, k), CKR_OK, "C_VerifyInit");
-    call!(m, C_Verify, h, data.as_ptr() as *mut u8, data.len() as CK_ULONG, sig.as_ptr() as *mut u8, sig.len() as CK_ULONG)
+    call!(
+        m,
+        C_Verify,
+        h,
+        data.as_ptr() as *mut u8,
+        data.len() as CK_ULONG,
+        sig.as_ptr() as *mut u8,
+        sig.len() as CK_ULONG
+    )
 }
 
 fn find(m: &Module, h: CK_SESSION_HANDLE, t: &mut [CK_ATTRIBUTE]) -> Vec<CK_OBJECT_HANDLE> {
-    assert_eq!(call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), t.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), t.len() as CK_ULONG),
+        CKR_OK
+    );
     let mut out = Vec::new();
     loop {
         let mut buf = [0 as CK_OBJECT_HANDLE; 3];
         let mut n: CK_ULONG = 0;
-        assert_eq!(call!(m, C_FindObjects, h, buf.as_mut_ptr(), 3, &mut n), CKR_OK);
+        assert_eq!(
+            call!(m, C_FindObjects, h, buf.as_mut_ptr(), 3, &mut n),
+            CKR_OK
+        );
         if n == 0 {
             break;
         }
@@ -102,15 +225,28 @@ fn every_slot_of_both_function_lists_is_filled_and_versions_are_right() {
     assert_eq!((m.f2.version.major, m.f2.version.minor), (2, 40));
     // Every field of both structs is an Option<fn>; compare their raw words with NULL.
     let words = |p: *const u8, n: usize| -> Vec<usize> {
-        (0..n).map(|i| unsafe { std::ptr::read_unaligned(p.add(std::mem::size_of::<CK_VERSION>().next_multiple_of(8) + i * 8) as *const usize) }).collect()
+        (0..n)
+            .map(|i| unsafe {
+                std::ptr::read_unaligned(
+                    p.add(std::mem::size_of::<CK_VERSION>().next_multiple_of(8) + i * 8)
+                        as *const usize,
+                )
+            })
+            .collect()
     };
     let n3 = (std::mem::size_of::<CK_FUNCTION_LIST_3_0>() - 8) / 8;
     let n2 = (std::mem::size_of::<CK_FUNCTION_LIST>() - 8) / 8;
     assert!(n3 > n2 && n2 >= 68, "list sizes {n2} {n3}");
-    for (i, w) in words(m.f as *const _ as *const u8, n3).into_iter().enumerate() {
+    for (i, w) in words(m.f as *const _ as *const u8, n3)
+        .into_iter()
+        .enumerate()
+    {
         assert_ne!(w, 0, "3.0 list slot {i} is empty");
     }
-    for (i, w) in words(m.f2 as *const _ as *const u8, n2).into_iter().enumerate() {
+    for (i, w) in words(m.f2 as *const _ as *const u8, n2)
+        .into_iter()
+        .enumerate()
+    {
         assert_ne!(w, 0, "2.40 list slot {i} is empty");
     }
 }
@@ -120,26 +256,65 @@ fn interface_list_names_pkcs11_three_and_two_forty() {
     let fx = Fixture::new();
     let m = fx.m;
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetInterfaceList, ptr::null_mut(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetInterfaceList, ptr::null_mut(), &mut n),
+        CKR_OK
+    );
     assert_eq!(n, 2);
     let mut small: CK_ULONG = 1;
-    let mut list = [CK_INTERFACE { pInterfaceName: ptr::null_mut(), pFunctionList: ptr::null_mut(), flags: 0 }; 2];
-    assert_eq!(call!(m, C_GetInterfaceList, list.as_mut_ptr(), &mut small), CKR_BUFFER_TOO_SMALL);
+    let mut list = [CK_INTERFACE {
+        pInterfaceName: ptr::null_mut(),
+        pFunctionList: ptr::null_mut(),
+        flags: 0,
+    }; 2];
+    assert_eq!(
+        call!(m, C_GetInterfaceList, list.as_mut_ptr(), &mut small),
+        CKR_BUFFER_TOO_SMALL
+    );
     assert_eq!(small, 2);
-    assert_eq!(call!(m, C_GetInterfaceList, list.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetInterfaceList, list.as_mut_ptr(), &mut n),
+        CKR_OK
+    );
     for i in list {
         let name = unsafe { std::ffi::CStr::from_ptr(i.pInterfaceName as *const _) };
         assert_eq!(name.to_str().expect("ASCII name"), "PKCS 11");
     }
     let mut iface: *mut CK_INTERFACE = ptr::null_mut();
-    let mut v = CK_VERSION { major: 2, minor: 40 };
+    let mut v = CK_VERSION {
+        major: 2,
+        minor: 40,
+    };
     let mut name = *b"PKCS 11\0";
-    assert_eq!(call!(m, C_GetInterface, name.as_mut_ptr(), &mut v, &mut iface, 0), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetInterface, name.as_mut_ptr(), &mut v, &mut iface, 0),
+        CKR_OK
+    );
     let fl = unsafe { &*((*iface).pFunctionList as *const CK_FUNCTION_LIST) };
     assert_eq!((fl.version.major, fl.version.minor), (2, 40));
     let mut bad = *b"PKCS 12\0";
-    assert_eq!(call!(m, C_GetInterface, bad.as_mut_ptr(), ptr::null_mut(), &mut iface, 0), CKR_ARGUMENTS_BAD);
-    assert_eq!(call!(m, C_GetInterface, ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(
+            m,
+            C_GetInterface,
+            bad.as_mut_ptr(),
+            ptr::null_mut(),
+            &mut iface,
+            0
+        ),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_GetInterface,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            0
+        ),
+        CKR_ARGUMENTS_BAD
+    );
 }
 
 #[test]
@@ -150,13 +325,33 @@ fn before_initialize_every_call_is_not_initialized() {
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetInfo, &mut info), CKR_CRYPTOKI_NOT_INITIALIZED);
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetSlotList, CK_FALSE, ptr::null_mut(), &mut n), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(
+        call!(m, C_GetSlotList, CK_FALSE, ptr::null_mut(), &mut n),
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    );
     let mut h = 0;
-    assert_eq!(call!(m, C_OpenSession, 0, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut h), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(
+        call!(
+            m,
+            C_OpenSession,
+            0,
+            CKF_SERIAL_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut h
+        ),
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    );
     assert_eq!(call!(m, C_CloseSession, 1), CKR_CRYPTOKI_NOT_INITIALIZED);
     let mut b = [0u8; 4];
-    assert_eq!(call!(m, C_GenerateRandom, 1, b.as_mut_ptr(), 4), CKR_CRYPTOKI_NOT_INITIALIZED);
-    assert_eq!(call!(m, C_SignInit, 1, ptr::null_mut(), 1), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(
+        call!(m, C_GenerateRandom, 1, b.as_mut_ptr(), 4),
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    );
+    assert_eq!(
+        call!(m, C_SignInit, 1, ptr::null_mut(), 1),
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    );
     assert_eq!(m.finalize(), CKR_CRYPTOKI_NOT_INITIALIZED);
     // And it comes back.
     assert_eq!(m.initialize_with(Some(&fx.config_arg())), CKR_OK);
@@ -167,7 +362,10 @@ fn before_initialize_every_call_is_not_initialized() {
 fn initialize_validates_its_arguments() {
     let fx = Fixture::new();
     let m = fx.m;
-    assert_eq!(m.initialize_with(Some(&fx.config_arg())), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    assert_eq!(
+        m.initialize_with(Some(&fx.config_arg())),
+        CKR_CRYPTOKI_ALREADY_INITIALIZED
+    );
     assert_eq!(m.finalize(), CKR_OK);
     unsafe extern "C" fn create(_: *mut *mut c_void) -> CK_RV {
         CKR_OK
@@ -184,24 +382,49 @@ fn initialize_validates_its_arguments() {
         flags: 0,
         pReserved: ptr::null_mut(),
     };
-    assert_eq!(call!(m, C_Initialize, &mut args as *mut _ as *mut c_void), CKR_CANT_LOCK);
+    assert_eq!(
+        call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+        CKR_CANT_LOCK
+    );
     // Some callbacks but not all.
     args.LockMutex = None;
     args.flags = CKF_OS_LOCKING_OK;
-    assert_eq!(call!(m, C_Initialize, &mut args as *mut _ as *mut c_void), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+        CKR_ARGUMENTS_BAD
+    );
     // pReserved that is not our config string.
     let junk = *b"something else\0";
-    let mut args2 = CK_C_INITIALIZE_ARGS { CreateMutex: None, DestroyMutex: None, LockMutex: None, UnlockMutex: None, flags: 0, pReserved: junk.as_ptr() as *mut c_void };
-    assert_eq!(call!(m, C_Initialize, &mut args2 as *mut _ as *mut c_void), CKR_ARGUMENTS_BAD);
+    let mut args2 = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: 0,
+        pReserved: junk.as_ptr() as *mut c_void,
+    };
+    assert_eq!(
+        call!(m, C_Initialize, &mut args2 as *mut _ as *mut c_void),
+        CKR_ARGUMENTS_BAD
+    );
     // Our config string naming a file that does not exist: a config error.
-    assert_eq!(m.initialize_with(Some("conf=/nonexistent/hsmpool.toml")), CKR_GENERAL_ERROR);
+    assert_eq!(
+        m.initialize_with(Some("conf=/nonexistent/hsmpool.toml")),
+        CKR_GENERAL_ERROR
+    );
     // Callbacks with CKF_OS_LOCKING_OK are fine (we use our own locks).
     args.LockMutex = Some(other);
     let conf = std::ffi::CString::new(format!("hsmpool:{}", fx.config_arg())).expect("no NUL");
     args.pReserved = conf.as_ptr() as *mut c_void;
-    assert_eq!(call!(m, C_Initialize, &mut args as *mut _ as *mut c_void), CKR_OK);
+    assert_eq!(
+        call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+        CKR_OK
+    );
     let mut junk_ptr = 1u8;
-    assert_eq!(call!(m, C_Finalize, &mut junk_ptr as *mut u8 as *mut c_void), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_Finalize, &mut junk_ptr as *mut u8 as *mut c_void),
+        CKR_ARGUMENTS_BAD
+    );
 }
 
 #[test]
@@ -210,8 +433,14 @@ fn get_info_is_blank_padded_and_says_three_oh() {
     let m = fx.m;
     let mut info: CK_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetInfo, &mut info), CKR_OK);
-    assert_eq!((info.cryptokiVersion.major, info.cryptokiVersion.minor), (3, 0));
-    assert!(info.manufacturerID.iter().all(|c| *c != 0), "no NUL in a padded field");
+    assert_eq!(
+        (info.cryptokiVersion.major, info.cryptokiVersion.minor),
+        (3, 0)
+    );
+    assert!(
+        info.manufacturerID.iter().all(|c| *c != 0),
+        "no NUL in a padded field"
+    );
     assert!(info.manufacturerID.starts_with(b"hsmpool"));
     assert_eq!(call!(m, C_GetInfo, ptr::null_mut()), CKR_ARGUMENTS_BAD);
 }
@@ -223,15 +452,27 @@ fn slot_list_follows_the_length_rule() {
     let fx = Fixture::new();
     let m = fx.m;
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetSlotList, CK_TRUE, ptr::null_mut(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetSlotList, CK_TRUE, ptr::null_mut(), &mut n),
+        CKR_OK
+    );
     assert_eq!(n, 1);
     let mut slots = [99 as CK_SLOT_ID; 1];
     let mut zero: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetSlotList, CK_FALSE, slots.as_mut_ptr(), &mut zero), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(
+        call!(m, C_GetSlotList, CK_FALSE, slots.as_mut_ptr(), &mut zero),
+        CKR_BUFFER_TOO_SMALL
+    );
     assert_eq!(zero, 1);
-    assert_eq!(call!(m, C_GetSlotList, CK_FALSE, slots.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetSlotList, CK_FALSE, slots.as_mut_ptr(), &mut n),
+        CKR_OK
+    );
     assert_eq!(slots[0], 0);
-    assert_eq!(call!(m, C_GetSlotList, CK_FALSE, ptr::null_mut(), ptr::null_mut()), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_GetSlotList, CK_FALSE, ptr::null_mut(), ptr::null_mut()),
+        CKR_ARGUMENTS_BAD
+    );
     let mut si: CK_SLOT_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetSlotInfo, 0, &mut si), CKR_OK);
     assert!(si.flags & CKF_TOKEN_PRESENT != 0);
@@ -239,7 +480,16 @@ fn slot_list_follows_the_length_rule() {
     let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetTokenInfo, 7, &mut ti), CKR_SLOT_ID_INVALID);
     let mut flags_out: CK_SLOT_ID = 0;
-    assert_eq!(call!(m, C_WaitForSlotEvent, CKF_DONT_BLOCK, &mut flags_out, ptr::null_mut()), CKR_NO_EVENT);
+    assert_eq!(
+        call!(
+            m,
+            C_WaitForSlotEvent,
+            CKF_DONT_BLOCK,
+            &mut flags_out,
+            ptr::null_mut()
+        ),
+        CKR_NO_EVENT
+    );
 }
 
 #[test]
@@ -252,7 +502,11 @@ fn token_flags_tell_the_truth_through_initialisation() {
         ti
     };
     let ti = info(m);
-    assert_eq!(ti.flags & CKF_TOKEN_INITIALIZED, 0, "fresh token is not initialised");
+    assert_eq!(
+        ti.flags & CKF_TOKEN_INITIALIZED,
+        0,
+        "fresh token is not initialised"
+    );
     assert!(ti.flags & CKF_RNG != 0 && ti.flags & CKF_LOGIN_REQUIRED != 0);
     assert_eq!(m.init_token("123", "x"), CKR_PIN_LEN_RANGE);
     assert_eq!(m.init_token(SO_PIN, "my token"), CKR_OK);
@@ -268,7 +522,16 @@ fn token_flags_tell_the_truth_through_initialisation() {
     assert_eq!(m.init_token(SO_PIN, "x"), CKR_SESSION_EXISTS);
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_USER_PIN_NOT_INITIALIZED);
     assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK);
-    assert_eq!(call!(m, C_InitPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_InitPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        ),
+        CKR_OK
+    );
     assert!(info(m).flags & CKF_USER_PIN_INITIALIZED != 0);
 }
 
@@ -277,25 +540,54 @@ fn mechanism_list_and_info_agree() {
     let fx = Fixture::new();
     let m = fx.m;
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetMechanismList, 0, ptr::null_mut(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetMechanismList, 0, ptr::null_mut(), &mut n),
+        CKR_OK
+    );
     assert!(n >= 30, "{n} mechanisms");
     let mut list = vec![0 as CK_MECHANISM_TYPE; n as usize];
     let mut small: CK_ULONG = 1;
-    assert_eq!(call!(m, C_GetMechanismList, 0, list.as_mut_ptr(), &mut small), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(
+        call!(m, C_GetMechanismList, 0, list.as_mut_ptr(), &mut small),
+        CKR_BUFFER_TOO_SMALL
+    );
     assert_eq!(small, n);
-    assert_eq!(call!(m, C_GetMechanismList, 0, list.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetMechanismList, 0, list.as_mut_ptr(), &mut n),
+        CKR_OK
+    );
     for mm in &list {
         let mut mi: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
-        assert_eq!(call!(m, C_GetMechanismInfo, 0, *mm, &mut mi), CKR_OK, "info for {mm:#x}");
+        assert_eq!(
+            call!(m, C_GetMechanismInfo, 0, *mm, &mut mi),
+            CKR_OK,
+            "info for {mm:#x}"
+        );
         assert!(mi.flags != 0 && mi.ulMinKeySize <= mi.ulMaxKeySize);
     }
-    assert!(list.contains(&CKM_SHA256_RSA_PKCS) && list.contains(&CKM_AES_GCM) && list.contains(&CKM_ECDSA));
+    assert!(
+        list.contains(&CKM_SHA256_RSA_PKCS)
+            && list.contains(&CKM_AES_GCM)
+            && list.contains(&CKM_ECDSA)
+    );
     let mut mi: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
-    assert_eq!(call!(m, C_GetMechanismInfo, 0, CKM_AES_GCM, &mut mi), CKR_OK);
+    assert_eq!(
+        call!(m, C_GetMechanismInfo, 0, CKM_AES_GCM, &mut mi),
+        CKR_OK
+    );
     assert_eq!((mi.ulMinKeySize, mi.ulMaxKeySize), (16, 32));
-    assert_eq!(mi.flags & (CKF_ENCRYPT | CKF_DECRYPT), CKF_ENCRYPT | CKF_DECRYPT);
-    assert_eq!(call!(m, C_GetMechanismInfo, 0, 0x7fff_0000, &mut mi), CKR_MECHANISM_INVALID);
-    assert_eq!(call!(m, C_GetMechanismInfo, 3, CKM_AES_GCM, &mut mi), CKR_SLOT_ID_INVALID);
+    assert_eq!(
+        mi.flags & (CKF_ENCRYPT | CKF_DECRYPT),
+        CKF_ENCRYPT | CKF_DECRYPT
+    );
+    assert_eq!(
+        call!(m, C_GetMechanismInfo, 0, 0x7fff_0000, &mut mi),
+        CKR_MECHANISM_INVALID
+    );
+    assert_eq!(
+        call!(m, C_GetMechanismInfo, 3, CKM_AES_GCM, &mut mi),
+        CKR_SLOT_ID_INVALID
+    );
 }
 
 // ----- sessions and login ------------------------------------------------------------------------
@@ -306,9 +598,42 @@ fn session_rules() {
     let m = fx.m;
     assert_eq!(m.init_token(SO_PIN, "t"), CKR_OK);
     let mut h = 0;
-    assert_eq!(call!(m, C_OpenSession, 0, CKF_RW_SESSION, ptr::null_mut(), None, &mut h), CKR_SESSION_PARALLEL_NOT_SUPPORTED);
-    assert_eq!(call!(m, C_OpenSession, 5, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut h), CKR_SLOT_ID_INVALID);
-    assert_eq!(call!(m, C_OpenSession, 0, CKF_SERIAL_SESSION, ptr::null_mut(), None, ptr::null_mut()), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(
+            m,
+            C_OpenSession,
+            0,
+            CKF_RW_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut h
+        ),
+        CKR_SESSION_PARALLEL_NOT_SUPPORTED
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_OpenSession,
+            5,
+            CKF_SERIAL_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut h
+        ),
+        CKR_SLOT_ID_INVALID
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_OpenSession,
+            0,
+            CKF_SERIAL_SESSION,
+            ptr::null_mut(),
+            None,
+            ptr::null_mut()
+        ),
+        CKR_ARGUMENTS_BAD
+    );
     let ro = m.open(false);
     let mut si: CK_SESSION_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetSessionInfo, ro, &mut si), CKR_OK);
@@ -318,20 +643,49 @@ fn session_rules() {
     assert_eq!(m.login(ro, CKU_SO, SO_PIN), CKR_SESSION_READ_ONLY_EXISTS);
     assert_eq!(call!(m, C_CloseSession, ro), CKR_OK);
     assert_eq!(call!(m, C_CloseSession, ro), CKR_SESSION_HANDLE_INVALID);
-    assert_eq!(call!(m, C_GetSessionInfo, ro, &mut si), CKR_SESSION_HANDLE_INVALID);
+    assert_eq!(
+        call!(m, C_GetSessionInfo, ro, &mut si),
+        CKR_SESSION_HANDLE_INVALID
+    );
     let rw = m.open(true);
     assert_eq!(m.login(rw, CKU_SO, SO_PIN), CKR_OK);
     assert_eq!(call!(m, C_GetSessionInfo, rw, &mut si), CKR_OK);
     assert_eq!(si.state, CKS_RW_SO_FUNCTIONS);
-    assert_eq!(call!(m, C_OpenSession, 0, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut h), CKR_SESSION_READ_WRITE_SO_EXISTS);
+    assert_eq!(
+        call!(
+            m,
+            C_OpenSession,
+            0,
+            CKF_SERIAL_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut h
+        ),
+        CKR_SESSION_READ_WRITE_SO_EXISTS
+    );
     assert_eq!(m.login(rw, CKU_SO, SO_PIN), CKR_USER_ALREADY_LOGGED_IN);
-    assert_eq!(m.login(rw, CKU_USER, USER_PIN), CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
-    assert_eq!(call!(m, C_InitPIN, rw, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        m.login(rw, CKU_USER, USER_PIN),
+        CKR_USER_ANOTHER_ALREADY_LOGGED_IN
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_InitPIN,
+            rw,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        ),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_Logout, rw), CKR_OK);
     assert_eq!(call!(m, C_Logout, rw), CKR_USER_NOT_LOGGED_IN);
     assert_eq!(m.login(rw, 77, USER_PIN), CKR_USER_TYPE_INVALID);
     assert_eq!(m.login(rw, CKU_USER, "not-the-pin"), CKR_PIN_INCORRECT);
-    assert_eq!(call!(m, C_Login, rw, CKU_USER, ptr::null_mut(), 4), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_Login, rw, CKU_USER, ptr::null_mut(), 4),
+        CKR_ARGUMENTS_BAD
+    );
     // One login serves every session, including ones opened later.
     assert_eq!(m.login(rw, CKU_USER, USER_PIN), CKR_OK);
     let ro2 = m.open(false);
@@ -346,13 +700,25 @@ fn session_rules() {
     // C_LoginUser names the user explicitly.
     let name = b"user";
     assert_eq!(
-        call!(m, C_LoginUser, again, CKU_USER, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG, name.as_ptr() as *mut u8, 4),
+        call!(
+            m,
+            C_LoginUser,
+            again,
+            CKU_USER,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG,
+            name.as_ptr() as *mut u8,
+            4
+        ),
         CKR_OK
     );
     assert_eq!(call!(m, C_GetSessionInfo, again, &mut si), CKR_OK);
     assert_eq!(si.state, CKS_RW_USER_FUNCTIONS);
     // Context-specific login re-checks the PIN.
-    assert_eq!(m.login(again, CKU_CONTEXT_SPECIFIC, "wrong-pin"), CKR_PIN_INCORRECT);
+    assert_eq!(
+        m.login(again, CKU_CONTEXT_SPECIFIC, "wrong-pin"),
+        CKR_PIN_INCORRECT
+    );
     assert_eq!(m.login(again, CKU_CONTEXT_SPECIFIC, USER_PIN), CKR_OK);
 }
 
@@ -362,19 +728,70 @@ fn set_pin_changes_the_pin_and_lockout_counts() {
     let m = fx.m;
     let h = m.fresh_user_session();
     let new = "user-pin-2";
-    assert_eq!(call!(m, C_SetPIN, h, b"bad-old".as_ptr() as *mut u8, 7, new.as_ptr() as *mut u8, new.len() as CK_ULONG), CKR_PIN_INCORRECT);
-    assert_eq!(call!(m, C_SetPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG, b"ab".as_ptr() as *mut u8, 2), CKR_PIN_LEN_RANGE);
-    assert_eq!(call!(m, C_SetPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG, new.as_ptr() as *mut u8, new.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_SetPIN,
+            h,
+            b"bad-old".as_ptr() as *mut u8,
+            7,
+            new.as_ptr() as *mut u8,
+            new.len() as CK_ULONG
+        ),
+        CKR_PIN_INCORRECT
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_SetPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG,
+            b"ab".as_ptr() as *mut u8,
+            2
+        ),
+        CKR_PIN_LEN_RANGE
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_SetPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG,
+            new.as_ptr() as *mut u8,
+            new.len() as CK_ULONG
+        ),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_PIN_INCORRECT);
     let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
     assert_eq!(call!(m, C_GetTokenInfo, 0, &mut ti), CKR_OK);
-    assert!(ti.flags & CKF_USER_PIN_COUNT_LOW != 0, "a failed login is counted");
+    assert!(
+        ti.flags & CKF_USER_PIN_COUNT_LOW != 0,
+        "a failed login is counted"
+    );
     assert_eq!(m.login(h, CKU_USER, new), CKR_OK);
     assert_eq!(call!(m, C_GetTokenInfo, 0, &mut ti), CKR_OK);
-    assert_eq!(ti.flags & CKF_USER_PIN_COUNT_LOW, 0, "a good login clears the count");
+    assert_eq!(
+        ti.flags & CKF_USER_PIN_COUNT_LOW,
+        0,
+        "a good login clears the count"
+    );
     let ro = m.open(false);
-    assert_eq!(call!(m, C_SetPIN, ro, new.as_ptr() as *mut u8, new.len() as CK_ULONG, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG), CKR_SESSION_READ_ONLY);
+    assert_eq!(
+        call!(
+            m,
+            C_SetPIN,
+            ro,
+            new.as_ptr() as *mut u8,
+            new.len() as CK_ULONG,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        ),
+        CKR_SESSION_READ_ONLY
+    );
 }
 
 #[test]
@@ -391,7 +808,16 @@ fn ten_wrong_pins_lock_the_user_until_the_so_resets_it() {
     assert_eq!(call!(m, C_GetTokenInfo, 0, &mut ti), CKR_OK);
     assert!(ti.flags & CKF_USER_PIN_LOCKED != 0);
     assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK);
-    assert_eq!(call!(m, C_InitPIN, h, USER_PIN.as_ptr() as *mut u8, USER_PIN.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_InitPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        ),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
 }
@@ -404,9 +830,17 @@ fn objects_create_read_find_copy_destroy() {
     let m = fx.m;
     let h = m.fresh_user_session();
     let class = CKO_DATA;
-    let mut t = [attr(CKA_CLASS, &class), attr(CKA_TOKEN, &TRUE), attr_bytes(CKA_LABEL, b"d1"), attr_bytes(CKA_VALUE, b"hello")];
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_LABEL, b"d1"),
+        attr_bytes(CKA_VALUE, b"hello"),
+    ];
     let mut o = 0;
-    assert_eq!(call!(m, C_CreateObject, h, t.as_mut_ptr(), 4, &mut o), CKR_OK);
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 4, &mut o),
+        CKR_OK
+    );
     assert_eq!(get_bytes(m, h, o, CKA_VALUE), b"hello");
     assert_eq!(get_bytes(m, h, o, CKA_LABEL), b"d1");
     let mut size: CK_ULONG = 0;
@@ -417,29 +851,64 @@ fn objects_create_read_find_copy_destroy() {
     // Copy with a changed label; CKA_CLASS may not change.
     let mut ct = [attr_bytes(CKA_LABEL, b"d2")];
     let mut c = 0;
-    assert_eq!(call!(m, C_CopyObject, h, o, ct.as_mut_ptr(), 1, &mut c), CKR_OK);
+    assert_eq!(
+        call!(m, C_CopyObject, h, o, ct.as_mut_ptr(), 1, &mut c),
+        CKR_OK
+    );
     assert_eq!(get_bytes(m, h, c, CKA_VALUE), b"hello");
     let cert = CKO_CERTIFICATE;
     let mut bad = [attr(CKA_CLASS, &cert)];
-    assert_eq!(call!(m, C_SetAttributeValue, h, c, bad.as_mut_ptr(), 1), CKR_ATTRIBUTE_READ_ONLY);
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, c, bad.as_mut_ptr(), 1),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
     let mut relabel = [attr_bytes(CKA_LABEL, b"d3")];
-    assert_eq!(call!(m, C_SetAttributeValue, h, c, relabel.as_mut_ptr(), 1), CKR_OK);
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, c, relabel.as_mut_ptr(), 1),
+        CKR_OK
+    );
     assert_eq!(find(m, h, &mut [attr_bytes(CKA_LABEL, b"d3")]), vec![c]);
-    assert!(find(m, h, &mut [attr_bytes(CKA_LABEL, b"d2")]).is_empty(), "the index follows a label change");
+    assert!(
+        find(m, h, &mut [attr_bytes(CKA_LABEL, b"d2")]).is_empty(),
+        "the index follows a label change"
+    );
     assert_eq!(call!(m, C_DestroyObject, h, c), CKR_OK);
     assert_eq!(call!(m, C_DestroyObject, h, c), CKR_OBJECT_HANDLE_INVALID);
-    let mut a = CK_ATTRIBUTE { type_: CKA_LABEL, pValue: ptr::null_mut(), ulValueLen: 0 };
-    assert_eq!(call!(m, C_GetAttributeValue, h, c, &mut a, 1), CKR_OBJECT_HANDLE_INVALID);
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, c, &mut a, 1),
+        CKR_OBJECT_HANDLE_INVALID
+    );
     // Templates: NULL with a count, unknown class, missing class.
-    assert_eq!(call!(m, C_CreateObject, h, ptr::null_mut(), 2, &mut o), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_CreateObject, h, ptr::null_mut(), 2, &mut o),
+        CKR_ARGUMENTS_BAD
+    );
     let mut no_class = [attr_bytes(CKA_LABEL, b"x")];
-    assert_eq!(call!(m, C_CreateObject, h, no_class.as_mut_ptr(), 1, &mut o), CKR_TEMPLATE_INCOMPLETE);
+    assert_eq!(
+        call!(m, C_CreateObject, h, no_class.as_mut_ptr(), 1, &mut o),
+        CKR_TEMPLATE_INCOMPLETE
+    );
     let sk = CKO_SECRET_KEY;
     let aes = CKK_AES;
-    let mut short = [attr(CKA_CLASS, &sk), attr(CKA_KEY_TYPE, &aes), attr_bytes(CKA_VALUE, &[1u8; 15])];
-    assert_eq!(call!(m, C_CreateObject, h, short.as_mut_ptr(), 3, &mut o), CKR_ATTRIBUTE_VALUE_INVALID);
+    let mut short = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &aes),
+        attr_bytes(CKA_VALUE, &[1u8; 15]),
+    ];
+    assert_eq!(
+        call!(m, C_CreateObject, h, short.as_mut_ptr(), 3, &mut o),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
     let mut bad_bool = [attr(CKA_CLASS, &class), attr_bytes(CKA_TOKEN, &[1, 2])];
-    assert_eq!(call!(m, C_CreateObject, h, bad_bool.as_mut_ptr(), 2, &mut o), CKR_ATTRIBUTE_VALUE_INVALID);
+    assert_eq!(
+        call!(m, C_CreateObject, h, bad_bool.as_mut_ptr(), 2, &mut o),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
 }
 
 #[test]
@@ -451,37 +920,101 @@ fn get_attribute_value_processes_every_attribute() {
     let mut small = [0u8; 1];
     let mut label_buf = [0u8; 64];
     let mut t = [
-        CK_ATTRIBUTE { type_: CKA_VALUE, pValue: label_buf.as_mut_ptr() as *mut c_void, ulValueLen: 64 },
-        CK_ATTRIBUTE { type_: CKA_MODULUS, pValue: ptr::null_mut(), ulValueLen: 0 },
-        CK_ATTRIBUTE { type_: CKA_VALUE_LEN, pValue: small.as_mut_ptr() as *mut c_void, ulValueLen: 1 },
-        CK_ATTRIBUTE { type_: CKA_KEY_TYPE, pValue: ptr::null_mut(), ulValueLen: 0 },
+        CK_ATTRIBUTE {
+            type_: CKA_VALUE,
+            pValue: label_buf.as_mut_ptr() as *mut c_void,
+            ulValueLen: 64,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_MODULUS,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_VALUE_LEN,
+            pValue: small.as_mut_ptr() as *mut c_void,
+            ulValueLen: 1,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_KEY_TYPE,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
     ];
     let rv = call!(m, C_GetAttributeValue, h, k, t.as_mut_ptr(), 4);
-    assert!(matches!(rv, CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL), "rv {rv:#x}");
-    assert_eq!(t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION, "sensitive value");
-    assert_eq!(t[1].ulValueLen, CK_UNAVAILABLE_INFORMATION, "AES keys have no modulus");
-    assert_eq!(t[2].ulValueLen, CK_UNAVAILABLE_INFORMATION, "buffer too small");
-    assert_eq!(t[3].ulValueLen as usize, std::mem::size_of::<CK_ULONG>(), "length of a good attribute is still given");
+    assert!(
+        matches!(
+            rv,
+            CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL
+        ),
+        "rv {rv:#x}"
+    );
+    assert_eq!(
+        t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION,
+        "sensitive value"
+    );
+    assert_eq!(
+        t[1].ulValueLen, CK_UNAVAILABLE_INFORMATION,
+        "AES keys have no modulus"
+    );
+    assert_eq!(
+        t[2].ulValueLen, CK_UNAVAILABLE_INFORMATION,
+        "buffer too small"
+    );
+    assert_eq!(
+        t[3].ulValueLen as usize,
+        std::mem::size_of::<CK_ULONG>(),
+        "length of a good attribute is still given"
+    );
     assert!(label_buf.iter().all(|b| *b == 0), "no key bytes came out");
     // Non-sensitive, extractable secret: the value is readable.
     let mut v = [0u8; 16];
     let sk = CKO_SECRET_KEY;
     let gs = CKK_GENERIC_SECRET;
-    let mut ct = [attr(CKA_CLASS, &sk), attr(CKA_KEY_TYPE, &gs), attr_bytes(CKA_VALUE, b"0123456789abcdef"), attr(CKA_SENSITIVE, &FALSE), attr(CKA_EXTRACTABLE, &TRUE)];
+    let mut ct = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, b"0123456789abcdef"),
+        attr(CKA_SENSITIVE, &FALSE),
+        attr(CKA_EXTRACTABLE, &TRUE),
+    ];
     let mut o = 0;
-    assert_eq!(call!(m, C_CreateObject, h, ct.as_mut_ptr(), 5, &mut o), CKR_OK);
-    let mut a = CK_ATTRIBUTE { type_: CKA_VALUE, pValue: v.as_mut_ptr() as *mut c_void, ulValueLen: 16 };
+    assert_eq!(
+        call!(m, C_CreateObject, h, ct.as_mut_ptr(), 5, &mut o),
+        CKR_OK
+    );
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_VALUE,
+        pValue: v.as_mut_ptr() as *mut c_void,
+        ulValueLen: 16,
+    };
     assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_OK);
     assert_eq!(&v, b"0123456789abcdef");
     // Sensitive is one way.
     let mut to_sensitive = [attr(CKA_SENSITIVE, &TRUE)];
-    assert_eq!(call!(m, C_SetAttributeValue, h, o, to_sensitive.as_mut_ptr(), 1), CKR_OK);
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, o, to_sensitive.as_mut_ptr(), 1),
+        CKR_OK
+    );
     let mut back = [attr(CKA_SENSITIVE, &FALSE)];
-    assert_eq!(call!(m, C_SetAttributeValue, h, o, back.as_mut_ptr(), 1), CKR_ATTRIBUTE_READ_ONLY);
-    let mut a = CK_ATTRIBUTE { type_: CKA_VALUE, pValue: v.as_mut_ptr() as *mut c_void, ulValueLen: 16 };
-    assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_ATTRIBUTE_SENSITIVE);
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, o, back.as_mut_ptr(), 1),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_VALUE,
+        pValue: v.as_mut_ptr() as *mut c_void,
+        ulValueLen: 16,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, o, &mut a, 1),
+        CKR_ATTRIBUTE_SENSITIVE
+    );
     let mut local = [attr(CKA_LOCAL, &TRUE)];
-    assert_eq!(call!(m, C_SetAttributeValue, h, o, local.as_mut_ptr(), 1), CKR_ATTRIBUTE_READ_ONLY);
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, o, local.as_mut_ptr(), 1),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
 }
 
 #[test]
@@ -494,26 +1027,53 @@ fn private_objects_are_invisible_to_public_sessions_and_session_objects_die_with
     let class = CKO_DATA;
     let mut t = [attr(CKA_CLASS, &class), attr_bytes(CKA_LABEL, b"sess-obj")];
     let mut so = 0;
-    assert_eq!(call!(m, C_CreateObject, other, t.as_mut_ptr(), 2, &mut so), CKR_OK);
-    assert_eq!(find(m, h, &mut [attr_bytes(CKA_LABEL, b"sess-obj")]), vec![so], "session objects are visible to the application");
+    assert_eq!(
+        call!(m, C_CreateObject, other, t.as_mut_ptr(), 2, &mut so),
+        CKR_OK
+    );
+    assert_eq!(
+        find(m, h, &mut [attr_bytes(CKA_LABEL, b"sess-obj")]),
+        vec![so],
+        "session objects are visible to the application"
+    );
     assert_eq!(call!(m, C_CloseSession, other), CKR_OK);
-    assert!(find(m, h, &mut [attr_bytes(CKA_LABEL, b"sess-obj")]).is_empty(), "it died with its session");
+    assert!(
+        find(m, h, &mut [attr_bytes(CKA_LABEL, b"sess-obj")]).is_empty(),
+        "it died with its session"
+    );
     assert_eq!(find(m, h, &mut [attr_bytes(CKA_LABEL, b"vis")]).len(), 2);
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     let found = find(m, h, &mut [attr_bytes(CKA_LABEL, b"vis")]);
-    assert_eq!(found.len(), 1, "only the public key is visible after logout");
-    let mut a = CK_ATTRIBUTE { type_: CKA_LABEL, pValue: ptr::null_mut(), ulValueLen: 0 };
-    assert_eq!(call!(m, C_GetAttributeValue, h, k, &mut a, 1), CKR_OBJECT_HANDLE_INVALID);
+    assert_eq!(
+        found.len(),
+        1,
+        "only the public key is visible after logout"
+    );
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, k, &mut a, 1),
+        CKR_OBJECT_HANDLE_INVALID
+    );
     let mut mm = mech(CKM_SHA256_RSA_PKCS);
     assert_eq!(call!(m, C_SignInit, h, &mut mm, k), CKR_KEY_HANDLE_INVALID);
     // Read-only sessions cannot make token objects.
     let ro = m.open(false);
     let mut tt = [attr(CKA_CLASS, &class), attr(CKA_TOKEN, &TRUE)];
     let mut o = 0;
-    assert_eq!(call!(m, C_CreateObject, ro, tt.as_mut_ptr(), 2, &mut o), CKR_SESSION_READ_ONLY);
+    assert_eq!(
+        call!(m, C_CreateObject, ro, tt.as_mut_ptr(), 2, &mut o),
+        CKR_SESSION_READ_ONLY
+    );
     // Private objects need a user.
     let mut pt = [attr(CKA_CLASS, &class), attr(CKA_PRIVATE, &TRUE)];
-    assert_eq!(call!(m, C_CreateObject, h, pt.as_mut_ptr(), 2, &mut o), CKR_USER_NOT_LOGGED_IN);
+    assert_eq!(
+        call!(m, C_CreateObject, h, pt.as_mut_ptr(), 2, &mut o),
+        CKR_USER_NOT_LOGGED_IN
+    );
 }
 
 #[test]
@@ -523,11 +1083,23 @@ fn find_operation_states() {
     let h = m.fresh_user_session();
     let mut buf = [0 as CK_OBJECT_HANDLE; 4];
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_FindObjects, h, buf.as_mut_ptr(), 4, &mut n), CKR_OPERATION_NOT_INITIALIZED);
-    assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(
+        call!(m, C_FindObjects, h, buf.as_mut_ptr(), 4, &mut n),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(
+        call!(m, C_FindObjectsFinal, h),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
     assert_eq!(call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0), CKR_OK);
-    assert_eq!(call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0), CKR_OPERATION_ACTIVE);
-    assert_eq!(call!(m, C_FindObjects, h, ptr::null_mut(), 4, &mut n), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0),
+        CKR_OPERATION_ACTIVE
+    );
+    assert_eq!(
+        call!(m, C_FindObjects, h, ptr::null_mut(), 4, &mut n),
+        CKR_ARGUMENTS_BAD
+    );
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
 }
 
@@ -544,47 +1116,121 @@ fn rsa_sign_verify_every_mechanism_and_independently() {
     assert_eq!(n.len(), 256);
     let data = b"the quick brown fox";
     for (mm, alg) in [
-        (CKM_SHA256_RSA_PKCS, &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256),
-        (CKM_SHA384_RSA_PKCS, &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA384),
-        (CKM_SHA512_RSA_PKCS, &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA512),
+        (
+            CKM_SHA256_RSA_PKCS,
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        ),
+        (
+            CKM_SHA384_RSA_PKCS,
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA384,
+        ),
+        (
+            CKM_SHA512_RSA_PKCS,
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA512,
+        ),
     ] {
         let sig = sign(m, h, &mut mech(mm), k, data);
         assert_eq!(sig.len(), 256);
         assert_eq!(verify(m, h, &mut mech(mm), p, data, &sig), CKR_OK);
         let pk = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
-        pk.verify(alg, data, &sig).expect("aws-lc verifies our signature");
+        pk.verify(alg, data, &sig)
+            .expect("aws-lc verifies our signature");
         let mut bad = sig.clone();
         bad[10] ^= 1;
-        assert_eq!(verify(m, h, &mut mech(mm), p, data, &bad), CKR_SIGNATURE_INVALID);
-        assert_eq!(verify(m, h, &mut mech(mm), p, data, &sig[..255]), CKR_SIGNATURE_LEN_RANGE);
+        assert_eq!(
+            verify(m, h, &mut mech(mm), p, data, &bad),
+            CKR_SIGNATURE_INVALID
+        );
+        assert_eq!(
+            verify(m, h, &mut mech(mm), p, data, &sig[..255]),
+            CKR_SIGNATURE_LEN_RANGE
+        );
     }
     // PSS with SHA-256 and a 32-byte salt.
-    let mut pss = CK_RSA_PKCS_PSS_PARAMS { hashAlg: CKM_SHA256, mgf: CKG_MGF1_SHA256, sLen: 32 };
-    let sig = sign(m, h, &mut mech_param(CKM_SHA256_RSA_PKCS_PSS, &mut pss), k, data);
-    assert_eq!(verify(m, h, &mut mech_param(CKM_SHA256_RSA_PKCS_PSS, &mut pss), p, data, &sig), CKR_OK);
+    let mut pss = CK_RSA_PKCS_PSS_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        sLen: 32,
+    };
+    let sig = sign(
+        m,
+        h,
+        &mut mech_param(CKM_SHA256_RSA_PKCS_PSS, &mut pss),
+        k,
+        data,
+    );
+    assert_eq!(
+        verify(
+            m,
+            h,
+            &mut mech_param(CKM_SHA256_RSA_PKCS_PSS, &mut pss),
+            p,
+            data,
+            &sig
+        ),
+        CKR_OK
+    );
     let pk = aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e };
-    pk.verify(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, data, &sig).expect("aws-lc verifies our PSS signature");
+    pk.verify(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, data, &sig)
+        .expect("aws-lc verifies our PSS signature");
     // Raw PSS over a digest.
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let sig = sign(m, h, &mut mech_param(CKM_RSA_PKCS_PSS, &mut pss), k, digest.as_ref());
-    pk.verify(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, data, &sig).expect("raw PSS over the digest");
+    let sig = sign(
+        m,
+        h,
+        &mut mech_param(CKM_RSA_PKCS_PSS, &mut pss),
+        k,
+        digest.as_ref(),
+    );
+    pk.verify(&aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256, data, &sig)
+        .expect("raw PSS over the digest");
     // CKM_RSA_PKCS over a caller's DigestInfo equals CKM_SHA256_RSA_PKCS over the message.
-    let mut di = vec![0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+    let mut di = vec![
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
     di.extend_from_slice(digest.as_ref());
     let raw = sign(m, h, &mut mech(CKM_RSA_PKCS), k, &di);
     let hashed = sign(m, h, &mut mech(CKM_SHA256_RSA_PKCS), k, data);
     assert_eq!(raw, hashed, "PKCS #1 v1.5 is deterministic");
     assert_eq!(verify(m, h, &mut mech(CKM_RSA_PKCS), p, &di, &raw), CKR_OK);
     // Multi-part equals single-part.
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), k), CKR_OK);
-    assert_eq!(call!(m, C_SignUpdate, h, data[..5].as_ptr() as *mut u8, 5), CKR_OK);
-    assert_eq!(call!(m, C_SignUpdate, h, data[5..].as_ptr() as *mut u8, (data.len() - 5) as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), k),
+        CKR_OK
+    );
+    assert_eq!(
+        call!(m, C_SignUpdate, h, data[..5].as_ptr() as *mut u8, 5),
+        CKR_OK
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_SignUpdate,
+            h,
+            data[5..].as_ptr() as *mut u8,
+            (data.len() - 5) as CK_ULONG
+        ),
+        CKR_OK
+    );
     let mut out = vec![0u8; 256];
     let mut len: CK_ULONG = 256;
     assert_eq!(call!(m, C_SignFinal, h, out.as_mut_ptr(), &mut len), CKR_OK);
     assert_eq!(out, hashed);
-    assert_eq!(call!(m, C_VerifyInit, h, &mut mech(CKM_SHA256_RSA_PKCS), p), CKR_OK);
-    assert_eq!(call!(m, C_VerifyUpdate, h, data.as_ptr() as *mut u8, data.len() as CK_ULONG), CKR_OK);
+    assert_eq!(
+        call!(m, C_VerifyInit, h, &mut mech(CKM_SHA256_RSA_PKCS), p),
+        CKR_OK
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_VerifyUpdate,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG
+        ),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_VerifyFinal, h, out.as_mut_ptr(), 256), CKR_OK);
 }
 
@@ -595,35 +1241,110 @@ fn output_buffer_rule_keeps_the_operation_active() {
     let h = m.fresh_user_session();
     let (p, k) = gen_ec(m, h);
     let data = b"message";
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k), CKR_OK);
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k),
+        CKR_OK
+    );
     let mut len: CK_ULONG = 0;
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, 7, ptr::null_mut(), &mut len), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            7,
+            ptr::null_mut(),
+            &mut len
+        ),
+        CKR_OK
+    );
     assert_eq!(len, 64);
     let mut small = [0u8; 10];
     let mut slen: CK_ULONG = 10;
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, 7, small.as_mut_ptr(), &mut slen), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            7,
+            small.as_mut_ptr(),
+            &mut slen
+        ),
+        CKR_BUFFER_TOO_SMALL
+    );
     assert_eq!(slen, 64, "the needed length is written");
     let mut sig = [0u8; 64];
     let mut l: CK_ULONG = 64;
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, 7, sig.as_mut_ptr(), &mut l), CKR_OK, "still active after BUFFER_TOO_SMALL");
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, 7, sig.as_mut_ptr(), &mut l), CKR_OPERATION_NOT_INITIALIZED, "done after success");
-    assert_eq!(verify(m, h, &mut mech(CKM_ECDSA_SHA256), p, data, &sig), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            7,
+            sig.as_mut_ptr(),
+            &mut l
+        ),
+        CKR_OK,
+        "still active after BUFFER_TOO_SMALL"
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            7,
+            sig.as_mut_ptr(),
+            &mut l
+        ),
+        CKR_OPERATION_NOT_INITIALIZED,
+        "done after success"
+    );
+    assert_eq!(
+        verify(m, h, &mut mech(CKM_ECDSA_SHA256), p, data, &sig),
+        CKR_OK
+    );
     // Independent verification with the public point.
     let point = get_bytes(m, h, p, CKA_EC_POINT);
     assert_eq!(point[0], 0x04, "CKA_EC_POINT is a DER OCTET STRING");
     let raw_point = &point[2..];
-    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, raw_point)
-        .verify(data, &sig)
-        .expect("aws-lc verifies our ECDSA signature");
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        raw_point,
+    )
+    .verify(data, &sig)
+    .expect("aws-lc verifies our ECDSA signature");
     // Any other error ends the operation.
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k), CKR_OK);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k), CKR_OPERATION_ACTIVE);
-    assert_eq!(call!(m, C_Sign, h, ptr::null_mut(), 7, sig.as_mut_ptr(), &mut l), CKR_ARGUMENTS_BAD);
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k),
+        CKR_OK
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_ECDSA_SHA256), k),
+        CKR_OPERATION_ACTIVE
+    );
+    assert_eq!(
+        call!(m, C_Sign, h, ptr::null_mut(), 7, sig.as_mut_ptr(), &mut l),
+        CKR_ARGUMENTS_BAD
+    );
     // ECDSA over a prehashed digest of any length.
     let d20 = [7u8; 20];
     assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_ECDSA), k), CKR_OK);
     let mut l: CK_ULONG = 64;
-    assert_eq!(call!(m, C_Sign, h, d20.as_ptr() as *mut u8, 20, sig.as_mut_ptr(), &mut l), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            d20.as_ptr() as *mut u8,
+            20,
+            sig.as_mut_ptr(),
+            &mut l
+        ),
+        CKR_OK
+    );
     assert_eq!(verify(m, h, &mut mech(CKM_ECDSA), p, &d20, &sig), CKR_OK);
 }
 
@@ -634,26 +1355,79 @@ fn key_checks_at_init() {
     let h = m.fresh_user_session();
     let (p, k) = gen_rsa(m, h, false, "k");
     let aes = gen_aes(m, h, &[]);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_ECDSA), k), CKR_KEY_TYPE_INCONSISTENT);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), aes), CKR_KEY_TYPE_INCONSISTENT);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), p), CKR_KEY_FUNCTION_NOT_PERMITTED, "a public key cannot sign");
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), 0xdead), CKR_KEY_HANDLE_INVALID);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(0x7fff_0001), k), CKR_MECHANISM_INVALID);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_AES_GCM), aes), CKR_MECHANISM_INVALID, "GCM does not sign");
-    assert_eq!(call!(m, C_SignInit, h, ptr::null_mut(), k), CKR_ARGUMENTS_BAD);
-    assert_eq!(call!(m, C_SignInit, 0xbad, &mut mech(CKM_SHA256_RSA_PKCS), k), CKR_SESSION_HANDLE_INVALID);
-    let mut pss = CK_RSA_PKCS_PSS_PARAMS { hashAlg: CKM_SHA256, mgf: CKG_MGF1_SHA256, sLen: 32 };
-    let mut wrong_len = CK_MECHANISM { mechanism: CKM_SHA256_RSA_PKCS_PSS, pParameter: &mut pss as *mut _ as *mut c_void, ulParameterLen: 3 };
-    assert_eq!(call!(m, C_SignInit, h, &mut wrong_len, k), CKR_MECHANISM_PARAM_INVALID);
-    assert_eq!(call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS_PSS), k), CKR_MECHANISM_PARAM_INVALID);
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_ECDSA), k),
+        CKR_KEY_TYPE_INCONSISTENT
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), aes),
+        CKR_KEY_TYPE_INCONSISTENT
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), p),
+        CKR_KEY_FUNCTION_NOT_PERMITTED,
+        "a public key cannot sign"
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), 0xdead),
+        CKR_KEY_HANDLE_INVALID
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(0x7fff_0001), k),
+        CKR_MECHANISM_INVALID
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_AES_GCM), aes),
+        CKR_MECHANISM_INVALID,
+        "GCM does not sign"
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, ptr::null_mut(), k),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(
+        call!(m, C_SignInit, 0xbad, &mut mech(CKM_SHA256_RSA_PKCS), k),
+        CKR_SESSION_HANDLE_INVALID
+    );
+    let mut pss = CK_RSA_PKCS_PSS_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        sLen: 32,
+    };
+    let mut wrong_len = CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS_PSS,
+        pParameter: &mut pss as *mut _ as *mut c_void,
+        ulParameterLen: 3,
+    };
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut wrong_len, k),
+        CKR_MECHANISM_PARAM_INVALID
+    );
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS_PSS), k),
+        CKR_MECHANISM_PARAM_INVALID
+    );
     let mut buf = [0u8; 8];
     let mut l: CK_ULONG = 8;
-    assert_eq!(call!(m, C_Sign, h, buf.as_mut_ptr(), 8, buf.as_mut_ptr(), &mut l), CKR_OPERATION_NOT_INITIALIZED);
-    assert_eq!(call!(m, C_EncryptFinal, h, buf.as_mut_ptr(), &mut l), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(
+        call!(m, C_Sign, h, buf.as_mut_ptr(), 8, buf.as_mut_ptr(), &mut l),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(
+        call!(m, C_EncryptFinal, h, buf.as_mut_ptr(), &mut l),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
     let no_sign = gen_aes(m, h, &[attr(CKA_ENCRYPT, &FALSE)]);
     let mut iv = [0u8; 16];
-    let mut cbc = CK_MECHANISM { mechanism: CKM_AES_CBC_PAD, pParameter: iv.as_mut_ptr() as *mut c_void, ulParameterLen: 16 };
-    assert_eq!(call!(m, C_EncryptInit, h, &mut cbc, no_sign), CKR_KEY_FUNCTION_NOT_PERMITTED);
+    let mut cbc = CK_MECHANISM {
+        mechanism: CKM_AES_CBC_PAD,
+        pParameter: iv.as_mut_ptr() as *mut c_void,
+        ulParameterLen: 16,
+    };
+    assert_eq!(
+        call!(m, C_EncryptInit, h, &mut cbc, no_sign),
+        CKR_KEY_FUNCTION_NOT_PERMITTED
+    );
 }
 
 #[test]
@@ -664,26 +1438,68 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     let sk = CKO_SECRET_KEY;
     let aes = CKK_AES;
     let key = [0x42u8; 32];
-    let mut t = [attr(CKA_CLASS, &sk), attr(CKA_KEY_TYPE, &aes), attr_bytes(CKA_VALUE, &key)];
+    let mut t = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &aes),
+        attr_bytes(CKA_VALUE, &key),
+    ];
     let mut k = 0;
-    assert_eq!(call!(m, C_CreateObject, h, t.as_mut_ptr(), 3, &mut k), CKR_OK);
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 3, &mut k),
+        CKR_OK
+    );
     let plain: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
     // GCM, single part, checked against aws-lc.
     let mut iv = [9u8; 12];
     let mut aad = *b"header";
-    let mut gcm = CK_GCM_PARAMS { pIv: iv.as_mut_ptr(), ulIvLen: 12, ulIvBits: 96, pAAD: aad.as_mut_ptr(), ulAADLen: 6, ulTagBits: 128 };
+    let mut gcm = CK_GCM_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvBits: 96,
+        pAAD: aad.as_mut_ptr(),
+        ulAADLen: 6,
+        ulTagBits: 128,
+    };
     let mut mm = mech_param(CKM_AES_GCM, &mut gcm);
     assert_eq!(call!(m, C_EncryptInit, h, &mut mm, k), CKR_OK);
     let mut len: CK_ULONG = 0;
-    assert_eq!(call!(m, C_Encrypt, h, plain.as_ptr() as *mut u8, plain.len() as CK_ULONG, ptr::null_mut(), &mut len), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            plain.as_ptr() as *mut u8,
+            plain.len() as CK_ULONG,
+            ptr::null_mut(),
+            &mut len
+        ),
+        CKR_OK
+    );
     let mut ct = vec![0u8; len as usize];
-    assert_eq!(call!(m, C_Encrypt, h, plain.as_ptr() as *mut u8, plain.len() as CK_ULONG, ct.as_mut_ptr(), &mut len), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            plain.as_ptr() as *mut u8,
+            plain.len() as CK_ULONG,
+            ct.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OK
+    );
     ct.truncate(len as usize);
     assert_eq!(ct.len(), plain.len() + 16);
-    let lk = aws_lc_rs::aead::LessSafeKey::new(aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key).expect("AES key"));
+    let lk = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key).expect("AES key"),
+    );
     let mut check = ct.clone();
     let opened = lk
-        .open_in_place(aws_lc_rs::aead::Nonce::assume_unique_for_key(iv), aws_lc_rs::aead::Aad::from(&aad[..]), &mut check)
+        .open_in_place(
+            aws_lc_rs::aead::Nonce::assume_unique_for_key(iv),
+            aws_lc_rs::aead::Aad::from(&aad[..]),
+            &mut check,
+        )
         .expect("aws-lc opens our GCM ciphertext");
     assert_eq!(opened, &plain[..]);
     // GCM decrypt, multi-part; a flipped tag bit is refused.
@@ -691,13 +1507,38 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     assert_eq!(call!(m, C_DecryptInit, h, &mut mm, k), CKR_OK);
     let mut out = vec![0u8; 2048];
     let mut n: CK_ULONG = 2048;
-    assert_eq!(call!(m, C_DecryptUpdate, h, ct.as_ptr() as *mut u8, 500, out.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_DecryptUpdate,
+            h,
+            ct.as_ptr() as *mut u8,
+            500,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
     let mut got = out[..n as usize].to_vec();
     let mut n: CK_ULONG = 2048;
-    assert_eq!(call!(m, C_DecryptUpdate, h, ct[500..].as_ptr() as *mut u8, (ct.len() - 500) as CK_ULONG, out.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_DecryptUpdate,
+            h,
+            ct[500..].as_ptr() as *mut u8,
+            (ct.len() - 500) as CK_ULONG,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
     got.extend_from_slice(&out[..n as usize]);
     let mut n: CK_ULONG = 2048;
-    assert_eq!(call!(m, C_DecryptFinal, h, out.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_DecryptFinal, h, out.as_mut_ptr(), &mut n),
+        CKR_OK
+    );
     got.extend_from_slice(&out[..n as usize]);
     assert_eq!(got, plain);
     let mut bad = ct.clone();
@@ -706,24 +1547,72 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     let mut mm = mech_param(CKM_AES_GCM, &mut gcm);
     assert_eq!(call!(m, C_DecryptInit, h, &mut mm, k), CKR_OK);
     let mut n: CK_ULONG = 2048;
-    assert_eq!(call!(m, C_Decrypt, h, bad.as_mut_ptr(), bad.len() as CK_ULONG, out.as_mut_ptr(), &mut n), CKR_ENCRYPTED_DATA_INVALID);
+    assert_eq!(
+        call!(
+            m,
+            C_Decrypt,
+            h,
+            bad.as_mut_ptr(),
+            bad.len() as CK_ULONG,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_ENCRYPTED_DATA_INVALID
+    );
     // CBC-PAD multi-part in odd pieces equals single part.
     let mut iv16 = [3u8; 16];
-    let mut cbc = CK_MECHANISM { mechanism: CKM_AES_CBC_PAD, pParameter: iv16.as_mut_ptr() as *mut c_void, ulParameterLen: 16 };
+    let mut cbc = CK_MECHANISM {
+        mechanism: CKM_AES_CBC_PAD,
+        pParameter: iv16.as_mut_ptr() as *mut c_void,
+        ulParameterLen: 16,
+    };
     assert_eq!(call!(m, C_EncryptInit, h, &mut cbc, k), CKR_OK);
     let mut single = vec![0u8; 1100];
     let mut n: CK_ULONG = 1100;
-    assert_eq!(call!(m, C_Encrypt, h, plain.as_ptr() as *mut u8, 1000, single.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            plain.as_ptr() as *mut u8,
+            1000,
+            single.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
     single.truncate(n as usize);
     assert_eq!(single.len(), 1008);
     assert_eq!(call!(m, C_EncryptInit, h, &mut cbc, k), CKR_OK);
     let mut multi = Vec::new();
     for chunk in plain.chunks(37) {
         let mut q: CK_ULONG = 0;
-        assert_eq!(call!(m, C_EncryptUpdate, h, chunk.as_ptr() as *mut u8, chunk.len() as CK_ULONG, ptr::null_mut(), &mut q), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_EncryptUpdate,
+                h,
+                chunk.as_ptr() as *mut u8,
+                chunk.len() as CK_ULONG,
+                ptr::null_mut(),
+                &mut q
+            ),
+            CKR_OK
+        );
         let mut b = vec![0u8; q as usize];
         let mut q2 = q;
-        assert_eq!(call!(m, C_EncryptUpdate, h, chunk.as_ptr() as *mut u8, chunk.len() as CK_ULONG, b.as_mut_ptr(), &mut q2), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_EncryptUpdate,
+                h,
+                chunk.as_ptr() as *mut u8,
+                chunk.len() as CK_ULONG,
+                b.as_mut_ptr(),
+                &mut q2
+            ),
+            CKR_OK
+        );
         assert_eq!(q2, q, "the length query told the truth");
         multi.extend_from_slice(&b[..q2 as usize]);
     }
@@ -738,7 +1627,18 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     for chunk in single.chunks(100) {
         let mut b = vec![0u8; 200];
         let mut q: CK_ULONG = 200;
-        assert_eq!(call!(m, C_DecryptUpdate, h, chunk.as_ptr() as *mut u8, chunk.len() as CK_ULONG, b.as_mut_ptr(), &mut q), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_DecryptUpdate,
+                h,
+                chunk.as_ptr() as *mut u8,
+                chunk.len() as CK_ULONG,
+                b.as_mut_ptr(),
+                &mut q
+            ),
+            CKR_OK
+        );
         back.extend_from_slice(&b[..q as usize]);
     }
     let mut b = [0u8; 16];
@@ -757,25 +1657,78 @@ fn rsa_oaep_and_pkcs1_encryption_round_trip() {
     let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_ENCRYPT, &TRUE)];
     let mut priv_t = [attr(CKA_DECRYPT, &TRUE)];
     let (mut p, mut k) = (0, 0);
-    assert_eq!(call!(m, C_GenerateKeyPair, h, &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN), pub_t.as_mut_ptr(), 2, priv_t.as_mut_ptr(), 1, &mut p, &mut k), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            2,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
     let mut label = *b"label";
-    let mut oaep = CK_RSA_PKCS_OAEP_PARAMS { hashAlg: CKM_SHA256, mgf: CKG_MGF1_SHA256, source: CKZ_DATA_SPECIFIED, pSourceData: label.as_mut_ptr() as *mut c_void, ulSourceDataLen: 5 };
+    let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        source: CKZ_DATA_SPECIFIED,
+        pSourceData: label.as_mut_ptr() as *mut c_void,
+        ulSourceDataLen: 5,
+    };
     for mut mm in [mech_param(CKM_RSA_PKCS_OAEP, &mut oaep), mech(CKM_RSA_PKCS)] {
         let msg = b"a secret of 32 bytes, more or..";
         assert_eq!(call!(m, C_EncryptInit, h, &mut mm, p), CKR_OK);
         let mut ct = [0u8; 256];
         let mut n: CK_ULONG = 256;
-        assert_eq!(call!(m, C_Encrypt, h, msg.as_ptr() as *mut u8, msg.len() as CK_ULONG, ct.as_mut_ptr(), &mut n), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_Encrypt,
+                h,
+                msg.as_ptr() as *mut u8,
+                msg.len() as CK_ULONG,
+                ct.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_OK
+        );
         assert_eq!(n, 256);
         assert_eq!(call!(m, C_DecryptInit, h, &mut mm, k), CKR_OK);
         let mut pt = [0u8; 256];
         let mut n: CK_ULONG = 256;
-        assert_eq!(call!(m, C_Decrypt, h, ct.as_mut_ptr(), 256, pt.as_mut_ptr(), &mut n), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_Decrypt,
+                h,
+                ct.as_mut_ptr(),
+                256,
+                pt.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_OK
+        );
         assert_eq!(&pt[..n as usize], msg);
         ct[100] ^= 0x55;
         assert_eq!(call!(m, C_DecryptInit, h, &mut mm, k), CKR_OK);
         let mut n: CK_ULONG = 256;
-        assert_eq!(call!(m, C_Decrypt, h, ct.as_mut_ptr(), 256, pt.as_mut_ptr(), &mut n), CKR_ENCRYPTED_DATA_INVALID);
+        assert_eq!(
+            call!(
+                m,
+                C_Decrypt,
+                h,
+                ct.as_mut_ptr(),
+                256,
+                pt.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_ENCRYPTED_DATA_INVALID
+        );
     }
 }
 
@@ -787,52 +1740,104 @@ fn hmac_digest_and_random() {
     let sk = CKO_SECRET_KEY;
     let gs = CKK_GENERIC_SECRET;
     let key = b"hmac key of some length";
-    let mut t = [attr(CKA_CLASS, &sk), attr(CKA_KEY_TYPE, &gs), attr_bytes(CKA_VALUE, key)];
+    let mut t = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, key),
+    ];
     let mut k = 0;
-    assert_eq!(call!(m, C_CreateObject, h, t.as_mut_ptr(), 3, &mut k), CKR_OK);
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 3, &mut k),
+        CKR_OK
+    );
     let data = vec![0x5au8; 1024];
     let mac = sign(m, h, &mut mech(CKM_SHA256_HMAC), k, &data);
-    let expect = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key), &data);
+    let expect = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key),
+        &data,
+    );
     assert_eq!(mac, expect.as_ref());
-    assert_eq!(verify(m, h, &mut mech(CKM_SHA256_HMAC), k, &data, &mac), CKR_OK);
+    assert_eq!(
+        verify(m, h, &mut mech(CKM_SHA256_HMAC), k, &data, &mac),
+        CKR_OK
+    );
     let mut bad = mac.clone();
     bad[0] ^= 1;
-    assert_eq!(verify(m, h, &mut mech(CKM_SHA256_HMAC), k, &data, &bad), CKR_SIGNATURE_INVALID);
+    assert_eq!(
+        verify(m, h, &mut mech(CKM_SHA256_HMAC), k, &data, &bad),
+        CKR_SIGNATURE_INVALID
+    );
     // Digest: known answer for "abc", single and multi-part.
     let abc_sha256 = [
-        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a,
-        0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad,
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22,
+        0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00,
+        0x15, 0xad,
     ];
     assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OK);
     let mut out = [0u8; 32];
     let mut n: CK_ULONG = 32;
-    assert_eq!(call!(m, C_Digest, h, b"abc".as_ptr() as *mut u8, 3, out.as_mut_ptr(), &mut n), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_Digest,
+            h,
+            b"abc".as_ptr() as *mut u8,
+            3,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
     assert_eq!(out, abc_sha256);
     assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OK);
-    assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OPERATION_ACTIVE);
-    assert_eq!(call!(m, C_DigestUpdate, h, b"a".as_ptr() as *mut u8, 1), CKR_OK);
-    assert_eq!(call!(m, C_DigestUpdate, h, b"bc".as_ptr() as *mut u8, 2), CKR_OK);
+    assert_eq!(
+        call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)),
+        CKR_OPERATION_ACTIVE
+    );
+    assert_eq!(
+        call!(m, C_DigestUpdate, h, b"a".as_ptr() as *mut u8, 1),
+        CKR_OK
+    );
+    assert_eq!(
+        call!(m, C_DigestUpdate, h, b"bc".as_ptr() as *mut u8, 2),
+        CKR_OK
+    );
     let mut n: CK_ULONG = 31;
-    assert_eq!(call!(m, C_DigestFinal, h, out.as_mut_ptr(), &mut n), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(
+        call!(m, C_DigestFinal, h, out.as_mut_ptr(), &mut n),
+        CKR_BUFFER_TOO_SMALL
+    );
     assert_eq!(n, 32);
     out = [0; 32];
     assert_eq!(call!(m, C_DigestFinal, h, out.as_mut_ptr(), &mut n), CKR_OK);
     assert_eq!(out, abc_sha256);
-    assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256_RSA_PKCS)), CKR_MECHANISM_INVALID);
+    assert_eq!(
+        call!(m, C_DigestInit, h, &mut mech(CKM_SHA256_RSA_PKCS)),
+        CKR_MECHANISM_INVALID
+    );
     // C_DigestKey feeds a secret key's value without revealing it.
     assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OK);
     assert_eq!(call!(m, C_DigestKey, h, k), CKR_OK);
     let mut n: CK_ULONG = 32;
     assert_eq!(call!(m, C_DigestFinal, h, out.as_mut_ptr(), &mut n), CKR_OK);
-    assert_eq!(out.as_ref(), aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref());
+    assert_eq!(
+        out.as_ref(),
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref()
+    );
     // Random.
     let mut r1 = [0u8; 32];
     let mut r2 = [0u8; 32];
     assert_eq!(call!(m, C_GenerateRandom, h, r1.as_mut_ptr(), 32), CKR_OK);
     assert_eq!(call!(m, C_GenerateRandom, h, r2.as_mut_ptr(), 32), CKR_OK);
     assert_ne!(r1, r2);
-    assert_eq!(call!(m, C_GenerateRandom, h, ptr::null_mut(), 32), CKR_ARGUMENTS_BAD);
-    assert_eq!(call!(m, C_SeedRandom, h, r1.as_mut_ptr(), 32), CKR_RANDOM_SEED_NOT_SUPPORTED);
+    assert_eq!(
+        call!(m, C_GenerateRandom, h, ptr::null_mut(), 32),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(
+        call!(m, C_SeedRandom, h, r1.as_mut_ptr(), 32),
+        CKR_RANDOM_SEED_NOT_SUPPORTED
+    );
 }
 
 #[test]
@@ -841,11 +1846,20 @@ fn unimplemented_functions_say_not_supported() {
     let m = fx.m;
     let h = m.fresh_user_session();
     let mut l: CK_ULONG = 0;
-    assert_eq!(call!(m, C_GetOperationState, h, ptr::null_mut(), &mut l), CKR_FUNCTION_NOT_SUPPORTED);
-    assert_eq!(call!(m, C_SignRecoverInit, h, &mut mech(CKM_RSA_PKCS), 1), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(
+        call!(m, C_GetOperationState, h, ptr::null_mut(), &mut l),
+        CKR_FUNCTION_NOT_SUPPORTED
+    );
+    assert_eq!(
+        call!(m, C_SignRecoverInit, h, &mut mech(CKM_RSA_PKCS), 1),
+        CKR_FUNCTION_NOT_SUPPORTED
+    );
     assert_eq!(call!(m, C_GetFunctionStatus, h), CKR_FUNCTION_NOT_PARALLEL);
     assert_eq!(call!(m, C_CancelFunction, h), CKR_FUNCTION_NOT_PARALLEL);
-    assert_eq!(call!(m, C_MessageEncryptInit, h, &mut mech(CKM_AES_GCM), 1), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(
+        call!(m, C_MessageEncryptInit, h, &mut mech(CKM_AES_GCM), 1),
+        CKR_FUNCTION_NOT_SUPPORTED
+    );
 }
 
 #[test]
@@ -855,5 +1869,8 @@ fn session_cancel_ends_operations() {
     let h = m.fresh_user_session();
     assert_eq!(call!(m, C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OK);
     assert_eq!(call!(m, C_SessionCancel, h, CKF_DIGEST), CKR_OK);
-    assert_eq!(call!(m, C_DigestUpdate, h, b"a".as_ptr() as *mut u8, 1), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(
+        call!(m, C_DigestUpdate, h, b"a".as_ptr() as *mut u8, 1),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
 }

@@ -20,7 +20,10 @@ fn find_label(m: &Module, h: CK_SESSION_HANDLE, label: &[u8]) -> Vec<CK_OBJECT_H
     assert_eq!(call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), 1), CKR_OK);
     let mut buf = [0 as CK_OBJECT_HANDLE; 16];
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_FindObjects, h, buf.as_mut_ptr(), 16, &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_FindObjects, h, buf.as_mut_ptr(), 16, &mut n),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
     buf[..n as usize].to_vec()
 }
@@ -32,13 +35,26 @@ fn keep_dir() -> tempfile::TempDir {
 fn run_child(test: &str, dir: &Path) -> String {
     let exe = std::env::current_exe().expect("own path");
     let out = std::process::Command::new(exe)
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HSMPOOL_TEST_DIR", dir)
         .output()
         .expect("the test binary runs itself");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "child {test} failed:\n{text}");
-    assert!(text.contains("1 passed"), "child {test} did not run:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "child {test} did not run:\n{text}"
+    );
     text
 }
 
@@ -50,13 +66,45 @@ fn child_generate_token_key() {
     let m = fx.m;
     let h = m.fresh_user_session();
     let bits: CK_ULONG = 2048;
-    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_TOKEN, &TRUE), attr_bytes(CKA_LABEL, b"persist"), attr_bytes(CKA_ID, b"\x01\x02")];
-    let mut priv_t = [attr(CKA_TOKEN, &TRUE), attr(CKA_SIGN, &TRUE), attr_bytes(CKA_LABEL, b"persist"), attr_bytes(CKA_ID, b"\x01\x02")];
-    let mut mm = CK_MECHANISM { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN, pParameter: ptr::null_mut(), ulParameterLen: 0 };
+    let mut pub_t = [
+        attr(CKA_MODULUS_BITS, &bits),
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_LABEL, b"persist"),
+        attr_bytes(CKA_ID, b"\x01\x02"),
+    ];
+    let mut priv_t = [
+        attr(CKA_TOKEN, &TRUE),
+        attr(CKA_SIGN, &TRUE),
+        attr_bytes(CKA_LABEL, b"persist"),
+        attr_bytes(CKA_ID, b"\x01\x02"),
+    ];
+    let mut mm = CK_MECHANISM {
+        mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
     let (mut p, mut k) = (0, 0);
-    assert_eq!(call!(m, C_GenerateKeyPair, h, &mut mm, pub_t.as_mut_ptr(), 4, priv_t.as_mut_ptr(), 4, &mut p, &mut k), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mm,
+            pub_t.as_mut_ptr(),
+            4,
+            priv_t.as_mut_ptr(),
+            4,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
     let mut n = vec![0u8; 256];
-    let mut a = CK_ATTRIBUTE { type_: CKA_MODULUS, pValue: n.as_mut_ptr() as *mut c_void, ulValueLen: 256 };
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_MODULUS,
+        pValue: n.as_mut_ptr() as *mut c_void,
+        ulValueLen: 256,
+    };
     assert_eq!(call!(m, C_GetAttributeValue, h, p, &mut a, 1), CKR_OK);
     std::fs::write(Path::new(&dir).join("modulus.bin"), &n).expect("write modulus");
 }
@@ -68,7 +116,11 @@ fn child_use_token_key() {
     let fx = Fixture::at_path(Path::new(&dir));
     let m = fx.m;
     let h = m.open(true);
-    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK, "the PIN set by the first process still works");
+    assert_eq!(
+        m.login(h, CKU_USER, USER_PIN),
+        CKR_OK,
+        "the PIN set by the first process still works"
+    );
     let found = find_label(m, h, b"persist");
     assert_eq!(found.len(), 2, "both halves of the pair are found");
     let class = CKO_PRIVATE_KEY;
@@ -80,15 +132,38 @@ fn child_use_token_key() {
     assert_eq!(cnt, 1);
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
     let data = b"signed by the second process";
-    let mut mm = CK_MECHANISM { mechanism: CKM_SHA256_RSA_PKCS, pParameter: ptr::null_mut(), ulParameterLen: 0 };
+    let mut mm = CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
     assert_eq!(call!(m, C_SignInit, h, &mut mm, k), CKR_OK);
     let mut sig = [0u8; 256];
     let mut len: CK_ULONG = 256;
-    assert_eq!(call!(m, C_Sign, h, data.as_ptr() as *mut u8, data.len() as CK_ULONG, sig.as_mut_ptr(), &mut len), CKR_OK);
-    let n = std::fs::read(Path::new(&dir).join("modulus.bin")).expect("modulus from the first process");
-    aws_lc_rs::signature::RsaPublicKeyComponents { n: &n[..], e: &[1u8, 0, 1][..] }
-        .verify(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, data, &sig)
-        .expect("the key is the one the first process made");
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OK
+    );
+    let n =
+        std::fs::read(Path::new(&dir).join("modulus.bin")).expect("modulus from the first process");
+    aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: &n[..],
+        e: &[1u8, 0, 1][..],
+    }
+    .verify(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        data,
+        &sig,
+    )
+    .expect("the key is the one the first process made");
 }
 
 #[test]
@@ -102,7 +177,9 @@ fn store_bytes(dir: &Path) -> Vec<u8> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir.join("hsm0")).expect("store dir") {
         let p = entry.expect("entry").path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hsm.sqlite3")) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("hsm.sqlite3"))
+        {
             all.extend(std::fs::read(&p).expect("read store file"));
         }
     }
@@ -123,18 +200,49 @@ fn no_key_value_at_rest_and_tampered_rows_are_refused() {
         let h = m.fresh_user_session();
         let sk = CKO_SECRET_KEY;
         let aes = CKK_AES;
-        let mut t = [attr(CKA_CLASS, &sk), attr(CKA_KEY_TYPE, &aes), attr(CKA_TOKEN, &TRUE), attr_bytes(CKA_VALUE, &AES_VALUE), attr_bytes(CKA_LABEL, b"tamper-me")];
+        let mut t = [
+            attr(CKA_CLASS, &sk),
+            attr(CKA_KEY_TYPE, &aes),
+            attr(CKA_TOKEN, &TRUE),
+            attr_bytes(CKA_VALUE, &AES_VALUE),
+            attr_bytes(CKA_LABEL, b"tamper-me"),
+        ];
         let mut o = 0;
-        assert_eq!(call!(m, C_CreateObject, h, t.as_mut_ptr(), 5, &mut o), CKR_OK);
+        assert_eq!(
+            call!(m, C_CreateObject, h, t.as_mut_ptr(), 5, &mut o),
+            CKR_OK
+        );
         let pk = CKO_PRIVATE_KEY;
         let ec = CKK_EC;
-        let mut e = [attr(CKA_CLASS, &pk), attr(CKA_KEY_TYPE, &ec), attr(CKA_TOKEN, &TRUE), attr_bytes(CKA_EC_PARAMS, P256_OID), attr_bytes(CKA_VALUE, &EC_SCALAR), attr_bytes(CKA_LABEL, b"untouched")];
-        assert_eq!(call!(m, C_CreateObject, h, e.as_mut_ptr(), 6, &mut o), CKR_OK);
+        let mut e = [
+            attr(CKA_CLASS, &pk),
+            attr(CKA_KEY_TYPE, &ec),
+            attr(CKA_TOKEN, &TRUE),
+            attr_bytes(CKA_EC_PARAMS, P256_OID),
+            attr_bytes(CKA_VALUE, &EC_SCALAR),
+            attr_bytes(CKA_LABEL, b"untouched"),
+        ];
+        assert_eq!(
+            call!(m, C_CreateObject, h, e.as_mut_ptr(), 6, &mut o),
+            CKR_OK
+        );
         let store = store_bytes(&path);
-        assert!(contains(&store, b"tamper-me"), "the store does hold the (clear) label, so the scan is real");
-        assert!(!contains(&store, &AES_VALUE), "AES key value found in the store");
-        assert!(!contains(&store, &EC_SCALAR), "EC private scalar found in the store");
-        let mode = std::fs::metadata(path.join("hsm0/master.key")).expect("master key").permissions().mode();
+        assert!(
+            contains(&store, b"tamper-me"),
+            "the store does hold the (clear) label, so the scan is real"
+        );
+        assert!(
+            !contains(&store, &AES_VALUE),
+            "AES key value found in the store"
+        );
+        assert!(
+            !contains(&store, &EC_SCALAR),
+            "EC private scalar found in the store"
+        );
+        let mode = std::fs::metadata(path.join("hsm0/master.key"))
+            .expect("master key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "master key file mode");
         drop(fx);
         // Behind the store's back: make the AES key non-sensitive and extractable.
@@ -146,24 +254,51 @@ fn no_key_value_at_rest_and_tampered_rows_are_refused() {
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows");
-        let (id, mut attrs) = rows.into_iter().find(|(_, a)| contains(a, b"tamper-me")).expect("the row");
-        let sensitive: Vec<u8> = [&CKA_SENSITIVE.to_be_bytes()[..], &1u32.to_be_bytes(), &[1]].concat();
-        let pos = attrs.windows(sensitive.len()).position(|w| w == sensitive).expect("CKA_SENSITIVE=true is stored");
+        let (id, mut attrs) = rows
+            .into_iter()
+            .find(|(_, a)| contains(a, b"tamper-me"))
+            .expect("the row");
+        let sensitive: Vec<u8> =
+            [&CKA_SENSITIVE.to_be_bytes()[..], &1u32.to_be_bytes(), &[1]].concat();
+        let pos = attrs
+            .windows(sensitive.len())
+            .position(|w| w == sensitive)
+            .expect("CKA_SENSITIVE=true is stored");
         attrs[pos + sensitive.len() - 1] = 0;
-        db.execute("UPDATE objects SET attrs = ?1 WHERE id = ?2", rusqlite::params![attrs, id]).expect("tamper");
+        db.execute(
+            "UPDATE objects SET attrs = ?1 WHERE id = ?2",
+            rusqlite::params![attrs, id],
+        )
+        .expect("tamper");
         drop(db);
     }
     let fx = Fixture::at_path(&path);
     let m = fx.m;
     let h = m.open(true);
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
-    assert!(find_label(m, h, b"tamper-me").is_empty(), "a tampered key must not come back (weaker or not)");
-    assert_eq!(find_label(m, h, b"untouched").len(), 1, "untampered keys are still there");
+    assert!(
+        find_label(m, h, b"tamper-me").is_empty(),
+        "a tampered key must not come back (weaker or not)"
+    );
+    assert_eq!(
+        find_label(m, h, b"untouched").len(),
+        1,
+        "untampered keys are still there"
+    );
     let out = std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"))
-        .args(["--data", path.join("hsm0").to_str().expect("UTF-8 path"), "store", "verify"])
+        .args([
+            "--data",
+            path.join("hsm0").to_str().expect("UTF-8 path"),
+            "store",
+            "verify",
+        ])
         .output()
         .expect("hsmpool runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "store verify fails on a tampered store: {text}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "store verify fails on a tampered store: {text}"
+    );
     assert!(text.contains("tampered object"), "{text}");
 }

@@ -14,14 +14,28 @@ fn count_label(m: &Module, h: CK_SESSION_HANDLE, label: &[u8]) -> usize {
     assert_eq!(call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), 1), CKR_OK);
     let mut buf = [0 as CK_OBJECT_HANDLE; 8];
     let mut n: CK_ULONG = 0;
-    assert_eq!(call!(m, C_FindObjects, h, buf.as_mut_ptr(), 8, &mut n), CKR_OK);
+    assert_eq!(
+        call!(m, C_FindObjects, h, buf.as_mut_ptr(), 8, &mut n),
+        CKR_OK
+    );
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
     n as usize
 }
 
 fn hsmpool(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(workspace_bin("hsmpool")).args(args).envs(envs.iter().copied()).output().expect("hsmpool runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(workspace_bin("hsmpool"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("hsmpool runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -33,9 +47,24 @@ fn named_users_log_in_with_name_colon_password_and_own_their_keys() {
     }
     let data = dir.path().join("hsm0");
     let data = data.to_str().expect("UTF-8 path");
-    let (ok, out) = hsmpool(&["--data", data, "user", "add", "alice"], &[("HSMPOOL_SO_PIN", "wrong-so-pin"), ("HSMPOOL_NEW_PIN", "alice-pin-1")]);
-    assert!(!ok && out.contains("crypto officer login"), "a wrong SO PIN is refused: {out}");
-    let (ok, out) = hsmpool(&["--data", data, "user", "add", "alice"], &[("HSMPOOL_SO_PIN", SO_PIN), ("HSMPOOL_NEW_PIN", "alice-pin-1")]);
+    let (ok, out) = hsmpool(
+        &["--data", data, "user", "add", "alice"],
+        &[
+            ("HSMPOOL_SO_PIN", "wrong-so-pin"),
+            ("HSMPOOL_NEW_PIN", "alice-pin-1"),
+        ],
+    );
+    assert!(
+        !ok && out.contains("crypto officer login"),
+        "a wrong SO PIN is refused: {out}"
+    );
+    let (ok, out) = hsmpool(
+        &["--data", data, "user", "add", "alice"],
+        &[
+            ("HSMPOOL_SO_PIN", SO_PIN),
+            ("HSMPOOL_NEW_PIN", "alice-pin-1"),
+        ],
+    );
     assert!(ok, "{out}");
     let (ok, out) = hsmpool(&["--data", data, "status"], &[]);
     assert!(ok && out.contains("alice (crypto user"), "{out}");
@@ -46,9 +75,17 @@ fn named_users_log_in_with_name_colon_password_and_own_their_keys() {
     assert_eq!(m.login(h, CKU_USER, "alice:wrong"), CKR_PIN_INCORRECT);
     assert_eq!(m.login(h, CKU_USER, "alice:alice-pin-1"), CKR_OK);
     let class = CKO_DATA;
-    let mut t = [attr(CKA_CLASS, &class), attr(CKA_TOKEN, &TRUE), attr(CKA_PRIVATE, &TRUE), attr_bytes(CKA_LABEL, b"alice-secret")];
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_TOKEN, &TRUE),
+        attr(CKA_PRIVATE, &TRUE),
+        attr_bytes(CKA_LABEL, b"alice-secret"),
+    ];
     let mut o = 0;
-    assert_eq!(call!(m, C_CreateObject, h, t.as_mut_ptr(), 4, &mut o), CKR_OK);
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 4, &mut o),
+        CKR_OK
+    );
     assert_eq!(count_label(m, h, b"alice-secret"), 1);
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     // The default user cannot see alice's private object.
@@ -57,7 +94,19 @@ fn named_users_log_in_with_name_colon_password_and_own_their_keys() {
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     // C_LoginUser names her explicitly.
     let pin = b"alice-pin-1";
-    assert_eq!(call!(m, C_LoginUser, h, CKU_USER, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG, b"alice".as_ptr() as *mut u8, 5), CKR_OK);
+    assert_eq!(
+        call!(
+            m,
+            C_LoginUser,
+            h,
+            CKU_USER,
+            pin.as_ptr() as *mut u8,
+            pin.len() as CK_ULONG,
+            b"alice".as_ptr() as *mut u8,
+            5
+        ),
+        CKR_OK
+    );
     assert_eq!(count_label(m, h, b"alice-secret"), 1);
 }
 
@@ -69,6 +118,12 @@ fn store_verify_reports_a_clean_store() {
         fx.m.fresh_user_session();
     }
     let data = dir.path().join("hsm0");
-    let (ok, out) = hsmpool(&["--data", data.to_str().expect("UTF-8"), "store", "verify"], &[]);
-    assert!(ok && out.contains("every object and user verified"), "{out}");
+    let (ok, out) = hsmpool(
+        &["--data", data.to_str().expect("UTF-8"), "store", "verify"],
+        &[],
+    );
+    assert!(
+        ok && out.contains("every object and user verified"),
+        "{out}"
+    );
 }

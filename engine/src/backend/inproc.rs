@@ -57,7 +57,13 @@ impl Backend for InProcess {
     fn close_session(&self, s: MemberSession) {
         self.hsm.close_session(s.0)
     }
-    fn login(&self, s: MemberSession, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
+    fn login(
+        &self,
+        s: MemberSession,
+        role: Role,
+        pin: &[u8],
+        username: Option<&str>,
+    ) -> Result<()> {
         match username {
             Some(name) => self.hsm.login_named(s.0, role, name, pin),
             None => self.hsm.login(s.0, role, pin),
@@ -80,55 +86,135 @@ impl Backend for InProcess {
         Ok(self.hsm.token_status())
     }
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> Result<MemberObject> {
-        self.hsm.create_object(s.0, template).map(MemberObject).map_err(|e| self.err(e))
+        self.hsm
+            .create_object(s.0, template)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
     }
-    fn copy_object(&self, s: MemberSession, o: MemberObject, template: &[Attr]) -> Result<MemberObject> {
-        self.hsm.copy_object(s.0, o.0, template).map(MemberObject).map_err(|e| self.err(e))
+    fn copy_object(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        template: &[Attr],
+    ) -> Result<MemberObject> {
+        self.hsm
+            .copy_object(s.0, o.0, template)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
     }
     fn destroy_object(&self, s: MemberSession, o: MemberObject) -> Result<()> {
         self.hsm.destroy_object(s.0, o.0).map_err(|e| self.err(e))
     }
-    fn get_attributes(&self, s: MemberSession, o: MemberObject, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<AttrAnswer>> {
-        self.hsm.get_attributes(s.0, o.0, types).map_err(|e| self.err(e))
+    fn get_attributes(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrAnswer>> {
+        self.hsm
+            .get_attributes(s.0, o.0, types)
+            .map_err(|e| self.err(e))
     }
     fn set_attributes(&self, s: MemberSession, o: MemberObject, template: &[Attr]) -> Result<()> {
-        self.hsm.set_attributes(s.0, o.0, template).map_err(|e| self.err(e))
+        self.hsm
+            .set_attributes(s.0, o.0, template)
+            .map_err(|e| self.err(e))
     }
     fn object_size(&self, s: MemberSession, o: MemberObject) -> Result<u64> {
         self.hsm.object_size(s.0, o.0).map_err(|e| self.err(e))
     }
     fn find(&self, s: MemberSession, template: &[Attr]) -> Result<Vec<MemberObject>> {
-        self.hsm.find(s.0, template).map(|v| v.into_iter().map(MemberObject).collect()).map_err(|e| self.err(e))
+        self.hsm
+            .find(s.0, template)
+            .map(|v| v.into_iter().map(MemberObject).collect())
+            .map_err(|e| self.err(e))
     }
     fn key_meta(&self, s: MemberSession, o: MemberObject) -> Result<KeyMeta> {
         self.hsm.key_meta(s.0, o.0).map_err(|e| self.err(e))
     }
-    fn check_key(&self, s: MemberSession, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, o: MemberObject) -> Result<KeyMeta> {
-        self.hsm.check_key(s.0, usage, mech, o.0).map_err(|e| self.err(e))
+    fn check_key(
+        &self,
+        s: MemberSession,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: &Mechanism,
+        o: MemberObject,
+    ) -> Result<KeyMeta> {
+        self.hsm
+            .check_key(s.0, usage, mech, o.0)
+            .map_err(|e| self.err(e))
     }
-    fn generate_key(&self, s: MemberSession, mech: &Mechanism, template: &[Attr]) -> Result<MemberObject> {
-        self.hsm.generate_key(s.0, mech, template).map(MemberObject).map_err(|e| self.err(e))
+    fn generate_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        template: &[Attr],
+    ) -> Result<MemberObject> {
+        self.hsm
+            .generate_key(s.0, mech, template)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
     }
-    fn generate_key_pair(&self, s: MemberSession, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> Result<(MemberObject, MemberObject)> {
+    fn generate_key_pair(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        public: &[Attr],
+        private: &[Attr],
+    ) -> Result<(MemberObject, MemberObject)> {
         self.hsm
             .generate_key_pair(s.0, mech, public, private)
             .map(|(p, k)| (MemberObject(p), MemberObject(k)))
             .map_err(|e| self.err(e))
     }
-    fn sign(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput) -> Result<Vec<u8>> {
-        self.hsm.sign(s.0, mech, key.0, input).map_err(|e| self.err(e))
+    fn sign(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+    ) -> Result<Vec<u8>> {
+        self.hsm
+            .sign(s.0, mech, key.0, input)
+            .map_err(|e| self.err(e))
     }
-    fn verify(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput, signature: &[u8]) -> Result<()> {
-        self.hsm.verify(s.0, mech, key.0, input, signature).map_err(|e| self.err(e))
+    fn verify(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+        signature: &[u8],
+    ) -> Result<()> {
+        self.hsm
+            .verify(s.0, mech, key.0, input, signature)
+            .map_err(|e| self.err(e))
     }
-    fn encrypt(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Result<Vec<u8>> {
-        self.hsm.encrypt(s.0, mech, key.0, data).map_err(|e| self.err(e))
+    fn encrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.hsm
+            .encrypt(s.0, mech, key.0, data)
+            .map_err(|e| self.err(e))
     }
-    fn decrypt(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-        self.hsm.decrypt(s.0, mech, key.0, data).map_err(|e| self.err(e))
+    fn decrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        self.hsm
+            .decrypt(s.0, mech, key.0, data)
+            .map_err(|e| self.err(e))
     }
     fn secret_for_digest(&self, s: MemberSession, key: MemberObject) -> Result<Zeroizing<Vec<u8>>> {
-        self.hsm.secret_value_for_digest(s.0, key.0).map_err(|e| self.err(e))
+        self.hsm
+            .secret_value_for_digest(s.0, key.0)
+            .map_err(|e| self.err(e))
     }
     fn random(&self, out: &mut [u8]) -> Result<()> {
         self.hsm.random(out).map_err(|e| self.err(e))

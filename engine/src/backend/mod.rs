@@ -27,7 +27,10 @@ pub struct MemberObject(pub u64);
 
 /// Turn a member's `CK_RV` into the engine's error, keeping the value.
 pub fn member_error(member: MemberId, rv: CK_RV) -> Error {
-    Error::Hsm { member: member.0, rv }
+    Error::Hsm {
+        member: member.0,
+        rv,
+    }
 }
 
 /// One HSM, as the engine sees it. Every method is safe to call from many threads at once.
@@ -42,7 +45,8 @@ pub trait Backend: Send + Sync {
     fn close_session(&self, s: MemberSession);
     /// Log a session in. `username` is given by `C_LoginUser`; otherwise a PIN of the form
     /// `name:password` names the user.
-    fn login(&self, s: MemberSession, role: Role, pin: &[u8], username: Option<&str>) -> Result<()>;
+    fn login(&self, s: MemberSession, role: Role, pin: &[u8], username: Option<&str>)
+        -> Result<()>;
     /// Log a session out.
     fn logout(&self, s: MemberSession) -> Result<()>;
     /// `C_InitToken`.
@@ -56,11 +60,21 @@ pub trait Backend: Send + Sync {
     /// `C_CreateObject`.
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> Result<MemberObject>;
     /// `C_CopyObject`.
-    fn copy_object(&self, s: MemberSession, o: MemberObject, template: &[Attr]) -> Result<MemberObject>;
+    fn copy_object(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        template: &[Attr],
+    ) -> Result<MemberObject>;
     /// `C_DestroyObject`.
     fn destroy_object(&self, s: MemberSession, o: MemberObject) -> Result<()>;
     /// `C_GetAttributeValue`.
-    fn get_attributes(&self, s: MemberSession, o: MemberObject, types: &[CK_ATTRIBUTE_TYPE]) -> Result<Vec<AttrAnswer>>;
+    fn get_attributes(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<AttrAnswer>>;
     /// `C_SetAttributeValue`.
     fn set_attributes(&self, s: MemberSession, o: MemberObject, template: &[Attr]) -> Result<()>;
     /// `C_GetObjectSize`.
@@ -70,19 +84,61 @@ pub trait Backend: Send + Sync {
     /// Class, key type, size and storage flags of an object.
     fn key_meta(&self, s: MemberSession, o: MemberObject) -> Result<KeyMeta>;
     /// Check that a key may be used for `usage` (`CKA_SIGN`, ...) with a mechanism.
-    fn check_key(&self, s: MemberSession, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, o: MemberObject) -> Result<KeyMeta>;
+    fn check_key(
+        &self,
+        s: MemberSession,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: &Mechanism,
+        o: MemberObject,
+    ) -> Result<KeyMeta>;
     /// `C_GenerateKey`.
-    fn generate_key(&self, s: MemberSession, mech: &Mechanism, template: &[Attr]) -> Result<MemberObject>;
+    fn generate_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        template: &[Attr],
+    ) -> Result<MemberObject>;
     /// `C_GenerateKeyPair`: (public, private).
-    fn generate_key_pair(&self, s: MemberSession, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> Result<(MemberObject, MemberObject)>;
+    fn generate_key_pair(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        public: &[Attr],
+        private: &[Attr],
+    ) -> Result<(MemberObject, MemberObject)>;
     /// Sign.
-    fn sign(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput) -> Result<Vec<u8>>;
+    fn sign(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+    ) -> Result<Vec<u8>>;
     /// Verify.
-    fn verify(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput, signature: &[u8]) -> Result<()>;
+    fn verify(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+        signature: &[u8],
+    ) -> Result<()>;
     /// Encrypt.
-    fn encrypt(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Result<Vec<u8>>;
+    fn encrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> Result<Vec<u8>>;
     /// Decrypt.
-    fn decrypt(&self, s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+    fn decrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>>;
     /// A secret key's value, for `C_DigestKey` only.
     fn secret_for_digest(&self, s: MemberSession, key: MemberObject) -> Result<Zeroizing<Vec<u8>>>;
     /// Random bytes.
