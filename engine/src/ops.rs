@@ -599,6 +599,16 @@ impl Engine {
         }
     }
 
+    /// A NULL mechanism given to an `*Init` function (3.0): ends the active operation of this
+    /// kind. Returns whether one was active.
+    pub fn end_op(&self, s: SessionHandle, kind: OpKind) -> Result<bool> {
+        let sess = self.session(s)?;
+        let mut g = sess.lock();
+        let active = g.ops.active(kind);
+        g.ops.clear(kind);
+        Ok(active)
+    }
+
     /// `C_SessionCancel` (3.0): ends the operations named by `CKF_*` flags.
     pub fn session_cancel(&self, s: SessionHandle, flags: CK_FLAGS) -> Result<()> {
         let sess = self.session(s)?;

@@ -7,7 +7,7 @@ use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle};
 use crate::entry::{op_final, op_in_out, op_init, op_update_in};
 use crate::guard::guard;
 
-/// §5.12.1 C_DigestInit: starts a digest (a NULL `p_mechanism` is `CKR_ARGUMENTS_BAD`).
+/// §5.12.1 C_DigestInit: starts a digest (a NULL `p_mechanism` ends the active operation of this kind, else is `CKR_ARGUMENTS_BAD`).
 ///
 /// # Safety
 /// `p_mechanism` is NULL or points to a readable `CK_MECHANISM` whose parameter (and the buffers

@@ -6,7 +6,7 @@ use hsmpool_engine::types::OpKind;
 use crate::entry::{op_final, op_in_out, op_init};
 use crate::guard::guard;
 
-/// §5.8.1 C_EncryptInit: starts an encryption (a NULL `p_mechanism` is `CKR_ARGUMENTS_BAD`).
+/// §5.8.1 C_EncryptInit: starts an encryption (a NULL `p_mechanism` ends the active operation of this kind, else is `CKR_ARGUMENTS_BAD`).
 ///
 /// # Safety
 /// `p_mechanism` is NULL or points to a readable `CK_MECHANISM` whose parameter (and the buffers

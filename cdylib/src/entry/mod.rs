@@ -73,9 +73,8 @@ fn cancel_flag(kind: OpKind) -> CK_FLAGS {
 /// The shared body of `C_EncryptInit`, `C_DecryptInit`, `C_DigestInit` (no key), `C_SignInit`
 /// and `C_VerifyInit`.
 ///
-/// A NULL mechanism is `CKR_ARGUMENTS_BAD`, as in 2.40. 3.0 (§5.8.1 and its siblings) lets it
-/// end an active operation instead; that needs the engine to say whether one was active (the
-/// answer without one stays `CKR_ARGUMENTS_BAD`), which it cannot yet.
+/// A NULL mechanism ends an active operation of this kind (3.0, §5.8.1 and its siblings); with
+/// none active it is `CKR_ARGUMENTS_BAD`, as in 2.40.
 ///
 /// # Safety
 /// `p_mechanism` is NULL or as [`in_mechanism`] requires.
@@ -87,6 +86,15 @@ pub(crate) unsafe fn op_init(
 ) -> Result<CK_RV> {
     let engine = engine()?;
     let s = SessionHandle(h_session);
+    if p_mechanism.is_null() {
+        // §5.8.1 and siblings (3.0): a NULL mechanism ends the active operation of this kind;
+        // with none active it is a bad argument.
+        return if engine.end_op(s, kind)? {
+            Ok(CKR_OK)
+        } else {
+            Err(Error::ArgumentsBad("NULL mechanism"))
+        };
+    }
     // SAFETY: relayed from this function's contract.
     let mech = checked(&engine, s, unsafe { in_mechanism(p_mechanism) })?;
     match key {

@@ -6,7 +6,7 @@ use hsmpool_engine::types::OpKind;
 use crate::entry::{not_supported, op_final, op_in_out, op_init, op_update_in};
 use crate::guard::guard;
 
-/// §5.13.1 C_SignInit: starts a signature or MAC (a NULL `p_mechanism` is `CKR_ARGUMENTS_BAD`).
+/// §5.13.1 C_SignInit: starts a signature or MAC (a NULL `p_mechanism` ends an active signing operation, else is `CKR_ARGUMENTS_BAD`).
 ///
 /// # Safety
 /// `p_mechanism` is NULL or points to a readable `CK_MECHANISM` whose parameter (and the buffers

@@ -7,7 +7,7 @@ use hsmpool_engine::types::{OpKind, SessionHandle};
 use crate::entry::{checked_op, not_supported, op_init, op_update_in};
 use crate::guard::{guard, in_bytes};
 
-/// §5.15.1 C_VerifyInit: starts a verification (a NULL `p_mechanism` is `CKR_ARGUMENTS_BAD`).
+/// §5.15.1 C_VerifyInit: starts a verification (a NULL `p_mechanism` ends the active operation of this kind, else is `CKR_ARGUMENTS_BAD`).
 ///
 /// # Safety
 /// `p_mechanism` is NULL or points to a readable `CK_MECHANISM` whose parameter (and the buffers
