@@ -352,7 +352,7 @@ impl Engine {
         Ok(TokenInfo {
             label: String::from_utf8_lossy(&st.label).trim_end().to_string(),
             manufacturer: "hsmpool".into(),
-            model: "simulated cluster".into(),
+            model: "hsmpool cluster".into(),
             serial: format!("{:016x}", fnv(self.member.describe().as_bytes())),
             flags,
             max_session_count: CK_EFFECTIVELY_INFINITE,
@@ -384,10 +384,13 @@ impl Engine {
     pub fn mechanism_info(&self, slot: SlotId, mech: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
         self.check_slot(slot)?;
         let r = crate::mechanism::lookup(mech).ok_or(Error::MechanismInvalid)?;
+        // CKF_HW: keyed operations are performed by the HSM (the simulator stands for one);
+        // digests are computed in this process, so they do not claim it.
+        let hw = if r.flags & CKF_DIGEST != 0 { 0 } else { CKF_HW };
         Ok(MechanismInfo {
             min_key_size: r.min,
             max_key_size: r.max,
-            flags: r.flags,
+            flags: r.flags | hw,
         })
     }
 

@@ -27,7 +27,10 @@ pub struct Run {
 
 fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c))
+    {
         s.into_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -54,8 +57,13 @@ pub fn run(mut cmd: Command, dir: &Path, timeout: Duration) -> Run {
     let err_path = dir.join(format!("run{n}.stderr"));
     let out = File::create(&out_path).expect("the temp dir is writable");
     let err = File::create(&err_path).expect("the temp dir is writable");
-    cmd.current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{line}`: {e}"));
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -73,9 +81,16 @@ pub fn run(mut cmd: Command, dir: &Path, timeout: Duration) -> Run {
             Err(e) => panic!("waiting for `{line}`: {e}"),
         }
     };
-    let stdout = String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&std::fs::read(&err_path).unwrap_or_default()).into_owned();
-    Run { cmd: line, status, stdout, stderr }
+    let stdout =
+        String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()).into_owned();
+    let stderr =
+        String::from_utf8_lossy(&std::fs::read(&err_path).unwrap_or_default()).into_owned();
+    Run {
+        cmd: line,
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 impl fmt::Display for Run {
@@ -104,7 +119,10 @@ impl Run {
     /// Assert a non-zero exit status (not a crash by a signal).
     #[track_caller]
     pub fn failed(&self) -> &Self {
-        assert!(self.status.code().is_some_and(|c| c != 0), "expected a non-zero exit status{self}");
+        assert!(
+            self.status.code().is_some_and(|c| c != 0),
+            "expected a non-zero exit status{self}"
+        );
         self
     }
 
@@ -125,14 +143,20 @@ impl Run {
     /// Assert stdout or stderr contains `s`.
     #[track_caller]
     pub fn has(&self, s: &str) -> &Self {
-        assert!(self.all().contains(s), "the output should contain {s:?}{self}");
+        assert!(
+            self.all().contains(s),
+            "the output should contain {s:?}{self}"
+        );
         self
     }
 
     /// Assert neither stdout nor stderr contains `s`.
     #[track_caller]
     pub fn lacks(&self, s: &str) -> &Self {
-        assert!(!self.all().contains(s), "the output should not contain {s:?}{self}");
+        assert!(
+            !self.all().contains(s),
+            "the output should not contain {s:?}{self}"
+        );
         self
     }
 }

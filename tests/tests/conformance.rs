@@ -1717,18 +1717,25 @@ fn rsa_oaep_and_pkcs1_encryption_round_trip() {
         ct[100] ^= 0x55;
         assert_eq!(call!(m, C_DecryptInit, h, &mut mm, k), CKR_OK);
         let mut n: CK_ULONG = 256;
-        assert_eq!(
-            call!(
-                m,
-                C_Decrypt,
-                h,
-                ct.as_mut_ptr(),
-                256,
-                pt.as_mut_ptr(),
-                &mut n
-            ),
-            CKR_ENCRYPTED_DATA_INVALID
+        let rv = call!(
+            m,
+            C_Decrypt,
+            h,
+            ct.as_mut_ptr(),
+            256,
+            pt.as_mut_ptr(),
+            &mut n
         );
+        if mm.mechanism == CKM_RSA_PKCS_OAEP {
+            assert_eq!(rv, CKR_ENCRYPTED_DATA_INVALID);
+        } else {
+            // A damaged PKCS #1 v1.5 block is valid padding about once in a few hundred tries;
+            // what must never happen is the original message coming back.
+            assert!(
+                rv == CKR_ENCRYPTED_DATA_INVALID || (rv == CKR_OK && &pt[..n as usize] != msg),
+                "rv {rv:#x}"
+            );
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! every `invalid` case must fail (`acceptable` cases may go either way). The full suite runs
 //! later through the C ABI; these keep the module honest on its own.
 //!
-//! The vectors live in `shared/testvectors/wycheproof/` beside the repository; when that folder
-//! is absent the tests say so and pass.
+//! The vectors live in `shared/testvectors/wycheproof/` beside the repository (or in the folder
+//! named by `HSMPOOL_WYCHEPROOF`); a missing file fails the test, it is never skipped.
 
 use std::path::PathBuf;
 
@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::types::{MechParam, Mechanism, SignInput};
 
-/// The parsed file, or `None` when the vectors are not there.
+/// The parsed file (always `Some`: a missing file panics, so no test passes without vectors).
 fn load(name: &str) -> Option<Value> {
     let dir = std::env::var_os("HSMPOOL_WYCHEPROOF")
         .map(PathBuf::from)
@@ -24,10 +24,10 @@ fn load(name: &str) -> Option<Value> {
     let path = dir.join(name);
     match std::fs::read(&path) {
         Ok(bytes) => Some(serde_json::from_slice(&bytes).expect("wycheproof file is JSON")),
-        Err(_) => {
-            eprintln!("skipping: {} not found", path.display());
-            None
-        }
+        Err(e) => panic!(
+            "Wycheproof vectors missing: {}: {e} (set HSMPOOL_WYCHEPROOF)",
+            path.display()
+        ),
     }
 }
 

@@ -1,0 +1,40 @@
+//! The `hsmpool-bench` harness and the criterion benches share this crate: finding and loading
+//! the built PKCS #11 module through `cryptoki`'s safe API, giving it a throw-away data
+//! directory, initialising its token, making keys, checking outputs independently with
+//! aws-lc-rs, and measuring throughput over many threads.
+//!
+//! It drives the module only through its C ABI, exactly as an application would, and must never
+//! touch a user's token unless told to (`--data`): by default every run works in a fresh
+//! temporary directory. It has no `unsafe` code.
+#![forbid(unsafe_code)]
+
+pub mod keys;
+pub mod setup;
+pub mod sweep;
+
+/// The harness's error: a message that already names the step that failed.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Results of the harness.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attach the step that failed to an error.
+pub trait Context<T> {
+    /// Prefix the error with `what`.
+    fn context(self, what: &str) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error(format!("{what}: {e}")))
+    }
+}

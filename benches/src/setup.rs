@@ -1,0 +1,146 @@
+//! Where the module is, where its data goes, and a token ready to use.
+
+use std::path::{Path, PathBuf};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use crate::{Context, Error, Result};
+
+/// The module's file name, as `cargo build` writes it into `target/<profile>/`.
+pub const MODULE_FILE: &str = "libhsmpool_pkcs11.so";
+/// The SO PIN the harness sets.
+pub const SO_PIN: &str = "bench-so-pin";
+/// The user PIN the harness sets.
+pub const USER_PIN: &str = "bench-user-pin";
+
+/// The module to load: `explicit` (from `--module`), else `HSMPOOL_MODULE`, else
+/// [`MODULE_FILE`] next to the running executable.
+pub fn module_path(explicit: Option<&Path>) -> Result<PathBuf> {
+    let path = match (
+        explicit,
+        std::env::var_os("HSMPOOL_MODULE").filter(|v| !v.is_empty()),
+    ) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => beside_executable()?,
+    };
+    if !path.is_file() {
+        return Err(Error(format!(
+            "the PKCS #11 module {} does not exist: build it with `cargo build --release --workspace`, \
+             or name it with --module PATH or HSMPOOL_MODULE",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// [`MODULE_FILE`] in the directory of the running executable; for a criterion bench, which runs
+/// from `target/<profile>/deps`, the directory above.
+fn beside_executable() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| Error(format!("{} has no parent directory", exe.display())))?;
+    let here = dir.join(MODULE_FILE);
+    if !here.exists() && dir.ends_with("deps") {
+        if let Some(up) = dir.parent() {
+            return Ok(up.join(MODULE_FILE));
+        }
+    }
+    Ok(here)
+}
+
+/// The directory the module keeps its data in for this run.
+///
+/// # Invariants
+/// `HSMPOOL_CONF` names `path/hsmpool.toml`, whose one embedded member stores under `path/hsm0`.
+#[derive(Debug)]
+pub struct DataDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Removes the directory on drop when the harness made it.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl DataDir {
+    /// Write the configuration into `dir` (a fresh temporary directory when `None`) and point
+    /// `HSMPOOL_CONF` at it. `member_extra` is appended to the member table (e.g.
+    /// `pin_iterations = 1000\n`).
+    ///
+    /// Call this before the module is loaded and before any thread is started: the module reads
+    /// `HSMPOOL_CONF` in `C_Initialize`, and changing the environment is only sound while the
+    /// process is single-threaded.
+    pub fn prepare(dir: Option<&Path>, member_extra: &str) -> Result<DataDir> {
+        let (path, tmp) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).context(&format!("creating {}", d.display()))?;
+                (
+                    std::fs::canonicalize(d).context(&format!("resolving {}", d.display()))?,
+                    None,
+                )
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("hsmpool-bench-")
+                    .tempdir()
+                    .context("creating a temporary directory")?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let data_dir = path.join("hsm0");
+        let data_dir = data_dir.to_str().ok_or_else(|| {
+            Error(format!(
+                "{} is not UTF-8, which a TOML string needs",
+                data_dir.display()
+            ))
+        })?;
+        // A TOML basic string: escape the two characters that would end or break it.
+        let quoted = data_dir.replace('\\', "\\\\").replace('"', "\\\"");
+        let conf = path.join("hsmpool.toml");
+        let text =
+            format!("[[member]]\nkind = \"embedded\"\ndata_dir = \"{quoted}\"\n{member_extra}");
+        std::fs::write(&conf, text).context(&format!("writing {}", conf.display()))?;
+        std::env::set_var("HSMPOOL_CONF", &conf);
+        Ok(DataDir { path, _tmp: tmp })
+    }
+}
+
+/// Load the module and `C_Initialize` it, letting it use OS threads and locks.
+pub fn load(module: &Path) -> Result<Pkcs11> {
+    let pkcs11 = Pkcs11::new(module).context(&format!("loading {}", module.display()))?;
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .context("C_Initialize")?;
+    Ok(pkcs11)
+}
+
+/// The module's one slot with a token.
+pub fn slot(pkcs11: &Pkcs11) -> Result<Slot> {
+    let slots = pkcs11.get_slots_with_token().context("C_GetSlotList")?;
+    slots
+        .first()
+        .copied()
+        .ok_or_else(|| Error("the module reports no slot with a token".into()))
+}
+
+/// Initialise the token (re-initialising, and so wiping, one already there: its SO PIN must be
+/// [`SO_PIN`]), set the user PIN, and return a R/W session logged in as the user. Sessions
+/// opened later share the login, as PKCS #11 logins are per application.
+pub fn init_token(pkcs11: &Pkcs11, slot: Slot, label: &str) -> Result<Session> {
+    let so_pin = AuthPin::new(SO_PIN.into());
+    let user_pin = AuthPin::new(USER_PIN.into());
+    pkcs11
+        .init_token(slot, &so_pin, label)
+        .context("C_InitToken")?;
+    let s = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
+    s.login(UserType::So, Some(&so_pin))
+        .context("C_Login (SO)")?;
+    s.init_pin(&user_pin).context("C_InitPIN")?;
+    s.logout().context("C_Logout (SO)")?;
+    s.login(UserType::User, Some(&user_pin))
+        .context("C_Login (user)")?;
+    Ok(s)
+}
