@@ -1,15 +1,15 @@
 //! The engine's public surface: one method per PKCS #11 function, in Rust types, and the
 //! process-wide instance behind `C_Initialize` / `C_Finalize`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use cryptoki_sys::*;
 use dashmap::DashMap;
 use hsmpool_sim::hsm::{AttrAnswer, HsmConfig, Role};
 use hsmpool_sim::types::{Attr, Mechanism};
-use once_cell::sync::Lazy;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::backend::inproc::InProcess;
 use crate::backend::{Backend, MemberId, MemberObject, MemberSession};
@@ -56,12 +56,63 @@ pub(crate) struct ObjEntry {
     pub(crate) session: Option<SessionHandle>,
 }
 
+/// The application's login state: read on every call with one atomic load, changed only under
+/// its mutex (login, logout, closing the last session), so readers never contend.
+struct LoginCell {
+    lock: Mutex<()>,
+    state: AtomicU8,
+}
+
+/// Holds the login mutex; the state can be read and changed through it.
+struct LoginGuard<'a> {
+    cell: &'a LoginCell,
+    _held: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl LoginCell {
+    fn new() -> Self {
+        LoginCell {
+            lock: Mutex::new(()),
+            state: AtomicU8::new(LoginState::Public as u8),
+        }
+    }
+    fn get(&self) -> LoginState {
+        LoginState::from_u8(self.state.load(Ordering::Acquire))
+    }
+    fn lock(&self) -> LoginGuard<'_> {
+        LoginGuard {
+            cell: self,
+            _held: self.lock.lock(),
+        }
+    }
+}
+
+impl LoginGuard<'_> {
+    fn get(&self) -> LoginState {
+        self.cell.get()
+    }
+    fn set(&self, s: LoginState) {
+        self.cell.state.store(s as u8, Ordering::Release);
+    }
+}
+
 /// The login state of the application on the token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum LoginState {
-    Public,
-    User,
-    So,
+    Public = 0,
+    User = 1,
+    So = 2,
+}
+
+impl LoginState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => LoginState::User,
+            2 => LoginState::So,
+            _ => LoginState::Public,
+        }
+    }
 }
 
 /// The engine: one per initialised process.
@@ -74,7 +125,7 @@ pub struct Engine {
     pub(crate) member: Arc<dyn Backend>,
     /// The application's authentication context on the member.
     pub(crate) ms: MemberSession,
-    login: RwLock<LoginState>,
+    login: LoginCell,
     sessions: DashMap<SessionHandle, Arc<Mutex<Session>>>,
     next_session: AtomicU64,
     objects: DashMap<ObjectHandle, ObjEntry>,
@@ -83,11 +134,47 @@ pub struct Engine {
 }
 
 struct Global {
+    /// The fork generation this engine was made in (see [`after_fork_in_child`]).
+    generation: u64,
+    /// The process that made it.
     pid: u32,
-    engine: Arc<Engine>,
+    engine: Engine,
 }
 
-static GLOBAL: Lazy<RwLock<Option<Global>>> = Lazy::new(|| RwLock::new(None));
+/// The process-wide engine. Read on every call without a lock or a shared counter
+/// (`arc_swap`'s loads touch only per-thread state), so the entry path does not contend.
+static GLOBAL: ArcSwapOption<Global> = ArcSwapOption::const_empty();
+/// Serialises `C_Initialize` and `C_Finalize`.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+/// Bumped in the child after every `fork()`: an engine from an older generation belongs to the
+/// parent.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Called in the child after `fork()`; the C ABI registers it with `pthread_atfork`. From then on
+/// every call in the child is `CKR_CRYPTOKI_NOT_INITIALIZED` until `C_Initialize`. It only bumps
+/// an atomic counter, which is safe in a just-forked child.
+pub fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+fn current(g: &Global) -> bool {
+    g.generation == FORK_GENERATION.load(Ordering::Acquire) && g.pid == std::process::id()
+}
+
+/// A reference to the running engine, good for one call.
+pub struct EngineRef(arc_swap::Guard<Option<Arc<Global>>>);
+
+impl std::ops::Deref for EngineRef {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        match self.0.as_ref() {
+            Some(g) => &g.engine,
+            // `engine()` makes an EngineRef only from a loaded `Some`, and a guard keeps what it
+            // loaded alive, so this arm cannot run.
+            None => unreachable!("EngineRef holds an engine"),
+        }
+    }
+}
 
 fn init_logging(cfg: &Config) {
     let filter = std::env::var("HSMPOOL_LOG")
@@ -104,16 +191,14 @@ fn init_logging(cfg: &Config) {
 
 /// Initialise the process-wide engine (`C_Initialize`).
 pub fn initialize(args: InitArgs) -> Result<()> {
-    let mut g = GLOBAL.write();
-    let pid = std::process::id();
-    if let Some(old) = g.take() {
-        if old.pid == pid {
-            *g = Some(old);
+    let _lifecycle = LIFECYCLE.lock();
+    if let Some(old) = GLOBAL.load_full() {
+        if current(&old) {
             return Err(Error::AlreadyInitialized);
         }
         // A forked child: the parent's engine (its store connection, its sessions) belongs to
         // the parent. Dropping it here could touch the parent's files, so it is leaked.
-        std::mem::forget(old);
+        std::mem::forget(GLOBAL.swap(None));
     }
     let cfg = match Config::resolve(args.config.as_deref()) {
         Ok(c) => c,
@@ -128,18 +213,20 @@ pub fn initialize(args: InitArgs) -> Result<()> {
     let engine = Engine::new(cfg).inspect_err(|e| {
         tracing::error!("C_Initialize: {e}");
     })?;
-    *g = Some(Global {
-        pid,
-        engine: Arc::new(engine),
-    });
+    GLOBAL.store(Some(Arc::new(Global {
+        generation: FORK_GENERATION.load(Ordering::Acquire),
+        pid: std::process::id(),
+        engine,
+    })));
     Ok(())
 }
 
-/// Tear down the process-wide engine (`C_Finalize`).
+/// Tear down the process-wide engine (`C_Finalize`). Calls already inside the engine finish
+/// with the engine they started with.
 pub fn finalize() -> Result<()> {
-    let mut g = GLOBAL.write();
-    match g.take() {
-        Some(old) if old.pid == std::process::id() => {
+    let _lifecycle = LIFECYCLE.lock();
+    match GLOBAL.swap(None) {
+        Some(old) if current(&old) => {
             old.engine.shutdown();
             Ok(())
         }
@@ -153,10 +240,10 @@ pub fn finalize() -> Result<()> {
 
 /// The process-wide engine, or `NotInitialized` (also in a forked child that has not called
 /// `C_Initialize` again).
-pub fn engine() -> Result<Arc<Engine>> {
-    let g = GLOBAL.read();
+pub fn engine() -> Result<EngineRef> {
+    let g = GLOBAL.load();
     match g.as_ref() {
-        Some(e) if e.pid == std::process::id() => Ok(e.engine.clone()),
+        Some(e) if e.generation == FORK_GENERATION.load(Ordering::Acquire) => Ok(EngineRef(g)),
         _ => Err(Error::NotInitialized),
     }
 }
@@ -191,7 +278,7 @@ impl Engine {
             cfg,
             member,
             ms,
-            login: RwLock::new(LoginState::Public),
+            login: LoginCell::new(),
             sessions: DashMap::new(),
             next_session: AtomicU64::new(1),
             objects: DashMap::new(),
@@ -256,7 +343,7 @@ impl Engine {
     }
 
     fn login_state(&self) -> LoginState {
-        *self.login.read()
+        self.login.get()
     }
 
     fn session_state(&self, rw: bool) -> CK_STATE {
@@ -437,8 +524,8 @@ impl Engine {
         }
         let rw = flags & CKF_RW_SESSION != 0;
         // Holding the login lock orders this against a concurrent SO login.
-        let login = self.login.read();
-        if !rw && *login == LoginState::So {
+        let login = self.login.lock();
+        if !rw && login.get() == LoginState::So {
             return Err(Error::SessionReadWriteSoExists);
         }
         let h = SessionHandle(self.next_session.fetch_add(1, Ordering::Relaxed));
@@ -470,10 +557,10 @@ impl Engine {
             self.forget_object(h);
         }
         if self.sessions.is_empty() {
-            let mut login = self.login.write();
-            if self.sessions.is_empty() && *login != LoginState::Public {
+            let login = self.login.lock();
+            if self.sessions.is_empty() && login.get() != LoginState::Public {
                 let _ = self.member.logout(self.ms);
-                *login = LoginState::Public;
+                login.set(LoginState::Public);
             }
         }
         Ok(())
@@ -515,10 +602,10 @@ impl Engine {
             ),
             None => None,
         };
-        let mut login = self.login.write();
+        let login = self.login.lock();
         match user_type {
             CKU_CONTEXT_SPECIFIC => {
-                let role = match *login {
+                let role = match login.get() {
                     LoginState::Public => return Err(Error::UserNotLoggedIn),
                     LoginState::User => Role::User,
                     LoginState::So => Role::Officer,
@@ -535,7 +622,7 @@ impl Engine {
                 } else {
                     LoginState::User
                 };
-                match *login {
+                match login.get() {
                     LoginState::Public => {}
                     l if l == wanted => return Err(Error::UserAlreadyLoggedIn),
                     _ => return Err(Error::UserAnotherAlreadyLoggedIn),
@@ -552,7 +639,7 @@ impl Engine {
                     Role::User
                 };
                 self.member.login(self.ms, role, pin, username)?;
-                *login = wanted;
+                login.set(wanted);
                 tracing::info!(user_type, "application logged in");
                 Ok(())
             }
@@ -563,12 +650,12 @@ impl Engine {
     /// `C_Logout`.
     pub fn logout(&self, s: SessionHandle) -> Result<()> {
         self.session(s)?;
-        let mut login = self.login.write();
-        if *login == LoginState::Public {
+        let login = self.login.lock();
+        if login.get() == LoginState::Public {
             return Err(Error::UserNotLoggedIn);
         }
         self.member.logout(self.ms)?;
-        *login = LoginState::Public;
+        login.set(LoginState::Public);
         // Operations and finds may hold private keys or handles: end them all.
         for e in self.sessions.iter() {
             let mut sess = e.value().lock();

@@ -9,17 +9,22 @@
 //! C caller → cdylib guard → [`Engine`] method → session / operation state → backend → HSM.
 //!
 //! # Concurrency model
-//! Sessions live in a sharded map of `Arc<Mutex<Session>>`: unrelated sessions never contend.
-//! An operation is taken out of its session while the backend works and put back only if it
-//! stays active, so no session lock is held during cryptography. Object handles are a sharded
-//! map too. The only engine-wide lock is the login state, taken by login/logout/open-session.
+//! The engine itself is reached through a lock-free `arc_swap` load (no shared counter is
+//! touched per call). Sessions live in a sharded map of `Arc<Mutex<Session>>`: unrelated
+//! sessions never contend. An operation is taken out of its session while the backend works and
+//! put back only if it stays active, so no session lock is held during cryptography. Object
+//! handles are a sharded map too. The login state is one atomic, read without a lock; its mutex
+//! is taken only by login, logout, opening a session and closing the last one.
 //!
 //! # LOCK ORDER
-//! 1. `Engine::login` (RwLock)
-//! 2. one session's `Mutex`
+//! 1. `LIFECYCLE` (`C_Initialize` / `C_Finalize` only)
+//! 2. the login mutex (`Engine::login`)
+//! 3. one session's `Mutex`
 //!
-//! Map guards (`sessions`, `objects`, `by_member`) are never held while taking either lock or
-//! calling a backend.
+//! Map guards (`sessions`, `objects`, `by_member`) are never held while taking any of these or
+//! calling a backend. The one lock held across a backend call is the login mutex, around the
+//! member's own login and logout: two applications threads logging in at once must not both
+//! succeed, and this is a management path, never the hot one.
 //!
 //! # Panic consistency
 //! `parking_lot` locks do not poison. State changes are computed first and swapped in last, so
@@ -34,6 +39,6 @@ pub mod mechanism;
 mod ops;
 pub mod types;
 
-pub use engine::{engine, finalize, initialize, Engine, InitArgs};
+pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
 pub use error::{Error, Result};
 pub use hsmpool_sim::types::{Attr, MechParam, Mechanism, SignInput};

@@ -581,14 +581,19 @@ impl Hsm {
         matches!(login, Some((Role::User, name)) if o.owner.as_deref() == Some(name.as_str()))
     }
 
+    /// The object, if the session may see it. The hot path of every operation: it reads the
+    /// session's login in place (no copy of the user name) and clones only the object's `Arc`.
     fn get_visible(&self, ms: u64, id: u64) -> SimResult<Arc<Object>> {
-        let login = self.login_of(ms)?;
         let obj = self
             .objects
             .get(&id)
             .map(|o| o.value().clone())
             .ok_or(SimError::Rv(CKR_OBJECT_HANDLE_INVALID))?;
-        if !Self::visible(&login, ms, &obj) {
+        let visible = match self.sessions.get(&ms) {
+            Some(sess) => Self::visible(&sess.login, ms, &obj),
+            None => return Err(SimError::Rv(CKR_SESSION_HANDLE_INVALID)),
+        };
+        if !visible {
             return Err(SimError::Rv(CKR_OBJECT_HANDLE_INVALID));
         }
         Ok(obj)

@@ -22,9 +22,33 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
     guard!("C_Initialize", {
         // SAFETY: relayed from this function's contract.
         let args = unsafe { init_args(p_init_args.cast::<CK_C_INITIALIZE_ARGS>().cast_const()) }?;
+        register_fork_handler()?;
         hsmpool_engine::initialize(args)?;
         Ok(CKR_OK)
     })
+}
+
+/// The child side of `fork()`: tells the engine the process it belongs to is now another one.
+/// It only bumps an atomic counter, which is async-signal-safe.
+extern "C" fn after_fork_in_child() {
+    hsmpool_engine::after_fork_in_child();
+}
+
+/// Register [`after_fork_in_child`] with `pthread_atfork`, once per process (the child of a fork
+/// inherits the registration).
+fn register_fork_handler() -> Result<(), Error> {
+    static REGISTERED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    // SAFETY: pthread_atfork only records the three function pointers; ours is a plain
+    // `extern "C" fn()` with no preconditions. glibc's pthread_atfork (from libc_nonshared.a,
+    // linked into this library) registers it under this library's __dso_handle, so dlclose
+    // unregisters it before the code goes away.
+    let rc = *REGISTERED
+        .get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) });
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::General(format!("pthread_atfork failed: {rc}")))
+    }
 }
 
 /// §5.4.2 C_Finalize: stops the engine; `pReserved` must be NULL.

@@ -496,8 +496,8 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>
     match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::encrypt(mech, key.rsa_public_op()?, data),
         Family::Aes => {
-            let (_, key_type, value) = key.secret()?;
-            sym::aes_encrypt(mech, key_type, value, data)
+            let (sk, key_type, value) = key.secret()?;
+            sym::aes_encrypt(sk, mech, key_type, value, data)
         }
         Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
     }
@@ -509,8 +509,8 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Zeroizi
     match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::decrypt(mech, key.rsa_private()?, data),
         Family::Aes => {
-            let (_, key_type, value) = key.secret()?;
-            sym::aes_decrypt(mech, key_type, value, data)
+            let (sk, key_type, value) = key.secret()?;
+            sym::aes_decrypt(sk, mech, key_type, value, data)
         }
         Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
     }

@@ -25,6 +25,9 @@ const BLOCK: usize = 16;
 pub(crate) struct SecretKey {
     /// One slot per [`Hash::ALL`] entry.
     hmac: [OnceLock<hmac::Key>; 5],
+    /// The AES-GCM key (key schedule and GHASH tables), built once; `None` for a value that is
+    /// not an AES key length.
+    gcm: OnceLock<Option<LessSafeKey>>,
 }
 
 impl SecretKey {
@@ -32,7 +35,16 @@ impl SecretKey {
     pub(crate) fn new(_len: usize) -> Self {
         SecretKey {
             hmac: Default::default(),
+            gcm: OnceLock::new(),
         }
+    }
+
+    /// The AES-GCM key, built once (per-operation key setup costs more than sealing 4 KiB).
+    fn gcm_key(&self, value: &[u8]) -> Result<&LessSafeKey, Rv> {
+        self.gcm
+            .get_or_init(|| gcm_key(value).ok())
+            .as_ref()
+            .ok_or(CKR_KEY_SIZE_RANGE)
     }
 
     /// The HMAC key for `hash`, built once.
@@ -187,6 +199,7 @@ fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
 
 /// AES encryption.
 pub(crate) fn aes_encrypt(
+    sk: &SecretKey,
     mech: &Mechanism,
     key_type: CK_KEY_TYPE,
     value: &[u8],
@@ -201,7 +214,7 @@ pub(crate) fn aes_encrypt(
                 let nonce = Nonce::try_assume_unique_for_key(iv)
                     .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
                 let mut buf = data.to_vec();
-                gcm_key(value)?
+                sk.gcm_key(value)?
                     .seal_in_place_append_tag(nonce, Aad::from(aad), &mut buf)
                     .map_err(|_| CKR_DATA_LEN_RANGE)?;
                 return Ok(buf);
@@ -250,6 +263,7 @@ pub(crate) fn aes_encrypt(
 /// AES decryption. A wrong length is `CKR_ENCRYPTED_DATA_LEN_RANGE`; a bad tag or bad padding is
 /// `CKR_ENCRYPTED_DATA_INVALID`.
 pub(crate) fn aes_decrypt(
+    sk: &SecretKey,
     mech: &Mechanism,
     key_type: CK_KEY_TYPE,
     value: &[u8],
@@ -266,7 +280,8 @@ pub(crate) fn aes_decrypt(
                 let nonce = Nonce::try_assume_unique_for_key(iv)
                     .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
                 let mut buf = Zeroizing::new(data.to_vec());
-                let n = gcm_key(value)?
+                let n = sk
+                    .gcm_key(value)?
                     .open_in_place(nonce, Aad::from(aad), &mut buf)
                     .map_err(|_| CKR_ENCRYPTED_DATA_INVALID)?
                     .len();
