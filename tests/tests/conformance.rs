@@ -2231,3 +2231,144 @@ fn session_cancel_ends_operations() {
         CKR_OPERATION_NOT_INITIALIZED
     );
 }
+
+#[test]
+fn imported_keys_and_certificates_work_like_generated_ones() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    // An EC key pair imported from its scalar and point: sign with one, verify with the other.
+    let scalar = [0x21u8; 32];
+    // aws-lc derives the public point of the scalar, from a SEC1 ECPrivateKey (version 1, the
+    // scalar, the P-256 OID).
+    let mut sec1 = vec![0x30, 0x31, 0x02, 0x01, 0x01, 0x04, 0x20];
+    sec1.extend_from_slice(&scalar);
+    sec1.extend_from_slice(&[
+        0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ]);
+    let kp = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &sec1,
+    )
+    .expect("a valid SEC1 key");
+    let point = aws_lc_rs::signature::KeyPair::public_key(&kp)
+        .as_ref()
+        .to_vec();
+    let pk = CKO_PRIVATE_KEY;
+    let pubk = CKO_PUBLIC_KEY;
+    let ec = CKK_EC;
+    let mut priv_t = [
+        attr(CKA_CLASS, &pk),
+        attr(CKA_KEY_TYPE, &ec),
+        attr_bytes(CKA_EC_PARAMS, P256_OID),
+        attr_bytes(CKA_VALUE, &scalar),
+        attr(CKA_SIGN, &TRUE),
+    ];
+    let mut k = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, priv_t.as_mut_ptr(), 5, &mut k),
+        CKR_OK
+    );
+    // The point raw (04||X||Y): accepted, and returned DER-wrapped.
+    let mut pub_t = [
+        attr(CKA_CLASS, &pubk),
+        attr(CKA_KEY_TYPE, &ec),
+        attr_bytes(CKA_EC_PARAMS, P256_OID),
+        attr_bytes(CKA_EC_POINT, &point),
+    ];
+    let mut p = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, pub_t.as_mut_ptr(), 4, &mut p),
+        CKR_OK
+    );
+    let stored = get_bytes(m, h, p, CKA_EC_POINT);
+    assert_eq!(&stored[..2], &[0x04, 0x41]);
+    assert_eq!(&stored[2..], &point[..]);
+    let sig = sign(m, h, &mut mech(CKM_ECDSA_SHA256), k, b"imported");
+    assert_eq!(
+        verify(m, h, &mut mech(CKM_ECDSA_SHA256), p, b"imported", &sig),
+        CKR_OK
+    );
+    // A point that is not on the curve is refused.
+    let mut off = point.clone();
+    off[40] ^= 1;
+    let mut bad_t = [
+        attr(CKA_CLASS, &pubk),
+        attr(CKA_KEY_TYPE, &ec),
+        attr_bytes(CKA_EC_PARAMS, P256_OID),
+        attr_bytes(CKA_EC_POINT, &off),
+    ];
+    assert_ne!(
+        call!(m, C_CreateObject, h, bad_t.as_mut_ptr(), 4, &mut p),
+        CKR_OK
+    );
+    // An RSA public key imported from a generated key's modulus and exponent verifies its
+    // signatures; the token computes CKA_MODULUS_BITS.
+    let (gp, gk) = gen_rsa(m, h, false, "src");
+    let n = get_bytes(m, h, gp, CKA_MODULUS);
+    let e = get_bytes(m, h, gp, CKA_PUBLIC_EXPONENT);
+    let rsa = CKK_RSA;
+    let mut rt = [
+        attr(CKA_CLASS, &pubk),
+        attr(CKA_KEY_TYPE, &rsa),
+        attr_bytes(CKA_MODULUS, &n),
+        attr_bytes(CKA_PUBLIC_EXPONENT, &e),
+    ];
+    let mut rp = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, rt.as_mut_ptr(), 4, &mut rp),
+        CKR_OK
+    );
+    let bits = get_bytes(m, h, rp, CKA_MODULUS_BITS);
+    assert_eq!(bits, (2048 as CK_ULONG).to_ne_bytes());
+    let sig = sign(m, h, &mut mech(CKM_SHA256_RSA_PKCS), gk, b"rsa");
+    assert_eq!(
+        verify(m, h, &mut mech(CKM_SHA256_RSA_PKCS), rp, b"rsa", &sig),
+        CKR_OK
+    );
+    // A missing modulus is an incomplete template.
+    let mut incomplete = [
+        attr(CKA_CLASS, &pubk),
+        attr(CKA_KEY_TYPE, &rsa),
+        attr_bytes(CKA_PUBLIC_EXPONENT, &e),
+    ];
+    assert_eq!(
+        call!(m, C_CreateObject, h, incomplete.as_mut_ptr(), 3, &mut rp),
+        CKR_TEMPLATE_INCOMPLETE
+    );
+    // An X.509 certificate object, found by its CKA_ID.
+    let cert = CKO_CERTIFICATE;
+    let x509 = CKC_X_509;
+    let der = b"\x30\x03\x02\x01\x01 (not parsed: the token stores certificates as given)";
+    let mut ct = [
+        attr(CKA_CLASS, &cert),
+        attr(CKA_CERTIFICATE_TYPE, &x509),
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_SUBJECT, b"\x30\x00"),
+        attr_bytes(CKA_ID, b"cert-1"),
+        attr_bytes(CKA_VALUE, der),
+    ];
+    let mut c = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, ct.as_mut_ptr(), 6, &mut c),
+        CKR_OK
+    );
+    assert_eq!(
+        find(
+            m,
+            h,
+            &mut [attr_bytes(CKA_ID, b"cert-1"), attr(CKA_CLASS, &cert)]
+        ),
+        vec![c]
+    );
+    assert_eq!(get_bytes(m, h, c, CKA_VALUE), der);
+    let mut no_subject = [
+        attr(CKA_CLASS, &cert),
+        attr(CKA_CERTIFICATE_TYPE, &x509),
+        attr_bytes(CKA_VALUE, der),
+    ];
+    assert_eq!(
+        call!(m, C_CreateObject, h, no_subject.as_mut_ptr(), 3, &mut c),
+        CKR_TEMPLATE_INCOMPLETE
+    );
+}
