@@ -690,6 +690,10 @@ enum ParamKind {
     Iv,
     /// A `CK_MAC_GENERAL_PARAMS` (one `CK_ULONG`).
     Ulong,
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh,
+    /// `CK_HKDF_PARAMS`.
+    Hkdf,
     /// Anything else: raw bytes for the engine to judge.
     Other,
 }
@@ -724,6 +728,8 @@ fn param_kind(mech: CK_MECHANISM_TYPE) -> ParamKind {
         | CKM_AES_CMAC_GENERAL
         | CKM_DES3_MAC_GENERAL
         | CKM_DES3_CMAC_GENERAL => ParamKind::Ulong,
+        CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ParamKind::Ecdh,
+        CKM_HKDF_DERIVE | CKM_HKDF_DATA => ParamKind::Hkdf,
         _ => ParamKind::Other,
     }
 }
@@ -791,6 +797,35 @@ pub(crate) unsafe fn in_mechanism(ptr: *const CK_MECHANISM) -> Result<Mechanism>
         ParamKind::Ulong => {
             // SAFETY: relayed from this function's contract.
             MechParam::Ulong(unsafe { param_struct::<CK_ULONG>(p, len) }?)
+        }
+        ParamKind::Ecdh => {
+            // SAFETY: relayed from this function's contract.
+            let e: CK_ECDH1_DERIVE_PARAMS = unsafe { param_struct(p, len) }?;
+            MechParam::Ecdh {
+                kdf: e.kdf,
+                // SAFETY: the struct's pointers address their lengths (contract).
+                shared_data: unsafe { nested(e.pSharedData, e.ulSharedDataLen) }?,
+                // SAFETY: as above.
+                public_data: unsafe { nested(e.pPublicData, e.ulPublicDataLen) }?,
+            }
+        }
+        ParamKind::Hkdf => {
+            // SAFETY: relayed from this function's contract.
+            let h: CK_HKDF_PARAMS = unsafe { param_struct(p, len) }?;
+            if h.ulSaltType == CKF_HKDF_SALT_KEY {
+                // A salt held in a key needs a handle translation the engine does not offer yet.
+                return Err(Error::MechanismParamInvalid);
+            }
+            MechParam::Hkdf {
+                extract: h.bExtract != 0,
+                expand: h.bExpand != 0,
+                prf: h.prfHashMechanism,
+                salt_type: h.ulSaltType,
+                // SAFETY: the struct's pointers address their lengths (contract).
+                salt: unsafe { nested(h.pSalt, h.ulSaltLen) }?,
+                // SAFETY: as above.
+                info: unsafe { nested(h.pInfo, h.ulInfoLen) }?,
+            }
         }
         // SAFETY: relayed from this function's contract.
         ParamKind::Iv => MechParam::Iv(unsafe { in_bytes(p, len) }?.to_vec()),
@@ -1288,8 +1323,37 @@ mod tests {
         assert_eq!(parse(&m).unwrap_err().ck_rv(), CKR_MECHANISM_PARAM_INVALID);
 
         let mut raw = [9u8; 3];
-        let m = mech(CKM_ECDH1_DERIVE, raw.as_mut_ptr().cast(), 3);
+        let m = mech(CKM_AES_CTR, raw.as_mut_ptr().cast(), 3);
         assert_eq!(parse(&m).unwrap().param, MechParam::Raw(raw.to_vec()));
+
+        let mut point = [4u8; 65];
+        let mut ecdh = CK_ECDH1_DERIVE_PARAMS {
+            kdf: CKD_SHA256_KDF,
+            ulSharedDataLen: 0,
+            pSharedData: ptr::null_mut(),
+            ulPublicDataLen: 65,
+            pPublicData: point.as_mut_ptr(),
+        };
+        let m = mech(
+            CKM_ECDH1_DERIVE,
+            (&raw mut ecdh).cast(),
+            size_of::<CK_ECDH1_DERIVE_PARAMS>(),
+        );
+        assert_eq!(
+            parse(&m).unwrap().param,
+            MechParam::Ecdh {
+                kdf: CKD_SHA256_KDF,
+                shared_data: Vec::new(),
+                public_data: point.to_vec()
+            }
+        );
+        ecdh.pPublicData = ptr::null_mut();
+        let m = mech(
+            CKM_ECDH1_DERIVE,
+            (&raw mut ecdh).cast(),
+            size_of::<CK_ECDH1_DERIVE_PARAMS>(),
+        );
+        assert!(parse(&m).is_err(), "a NULL point with a length is refused");
         assert_eq!(
             parse(&mech(CKM_SHA256, ptr::null_mut(), 0)).unwrap(),
             Mechanism::plain(CKM_SHA256)

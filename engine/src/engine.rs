@@ -874,6 +874,84 @@ impl Engine {
         Ok((self.adopt(s, p, pt)?, self.adopt(s, k, kt)?))
     }
 
+    fn mech_row(
+        &self,
+        mech: &Mechanism,
+        flag: CK_FLAGS,
+    ) -> Result<&'static crate::mechanism::MechRow> {
+        let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
+        if row.flags & flag == 0 {
+            return Err(Error::MechanismInvalid);
+        }
+        Ok(row)
+    }
+
+    /// `C_WrapKey`: the wrapped bytes (the C layer applies the output-length rule).
+    pub fn wrap_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_WRAP)?;
+        let w = self
+            .entry(wrapping)
+            .map_err(|_| Error::WrappingKeyHandleInvalid)?;
+        let k = self.key_entry(key)?;
+        self.member
+            .wrap_key(self.ms, &mech, w.member_obj, k.member_obj)
+            .map_err(|e| match e {
+                Error::Hsm {
+                    rv: CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                } => Error::KeyHandleInvalid,
+                e => e,
+            })
+    }
+
+    /// `C_UnwrapKey`.
+    pub fn unwrap_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        unwrapping: ObjectHandle,
+        wrapped: &[u8],
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_UNWRAP)?;
+        self.check_write(s, &template)?;
+        let u = self
+            .entry(unwrapping)
+            .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
+        let mo = self
+            .member
+            .unwrap_key(self.ms, &mech, u.member_obj, wrapped, &template)?;
+        let token = self.is_token(mo)?;
+        self.adopt(s, mo, token)
+    }
+
+    /// `C_DeriveKey`.
+    pub fn derive_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        base: ObjectHandle,
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_DERIVE)?;
+        self.check_write(s, &template)?;
+        let b = self.key_entry(base)?;
+        let mo = self
+            .member
+            .derive_key(self.ms, &mech, b.member_obj, &template)?;
+        let token = self.is_token(mo)?;
+        self.adopt(s, mo, token)
+    }
+
     /// `C_SeedRandom`: the generator (aws-lc's) takes no seed from applications.
     pub fn seed_random(&self, s: SessionHandle, _seed: &[u8]) -> Result<()> {
         self.session(s)?;

@@ -54,6 +54,12 @@ pub enum Error {
     /// Unknown key handle given to an `*Init` function.
     #[error("key handle invalid")]
     KeyHandleInvalid,
+    /// Unknown wrapping key handle (`C_WrapKey`).
+    #[error("wrapping key handle invalid")]
+    WrappingKeyHandleInvalid,
+    /// Unknown unwrapping key handle (`C_UnwrapKey`).
+    #[error("unwrapping key handle invalid")]
+    UnwrappingKeyHandleInvalid,
     /// The key's type does not fit the mechanism.
     #[error("key type inconsistent with mechanism")]
     KeyTypeInconsistent,
@@ -185,6 +191,8 @@ impl Error {
             Error::SessionExists => CKR_SESSION_EXISTS,
             Error::ObjectHandleInvalid => CKR_OBJECT_HANDLE_INVALID,
             Error::KeyHandleInvalid => CKR_KEY_HANDLE_INVALID,
+            Error::WrappingKeyHandleInvalid => CKR_WRAPPING_KEY_HANDLE_INVALID,
+            Error::UnwrappingKeyHandleInvalid => CKR_UNWRAPPING_KEY_HANDLE_INVALID,
             Error::KeyTypeInconsistent => CKR_KEY_TYPE_INCONSISTENT,
             Error::KeyFunctionNotPermitted => CKR_KEY_FUNCTION_NOT_PERMITTED,
             Error::KeySizeRange => CKR_KEY_SIZE_RANGE,
@@ -246,6 +254,8 @@ impl Error {
             | Error::SessionExists
             | Error::ObjectHandleInvalid
             | Error::KeyHandleInvalid
+            | Error::WrappingKeyHandleInvalid
+            | Error::UnwrappingKeyHandleInvalid
             | Error::KeyTypeInconsistent
             | Error::KeyFunctionNotPermitted
             | Error::KeySizeRange

@@ -9,8 +9,8 @@
 //! small, an operation computes its result once, keeps it, reports the length and stays
 //! active; the next call with a large enough buffer returns the kept result.
 
-use aws_lc_rs::digest;
 use cryptoki_sys::*;
+use hsmpool_sim::crypto::DigestCtx;
 use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
@@ -30,7 +30,7 @@ pub(crate) struct Op {
     mech: Mechanism,
     row: &'static MechRow,
     key: Option<MemberObject>,
-    hash: Option<digest::Context>,
+    hash: Option<DigestCtx>,
     buf: Zeroizing<Vec<u8>>,
     /// An `*Update` was called: single-part calls are no longer allowed.
     updated: bool,
@@ -71,15 +71,9 @@ impl OpSlots {
     }
 }
 
-fn digest_alg(mech: CK_MECHANISM_TYPE) -> Result<&'static digest::Algorithm> {
-    Ok(match mech {
-        CKM_SHA_1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-        CKM_SHA224 => &digest::SHA224,
-        CKM_SHA256 => &digest::SHA256,
-        CKM_SHA384 => &digest::SHA384,
-        CKM_SHA512 => &digest::SHA512,
-        _ => return Err(Error::MechanismInvalid),
-    })
+/// A streaming digest of `mech` (SHA-1, SHA-2, SHA-3).
+fn digest_ctx(mech: CK_MECHANISM_TYPE) -> Result<DigestCtx> {
+    DigestCtx::new(mech).map_err(|_| Error::MechanismInvalid)
 }
 
 fn function_flag(kind: OpKind) -> CK_FLAGS {
@@ -212,7 +206,7 @@ impl Engine {
             return Err(Error::KeySizeRange);
         }
         let hash = match row.hash {
-            Some(h) => Some(digest::Context::new(digest_alg(h)?)),
+            Some(h) => Some(digest_ctx(h)?),
             None => None,
         };
         let cbc_iv = if is_cbc(mech.mech) {
@@ -249,7 +243,7 @@ impl Engine {
         if !matches!(mech.param, MechParam::None) {
             return Err(Error::MechanismParamInvalid);
         }
-        let ctx = digest::Context::new(digest_alg(mech.mech)?);
+        let ctx = digest_ctx(mech.mech)?;
         let mut g = sess.lock();
         if g.ops.active(OpKind::Digest) {
             return Err(Error::OperationActive);
@@ -328,9 +322,8 @@ impl Engine {
                 .member
                 .decrypt(self.ms, &op.mech, Self::key_of(op)?, data),
             OpKind::Digest => Ok(Zeroizing::new(
-                digest::digest(digest_alg(op.mech.mech)?, data)
-                    .as_ref()
-                    .to_vec(),
+                hsmpool_sim::crypto::digest(op.mech.mech, data)
+                    .map_err(|_| Error::MechanismInvalid)?,
             )),
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),
         }
@@ -499,7 +492,7 @@ impl Engine {
                     .hash
                     .take()
                     .ok_or(Error::General("digest without context".into()))?;
-                Ok(Zeroizing::new(h.finish().as_ref().to_vec()))
+                Ok(Zeroizing::new(h.finish()))
             }
             OpKind::Sign => {
                 let key = Self::key_of(op)?;

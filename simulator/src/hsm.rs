@@ -23,7 +23,7 @@ use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
 use crate::error::{SimError, SimResult};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
-use crate::types::{Attr, Mechanism, SignInput};
+use crate::types::{Attr, MechParam, Mechanism, SignInput};
 
 /// The crypto officer that `C_InitToken` creates.
 pub const DEFAULT_SO: &str = "admin";
@@ -737,6 +737,29 @@ impl Hsm {
                 }
                 Some(KeyMaterial::EcPublic { curve, point })
             }
+            (CKO_PRIVATE_KEY, Some(CKK_EC_EDWARDS)) => {
+                let oid = rv(crypto::ed25519_params(need(CKA_EC_PARAMS)?))?;
+                let seed = need(CKA_VALUE)?;
+                rv(crypto::ed25519_public_from_seed(seed))?;
+                if need(CKA_EC_PARAMS)? != oid {
+                    token_set.push((CKA_EC_PARAMS, oid.to_vec()));
+                }
+                Some(KeyMaterial::EdPrivate {
+                    seed: Zeroizing::new(seed.to_vec()),
+                })
+            }
+            (CKO_PUBLIC_KEY, Some(CKK_EC_EDWARDS)) => {
+                let oid = rv(crypto::ed25519_params(need(CKA_EC_PARAMS)?))?;
+                let point = rv(crypto::ed25519_point_from_attr(need(CKA_EC_POINT)?))?;
+                let wrapped = crypto::ec_point_to_attr(&point);
+                if find(template, CKA_EC_POINT).is_some_and(|a| a.value != wrapped) {
+                    token_set.push((CKA_EC_POINT, wrapped));
+                }
+                if need(CKA_EC_PARAMS)? != oid {
+                    token_set.push((CKA_EC_PARAMS, oid.to_vec()));
+                }
+                Some(KeyMaterial::EdPublic { point })
+            }
             (CKO_DATA | CKO_CERTIFICATE, _) => None,
             (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY, _) => {
                 return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))
@@ -748,8 +771,10 @@ impl Hsm {
         }
         let mut template_eff: Vec<Attr> = template.to_vec();
         // The caller's raw EC point is replaced by the wrapped one the token stores.
-        if token_set.iter().any(|(t, _)| *t == CKA_EC_POINT) {
-            template_eff.retain(|a| a.ty != CKA_EC_POINT);
+        for ty in [CKA_EC_POINT, CKA_EC_PARAMS] {
+            if token_set.iter().any(|(t, _)| *t == ty) {
+                template_eff.retain(|a| a.ty != ty);
+            }
         }
         let mut attrs = rv(object::apply_template(
             class,
@@ -879,6 +904,19 @@ impl Hsm {
                     CKK_EC,
                     KeyMaterial::EcPublic { curve, point },
                     KeyMaterial::EcPrivate { curve, pkcs8 },
+                )
+            }
+            CKM_EC_EDWARDS_KEY_PAIR_GEN => {
+                Self::check_class(public, CKO_PUBLIC_KEY, CKK_EC_EDWARDS)?;
+                Self::check_class(private, CKO_PRIVATE_KEY, CKK_EC_EDWARDS)?;
+                let params =
+                    find(public, CKA_EC_PARAMS).ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                rv(crypto::ed25519_params(&params.value))?;
+                let (seed, point) = rv(crypto::generate_ed25519())?;
+                (
+                    CKK_EC_EDWARDS,
+                    KeyMaterial::EdPublic { point },
+                    KeyMaterial::EdPrivate { seed },
                 )
             }
             _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
@@ -1123,6 +1161,261 @@ impl Hsm {
         self.key_meta(ms, id)
     }
 
+    /// `C_WrapKey`: `key` (a secret key's value, or a private key's PKCS #8) encrypted under
+    /// `wrapping`. The key must be extractable; a key with `CKA_WRAP_WITH_TRUSTED` only under a
+    /// trusted wrapping key.
+    pub fn wrap_key(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        wrapping: u64,
+        key: u64,
+    ) -> SimResult<Vec<u8>> {
+        let w = self
+            .usable(ms, wrapping, CKA_WRAP, mech.mech)
+            .map_err(|e| match e {
+                SimError::Rv(CKR_KEY_HANDLE_INVALID) => {
+                    SimError::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID)
+                }
+                SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED) => {
+                    SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED)
+                }
+                SimError::Rv(CKR_KEY_TYPE_INCONSISTENT) => {
+                    SimError::Rv(CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+                }
+                e => e,
+            })?;
+        let k = self.get_visible(ms, key).map_err(|e| match e {
+            SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
+            e => e,
+        })?;
+        let loaded = k
+            .key
+            .as_deref()
+            .ok_or(SimError::Rv(CKR_KEY_NOT_WRAPPABLE))?;
+        if !k.flag(CKA_EXTRACTABLE) {
+            return Err(SimError::Rv(CKR_KEY_UNEXTRACTABLE));
+        }
+        if k.flag(CKA_WRAP_WITH_TRUSTED) && !w.flag(CKA_TRUSTED) {
+            return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
+        }
+        let bytes: Zeroizing<Vec<u8>> = match (k.class, loaded.material()) {
+            (CKO_SECRET_KEY, KeyMaterial::Secret { value, .. }) => value.clone(),
+            (CKO_PRIVATE_KEY, _) => rv(crypto::private_key_pkcs8(loaded))?,
+            _ => return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE)),
+        };
+        rv(crypto::wrap(mech, Self::key_of(&w)?, &bytes))
+    }
+
+    /// `C_UnwrapKey`: a new secret key (the unwrapped bytes are its value) or private key (the
+    /// unwrapped bytes are PKCS #8), with the caller's template. It is never `CKA_LOCAL`, never
+    /// "always sensitive" or "never extractable": its value has been outside this HSM.
+    pub fn unwrap_key(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        unwrapping: u64,
+        wrapped: &[u8],
+        template: &[Attr],
+    ) -> SimResult<u64> {
+        let login = self.login_of(ms)?;
+        let u = self
+            .usable(ms, unwrapping, CKA_UNWRAP, mech.mech)
+            .map_err(|e| match e {
+                SimError::Rv(CKR_KEY_HANDLE_INVALID) => {
+                    SimError::Rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+                }
+                SimError::Rv(CKR_KEY_TYPE_INCONSISTENT) => {
+                    SimError::Rv(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+                }
+                e => e,
+            })?;
+        let class =
+            rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let bytes = rv(crypto::unwrap(mech, Self::key_of(&u)?, wrapped))?;
+        let mut token_set: Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> = vec![
+            (CKA_LOCAL, object::bool_bytes(false)),
+            (
+                CKA_KEY_GEN_MECHANISM,
+                object::ulong_bytes(CK_UNAVAILABLE_INFORMATION),
+            ),
+        ];
+        let (key_type, material) = match class {
+            CKO_SECRET_KEY => {
+                let kt = rv(find_ulong(template, CKA_KEY_TYPE))?
+                    .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+                let ok = match kt {
+                    CKK_AES => [16, 24, 32].contains(&bytes.len()),
+                    CKK_GENERIC_SECRET => !bytes.is_empty(),
+                    _ => return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT)),
+                };
+                if !ok {
+                    return Err(SimError::Rv(CKR_WRAPPED_KEY_INVALID));
+                }
+                if let Some(l) = rv(find_ulong(template, CKA_VALUE_LEN))? {
+                    if usize::try_from(l).ok() != Some(bytes.len()) {
+                        return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+                    }
+                }
+                token_set.push((CKA_VALUE_LEN, object::ulong_bytes(bytes.len() as CK_ULONG)));
+                (
+                    kt,
+                    KeyMaterial::Secret {
+                        key_type: kt,
+                        value: bytes,
+                    },
+                )
+            }
+            CKO_PRIVATE_KEY => {
+                let (material, kt) = rv(crypto::load_private_pkcs8(&bytes))?;
+                if rv(find_ulong(template, CKA_KEY_TYPE))?.is_some_and(|t| t != kt) {
+                    return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+                }
+                token_set.extend(private_public_attrs(&material)?);
+                (kt, material)
+            }
+            _ => return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT)),
+        };
+        let t: Vec<Attr> = template
+            .iter()
+            .filter(|a| a.ty != CKA_CLASS && a.ty != CKA_KEY_TYPE)
+            .cloned()
+            .collect();
+        let mut attrs = rv(object::apply_template(
+            class,
+            Some(key_type),
+            &t,
+            Origin::Unwrap,
+            Self::is_so(&login),
+            token_set,
+        ))?;
+        attrs.insert(CKA_ALWAYS_SENSITIVE, object::bool_bytes(false));
+        attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(false));
+        let key = Arc::new(rv(LoadedKey::load(material))?);
+        Ok(self
+            .finish_new(ms, &login, class, Some(key_type), attrs, Some(key))?
+            .id)
+    }
+
+    /// `C_DeriveKey`: `CKM_ECDH1_DERIVE` (from an EC private key and the peer's point) and
+    /// `CKM_HKDF_DERIVE` (from a secret key), giving a secret key. The new key is sensitive /
+    /// unextractable "always" only if the base key was.
+    pub fn derive_key(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        base: u64,
+        template: &[Attr],
+    ) -> SimResult<u64> {
+        let login = self.login_of(ms)?;
+        let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
+        if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != CKO_SECRET_KEY) {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        let kt = rv(find_ulong(template, CKA_KEY_TYPE))?.unwrap_or(CKK_GENERIC_SECRET);
+        let len = match (kt, rv(find_ulong(template, CKA_VALUE_LEN))?) {
+            (_, Some(l)) => {
+                usize::try_from(l).map_err(|_| SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?
+            }
+            (CKK_AES, None) | (CKK_GENERIC_SECRET, None) => {
+                return Err(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))
+            }
+            _ => return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT)),
+        };
+        match kt {
+            CKK_AES if ![16, 24, 32].contains(&len) => {
+                return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))
+            }
+            CKK_AES | CKK_GENERIC_SECRET if len > 0 => {}
+            CKK_AES | CKK_GENERIC_SECRET => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+            _ => return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT)),
+        }
+        let base_key = Self::key_of(&b)?;
+        let value = match (&mech.mech, &mech.param) {
+            (
+                &CKM_ECDH1_DERIVE,
+                MechParam::Ecdh {
+                    kdf,
+                    shared_data,
+                    public_data,
+                },
+            ) => rv(crypto::ecdh_derive(
+                base_key,
+                public_data,
+                *kdf,
+                shared_data,
+                len,
+            ))?,
+            (
+                &CKM_HKDF_DERIVE,
+                MechParam::Hkdf {
+                    extract,
+                    expand,
+                    prf,
+                    salt_type,
+                    salt,
+                    info,
+                },
+            ) => {
+                let ikm = match base_key.material() {
+                    KeyMaterial::Secret { value, .. } => value.clone(),
+                    _ => return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT)),
+                };
+                let salt: &[u8] = match *salt_type {
+                    CKF_HKDF_SALT_NULL => &[],
+                    CKF_HKDF_SALT_DATA => salt,
+                    _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
+                };
+                rv(crypto::hkdf(*prf, *extract, *expand, salt, &ikm, info, len))?
+            }
+            (&CKM_ECDH1_DERIVE | &CKM_HKDF_DERIVE, _) => {
+                return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID))
+            }
+            _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),
+        };
+        if value.len() != len {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        let token_set = vec![
+            (CKA_LOCAL, object::bool_bytes(false)),
+            (
+                CKA_KEY_GEN_MECHANISM,
+                object::ulong_bytes(CK_UNAVAILABLE_INFORMATION),
+            ),
+            (CKA_VALUE_LEN, object::ulong_bytes(len as CK_ULONG)),
+        ];
+        let t: Vec<Attr> = template
+            .iter()
+            .filter(|a| !matches!(a.ty, CKA_CLASS | CKA_KEY_TYPE | CKA_VALUE_LEN))
+            .cloned()
+            .collect();
+        let mut attrs = rv(object::apply_template(
+            CKO_SECRET_KEY,
+            Some(kt),
+            &t,
+            Origin::Generate,
+            Self::is_so(&login),
+            token_set,
+        ))?;
+        let sensitive = attrs.get(&CKA_SENSITIVE).is_some_and(|v| v == &[1]);
+        let extractable = attrs.get(&CKA_EXTRACTABLE).is_some_and(|v| v == &[1]);
+        attrs.insert(
+            CKA_ALWAYS_SENSITIVE,
+            object::bool_bytes(b.flag(CKA_ALWAYS_SENSITIVE) && sensitive),
+        );
+        attrs.insert(
+            CKA_NEVER_EXTRACTABLE,
+            object::bool_bytes(b.flag(CKA_NEVER_EXTRACTABLE) && !extractable),
+        );
+        let key = Arc::new(rv(LoadedKey::load(KeyMaterial::Secret {
+            key_type: kt,
+            value,
+        }))?);
+        Ok(self
+            .finish_new(ms, &login, CKO_SECRET_KEY, Some(kt), attrs, Some(key))?
+            .id)
+    }
+
     /// Sign.
     pub fn sign(
         &self,
@@ -1218,6 +1511,10 @@ fn pub_key_attrs(k: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
                 (CKA_EC_POINT, crypto::ec_point_to_attr(point)),
             ]
         }
+        KeyMaterial::EdPublic { point } => vec![
+            (CKA_EC_PARAMS, crypto::ED25519_OID_DER.to_vec()),
+            (CKA_EC_POINT, crypto::ec_point_to_attr(point)),
+        ],
         _ => Vec::new(),
     }
 }
@@ -1236,8 +1533,24 @@ fn priv_key_attrs(public: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
         KeyMaterial::EcPublic { curve, .. } => {
             vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec())]
         }
+        KeyMaterial::EdPublic { .. } => vec![(CKA_EC_PARAMS, crypto::ED25519_OID_DER.to_vec())],
         _ => Vec::new(),
     }
+}
+
+/// The public attributes a private key object carries (modulus and exponent, or curve).
+fn private_public_attrs(m: &KeyMaterial) -> SimResult<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
+    Ok(match m {
+        KeyMaterial::RsaPrivate { pkcs8 } => {
+            let (n, e) = rv(crypto::rsa_public_components(pkcs8))?;
+            vec![(CKA_MODULUS, n), (CKA_PUBLIC_EXPONENT, e)]
+        }
+        KeyMaterial::EcPrivate { curve, .. } => {
+            vec![(CKA_EC_PARAMS, curve.ec_params_der().to_vec())]
+        }
+        KeyMaterial::EdPrivate { .. } => vec![(CKA_EC_PARAMS, crypto::ED25519_OID_DER.to_vec())],
+        _ => Vec::new(),
+    })
 }
 
 fn strip_zeros(b: &[u8]) -> Vec<u8> {

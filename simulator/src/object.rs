@@ -240,9 +240,9 @@ pub fn rules_for(
             let kt = key_type.ok_or(CKR_TEMPLATE_INCOMPLETE)?;
             match (class, kt) {
                 (CKO_PUBLIC_KEY, CKK_RSA) => v.extend([PUBLIC, RSA_PUBLIC]),
-                (CKO_PUBLIC_KEY, CKK_EC) => v.extend([PUBLIC, EC_PUBLIC]),
+                (CKO_PUBLIC_KEY, CKK_EC | CKK_EC_EDWARDS) => v.extend([PUBLIC, EC_PUBLIC]),
                 (CKO_PRIVATE_KEY, CKK_RSA) => v.extend([PRIVATE, RSA_PRIVATE]),
-                (CKO_PRIVATE_KEY, CKK_EC) => v.extend([PRIVATE, EC_PRIVATE]),
+                (CKO_PRIVATE_KEY, CKK_EC | CKK_EC_EDWARDS) => v.extend([PRIVATE, EC_PRIVATE]),
                 (CKO_SECRET_KEY, CKK_AES | CKK_GENERIC_SECRET) => v.push(SECRET_KEY),
                 _ => return Err(CKR_TEMPLATE_INCONSISTENT),
             }
@@ -403,8 +403,10 @@ pub fn find_bool(template: &[Attr], ty: CK_ATTRIBUTE_TYPE) -> Result<Option<bool
 pub enum Origin {
     /// `C_CreateObject`.
     Create,
-    /// `C_GenerateKey(Pair)`.
+    /// `C_GenerateKey(Pair)` and `C_DeriveKey`.
     Generate,
+    /// `C_UnwrapKey`: the caller gives what creation allows, except the key value itself.
+    Unwrap,
 }
 
 /// Build an object's non-secret attributes from a caller template: check every attribute is
@@ -423,7 +425,7 @@ pub fn apply_template(
     let mut attrs: BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>> = BTreeMap::new();
     let allowed = match origin {
         Origin::Create => ON_CREATE,
-        Origin::Generate => ON_GENERATE,
+        Origin::Generate | Origin::Unwrap => ON_GENERATE,
     };
     for a in template {
         let rule = rule(&tables, a.ty).ok_or(CKR_ATTRIBUTE_TYPE_INVALID)?;
@@ -454,6 +456,7 @@ pub fn apply_template(
     let required = match origin {
         Origin::Create => REQUIRED_CREATE,
         Origin::Generate => REQUIRED_GENERATE,
+        Origin::Unwrap => 0,
     };
     for t in &tables {
         for rule in t.iter() {

@@ -104,6 +104,30 @@ pub enum MechParam {
     },
     /// A `CK_ULONG` parameter (e.g. the MAC length of a `_GENERAL` mechanism).
     Ulong(CK_ULONG),
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh {
+        /// `CKD_*` key derivation function.
+        kdf: CK_ULONG,
+        /// Shared data for the KDF.
+        shared_data: Vec<u8>,
+        /// The other party's public point (raw or DER-wrapped).
+        public_data: Vec<u8>,
+    },
+    /// `CK_HKDF_PARAMS` (a salt given as a key handle is refused by the C layer for now).
+    Hkdf {
+        /// Run the extract step.
+        extract: bool,
+        /// Run the expand step.
+        expand: bool,
+        /// `CKM_SHA*` of the PRF.
+        prf: CK_MECHANISM_TYPE,
+        /// `CKF_HKDF_SALT_NULL` or `CKF_HKDF_SALT_DATA`.
+        salt_type: CK_ULONG,
+        /// The salt (`CKF_HKDF_SALT_DATA`).
+        salt: Vec<u8>,
+        /// Context information for the expand step.
+        info: Vec<u8>,
+    },
     /// Any other parameter, as raw bytes; the mechanism decides whether it is valid.
     Raw(Vec<u8>),
 }
@@ -130,6 +154,15 @@ impl std::fmt::Debug for MechParam {
                 write!(f, "Oaep({hash:#x}, {mgf:#x}, label {} bytes)", label.len())
             }
             MechParam::Ulong(v) => write!(f, "Ulong({v})"),
+            MechParam::Ecdh { kdf, shared_data, public_data } => {
+                write!(f, "Ecdh({kdf:#x}, shared {} bytes, public {} bytes)", shared_data.len(), public_data.len())
+            }
+            MechParam::Hkdf { extract, expand, prf, salt_type, salt, info } => write!(
+                f,
+                "Hkdf(extract {extract}, expand {expand}, prf {prf:#x}, salt type {salt_type:#x}, salt {} bytes, info {} bytes)",
+                salt.len(),
+                info.len()
+            ),
             MechParam::Raw(r) => write!(f, "Raw({} bytes)", r.len()),
         }
     }

@@ -1951,50 +1951,6 @@ fn unimplemented_functions_say_not_supported() {
         "C_DecryptVerifyUpdate"
     );
     assert_eq!(
-        call!(
-            m,
-            C_WrapKey,
-            h,
-            ptr::null_mut(),
-            0,
-            0,
-            ptr::null_mut(),
-            ptr::null_mut()
-        ),
-        CKR_FUNCTION_NOT_SUPPORTED,
-        "C_WrapKey"
-    );
-    assert_eq!(
-        call!(
-            m,
-            C_UnwrapKey,
-            h,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut()
-        ),
-        CKR_FUNCTION_NOT_SUPPORTED,
-        "C_UnwrapKey"
-    );
-    assert_eq!(
-        call!(
-            m,
-            C_DeriveKey,
-            h,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut()
-        ),
-        CKR_FUNCTION_NOT_SUPPORTED,
-        "C_DeriveKey"
-    );
-    assert_eq!(
         call!(m, C_MessageEncryptInit, h, ptr::null_mut(), 0),
         CKR_FUNCTION_NOT_SUPPORTED,
         "C_MessageEncryptInit"

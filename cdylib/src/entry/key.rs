@@ -2,10 +2,10 @@
 
 use cryptoki_sys::*;
 use hsmpool_engine::engine;
-use hsmpool_engine::types::SessionHandle;
+use hsmpool_engine::types::{ObjectHandle, SessionHandle};
 
-use crate::entry::{checked, not_supported};
-use crate::guard::{guard, in_mechanism, in_template, out_ref};
+use crate::entry::checked;
+use crate::guard::{guard, in_bytes, in_mechanism, in_template, out_ref, OutBuf};
 
 /// §5.18.1 C_GenerateKey: generates a secret key.
 ///
@@ -74,12 +74,14 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     })
 }
 
-/// §5.18.3 C_WrapKey: not supported.
+/// §5.18.3 C_WrapKey: encrypts a key under a wrapping key, under the variable-length output
+/// rule (§5.2).
 ///
 /// # Safety
-/// None: no argument is read.
+/// `p_mechanism` is NULL or a readable `CK_MECHANISM`; `pul_wrapped_key_len` is NULL or a
+/// readable and writable `CK_ULONG`; a non-NULL `p_wrapped_key` addresses `*pul_wrapped_key_len`
+/// writable bytes.
 #[no_mangle]
-#[allow(unused_variables)] // Unsupported: the arguments are deliberately unread.
 pub unsafe extern "C" fn C_WrapKey(
     h_session: CK_SESSION_HANDLE,
     p_mechanism: *mut CK_MECHANISM,
@@ -88,15 +90,29 @@ pub unsafe extern "C" fn C_WrapKey(
     p_wrapped_key: *mut CK_BYTE,
     pul_wrapped_key_len: *mut CK_ULONG,
 ) -> CK_RV {
-    guard!("C_WrapKey", { not_supported() })
+    guard!("C_WrapKey", {
+        let engine = engine()?;
+        let s = SessionHandle(h_session);
+        // SAFETY: relayed from this function's contract.
+        let args = unsafe {
+            in_mechanism(p_mechanism)
+                .and_then(|m| Ok((m, OutBuf::new(p_wrapped_key, pul_wrapped_key_len)?)))
+        };
+        let (mech, out) = checked(&engine, s, args)?;
+        let wrapped =
+            engine.wrap_key(s, mech, ObjectHandle(h_wrapping_key), ObjectHandle(h_key))?;
+        out.put(&wrapped)
+    })
 }
 
-/// §5.18.4 C_UnwrapKey: not supported.
+/// §5.18.4 C_UnwrapKey: decrypts a wrapped key into a new key object. The output handle is
+/// checked before anything is created.
 ///
 /// # Safety
-/// None: no argument is read.
+/// `p_mechanism` is NULL or a readable `CK_MECHANISM`; `p_wrapped_key` is NULL or addresses
+/// `ul_wrapped_key_len` readable bytes; `p_template` is NULL or points to
+/// `ul_attribute_count` readable `CK_ATTRIBUTE`s; `ph_key` is NULL or writable.
 #[no_mangle]
-#[allow(unused_variables)] // Unsupported: the arguments are deliberately unread.
 pub unsafe extern "C" fn C_UnwrapKey(
     h_session: CK_SESSION_HANDLE,
     p_mechanism: *mut CK_MECHANISM,
@@ -107,15 +123,35 @@ pub unsafe extern "C" fn C_UnwrapKey(
     ul_attribute_count: CK_ULONG,
     ph_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard!("C_UnwrapKey", { not_supported() })
+    guard!("C_UnwrapKey", {
+        let engine = engine()?;
+        let s = SessionHandle(h_session);
+        // SAFETY: relayed from this function's contract.
+        let args = unsafe {
+            in_mechanism(p_mechanism).and_then(|m| {
+                Ok((
+                    m,
+                    in_bytes(p_wrapped_key, ul_wrapped_key_len)?,
+                    in_template(p_template, ul_attribute_count)?,
+                    out_ref(ph_key)?,
+                ))
+            })
+        };
+        let (mech, wrapped, template, out) = checked(&engine, s, args)?;
+        let h = engine.unwrap_key(s, mech, ObjectHandle(h_unwrapping_key), wrapped, template)?;
+        out.set(h.0);
+        Ok(CKR_OK)
+    })
 }
 
-/// §5.18.5 C_DeriveKey: not supported.
+/// §5.18.5 C_DeriveKey: derives a new key from a base key. The output handle is checked before
+/// anything is created.
 ///
 /// # Safety
-/// None: no argument is read.
+/// `p_mechanism` is NULL or a readable `CK_MECHANISM` (parameter and its buffers readable);
+/// `p_template` is NULL or points to `ul_attribute_count` readable `CK_ATTRIBUTE`s; `ph_key` is
+/// NULL or writable.
 #[no_mangle]
-#[allow(unused_variables)] // Unsupported: the arguments are deliberately unread.
 pub unsafe extern "C" fn C_DeriveKey(
     h_session: CK_SESSION_HANDLE,
     p_mechanism: *mut CK_MECHANISM,
@@ -124,5 +160,22 @@ pub unsafe extern "C" fn C_DeriveKey(
     ul_attribute_count: CK_ULONG,
     ph_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard!("C_DeriveKey", { not_supported() })
+    guard!("C_DeriveKey", {
+        let engine = engine()?;
+        let s = SessionHandle(h_session);
+        // SAFETY: relayed from this function's contract.
+        let args = unsafe {
+            in_mechanism(p_mechanism).and_then(|m| {
+                Ok((
+                    m,
+                    in_template(p_template, ul_attribute_count)?,
+                    out_ref(ph_key)?,
+                ))
+            })
+        };
+        let (mech, template, out) = checked(&engine, s, args)?;
+        let h = engine.derive_key(s, mech, ObjectHandle(h_base_key), template)?;
+        out.set(h.0);
+        Ok(CKR_OK)
+    })
 }

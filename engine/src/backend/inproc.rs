@@ -166,6 +166,42 @@ impl Backend for InProcess {
             .map(|(p, k)| (MemberObject(p), MemberObject(k)))
             .map_err(|e| self.err(e))
     }
+    fn wrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        wrapping: MemberObject,
+        key: MemberObject,
+    ) -> Result<Vec<u8>> {
+        self.hsm
+            .wrap_key(s.0, mech, wrapping.0, key.0)
+            .map_err(|e| self.err(e))
+    }
+    fn unwrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        unwrapping: MemberObject,
+        wrapped: &[u8],
+        template: &[Attr],
+    ) -> Result<MemberObject> {
+        self.hsm
+            .unwrap_key(s.0, mech, unwrapping.0, wrapped, template)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
+    }
+    fn derive_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        base: MemberObject,
+        template: &[Attr],
+    ) -> Result<MemberObject> {
+        self.hsm
+            .derive_key(s.0, mech, base.0, template)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
+    }
     fn sign(
         &self,
         s: MemberSession,

@@ -106,6 +106,31 @@ pub trait Backend: Send + Sync {
         public: &[Attr],
         private: &[Attr],
     ) -> Result<(MemberObject, MemberObject)>;
+    /// `C_WrapKey`: `key` encrypted under `wrapping`.
+    fn wrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        wrapping: MemberObject,
+        key: MemberObject,
+    ) -> Result<Vec<u8>>;
+    /// `C_UnwrapKey`: a new key from `wrapped`, decrypted under `unwrapping`.
+    fn unwrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        unwrapping: MemberObject,
+        wrapped: &[u8],
+        template: &[Attr],
+    ) -> Result<MemberObject>;
+    /// `C_DeriveKey`.
+    fn derive_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        base: MemberObject,
+        template: &[Attr],
+    ) -> Result<MemberObject>;
     /// Sign.
     fn sign(
         &self,

@@ -1,7 +1,10 @@
 //! Elliptic curves: key generation and import, `CKA_EC_POINT` encoding, ECDSA (raw `r || s`
 //! signatures, as PKCS #11 specifies).
 //!
-//! Signing a digest of the curve's natural length (SHA-256 for P-256, SHA-384 for P-384) runs on
+//! Curves: P-256, P-384, P-521 and secp256k1. Raw ECDH for key derivation is here too.
+//!
+//! Signing a digest of the curve's natural length (SHA-256 for P-256 and secp256k1, SHA-384 for
+//! P-384, SHA-512 for P-521) runs on
 //! the parsed `aws_lc_rs::signature::EcdsaKeyPair`; digests of any other length, and all
 //! verification, use a raw aws-lc key.
 
@@ -24,14 +27,18 @@ impl Curve {
         match self {
             Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            Curve::P521 => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+            Curve::Secp256k1 => &signature::ECDSA_P256K1_SHA256_FIXED_SIGNING,
         }
     }
 
-    /// The aws-lc-rs ECDH algorithm (used to import a raw private scalar).
-    fn agreement_alg(self) -> &'static agreement::Algorithm {
+    /// The aws-lc-rs ECDH algorithm (used to import a raw private scalar), where there is one.
+    fn agreement_alg(self) -> Option<&'static agreement::Algorithm> {
         match self {
-            Curve::P256 => &agreement::ECDH_P256,
-            Curve::P384 => &agreement::ECDH_P384,
+            Curve::P256 => Some(&agreement::ECDH_P256),
+            Curve::P384 => Some(&agreement::ECDH_P384),
+            Curve::P521 => Some(&agreement::ECDH_P521),
+            Curve::Secp256k1 => None,
         }
     }
 }
@@ -58,12 +65,18 @@ pub fn ec_private_from_scalar(
     if scalar.is_empty() || scalar.len() > fb {
         return Err(CKR_ATTRIBUTE_VALUE_INVALID);
     }
-    let mut padded = Zeroizing::new(vec![0u8; fb - scalar.len()]);
-    padded.extend_from_slice(scalar);
-    let key = agreement::PrivateKey::from_private_key(curve.agreement_alg(), &padded)
-        .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
-    let pkcs8: Pkcs8V1Der<'static> = key.as_der().map_err(|_| CKR_FUNCTION_FAILED)?;
-    let pkcs8 = Zeroizing::new(pkcs8.as_ref().to_vec());
+    let pkcs8 = match curve.agreement_alg() {
+        Some(alg) => {
+            let mut padded = Zeroizing::new(vec![0u8; fb - scalar.len()]);
+            padded.extend_from_slice(scalar);
+            let key = agreement::PrivateKey::from_private_key(alg, &padded)
+                .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+            let pkcs8: Pkcs8V1Der<'static> = key.as_der().map_err(|_| CKR_FUNCTION_FAILED)?;
+            Zeroizing::new(pkcs8.as_ref().to_vec())
+        }
+        None => raw::ec_private_from_scalar(curve.nid(), scalar)
+            .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?,
+    };
     // Parse it back as a signing key: this both checks it and gives the point.
     let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), &pkcs8)
         .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
@@ -137,6 +150,14 @@ impl EcPrivate {
             })
             .as_ref()
             .ok_or(CKR_GENERAL_ERROR) // the same bytes parsed as an EcdsaKeyPair at load
+    }
+
+    /// Raw ECDH with an encoded peer point (`Z`, field-length bytes); a point not on the curve is
+    /// `CKR_MECHANISM_PARAM_INVALID`.
+    pub(crate) fn ecdh(&self, point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Rv> {
+        self.raw()?
+            .ecdh(point)
+            .map_err(|_| CKR_MECHANISM_PARAM_INVALID)
     }
 
     /// Signs a digest of any non-zero length.

@@ -10,6 +10,12 @@
 //! | 3    | `RsaPublic`       | modulus, public exponent                 |
 //! | 4    | `EcPrivate`       | `CKA_EC_PARAMS` (DER OID), PKCS #8       |
 //! | 5    | `EcPublic`        | `CKA_EC_PARAMS` (DER OID), point         |
+//! | 6    | `EdPrivate`       | 32-byte Ed25519 seed                     |
+//! | 7    | `EdPublic`        | 32-byte Ed25519 public key               |
+//!
+//! Kinds 6 and 7 were added within version 1: bytes written before them parse unchanged (an
+//! older reader refuses the new kinds as it refuses any unknown kind). New curves need no new
+//! kind: the curve is stored as its `CKA_EC_PARAMS`.
 //!
 //! Nothing may follow the last field. Parsing checks structure only; [`super::LoadedKey::load`]
 //! checks the cryptography.
@@ -28,6 +34,8 @@ const KIND_RSA_PRIVATE: u8 = 2;
 const KIND_RSA_PUBLIC: u8 = 3;
 const KIND_EC_PRIVATE: u8 = 4;
 const KIND_EC_PUBLIC: u8 = 5;
+const KIND_ED_PRIVATE: u8 = 6;
+const KIND_ED_PUBLIC: u8 = 7;
 
 /// Key material as the store seals it. Secrets are in `Zeroizing` buffers. `PartialEq` is not
 /// constant time: it is for tests and bookkeeping, never for checking a secret.
@@ -66,6 +74,16 @@ pub enum KeyMaterial {
         /// The uncompressed point `04 || X || Y`, not DER-wrapped.
         point: Vec<u8>,
     },
+    /// An Ed25519 private key (`CKK_EC_EDWARDS`).
+    EdPrivate {
+        /// The 32-byte seed (RFC 8032 private key).
+        seed: Zeroizing<Vec<u8>>,
+    },
+    /// An Ed25519 public key (`CKK_EC_EDWARDS`).
+    EdPublic {
+        /// The 32-byte encoded point, not DER-wrapped.
+        point: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -81,6 +99,8 @@ impl std::fmt::Debug for KeyMaterial {
             }
             KeyMaterial::EcPrivate { curve, .. } => write!(f, "EcPrivate({curve:?})"),
             KeyMaterial::EcPublic { curve, .. } => write!(f, "EcPublic({curve:?})"),
+            KeyMaterial::EdPrivate { .. } => write!(f, "EdPrivate(Ed25519)"),
+            KeyMaterial::EdPublic { .. } => write!(f, "EdPublic(Ed25519)"),
         }
     }
 }
@@ -166,6 +186,14 @@ impl KeyMaterial {
                 put(&mut out, curve.ec_params_der());
                 put(&mut out, point);
             }
+            KeyMaterial::EdPrivate { seed } => {
+                out.push(KIND_ED_PRIVATE);
+                put(&mut out, seed);
+            }
+            KeyMaterial::EdPublic { point } => {
+                out.push(KIND_ED_PUBLIC);
+                put(&mut out, point);
+            }
         }
         out
     }
@@ -182,6 +210,8 @@ impl KeyMaterial {
                 public_exponent,
             } => modulus.len() + public_exponent.len(),
             KeyMaterial::EcPublic { point, .. } => 16 + point.len(),
+            KeyMaterial::EdPrivate { seed } => seed.len(),
+            KeyMaterial::EdPublic { point } => point.len(),
         };
         fields + 2 + 3 * 4
     }
@@ -228,6 +258,12 @@ impl KeyMaterial {
                     point: r.field()?.to_vec(),
                 }
             }
+            KIND_ED_PRIVATE => KeyMaterial::EdPrivate {
+                seed: Zeroizing::new(r.field()?.to_vec()),
+            },
+            KIND_ED_PUBLIC => KeyMaterial::EdPublic {
+                point: r.field()?.to_vec(),
+            },
             _ => return Err(CKR_DEVICE_ERROR),
         };
         r.end()?;
@@ -265,7 +301,45 @@ mod tests {
                 curve: Curve::P256,
                 point: vec![4; 65],
             },
+            KeyMaterial::EcPrivate {
+                curve: Curve::P521,
+                pkcs8: Zeroizing::new(vec![7; 200]),
+            },
+            KeyMaterial::EcPublic {
+                curve: Curve::Secp256k1,
+                point: vec![4; 65],
+            },
+            KeyMaterial::EdPrivate {
+                seed: Zeroizing::new(vec![0x5a; 32]),
+            },
+            KeyMaterial::EdPublic {
+                point: vec![0xa5; 32],
+            },
         ]
+    }
+
+    /// Bytes written before the Ed25519 kinds and new curves existed still parse (version 1
+    /// stays version 1).
+    #[test]
+    fn old_bytes_still_parse() {
+        let old = [
+            1u8, 5, 0, 0, 0, 10, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0, 0,
+            0, 3, 4, 1, 2,
+        ];
+        assert_eq!(
+            KeyMaterial::from_bytes(&old),
+            Ok(KeyMaterial::EcPublic {
+                curve: Curve::P256,
+                point: vec![4, 1, 2]
+            })
+        );
+        let secret = KeyMaterial::Secret {
+            key_type: CKK_AES,
+            value: Zeroizing::new(vec![1; 16]),
+        };
+        assert_eq!(secret.to_bytes()[..2], [1, 1]);
+        let ed = KeyMaterial::EdPublic { point: vec![9; 32] }.to_bytes();
+        assert_eq!(ed[..6], [1, 7, 0, 0, 0, 32]);
     }
 
     #[test]
@@ -312,7 +386,7 @@ mod tests {
             let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if i % 2 == 0 && buf.len() >= 2 {
                 buf[0] = VERSION;
-                buf[1] = (next() % 6) as u8;
+                buf[1] = (next() % 8) as u8;
             }
             if i % 4 == 0 && buf.len() >= 6 {
                 buf[2..6].copy_from_slice(&((next() % 8) as u32).to_be_bytes());

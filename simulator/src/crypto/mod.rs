@@ -14,13 +14,35 @@
 //!
 //! Operations are single-shot: the engine buffers multi-part input, or hashes it itself for a
 //! hash-and-sign mechanism (see [`is_hash_and_sign`] and [`SignInput::Prehashed`]).
+//!
+//! # What is here
+//! - Keys: RSA (2048..=8192 bits), EC on P-256, P-384, P-521 and secp256k1 ([`Curve`]),
+//!   Ed25519 (`CKK_EC_EDWARDS`, [`KeyMaterial::EdPrivate`] / [`KeyMaterial::EdPublic`]), secret
+//!   keys (AES, generic).
+//! - [`sign`] / [`verify`]: RSA PKCS #1 v1.5, PSS and raw; ECDSA (`CKM_ECDSA` over a digest of
+//!   any length, `CKM_ECDSA_SHA1` .. `CKM_ECDSA_SHA512`); `CKM_EDDSA` (pure Ed25519); HMAC over
+//!   SHA-1/SHA-2 and their `_GENERAL` forms; `CKM_AES_CMAC` and `CKM_AES_CMAC_GENERAL`.
+//! - [`encrypt`] / [`decrypt`]: RSA PKCS #1 v1.5, OAEP and raw; AES GCM, CBC, CBC_PAD, ECB, CTR.
+//! - [`digest()`] / [`DigestCtx`]: SHA-1, SHA-2 and SHA-3 (`CKM_SHA3_224` .. `CKM_SHA3_512`).
+//! - [`wrap`] / [`unwrap`]: `CKM_AES_KEY_WRAP` (RFC 3394), `CKM_AES_KEY_WRAP_KWP` (RFC 5649),
+//!   `CKM_RSA_PKCS_OAEP`; a private key travels as PKCS #8 ([`private_key_pkcs8`],
+//!   [`load_private_pkcs8`]).
+//! - Derivation: [`ecdh_derive`] (`CKM_ECDH1_DERIVE` with `CKD_NULL` or the X9.63 KDFs) and
+//!   [`hkdf`] (`CKM_HKDF_DERIVE`).
+//!
+//! Mechanism parameters the C layer has no variant for arrive as [`MechParam::Raw`] bytes in the
+//! native x86_64 layout (`CK_AES_CTR_PARAMS`, `CK_EDDSA_PARAMS`) and are parsed here.
 
 mod der;
 mod ec;
+mod ed;
+mod kdf;
 mod material;
 mod raw;
 mod rsa;
+mod sha3;
 mod sym;
+mod wrap;
 
 use std::os::raw::c_int;
 
@@ -31,8 +53,14 @@ use zeroize::Zeroizing;
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
 
 pub use ec::{ec_point_from_attr, ec_point_to_attr, ec_private_from_scalar, generate_ec};
+pub use ed::{
+    ed25519_params, ed25519_point_from_attr, ed25519_public_from_seed, generate_ed25519,
+    ED25519_OID_DER,
+};
+pub use kdf::{ecdh_derive, hkdf};
 pub use material::KeyMaterial;
 pub use rsa::{generate_rsa, rsa_private_from_components, rsa_public_components, RsaGenerated};
+pub use wrap::{load_private_pkcs8, private_key_pkcs8, unwrap, wrap};
 
 /// The SHA-2 family hashes (and SHA-1) the mechanisms use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,24 +145,30 @@ impl Hash {
     }
 }
 
-/// A named elliptic curve. More curves (P-521, secp256k1, and Ed25519 as its own key kind) slot
-/// in as new variants: every `match` on `Curve` is exhaustive, so adding one forces each place
-/// that depends on the curve to decide.
+/// A named Weierstrass curve for ECDSA and ECDH (`CKK_EC`). Ed25519 is its own key kind
+/// ([`KeyMaterial::EdPrivate`]). Every `match` on `Curve` is exhaustive, so adding a curve forces
+/// each place that depends on the curve to decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Curve {
     /// NIST P-256 (secp256r1, prime256v1).
     P256,
     /// NIST P-384 (secp384r1).
     P384,
+    /// NIST P-521 (secp521r1).
+    P521,
+    /// secp256k1 (SEC 2).
+    Secp256k1,
 }
 
 /// DER `namedCurve` OIDs (RFC 5480).
 const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const P384_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const P521_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+const SECP256K1_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 
 impl Curve {
     /// Every supported curve.
-    pub const ALL: [Curve; 2] = [Curve::P256, Curve::P384];
+    pub const ALL: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
 
     /// The curve named by a `CKA_EC_PARAMS` value (a DER OBJECT IDENTIFIER): malformed DER or
     /// anything but an OID is `CKR_ATTRIBUTE_VALUE_INVALID`; a well-formed unknown OID is
@@ -154,22 +188,26 @@ impl Curve {
         match self {
             Curve::P256 => P256_OID_DER,
             Curve::P384 => P384_OID_DER,
+            Curve::P521 => P521_OID_DER,
+            Curve::Secp256k1 => SECP256K1_OID_DER,
         }
     }
 
     /// The length in bytes of a field element (and of each of `r` and `s` in a signature).
     pub fn field_bytes(&self) -> usize {
         match self {
-            Curve::P256 => 32,
+            Curve::P256 | Curve::Secp256k1 => 32,
             Curve::P384 => 48,
+            Curve::P521 => 66,
         }
     }
 
     /// The bit length of the group order (the key size PKCS #11 reports).
     pub fn order_bits(&self) -> usize {
         match self {
-            Curve::P256 => 256,
+            Curve::P256 | Curve::Secp256k1 => 256,
             Curve::P384 => 384,
+            Curve::P521 => 521,
         }
     }
 
@@ -183,14 +221,17 @@ impl Curve {
         match self {
             Curve::P256 => raw::nid::P256,
             Curve::P384 => raw::nid::P384,
+            Curve::P521 => raw::nid::P521,
+            Curve::Secp256k1 => raw::nid::SECP256K1,
         }
     }
 
     /// The hash `aws-lc-rs` pairs with the curve for its fast signing path.
     pub(crate) fn natural_hash(self) -> Hash {
         match self {
-            Curve::P256 => Hash::Sha256,
+            Curve::P256 | Curve::Secp256k1 => Hash::Sha256,
             Curve::P384 => Hash::Sha384,
+            Curve::P521 => Hash::Sha512,
         }
     }
 }
@@ -212,6 +253,8 @@ enum Parsed {
     RsaPublic(rsa::RsaPublic),
     EcPrivate(ec::EcPrivate),
     EcPublic(ec::EcPublic),
+    EdPrivate(ed::EdPrivate),
+    EdPublic(ed::EdPublic),
 }
 
 impl std::fmt::Debug for LoadedKey {
@@ -243,6 +286,8 @@ impl LoadedKey {
             KeyMaterial::EcPublic { curve, point } => {
                 Parsed::EcPublic(ec::EcPublic::load(*curve, point)?)
             }
+            KeyMaterial::EdPrivate { seed } => Parsed::EdPrivate(ed::EdPrivate::load(seed)?),
+            KeyMaterial::EdPublic { point } => Parsed::EdPublic(ed::EdPublic::load(point)?),
         };
         Ok(LoadedKey { material, parsed })
     }
@@ -252,14 +297,15 @@ impl LoadedKey {
         &self.material
     }
 
-    /// The key size as PKCS #11 reports it: modulus bits (RSA), order bits (EC), length * 8
-    /// (secret keys).
+    /// The key size as PKCS #11 reports it: modulus bits (RSA), order bits (EC), 255 (Ed25519),
+    /// length * 8 (secret keys).
     pub fn key_bits(&self) -> usize {
         match (&self.parsed, &self.material) {
             (Parsed::RsaPrivate(k), _) => k.bits(),
             (Parsed::RsaPublic(k), _) => k.bits(),
             (Parsed::EcPrivate(k), _) => k.curve().order_bits(),
             (Parsed::EcPublic(k), _) => k.curve().order_bits(),
+            (Parsed::EdPrivate(_) | Parsed::EdPublic(_), _) => 255,
             (Parsed::Secret(_), KeyMaterial::Secret { value, .. }) => value.len().saturating_mul(8),
             (Parsed::Secret(_), _) => 0, // unreachable: load pairs Secret with Secret
         }
@@ -295,6 +341,23 @@ impl LoadedKey {
     fn ec_private(&self) -> Result<&ec::EcPrivate, Rv> {
         match &self.parsed {
             Parsed::EcPrivate(k) => Ok(k),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// The Ed25519 key (private or public) for verification.
+    fn ed_public_op(&self) -> Result<ed::EdRef<'_>, Rv> {
+        match &self.parsed {
+            Parsed::EdPrivate(k) => Ok(ed::EdRef::Private(k)),
+            Parsed::EdPublic(k) => Ok(ed::EdRef::Public(k)),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        }
+    }
+
+    /// The Ed25519 private key for signing.
+    fn ed_private(&self) -> Result<&ed::EdPrivate, Rv> {
+        match &self.parsed {
+            Parsed::EdPrivate(k) => Ok(k),
             _ => Err(CKR_KEY_TYPE_INCONSISTENT),
         }
     }
@@ -345,44 +408,84 @@ pub(crate) fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
     }
 }
 
-/// The digest of `data` with `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384` or
-/// `CKM_SHA512` (else `CKR_MECHANISM_INVALID`).
+/// The digest of `data` with `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384`,
+/// `CKM_SHA512`, `CKM_SHA3_224`, `CKM_SHA3_256`, `CKM_SHA3_384` or `CKM_SHA3_512` (else
+/// `CKR_MECHANISM_INVALID`).
 pub fn digest(mech: CK_MECHANISM_TYPE, data: &[u8]) -> Result<Vec<u8>, Rv> {
-    let h = Hash::from_ckm(mech).ok_or(CKR_MECHANISM_INVALID)?;
-    Ok(h.digest(data).as_ref().to_vec())
+    let mut ctx = DigestCtx::new(mech)?;
+    ctx.update(data);
+    Ok(ctx.finish())
+}
+
+/// The `aws-lc-rs` SHA-3 digest of a `CKM_SHA3_*` mechanism (SHA3-224 is [`sha3`]'s).
+fn sha3_alg(mech: CK_MECHANISM_TYPE) -> Option<&'static digest::Algorithm> {
+    match mech {
+        CKM_SHA3_256 => Some(&digest::SHA3_256),
+        CKM_SHA3_384 => Some(&digest::SHA3_384),
+        CKM_SHA3_512 => Some(&digest::SHA3_512),
+        _ => None,
+    }
 }
 
 /// A streaming digest (`C_DigestInit` / `C_DigestUpdate` / `C_DigestFinal`); cloning it forks
 /// the running state.
 #[derive(Clone)]
-pub struct DigestCtx(digest::Context);
+pub struct DigestCtx(DigestState);
+
+/// The running state of a [`DigestCtx`].
+#[derive(Clone)]
+enum DigestState {
+    /// SHA-1, SHA-2, SHA3-256/384/512 on aws-lc-rs.
+    Lc(digest::Context),
+    /// SHA3-224.
+    Sha3(sha3::Sha3),
+}
 
 impl std::fmt::Debug for DigestCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DigestCtx({:?})", self.0.algorithm())
+        match &self.0 {
+            DigestState::Lc(c) => write!(f, "DigestCtx({:?})", c.algorithm()),
+            DigestState::Sha3(_) => write!(f, "DigestCtx(SHA3-224)"),
+        }
     }
 }
 
 impl DigestCtx {
-    /// Starts a digest with a `CKM_SHA*` mechanism (else `CKR_MECHANISM_INVALID`).
+    /// Starts a digest with a `CKM_SHA*` or `CKM_SHA3_*` mechanism (else
+    /// `CKR_MECHANISM_INVALID`).
     pub fn new(mech: CK_MECHANISM_TYPE) -> Result<Self, Rv> {
-        let h = Hash::from_ckm(mech).ok_or(CKR_MECHANISM_INVALID)?;
-        Ok(DigestCtx(digest::Context::new(h.alg())))
+        if mech == CKM_SHA3_224 {
+            return Ok(DigestCtx(DigestState::Sha3(sha3::Sha3::sha3_224())));
+        }
+        let alg = match Hash::from_ckm(mech) {
+            Some(h) => h.alg(),
+            None => sha3_alg(mech).ok_or(CKR_MECHANISM_INVALID)?,
+        };
+        Ok(DigestCtx(DigestState::Lc(digest::Context::new(alg))))
     }
 
     /// Feeds more data.
     pub fn update(&mut self, data: &[u8]) {
-        self.0.update(data);
+        match &mut self.0 {
+            DigestState::Lc(c) => c.update(data),
+            DigestState::Sha3(c) => c.update(data),
+        }
     }
 
     /// The length of the digest this context produces.
     pub fn output_len(&self) -> usize {
-        self.0.algorithm().output_len()
+        match &self.0 {
+            DigestState::Lc(c) => c.algorithm().output_len(),
+            DigestState::Sha3(c) => c.output_len(),
+        }
     }
 
     /// Finishes and returns the digest.
     pub fn finish(self) -> Vec<u8> {
-        self.0.finish().as_ref().to_vec()
+        match self.0 {
+            DigestState::Lc(c) => c.finish().as_ref().to_vec(),
+            DigestState::Sha3(c) => c.finish(),
+        }
     }
 }
 
@@ -391,7 +494,9 @@ impl DigestCtx {
 enum Family {
     Rsa,
     Ecdsa,
+    Eddsa,
     Hmac,
+    Cmac,
     Aes,
 }
 
@@ -424,7 +529,11 @@ fn family(mech: CK_MECHANISM_TYPE) -> Option<Family> {
         | CKM_SHA256_HMAC_GENERAL
         | CKM_SHA384_HMAC_GENERAL
         | CKM_SHA512_HMAC_GENERAL => Some(Family::Hmac),
-        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM => Some(Family::Aes),
+        CKM_EDDSA => Some(Family::Eddsa),
+        CKM_AES_CMAC | CKM_AES_CMAC_GENERAL => Some(Family::Cmac),
+        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM | CKM_AES_CTR => {
+            Some(Family::Aes)
+        }
         _ => None,
     }
 }
@@ -443,14 +552,24 @@ pub(crate) fn no_param(param: &MechParam) -> Result<(), Rv> {
 /// For a hash-and-sign mechanism, [`SignInput::Message`] is hashed here and
 /// [`SignInput::Prehashed`] is the digest (wrong length: `CKR_DATA_LEN_RANGE`). For the
 /// mechanisms that sign what they are given (`CKM_RSA_PKCS`, `CKM_RSA_PKCS_PSS`, `CKM_ECDSA`,
-/// `CKM_RSA_X_509`) both variants carry that data. HMAC takes only `Message`.
+/// `CKM_RSA_X_509`, `CKM_EDDSA`) both variants carry that data. HMAC and CMAC
+/// (`CKM_AES_CMAC`, `CKM_AES_CMAC_GENERAL`) take only `Message`.
+///
+/// `CKM_EDDSA` is pure Ed25519: its parameter is none, or a raw `CK_EDDSA_PARAMS` with `phFlag`
+/// false and no context (else `CKR_MECHANISM_PARAM_INVALID`). `CKM_ECDSA` takes a digest of any
+/// length (truncated to the order's bit length, as ECDSA specifies).
 pub fn sign(mech: &Mechanism, key: &LoadedKey, input: SignInput<'_>) -> Result<Vec<u8>, Rv> {
     match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::sign(mech, key.rsa_private()?, input),
         Family::Ecdsa => ec::sign(mech, key.ec_private()?, input),
+        Family::Eddsa => ed::sign(mech, key.ed_private()?, input),
         Family::Hmac => {
             let (s, _, value) = key.secret()?;
             sym::hmac_sign(mech, s, value, input)
+        }
+        Family::Cmac => {
+            let (s, key_type, value) = key.secret()?;
+            sym::cmac_sign(mech, s, key_type, value, input)
         }
         Family::Aes => Err(CKR_MECHANISM_INVALID),
     }
@@ -467,9 +586,14 @@ pub fn verify(
     match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::verify(mech, key.rsa_public_op()?, input, signature),
         Family::Ecdsa => ec::verify(mech, key.ec_public_op()?, input, signature),
+        Family::Eddsa => ed::verify(mech, key.ed_public_op()?, input, signature),
         Family::Hmac => {
             let (s, _, value) = key.secret()?;
             sym::hmac_verify(mech, s, value, input, signature)
+        }
+        Family::Cmac => {
+            let (s, key_type, value) = key.secret()?;
+            sym::cmac_verify(mech, s, key_type, value, input, signature)
         }
         Family::Aes => Err(CKR_MECHANISM_INVALID),
     }
@@ -481,9 +605,17 @@ pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
         Family::Rsa if mech.mech == CKM_RSA_PKCS_OAEP => Err(CKR_MECHANISM_INVALID),
         Family::Rsa => Ok(key.rsa_public_op()?.modulus_len()),
         Family::Ecdsa => Ok(2 * key.ec_public_op()?.curve().field_bytes()),
+        Family::Eddsa => {
+            key.ed_public_op()?;
+            Ok(ed::SIG_LEN)
+        }
         Family::Hmac => {
             key.secret()?;
             sym::hmac_len(mech)
+        }
+        Family::Cmac => {
+            key.secret()?;
+            sym::cmac_len(mech)
         }
         Family::Aes => Err(CKR_MECHANISM_INVALID),
     }
@@ -491,7 +623,12 @@ pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
 
 /// Encrypts `data` with `key`: RSA (`CKM_RSA_PKCS`, `CKM_RSA_PKCS_OAEP`, `CKM_RSA_X_509`) with a
 /// public or private key, AES (`CKM_AES_GCM` giving `ciphertext || tag`, `CKM_AES_CBC_PAD`,
-/// `CKM_AES_CBC`, `CKM_AES_ECB`).
+/// `CKM_AES_CBC`, `CKM_AES_ECB`, `CKM_AES_CTR`).
+///
+/// `CKM_AES_CTR` takes a raw `CK_AES_CTR_PARAMS` (24 bytes: `ulCounterBits` u64 LE 1..=128, then
+/// the counter block; else `CKR_MECHANISM_PARAM_INVALID`); data that would wrap the low
+/// `ulCounterBits` bits of the counter is `CKR_DATA_LEN_RANGE` (`CKR_ENCRYPTED_DATA_LEN_RANGE`
+/// when decrypting).
 pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>, Rv> {
     match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::encrypt(mech, key.rsa_public_op()?, data),
@@ -499,7 +636,7 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>
             let (sk, key_type, value) = key.secret()?;
             sym::aes_encrypt(sk, mech, key_type, value, data)
         }
-        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -512,7 +649,7 @@ pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Zeroizi
             let (sk, key_type, value) = key.secret()?;
             sym::aes_decrypt(sk, mech, key_type, value, data)
         }
-        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -525,7 +662,7 @@ pub fn encrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result
             key.secret()?;
             sym::aes_encrypt_len(mech, data_len)
         }
-        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -537,7 +674,7 @@ pub fn decrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result
             key.secret()?;
             sym::aes_decrypt_len(mech, data_len)
         }
-        Family::Ecdsa | Family::Hmac => Err(CKR_MECHANISM_INVALID),
+        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -556,6 +693,8 @@ pub(crate) fn strip_leading_zeros(v: &[u8]) -> &[u8] {
     &v[skip..]
 }
 
+#[cfg(test)]
+mod ext_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The one file of the simulator that calls aws-lc through `aws-lc-sys`: the operations the safe
 //! `aws-lc-rs` API does not offer (RSA with caller-chosen padding, PSS salt lengths and OAEP
 //! labels, ECDSA over a digest of any length, AES-GCM with any IV or tag length, RSA key
-//! generation of any size).
+//! generation of any size, raw ECDH, EC private keys from a scalar on curves `aws-lc-rs` has no
+//! agreement algorithm for (secp256k1), the seed of a parsed Ed25519 PKCS #8, AES key wrap with
+//! AES-192 keys).
 //!
 //! Every C object is owned by a small RAII wrapper that frees it on drop; every return code is
 //! checked; a failure clears aws-lc's thread-local error queue and becomes [`Failed`], which the
@@ -653,9 +655,257 @@ pub(crate) mod nid {
     pub(crate) const P256: c_int = aws_lc_sys::NID_X9_62_prime256v1;
     /// P-384 (`secp384r1`).
     pub(crate) const P384: c_int = aws_lc_sys::NID_secp384r1;
+    /// P-521 (`secp521r1`).
+    pub(crate) const P521: c_int = aws_lc_sys::NID_secp521r1;
+    /// secp256k1.
+    pub(crate) const SECP256K1: c_int = aws_lc_sys::NID_secp256k1;
 }
 
 /// `EVP_PKEY_RSA`.
 pub(crate) const PKEY_RSA: c_int = sys::EVP_PKEY_RSA;
 /// `EVP_PKEY_EC`.
 pub(crate) const PKEY_EC: c_int = sys::EVP_PKEY_EC;
+/// `EVP_PKEY_ED25519`.
+pub(crate) const PKEY_ED25519: c_int = sys::EVP_PKEY_ED25519;
+
+impl Pkey {
+    /// Raw ECDH (SP 800-56A, cofactor 1): the x-coordinate of `d * peer`, left-padded to the
+    /// field length. `peer` is an encoded point (uncompressed or compressed) that must lie on
+    /// this key's curve; this key must be an EC private key.
+    pub(crate) fn ecdh(&self, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failed> {
+        let key = self.ec_key().map_or_else(failed, Ok)?;
+        // SAFETY: `key` is a valid EC key borrowed from self; the group is owned by it.
+        let group = unsafe { sys::EC_KEY_get0_group(key) };
+        if group.is_null() {
+            return failed();
+        }
+        // SAFETY: `key` is valid; returns a pointer owned by the key or NULL.
+        if unsafe { sys::EC_KEY_get0_private_key(key) }.is_null() {
+            return failed();
+        }
+        // SAFETY: `group` is valid; returns an owned point or NULL.
+        let pt = NonNull::new(unsafe { sys::EC_POINT_new(group) })
+            .map(EcPoint)
+            .map_or_else(failed, Ok)?;
+        // SAFETY: all pointers valid; `peer` is read within its length. oct2point rejects points
+        // not on the curve (and the point at infinity, whose encoding is one zero byte).
+        check(unsafe {
+            sys::EC_POINT_oct2point(
+                group,
+                pt.0.as_ptr(),
+                peer.as_ptr(),
+                peer.len(),
+                ptr::null_mut(),
+            )
+        })?;
+        // SAFETY: `group` is valid.
+        let degree = unsafe { sys::EC_GROUP_get_degree(group) };
+        let len = usize::try_from(degree).or_else(|_| failed())?.div_ceil(8);
+        let mut out = Zeroizing::new(vec![0u8; len]);
+        // SAFETY: `out` has `len` writable bytes; the point and key are valid and only read;
+        // no KDF callback.
+        let rc = unsafe {
+            sys::ECDH_compute_key(out.as_mut_ptr().cast(), len, pt.0.as_ptr(), key, None)
+        };
+        if usize::try_from(rc).ok() != Some(len) {
+            return failed();
+        }
+        Ok(out)
+    }
+
+    /// The 32-byte seed of an Ed25519 private key.
+    pub(crate) fn ed25519_seed(&self) -> Result<Zeroizing<Vec<u8>>, Failed> {
+        if self.id() != PKEY_ED25519 {
+            return failed();
+        }
+        let mut out = Zeroizing::new(vec![0u8; 32]);
+        let mut len = out.len();
+        // SAFETY: valid key; `out` has `len` writable bytes and `len` says so.
+        check(unsafe {
+            sys::EVP_PKEY_get_raw_private_key(self.0.as_ptr(), out.as_mut_ptr(), &mut len)
+        })?;
+        if len != 32 {
+            return failed();
+        }
+        Ok(out)
+    }
+}
+
+/// Builds an EC private key on curve `nid` from its big-endian scalar (`0 < d < n`, else
+/// `Failed`), computing the public point: PKCS #8 DER out.
+pub(crate) fn ec_private_from_scalar(
+    nid: c_int,
+    scalar: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    // SAFETY: returns an owned EC_KEY or NULL.
+    let key = NonNull::new(unsafe { sys::EC_KEY_new_by_curve_name(nid) })
+        .map(EcKey)
+        .map_or_else(failed, Ok)?;
+    // SAFETY: `key` is valid; its group is static for a named curve.
+    let group = unsafe { sys::EC_KEY_get0_group(key.0.as_ptr()) };
+    if group.is_null() {
+        return failed();
+    }
+    let d = Bn::from_be(scalar)?;
+    // SAFETY: both valid; the scalar is copied, and rejected if zero or not below the order.
+    check(unsafe { sys::EC_KEY_set_private_key(key.0.as_ptr(), d.0.as_ptr()) })?;
+    // SAFETY: `group` is valid; returns an owned point or NULL.
+    let pt = NonNull::new(unsafe { sys::EC_POINT_new(group) })
+        .map(EcPoint)
+        .map_or_else(failed, Ok)?;
+    // SAFETY: all valid; computes d * G into `pt` (no other terms, default context).
+    check(unsafe {
+        sys::EC_POINT_mul(
+            group,
+            pt.0.as_ptr(),
+            d.0.as_ptr(),
+            ptr::null(),
+            ptr::null(),
+            ptr::null_mut(),
+        )
+    })?;
+    // SAFETY: both valid; the point is copied into the key.
+    check(unsafe { sys::EC_KEY_set_public_key(key.0.as_ptr(), pt.0.as_ptr()) })?;
+    // SAFETY: valid key; checks the pair is consistent.
+    check(unsafe { sys::EC_KEY_check_key(key.0.as_ptr()) })?;
+    let pkey = Pkey::assign(key.0, sys::EVP_PKEY_assign_EC_KEY)?;
+    std::mem::forget(key); // now owned by `pkey`
+    pkey.to_pkcs8()
+}
+
+/// An expanded AES key schedule, cleansed on drop.
+struct AesKey(Box<MaybeUninit<sys::AES_KEY>>);
+
+impl AesKey {
+    /// The encryption (or decryption) schedule of a 16, 24 or 32 byte key.
+    fn new(key: &[u8], decrypt: bool) -> Result<Self, Failed> {
+        if !matches!(key.len(), 16 | 24 | 32) {
+            return failed();
+        }
+        let bits = u32::try_from(key.len() * 8).or_else(|_| failed())?;
+        let mut k = AesKey(Box::new(MaybeUninit::zeroed()));
+        // SAFETY: `key` holds bits/8 readable bytes; the schedule is written in place. These
+        // functions return 0 on success.
+        let rc = unsafe {
+            if decrypt {
+                sys::AES_set_decrypt_key(key.as_ptr(), bits, k.0.as_mut_ptr())
+            } else {
+                sys::AES_set_encrypt_key(key.as_ptr(), bits, k.0.as_mut_ptr())
+            }
+        };
+        if rc != 0 {
+            return failed();
+        }
+        Ok(k)
+    }
+
+    fn ptr(&self) -> *const sys::AES_KEY {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for AesKey {
+    fn drop(&mut self) {
+        // SAFETY: the box holds size_of::<AES_KEY>() writable bytes.
+        unsafe {
+            sys::OPENSSL_cleanse(
+                self.0.as_mut_ptr().cast(),
+                std::mem::size_of::<sys::AES_KEY>(),
+            )
+        };
+    }
+}
+
+/// AES key wrap (RFC 3394 with the default IV, or RFC 5649 when `padded`) with any AES key size
+/// (`aws-lc-rs` offers only AES-128 and AES-256).
+pub(crate) fn aes_wrap(key: &[u8], data: &[u8], padded: bool) -> Result<Vec<u8>, Failed> {
+    let k = AesKey::new(key, false)?;
+    let max = data.len().checked_add(16).map_or_else(failed, Ok)?;
+    let mut out = vec![0u8; max];
+    let len = if padded {
+        let mut len = 0usize;
+        // SAFETY: `out` has `max` writable bytes and `max` says so; `data` is readable.
+        check(unsafe {
+            sys::AES_wrap_key_padded(
+                k.ptr(),
+                out.as_mut_ptr(),
+                &mut len,
+                max,
+                data.as_ptr(),
+                data.len(),
+            )
+        })?;
+        len
+    } else {
+        if data.len() < 16 || data.len() % 8 != 0 {
+            return failed();
+        }
+        // SAFETY: `out` has data.len() + 16 >= data.len() + 8 writable bytes, as AES_wrap_key
+        // writes; a NULL IV selects the default.
+        let rc = unsafe {
+            sys::AES_wrap_key(
+                k.ptr(),
+                ptr::null(),
+                out.as_mut_ptr(),
+                data.as_ptr(),
+                data.len(),
+            )
+        };
+        usize::try_from(rc).or_else(|_| failed())?
+    };
+    if len > max {
+        return failed();
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
+/// Undoes [`aes_wrap`]; any integrity failure is `Failed`.
+pub(crate) fn aes_unwrap(
+    key: &[u8],
+    data: &[u8],
+    padded: bool,
+) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    if data.len() < 16 || data.len() % 8 != 0 {
+        return failed();
+    }
+    let k = AesKey::new(key, true)?;
+    let max = data.len();
+    let mut out = Zeroizing::new(vec![0u8; max]);
+    let len = if padded {
+        let mut len = 0usize;
+        // SAFETY: `out` has `max` writable bytes and `max` says so; `data` is readable.
+        check(unsafe {
+            sys::AES_unwrap_key_padded(
+                k.ptr(),
+                out.as_mut_ptr(),
+                &mut len,
+                max,
+                data.as_ptr(),
+                data.len(),
+            )
+        })?;
+        len
+    } else {
+        if data.len() < 24 {
+            return failed();
+        }
+        // SAFETY: `out` has data.len() >= data.len() - 8 writable bytes; a NULL IV selects the
+        // default.
+        let rc = unsafe {
+            sys::AES_unwrap_key(
+                k.ptr(),
+                ptr::null(),
+                out.as_mut_ptr(),
+                data.as_ptr(),
+                data.len(),
+            )
+        };
+        usize::try_from(rc).or_else(|_| failed())?
+    };
+    if len > max {
+        return failed();
+    }
+    out.truncate(len);
+    Ok(out)
+}

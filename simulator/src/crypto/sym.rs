@@ -1,5 +1,5 @@
-//! Secret-key mechanisms: HMAC (and its `_GENERAL` truncated forms) and AES (GCM, CBC with
-//! PKCS #7 padding, CBC, ECB).
+//! Secret-key mechanisms: HMAC (and its `_GENERAL` truncated forms), AES-CMAC (and
+//! `CKM_AES_CMAC_GENERAL`) and AES (GCM, CBC with PKCS #7 padding, CBC, ECB, CTR).
 //!
 //! AES-GCM with a 12-byte IV and a 16-byte tag runs on `aws_lc_rs::aead`; other IV and tag
 //! lengths use aws-lc's EVP_AEAD through [`raw`].
@@ -11,7 +11,7 @@ use aws_lc_rs::cipher::{
     DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, PaddedBlockDecryptingKey,
     PaddedBlockEncryptingKey, UnboundCipherKey, AES_128, AES_192, AES_256,
 };
-use aws_lc_rs::{constant_time, hmac};
+use aws_lc_rs::{cmac, constant_time, hmac};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
@@ -28,6 +28,9 @@ pub(crate) struct SecretKey {
     /// The AES-GCM key (key schedule and GHASH tables), built once; `None` for a value that is
     /// not an AES key length.
     gcm: OnceLock<Option<LessSafeKey>>,
+    /// The AES-CMAC key (subkeys derived), built once; `None` for a value that is not an AES
+    /// key length.
+    cmac: OnceLock<Option<cmac::Key>>,
 }
 
 impl SecretKey {
@@ -36,7 +39,24 @@ impl SecretKey {
         SecretKey {
             hmac: Default::default(),
             gcm: OnceLock::new(),
+            cmac: OnceLock::new(),
         }
+    }
+
+    /// The AES-CMAC key, built once.
+    fn cmac_key(&self, value: &[u8]) -> Result<&cmac::Key, Rv> {
+        self.cmac
+            .get_or_init(|| {
+                let alg = match value.len() {
+                    16 => cmac::AES_128,
+                    24 => cmac::AES_192,
+                    32 => cmac::AES_256,
+                    _ => return None,
+                };
+                cmac::Key::new(alg, value).ok()
+            })
+            .as_ref()
+            .ok_or(CKR_KEY_SIZE_RANGE)
     }
 
     /// The AES-GCM key, built once (per-operation key setup costs more than sealing 4 KiB).
@@ -55,7 +75,7 @@ impl SecretKey {
 }
 
 /// The aws-lc-rs HMAC algorithm of a hash.
-fn hmac_alg(hash: Hash) -> hmac::Algorithm {
+pub(crate) fn hmac_alg(hash: Hash) -> hmac::Algorithm {
     match hash {
         Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         Hash::Sha224 => hmac::HMAC_SHA224,
@@ -133,6 +153,133 @@ pub(crate) fn hmac_verify(
     }
     constant_time::verify_slices_are_equal(&tag.as_ref()[..n], signature)
         .map_err(|_| CKR_SIGNATURE_INVALID)
+}
+
+/// The MAC length of `CKM_AES_CMAC` (16) or `CKM_AES_CMAC_GENERAL` (its `CK_ULONG` parameter,
+/// 1..=16).
+pub(crate) fn cmac_len(mech: &Mechanism) -> Result<usize, Rv> {
+    match mech.mech {
+        CKM_AES_CMAC => {
+            no_param(&mech.param)?;
+            Ok(BLOCK)
+        }
+        CKM_AES_CMAC_GENERAL => match mech.param {
+            MechParam::Ulong(n) => match usize::try_from(n) {
+                Ok(n) if (1..=BLOCK).contains(&n) => Ok(n),
+                _ => Err(CKR_MECHANISM_PARAM_INVALID),
+            },
+            _ => Err(CKR_MECHANISM_PARAM_INVALID),
+        },
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// The full AES-CMAC of a message (no prehashed form: `CKR_MECHANISM_INVALID`).
+fn cmac_tag(
+    key: &SecretKey,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    input: SignInput<'_>,
+) -> Result<cmac::Tag, Rv> {
+    aes_key(key_type, value)?;
+    match input {
+        SignInput::Message(m) => {
+            cmac::sign(key.cmac_key(value)?, m).map_err(|_| CKR_FUNCTION_FAILED)
+        }
+        SignInput::Prehashed(_) => Err(CKR_MECHANISM_INVALID),
+    }
+}
+
+/// AES-CMAC sign (NIST SP 800-38B), truncated for `CKM_AES_CMAC_GENERAL`.
+pub(crate) fn cmac_sign(
+    mech: &Mechanism,
+    key: &SecretKey,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    input: SignInput<'_>,
+) -> Result<Vec<u8>, Rv> {
+    let n = cmac_len(mech)?;
+    let tag = cmac_tag(key, key_type, value, input)?;
+    tag.as_ref()
+        .get(..n)
+        .map(<[u8]>::to_vec)
+        .ok_or(CKR_GENERAL_ERROR)
+}
+
+/// AES-CMAC verify, in constant time with respect to the MAC's contents.
+pub(crate) fn cmac_verify(
+    mech: &Mechanism,
+    key: &SecretKey,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    input: SignInput<'_>,
+    signature: &[u8],
+) -> Result<(), Rv> {
+    let n = cmac_len(mech)?;
+    let tag = cmac_tag(key, key_type, value, input)?;
+    if signature.len() != n {
+        return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    let expected = tag.as_ref().get(..n).ok_or(CKR_GENERAL_ERROR)?;
+    constant_time::verify_slices_are_equal(expected, signature).map_err(|_| CKR_SIGNATURE_INVALID)
+}
+
+/// `CK_AES_CTR_PARAMS` from its raw x86_64 bytes (`ulCounterBits` u64 LE, then the 16-byte
+/// counter block): `(counter bits 1..=128, block)`, else `CKR_MECHANISM_PARAM_INVALID`.
+fn ctr_params(param: &MechParam) -> Result<(u32, [u8; BLOCK]), Rv> {
+    let MechParam::Raw(r) = param else {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    };
+    if r.len() != 8 + BLOCK {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let (bits, cb) = r.split_at(8);
+    let bits = u64::from_le_bytes(bits.try_into().map_err(|_| CKR_MECHANISM_PARAM_INVALID)?);
+    let cb: [u8; BLOCK] = cb.try_into().map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+    match u32::try_from(bits) {
+        Ok(b) if (1..=128).contains(&b) => Ok((b, cb)),
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
+/// Whether `len` bytes of CTR keystream fit in the counter without wrapping: the low
+/// `bits` bits of the block count up from their initial value, once per block.
+fn ctr_fits(bits: u32, cb: &[u8; BLOCK], len: usize) -> bool {
+    let blocks = len.div_ceil(BLOCK) as u128; // usize fits in u128
+    if blocks == 0 {
+        return true;
+    }
+    let mask = if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    let counter = u128::from_be_bytes(*cb) & mask;
+    blocks - 1 <= mask - counter
+}
+
+/// AES-CTR over `data` (encryption and decryption are the same), after the parameter, key and
+/// counter-wrap checks; `len_err` is the `CK_RV` of data that would wrap the counter.
+fn aes_ctr(
+    mech: &Mechanism,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    data: &[u8],
+    len_err: Rv,
+) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    let (bits, cb) = ctr_params(&mech.param)?;
+    aes_key(key_type, value)?;
+    if !ctr_fits(bits, &cb, data.len()) {
+        return Err(len_err);
+    }
+    let mut buf = Zeroizing::new(data.to_vec());
+    if !buf.is_empty() {
+        // With no wrap of the low `bits` bits, aws-lc's 128-bit increment gives the same stream.
+        let k = EncryptingKey::ctr(cipher_key(value)?).map_err(|_| CKR_FUNCTION_FAILED)?;
+        k.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(cb.into()))
+            .map_err(|_| CKR_FUNCTION_FAILED)?;
+    }
+    Ok(buf)
 }
 
 /// Checks that the key is an AES key of a valid length.
@@ -221,6 +368,11 @@ pub(crate) fn aes_encrypt(
             }
             raw::aes_gcm_seal(value, iv, aad, tag_len, data).map_err(|_| CKR_FUNCTION_FAILED)
         }
+        CKM_AES_CTR => {
+            // The buffer holds ciphertext now: moving it out unzeroized is fine.
+            let mut ct = aes_ctr(mech, key_type, value, data, CKR_DATA_LEN_RANGE)?;
+            Ok(std::mem::take(&mut *ct))
+        }
         CKM_AES_CBC_PAD => {
             let iv = cbc_iv(&mech.param)?;
             aes_key(key_type, value)?;
@@ -290,6 +442,7 @@ pub(crate) fn aes_decrypt(
             }
             raw::aes_gcm_open(value, iv, aad, tag_len, data).map_err(|_| CKR_ENCRYPTED_DATA_INVALID)
         }
+        CKM_AES_CTR => aes_ctr(mech, key_type, value, data, CKR_ENCRYPTED_DATA_LEN_RANGE),
         CKM_AES_CBC_PAD => {
             let iv = cbc_iv(&mech.param)?;
             aes_key(key_type, value)?;
@@ -340,6 +493,10 @@ pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize
         CKM_AES_GCM => Ok(data_len.saturating_add(gcm_params(&mech.param)?.2)),
         CKM_AES_CBC_PAD => Ok((data_len / BLOCK + 1).saturating_mul(BLOCK)),
         CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
+        CKM_AES_CTR => {
+            ctr_params(&mech.param)?;
+            Ok(data_len)
+        }
         _ => Err(CKR_MECHANISM_INVALID),
     }
 }
@@ -349,6 +506,10 @@ pub(crate) fn aes_decrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize
     match mech.mech {
         CKM_AES_GCM => Ok(data_len.saturating_sub(gcm_params(&mech.param)?.2)),
         CKM_AES_CBC_PAD | CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
+        CKM_AES_CTR => {
+            ctr_params(&mech.param)?;
+            Ok(data_len)
+        }
         _ => Err(CKR_MECHANISM_INVALID),
     }
 }

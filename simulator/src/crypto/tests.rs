@@ -655,10 +655,18 @@ fn rsa_concurrent_signing() {
 fn curve_params() {
     for c in Curve::ALL {
         assert_eq!(Curve::from_ec_params(c.ec_params_der()), Ok(c));
-        assert_eq!(c.order_bits(), c.field_bytes() * 8);
+        assert_eq!(c.order_bits().div_ceil(8), c.field_bytes());
     }
-    // P-521, secp256k1, Ed25519 OIDs: well formed, not supported.
-    for oid in ["06052b81040023", "06052b8104000a", "06032b6570"] {
+    assert_eq!(
+        Curve::from_ec_params(&hex("06052b81040023")),
+        Ok(Curve::P521)
+    );
+    assert_eq!(
+        Curve::from_ec_params(&hex("06052b8104000a")),
+        Ok(Curve::Secp256k1)
+    );
+    // Ed25519 (its own key kind) and secp224r1: well formed, not supported.
+    for oid in ["06032b6570", "06052b81040021"] {
         assert_eq!(
             Curve::from_ec_params(&hex(oid)),
             Err(CKR_CURVE_NOT_SUPPORTED),
@@ -736,16 +744,39 @@ fn ecdsa_all_hashes_and_digest_lengths() {
             );
         }
         let fb = curve.field_bytes();
-        // Short digests are left-padded: d and 0..0 || d are the same integer.
+        // Short digests are left-padded: d and 0..0 || d are the same integer (as long as the
+        // padded form is not longer than the order's bit length: 65 bytes for P-521, whose
+        // 66-byte inputs are shifted right by 7 bits).
         let short = [0xa5u8; 20];
         let s = sign(&m(CKM_ECDSA), &private, SignInput::Message(&short)).unwrap();
-        let mut padded = vec![0u8; fb - short.len()];
+        let mut padded = vec![0u8; curve.order_bits() / 8 - short.len()];
         padded.extend_from_slice(&short);
         verify(&m(CKM_ECDSA), &public, SignInput::Message(&padded), &s).unwrap();
         // Long digests are truncated to the leftmost order bits.
         let long: Vec<u8> = (0..100u8).collect();
         let s = sign(&m(CKM_ECDSA), &private, SignInput::Message(&long)).unwrap();
-        verify(&m(CKM_ECDSA), &public, SignInput::Message(&long[..fb]), &s).unwrap();
+        let extra = fb * 8 - curve.order_bits();
+        if extra == 0 {
+            verify(&m(CKM_ECDSA), &public, SignInput::Message(&long[..fb]), &s).unwrap();
+        } else {
+            // P-521: the leftmost 521 bits, i.e. long[..66] >> 7 (long[0] is 0, so it fits in
+            // 65 bytes, which are not truncated again).
+            let shifted = super::ext_tests::shr_bits(&long[..fb], extra);
+            assert_eq!(shifted[0], 0);
+            verify(
+                &m(CKM_ECDSA),
+                &public,
+                SignInput::Message(&shifted[1..]),
+                &s,
+            )
+            .unwrap();
+            verify(&m(CKM_ECDSA), &public, SignInput::Message(&long[..fb]), &s).unwrap();
+            // Byte-level truncation (the integer long[..66], unshifted) would be wrong.
+            assert_eq!(
+                verify(&m(CKM_ECDSA), &public, SignInput::Message(&long[1..fb]), &s),
+                Err(CKR_SIGNATURE_INVALID)
+            );
+        }
         // Any single byte of input changes: invalid.
         let mut bad = s.clone();
         bad[1] ^= 1;

@@ -341,3 +341,196 @@ fn hmac() {
         });
     }
 }
+
+fn secret_key(value: Vec<u8>) -> LoadedKey {
+    LoadedKey::load(KeyMaterial::Secret {
+        key_type: CKK_AES,
+        value: Zeroizing::new(value),
+    })
+    .expect("secret key")
+}
+
+#[test]
+fn ecdsa_p521_p1363() {
+    let Some(file) = load("ecdsa_secp521r1_sha512_p1363_test.json") else {
+        return;
+    };
+    let n = run(&file, |group, test| {
+        let point = hex(&group["publicKey"]["uncompressed"]);
+        let key = LoadedKey::load(KeyMaterial::EcPublic {
+            curve: Curve::P521,
+            point,
+        })
+        .expect("public key");
+        let msg = hex(&test["msg"]);
+        let sig = hex(&test["sig"]);
+        let hashed = verify(
+            &Mechanism::plain(CKM_ECDSA_SHA512),
+            &key,
+            SignInput::Message(&msg),
+            &sig,
+        )
+        .is_ok();
+        // The same through CKM_ECDSA over the digest, and through the prehashed input.
+        let d = digest(CKM_SHA512, &msg).expect("sha512");
+        let raw = verify(
+            &Mechanism::plain(CKM_ECDSA),
+            &key,
+            SignInput::Message(&d),
+            &sig,
+        )
+        .is_ok();
+        let pre = verify(
+            &Mechanism::plain(CKM_ECDSA_SHA512),
+            &key,
+            SignInput::Prehashed(&d),
+            &sig,
+        )
+        .is_ok();
+        assert_eq!((hashed, hashed), (raw, pre), "{test}");
+        hashed
+    });
+    assert!(n > 200, "{n}");
+}
+
+#[test]
+fn ed25519() {
+    let Some(file) = load("ed25519_test.json") else {
+        return;
+    };
+    let n = run(&file, |group, test| {
+        let point = hex(&group["publicKey"]["pk"]);
+        let key = LoadedKey::load(KeyMaterial::EdPublic { point }).expect("public key");
+        verify(
+            &Mechanism::plain(CKM_EDDSA),
+            &key,
+            SignInput::Message(&hex(&test["msg"])),
+            &hex(&test["sig"]),
+        )
+        .is_ok()
+    });
+    assert!(n > 100, "{n}");
+}
+
+#[test]
+fn aes_cmac() {
+    let Some(file) = load("aes_cmac_test.json") else {
+        return;
+    };
+    let n = run(&file, |group, test| {
+        let key = secret_key(hex(&test["key"]));
+        let tag_len = num(&group["tagSize"]) as CK_ULONG / 8;
+        let mech = Mechanism {
+            mech: CKM_AES_CMAC_GENERAL,
+            param: MechParam::Ulong(tag_len),
+        };
+        let msg = hex(&test["msg"]);
+        let tag = hex(&test["tag"]);
+        if test["result"] == "valid" {
+            assert_eq!(sign(&mech, &key, SignInput::Message(&msg)), Ok(tag.clone()));
+            if tag_len == 16 {
+                let full = Mechanism::plain(CKM_AES_CMAC);
+                assert_eq!(sign(&full, &key, SignInput::Message(&msg)), Ok(tag.clone()));
+                assert_eq!(verify(&full, &key, SignInput::Message(&msg), &tag), Ok(()));
+            }
+        }
+        verify(&mech, &key, SignInput::Message(&msg), &tag).is_ok()
+    });
+    assert!(n > 300, "{n}");
+}
+
+/// AES-KW and AES-KWP: unwrap must recover `msg` (valid) or fail with a wrapped-key error;
+/// valid cases must wrap to `ct`.
+fn key_wrap_file(name: &str, mech: CK_MECHANISM_TYPE) -> usize {
+    let Some(file) = load(name) else { return 0 };
+    run(&file, |_, test| {
+        let key = secret_key(hex(&test["key"]));
+        let m = Mechanism::plain(mech);
+        let msg = hex(&test["msg"]);
+        let ct = hex(&test["ct"]);
+        if test["result"] == "valid" {
+            assert_eq!(wrap(&m, &key, &msg), Ok(ct.clone()), "{test}");
+        }
+        match unwrap(&m, &key, &ct) {
+            Ok(p) => *p == msg,
+            Err(rv) => {
+                assert!(
+                    [
+                        CKR_WRAPPED_KEY_INVALID,
+                        CKR_WRAPPED_KEY_LEN_RANGE,
+                        CKR_UNWRAPPING_KEY_SIZE_RANGE
+                    ]
+                    .contains(&rv),
+                    "{rv:#x} {test}"
+                );
+                false
+            }
+        }
+    })
+}
+
+#[test]
+fn aes_key_wrap() {
+    assert!(key_wrap_file("aes_wrap_test.json", CKM_AES_KEY_WRAP) > 100);
+}
+
+#[test]
+fn aes_key_wrap_pad() {
+    assert!(key_wrap_file("aes_kwp_test.json", CKM_AES_KEY_WRAP_KWP) > 100);
+}
+
+#[test]
+fn ecdh_ecpoint() {
+    for (name, curve) in [
+        ("ecdh_secp256r1_ecpoint_test.json", Curve::P256),
+        ("ecdh_secp384r1_ecpoint_test.json", Curve::P384),
+    ] {
+        let Some(file) = load(name) else { return };
+        let n = run(&file, |_, test| {
+            let (pkcs8, _) =
+                ec_private_from_scalar(curve, &hex(&test["private"])).expect("private key");
+            let key = LoadedKey::load(KeyMaterial::EcPrivate { curve, pkcs8 }).expect("key");
+            let public = hex(&test["public"]);
+            match ecdh_derive(&key, &public, CKD_NULL, &[], 0) {
+                Ok(z) => {
+                    // The DER-wrapped form gives the same secret.
+                    let wrapped = ec_point_to_attr(&public);
+                    let z2 = ecdh_derive(&key, &wrapped, CKD_NULL, &[], 0).expect("wrapped");
+                    assert_eq!(*z, *z2);
+                    *z == hex(&test["shared"])
+                }
+                Err(rv) => {
+                    assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID, "{test}");
+                    false
+                }
+            }
+        });
+        assert!(n > 100, "{name}: {n}");
+    }
+}
+
+#[test]
+fn hkdf_sha256() {
+    let Some(file) = load("hkdf_sha256_test.json") else {
+        return;
+    };
+    let n = run(&file, |_, test| {
+        let size = num(&test["size"]) as usize;
+        match hkdf(
+            CKM_SHA256,
+            true,
+            true,
+            &hex(&test["salt"]),
+            &hex(&test["ikm"]),
+            &hex(&test["info"]),
+            size,
+        ) {
+            Ok(okm) => *okm == hex(&test["okm"]),
+            Err(rv) => {
+                assert_eq!(rv, CKR_TEMPLATE_INCONSISTENT);
+                false
+            }
+        }
+    });
+    assert!(n > 50, "{n}");
+}

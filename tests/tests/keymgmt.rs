@@ -1,0 +1,489 @@
+//! Key management through the C ABI: C_WrapKey / C_UnwrapKey (AES key wrap, KWP, RSA-OAEP) and
+//! C_DeriveKey (ECDH, HKDF), each checked against aws-lc directly.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::c_void;
+use std::ptr;
+
+use cryptoki_sys::*;
+use hsmpool_tests::call;
+use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, TRUE};
+
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    }
+}
+
+fn mech_param<T>(m: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: p as *mut T as *mut c_void,
+        ulParameterLen: std::mem::size_of::<T>() as CK_ULONG,
+    }
+}
+
+fn secret(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    kt: CK_KEY_TYPE,
+    value: &[u8],
+    extra: &[CK_ATTRIBUTE],
+) -> CK_OBJECT_HANDLE {
+    let class = CKO_SECRET_KEY;
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, value),
+    ];
+    t.extend_from_slice(extra);
+    let mut o = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_CreateObject,
+            h,
+            t.as_mut_ptr(),
+            t.len() as CK_ULONG,
+            &mut o
+        ),
+        CKR_OK,
+        "create secret key"
+    );
+    o
+}
+
+fn get(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    o: CK_OBJECT_HANDLE,
+    ty: CK_ATTRIBUTE_TYPE,
+) -> Result<Vec<u8>, CK_RV> {
+    let mut a = CK_ATTRIBUTE {
+        type_: ty,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    let rv = call!(m, C_GetAttributeValue, h, o, &mut a, 1);
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut buf = vec![0u8; a.ulValueLen as usize];
+    a.pValue = buf.as_mut_ptr() as *mut c_void;
+    assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_OK);
+    Ok(buf)
+}
+
+fn wrap(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    w: CK_OBJECT_HANDLE,
+    k: CK_OBJECT_HANDLE,
+) -> Result<Vec<u8>, CK_RV> {
+    let mut len: CK_ULONG = 0;
+    let rv = call!(m, C_WrapKey, h, mm, w, k, ptr::null_mut(), &mut len);
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut out = vec![0u8; len as usize];
+    assert_eq!(
+        call!(m, C_WrapKey, h, mm, w, k, out.as_mut_ptr(), &mut len),
+        CKR_OK
+    );
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+fn unwrap(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    u: CK_OBJECT_HANDLE,
+    wrapped: &[u8],
+    t: &mut [CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut o = 0;
+    match call!(
+        m,
+        C_UnwrapKey,
+        h,
+        mm,
+        u,
+        wrapped.as_ptr() as *mut u8,
+        wrapped.len() as CK_ULONG,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+fn ecb(m: &Module, h: CK_SESSION_HANDLE, k: CK_OBJECT_HANDLE) -> Vec<u8> {
+    let mut iv = [7u8; 16];
+    let mut mm = CK_MECHANISM {
+        mechanism: CKM_AES_CBC,
+        pParameter: iv.as_mut_ptr() as *mut c_void,
+        ulParameterLen: 16,
+    };
+    assert_eq!(call!(m, C_EncryptInit, h, &mut mm, k), CKR_OK);
+    let data = [0x33u8; 32];
+    let mut out = [0u8; 32];
+    let mut n: CK_ULONG = 32;
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            data.as_ptr() as *mut u8,
+            32,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+    out.to_vec()
+}
+
+#[test]
+fn aes_key_wrap_matches_aws_lc_and_unwraps_to_the_same_key() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let kek_value = [0x4bu8; 32];
+    let key_value = [0x19u8; 32];
+    let kek = secret(
+        m,
+        h,
+        CKK_AES,
+        &kek_value,
+        &[
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_UNWRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ],
+    );
+    let key = secret(m, h, CKK_AES, &key_value, &[attr(CKA_EXTRACTABLE, &TRUE)]);
+    let wrapped = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP), kek, key).expect("wrap");
+    let expect = {
+        let k = aws_lc_rs::key_wrap::AesKek::new(&aws_lc_rs::key_wrap::AES_256, &kek_value)
+            .expect("kek");
+        let mut out = [0u8; 40];
+        aws_lc_rs::key_wrap::KeyWrap::wrap(k, &key_value, &mut out)
+            .expect("aws-lc wraps")
+            .to_vec()
+    };
+    assert_eq!(wrapped, expect, "RFC 3394 output equals aws-lc's");
+    let class = CKO_SECRET_KEY;
+    let aes = CKK_AES;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &aes),
+        attr(CKA_ENCRYPT, &TRUE),
+    ];
+    let copy = unwrap(m, h, &mut mech(CKM_AES_KEY_WRAP), kek, &wrapped, &mut t).expect("unwrap");
+    assert_eq!(
+        ecb(m, h, copy),
+        ecb(m, h, key),
+        "the unwrapped key is the same key"
+    );
+    assert_eq!(get(m, h, copy, CKA_LOCAL), Ok(vec![0]));
+    assert_eq!(get(m, h, copy, CKA_NEVER_EXTRACTABLE), Ok(vec![0]));
+    assert_eq!(get(m, h, copy, CKA_ALWAYS_SENSITIVE), Ok(vec![0]));
+    // KWP too.
+    let wrapped = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), kek, key).expect("KWP wrap");
+    let copy =
+        unwrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), kek, &wrapped, &mut t).expect("KWP unwrap");
+    assert_eq!(ecb(m, h, copy), ecb(m, h, key));
+    // Refusals.
+    let mut bad = wrapped.clone();
+    bad[3] ^= 1;
+    assert_eq!(
+        unwrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), kek, &bad, &mut t),
+        Err(CKR_WRAPPED_KEY_INVALID)
+    );
+    let locked = secret(m, h, CKK_AES, &key_value, &[]);
+    assert_eq!(
+        wrap(m, h, &mut mech(CKM_AES_KEY_WRAP), kek, locked),
+        Err(CKR_KEY_UNEXTRACTABLE)
+    );
+    let not_a_kek = secret(m, h, CKK_AES, &kek_value, &[]);
+    assert_eq!(
+        wrap(m, h, &mut mech(CKM_AES_KEY_WRAP), not_a_kek, key),
+        Err(CKR_KEY_FUNCTION_NOT_PERMITTED)
+    );
+    assert_eq!(
+        wrap(m, h, &mut mech(CKM_AES_KEY_WRAP), 0xdead, key),
+        Err(CKR_WRAPPING_KEY_HANDLE_INVALID)
+    );
+    assert_eq!(
+        wrap(m, h, &mut mech(CKM_AES_KEY_WRAP), kek, 0xdead),
+        Err(CKR_KEY_HANDLE_INVALID)
+    );
+    assert_eq!(
+        unwrap(m, h, &mut mech(CKM_AES_KEY_WRAP), 0xdead, &wrapped, &mut t),
+        Err(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+    );
+    assert_eq!(
+        wrap(m, h, &mut mech(CKM_SHA256_RSA_PKCS), kek, key),
+        Err(CKR_MECHANISM_INVALID)
+    );
+}
+
+#[test]
+fn private_keys_wrap_as_pkcs8_and_aes_keys_under_rsa_oaep() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let kek = secret(
+        m,
+        h,
+        CKK_AES,
+        &[0x61u8; 32],
+        &[
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_UNWRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ],
+    );
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [
+        attr(CKA_MODULUS_BITS, &bits),
+        attr(CKA_WRAP, &TRUE),
+        attr(CKA_ENCRYPT, &FALSE),
+    ];
+    let mut priv_t = [
+        attr(CKA_EXTRACTABLE, &TRUE),
+        attr(CKA_UNWRAP, &TRUE),
+        attr(CKA_DECRYPT, &FALSE),
+    ];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            3,
+            priv_t.as_mut_ptr(),
+            3,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    let wrapped = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), kek, k).expect("wrap a private key");
+    let class = CKO_PRIVATE_KEY;
+    let rsa = CKK_RSA;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &rsa),
+        attr(CKA_SIGN, &TRUE),
+    ];
+    let copy = unwrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), kek, &wrapped, &mut t)
+        .expect("unwrap a private key");
+    assert_eq!(
+        get(m, h, copy, CKA_MODULUS),
+        get(m, h, k, CKA_MODULUS),
+        "the same RSA key"
+    );
+    let data = b"signed by the unwrapped key";
+    let mut sm = mech(CKM_SHA256_RSA_PKCS);
+    assert_eq!(call!(m, C_SignInit, h, &mut sm, copy), CKR_OK);
+    let mut sig = [0u8; 256];
+    let mut n: CK_ULONG = 256;
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+    let modulus = get(m, h, p, CKA_MODULUS).expect("modulus");
+    aws_lc_rs::signature::RsaPublicKeyComponents {
+        n: &modulus[..],
+        e: &[1u8, 0, 1][..],
+    }
+    .verify(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        data,
+        &sig,
+    )
+    .expect("the unwrapped key signs as the original");
+    // An AES key under RSA-OAEP.
+    let aes_value = [0x2au8; 16];
+    let key = secret(m, h, CKK_AES, &aes_value, &[attr(CKA_EXTRACTABLE, &TRUE)]);
+    let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        source: CKZ_DATA_SPECIFIED,
+        pSourceData: ptr::null_mut(),
+        ulSourceDataLen: 0,
+    };
+    let wrapped =
+        wrap(m, h, &mut mech_param(CKM_RSA_PKCS_OAEP, &mut oaep), p, key).expect("OAEP wrap");
+    assert_eq!(wrapped.len(), 256);
+    let sk = CKO_SECRET_KEY;
+    let aes = CKK_AES;
+    let mut t = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &aes),
+        attr(CKA_ENCRYPT, &TRUE),
+    ];
+    let copy = unwrap(
+        m,
+        h,
+        &mut mech_param(CKM_RSA_PKCS_OAEP, &mut oaep),
+        k,
+        &wrapped,
+        &mut t,
+    )
+    .expect("OAEP unwrap");
+    assert_eq!(ecb(m, h, copy), ecb(m, h, key));
+}
+
+#[test]
+fn ecdh_and_hkdf_derive_what_aws_lc_derives() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let pair = |m: &Module| {
+        let mut pub_t = [attr_bytes(CKA_EC_PARAMS, P256_OID)];
+        let mut priv_t = [attr(CKA_DERIVE, &TRUE)];
+        let (mut p, mut k) = (0, 0);
+        assert_eq!(
+            call!(
+                m,
+                C_GenerateKeyPair,
+                h,
+                &mut mech(CKM_EC_KEY_PAIR_GEN),
+                pub_t.as_mut_ptr(),
+                1,
+                priv_t.as_mut_ptr(),
+                1,
+                &mut p,
+                &mut k
+            ),
+            CKR_OK
+        );
+        (p, k)
+    };
+    let (pa, ka) = pair(m);
+    let (pb, kb) = pair(m);
+    let point_a = get(m, h, pa, CKA_EC_POINT).expect("point");
+    let point_b = get(m, h, pb, CKA_EC_POINT).expect("point");
+    let derive = |m: &Module, k: CK_OBJECT_HANDLE, peer: &[u8], kdf: CK_ULONG| {
+        let mut params = CK_ECDH1_DERIVE_PARAMS {
+            kdf,
+            ulSharedDataLen: 0,
+            pSharedData: ptr::null_mut(),
+            ulPublicDataLen: peer.len() as CK_ULONG,
+            pPublicData: peer.as_ptr() as *mut u8,
+        };
+        let mut mm = mech_param(CKM_ECDH1_DERIVE, &mut params);
+        let class = CKO_SECRET_KEY;
+        let gs = CKK_GENERIC_SECRET;
+        let len: CK_ULONG = 32;
+        let mut t = [
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &gs),
+            attr(CKA_VALUE_LEN, &len),
+            attr(CKA_SENSITIVE, &FALSE),
+            attr(CKA_EXTRACTABLE, &TRUE),
+        ];
+        let mut o = 0;
+        assert_eq!(
+            call!(
+                m,
+                C_DeriveKey,
+                h,
+                &mut mm,
+                k,
+                t.as_mut_ptr(),
+                t.len() as CK_ULONG,
+                &mut o
+            ),
+            CKR_OK,
+            "ECDH derive"
+        );
+        get(m, h, o, CKA_VALUE).expect("derived value is readable")
+    };
+    for kdf in [CKD_NULL, CKD_SHA256_KDF] {
+        let ab = derive(m, ka, &point_b, kdf);
+        let ba = derive(m, kb, &point_a[2..], kdf);
+        assert_eq!(
+            ab, ba,
+            "both sides agree (kdf {kdf:#x}; raw and DER-wrapped peer points)"
+        );
+        assert_eq!(ab.len(), 32);
+    }
+    // HKDF over a generic secret, against aws-lc.
+    let ikm = [0x0bu8; 22];
+    let base = secret(m, h, CKK_GENERIC_SECRET, &ikm, &[attr(CKA_DERIVE, &TRUE)]);
+    let salt = [0x00u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    let info = [0xf0u8, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9];
+    let mut hp = CK_HKDF_PARAMS {
+        bExtract: CK_TRUE,
+        bExpand: CK_TRUE,
+        prfHashMechanism: CKM_SHA256,
+        ulSaltType: CKF_HKDF_SALT_DATA,
+        pSalt: salt.as_ptr() as *mut u8,
+        ulSaltLen: salt.len() as CK_ULONG,
+        hSaltKey: 0,
+        pInfo: info.as_ptr() as *mut u8,
+        ulInfoLen: info.len() as CK_ULONG,
+    };
+    let mut mm = mech_param(CKM_HKDF_DERIVE, &mut hp);
+    let class = CKO_SECRET_KEY;
+    let gs = CKK_GENERIC_SECRET;
+    let len: CK_ULONG = 42;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &gs),
+        attr(CKA_VALUE_LEN, &len),
+        attr(CKA_SENSITIVE, &FALSE),
+        attr(CKA_EXTRACTABLE, &TRUE),
+    ];
+    let mut o = 0;
+    assert_eq!(
+        call!(m, C_DeriveKey, h, &mut mm, base, t.as_mut_ptr(), 5, &mut o),
+        CKR_OK,
+        "HKDF derive"
+    );
+    // RFC 5869 test case 1.
+    let okm: [u8; 42] = [
+        0x3c, 0xb2, 0x5f, 0x25, 0xfa, 0xac, 0xd5, 0x7a, 0x90, 0x43, 0x4f, 0x64, 0xd0, 0x36, 0x2f,
+        0x2a, 0x2d, 0x2d, 0x0a, 0x90, 0xcf, 0x1a, 0x5a, 0x4c, 0x5d, 0xb0, 0x2d, 0x56, 0xec, 0xc4,
+        0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65,
+    ];
+    assert_eq!(get(m, h, o, CKA_VALUE).expect("value"), okm.to_vec());
+    // A base key without CKA_DERIVE is refused.
+    let no_derive = secret(m, h, CKK_GENERIC_SECRET, &ikm, &[]);
+    assert_eq!(
+        call!(
+            m,
+            C_DeriveKey,
+            h,
+            &mut mm,
+            no_derive,
+            t.as_mut_ptr(),
+            5,
+            &mut o
+        ),
+        CKR_KEY_FUNCTION_NOT_PERMITTED
+    );
+}
