@@ -38,6 +38,9 @@ pub(crate) struct Op {
     pending: Option<Zeroizing<Vec<u8>>>,
     /// AES-CBC streaming: the chained IV.
     cbc_iv: Option<[u8; AES_BLOCK]>,
+    /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
+    /// `C_Login(CKU_CONTEXT_SPECIFIC)` made since the `*Init`.
+    always_authenticate: bool,
 }
 
 /// The operation slots of a session: at most one per kind.
@@ -223,6 +226,7 @@ impl Engine {
             updated: false,
             pending: None,
             cbc_iv,
+            always_authenticate: meta.always_authenticate,
         };
         let mut g = sess.lock();
         if g.ops.active(kind) {
@@ -259,6 +263,7 @@ impl Engine {
                 updated: false,
                 pending: None,
                 cbc_iv: None,
+                always_authenticate: false,
             },
         );
         Ok(())
@@ -287,6 +292,11 @@ impl Engine {
             // A multi-part operation is under way; single-part calls end nothing.
             self.put_op(&sess, kind, op);
             return Err(Error::OperationActive);
+        }
+        if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
+            // §4.9 CKA_ALWAYS_AUTHENTICATE: the operation stays active for the login to come.
+            self.put_op(&sess, kind, op);
+            return Err(Error::UserNotLoggedIn);
         }
         let result = match op.pending.take() {
             Some(r) => Ok(r),
@@ -469,6 +479,10 @@ impl Engine {
             return Err(Error::General("verify has its own entry".into()));
         }
         let (sess, mut op) = self.take_op(s, kind)?;
+        if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
+            self.put_op(&sess, kind, op);
+            return Err(Error::UserNotLoggedIn);
+        }
         let result = match op.pending.take() {
             Some(r) => Ok(r),
             None => self.compute_final(kind, &mut op),

@@ -196,6 +196,8 @@ pub struct KeyMeta {
     pub token: bool,
     /// `CKA_PRIVATE`.
     pub private: bool,
+    /// `CKA_ALWAYS_AUTHENTICATE`: every operation needs a context-specific login first.
+    pub always_authenticate: bool,
 }
 
 /// One simulated HSM.
@@ -616,6 +618,7 @@ impl Hsm {
         mut attrs: BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
         key: Option<Arc<LoadedKey>>,
     ) -> SimResult<Arc<Object>> {
+        rv(object::check_usage_conflicts(class, &attrs))?;
         let token = attrs.get(&CKA_TOKEN).is_some_and(|v| v == &[1]);
         let private = attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]);
         let owner = Self::owner_for(login, private)?;
@@ -1014,6 +1017,7 @@ impl Hsm {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
         let attrs = rv(object::modify(&obj, template, false, Self::is_so(&login)))?;
+        rv(object::check_usage_conflicts(obj.class, &attrs))?;
         let new = Arc::new(Object {
             id: obj.id,
             owner: obj.owner.clone(),
@@ -1079,6 +1083,7 @@ impl Hsm {
             key_bits: obj.key.as_ref().map_or(0, |k| k.key_bits()),
             token: obj.token,
             private: obj.private,
+            always_authenticate: obj.flag(CKA_ALWAYS_AUTHENTICATE),
         })
     }
 

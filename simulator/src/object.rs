@@ -546,3 +546,75 @@ pub fn modify(
     }
     Ok(attrs)
 }
+
+/// The key-usage policy: no key may both wrap and decrypt, or both unwrap and encrypt (a
+/// secret key that can do both gives up any key it wraps: wrap it, then decrypt the blob), and
+/// no private key may both unwrap and decrypt (the same attack through the key pair: a blob
+/// wrapped under the public key decrypts to the key in clear). Applied to every object however
+/// it is made or changed: create, generate, copy, unwrap, derive, set.
+pub fn check_usage_conflicts(
+    class: CK_OBJECT_CLASS,
+    attrs: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
+) -> Result<(), Rv> {
+    let on = |ty: CK_ATTRIBUTE_TYPE| attrs.get(&ty).is_some_and(|v| v.as_slice() == [1]);
+    let conflict = match class {
+        CKO_SECRET_KEY => (on(CKA_WRAP) && on(CKA_DECRYPT)) || (on(CKA_UNWRAP) && on(CKA_ENCRYPT)),
+        CKO_PRIVATE_KEY => on(CKA_UNWRAP) && on(CKA_DECRYPT),
+        _ => false,
+    };
+    if conflict {
+        Err(CKR_TEMPLATE_INCONSISTENT)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(CK_ATTRIBUTE_TYPE, bool)]) -> BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>> {
+        pairs.iter().map(|(t, v)| (*t, bool_bytes(*v))).collect()
+    }
+
+    #[test]
+    fn usage_conflicts_are_refused_per_class() {
+        let wrap_decrypt = attrs(&[(CKA_WRAP, true), (CKA_DECRYPT, true)]);
+        let unwrap_encrypt = attrs(&[(CKA_UNWRAP, true), (CKA_ENCRYPT, true)]);
+        let unwrap_decrypt = attrs(&[(CKA_UNWRAP, true), (CKA_DECRYPT, true)]);
+        let kek = attrs(&[
+            (CKA_WRAP, true),
+            (CKA_UNWRAP, true),
+            (CKA_ENCRYPT, false),
+            (CKA_DECRYPT, false),
+        ]);
+        assert_eq!(
+            check_usage_conflicts(CKO_SECRET_KEY, &wrap_decrypt),
+            Err(CKR_TEMPLATE_INCONSISTENT)
+        );
+        assert_eq!(
+            check_usage_conflicts(CKO_SECRET_KEY, &unwrap_encrypt),
+            Err(CKR_TEMPLATE_INCONSISTENT)
+        );
+        assert_eq!(check_usage_conflicts(CKO_SECRET_KEY, &kek), Ok(()));
+        assert_eq!(
+            check_usage_conflicts(CKO_PRIVATE_KEY, &unwrap_decrypt),
+            Err(CKR_TEMPLATE_INCONSISTENT)
+        );
+        assert_eq!(
+            check_usage_conflicts(
+                CKO_PUBLIC_KEY,
+                &attrs(&[(CKA_WRAP, true), (CKA_ENCRYPT, true)])
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn attribute_blobs_round_trip_and_garbage_is_refused() {
+        let a = attrs(&[(CKA_SIGN, true), (CKA_LABEL, false)]);
+        assert_eq!(decode_attrs(&encode_attrs(&a)), Some(a));
+        assert_eq!(decode_attrs(&[0, 0, 0]), None);
+        assert_eq!(decode_attrs(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]), None);
+    }
+}

@@ -1,0 +1,500 @@
+//! The key-usage policy through the C ABI, one test per rule: the exact CK_RV, and that no key
+//! bytes come out and no object is left behind.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::c_void;
+use std::ptr;
+
+use cryptoki_sys::*;
+use hsmpool_tests::call;
+use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN};
+
+fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    }
+}
+
+fn count_objects(m: &Module, h: CK_SESSION_HANDLE) -> usize {
+    assert_eq!(call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0), CKR_OK);
+    let mut buf = [0 as CK_OBJECT_HANDLE; 256];
+    let mut n: CK_ULONG = 0;
+    assert_eq!(
+        call!(m, C_FindObjects, h, buf.as_mut_ptr(), 256, &mut n),
+        CKR_OK
+    );
+    assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
+    n as usize
+}
+
+fn create(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    t: &mut [CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut o = 0;
+    match call!(
+        m,
+        C_CreateObject,
+        h,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+const AES_VALUE: [u8; 32] = [0x5c; 32];
+
+fn aes(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    extra: &[CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let class = CKO_SECRET_KEY;
+    let kt = CKK_AES;
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, &AES_VALUE),
+    ];
+    t.extend_from_slice(extra);
+    create(m, h, &mut t)
+}
+
+#[test]
+fn token_set_attributes_can_never_be_set_by_the_caller() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let before = count_objects(m, h);
+    let gen = CKM_AES_KEY_GEN;
+    for a in [
+        attr(CKA_LOCAL, &TRUE),
+        attr(CKA_ALWAYS_SENSITIVE, &TRUE),
+        attr(CKA_NEVER_EXTRACTABLE, &TRUE),
+        attr(CKA_KEY_GEN_MECHANISM, &gen),
+    ] {
+        assert_eq!(
+            aes(m, h, &[a]),
+            Err(CKR_ATTRIBUTE_READ_ONLY),
+            "attribute {:#x}",
+            a.type_
+        );
+    }
+    let len: CK_ULONG = 32;
+    let mut t = [attr(CKA_VALUE_LEN, &len), attr(CKA_LOCAL, &FALSE)];
+    let mut k = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKey,
+            h,
+            &mut mech(CKM_AES_KEY_GEN),
+            t.as_mut_ptr(),
+            2,
+            &mut k
+        ),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
+    assert_eq!(count_objects(m, h), before, "nothing was created");
+}
+
+#[test]
+fn sensitive_and_extractable_only_move_the_safe_way() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let k = aes(
+        m,
+        h,
+        &[attr(CKA_SENSITIVE, &FALSE), attr(CKA_EXTRACTABLE, &TRUE)],
+    )
+    .expect("key");
+    let mut t = [
+        attr(CKA_SENSITIVE, &TRUE),
+        attr(CKA_EXTRACTABLE, &FALSE),
+        attr(CKA_WRAP_WITH_TRUSTED, &TRUE),
+    ];
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, k, t.as_mut_ptr(), 3),
+        CKR_OK
+    );
+    for a in [
+        attr(CKA_SENSITIVE, &FALSE),
+        attr(CKA_EXTRACTABLE, &TRUE),
+        attr(CKA_WRAP_WITH_TRUSTED, &FALSE),
+    ] {
+        let mut t = [a];
+        assert_eq!(
+            call!(m, C_SetAttributeValue, h, k, t.as_mut_ptr(), 1),
+            CKR_ATTRIBUTE_READ_ONLY,
+            "{:#x}",
+            a.type_
+        );
+        let mut c = 0;
+        assert_eq!(
+            call!(m, C_CopyObject, h, k, t.as_mut_ptr(), 1, &mut c),
+            CKR_ATTRIBUTE_READ_ONLY,
+            "copy {:#x}",
+            a.type_
+        );
+    }
+    let mut buf = [0u8; 32];
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_VALUE,
+        pValue: buf.as_mut_ptr() as *mut c_void,
+        ulValueLen: 32,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, k, &mut a, 1),
+        CKR_ATTRIBUTE_SENSITIVE
+    );
+    assert_eq!(buf, [0u8; 32], "no key bytes came out");
+    // A copy keeps the security attributes.
+    let mut c = 0;
+    assert_eq!(
+        call!(m, C_CopyObject, h, k, ptr::null_mut(), 0, &mut c),
+        CKR_OK
+    );
+    let mut v: CK_BBOOL = 0;
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_SENSITIVE,
+        pValue: &mut v as *mut _ as *mut c_void,
+        ulValueLen: 1,
+    };
+    assert_eq!(call!(m, C_GetAttributeValue, h, c, &mut a, 1), CKR_OK);
+    assert_eq!(v, CK_TRUE);
+}
+
+#[test]
+fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let before = count_objects(m, h);
+    // Create.
+    assert_eq!(
+        aes(m, h, &[attr(CKA_WRAP, &TRUE)]),
+        Err(CKR_TEMPLATE_INCONSISTENT),
+        "wrap + default decrypt"
+    );
+    assert_eq!(
+        aes(m, h, &[attr(CKA_UNWRAP, &TRUE), attr(CKA_DECRYPT, &FALSE)]),
+        Err(CKR_TEMPLATE_INCONSISTENT),
+        "unwrap + encrypt"
+    );
+    // Generate.
+    let len: CK_ULONG = 32;
+    let mut t = [attr(CKA_VALUE_LEN, &len), attr(CKA_WRAP, &TRUE)];
+    let mut k = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKey,
+            h,
+            &mut mech(CKM_AES_KEY_GEN),
+            t.as_mut_ptr(),
+            2,
+            &mut k
+        ),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits)];
+    let mut priv_t = [attr(CKA_UNWRAP, &TRUE)];
+    let (mut p, mut q) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            1,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut q
+        ),
+        CKR_TEMPLATE_INCONSISTENT,
+        "an RSA private key that unwraps and (by default) decrypts"
+    );
+    assert_eq!(
+        count_objects(m, h),
+        before,
+        "nothing was created, not even the public half"
+    );
+    // Set and copy.
+    let data_key = aes(m, h, &[]).expect("an encrypt/decrypt key");
+    let mut wrap = [attr(CKA_WRAP, &TRUE)];
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, data_key, wrap.as_mut_ptr(), 1),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    let mut c = 0;
+    assert_eq!(
+        call!(m, C_CopyObject, h, data_key, wrap.as_mut_ptr(), 1, &mut c),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    // Unwrap and derive.
+    let kek = aes(
+        m,
+        h,
+        &[
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_UNWRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ],
+    )
+    .expect("a KEK");
+    let payload = aes(m, h, &[attr(CKA_EXTRACTABLE, &TRUE)]).expect("a key to wrap");
+    let mut wrapped = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            payload,
+            wrapped.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+    let class = CKO_SECRET_KEY;
+    let kt = CKK_AES;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr(CKA_WRAP, &TRUE),
+    ];
+    assert_eq!(
+        call!(
+            m,
+            C_UnwrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            wrapped.as_mut_ptr(),
+            40,
+            t.as_mut_ptr(),
+            3,
+            &mut c
+        ),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    let gs = CKK_GENERIC_SECRET;
+    let sk = CKO_SECRET_KEY;
+    let mut bt = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, &[1u8; 32]),
+        attr(CKA_DERIVE, &TRUE),
+    ];
+    let base = create(m, h, &mut bt).expect("a base key");
+    let mut hp = CK_HKDF_PARAMS {
+        bExtract: CK_TRUE,
+        bExpand: CK_TRUE,
+        prfHashMechanism: CKM_SHA256,
+        ulSaltType: CKF_HKDF_SALT_NULL,
+        pSalt: ptr::null_mut(),
+        ulSaltLen: 0,
+        hSaltKey: 0,
+        pInfo: ptr::null_mut(),
+        ulInfoLen: 0,
+    };
+    let mut hm = CK_MECHANISM {
+        mechanism: CKM_HKDF_DERIVE,
+        pParameter: &mut hp as *mut _ as *mut c_void,
+        ulParameterLen: std::mem::size_of::<CK_HKDF_PARAMS>() as CK_ULONG,
+    };
+    let len: CK_ULONG = 32;
+    let mut dt = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &kt),
+        attr(CKA_VALUE_LEN, &len),
+        attr(CKA_UNWRAP, &TRUE),
+    ];
+    assert_eq!(
+        call!(m, C_DeriveKey, h, &mut hm, base, dt.as_mut_ptr(), 4, &mut c),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+}
+
+#[test]
+fn allowed_mechanisms_are_enforced() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let only: CK_MECHANISM_TYPE = CKM_AES_CBC_PAD;
+    let k = aes(m, h, &[attr(CKA_ALLOWED_MECHANISMS, &only)]).expect("key");
+    let mut iv = [0u8; 16];
+    let mut cbc = CK_MECHANISM {
+        mechanism: CKM_AES_CBC_PAD,
+        pParameter: iv.as_mut_ptr() as *mut c_void,
+        ulParameterLen: 16,
+    };
+    assert_eq!(call!(m, C_EncryptInit, h, &mut cbc, k), CKR_OK);
+    assert_eq!(call!(m, C_SessionCancel, h, CKF_ENCRYPT), CKR_OK);
+    let mut ecb = mech(CKM_AES_ECB);
+    assert_eq!(
+        call!(m, C_EncryptInit, h, &mut ecb, k),
+        CKR_MECHANISM_INVALID
+    );
+}
+
+#[test]
+fn trusted_is_the_so_s_to_set_and_wrap_with_trusted_needs_it() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    // A user may not mark anything trusted.
+    assert_eq!(
+        aes(
+            m,
+            h,
+            &[
+                attr(CKA_TRUSTED, &TRUE),
+                attr(CKA_WRAP, &TRUE),
+                attr(CKA_ENCRYPT, &FALSE),
+                attr(CKA_DECRYPT, &FALSE)
+            ]
+        ),
+        Err(CKR_ATTRIBUTE_READ_ONLY)
+    );
+    // The SO makes a public, trusted key-encryption key.
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK);
+    let trusted = aes(
+        m,
+        h,
+        &[
+            attr(CKA_PRIVATE, &FALSE),
+            attr(CKA_TRUSTED, &TRUE),
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ],
+    )
+    .expect("the SO may set CKA_TRUSTED");
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
+    let untrusted = aes(
+        m,
+        h,
+        &[
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ],
+    )
+    .expect("kek");
+    let precious = aes(
+        m,
+        h,
+        &[
+            attr(CKA_EXTRACTABLE, &TRUE),
+            attr(CKA_WRAP_WITH_TRUSTED, &TRUE),
+        ],
+    )
+    .expect("key");
+    let mut out = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            untrusted,
+            precious,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_KEY_NOT_WRAPPABLE
+    );
+    assert_eq!(out, [0u8; 40], "nothing was written");
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            trusted,
+            precious,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+}
+
+#[test]
+fn always_authenticate_needs_a_context_login_per_operation() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits)];
+    let mut priv_t = [attr(CKA_ALWAYS_AUTHENTICATE, &TRUE)];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            1,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    let data = b"needs a fresh PIN";
+    let mut sig = [0u8; 256];
+    for _ in 0..2 {
+        assert_eq!(
+            call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), k),
+            CKR_OK
+        );
+        let mut n: CK_ULONG = 256;
+        assert_eq!(
+            call!(
+                m,
+                C_Sign,
+                h,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                sig.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_USER_NOT_LOGGED_IN
+        );
+        assert_eq!(m.login(h, CKU_CONTEXT_SPECIFIC, USER_PIN), CKR_OK);
+        assert_eq!(
+            call!(
+                m,
+                C_Sign,
+                h,
+                data.as_ptr() as *mut u8,
+                data.len() as CK_ULONG,
+                sig.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_OK,
+            "after the context login"
+        );
+    }
+}
