@@ -78,7 +78,7 @@ use SizeUnit::{Bits, Bytes};
 #[rustfmt::skip]
 pub static MECHANISMS: &[MechRow] = &[
     row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 8192, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
-    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED | WU, RSA, None, false),
+    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false),
     row(CKM_RSA_X_509, "CKM_RSA_X_509", 2048, 8192, Bits, SV | ED, RSA, None, false),
     row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
     row(CKM_SHA224_RSA_PKCS, "CKM_SHA224_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),

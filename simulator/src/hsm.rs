@@ -1204,6 +1204,10 @@ impl Hsm {
         if k.flag(CKA_WRAP_WITH_TRUSTED) && !w.flag(CKA_TRUSTED) {
             return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
         }
+        if strength_bits(&w) < strength_bits(&k) {
+            // A key is only as safe as the key it travels under.
+            return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
+        }
         let bytes: Zeroizing<Vec<u8>> = match (k.class, loaded.material()) {
             (CKO_SECRET_KEY, KeyMaterial::Secret { value, .. }) => value.clone(),
             (CKO_PRIVATE_KEY, _) => rv(crypto::private_key_pkcs8(loaded))?,
@@ -1540,6 +1544,23 @@ fn priv_key_attrs(public: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
         }
         KeyMaterial::EdPublic { .. } => vec![(CKA_EC_PARAMS, crypto::ED25519_OID_DER.to_vec())],
         _ => Vec::new(),
+    }
+}
+
+/// A key's security strength in bits (NIST SP 800-57 part 1, table 2): AES and secrets by
+/// length (secrets capped at 256), RSA by modulus, EC and Edwards keys at half the order.
+fn strength_bits(o: &Object) -> usize {
+    let bits = o.key.as_ref().map_or(0, |k| k.key_bits());
+    match o.key_type {
+        Some(CKK_RSA) => match bits {
+            0..=2047 => 80,
+            2048..=3071 => 112,
+            3072..=7679 => 128,
+            7680..=15359 => 192,
+            _ => 256,
+        },
+        Some(CKK_EC | CKK_EC_EDWARDS) => bits / 2,
+        _ => bits.min(256),
     }
 }
 

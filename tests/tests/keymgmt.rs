@@ -254,7 +254,7 @@ fn private_keys_wrap_as_pkcs8_and_aes_keys_under_rsa_oaep() {
             attr(CKA_DECRYPT, &FALSE),
         ],
     );
-    let bits: CK_ULONG = 2048;
+    let bits: CK_ULONG = 3072; // 128-bit strength: enough to carry an AES-128 key
     let mut pub_t = [
         attr(CKA_MODULUS_BITS, &bits),
         attr(CKA_WRAP, &TRUE),
@@ -299,8 +299,8 @@ fn private_keys_wrap_as_pkcs8_and_aes_keys_under_rsa_oaep() {
     let data = b"signed by the unwrapped key";
     let mut sm = mech(CKM_SHA256_RSA_PKCS);
     assert_eq!(call!(m, C_SignInit, h, &mut sm, copy), CKR_OK);
-    let mut sig = [0u8; 256];
-    let mut n: CK_ULONG = 256;
+    let mut sig = [0u8; 384];
+    let mut n: CK_ULONG = 384;
     assert_eq!(
         call!(
             m,
@@ -336,7 +336,7 @@ fn private_keys_wrap_as_pkcs8_and_aes_keys_under_rsa_oaep() {
     };
     let wrapped =
         wrap(m, h, &mut mech_param(CKM_RSA_PKCS_OAEP, &mut oaep), p, key).expect("OAEP wrap");
-    assert_eq!(wrapped.len(), 256);
+    assert_eq!(wrapped.len(), 384);
     let sk = CKO_SECRET_KEY;
     let aes = CKK_AES;
     let mut t = [

@@ -498,3 +498,113 @@ fn always_authenticate_needs_a_context_login_per_operation() {
         );
     }
 }
+
+#[test]
+fn no_key_is_wrapped_under_a_weaker_key() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let class = CKO_SECRET_KEY;
+    let kt = CKK_AES;
+    let kek_t = |v: &'static [u8]| {
+        [
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &kt),
+            attr_bytes(CKA_VALUE, v),
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_ENCRYPT, &FALSE),
+            attr(CKA_DECRYPT, &FALSE),
+        ]
+    };
+    let kek128 = create(m, h, &mut kek_t(&[1u8; 16])).expect("AES-128 KEK");
+    let kek256 = create(m, h, &mut kek_t(&[2u8; 32])).expect("AES-256 KEK");
+    let key256 = aes(m, h, &[attr(CKA_EXTRACTABLE, &TRUE)]).expect("AES-256 key");
+    let mut out = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek128,
+            key256,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_KEY_NOT_WRAPPABLE
+    );
+    assert_eq!(out, [0u8; 40], "nothing was written");
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek256,
+            key256,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+    // RSA-2048 (112-bit strength) may not carry an AES-128 key.
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [
+        attr(CKA_MODULUS_BITS, &bits),
+        attr(CKA_WRAP, &TRUE),
+        attr(CKA_ENCRYPT, &FALSE),
+    ];
+    let mut priv_t = [attr(CKA_SIGN, &TRUE)];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            3,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, &[3u8; 16]),
+        attr(CKA_EXTRACTABLE, &TRUE),
+    ];
+    let key128 = create(m, h, &mut t).expect("AES-128 key");
+    let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+        hashAlg: CKM_SHA256,
+        mgf: CKG_MGF1_SHA256,
+        source: CKZ_DATA_SPECIFIED,
+        pSourceData: ptr::null_mut(),
+        ulSourceDataLen: 0,
+    };
+    let mut om = CK_MECHANISM {
+        mechanism: CKM_RSA_PKCS_OAEP,
+        pParameter: &mut oaep as *mut _ as *mut c_void,
+        ulParameterLen: std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
+    };
+    let mut big = [0u8; 256];
+    let mut n: CK_ULONG = 256;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut om,
+            p,
+            key128,
+            big.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_KEY_NOT_WRAPPABLE
+    );
+}
