@@ -124,6 +124,7 @@ pub static MECHANISMS: &[MechRow] = &[
     row(CKM_SHA512_HMAC, "CKM_SHA512_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
     row(CKM_SHA512_HMAC_GENERAL, "CKM_SHA512_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
     row(CKM_HKDF_DERIVE, "CKM_HKDF_DERIVE", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
+    row(CKM_HKDF_DATA, "CKM_HKDF_DATA", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
     row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
     row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
     row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),

@@ -1318,6 +1318,9 @@ impl Hsm {
     ) -> SimResult<u64> {
         let login = self.login_of(ms)?;
         let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
+        if mech.mech == CKM_HKDF_DATA {
+            return self.derive_data(ms, &login, mech, &b, template);
+        }
         if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != CKO_SECRET_KEY) {
             return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
         }
@@ -1423,6 +1426,62 @@ impl Hsm {
         Ok(self
             .finish_new(ms, &login, CKO_SECRET_KEY, Some(kt), attrs, Some(key))?
             .id)
+    }
+
+    /// `CKM_HKDF_DATA`: HKDF output as a data object (private unless the template says
+    /// otherwise: it is key material by another name).
+    fn derive_data(
+        &self,
+        ms: u64,
+        login: &Option<(Role, String)>,
+        mech: &Mechanism,
+        base: &Object,
+        template: &[Attr],
+    ) -> SimResult<u64> {
+        if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != CKO_DATA) {
+            return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        let len = rv(find_ulong(template, CKA_VALUE_LEN))?
+            .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
+        let len = usize::try_from(len).map_err(|_| SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
+        let MechParam::Hkdf {
+            extract,
+            expand,
+            prf,
+            salt_type,
+            salt,
+            info,
+        } = &mech.param
+        else {
+            return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID));
+        };
+        let ikm = match base.key.as_ref().map(|k| k.material()) {
+            Some(KeyMaterial::Secret { value, .. }) => value.clone(),
+            _ => return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT)),
+        };
+        let salt: &[u8] = match *salt_type {
+            CKF_HKDF_SALT_NULL => &[],
+            CKF_HKDF_SALT_DATA => salt,
+            _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
+        };
+        let value = rv(crypto::hkdf(*prf, *extract, *expand, salt, &ikm, info, len))?;
+        let mut t: Vec<Attr> = template
+            .iter()
+            .filter(|a| !matches!(a.ty, CKA_CLASS | CKA_VALUE_LEN | CKA_VALUE))
+            .cloned()
+            .collect();
+        if find(&t, CKA_PRIVATE).is_none() {
+            t.push(Attr::bool(CKA_PRIVATE, true));
+        }
+        let attrs = rv(object::apply_template(
+            CKO_DATA,
+            None,
+            &t,
+            Origin::Create,
+            Self::is_so(login),
+            vec![(CKA_VALUE, value.to_vec())],
+        ))?;
+        Ok(self.finish_new(ms, login, CKO_DATA, None, attrs, None)?.id)
     }
 
     /// Sign.

@@ -471,6 +471,18 @@ fn ecdh_and_hkdf_derive_what_aws_lc_derives() {
         0xc5, 0xbf, 0x34, 0x00, 0x72, 0x08, 0xd5, 0xb8, 0x87, 0x18, 0x58, 0x65,
     ];
     assert_eq!(get(m, h, o, CKA_VALUE).expect("value"), okm.to_vec());
+    // CKM_HKDF_DATA: the same bytes, as a (private) data object.
+    let mut dm = mech_param(CKM_HKDF_DATA, &mut hp);
+    let data_class = CKO_DATA;
+    let mut dt = [attr(CKA_CLASS, &data_class), attr(CKA_VALUE_LEN, &len)];
+    let mut d = 0;
+    assert_eq!(
+        call!(m, C_DeriveKey, h, &mut dm, base, dt.as_mut_ptr(), 2, &mut d),
+        CKR_OK,
+        "HKDF data"
+    );
+    assert_eq!(get(m, h, d, CKA_VALUE).expect("value"), okm.to_vec());
+    assert_eq!(get(m, h, d, CKA_PRIVATE).expect("private"), vec![1]);
     // A base key without CKA_DERIVE is refused.
     let no_derive = secret(m, h, CKK_GENERIC_SECRET, &ikm, &[]);
     assert_eq!(
