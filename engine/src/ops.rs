@@ -108,8 +108,10 @@ fn check_param(mech: &Mechanism) -> Result<()> {
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Iv(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Raw(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, _) => false,
+        // IVs of 1 to 1024 bytes; tags of 96 to 128 bits (SP 800-38D: shorter tags only under
+        // usage limits this token cannot enforce, so they are refused).
         (CKM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => {
-            !iv.is_empty() && iv.len() <= 256 && *tag_bits <= 128
+            (1..=1024).contains(&iv.len()) && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
         }
         (CKM_AES_GCM, _) => false,
         (

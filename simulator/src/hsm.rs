@@ -695,7 +695,7 @@ impl Hsm {
             }
             (CKO_PRIVATE_KEY, Some(CKK_RSA)) => {
                 let opt = |ty| find(template, ty).map(|a| a.value.as_slice());
-                let pkcs8 = rv(crypto::rsa_private_from_components(
+                let pkcs8 = crypto::rsa_private_from_components(
                     need(CKA_MODULUS)?,
                     need(CKA_PUBLIC_EXPONENT)?,
                     need(CKA_PRIVATE_EXPONENT)?,
@@ -704,7 +704,16 @@ impl Hsm {
                     opt(CKA_EXPONENT_1),
                     opt(CKA_EXPONENT_2),
                     opt(CKA_COEFFICIENT),
-                ))?;
+                )
+                // C_CreateObject names a bad key value, not a size range (§5.7.1).
+                .map_err(|e| {
+                    if e == CKR_KEY_SIZE_RANGE {
+                        CKR_ATTRIBUTE_VALUE_INVALID
+                    } else {
+                        e
+                    }
+                });
+                let pkcs8 = rv(pkcs8)?;
                 Some(KeyMaterial::RsaPrivate { pkcs8 })
             }
             (CKO_PUBLIC_KEY, Some(CKK_RSA)) => {
@@ -714,6 +723,10 @@ impl Hsm {
                     return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
                 }
                 let bits = bit_len(&modulus);
+                if !(2048..=16384).contains(&bits) {
+                    // The same bounds as private keys: below 2048 bits RSA is not offered.
+                    return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+                }
                 if let Some(b) = rv(find_ulong(template, CKA_MODULUS_BITS))? {
                     if usize::try_from(b).ok() != Some(bits) {
                         return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
