@@ -16,7 +16,10 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_engine::types::AttrValue;
-use hsmpool_engine::{Attr, Error, InitArgs, MechParam, Mechanism};
+use hsmpool_engine::{
+    decode_attr_array, encode_attr_array, is_array_attribute, Attr, Error, InitArgs, MechParam,
+    Mechanism,
+};
 use zeroize::Zeroizing;
 
 pub(crate) use hsmpool_engine::Result;
@@ -209,10 +212,47 @@ pub(crate) unsafe fn in_cstr<'a>(ptr: *const u8, max: usize) -> Result<Option<&'
 /// which addresses `ulValueLen` readable bytes.
 pub(crate) unsafe fn in_template(ptr: *const CK_ATTRIBUTE, count: CK_ULONG) -> Result<Vec<Attr>> {
     // SAFETY: relayed from this function's contract.
+    unsafe { in_template_depth(ptr, count, true) }
+}
+
+/// [`in_template`], one level of attribute arrays deep: the value of an attribute-array attribute
+/// (`CKA_WRAP_TEMPLATE`, ...) is itself a `CK_ATTRIBUTE` array, read and stored in the encoding
+/// of `hsmpool_sim::types::encode_attr_array`. Arrays inside arrays are refused.
+///
+/// # Safety
+/// As [`in_template`], and the value of an array attribute addresses `ulValueLen /
+/// size_of::<CK_ATTRIBUTE>()` readable `CK_ATTRIBUTE`s whose values are readable.
+unsafe fn in_template_depth(
+    ptr: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+    outer: bool,
+) -> Result<Vec<Attr>> {
+    // SAFETY: relayed from this function's contract.
     let attrs = unsafe { in_slice(ptr, count) }?;
     attrs
         .iter()
         .map(|a| {
+            if is_array_attribute(a.type_) {
+                if !outer {
+                    return Err(Error::AttributeValueInvalid(a.type_));
+                }
+                let size = len_to_ck(size_of::<CK_ATTRIBUTE>())?;
+                if a.ulValueLen % size != 0 {
+                    return Err(Error::AttributeValueInvalid(a.type_));
+                }
+                // SAFETY: the contract: the value addresses that many attributes.
+                let nested = unsafe {
+                    in_template_depth(
+                        a.pValue.cast::<CK_ATTRIBUTE>().cast_const(),
+                        a.ulValueLen / size,
+                        false,
+                    )
+                }?;
+                return Ok(Attr {
+                    ty: a.type_,
+                    value: encode_attr_array(&nested),
+                });
+            }
             // SAFETY: a non-NULL `pValue` addresses `ulValueLen` readable bytes (contract).
             let value = unsafe { in_bytes(a.pValue.cast::<u8>(), a.ulValueLen) }?;
             Ok(Attr {
@@ -560,6 +600,14 @@ impl<'a> OutTemplate<'a> {
         };
         for (attr, answer) in self.attrs.iter_mut().zip(answers) {
             match answer {
+                AttrValue::Value(v) if is_array_attribute(attr.type_) => {
+                    let nested = decode_attr_array(v).ok_or_else(|| {
+                        Error::General("stored attribute array is malformed".into())
+                    })?;
+                    if let Some(e) = fill_array(attr, &nested)? {
+                        remember(e);
+                    }
+                }
                 AttrValue::Value(v) => {
                     let len = len_to_ck(v.len())?;
                     if attr.pValue.is_null() {
@@ -588,6 +636,43 @@ impl<'a> OutTemplate<'a> {
         }
         Ok(rv)
     }
+}
+
+/// Answers an attribute-array attribute (§4.1.4 and §5.7.5): with a NULL `pValue`, the length
+/// of the array; otherwise the caller's array receives each attribute's type and, in the
+/// caller's buffer, its value (or its length, for a NULL buffer). Returns the error to remember.
+fn fill_array(attr: &mut CK_ATTRIBUTE, nested: &[Attr]) -> Result<Option<CK_RV>> {
+    let needed = len_to_ck(nested.len().saturating_mul(size_of::<CK_ATTRIBUTE>()))?;
+    if attr.pValue.is_null() {
+        attr.ulValueLen = needed;
+        return Ok(None);
+    }
+    if attr.ulValueLen < needed || !attr.pValue.cast::<CK_ATTRIBUTE>().is_aligned() {
+        attr.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        return Ok(Some(CKR_BUFFER_TOO_SMALL));
+    }
+    let mut short = false;
+    for (i, a) in nested.iter().enumerate() {
+        // SAFETY: the OutTemplate invariant: `pValue` is writable for `ulValueLen >= needed`
+        // bytes, aligned (checked), holding the caller's CK_ATTRIBUTEs.
+        let slot = unsafe { &mut *attr.pValue.cast::<CK_ATTRIBUTE>().add(i) };
+        slot.type_ = a.ty;
+        let len = len_to_ck(a.value.len())?;
+        if slot.pValue.is_null() {
+            slot.ulValueLen = len;
+        } else if slot.ulValueLen >= len {
+            // SAFETY: the caller's nested buffer is writable for its `ulValueLen` (§5.7.5).
+            unsafe {
+                ptr::copy_nonoverlapping(a.value.as_ptr(), slot.pValue.cast::<u8>(), a.value.len())
+            };
+            slot.ulValueLen = len;
+        } else {
+            slot.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            short = true;
+        }
+    }
+    attr.ulValueLen = needed;
+    Ok(short.then_some(CKR_BUFFER_TOO_SMALL))
 }
 
 /// A blank-padded (0x20), never NUL-terminated, fixed-width string field, cut at a UTF-8

@@ -1217,6 +1217,14 @@ impl Hsm {
         if k.flag(CKA_WRAP_WITH_TRUSTED) && !w.flag(CKA_TRUSTED) {
             return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
         }
+        if let Some(t) = w.attrs.get(&CKA_WRAP_TEMPLATE).filter(|t| !t.is_empty()) {
+            // The wrapping key's owner said which keys it may carry.
+            let wanted =
+                crate::types::decode_attr_array(t).ok_or(SimError::Rv(CKR_DEVICE_ERROR))?;
+            if !k.matches(&wanted) {
+                return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
+            }
+        }
         if strength_bits(&w) < strength_bits(&k) {
             // A key is only as safe as the key it travels under.
             return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
@@ -1252,6 +1260,23 @@ impl Hsm {
                 }
                 e => e,
             })?;
+        // The unwrapping key's CKA_UNWRAP_TEMPLATE is merged into the caller's: a conflict is
+        // the caller's error, a missing attribute is added.
+        let mut merged: Vec<Attr> = template.to_vec();
+        if let Some(t) = u.attrs.get(&CKA_UNWRAP_TEMPLATE).filter(|t| !t.is_empty()) {
+            let forced =
+                crate::types::decode_attr_array(t).ok_or(SimError::Rv(CKR_DEVICE_ERROR))?;
+            for a in forced {
+                match merged.iter().find(|m| m.ty == a.ty) {
+                    Some(m) if m.value != a.value => {
+                        return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT))
+                    }
+                    Some(_) => {}
+                    None => merged.push(a),
+                }
+            }
+        }
+        let template = merged.as_slice();
         let class =
             rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
         let bytes = rv(crypto::unwrap(mech, Self::key_of(&u)?, wrapped))?;

@@ -262,6 +262,10 @@ pub fn rule(tables: &[&'static [Rule]], ty: CK_ATTRIBUTE_TYPE) -> Option<Rule> {
 
 /// Check an attribute value's encoding against its rule.
 pub fn check_kind(rule: &Rule, value: &[u8]) -> Result<(), Rv> {
+    if crate::types::is_array_attribute(rule.ty) && crate::types::decode_attr_array(value).is_none()
+    {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
     let ok = match rule.kind {
         Kind::Bool => value.len() == 1 && value[0] <= 1,
         Kind::Ulong => value.len() == std::mem::size_of::<CK_ULONG>(),

@@ -197,3 +197,48 @@ pub enum SignInput<'a> {
     /// operations hash as the data streams in, then sign once).
     Prehashed(&'a [u8]),
 }
+
+/// Whether an attribute's value is itself an attribute array (`CKA_WRAP_TEMPLATE`,
+/// `CKA_UNWRAP_TEMPLATE`, `CKA_DERIVE_TEMPLATE`). `CKF_ARRAY_ATTRIBUTE` alone does not say so:
+/// `CKA_ALLOWED_MECHANISMS` carries it too and holds mechanism types.
+pub fn is_array_attribute(ty: CK_ATTRIBUTE_TYPE) -> bool {
+    matches!(
+        ty,
+        cryptoki_sys::CKA_WRAP_TEMPLATE
+            | cryptoki_sys::CKA_UNWRAP_TEMPLATE
+            | cryptoki_sys::CKA_DERIVE_TEMPLATE
+    )
+}
+
+/// The value of an attribute-array attribute as it travels and is stored here (the caller's
+/// `CK_ATTRIBUTE` array holds pointers, which cannot be kept): for each attribute its type (8
+/// bytes big-endian), its length (4 bytes big-endian) and its value.
+pub fn encode_attr_array(attrs: &[Attr]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in attrs {
+        out.extend_from_slice(&a.ty.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(a.value.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(&a.value);
+    }
+    out
+}
+
+/// The inverse of [`encode_attr_array`]; malformed bytes give `None`.
+pub fn decode_attr_array(mut b: &[u8]) -> Option<Vec<Attr>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let ty = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let len = usize::try_from(u32::from_be_bytes(b.get(8..12)?.try_into().ok()?)).ok()?;
+        let value = b.get(12..12usize.checked_add(len)?)?;
+        out.push(Attr {
+            ty: CK_ATTRIBUTE_TYPE::try_from(ty).ok()?,
+            value: value.to_vec(),
+        });
+        b = &b[12 + len..];
+    }
+    Some(out)
+}

@@ -608,3 +608,149 @@ fn no_key_is_wrapped_under_a_weaker_key() {
         CKR_KEY_NOT_WRAPPABLE
     );
 }
+
+#[test]
+fn wrap_and_unwrap_templates_are_enforced_and_read_back() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    // The KEK may only carry keys labelled "exportable"; what it unwraps is always sensitive
+    // and unextractable.
+    let label = *b"exportable";
+    let wrap_t = [attr_bytes(CKA_LABEL, &label)];
+    let unwrap_t = [attr(CKA_SENSITIVE, &TRUE), attr(CKA_EXTRACTABLE, &FALSE)];
+    let wrap_bytes = std::mem::size_of_val(&wrap_t);
+    let unwrap_bytes = std::mem::size_of_val(&unwrap_t);
+    let class = CKO_SECRET_KEY;
+    let kt = CKK_AES;
+    let mut kt_t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, &[9u8; 32]),
+        attr(CKA_WRAP, &TRUE),
+        attr(CKA_UNWRAP, &TRUE),
+        attr(CKA_ENCRYPT, &FALSE),
+        attr(CKA_DECRYPT, &FALSE),
+        CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: wrap_t.as_ptr() as *mut c_void,
+            ulValueLen: wrap_bytes as CK_ULONG,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_UNWRAP_TEMPLATE,
+            pValue: unwrap_t.as_ptr() as *mut c_void,
+            ulValueLen: unwrap_bytes as CK_ULONG,
+        },
+    ];
+    let kek = create(m, h, &mut kt_t).expect("KEK with templates");
+    // Read CKA_WRAP_TEMPLATE back: first its length, then the nested attribute.
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_WRAP_TEMPLATE,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(call!(m, C_GetAttributeValue, h, kek, &mut a, 1), CKR_OK);
+    assert_eq!(a.ulValueLen as usize, std::mem::size_of::<CK_ATTRIBUTE>());
+    let mut got = [0u8; 16];
+    let mut nested = [CK_ATTRIBUTE {
+        type_: 0,
+        pValue: got.as_mut_ptr() as *mut c_void,
+        ulValueLen: 16,
+    }];
+    a.pValue = nested.as_mut_ptr() as *mut c_void;
+    assert_eq!(call!(m, C_GetAttributeValue, h, kek, &mut a, 1), CKR_OK);
+    assert_eq!(nested[0].type_, CKA_LABEL);
+    assert_eq!(&got[..nested[0].ulValueLen as usize], &label);
+    // Wrap: only the labelled key.
+    let other = aes(m, h, &[attr(CKA_EXTRACTABLE, &TRUE)]).expect("unlabelled key");
+    let labelled = aes(
+        m,
+        h,
+        &[attr(CKA_EXTRACTABLE, &TRUE), attr_bytes(CKA_LABEL, &label)],
+    )
+    .expect("labelled key");
+    let mut out = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            other,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_KEY_NOT_WRAPPABLE
+    );
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            labelled,
+            out.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK
+    );
+    // Unwrap: a template that contradicts the unwrap template is refused; otherwise its
+    // attributes are imposed.
+    let mut loose = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr(CKA_EXTRACTABLE, &TRUE),
+    ];
+    let mut c = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_UnwrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            out.as_mut_ptr(),
+            40,
+            loose.as_mut_ptr(),
+            3,
+            &mut c
+        ),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    let mut plain = [attr(CKA_CLASS, &class), attr(CKA_KEY_TYPE, &kt)];
+    assert_eq!(
+        call!(
+            m,
+            C_UnwrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            out.as_mut_ptr(),
+            40,
+            plain.as_mut_ptr(),
+            2,
+            &mut c
+        ),
+        CKR_OK
+    );
+    let mut v: CK_BBOOL = 1;
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_EXTRACTABLE,
+        pValue: &mut v as *mut _ as *mut c_void,
+        ulValueLen: 1,
+    };
+    assert_eq!(call!(m, C_GetAttributeValue, h, c, &mut a, 1), CKR_OK);
+    assert_eq!(v, CK_FALSE, "the unwrap template made it unextractable");
+    // A malformed attribute array is refused at creation.
+    let mut bad = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, &[9u8; 32]),
+        attr_bytes(CKA_WRAP_TEMPLATE, &[1, 2, 3]),
+    ];
+    assert_eq!(create(m, h, &mut bad), Err(CKR_ATTRIBUTE_VALUE_INVALID));
+}
