@@ -754,3 +754,185 @@ fn wrap_and_unwrap_templates_are_enforced_and_read_back() {
     ];
     assert_eq!(create(m, h, &mut bad), Err(CKR_ATTRIBUTE_VALUE_INVALID));
 }
+
+#[test]
+fn unwrap_only_through_authenticated_mechanisms_and_no_partial_key_derivation() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits)];
+    let mut priv_t = [
+        attr(CKA_UNWRAP, &TRUE),
+        attr(CKA_DECRYPT, &FALSE),
+        attr(CKA_DERIVE, &TRUE),
+    ];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            1,
+            priv_t.as_mut_ptr(),
+            3,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    let class = CKO_SECRET_KEY;
+    let kt = CKK_AES;
+    let mut t = [attr(CKA_CLASS, &class), attr(CKA_KEY_TYPE, &kt)];
+    let mut blob = [0u8; 256];
+    let mut c = 0;
+    // PKCS #1 v1.5 unwrap would be Bleichenbacher's oracle: it is not offered.
+    assert_eq!(
+        call!(
+            m,
+            C_UnwrapKey,
+            h,
+            &mut mech(CKM_RSA_PKCS),
+            k,
+            blob.as_mut_ptr(),
+            256,
+            t.as_mut_ptr(),
+            2,
+            &mut c
+        ),
+        CKR_MECHANISM_INVALID
+    );
+    let mut mi: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        call!(m, C_GetMechanismInfo, 0, CKM_RSA_PKCS, &mut mi),
+        CKR_OK
+    );
+    assert_eq!(
+        mi.flags & (CKF_WRAP | CKF_UNWRAP),
+        0,
+        "CKM_RSA_PKCS claims neither wrap nor unwrap"
+    );
+    // Partial-key derivation mechanisms are not offered.
+    let gs = CKK_GENERIC_SECRET;
+    let mut bt = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, &[7u8; 32]),
+        attr(CKA_DERIVE, &TRUE),
+    ];
+    let base = create(m, h, &mut bt).expect("base");
+    for partial in [
+        CKM_EXTRACT_KEY_FROM_KEY,
+        CKM_CONCATENATE_BASE_AND_KEY,
+        CKM_CONCATENATE_BASE_AND_DATA,
+        CKM_XOR_BASE_AND_DATA,
+    ] {
+        let mut dt = [attr(CKA_CLASS, &class), attr(CKA_KEY_TYPE, &gs)];
+        assert_eq!(
+            call!(
+                m,
+                C_DeriveKey,
+                h,
+                &mut mech(partial),
+                base,
+                dt.as_mut_ptr(),
+                2,
+                &mut c
+            ),
+            CKR_MECHANISM_INVALID,
+            "{partial:#x}"
+        );
+    }
+}
+
+#[test]
+fn every_pkcs1_v15_decryption_failure_gives_one_error() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits)];
+    let mut priv_t = [attr(CKA_DECRYPT, &TRUE)];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            1,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    // Malformed blocks, each encrypted raw with the public key: wrong block type, no
+    // separator, padding too short, a non-zero first byte.
+    let mut blocks: Vec<[u8; 256]> = Vec::new();
+    let mut b = [0xffu8; 256];
+    b[0] = 0;
+    b[1] = 1;
+    b[200] = 0;
+    blocks.push(b);
+    let mut b = [0x5au8; 256];
+    b[0] = 0;
+    b[1] = 2;
+    blocks.push(b);
+    let mut b = [0x5au8; 256];
+    b[0] = 0;
+    b[1] = 2;
+    b[4] = 0;
+    blocks.push(b);
+    let mut b = [0x5au8; 256];
+    b[0] = 0x01;
+    b[1] = 2;
+    b[100] = 0;
+    blocks.push(b);
+    for (i, block) in blocks.iter().enumerate() {
+        assert_eq!(
+            call!(m, C_EncryptInit, h, &mut mech(CKM_RSA_X_509), p),
+            CKR_OK
+        );
+        let mut ct = [0u8; 256];
+        let mut n: CK_ULONG = 256;
+        let rv = call!(
+            m,
+            C_Encrypt,
+            h,
+            block.as_ptr() as *mut u8,
+            256,
+            ct.as_mut_ptr(),
+            &mut n
+        );
+        if rv == CKR_DATA_INVALID {
+            // A block at or above the modulus (the 0x01 first byte can be): nothing to decrypt.
+            continue;
+        }
+        assert_eq!(rv, CKR_OK, "raw encryption of block {i}");
+        assert_eq!(
+            call!(m, C_DecryptInit, h, &mut mech(CKM_RSA_PKCS), k),
+            CKR_OK
+        );
+        let mut out = [0u8; 256];
+        let mut n: CK_ULONG = 256;
+        assert_eq!(
+            call!(
+                m,
+                C_Decrypt,
+                h,
+                ct.as_mut_ptr(),
+                256,
+                out.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_ENCRYPTED_DATA_INVALID,
+            "block {i}"
+        );
+        assert_eq!(out, [0u8; 256], "nothing was written for block {i}");
+    }
+}
