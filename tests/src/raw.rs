@@ -238,3 +238,132 @@ impl Drop for Fixture {
         let _ = self.m.finalize();
     }
 }
+
+/// A mechanism without parameter.
+pub fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    }
+}
+
+/// A mechanism whose parameter is the struct `p` (which must outlive the call).
+pub fn mech_param<T>(m: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: m,
+        pParameter: p as *mut T as *mut c_void,
+        ulParameterLen: std::mem::size_of::<T>() as CK_ULONG,
+    }
+}
+
+/// One attribute's value, through the two-call length protocol.
+pub fn attr_value(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    o: CK_OBJECT_HANDLE,
+    ty: CK_ATTRIBUTE_TYPE,
+) -> Result<Vec<u8>, CK_RV> {
+    let mut a = CK_ATTRIBUTE {
+        type_: ty,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    let rv = call!(m, C_GetAttributeValue, h, o, &mut a, 1);
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut buf = vec![0u8; a.ulValueLen as usize];
+    a.pValue = buf.as_mut_ptr() as *mut c_void;
+    let rv = call!(m, C_GetAttributeValue, h, o, &mut a, 1);
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    buf.truncate(a.ulValueLen as usize);
+    Ok(buf)
+}
+
+/// `C_SignInit` + `C_Sign` with the length query first; panics on any error.
+pub fn sign(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> Vec<u8> {
+    assert_eq!(call!(m, C_SignInit, h, mm, k), CKR_OK, "C_SignInit");
+    let mut len: CK_ULONG = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            ptr::null_mut(),
+            &mut len
+        ),
+        CKR_OK,
+        "C_Sign length"
+    );
+    let mut sig = vec![0u8; len as usize];
+    assert_eq!(
+        call!(
+            m,
+            C_Sign,
+            h,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OK,
+        "C_Sign"
+    );
+    sig.truncate(len as usize);
+    sig
+}
+
+/// `C_VerifyInit` (must succeed) + `C_Verify`: its CK_RV.
+pub fn verify(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+    data: &[u8],
+    sig: &[u8],
+) -> CK_RV {
+    assert_eq!(call!(m, C_VerifyInit, h, mm, k), CKR_OK, "C_VerifyInit");
+    call!(
+        m,
+        C_Verify,
+        h,
+        data.as_ptr() as *mut u8,
+        data.len() as CK_ULONG,
+        sig.as_ptr() as *mut u8,
+        sig.len() as CK_ULONG
+    )
+}
+
+/// Every object a template finds, fetched a few at a time.
+pub fn find(m: &Module, h: CK_SESSION_HANDLE, t: &mut [CK_ATTRIBUTE]) -> Vec<CK_OBJECT_HANDLE> {
+    assert_eq!(
+        call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), t.len() as CK_ULONG),
+        CKR_OK
+    );
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [0 as CK_OBJECT_HANDLE; 3];
+        let mut n: CK_ULONG = 0;
+        assert_eq!(
+            call!(m, C_FindObjects, h, buf.as_mut_ptr(), 3, &mut n),
+            CKR_OK
+        );
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
+    out
+}

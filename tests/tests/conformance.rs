@@ -7,25 +7,12 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN};
+use hsmpool_tests::raw::{
+    attr, attr_bytes, find, mech, mech_param, sign, verify, Fixture, Module, FALSE, SO_PIN, TRUE,
+    USER_PIN,
+};
 
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
-
-fn mech_param<T>(m: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: p as *mut T as *mut c_void,
-        ulParameterLen: std::mem::size_of::<T>() as CK_ULONG,
-    }
-}
 
 fn gen_rsa(
     m: &Module,
@@ -133,86 +120,6 @@ fn get_bytes(
     );
     buf.truncate(a.ulValueLen as usize);
     buf
-}
-
-fn sign(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    k: CK_OBJECT_HANDLE,
-    data: &[u8],
-) -> Vec<u8> {
-    assert_eq!(call!(m, C_SignInit, h, mm, k), CKR_OK, "C_SignInit");
-    let mut len: CK_ULONG = 0;
-    assert_eq!(
-        call!(
-            m,
-            C_Sign,
-            h,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            ptr::null_mut(),
-            &mut len
-        ),
-        CKR_OK
-    );
-    let mut sig = vec![0u8; len as usize];
-    assert_eq!(
-        call!(
-            m,
-            C_Sign,
-            h,
-            data.as_ptr() as *mut u8,
-            data.len() as CK_ULONG,
-            sig.as_mut_ptr(),
-            &mut len
-        ),
-        CKR_OK
-    );
-    sig.truncate(len as usize);
-    sig
-}
-
-fn verify(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    k: CK_OBJECT_HANDLE,
-    data: &[u8],
-    sig: &[u8],
-) -> CK_RV {
-    assert_eq!(call!(m, C_VerifyInit, h, mm, k), CKR_OK, "C_VerifyInit");
-    call!(
-        m,
-        C_Verify,
-        h,
-        data.as_ptr() as *mut u8,
-        data.len() as CK_ULONG,
-        sig.as_ptr() as *mut u8,
-        sig.len() as CK_ULONG
-    )
-}
-
-fn find(m: &Module, h: CK_SESSION_HANDLE, t: &mut [CK_ATTRIBUTE]) -> Vec<CK_OBJECT_HANDLE> {
-    assert_eq!(
-        call!(m, C_FindObjectsInit, h, t.as_mut_ptr(), t.len() as CK_ULONG),
-        CKR_OK
-    );
-    let mut out = Vec::new();
-    loop {
-        let mut buf = [0 as CK_OBJECT_HANDLE; 3];
-        let mut n: CK_ULONG = 0;
-        assert_eq!(
-            call!(m, C_FindObjects, h, buf.as_mut_ptr(), 3, &mut n),
-            CKR_OK
-        );
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-    }
-    assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
-    out
 }
 
 // ----- general purpose ---------------------------------------------------------------------

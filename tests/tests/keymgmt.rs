@@ -7,25 +7,9 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, TRUE};
+use hsmpool_tests::raw::{attr, attr_bytes, mech, mech_param, Fixture, Module, FALSE, TRUE};
 
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
-
-fn mech_param<T>(m: CK_MECHANISM_TYPE, p: &mut T) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: p as *mut T as *mut c_void,
-        ulParameterLen: std::mem::size_of::<T>() as CK_ULONG,
-    }
-}
 
 fn secret(
     m: &Module,

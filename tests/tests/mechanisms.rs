@@ -7,15 +7,7 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, TRUE};
-
-fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
+use hsmpool_tests::raw::{attr, attr_bytes, mech, verify, Fixture, Module, TRUE};
 
 /// The two-call output protocol: ask the length, then fetch.
 fn run(f: impl Fn(*mut u8, *mut CK_ULONG) -> CK_RV) -> Vec<u8> {
@@ -46,26 +38,6 @@ fn sign(
             l
         )
     })
-}
-
-fn verify(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    k: CK_OBJECT_HANDLE,
-    data: &[u8],
-    sig: &[u8],
-) -> CK_RV {
-    assert_eq!(call!(m, C_VerifyInit, h, mm, k), CKR_OK);
-    call!(
-        m,
-        C_Verify,
-        h,
-        data.as_ptr() as *mut u8,
-        data.len() as CK_ULONG,
-        sig.as_ptr() as *mut u8,
-        sig.len() as CK_ULONG
-    )
 }
 
 fn get(m: &Module, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {

@@ -7,15 +7,7 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN};
-
-fn mech(m: CK_MECHANISM_TYPE) -> CK_MECHANISM {
-    CK_MECHANISM {
-        mechanism: m,
-        pParameter: ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
+use hsmpool_tests::raw::{attr, attr_bytes, mech, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN};
 
 fn count_objects(m: &Module, h: CK_SESSION_HANDLE) -> usize {
     assert_eq!(call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0), CKR_OK);
