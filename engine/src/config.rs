@@ -11,6 +11,7 @@
 //! data_dir = "/var/lib/hsmpool/hsm0"
 //! pin_iterations = 100000      # PBKDF2 iterations for new PIN hashes
 //! max_login_failures = 10
+//! timing = "off"               # or "hsm2m.medium" / "hsm1.medium": the simulator's timing model
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ pub struct MemberConfig {
     pub pin_iterations: Option<u32>,
     /// Consecutive failed logins that lock a user.
     pub max_login_failures: Option<u32>,
+    /// Timing model of an embedded member: `"off"` (default), `"hsm2m.medium"` or
+    /// `"hsm1.medium"` (AWS CloudHSM per-HSM figures; see simulator/src/timing.rs).
+    pub timing: Option<String>,
 }
 
 /// Where the embedded default keeps its data.
@@ -80,6 +84,13 @@ impl Config {
                     "{origin}: member[{i}].kind: unknown kind {:?} (this build knows \"embedded\")",
                     m.kind
                 )));
+            }
+            if let Some(t) = &m.timing {
+                if !matches!(t.as_str(), "off" | "hsm2m.medium" | "hsm1.medium") {
+                    return Err(Error::Config(format!(
+                        "{origin}: member[{i}].timing: unknown model {t:?} (\"off\", \"hsm2m.medium\" or \"hsm1.medium\")"
+                    )));
+                }
             }
             if m.pin_iterations == Some(0) {
                 return Err(Error::Config(format!(
@@ -137,6 +148,7 @@ impl Config {
                 data_dir: None,
                 pin_iterations: None,
                 max_login_failures: None,
+                timing: None,
             }]
         } else {
             self.member.clone()
@@ -160,6 +172,18 @@ mod tests {
             msg.contains("/etc/h.toml") && msg.contains("data_dri"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn timing_models_are_named() {
+        assert!(Config::parse(
+            "[[member]]\nkind = \"embedded\"\ntiming = \"hsm2m.medium\"\n",
+            "f"
+        )
+        .is_ok());
+        let e =
+            Config::parse("[[member]]\nkind = \"embedded\"\ntiming = \"fast\"\n", "f").unwrap_err();
+        assert!(e.to_string().contains("member[0].timing"), "{e}");
     }
 
     #[test]

@@ -271,6 +271,11 @@ impl Engine {
         if let Some(f) = m.max_login_failures {
             hcfg.max_login_failures = f;
         }
+        hcfg.timing = match m.timing.as_deref() {
+            Some("hsm2m.medium") => Some(hsmpool_sim::timing::TimingConfig::default()),
+            Some("hsm1.medium") => Some(hsmpool_sim::timing::TimingConfig::cloudhsm_hsm1_medium()),
+            _ => None,
+        };
         let member: Arc<dyn Backend> = Arc::new(InProcess::open(MemberId(0), hcfg)?);
         let ms = member.open_session()?;
         tracing::info!(member = %member.describe(), "engine ready");

@@ -23,6 +23,7 @@ use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
 use crate::error::{SimError, SimResult};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
+use crate::timing::{self, OpClass, TimingConfig, TimingModel};
 use crate::types::{Attr, MechParam, Mechanism, SignInput};
 
 /// The crypto officer that `C_InitToken` creates.
@@ -43,6 +44,9 @@ pub struct HsmConfig {
     pub pin_iterations: u32,
     /// Consecutive failed logins that lock a user.
     pub max_login_failures: u32,
+    /// Timing model (network round trip, service times, cores, serialised token creation);
+    /// `None` (the default) is off: full speed. See [`crate::timing`].
+    pub timing: Option<TimingConfig>,
 }
 
 impl HsmConfig {
@@ -52,6 +56,7 @@ impl HsmConfig {
             data_dir,
             pin_iterations: 100_000,
             max_login_failures: 10,
+            timing: None,
         }
     }
 }
@@ -212,6 +217,8 @@ pub struct Hsm {
     index: DashMap<(CK_ATTRIBUTE_TYPE, Vec<u8>), Vec<u64>>,
     next_session: AtomicU64,
     refused: Refused,
+    /// timing hook: the timing model, when `cfg.timing` is set.
+    timing: Option<TimingModel>,
 }
 
 const INDEXED: [CK_ATTRIBUTE_TYPE; 2] = [CKA_LABEL, CKA_ID];
@@ -252,6 +259,7 @@ impl Hsm {
                 None => refused.users.push(u.name),
             }
         }
+        let timing = cfg.timing.clone().map(TimingModel::new); // timing hook
         let hsm = Hsm {
             cfg,
             store,
@@ -262,6 +270,7 @@ impl Hsm {
             index: DashMap::new(),
             next_session: AtomicU64::new(1),
             refused: Refused::default(),
+            timing,
         };
         let mut refused_objects = Vec::new();
         for so in hsm.store.load_objects(&mut refused)? {
@@ -318,6 +327,22 @@ impl Hsm {
     /// Objects and users refused at load for failing their integrity check.
     pub fn refused(&self) -> &Refused {
         &self.refused
+    }
+
+    /// The timing model, when on.
+    pub fn timing(&self) -> Option<&TimingModel> {
+        self.timing.as_ref()
+    }
+
+    /// timing hook: start a request; `op` gives its class and whether it creates a persistent
+    /// (token) object, and is only called with the model on (off, this is one branch). The
+    /// returned timer, held until the operation's end, applies the reply delay when dropped.
+    #[inline]
+    fn timed(&self, op: impl FnOnce() -> (OpClass, bool)) -> Option<timing::OpTimer<'_>> {
+        self.timing.as_ref().map(|t| {
+            let (class, token) = op();
+            t.begin_op(class, token)
+        })
     }
 
     fn insert(&self, obj: Arc<Object>) {
@@ -646,6 +671,13 @@ impl Hsm {
 
     /// `C_CreateObject`.
     pub fn create_object(&self, ms: u64, template: &[Attr]) -> SimResult<u64> {
+        // timing hook
+        let _timing = self.timed(|| {
+            (
+                OpClass::Management,
+                timing::token_in(template) == Some(true),
+            )
+        });
         let login = self.login_of(ms)?;
         let class =
             rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
@@ -834,6 +866,13 @@ impl Hsm {
 
     /// `C_GenerateKey`: AES and generic secret keys.
     pub fn generate_key(&self, ms: u64, mech: &Mechanism, template: &[Attr]) -> SimResult<u64> {
+        // timing hook
+        let _timing = self.timed(|| {
+            (
+                OpClass::KeyGenSymmetric,
+                timing::token_in(template) == Some(true),
+            )
+        });
         let login = self.login_of(ms)?;
         let key_type = match mech.mech {
             CKM_AES_KEY_GEN => CKK_AES,
@@ -889,6 +928,13 @@ impl Hsm {
         public: &[Attr],
         private: &[Attr],
     ) -> SimResult<(u64, u64)> {
+        // timing hook
+        let _timing = self.timed(|| {
+            let token = [public, private]
+                .iter()
+                .any(|t| timing::token_in(t) == Some(true));
+            (OpClass::from_key_pair_template(mech.mech, public), token)
+        });
         let login = self.login_of(ms)?;
         let is_so = Self::is_so(&login);
         let (key_type, pub_key, priv_key) = match mech.mech {
@@ -1001,6 +1047,7 @@ impl Hsm {
 
     /// `C_DestroyObject`.
     pub fn destroy_object(&self, ms: u64, id: u64) -> SimResult<()> {
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(ms, id)?;
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
@@ -1012,6 +1059,12 @@ impl Hsm {
     pub fn copy_object(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
         let login = self.login_of(ms)?;
         let obj = self.get_visible(ms, id)?;
+        let _timing = self.timed(|| {
+            (
+                OpClass::Management,
+                timing::token_in(template).unwrap_or(obj.token),
+            )
+        });
         if !obj.flag(CKA_COPYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -1024,6 +1077,7 @@ impl Hsm {
 
     /// `C_SetAttributeValue`.
     pub fn set_attributes(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<()> {
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let login = self.login_of(ms)?;
         let obj = self.get_visible(ms, id)?;
         if !obj.flag(CKA_MODIFIABLE) {
@@ -1055,6 +1109,7 @@ impl Hsm {
         id: u64,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> SimResult<Vec<AttrAnswer>> {
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(ms, id)?;
         let tables = obj.tables();
         Ok(types
@@ -1103,6 +1158,7 @@ impl Hsm {
     /// `C_FindObjects*`: every visible object matching the template. A template naming
     /// `CKA_LABEL` or `CKA_ID` is answered from the index.
     pub fn find(&self, ms: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let login = self.login_of(ms)?;
         let keyed = template.iter().find(|a| INDEXED.contains(&a.ty));
         let candidates: Vec<Arc<Object>> = match keyed {
@@ -1203,6 +1259,11 @@ impl Hsm {
                 }
                 e => e,
             })?;
+        // timing hook
+        let _timing = self.timed(|| {
+            let bits = w.key.as_ref().map_or(0, |k| k.key_bits());
+            (OpClass::from_encrypt(mech.mech, bits), false)
+        });
         let k = self.get_visible(ms, key).map_err(|e| match e {
             SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
             e => e,
@@ -1260,6 +1321,12 @@ impl Hsm {
                 }
                 e => e,
             })?;
+        // timing hook
+        let _timing = self.timed(|| {
+            let bits = u.key.as_ref().map_or(0, |k| k.key_bits());
+            let token = timing::token_in(template) == Some(true);
+            (OpClass::from_decrypt(mech.mech, bits), token)
+        });
         // The unwrapping key's CKA_UNWRAP_TEMPLATE is merged into the caller's: a conflict is
         // the caller's error, a missing attribute is added.
         let mut merged: Vec<Attr> = template.to_vec();
@@ -1356,6 +1423,12 @@ impl Hsm {
     ) -> SimResult<u64> {
         let login = self.login_of(ms)?;
         let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
+        // timing hook
+        let _timing = self.timed(|| {
+            let bits = b.key.as_ref().map_or(0, |k| k.key_bits());
+            let token = timing::token_in(template) == Some(true);
+            (OpClass::from_derive(mech.mech, bits), token)
+        });
         if mech.mech == CKM_HKDF_DATA {
             return self.derive_data(ms, &login, mech, &b, template);
         }
@@ -1531,7 +1604,10 @@ impl Hsm {
         input: SignInput,
     ) -> SimResult<Vec<u8>> {
         let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
-        rv(crypto::sign(mech, Self::key_of(&obj)?, input))
+        let k = Self::key_of(&obj)?;
+        // timing hook
+        let _timing = self.timed(|| (OpClass::from_sign(mech.mech, k.key_bits()), false));
+        rv(crypto::sign(mech, k, input))
     }
 
     /// The length a signature will have.
@@ -1550,13 +1626,19 @@ impl Hsm {
         sig: &[u8],
     ) -> SimResult<()> {
         let obj = self.usable(ms, key, CKA_VERIFY, mech.mech)?;
-        rv(crypto::verify(mech, Self::key_of(&obj)?, input, sig))
+        let k = Self::key_of(&obj)?;
+        // timing hook
+        let _timing = self.timed(|| (OpClass::from_verify(mech.mech, k.key_bits()), false));
+        rv(crypto::verify(mech, k, input, sig))
     }
 
     /// Encrypt.
     pub fn encrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Vec<u8>> {
         let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
-        rv(crypto::encrypt(mech, Self::key_of(&obj)?, data))
+        let k = Self::key_of(&obj)?;
+        // timing hook
+        let _timing = self.timed(|| (OpClass::from_encrypt(mech.mech, k.key_bits()), false));
+        rv(crypto::encrypt(mech, k, data))
     }
 
     /// Decrypt.
@@ -1568,7 +1650,10 @@ impl Hsm {
         data: &[u8],
     ) -> SimResult<Zeroizing<Vec<u8>>> {
         let obj = self.usable(ms, key, CKA_DECRYPT, mech.mech)?;
-        rv(crypto::decrypt(mech, Self::key_of(&obj)?, data))
+        let k = Self::key_of(&obj)?;
+        // timing hook
+        let _timing = self.timed(|| (OpClass::from_decrypt(mech.mech, k.key_bits()), false));
+        rv(crypto::decrypt(mech, k, data))
     }
 
     /// The value of a secret key, for `C_DigestKey` (which never returns it to the caller).
@@ -1584,6 +1669,7 @@ impl Hsm {
 
     /// Random bytes.
     pub fn random(&self, out: &mut [u8]) -> SimResult<()> {
+        let _timing = self.timed(|| (OpClass::Random, false)); // timing hook
         rv(crypto::random(out))
     }
 }

@@ -10,4 +10,6 @@ pub mod error;
 pub mod hsm;
 pub mod object;
 pub mod store;
+pub mod timing;
 pub mod types;
+pub mod wire;
