@@ -219,7 +219,15 @@ pub struct Hsm {
     refused: Refused,
     /// timing hook: the timing model, when `cfg.timing` is set.
     timing: Option<TimingModel>,
+    /// The store's `data_version` when this HSM last caught up with other processes' writes.
+    seen_version: std::sync::atomic::AtomicI64,
+    /// When it last looked (ms since `opened`): looking is rate-limited.
+    checked_ms: AtomicU64,
+    opened: std::time::Instant,
 }
+
+/// How often finds and logins look for other processes' writes to a shared store.
+const CATCH_UP_INTERVAL_MS: u64 = 200;
 
 const INDEXED: [CK_ATTRIBUTE_TYPE; 2] = [CKA_LABEL, CKA_ID];
 
@@ -271,6 +279,9 @@ impl Hsm {
             next_session: AtomicU64::new(1),
             refused: Refused::default(),
             timing,
+            seen_version: std::sync::atomic::AtomicI64::new(0),
+            checked_ms: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
         };
         let mut refused_objects = Vec::new();
         for so in hsm.store.load_objects(&mut refused)? {
@@ -286,7 +297,85 @@ impl Hsm {
         for name in &refused.users {
             tracing::error!(user = %name, store = %hsm.store.path().display(), "stored user failed its integrity check and is refused");
         }
+        let version = hsm.store.data_version()?;
+        hsm.seen_version.store(version, Ordering::Relaxed);
         Ok(Hsm { refused, ..hsm })
+    }
+
+    /// Catch up with writes another process made to the same store (a second program using
+    /// the embedded default, the `hsmpool` tool adding a user): at most every
+    /// [`CATCH_UP_INTERVAL_MS`], and only when SQLite says the file changed. Token objects are
+    /// added, replaced or dropped to match the store; users and token state are re-read.
+    fn catch_up(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < CATCH_UP_INTERVAL_MS
+            || self
+                .checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Ok(version) = self.store.data_version() else {
+            return;
+        };
+        if version == self.seen_version.swap(version, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.reload() {
+            tracing::error!(store = %self.store.path().display(), "catching up with the store failed: {e}");
+        }
+    }
+
+    fn reload(&self) -> SimResult<()> {
+        let mut refused = Refused::default();
+        let stored = self.store.load_objects(&mut refused)?;
+        let mut in_store = std::collections::HashSet::new();
+        for so in stored {
+            in_store.insert(so.id);
+            let same = self
+                .objects
+                .get(&so.id)
+                .is_some_and(|o| object::encode_attrs(&o.attrs) == so.attrs);
+            if same {
+                continue;
+            }
+            if let Ok(obj) = self.revive(so.id, so.owner, &so.attrs, &so.secret) {
+                if let Some((_, old)) = self.objects.remove(&so.id) {
+                    self.unindex(&old);
+                }
+                self.insert(Arc::new(obj));
+            }
+        }
+        let gone: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.token && !in_store.contains(&o.id))
+            .map(|o| o.value().clone())
+            .collect();
+        for o in gone {
+            self.unindex(&o);
+            self.objects.remove(&o.id);
+        }
+        let mut users = HashMap::new();
+        for u in self.store.load_users(&mut refused)? {
+            if let Some(user) = Role::from_code(u.role)
+                .and_then(|role| User::from_record(role, &u.record, u.failures))
+            {
+                users.insert(u.name, user);
+            }
+        }
+        *self.users.write() = users;
+        let initialized = self.store.meta("initialized")?.is_some_and(|v| v == [1]);
+        let mut t = self.token.write();
+        t.initialized = initialized;
+        if let Some(l) = self.store.meta("label")? {
+            if let Ok(label) = <[u8; 32]>::try_from(l.as_slice()) {
+                t.label = label;
+            }
+        }
+        Ok(())
     }
 
     fn revive(
@@ -423,6 +512,7 @@ impl Hsm {
     /// Log a member session in. A PIN `name:password` names the user when such a user of that
     /// role exists; otherwise the whole PIN is the default user's (or default SO's).
     pub fn login(&self, ms: u64, role: Role, pin: &[u8]) -> SimResult<()> {
+        self.catch_up();
         if let Some(pos) = pin.iter().position(|b| *b == b':') {
             if let Ok(name) = std::str::from_utf8(&pin[..pos]) {
                 let named = self.users.read().get(name).is_some_and(|u| u.role == role);
@@ -440,6 +530,7 @@ impl Hsm {
 
     /// Log a member session in as a named user.
     pub fn login_named(&self, ms: u64, role: Role, name: &str, pin: &[u8]) -> SimResult<()> {
+        self.catch_up();
         if !self.token.read().initialized {
             return Err(SimError::Rv(CKR_USER_PIN_NOT_INITIALIZED));
         }
@@ -1159,6 +1250,7 @@ impl Hsm {
     /// `CKA_LABEL` or `CKA_ID` is answered from the index.
     pub fn find(&self, ms: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
+        self.catch_up();
         let login = self.login_of(ms)?;
         let keyed = template.iter().find(|a| INDEXED.contains(&a.ty));
         let candidates: Vec<Arc<Object>> = match keyed {

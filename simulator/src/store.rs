@@ -211,6 +211,14 @@ impl Store {
         SimError::store(&self.path, e)
     }
 
+    /// SQLite's `data_version`: it changes when another connection (another process) has
+    /// committed to the database since this connection last looked.
+    pub fn data_version(&self) -> SimResult<i64> {
+        let conn = self.conn.lock();
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// Read a metadata value.
     pub fn meta(&self, k: &str) -> SimResult<Option<Vec<u8>>> {
         let conn = self.conn.lock();

@@ -302,3 +302,67 @@ fn no_key_value_at_rest_and_tampered_rows_are_refused() {
     );
     assert!(text.contains("tampered object"), "{text}");
 }
+
+#[test]
+#[ignore = "run by a_key_made_by_another_process_meanwhile_is_found"]
+fn child_add_key_to_a_running_token() {
+    let dir = std::env::var("HSMPOOL_TEST_DIR").expect("set by parent");
+    let fx = Fixture::at_path(Path::new(&dir));
+    let m = fx.m;
+    let h = m.open(true);
+    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
+    let class = CKO_SECRET_KEY;
+    let aes = CKK_AES;
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &aes),
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_VALUE, &[0x42; 32]),
+        attr_bytes(CKA_LABEL, b"from-elsewhere"),
+    ];
+    let mut o = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 5, &mut o),
+        CKR_OK
+    );
+}
+
+#[test]
+fn a_key_made_by_another_process_meanwhile_is_found() {
+    let dir = keep_dir();
+    let fx = Fixture::at_path(dir.path());
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    assert!(find_label(m, h, b"from-elsewhere").is_empty());
+    // Another process (the test binary itself) adds a token key to the same store while this
+    // one keeps it open.
+    run_child("child_add_key_to_a_running_token", dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(
+        find_label(m, h, b"from-elsewhere").len(),
+        1,
+        "the other process's key is visible without re-initialising"
+    );
+    // And a user the administration tool adds meanwhile can log in.
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    let data = dir.path().join("hsm0");
+    let out = std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"))
+        .args([
+            "--data",
+            data.to_str().expect("UTF-8 path"),
+            "user",
+            "add",
+            "bob",
+        ])
+        .env("HSMPOOL_SO_PIN", hsmpool_tests::raw::SO_PIN)
+        .env("HSMPOOL_NEW_PIN", "bob-pin-1")
+        .output()
+        .expect("hsmpool runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(m.login(h, CKU_USER, "bob:bob-pin-1"), CKR_OK);
+}
