@@ -35,7 +35,7 @@ pub(crate) struct Op {
     /// An `*Update` was called: single-part calls are no longer allowed.
     updated: bool,
     /// A computed result waiting for a large enough buffer.
-    pending: Option<Zeroizing<Vec<u8>>>,
+    pending: Option<Output>,
     /// AES-CBC streaming: the chained IV.
     cbc_iv: Option<[u8; AES_BLOCK]>,
     /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
@@ -150,13 +150,47 @@ fn with_iv(mech: CK_MECHANISM_TYPE, iv: [u8; AES_BLOCK]) -> Mechanism {
     }
 }
 
+/// An operation's result. Signatures and ciphertexts are public and are not wiped; plaintexts
+/// and digests (a digest may cover a key, through `C_DigestKey`) are wiped when dropped.
+pub(crate) struct Output {
+    bytes: Vec<u8>,
+    secret: bool,
+}
+
+impl Output {
+    fn public(bytes: Vec<u8>) -> Self {
+        Output {
+            bytes,
+            secret: false,
+        }
+    }
+    fn secret(mut z: Zeroizing<Vec<u8>>) -> Self {
+        // Move the bytes out without a copy; the emptied Zeroizing has nothing left to wipe.
+        Output {
+            bytes: std::mem::take(&mut *z),
+            secret: true,
+        }
+    }
+}
+
+impl std::ops::Deref for Output {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if self.secret {
+            zeroize::Zeroize::zeroize(&mut self.bytes);
+        }
+    }
+}
+
 /// Deliver a result under the output-length rule. Returns the op to put back (if it stays
 /// active) and the outcome.
-fn deliver(
-    mut op: Op,
-    result: Zeroizing<Vec<u8>>,
-    out: Option<&mut [u8]>,
-) -> (Option<Op>, Result<usize>) {
+fn deliver(mut op: Op, result: Output, out: Option<&mut [u8]>) -> (Option<Op>, Result<usize>) {
     let len = result.len();
     match out {
         None => {
@@ -316,27 +350,30 @@ impl Engine {
         }
     }
 
-    fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Output> {
         match kind {
-            OpKind::Sign => Ok(Zeroizing::new(self.member.sign(
+            OpKind::Sign => Ok(Output::public(self.member.sign(
                 self.ms,
                 &op.mech,
                 Self::key_of(op)?,
                 SignInput::Message(data),
             )?)),
-            OpKind::Encrypt => Ok(Zeroizing::new(self.member.encrypt(
+            OpKind::Encrypt => Ok(Output::public(self.member.encrypt(
                 self.ms,
                 &op.mech,
                 Self::key_of(op)?,
                 data,
             )?)),
-            OpKind::Decrypt => self
-                .member
-                .decrypt(self.ms, &op.mech, Self::key_of(op)?, data),
-            OpKind::Digest => Ok(Zeroizing::new(
+            OpKind::Decrypt => Ok(Output::secret(self.member.decrypt(
+                self.ms,
+                &op.mech,
+                Self::key_of(op)?,
+                data,
+            )?)),
+            OpKind::Digest => Ok(Output::secret(Zeroizing::new(
                 hsmpool_sim::crypto::digest(op.mech.mech, data)
                     .map_err(|_| Error::MechanismInvalid)?,
-            )),
+            ))),
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),
         }
     }
@@ -501,14 +538,14 @@ impl Engine {
         }
     }
 
-    fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Zeroizing<Vec<u8>>> {
+    fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Output> {
         match kind {
             OpKind::Digest => {
                 let h = op
                     .hash
                     .take()
                     .ok_or(Error::General("digest without context".into()))?;
-                Ok(Zeroizing::new(h.finish()))
+                Ok(Output::secret(Zeroizing::new(h.finish())))
             }
             OpKind::Sign => {
                 let key = Self::key_of(op)?;
@@ -527,7 +564,7 @@ impl Engine {
                             .sign(self.ms, &op.mech, key, SignInput::Message(&op.buf))?
                     }
                 };
-                Ok(Zeroizing::new(sig))
+                Ok(Output::public(sig))
             }
             OpKind::Encrypt | OpKind::Decrypt => {
                 let key = Self::key_of(op)?;
@@ -539,8 +576,8 @@ impl Engine {
                         } else {
                             Error::EncryptedDataLenRange
                         }),
-                        (_, CKM_AES_CBC) => Ok(Zeroizing::new(Vec::new())),
-                        (OpKind::Encrypt, _) => Ok(Zeroizing::new(self.member.encrypt(
+                        (_, CKM_AES_CBC) => Ok(Output::public(Vec::new())),
+                        (OpKind::Encrypt, _) => Ok(Output::public(self.member.encrypt(
                             self.ms,
                             &with_iv(CKM_AES_CBC_PAD, iv),
                             key,
@@ -550,17 +587,23 @@ impl Engine {
                             if rest.len() != AES_BLOCK {
                                 return Err(Error::EncryptedDataLenRange);
                             }
-                            self.member
-                                .decrypt(self.ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                            Ok(Output::secret(self.member.decrypt(
+                                self.ms,
+                                &with_iv(CKM_AES_CBC_PAD, iv),
+                                key,
+                                rest,
+                            )?))
                         }
                     };
                 }
                 if kind == OpKind::Encrypt {
-                    Ok(Zeroizing::new(
+                    Ok(Output::public(
                         self.member.encrypt(self.ms, &op.mech, key, &op.buf)?,
                     ))
                 } else {
-                    self.member.decrypt(self.ms, &op.mech, key, &op.buf)
+                    Ok(Output::secret(
+                        self.member.decrypt(self.ms, &op.mech, key, &op.buf)?,
+                    ))
                 }
             }
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),

@@ -360,7 +360,9 @@ pub(crate) fn aes_encrypt(
             if iv.len() == 12 && tag_len == 16 {
                 let nonce = Nonce::try_assume_unique_for_key(iv)
                     .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
-                let mut buf = data.to_vec();
+                // Room for the tag up front: appending it must not reallocate and copy.
+                let mut buf = Vec::with_capacity(data.len() + aead::MAX_TAG_LEN);
+                buf.extend_from_slice(data);
                 sk.gcm_key(value)?
                     .seal_in_place_append_tag(nonce, Aad::from(aad), &mut buf)
                     .map_err(|_| CKR_DATA_LEN_RANGE)?;
