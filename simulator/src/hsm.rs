@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
 use crate::error::{SimError, SimResult};
+use crate::fault::{FaultConfig, Faults};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
 use crate::timing::{self, OpClass, TimingConfig, TimingModel};
@@ -47,6 +48,9 @@ pub struct HsmConfig {
     /// Timing model (network round trip, service times, cores, serialised token creation);
     /// `None` (the default) is off: full speed. See [`crate::timing`].
     pub timing: Option<TimingConfig>,
+    /// fault hook: seeded fault injection (crash, partition, hold, delay, random failures);
+    /// `None` (the default) is off. See [`crate::fault`].
+    pub faults: Option<FaultConfig>,
 }
 
 impl HsmConfig {
@@ -57,6 +61,7 @@ impl HsmConfig {
             pin_iterations: 100_000,
             max_login_failures: 10,
             timing: None,
+            faults: None,
         }
     }
 }
@@ -151,6 +156,8 @@ impl User {
 #[derive(Clone, Default)]
 struct SimSession {
     login: Option<(Role, String)>,
+    /// fault hook: the fault controller's session generation when opened.
+    generation: u64,
 }
 
 struct TokenMeta {
@@ -219,6 +226,8 @@ pub struct Hsm {
     refused: Refused,
     /// timing hook: the timing model, when `cfg.timing` is set.
     timing: Option<TimingModel>,
+    /// fault hook: the fault controller, when `cfg.faults` is set.
+    faults: Option<Faults>,
     /// The store's `data_version` when this HSM last caught up with other processes' writes.
     seen_version: std::sync::atomic::AtomicI64,
     /// When it last looked (ms since `opened`): looking is rate-limited.
@@ -268,6 +277,7 @@ impl Hsm {
             }
         }
         let timing = cfg.timing.clone().map(TimingModel::new); // timing hook
+        let faults = cfg.faults.as_ref().map(Faults::new); // fault hook
         let hsm = Hsm {
             cfg,
             store,
@@ -279,6 +289,7 @@ impl Hsm {
             next_session: AtomicU64::new(1),
             refused: Refused::default(),
             timing,
+            faults,
             seen_version: std::sync::atomic::AtomicI64::new(0),
             checked_ms: AtomicU64::new(0),
             opened: std::time::Instant::now(),
@@ -434,6 +445,39 @@ impl Hsm {
         })
     }
 
+    /// The fault controller, when on. See [`crate::fault`].
+    pub fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    /// fault hook: at the start of an operation, the injected error, if any (after any hold
+    /// and delay). Off, or on with no fault active, this is one branch and one atomic load.
+    #[inline]
+    fn fault_check(&self) -> SimResult<()> {
+        match &self.faults {
+            Some(f) if f.is_active() => self.fault_slow(f),
+            _ => Ok(()),
+        }
+    }
+
+    /// fault hook: the slow path: drop sessions a crash or connection drop invalidated, then
+    /// ask the controller.
+    #[cold]
+    fn fault_slow(&self, f: &Faults) -> SimResult<()> {
+        if let Some(generation) = f.take_purge() {
+            let stale: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|s| s.generation < generation)
+                .map(|s| *s.key())
+                .collect();
+            for ms in stale {
+                self.close_session(ms);
+            }
+        }
+        f.before_op().map_err(SimError::Rv)
+    }
+
     fn insert(&self, obj: Arc<Object>) {
         for ty in INDEXED {
             if let Some(v) = obj.attrs.get(&ty) {
@@ -483,7 +527,28 @@ impl Hsm {
     /// Open a member session (an authentication context).
     pub fn open_session(&self) -> u64 {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.sessions.insert(id, SimSession::default());
+        // fault hook: this cannot return an error: an injected one leaves the session
+        // unregistered, so its first use fails.
+        let generation = match &self.faults {
+            None => 0,
+            Some(f) => {
+                if self.fault_check().is_err() {
+                    return id;
+                }
+                f.generation()
+            }
+        };
+        self.sessions.insert(
+            id,
+            SimSession {
+                generation,
+                ..SimSession::default()
+            },
+        );
+        // fault hook: a crash or connection drop that raced this open invalidates it too.
+        if self.faults().is_some_and(|f| f.generation() != generation) {
+            self.sessions.remove(&id);
+        }
         id
     }
 
@@ -512,6 +577,7 @@ impl Hsm {
     /// Log a member session in. A PIN `name:password` names the user when such a user of that
     /// role exists; otherwise the whole PIN is the default user's (or default SO's).
     pub fn login(&self, ms: u64, role: Role, pin: &[u8]) -> SimResult<()> {
+        // fault hook: in `login_named`, which every path of `login` reaches.
         self.catch_up();
         if let Some(pos) = pin.iter().position(|b| *b == b':') {
             if let Ok(name) = std::str::from_utf8(&pin[..pos]) {
@@ -530,6 +596,7 @@ impl Hsm {
 
     /// Log a member session in as a named user.
     pub fn login_named(&self, ms: u64, role: Role, name: &str, pin: &[u8]) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         self.catch_up();
         if !self.token.read().initialized {
             return Err(SimError::Rv(CKR_USER_PIN_NOT_INITIALIZED));
@@ -571,6 +638,7 @@ impl Hsm {
 
     /// Log a member session out.
     pub fn logout(&self, ms: u64) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         let mut s = self
             .sessions
             .get_mut(&ms)
@@ -618,6 +686,7 @@ impl Hsm {
 
     /// `C_InitPIN`: the SO sets the default user's PIN (creating the user, unlocking it).
     pub fn init_pin(&self, ms: u64, pin: &[u8]) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         match self.login_of(ms)? {
             Some((Role::Officer, _)) => {}
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
@@ -627,6 +696,7 @@ impl Hsm {
 
     /// A crypto officer logged in on `ms` adds (or resets) a named user.
     pub fn add_user(&self, ms: u64, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         match self.login_of(ms)? {
             Some((Role::Officer, _)) => self.create_user(name, role, pin),
             _ => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
@@ -672,6 +742,8 @@ impl Hsm {
 
     /// Token status for `C_GetTokenInfo`.
     pub fn token_status(&self) -> TokenStatus {
+        // fault hook: hold and delay apply; this cannot return an injected error.
+        let _ = self.fault_check();
         let t = self.token.read();
         let users = self.users.read();
         TokenStatus {
@@ -762,7 +834,8 @@ impl Hsm {
 
     /// `C_CreateObject`.
     pub fn create_object(&self, ms: u64, template: &[Attr]) -> SimResult<u64> {
-        // timing hook
+        self.fault_check()?; // fault hook
+                             // timing hook
         let _timing = self.timed(|| {
             (
                 OpClass::Management,
@@ -957,7 +1030,8 @@ impl Hsm {
 
     /// `C_GenerateKey`: AES and generic secret keys.
     pub fn generate_key(&self, ms: u64, mech: &Mechanism, template: &[Attr]) -> SimResult<u64> {
-        // timing hook
+        self.fault_check()?; // fault hook
+                             // timing hook
         let _timing = self.timed(|| {
             (
                 OpClass::KeyGenSymmetric,
@@ -1019,7 +1093,8 @@ impl Hsm {
         public: &[Attr],
         private: &[Attr],
     ) -> SimResult<(u64, u64)> {
-        // timing hook
+        self.fault_check()?; // fault hook
+                             // timing hook
         let _timing = self.timed(|| {
             let token = [public, private]
                 .iter()
@@ -1138,6 +1213,7 @@ impl Hsm {
 
     /// `C_DestroyObject`.
     pub fn destroy_object(&self, ms: u64, id: u64) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(ms, id)?;
         if !obj.flag(CKA_DESTROYABLE) {
@@ -1148,6 +1224,7 @@ impl Hsm {
 
     /// `C_CopyObject`.
     pub fn copy_object(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
+        self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
         let obj = self.get_visible(ms, id)?;
         let _timing = self.timed(|| {
@@ -1168,6 +1245,7 @@ impl Hsm {
 
     /// `C_SetAttributeValue`.
     pub fn set_attributes(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let login = self.login_of(ms)?;
         let obj = self.get_visible(ms, id)?;
@@ -1200,6 +1278,7 @@ impl Hsm {
         id: u64,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> SimResult<Vec<AttrAnswer>> {
+        self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(ms, id)?;
         let tables = obj.tables();
@@ -1230,11 +1309,18 @@ impl Hsm {
 
     /// `C_GetObjectSize`.
     pub fn object_size(&self, ms: u64, id: u64) -> SimResult<u64> {
+        self.fault_check()?; // fault hook
         Ok(self.get_visible(ms, id)?.size())
     }
 
     /// What the engine caches about a key.
     pub fn key_meta(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
+        self.fault_check()?; // fault hook
+        self.meta_of(ms, id)
+    }
+
+    /// fault hook: the body of `key_meta`, without the fault check (`check_key` has made it).
+    fn meta_of(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
         let obj = self.get_visible(ms, id)?;
         Ok(KeyMeta {
             class: obj.class,
@@ -1249,6 +1335,7 @@ impl Hsm {
     /// `C_FindObjects*`: every visible object matching the template. A template naming
     /// `CKA_LABEL` or `CKA_ID` is answered from the index.
     pub fn find(&self, ms: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
+        self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         self.catch_up();
         let login = self.login_of(ms)?;
@@ -1323,8 +1410,9 @@ impl Hsm {
         mech: &Mechanism,
         id: u64,
     ) -> SimResult<KeyMeta> {
+        self.fault_check()?; // fault hook
         self.usable(ms, id, usage, mech.mech)?;
-        self.key_meta(ms, id)
+        self.meta_of(ms, id) // fault hook: not `key_meta`, one check per call
     }
 
     /// `C_WrapKey`: `key` (a secret key's value, or a private key's PKCS #8) encrypted under
@@ -1337,6 +1425,7 @@ impl Hsm {
         wrapping: u64,
         key: u64,
     ) -> SimResult<Vec<u8>> {
+        self.fault_check()?; // fault hook
         let w = self
             .usable(ms, wrapping, CKA_WRAP, mech.mech)
             .map_err(|e| match e {
@@ -1401,6 +1490,7 @@ impl Hsm {
         wrapped: &[u8],
         template: &[Attr],
     ) -> SimResult<u64> {
+        self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
         let u = self
             .usable(ms, unwrapping, CKA_UNWRAP, mech.mech)
@@ -1513,6 +1603,7 @@ impl Hsm {
         base: u64,
         template: &[Attr],
     ) -> SimResult<u64> {
+        self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
         let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
         // timing hook
@@ -1695,6 +1786,7 @@ impl Hsm {
         key: u64,
         input: SignInput,
     ) -> SimResult<Vec<u8>> {
+        self.fault_check()?; // fault hook
         let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
@@ -1704,6 +1796,7 @@ impl Hsm {
 
     /// The length a signature will have.
     pub fn signature_len(&self, ms: u64, mech: &Mechanism, key: u64) -> SimResult<usize> {
+        self.fault_check()?; // fault hook
         let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
         rv(crypto::signature_len(mech, Self::key_of(&obj)?))
     }
@@ -1717,6 +1810,7 @@ impl Hsm {
         input: SignInput,
         sig: &[u8],
     ) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         let obj = self.usable(ms, key, CKA_VERIFY, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
@@ -1726,6 +1820,7 @@ impl Hsm {
 
     /// Encrypt.
     pub fn encrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Vec<u8>> {
+        self.fault_check()?; // fault hook
         let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
@@ -1741,6 +1836,7 @@ impl Hsm {
         key: u64,
         data: &[u8],
     ) -> SimResult<Zeroizing<Vec<u8>>> {
+        self.fault_check()?; // fault hook
         let obj = self.usable(ms, key, CKA_DECRYPT, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
@@ -1750,6 +1846,7 @@ impl Hsm {
 
     /// The value of a secret key, for `C_DigestKey` (which never returns it to the caller).
     pub fn secret_value_for_digest(&self, ms: u64, key: u64) -> SimResult<Zeroizing<Vec<u8>>> {
+        self.fault_check()?; // fault hook
         let obj = self
             .get_visible(ms, key)
             .map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
@@ -1761,6 +1858,7 @@ impl Hsm {
 
     /// Random bytes.
     pub fn random(&self, out: &mut [u8]) -> SimResult<()> {
+        self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Random, false)); // timing hook
         rv(crypto::random(out))
     }

@@ -7,6 +7,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod fault;
 pub mod hsm;
 pub mod object;
 pub mod store;
