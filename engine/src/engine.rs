@@ -248,14 +248,6 @@ pub fn engine() -> Result<EngineRef> {
     }
 }
 
-fn pad(s: &str, n: usize) -> String {
-    let mut s: String = s.chars().take(n).collect();
-    while s.len() < n {
-        s.push(' ');
-    }
-    s
-}
-
 impl Engine {
     /// Build an engine from a configuration (opens every member).
     pub fn new(cfg: Config) -> Result<Engine> {
@@ -750,10 +742,7 @@ impl Engine {
     ) -> Result<Vec<AttrValue>> {
         self.session(s)?;
         let e = self.entry(o)?;
-        let answers = self
-            .member
-            .get_attributes(self.ms, e.member_obj, types)
-            .map_err(object_error)?;
+        let answers = self.member.get_attributes(self.ms, e.member_obj, types)?;
         Ok(answers
             .into_iter()
             .map(|a| match a {
@@ -773,12 +762,10 @@ impl Engine {
     ) -> Result<()> {
         let rw = self.rw_of(s)?;
         let e = self.entry(o)?;
-        if !rw && self.is_token(e.member_obj).map_err(object_error)? {
+        if !rw && self.is_token(e.member_obj)? {
             return Err(Error::SessionReadOnly);
         }
-        self.member
-            .set_attributes(self.ms, e.member_obj, &template)
-            .map_err(object_error)
+        self.member.set_attributes(self.ms, e.member_obj, &template)
     }
 
     /// `C_FindObjectsInit`.
@@ -834,10 +821,7 @@ impl Engine {
         template: Vec<Attr>,
     ) -> Result<ObjectHandle> {
         self.session(s)?;
-        let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
-        if row.flags & CKF_GENERATE == 0 {
-            return Err(Error::MechanismInvalid);
-        }
+        self.mech_row(&mech, CKF_GENERATE)?;
         self.check_write(s, &template)?;
         let mo = self.member.generate_key(self.ms, &mech, &template)?;
         let token = self.is_token(mo)?;
@@ -853,10 +837,7 @@ impl Engine {
         private: Vec<Attr>,
     ) -> Result<(ObjectHandle, ObjectHandle)> {
         self.session(s)?;
-        let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
-        if row.flags & CKF_GENERATE_KEY_PAIR == 0 {
-            return Err(Error::MechanismInvalid);
-        }
+        let row = self.mech_row(&mech, CKF_GENERATE_KEY_PAIR)?;
         self.check_write(s, &public)?;
         self.check_write(s, &private)?;
         if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
@@ -879,7 +860,8 @@ impl Engine {
         Ok((self.adopt(s, p, pt)?, self.adopt(s, k, kt)?))
     }
 
-    fn mech_row(
+    /// The table row of a mechanism that offers `flag`, else `MechanismInvalid`.
+    pub(crate) fn mech_row(
         &self,
         mech: &Mechanism,
         flag: CK_FLAGS,
@@ -989,12 +971,6 @@ impl Engine {
     }
 }
 
-/// A member's "object handle invalid" for an object we know is the application's view of an
-/// object it can no longer see.
-fn object_error(e: Error) -> Error {
-    e
-}
-
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
@@ -1020,11 +996,6 @@ fn utc_time(secs: u64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
-}
-
-#[allow(dead_code)]
-pub(crate) fn padded(s: &str, n: usize) -> String {
-    pad(s, n)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::backend::MemberObject;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::mechanism::{lookup, MechRow};
+use crate::mechanism::MechRow;
 use crate::types::{ObjectHandle, OpKind, SessionHandle};
 
 /// Largest multi-part input buffered for a single member call.
@@ -221,10 +221,10 @@ impl Engine {
         if sess.lock().ops.active(kind) {
             return Err(Error::OperationActive);
         }
-        let row = lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
-        if row.flags & function_flag(kind) == 0 || kind == OpKind::Digest {
+        if kind == OpKind::Digest {
             return Err(Error::MechanismInvalid);
         }
+        let row = self.mech_row(&mech, function_flag(kind))?;
         check_param(&mech)?;
         let entry = self.key_entry(key)?;
         let meta = self
@@ -276,10 +276,7 @@ impl Engine {
     /// `C_DigestInit`.
     pub fn digest_init(&self, s: SessionHandle, mech: Mechanism) -> Result<()> {
         let sess = self.session(s)?;
-        let row = lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
-        if row.flags & CKF_DIGEST == 0 {
-            return Err(Error::MechanismInvalid);
-        }
+        let row = self.mech_row(&mech, CKF_DIGEST)?;
         if !matches!(mech.param, MechParam::None) {
             return Err(Error::MechanismParamInvalid);
         }
