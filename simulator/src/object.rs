@@ -339,32 +339,12 @@ impl Object {
 
 /// Serialise attributes for the store: (type u64 BE, length u32 BE, bytes)*, sorted by type.
 pub fn encode_attrs(attrs: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (ty, v) in attrs {
-        out.extend_from_slice(&ty.to_be_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
-    }
-    out
+    crate::types::encode_attr_pairs(attrs.iter().map(|(ty, v)| (*ty, v.as_slice())))
 }
 
 /// The inverse of [`encode_attrs`]; garbage gives `None`.
-pub fn decode_attrs(mut b: &[u8]) -> Option<BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>> {
-    let mut m = BTreeMap::new();
-    while !b.is_empty() {
-        if b.len() < 12 {
-            return None;
-        }
-        let ty = u64::from_be_bytes(b[..8].try_into().ok()?);
-        let len = u32::from_be_bytes(b[8..12].try_into().ok()?) as usize;
-        b = &b[12..];
-        if b.len() < len {
-            return None;
-        }
-        m.insert(CK_ATTRIBUTE_TYPE::try_from(ty).ok()?, b[..len].to_vec());
-        b = &b[len..];
-    }
-    Some(m)
+pub fn decode_attrs(b: &[u8]) -> Option<BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>> {
+    Some(crate::types::decode_attr_pairs(b)?.into_iter().collect())
 }
 
 /// The encoded boolean.

@@ -210,35 +210,46 @@ pub fn is_array_attribute(ty: CK_ATTRIBUTE_TYPE) -> bool {
     )
 }
 
-/// The value of an attribute-array attribute as it travels and is stored here (the caller's
-/// `CK_ATTRIBUTE` array holds pointers, which cannot be kept): for each attribute its type (8
-/// bytes big-endian), its length (4 bytes big-endian) and its value.
-pub fn encode_attr_array(attrs: &[Attr]) -> Vec<u8> {
+/// One encoding for attribute lists that must be kept as bytes: for each attribute its type
+/// (8 bytes big-endian), its length (4 bytes big-endian) and its value. The store's attribute
+/// blob and the value of attribute-array attributes both use it.
+pub fn encode_attr_pairs<'a>(
+    pairs: impl IntoIterator<Item = (CK_ATTRIBUTE_TYPE, &'a [u8])>,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    for a in attrs {
-        out.extend_from_slice(&a.ty.to_be_bytes());
-        out.extend_from_slice(
-            &u32::try_from(a.value.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
-        out.extend_from_slice(&a.value);
+    for (ty, value) in pairs {
+        out.extend_from_slice(&ty.to_be_bytes());
+        out.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(value);
     }
     out
 }
 
-/// The inverse of [`encode_attr_array`]; malformed bytes give `None`.
-pub fn decode_attr_array(mut b: &[u8]) -> Option<Vec<Attr>> {
+/// The inverse of [`encode_attr_pairs`]; malformed bytes give `None`.
+pub fn decode_attr_pairs(mut b: &[u8]) -> Option<Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let ty = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
         let len = usize::try_from(u32::from_be_bytes(b.get(8..12)?.try_into().ok()?)).ok()?;
         let value = b.get(12..12usize.checked_add(len)?)?;
-        out.push(Attr {
-            ty: CK_ATTRIBUTE_TYPE::try_from(ty).ok()?,
-            value: value.to_vec(),
-        });
+        out.push((CK_ATTRIBUTE_TYPE::try_from(ty).ok()?, value.to_vec()));
         b = &b[12 + len..];
     }
     Some(out)
+}
+
+/// The value of an attribute-array attribute as it travels and is stored here (the caller's
+/// `CK_ATTRIBUTE` array holds pointers, which cannot be kept), in [`encode_attr_pairs`] form.
+pub fn encode_attr_array(attrs: &[Attr]) -> Vec<u8> {
+    encode_attr_pairs(attrs.iter().map(|a| (a.ty, a.value.as_slice())))
+}
+
+/// The inverse of [`encode_attr_array`]; malformed bytes give `None`.
+pub fn decode_attr_array(b: &[u8]) -> Option<Vec<Attr>> {
+    Some(
+        decode_attr_pairs(b)?
+            .into_iter()
+            .map(|(ty, value)| Attr { ty, value })
+            .collect(),
+    )
 }
