@@ -258,30 +258,14 @@ impl Hsm {
     pub fn open(cfg: HsmConfig) -> SimResult<Hsm> {
         let store = Store::open(&cfg.data_dir)?;
         let mut refused = Refused::default();
-        let initialized = store.meta("initialized")?.is_some_and(|v| v == [1]);
-        let mut label = [b' '; 32];
-        if let Some(l) = store.meta("label")? {
-            if l.len() == 32 {
-                label.copy_from_slice(&l);
-            }
-        }
-        let mut users = HashMap::new();
-        for u in store.load_users(&mut refused)? {
-            match Role::from_code(u.role)
-                .and_then(|role| User::from_record(role, &u.record, u.failures))
-            {
-                Some(user) => {
-                    users.insert(u.name, user);
-                }
-                None => refused.users.push(u.name),
-            }
-        }
+        let token = read_token_meta(&store)?;
+        let users = read_users(&store, &mut refused)?;
         let timing = cfg.timing.clone().map(TimingModel::new); // timing hook
         let faults = cfg.faults.as_ref().map(Faults::new); // fault hook
         let hsm = Hsm {
             cfg,
             store,
-            token: RwLock::new(TokenMeta { initialized, label }),
+            token: RwLock::new(token),
             users: RwLock::new(users),
             sessions: DashMap::new(),
             objects: DashMap::new(),
@@ -369,23 +353,8 @@ impl Hsm {
             self.unindex(&o);
             self.objects.remove(&o.id);
         }
-        let mut users = HashMap::new();
-        for u in self.store.load_users(&mut refused)? {
-            if let Some(user) = Role::from_code(u.role)
-                .and_then(|role| User::from_record(role, &u.record, u.failures))
-            {
-                users.insert(u.name, user);
-            }
-        }
-        *self.users.write() = users;
-        let initialized = self.store.meta("initialized")?.is_some_and(|v| v == [1]);
-        let mut t = self.token.write();
-        t.initialized = initialized;
-        if let Some(l) = self.store.meta("label")? {
-            if let Ok(label) = <[u8; 32]>::try_from(l.as_slice()) {
-                t.label = label;
-            }
-        }
+        *self.users.write() = read_users(&self.store, &mut refused)?;
+        *self.token.write() = read_token_meta(&self.store)?;
         Ok(())
     }
 
@@ -1652,28 +1621,7 @@ impl Hsm {
                 shared_data,
                 len,
             ))?,
-            (
-                &CKM_HKDF_DERIVE,
-                MechParam::Hkdf {
-                    extract,
-                    expand,
-                    prf,
-                    salt_type,
-                    salt,
-                    info,
-                },
-            ) => {
-                let ikm = match base_key.material() {
-                    KeyMaterial::Secret { value, .. } => value.clone(),
-                    _ => return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT)),
-                };
-                let salt: &[u8] = match *salt_type {
-                    CKF_HKDF_SALT_NULL => &[],
-                    CKF_HKDF_SALT_DATA => salt,
-                    _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
-                };
-                rv(crypto::hkdf(*prf, *extract, *expand, salt, &ikm, info, len))?
-            }
+            (&CKM_HKDF_DERIVE, p @ MechParam::Hkdf { .. }) => hkdf_output(base_key, p, len)?,
             (&CKM_ECDH1_DERIVE | &CKM_HKDF_DERIVE, _) => {
                 return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID))
             }
@@ -1738,27 +1686,14 @@ impl Hsm {
         let len = rv(find_ulong(template, CKA_VALUE_LEN))?
             .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
         let len = usize::try_from(len).map_err(|_| SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID))?;
-        let MechParam::Hkdf {
-            extract,
-            expand,
-            prf,
-            salt_type,
-            salt,
-            info,
-        } = &mech.param
-        else {
+        if !matches!(mech.param, MechParam::Hkdf { .. }) {
             return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID));
-        };
-        let ikm = match base.key.as_ref().map(|k| k.material()) {
-            Some(KeyMaterial::Secret { value, .. }) => value.clone(),
-            _ => return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT)),
-        };
-        let salt: &[u8] = match *salt_type {
-            CKF_HKDF_SALT_NULL => &[],
-            CKF_HKDF_SALT_DATA => salt,
-            _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
-        };
-        let value = rv(crypto::hkdf(*prf, *extract, *expand, salt, &ikm, info, len))?;
+        }
+        let base_key = base
+            .key
+            .as_deref()
+            .ok_or(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT))?;
+        let value = hkdf_output(base_key, &mech.param, len)?;
         let mut t: Vec<Attr> = template
             .iter()
             .filter(|a| !matches!(a.ty, CKA_CLASS | CKA_VALUE_LEN | CKA_VALUE))
@@ -1918,6 +1853,56 @@ fn priv_key_attrs(public: &KeyMaterial) -> Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)> {
         KeyMaterial::EdPublic { .. } => vec![(CKA_EC_PARAMS, crypto::ED25519_OID_DER.to_vec())],
         _ => Vec::new(),
     }
+}
+
+/// HKDF (`CKM_HKDF_DERIVE` / `CKM_HKDF_DATA`) over a secret base key: `len` output bytes.
+fn hkdf_output(base: &LoadedKey, param: &MechParam, len: usize) -> SimResult<Zeroizing<Vec<u8>>> {
+    let MechParam::Hkdf {
+        extract,
+        expand,
+        prf,
+        salt_type,
+        salt,
+        info,
+    } = param
+    else {
+        return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID));
+    };
+    let KeyMaterial::Secret { value: ikm, .. } = base.material() else {
+        return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT));
+    };
+    let salt: &[u8] = match *salt_type {
+        CKF_HKDF_SALT_NULL => &[],
+        CKF_HKDF_SALT_DATA => salt,
+        _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
+    };
+    rv(crypto::hkdf(*prf, *extract, *expand, salt, ikm, info, len))
+}
+
+/// The token state as the store has it (label blank when none was ever set).
+fn read_token_meta(store: &Store) -> SimResult<TokenMeta> {
+    let initialized = store.meta("initialized")?.is_some_and(|v| v == [1]);
+    let label = store
+        .meta("label")?
+        .and_then(|l| <[u8; 32]>::try_from(l.as_slice()).ok())
+        .unwrap_or([b' '; 32]);
+    Ok(TokenMeta { initialized, label })
+}
+
+/// Every user whose sealed record verifies and parses; the others are added to `refused`.
+fn read_users(store: &Store, refused: &mut Refused) -> SimResult<HashMap<String, User>> {
+    let mut users = HashMap::new();
+    for u in store.load_users(refused)? {
+        match Role::from_code(u.role)
+            .and_then(|role| User::from_record(role, &u.record, u.failures))
+        {
+            Some(user) => {
+                users.insert(u.name, user);
+            }
+            None => refused.users.push(u.name),
+        }
+    }
+    Ok(users)
 }
 
 /// A key's security strength in bits (NIST SP 800-57 part 1, table 2): AES and secrets by
