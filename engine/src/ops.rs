@@ -15,10 +15,11 @@ use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
 use crate::backend::MemberObject;
-use crate::engine::Engine;
+use crate::engine::{Engine, Session};
 use crate::error::{Error, Result};
 use crate::mechanism::MechRow;
 use crate::types::{ObjectHandle, OpKind, SessionHandle};
+use parking_lot::Mutex;
 
 /// Largest multi-part input buffered for a single member call.
 pub const MAX_BUFFERED: usize = 64 << 20;
@@ -320,31 +321,41 @@ impl Engine {
         if kind == OpKind::Verify {
             return Err(Error::General("verify has its own entry".into()));
         }
-        let (sess, mut op) = self.take_op(s, kind)?;
+        let (sess, op) = self.take_op(s, kind)?;
         if op.updated {
             // A multi-part operation is under way; single-part calls end nothing.
             self.put_op(&sess, kind, op);
             return Err(Error::OperationActive);
         }
+        self.produce(&sess, kind, op, out, |e, op| {
+            e.compute_single(kind, op, data)
+        })
+    }
+
+    /// The shared end of single-part and final calls: the `CKA_ALWAYS_AUTHENTICATE` gate (§4.9:
+    /// the operation stays active for the login to come), the kept result or a new one, and the
+    /// output-length rule.
+    fn produce(
+        &self,
+        sess: &Mutex<Session>,
+        kind: OpKind,
+        mut op: Op,
+        out: Option<&mut [u8]>,
+        compute: impl FnOnce(&Self, &mut Op) -> Result<Output>,
+    ) -> Result<usize> {
         if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
-            // §4.9 CKA_ALWAYS_AUTHENTICATE: the operation stays active for the login to come.
-            self.put_op(&sess, kind, op);
+            self.put_op(sess, kind, op);
             return Err(Error::UserNotLoggedIn);
         }
         let result = match op.pending.take() {
-            Some(r) => Ok(r),
-            None => self.compute_single(kind, &op, data),
+            Some(r) => r,
+            None => compute(self, &mut op)?,
         };
-        match result {
-            Ok(r) => {
-                let (back, outcome) = deliver(op, r, out);
-                if let Some(op) = back {
-                    self.put_op(&sess, kind, op);
-                }
-                outcome
-            }
-            Err(e) => Err(e),
+        let (back, outcome) = deliver(op, result, out);
+        if let Some(op) = back {
+            self.put_op(sess, kind, op);
         }
+        outcome
     }
 
     fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Output> {
@@ -514,25 +525,8 @@ impl Engine {
         if kind == OpKind::Verify {
             return Err(Error::General("verify has its own entry".into()));
         }
-        let (sess, mut op) = self.take_op(s, kind)?;
-        if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
-            self.put_op(&sess, kind, op);
-            return Err(Error::UserNotLoggedIn);
-        }
-        let result = match op.pending.take() {
-            Some(r) => Ok(r),
-            None => self.compute_final(kind, &mut op),
-        };
-        match result {
-            Ok(r) => {
-                let (back, outcome) = deliver(op, r, out);
-                if let Some(op) = back {
-                    self.put_op(&sess, kind, op);
-                }
-                outcome
-            }
-            Err(e) => Err(e),
-        }
+        let (sess, op) = self.take_op(s, kind)?;
+        self.produce(&sess, kind, op, out, |e, op| e.compute_final(kind, op))
     }
 
     fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Output> {
