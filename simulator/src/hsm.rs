@@ -1290,15 +1290,19 @@ impl Hsm {
 
     /// fault hook: the body of `key_meta`, without the fault check (`check_key` has made it).
     fn meta_of(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
-        let obj = self.get_visible(ms, id)?;
-        Ok(KeyMeta {
+        Ok(Self::meta(&*self.get_visible(ms, id)?))
+    }
+
+    /// What the engine keeps about an object, read off it.
+    fn meta(obj: &Object) -> KeyMeta {
+        KeyMeta {
             class: obj.class,
             key_type: obj.key_type,
             key_bits: obj.key.as_ref().map_or(0, |k| k.key_bits()),
             token: obj.token,
             private: obj.private,
             always_authenticate: obj.flag(CKA_ALWAYS_AUTHENTICATE),
-        })
+        }
     }
 
     /// `C_FindObjects*`: every visible object matching the template. A template naming
@@ -1380,8 +1384,8 @@ impl Hsm {
         id: u64,
     ) -> SimResult<KeyMeta> {
         self.fault_check()?; // fault hook
-        self.usable(ms, id, usage, mech.mech)?;
-        self.meta_of(ms, id) // fault hook: not `key_meta`, one check per call
+                             // One lookup: the object `usable` checked is the one described.
+        Ok(Self::meta(&*self.usable(ms, id, usage, mech.mech)?))
     }
 
     /// `C_WrapKey`: `key` (a secret key's value, or a private key's PKCS #8) encrypted under
