@@ -367,3 +367,41 @@ pub fn find(m: &Module, h: CK_SESSION_HANDLE, t: &mut [CK_ATTRIBUTE]) -> Vec<CK_
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
     out
 }
+
+/// `C_CreateObject`: the new handle or the CK_RV.
+pub fn create(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    t: &mut [CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut o = 0;
+    match call!(
+        m,
+        C_CreateObject,
+        h,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
+/// A secret key of `kt` with `value`, plus the `extra` attributes.
+pub fn create_secret(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    kt: CK_KEY_TYPE,
+    value: &[u8],
+    extra: &[CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let class = CKO_SECRET_KEY;
+    let mut t = vec![
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr_bytes(CKA_VALUE, value),
+    ];
+    t.extend_from_slice(extra);
+    create(m, h, &mut t)
+}

@@ -7,7 +7,9 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, mech, mech_param, Fixture, Module, FALSE, TRUE};
+use hsmpool_tests::raw::{
+    attr, attr_bytes, create_secret, mech, mech_param, Fixture, Module, FALSE, TRUE,
+};
 
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
@@ -18,27 +20,7 @@ fn secret(
     value: &[u8],
     extra: &[CK_ATTRIBUTE],
 ) -> CK_OBJECT_HANDLE {
-    let class = CKO_SECRET_KEY;
-    let mut t = vec![
-        attr(CKA_CLASS, &class),
-        attr(CKA_KEY_TYPE, &kt),
-        attr_bytes(CKA_VALUE, value),
-    ];
-    t.extend_from_slice(extra);
-    let mut o = 0;
-    assert_eq!(
-        call!(
-            m,
-            C_CreateObject,
-            h,
-            t.as_mut_ptr(),
-            t.len() as CK_ULONG,
-            &mut o
-        ),
-        CKR_OK,
-        "create secret key"
-    );
-    o
+    create_secret(m, h, kt, value, extra).expect("create secret key")
 }
 
 fn get(

@@ -7,7 +7,9 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::call;
-use hsmpool_tests::raw::{attr, attr_bytes, mech, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN};
+use hsmpool_tests::raw::{
+    attr, attr_bytes, create, create_secret, mech, Fixture, Module, FALSE, SO_PIN, TRUE, USER_PIN,
+};
 
 fn count_objects(m: &Module, h: CK_SESSION_HANDLE) -> usize {
     assert_eq!(call!(m, C_FindObjectsInit, h, ptr::null_mut(), 0), CKR_OK);
@@ -21,25 +23,6 @@ fn count_objects(m: &Module, h: CK_SESSION_HANDLE) -> usize {
     n as usize
 }
 
-fn create(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    t: &mut [CK_ATTRIBUTE],
-) -> Result<CK_OBJECT_HANDLE, CK_RV> {
-    let mut o = 0;
-    match call!(
-        m,
-        C_CreateObject,
-        h,
-        t.as_mut_ptr(),
-        t.len() as CK_ULONG,
-        &mut o
-    ) {
-        CKR_OK => Ok(o),
-        rv => Err(rv),
-    }
-}
-
 const AES_VALUE: [u8; 32] = [0x5c; 32];
 
 fn aes(
@@ -47,15 +30,7 @@ fn aes(
     h: CK_SESSION_HANDLE,
     extra: &[CK_ATTRIBUTE],
 ) -> Result<CK_OBJECT_HANDLE, CK_RV> {
-    let class = CKO_SECRET_KEY;
-    let kt = CKK_AES;
-    let mut t = vec![
-        attr(CKA_CLASS, &class),
-        attr(CKA_KEY_TYPE, &kt),
-        attr_bytes(CKA_VALUE, &AES_VALUE),
-    ];
-    t.extend_from_slice(extra);
-    create(m, h, &mut t)
+    create_secret(m, h, CKK_AES, &AES_VALUE, extra)
 }
 
 #[test]
