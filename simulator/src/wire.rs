@@ -13,8 +13,21 @@
 //! * The request id makes the connection multiplexed: many requests may be in flight on one TLS
 //!   connection and the daemon answers each with the same id, in any order (a slow RSA keygen
 //!   does not hold up the signatures behind it).
-//! * Request kinds are `0x01..=0x1e`, response kinds `0x80..`: a frame sent the wrong way is an
-//!   [`WireError::UnknownKind`], not a misread.
+//! * Request kinds are `0x01..=0x23`, response kinds `0x80..=0x8c`: a frame sent the wrong way
+//!   is an [`WireError::UnknownKind`], not a misread.
+//!
+//! # Kinds
+//! | kinds | requests | answered with |
+//! |---|---|---|
+//! | `0x01` | `Ping` (answered by the daemon itself) | `Ok` |
+//! | `0x02..=0x09` | sessions, login, token and PIN management | `Handle`, `Ok`, `TokenStatus` |
+//! | `0x0a..=0x12` | objects: create, copy, destroy, attributes, size, find, key metadata | `Handle`, `Ok`, `Attributes`, `Size`, `Handles`, `KeyMeta` |
+//! | `0x13..=0x17` | key generation, wrapping, unwrapping, derivation | `Handle`, `KeyPair`, `Bytes` |
+//! | `0x18..=0x1d` | sign, verify, encrypt, decrypt, digest-key value, random | `Bytes`, `Ok`, `Secret` |
+//! | `0x1e`, `0x1f` | daemon administration: `Fault` (one fault verb), `Stats` | `Ok`, `Stats` |
+//! | `0x20..=0x23` | the cluster clone path: `ExportClone`, `ImportClone`, `ObjectDigests`, `DropReplica` | `Bytes`, `Handle`, `Digests`, `Ok` |
+//!
+//! Any request may be answered with `Err(CK_RV)`.
 //!
 //! # Body
 //! Hand-written and small, so we control every byte: integers are big-endian (`CK_ULONG` values
@@ -399,6 +412,78 @@ pub enum Request {
         /// Bytes wanted.
         len: u32,
     },
+    /// Daemon administration: apply one fault verb (`crash`, `delay 5ms`, ...: the syntax of
+    /// [`crate::fault::FaultVerb`]) → [`Response::Ok`].
+    Fault {
+        /// The verb and its arguments, as a fault script line without `at`.
+        verb: String,
+    },
+    /// Daemon administration: counters → [`Response::Stats`].
+    Stats,
+    /// `export_clone`: an object sealed for another member of the cluster → [`Response::Bytes`].
+    ExportClone {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+    },
+    /// `import_clone`: an object exported by another member → [`Response::Handle`].
+    ImportClone {
+        /// Session.
+        session: u64,
+        /// The sealed object.
+        blob: Vec<u8>,
+    },
+    /// `object_digests`: (object, digest) of every object the session sees →
+    /// [`Response::Digests`].
+    ObjectDigests {
+        /// Session.
+        session: u64,
+    },
+    /// `drop_replica` → [`Response::Ok`].
+    DropReplica {
+        /// Session.
+        session: u64,
+        /// Object.
+        object: u64,
+    },
+}
+
+/// A daemon's counters, since it started ([`Request::Stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    /// Client connections open now (after their handshake).
+    pub connections_open: u64,
+    /// Client connections that completed their handshake.
+    pub connections_accepted: u64,
+    /// TLS handshakes refused (wrong CA, no certificate, not TLS, ...).
+    pub handshakes_refused: u64,
+    /// Connections closed by the daemon on a fault verb (`drop_connections`, `crash`).
+    pub connections_dropped: u64,
+    /// Requests answered (with a value or an error).
+    pub requests_served: u64,
+    /// Requests answered with [`Response::Err`].
+    pub requests_failed: u64,
+    /// Frames refused as malformed (the connection that sent one is closed).
+    pub frames_refused: u64,
+    /// Operations failed by fault injection (`Faults::injected`).
+    pub faults_injected: u64,
+}
+
+impl DaemonStats {
+    /// Every counter with its name, in wire order.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("connections_open", self.connections_open),
+            ("connections_accepted", self.connections_accepted),
+            ("handshakes_refused", self.handshakes_refused),
+            ("connections_dropped", self.connections_dropped),
+            ("requests_served", self.requests_served),
+            ("requests_failed", self.requests_failed),
+            ("frames_refused", self.frames_refused),
+            ("faults_injected", self.faults_injected),
+        ]
+    }
 }
 
 /// The answer to one [`Request`].
@@ -426,6 +511,10 @@ pub enum Response {
     KeyMeta(KeyMeta),
     /// The call failed with this `CK_RV`.
     Err(CK_RV),
+    /// A daemon's counters.
+    Stats(DaemonStats),
+    /// (object, SHA-256 digest) pairs.
+    Digests(Vec<(u64, [u8; 32])>),
 }
 
 fn token_status_eq(a: &TokenStatus, b: &TokenStatus) -> bool {
@@ -462,6 +551,8 @@ impl PartialEq for Response {
             (R::Attributes(a), R::Attributes(b)) => a == b,
             (R::KeyMeta(a), R::KeyMeta(b)) => key_meta_eq(a, b),
             (R::Err(a), R::Err(b)) => a == b,
+            (R::Stats(a), R::Stats(b)) => a == b,
+            (R::Digests(a), R::Digests(b)) => a == b,
             _ => false,
         }
     }
@@ -498,6 +589,14 @@ mod kind {
     pub const DECRYPT: u8 = 0x1b;
     pub const SECRET_FOR_DIGEST: u8 = 0x1c;
     pub const RANDOM: u8 = 0x1d;
+    pub const FAULT: u8 = 0x1e;
+    pub const STATS: u8 = 0x1f;
+    pub const EXPORT_CLONE: u8 = 0x20;
+    pub const IMPORT_CLONE: u8 = 0x21;
+    pub const OBJECT_DIGESTS: u8 = 0x22;
+    pub const DROP_REPLICA: u8 = 0x23;
+    /// The last request kind.
+    pub const LAST_REQUEST: u8 = DROP_REPLICA;
 
     pub const R_OK: u8 = 0x80;
     pub const R_HANDLE: u8 = 0x81;
@@ -510,6 +609,10 @@ mod kind {
     pub const R_ATTRIBUTES: u8 = 0x88;
     pub const R_KEY_META: u8 = 0x89;
     pub const R_ERR: u8 = 0x8a;
+    pub const R_STATS: u8 = 0x8b;
+    pub const R_DIGESTS: u8 = 0x8c;
+    /// The last response kind.
+    pub const LAST_RESPONSE: u8 = R_DIGESTS;
 }
 
 impl Request {
@@ -545,6 +648,12 @@ impl Request {
             Request::Decrypt { .. } => "Decrypt",
             Request::SecretForDigest { .. } => "SecretForDigest",
             Request::Random { .. } => "Random",
+            Request::Fault { .. } => "Fault",
+            Request::Stats => "Stats",
+            Request::ExportClone { .. } => "ExportClone",
+            Request::ImportClone { .. } => "ImportClone",
+            Request::ObjectDigests { .. } => "ObjectDigests",
+            Request::DropReplica { .. } => "DropReplica",
         }
     }
 }
@@ -764,6 +873,12 @@ fn request_kind(r: &Request) -> u8 {
         Request::Decrypt { .. } => DECRYPT,
         Request::SecretForDigest { .. } => SECRET_FOR_DIGEST,
         Request::Random { .. } => RANDOM,
+        Request::Fault { .. } => FAULT,
+        Request::Stats => STATS,
+        Request::ExportClone { .. } => EXPORT_CLONE,
+        Request::ImportClone { .. } => IMPORT_CLONE,
+        Request::ObjectDigests { .. } => OBJECT_DIGESTS,
+        Request::DropReplica { .. } => DROP_REPLICA,
     }
 }
 
@@ -781,6 +896,8 @@ fn response_kind(r: &Response) -> u8 {
         Response::Attributes(_) => R_ATTRIBUTES,
         Response::KeyMeta(_) => R_KEY_META,
         Response::Err(_) => R_ERR,
+        Response::Stats(_) => R_STATS,
+        Response::Digests(_) => R_DIGESTS,
     }
 }
 
@@ -788,8 +905,10 @@ fn response_kind(r: &Response) -> u8 {
 pub fn encode_request(id: u64, r: &Request) -> Result<Vec<u8>> {
     let mut w = Writer::frame(id, request_kind(r));
     match r {
-        Request::Ping | Request::OpenSession | Request::TokenStatus => {}
-        Request::CloseSession { session } | Request::Logout { session } => w.u64(*session)?,
+        Request::Ping | Request::OpenSession | Request::TokenStatus | Request::Stats => {}
+        Request::CloseSession { session }
+        | Request::Logout { session }
+        | Request::ObjectDigests { session } => w.u64(*session)?,
         Request::Login {
             session,
             role,
@@ -842,6 +961,8 @@ pub fn encode_request(id: u64, r: &Request) -> Result<Vec<u8>> {
             w.attrs(template)?;
         }
         Request::DestroyObject { session, object }
+        | Request::ExportClone { session, object }
+        | Request::DropReplica { session, object }
         | Request::ObjectSize { session, object }
         | Request::KeyMeta { session, object }
         | Request::SecretForDigest {
@@ -977,6 +1098,11 @@ pub fn encode_request(id: u64, r: &Request) -> Result<Vec<u8>> {
             w.bytes(data)?;
         }
         Request::Random { len } => w.u32(*len)?,
+        Request::Fault { verb } => w.bytes(verb.as_bytes())?,
+        Request::ImportClone { session, blob } => {
+            w.u64(*session)?;
+            w.bytes(blob)?;
+        }
     }
     Ok(w.finish())
 }
@@ -1031,6 +1157,18 @@ pub fn encode_response(id: u64, r: &Response) -> Result<Vec<u8>> {
             w.bool(m.always_authenticate)?;
         }
         Response::Err(rv) => w.ulong(*rv)?,
+        Response::Stats(st) => {
+            for (_, v) in st.fields() {
+                w.u64(v)?;
+            }
+        }
+        Response::Digests(v) => {
+            w.len(v.len())?;
+            for (id, digest) in v {
+                w.u64(*id)?;
+                w.put(digest)?;
+            }
+        }
     }
     Ok(w.finish())
 }
@@ -1451,6 +1589,25 @@ pub fn decode_request(payload: &[u8]) -> Result<Request> {
             }
             Request::Random { len }
         }
+        FAULT => Request::Fault {
+            verb: std::str::from_utf8(r.slice()?)
+                .map_err(|_| WireError::Malformed("fault verb not UTF-8"))?
+                .to_owned(),
+        },
+        STATS => Request::Stats,
+        EXPORT_CLONE => Request::ExportClone {
+            session: r.u64()?,
+            object: r.u64()?,
+        },
+        IMPORT_CLONE => Request::ImportClone {
+            session: r.u64()?,
+            blob: r.vec()?,
+        },
+        OBJECT_DIGESTS => Request::ObjectDigests { session: r.u64()? },
+        DROP_REPLICA => Request::DropReplica {
+            session: r.u64()?,
+            object: r.u64()?,
+        },
         k => return Err(WireError::UnknownKind(k)),
     };
     r.end()?;
@@ -1504,6 +1661,24 @@ pub fn decode_response(payload: &[u8]) -> Result<Response> {
             always_authenticate: r.bool()?,
         }),
         R_ERR => Response::Err(r.ulong()?),
+        R_STATS => Response::Stats(DaemonStats {
+            connections_open: r.u64()?,
+            connections_accepted: r.u64()?,
+            handshakes_refused: r.u64()?,
+            connections_dropped: r.u64()?,
+            requests_served: r.u64()?,
+            requests_failed: r.u64()?,
+            frames_refused: r.u64()?,
+            faults_injected: r.u64()?,
+        }),
+        R_DIGESTS => {
+            let n = r.count(40)?;
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                out.push((r.u64()?, r.array()?));
+            }
+            Response::Digests(out)
+        }
         k => return Err(WireError::UnknownKind(k)),
     };
     r.end()?;

@@ -209,6 +209,30 @@ fn sample_requests() -> Vec<Request> {
         },
         Request::Random { len: 0 },
         Request::Random { len: MAX_RANDOM },
+        Request::Fault {
+            verb: "fail_with 0x30 0.25".to_owned(),
+        },
+        Request::Fault {
+            verb: String::new(),
+        },
+        Request::Stats,
+        Request::ExportClone {
+            session: 2,
+            object: 16,
+        },
+        Request::ImportClone {
+            session: 2,
+            blob: vec![0xc1; 77],
+        },
+        Request::ImportClone {
+            session: 2,
+            blob: vec![],
+        },
+        Request::ObjectDigests { session: 2 },
+        Request::DropReplica {
+            session: 2,
+            object: 17,
+        },
     ];
     // A Sign per mechanism parameter: every `MechParam` variant round-trips.
     for (i, p) in all_params().into_iter().enumerate() {
@@ -274,6 +298,18 @@ fn sample_responses() -> Vec<Response> {
             always_authenticate: true,
         }),
         Response::Err(CKR_PIN_INCORRECT),
+        Response::Stats(DaemonStats {
+            connections_open: 1,
+            connections_accepted: 2,
+            handshakes_refused: 3,
+            connections_dropped: 4,
+            requests_served: 5,
+            requests_failed: 6,
+            frames_refused: 7,
+            faults_injected: u64::MAX,
+        }),
+        Response::Digests(vec![]),
+        Response::Digests(vec![(1, [0xd1; 32]), (u64::MAX, [0; 32])]),
     ]
 }
 
@@ -307,7 +343,7 @@ fn one_frame(frame: &[u8]) -> (u64, Vec<u8>) {
 fn every_request_round_trips() {
     let samples = sample_requests();
     let kinds: BTreeSet<u8> = samples.iter().map(request_kind).collect();
-    assert_eq!(kinds, (kind::PING..=kind::RANDOM).collect());
+    assert_eq!(kinds, (kind::PING..=kind::LAST_REQUEST).collect());
     for (i, r) in samples.iter().enumerate() {
         let id = (i as u64) << 40 | 0xabc;
         let frame = encode_request(id, r).unwrap();
@@ -331,7 +367,7 @@ fn every_request_round_trips() {
 fn every_response_round_trips() {
     let samples = sample_responses();
     let kinds: BTreeSet<u8> = samples.iter().map(response_kind).collect();
-    assert_eq!(kinds, (kind::R_OK..=kind::R_ERR).collect());
+    assert_eq!(kinds, (kind::R_OK..=kind::LAST_RESPONSE).collect());
     for (i, r) in samples.iter().enumerate() {
         let frame = encode_response(i as u64, r).unwrap();
         let (id, payload) = one_frame(&frame);
@@ -616,10 +652,10 @@ fn bad_magic_and_version() {
 #[test]
 fn unknown_kinds_and_bad_tags() {
     assert_eq!(decode_request(&[0x00]), Err(WireError::UnknownKind(0)));
-    assert_eq!(decode_request(&[0x1e]), Err(WireError::UnknownKind(0x1e)));
+    assert_eq!(decode_request(&[0x24]), Err(WireError::UnknownKind(0x24)));
     assert_eq!(decode_request(&[0xee]), Err(WireError::UnknownKind(0xee)));
     assert_eq!(decode_response(&[0x7f]), Err(WireError::UnknownKind(0x7f)));
-    assert_eq!(decode_response(&[0x8b]), Err(WireError::UnknownKind(0x8b)));
+    assert_eq!(decode_response(&[0x8d]), Err(WireError::UnknownKind(0x8d)));
     assert_eq!(decode_request(&[]), Err(WireError::Truncated));
     assert_eq!(decode_response(&[]), Err(WireError::Truncated));
 
@@ -672,6 +708,11 @@ fn unknown_kinds_and_bad_tags() {
     let mut p = vec![kind::RANDOM];
     p.extend_from_slice(&(MAX_RANDOM + 1).to_be_bytes());
     assert!(malformed(&p));
+    // A fault verb that is not UTF-8.
+    let mut p = vec![kind::FAULT];
+    p.extend_from_slice(&2u32.to_be_bytes());
+    p.extend_from_slice(b"\xff\xfe");
+    assert!(malformed(&p));
     // A bad AttrAnswer tag.
     let mut p = vec![kind::R_ATTRIBUTES];
     p.extend_from_slice(&1u32.to_be_bytes());
@@ -691,6 +732,11 @@ fn huge_counts_do_not_allocate() {
     assert_eq!(decode_response(&p), Err(WireError::Truncated));
     let mut p = vec![kind::R_BYTES];
     p.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(decode_response(&p), Err(WireError::Truncated));
+    // 4 billion digests claimed, one present.
+    let mut p = vec![kind::R_DIGESTS];
+    p.extend_from_slice(&u32::MAX.to_be_bytes());
+    p.extend_from_slice(&[0; 40]);
     assert_eq!(decode_response(&p), Err(WireError::Truncated));
 }
 
@@ -736,9 +782,9 @@ fn fuzz_never_panics() {
             let len = (b.len() - HEADER_LEN) as u32;
             b[4..8].copy_from_slice(&len.to_be_bytes());
             b[16] = if rng.below(2) == 0 {
-                1 + rng.below(0x1d) as u8
+                1 + rng.below(kind::LAST_REQUEST as usize) as u8
             } else {
-                0x80 + rng.below(11) as u8
+                0x80 + rng.below(usize::from(kind::LAST_RESPONSE - 0x7f)) as u8
             };
         }
         check(&b, &mut rng);
