@@ -584,6 +584,20 @@ impl FromStr for FaultScript {
     }
 }
 
+/// One verb without an offset, e.g. `fail_with 0x30 0.01` (what `hsmpool sim fault` sends the
+/// daemon). A `#` comment is allowed; `at` is not: a verb given alone runs now.
+impl FromStr for FaultVerb {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let content = s.split('#').next().unwrap_or_default();
+        let words: Vec<&str> = content.split_whitespace().collect();
+        if words.first() == Some(&"at") {
+            return Err("a single verb takes no `at` offset".into());
+        }
+        parse_verb(&words)
+    }
+}
+
 impl fmt::Display for FaultVerb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -668,6 +682,25 @@ mod tests {
 
     fn faults(hsm: &Hsm) -> &Faults {
         hsm.faults().expect("fault injection on")
+    }
+
+    #[test]
+    fn a_single_verb_parses_and_prints_back() {
+        for text in [
+            "crash",
+            "restart",
+            "drop_connections",
+            "delay 2000",
+            "fail_with 0x30 0.5",
+        ] {
+            let v: FaultVerb = text.parse().unwrap();
+            assert_eq!(v.to_string(), text);
+        }
+        assert_eq!("delay 5ms".parse::<FaultVerb>(), Ok(FaultVerb::Delay(5000)));
+        assert_eq!("  hold  # why".parse::<FaultVerb>(), Ok(FaultVerb::Hold));
+        for bad in ["", "at 1s crash", "crash now", "explode", "fail_with 0x30 2"] {
+            assert!(bad.parse::<FaultVerb>().is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]
