@@ -698,7 +698,13 @@ mod tests {
         }
         assert_eq!("delay 5ms".parse::<FaultVerb>(), Ok(FaultVerb::Delay(5000)));
         assert_eq!("  hold  # why".parse::<FaultVerb>(), Ok(FaultVerb::Hold));
-        for bad in ["", "at 1s crash", "crash now", "explode", "fail_with 0x30 2"] {
+        for bad in [
+            "",
+            "at 1s crash",
+            "crash now",
+            "explode",
+            "fail_with 0x30 2",
+        ] {
             assert!(bad.parse::<FaultVerb>().is_err(), "{bad:?} parsed");
         }
     }

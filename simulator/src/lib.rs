@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod daemon;
 pub mod error;
 pub mod fault;
 pub mod hsm;

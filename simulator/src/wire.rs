@@ -59,6 +59,8 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::hsm::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use crate::types::{Attr, MechParam, Mechanism, SignInput};
 
+pub mod link;
+
 /// The first three bytes of every frame.
 pub const MAGIC: [u8; 3] = *b"HPW";
 /// The protocol version this module speaks.
@@ -596,6 +598,7 @@ mod kind {
     pub const OBJECT_DIGESTS: u8 = 0x22;
     pub const DROP_REPLICA: u8 = 0x23;
     /// The last request kind.
+    #[cfg(test)]
     pub const LAST_REQUEST: u8 = DROP_REPLICA;
 
     pub const R_OK: u8 = 0x80;
@@ -612,6 +615,7 @@ mod kind {
     pub const R_STATS: u8 = 0x8b;
     pub const R_DIGESTS: u8 = 0x8c;
     /// The last response kind.
+    #[cfg(test)]
     pub const LAST_RESPONSE: u8 = R_DIGESTS;
 }
 
