@@ -1,11 +1,14 @@
-//! Helpers for the integration tests: where the built module is, fresh data directories, and
-//! a raw loader for calling the C ABI exactly as a C program would.
+//! Helpers for the integration tests: where the built module is, fresh data directories, a
+//! raw loader for calling the C ABI exactly as a C program would, test certificates made with
+//! openssl ([`pki`]) and `hsmpool-hsmd` as a child process ([`hsmd`]).
 //!
 //! The tests call the C ABI through raw function pointers, so this crate (test code only) has
 //! `unsafe` blocks; each states why the call is sound.
 
 use std::path::{Path, PathBuf};
 
+pub mod hsmd;
+pub mod pki;
 pub mod raw;
 
 /// The directory cargo put this test binary's artifacts in (`target/<profile>`).
