@@ -64,6 +64,9 @@ pub struct Settings {
     pub stall: Duration,
     /// Consecutive device failures that open a member's circuit.
     pub breaker_failures: u32,
+    /// How long a token create waits for enough members to hold the new object (members
+    /// coming back) before it is rolled back.
+    pub replicate_wait: Duration,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
             slow_start: Duration::from_secs(3),
             stall: Duration::from_millis(750),
             breaker_failures: 3,
+            replicate_wait: Duration::from_secs(3),
         }
     }
 }
@@ -96,6 +100,10 @@ pub(crate) enum Route {
     AnyHome,
     /// This member (index), pool session 0, provided its epoch is still this one.
     On(usize, u64),
+    /// This member (index), whatever its epoch: replication, resynchronisation, roll-back.
+    /// Lost sessions are re-established and the call repeated; a device failure is returned
+    /// at once (the member is brought level later).
+    Member(usize),
 }
 
 /// How an error is handled.
@@ -299,8 +307,14 @@ impl Member {
         self.pool.read().epoch
     }
 
+    /// Healthy: receives replication and cluster-wide changes.
     fn is_up(&self) -> bool {
-        self.health.load(Ordering::Acquire) == HEALTH_UP && !self.drained.load(Ordering::Relaxed)
+        self.health.load(Ordering::Acquire) == HEALTH_UP
+    }
+
+    /// Healthy and not drained: takes balanced traffic.
+    fn takes_traffic(&self) -> bool {
+        self.is_up() && !self.drained.load(Ordering::Relaxed)
     }
 
     fn record_latency(&self, d: Duration) {
@@ -535,7 +549,7 @@ impl Cluster {
         let mut best: Option<(&Arc<Member>, u64)> = None;
         let mut fallback: Option<&Arc<Member>> = None;
         for m in &self.members {
-            if !m.is_up() || avoid.contains(&m.index) {
+            if !m.takes_traffic() || avoid.contains(&m.index) {
                 continue;
             }
             let stalled = m.in_flight.load(Ordering::Relaxed) > 0
@@ -588,6 +602,10 @@ impl Cluster {
         let mut last: Option<Error> = None;
         loop {
             let m = match route {
+                Route::Member(i) => self
+                    .members
+                    .get(i)
+                    .ok_or(Error::General("no such member".into()))?,
                 Route::On(i, epoch) => {
                     let m = self.members.get(i).ok_or(Error::KeyHandleInvalid)?;
                     if m.epoch() != epoch {
@@ -625,7 +643,7 @@ impl Cluster {
                 },
             };
             let session = match route {
-                Route::On(..) | Route::AnyHome => self.session_for(m, 0),
+                Route::On(..) | Route::AnyHome | Route::Member(_) => self.session_for(m, 0),
                 Route::Any => self.session_for(m, slot),
             };
             let result = match session {
@@ -673,8 +691,19 @@ impl Cluster {
                     }
                 }
                 (Class::Transient, Route::On(i, _)) => {
-                    // Only this member can do it; retry it here within the deadline.
+                    // Only this member can do it: retry it here until its circuit opens.
                     tracing::debug!(member = i, "transient failure on a pinned call: {e}");
+                    self.note_failure(m, &e);
+                }
+                (Class::Transient, Route::Member(_)) => {
+                    self.note_failure(m, &e);
+                    return Err(e);
+                }
+                (Class::SessionLost, Route::Member(_)) => {
+                    if let Err(e2) = self.establish(m, epoch) {
+                        self.note_failure(m, &e2);
+                        return Err(e2);
+                    }
                 }
                 (Class::Transient, Route::Any | Route::AnyHome) => {
                     self.note_failure(m, &e);
@@ -750,13 +779,9 @@ impl Cluster {
             (HEALTH_UP, Ok(())) => {}
             (_, Ok(())) => {
                 m.health.store(HEALTH_SYNCING, Ordering::Release);
-                let seen = m.epoch();
-                let back = self.establish(m, Some(seen)).and_then(|_| self.resync(m));
+                let back = self.revive(m).and_then(|_| self.resync(m));
                 match back {
                     Ok(()) => {
-                        m.fails.store(0, Ordering::Relaxed);
-                        m.up_since_ms.store(self.now_ms(), Ordering::Relaxed);
-                        m.health.store(HEALTH_UP, Ordering::Release);
                         tracing::info!(member = i, "member back in the cluster (slow start)");
                     }
                     Err(e) => {
@@ -769,6 +794,30 @@ impl Cluster {
         }
     }
 
+    /// A member that answers again: keep its pool if the sessions survived (a partition or a
+    /// pause keeps them, and the session objects in them), else re-establish it.
+    fn revive(&self, m: &Member) -> Result<()> {
+        let (s, epoch) = self.session_for(m, 0)?;
+        // A find that matches nothing, answered from the label index: cheap, and it fails
+        // with CKR_SESSION_HANDLE_INVALID when the member lost its sessions.
+        let probe = [crate::Attr::bytes(CKA_LABEL, b"\0hsmpool session probe")];
+        match m.backend.find(s, &probe) {
+            Ok(_) if m.pool.read().authed == self.logged_in() => Ok(()),
+            Ok(_) => self.establish(m, Some(epoch)).map(|_| ()),
+            Err(e) if classify(&e, self.logged_in()) == Class::SessionLost => {
+                self.establish(m, Some(epoch)).map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Let a member take traffic again, with slow start.
+    fn mark_up(&self, m: &Member) {
+        m.fails.store(0, Ordering::Relaxed);
+        m.up_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        m.health.store(HEALTH_UP, Ordering::Release);
+    }
+
     /// Bring member `m` level with an up member (the reference): copy what it lacks or holds
     /// differently, remove what the reference no longer has. A bulk pass runs unlocked, then a
     /// final pass under the create gate so no create slips between the pass and the member
@@ -776,6 +825,7 @@ impl Cluster {
     /// the member joins and is brought level at the next login.
     pub(crate) fn resync(&self, m: &Member) -> Result<()> {
         if !self.logged_in() {
+            self.mark_up(m);
             return Ok(());
         }
         let Some(reference) = self
@@ -783,21 +833,23 @@ impl Cluster {
             .iter()
             .find(|r| r.index != m.index && r.is_up())
         else {
+            self.mark_up(m);
             return Ok(());
         };
         self.level(reference, m, true)?;
         let _gate = self.gate.write();
-        self.level(reference, m, true).map(|_| ())
+        self.level(reference, m, true)?;
+        self.mark_up(m);
+        Ok(())
     }
 
     /// Make `target` hold what `source` holds. With `exact`, objects `source` lacks are removed
     /// from `target`; without, they are kept (a union, used at login when no member is known to
     /// be behind).
     fn level(&self, source: &Member, target: &Member, exact: bool) -> Result<usize> {
-        let (ss, _) = self.session_for(source, 0)?;
-        let (ts, _) = self.session_for(target, 0)?;
-        let want = source.backend.object_digests(ss)?;
-        let have = target.backend.object_digests(ts)?;
+        let (src, dst) = (Route::Member(source.index), Route::Member(target.index));
+        let want = self.call(src, 5, |b, s| b.object_digests(s))?;
+        let have = self.call(dst, 5, |b, s| b.object_digests(s))?;
         let have_map: std::collections::HashMap<MemberObject, [u8; 32]> =
             have.iter().copied().collect();
         let want_ids: std::collections::HashSet<MemberObject> =
@@ -805,8 +857,8 @@ impl Cluster {
         let mut changed = 0;
         for (id, d) in &want {
             if have_map.get(id) != Some(d) {
-                let blob = source.backend.export_clone(ss, *id)?;
-                target.backend.import_clone(ts, &blob)?;
+                let blob = self.call(src, 5, |b, s| b.export_clone(s, *id))?;
+                self.call(dst, 5, |b, s| b.import_clone(s, &blob))?;
                 target.stats.replicated.fetch_add(1, Ordering::Relaxed);
                 changed += 1;
             }
@@ -814,7 +866,7 @@ impl Cluster {
         if exact {
             for (id, _) in &have {
                 if !want_ids.contains(id) {
-                    target.backend.drop_replica(ts, *id)?;
+                    self.call(dst, 5, |b, s| b.drop_replica(s, *id))?;
                     target.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     changed += 1;
                 }
@@ -853,61 +905,100 @@ impl Cluster {
         changed
     }
 
-    /// Copy token object `id` from member `from` to every other up member. Returns how many
-    /// members hold it afterwards (`from` included).
-    pub(crate) fn replicate(&self, from: usize, ids: &[MemberObject]) -> usize {
-        let src = &self.members[from];
-        let mut holders = 1;
-        let targets: Vec<&Arc<Member>> = self.others(from).collect();
+    /// Copy token objects from a member that holds them (`holders`, the first tried first) to
+    /// every other up member not in `holders`; the members that got them are added to
+    /// `holders`.
+    pub(crate) fn replicate(&self, holders: &mut Vec<usize>, ids: &[MemberObject]) {
+        let targets: Vec<usize> = self
+            .members
+            .iter()
+            .filter(|m| m.is_up() && !holders.contains(&m.index))
+            .map(|m| m.index)
+            .collect();
         if targets.is_empty() {
-            return holders;
+            return;
         }
-        let Ok((ss, _)) = self.session_for(src, 0) else {
-            return 0;
-        };
-        let mut blobs = Vec::with_capacity(ids.len());
-        for id in ids {
-            match src.backend.export_clone(ss, *id) {
-                Ok(b) => blobs.push(b),
-                Err(e) => {
-                    tracing::warn!(member = from, "export for replication failed: {e}");
-                    return 0;
+        let mut blobs = None;
+        for src in holders.iter() {
+            let exported: Result<Vec<Vec<u8>>> = ids
+                .iter()
+                .map(|id| self.call(Route::Member(*src), 5, |b, s| b.export_clone(s, *id)))
+                .collect();
+            match exported {
+                Ok(b) => {
+                    blobs = Some(b);
+                    break;
                 }
+                Err(e) => tracing::warn!(member = src, "export for replication failed: {e}"),
             }
         }
-        for m in targets {
-            let copied = (|| -> Result<()> {
-                let (ts, _) = self.session_for(m, 0)?;
-                for b in &blobs {
-                    m.backend.import_clone(ts, b)?;
-                }
-                Ok(())
-            })();
+        let Some(blobs) = blobs else { return };
+        for t in targets {
+            let copied: Result<()> = blobs.iter().try_for_each(|blob| {
+                self.call(Route::Member(t), 5, |b, s| b.import_clone(s, blob))
+                    .map(|_| ())
+            });
             match copied {
                 Ok(()) => {
-                    m.stats
+                    self.members[t]
+                        .stats
                         .replicated
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    holders += 1;
+                    holders.push(t);
                 }
-                Err(e) => {
-                    tracing::warn!(member = m.index, "replication failed: {e}");
-                    self.note_failure(m, &e);
-                }
+                Err(e) => tracing::warn!(member = t, "replication failed: {e}"),
             }
         }
-        holders
+    }
+
+    /// Make new token objects, made on member `from`, reach `min_replicas` members: copy them
+    /// to every up member, and while too few hold them wait (members come back, with the
+    /// create gate released meanwhile) until `replicate_wait` passes; then roll back everywhere
+    /// and fail with `CKR_DEVICE_ERROR`.
+    pub(crate) fn spread(
+        &self,
+        from: usize,
+        ids: &[MemberObject],
+        gate: &mut parking_lot::RwLockReadGuard<'_, ()>,
+    ) -> Result<()> {
+        let needed = self.settings.min_replicas;
+        let until = Instant::now() + self.settings.replicate_wait;
+        let mut holders = vec![from];
+        let mut pause = 0u32;
+        loop {
+            self.replicate(&mut holders, ids);
+            if holders.len() >= needed {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            parking_lot::RwLockReadGuard::unlocked(gate, || {
+                std::thread::sleep(backoff(pause + 4).max(Duration::from_millis(5)));
+            });
+            pause += 1;
+        }
+        tracing::error!(
+            holders = holders.len(),
+            needed,
+            "token object reached too few members: rolled back everywhere"
+        );
+        self.drop_everywhere(ids);
+        Err(Error::DeviceError(format!(
+            "token object reached {} member(s), {needed} needed",
+            holders.len()
+        )))
     }
 
     /// Remove objects from every member that answers (roll-back of a create that did not
-    /// reach enough members, and the replicated destroy).
+    /// reach enough members).
     pub(crate) fn drop_everywhere(&self, ids: &[MemberObject]) {
         for m in &self.members {
-            let Ok((s, _)) = self.session_for(m, 0) else {
-                continue;
-            };
             for id in ids {
-                if m.backend.drop_replica(s, *id).is_ok() {
+                if self
+                    .call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, *id))
+                    .is_ok()
+                {
                     m.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -923,9 +1014,7 @@ impl Cluster {
     ) -> Result<()> {
         let (first, _, ()) = self.call_full(Route::Any, 1, &mut f)?;
         for m in self.others(first) {
-            let done = self
-                .session_for(m, 0)
-                .and_then(|(s, _)| f(m.backend.as_ref(), s));
+            let done = self.call(Route::Member(m.index), 1, &mut f);
             if let Err(e) = done {
                 tracing::warn!(member = m.index, "member did not follow a cluster-wide change ({e}); taken out until it is brought level");
                 m.health.store(HEALTH_DOWN, Ordering::Release);

@@ -59,6 +59,9 @@ pub struct ClusterConfig {
     /// made through this engine invalidate it at once, this bounds how long a change made by
     /// another process can go unseen).
     pub find_cache_ttl_ms: Option<u64>,
+    /// How long a token create waits for `min_replicas` members before it is rolled back, in
+    /// ms (default 3000).
+    pub replicate_wait_ms: Option<u64>,
 }
 
 /// How the token presents itself.
@@ -190,6 +193,9 @@ impl Config {
             slow_start: c.slow_start_ms.map_or(d.slow_start, Duration::from_millis),
             stall: c.stall_ms.map_or(d.stall, Duration::from_millis),
             breaker_failures: c.breaker_failures.unwrap_or(d.breaker_failures),
+            replicate_wait: c
+                .replicate_wait_ms
+                .map_or(d.replicate_wait, Duration::from_millis),
         }
     }
 

@@ -328,6 +328,15 @@ impl Engine {
             };
             backends.push(b);
         }
+        Engine::with_backends(cfg, backends)
+    }
+
+    /// Build an engine over members made elsewhere (tests drive their faults; an embedding
+    /// application may bring its own backends). Member `i` of `cfg` is `backends[i]`.
+    pub fn with_backends(cfg: Config, backends: Vec<Arc<dyn Backend>>) -> Result<Engine> {
+        if backends.is_empty() {
+            return Err(Error::Config("no member configured".into()));
+        }
         let n = backends.len();
         let find_ttl =
             std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
@@ -874,23 +883,11 @@ impl Engine {
             (Route::Any, false) => Route::AnyHome,
             (r, _) => r,
         };
-        let _gate = self.cluster.gate.read();
+        let mut gate = self.cluster.gate.read();
         let (member, epoch, made) = self.cluster.call_full(route, cost, f)?;
         self.invalidate();
         if token {
-            let holders = self.cluster.replicate(member, &made);
-            let needed = self.cluster.settings.min_replicas;
-            if holders < needed {
-                tracing::error!(
-                    holders,
-                    needed,
-                    "token object reached too few members: rolled back everywhere"
-                );
-                self.cluster.drop_everywhere(&made);
-                return Err(Error::DeviceError(format!(
-                    "token object reached {holders} member(s), {needed} needed"
-                )));
-            }
+            self.cluster.spread(member, &made, &mut gate)?;
         }
         if made.iter().zip(ids).any(|(m, i)| m != i) {
             tracing::debug!("a member returned ids other than the ones asked for");
@@ -1029,8 +1026,9 @@ impl Engine {
         })?;
         self.invalidate();
         if e.home.is_none() {
-            // The changed object replaces the old one on the other members.
-            self.cluster.replicate(first, &[e.member_obj]);
+            // The changed object replaces the old one on the other members (one that misses it
+            // now is brought level when it returns).
+            self.cluster.replicate(&mut vec![first], &[e.member_obj]);
         }
         Ok(())
     }
@@ -1207,25 +1205,19 @@ impl Engine {
         }
         // One half a token object, the other a session object: make the pair as session
         // objects' member does, then spread the token half.
-        let home_route = Route::AnyHome;
-        let _gate = self.cluster.gate.read();
-        let (member, epoch, made) = self.cluster.call_full(home_route, cost, gen)?;
+        let mut gate = self.cluster.gate.read();
+        let (member, epoch, made) = self.cluster.call_full(Route::AnyHome, cost, gen)?;
         self.invalidate();
         let (p, k) = match made[..] {
             [p, k] => (p, k),
             _ => return Err(Error::General("key pair generation made no pair".into())),
         };
         let token_half = if pt { p } else { k };
-        let holders = self.cluster.replicate(member, &[token_half]);
-        if holders < self.cluster.settings.min_replicas {
-            self.cluster.drop_everywhere(&[token_half]);
+        if let Err(e) = self.cluster.spread(member, &[token_half], &mut gate) {
             let _ = self.cluster.call(Route::On(member, epoch), 1, |b, ms| {
                 b.destroy_object(ms, if pt { k } else { p })
             });
-            return Err(Error::DeviceError(format!(
-                "token key reached {holders} member(s), {} needed",
-                self.cluster.settings.min_replicas
-            )));
+            return Err(e);
         }
         let home = Some((member, epoch));
         Ok((
