@@ -32,6 +32,36 @@ pub struct Config {
     /// Cluster members; empty means the embedded default.
     #[serde(default)]
     pub member: Vec<MemberConfig>,
+    /// Cluster behaviour (pools, replication, retries, health).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: every key optional; see [`crate::cluster::Settings`] for the defaults.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Member sessions per member (default 4).
+    pub sessions_per_member: Option<usize>,
+    /// Members a token object must reach (default 2, or all when fewer).
+    pub min_replicas: Option<usize>,
+    /// Longest a call may take, retries included, in ms (default 20000).
+    pub call_deadline_ms: Option<u64>,
+    /// Health probe period in ms (default 200).
+    pub probe_interval_ms: Option<u64>,
+    /// Weight ramp of a returning member in ms (default 3000).
+    pub slow_start_ms: Option<u64>,
+    /// No completion for this long with work outstanding marks a member stalled (default 750).
+    pub stall_ms: Option<u64>,
+    /// Consecutive device failures that open a member's circuit (default 3).
+    pub breaker_failures: Option<u32>,
+    /// How long a find result is served from the engine's cache, in ms (default 100; changes
+    /// made through this engine invalidate it at once, this bounds how long a change made by
+    /// another process can go unseen).
+    pub find_cache_ttl_ms: Option<u64>,
+    /// How long a token create waits for `min_replicas` members before it is rolled back, in
+    /// ms (default 3000).
+    pub replicate_wait_ms: Option<u64>,
 }
 
 /// How the token presents itself.
@@ -134,10 +164,39 @@ impl Config {
 
     /// Where the first embedded member keeps its store.
     pub fn embedded_data_dir(&self) -> PathBuf {
+        self.member_data_dir(0)
+    }
+
+    /// Where embedded member `i` keeps its store: its `data_dir`, else `hsm<i>` under the
+    /// default data directory.
+    pub fn member_data_dir(&self, i: usize) -> PathBuf {
         self.members()
-            .first()
+            .get(i)
             .and_then(|m| m.data_dir.clone())
-            .unwrap_or_else(|| default_data_dir().join("hsm0"))
+            .unwrap_or_else(|| default_data_dir().join(format!("hsm{i}")))
+    }
+
+    /// The cluster settings, defaults filled in.
+    pub fn cluster_settings(&self) -> crate::cluster::Settings {
+        use std::time::Duration;
+        let c = &self.cluster;
+        let d = crate::cluster::Settings::default();
+        crate::cluster::Settings {
+            sessions_per_member: c.sessions_per_member.unwrap_or(d.sessions_per_member),
+            min_replicas: c.min_replicas.unwrap_or(d.min_replicas),
+            call_deadline: c
+                .call_deadline_ms
+                .map_or(d.call_deadline, Duration::from_millis),
+            probe_interval: c
+                .probe_interval_ms
+                .map_or(d.probe_interval, Duration::from_millis),
+            slow_start: c.slow_start_ms.map_or(d.slow_start, Duration::from_millis),
+            stall: c.stall_ms.map_or(d.stall, Duration::from_millis),
+            breaker_failures: c.breaker_failures.unwrap_or(d.breaker_failures),
+            replicate_wait: c
+                .replicate_wait_ms
+                .map_or(d.replicate_wait, Duration::from_millis),
+        }
     }
 
     /// The members, with the embedded default filled in when none is configured.

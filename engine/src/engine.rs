@@ -13,10 +13,13 @@ use parking_lot::Mutex;
 
 use crate::backend::inproc::InProcess;
 use crate::backend::{Backend, MemberId, MemberObject, MemberSession};
+use crate::cluster::{Cluster, MemberStatus, Route};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::{Op, OpSlots};
 use crate::types::*;
+use hsmpool_sim::hsm::KeyMeta;
+use hsmpool_sim::types::CKA_HSMPOOL_OBJECT_ID;
 
 /// Arguments of `C_Initialize` that reach the engine.
 #[derive(Clone, Debug, Default)]
@@ -51,9 +54,23 @@ pub(crate) struct FindState {
 /// What the engine keeps for an application object handle.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ObjEntry {
+    /// The object's id on the members (cluster-wide for token objects).
     pub(crate) member_obj: MemberObject,
     /// The session that created it, for session objects made through this engine.
     pub(crate) session: Option<SessionHandle>,
+    /// For a session object: its member (index) and that member's pool epoch when it was
+    /// made. `None` for token objects, which exist on every member.
+    pub(crate) home: Option<(usize, u64)>,
+}
+
+impl ObjEntry {
+    /// Where calls on this object go.
+    pub(crate) fn route(&self) -> Route {
+        match self.home {
+            Some((i, epoch)) => Route::On(i, epoch),
+            None => Route::Any,
+        }
+    }
 }
 
 /// The application's login state: read on every call with one atomic load, changed only under
@@ -122,16 +139,40 @@ impl LoginState {
 /// other lock is taken.
 pub struct Engine {
     cfg: Config,
-    pub(crate) member: Arc<dyn Backend>,
-    /// The application's authentication context on the member.
-    pub(crate) ms: MemberSession,
+    /// The members, their session pools, balancing, retries and replication.
+    pub(crate) cluster: Arc<Cluster>,
     login: LoginCell,
     sessions: DashMap<SessionHandle, Arc<Mutex<Session>>>,
     next_session: AtomicU64,
     objects: DashMap<ObjectHandle, ObjEntry>,
     by_member: DashMap<MemberObject, ObjectHandle>,
     next_object: AtomicU64,
+    /// Live session objects per member (a find must ask those members too).
+    session_objects_on: Vec<AtomicU64>,
+    /// Bumped by every create, destroy and attribute change made through the engine, and by
+    /// login and logout: cached finds and key checks of an older generation are stale.
+    generation: AtomicU64,
+    /// Finds answered without a round trip: (template, login state) → handles.
+    find_cache: DashMap<FindKey, FindHit>,
+    /// How long a cached find may be served (other processes and applications may change the
+    /// token too; changes through this engine invalidate at once).
+    find_ttl: std::time::Duration,
+    /// Key checks of `*Init` answered without a round trip: (object, usage, mechanism) → meta.
+    key_cache: DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta)>,
 }
+
+/// A cached find: the encoded template and the login state it was made in.
+type FindKey = (Vec<u8>, u8);
+
+/// A cached find result: its cache generation, when it was made, the handles.
+struct FindHit {
+    gen: u64,
+    at: std::time::Instant,
+    handles: Arc<Vec<ObjectHandle>>,
+}
+
+/// Cached finds and key checks are dropped wholesale past this many entries.
+const CACHE_MAX: usize = 100_000;
 
 struct Global {
     /// The fork generation this engine was made in (see [`after_fork_in_child`]).
@@ -252,35 +293,69 @@ impl Engine {
     /// Build an engine from a configuration (opens every member).
     pub fn new(cfg: Config) -> Result<Engine> {
         let members = cfg.members();
-        let m = members
-            .first()
-            .ok_or_else(|| Error::Config("no member configured".into()))?;
-        let data_dir = cfg.embedded_data_dir();
-        let mut hcfg = HsmConfig::new(data_dir);
-        if let Some(i) = m.pin_iterations {
-            hcfg.pin_iterations = i;
+        if members.is_empty() {
+            return Err(Error::Config("no member configured".into()));
         }
-        if let Some(f) = m.max_login_failures {
-            hcfg.max_login_failures = f;
+        let embedded: Vec<std::path::PathBuf> = (0..members.len())
+            .filter(|i| members[*i].kind == "embedded")
+            .map(|i| cfg.member_data_dir(i))
+            .collect();
+        if members.len() > 1 && !embedded.is_empty() {
+            // Members of one cluster share a clone key (see hsmpool_sim::cluster).
+            hsmpool_sim::cluster::provision(&embedded).map_err(|e| Error::Config(e.to_string()))?;
         }
-        hcfg.timing = match m.timing.as_deref() {
-            Some("hsm2m.medium") => Some(hsmpool_sim::timing::TimingConfig::default()),
-            Some("hsm1.medium") => Some(hsmpool_sim::timing::TimingConfig::cloudhsm_hsm1_medium()),
-            _ => None,
-        };
-        let member: Arc<dyn Backend> = Arc::new(InProcess::open(MemberId(0), hcfg)?);
-        let ms = member.open_session()?;
-        tracing::info!(member = %member.describe(), "engine ready");
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            let id = MemberId(i as u32);
+            let b: Arc<dyn Backend> = {
+                {
+                    let mut hcfg = HsmConfig::new(cfg.member_data_dir(i));
+                    if let Some(n) = m.pin_iterations {
+                        hcfg.pin_iterations = n;
+                    }
+                    if let Some(f) = m.max_login_failures {
+                        hcfg.max_login_failures = f;
+                    }
+                    hcfg.timing = match m.timing.as_deref() {
+                        Some("hsm2m.medium") => Some(hsmpool_sim::timing::TimingConfig::default()),
+                        Some("hsm1.medium") => {
+                            Some(hsmpool_sim::timing::TimingConfig::cloudhsm_hsm1_medium())
+                        }
+                        _ => None,
+                    };
+                    Arc::new(InProcess::open(id, hcfg)?)
+                }
+            };
+            backends.push(b);
+        }
+        Engine::with_backends(cfg, backends)
+    }
+
+    /// Build an engine over members made elsewhere (tests drive their faults; an embedding
+    /// application may bring its own backends). Member `i` of `cfg` is `backends[i]`.
+    pub fn with_backends(cfg: Config, backends: Vec<Arc<dyn Backend>>) -> Result<Engine> {
+        if backends.is_empty() {
+            return Err(Error::Config("no member configured".into()));
+        }
+        let n = backends.len();
+        let find_ttl =
+            std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
+        let cluster = Cluster::new(backends, cfg.cluster_settings());
+        tracing::info!(members = n, "engine ready");
         Ok(Engine {
             cfg,
-            member,
-            ms,
+            cluster,
             login: LoginCell::new(),
             sessions: DashMap::new(),
             next_session: AtomicU64::new(1),
             objects: DashMap::new(),
             by_member: DashMap::new(),
             next_object: AtomicU64::new(1),
+            session_objects_on: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            find_cache: DashMap::new(),
+            find_ttl,
+            key_cache: DashMap::new(),
         })
     }
 
@@ -289,7 +364,69 @@ impl Engine {
         for s in all {
             let _ = self.close_session(s);
         }
-        self.member.close_session(self.ms);
+        self.cluster.shutdown();
+    }
+
+    /// Per-member status and counters (`hsmpool status`, `HSMPOOL_GetMemberStats`).
+    pub fn member_status(&self) -> Vec<MemberStatus> {
+        self.cluster.status()
+    }
+
+    /// Finds and key checks answered from the engine's caches.
+    pub fn cache_hits(&self) -> (u64, u64) {
+        (
+            self.cluster.find_cache_hits.load(Ordering::Relaxed),
+            self.cluster.key_cache_hits.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Take a member out of the balancing (or put it back).
+    pub fn drain_member(&self, index: usize, drained: bool) -> Result<()> {
+        self.cluster.drain(index, drained)
+    }
+
+    /// The cache generation: the engine's own changes plus the cluster's resynchronisations.
+    fn cache_gen(&self) -> u64 {
+        self.generation.load(Ordering::Acquire) + self.cluster.changes()
+    }
+
+    /// Something changed objects or visibility: cached finds and key checks are stale.
+    pub(crate) fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The key check of an `*Init`, from the cache when this generation has seen it.
+    pub(crate) fn checked_key(
+        &self,
+        entry: &ObjEntry,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: &Mechanism,
+    ) -> Result<KeyMeta> {
+        let key = (entry.member_obj, usage, mech.mech);
+        let gen = self.cache_gen();
+        if let Some(hit) = self.key_cache.get(&key) {
+            if hit.0 == gen {
+                self.cluster.key_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.1);
+            }
+        }
+        let meta = self
+            .cluster
+            .call(entry.route(), 1, |b, ms| {
+                b.check_key(ms, usage, mech, entry.member_obj)
+            })
+            .map_err(|e| match e {
+                Error::Hsm {
+                    rv: CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                } => Error::KeyHandleInvalid,
+                e => e,
+            })?;
+        if self.key_cache.len() > CACHE_MAX {
+            self.key_cache.clear();
+        }
+        self.key_cache.insert(key, (gen, meta));
+        Ok(meta)
     }
 
     fn check_slot(&self, slot: SlotId) -> Result<()> {
@@ -319,7 +456,12 @@ impl Engine {
     }
 
     /// The application handle of a member object, made on first sight and stable after.
-    fn handle_for(&self, mo: MemberObject, session: Option<SessionHandle>) -> ObjectHandle {
+    fn handle_for(
+        &self,
+        mo: MemberObject,
+        session: Option<SessionHandle>,
+        home: Option<(usize, u64)>,
+    ) -> ObjectHandle {
         *self.by_member.entry(mo).or_insert_with(|| {
             let h = ObjectHandle(self.next_object.fetch_add(1, Ordering::Relaxed));
             self.objects.insert(
@@ -327,8 +469,12 @@ impl Engine {
                 ObjEntry {
                     member_obj: mo,
                     session,
+                    home,
                 },
             );
+            if let Some((i, _)) = home {
+                self.session_objects_on[i].fetch_add(1, Ordering::Relaxed);
+            }
             h
         })
     }
@@ -336,7 +482,11 @@ impl Engine {
     fn forget_object(&self, h: ObjectHandle) {
         if let Some((_, e)) = self.objects.remove(&h) {
             self.by_member.remove(&e.member_obj);
+            if let Some((i, _)) = e.home {
+                self.session_objects_on[i].fetch_sub(1, Ordering::Relaxed);
+            }
         }
+        self.invalidate();
     }
 
     fn login_state(&self) -> LoginState {
@@ -391,7 +541,7 @@ impl Engine {
     /// `C_GetTokenInfo`.
     pub fn token_info(&self, slot: SlotId) -> Result<TokenInfo> {
         self.check_slot(slot)?;
-        let st = self.member.token_status()?;
+        let st = self.cluster.call(Route::Any, 1, |b, _| b.token_status())?;
         let mut flags = CKF_RNG | CKF_LOGIN_REQUIRED;
         if st.initialized {
             flags |= CKF_TOKEN_INITIALIZED;
@@ -437,7 +587,10 @@ impl Engine {
             label: String::from_utf8_lossy(&st.label).trim_end().to_string(),
             manufacturer: "hsmpool".into(),
             model: "hsmpool cluster".into(),
-            serial: format!("{:016x}", fnv(self.member.describe().as_bytes())),
+            serial: format!(
+                "{:016x}",
+                fnv(self.cluster.members[0].backend.describe().as_bytes())
+            ),
             flags,
             max_session_count: CK_EFFECTIVELY_INFINITE,
             session_count: count,
@@ -487,9 +640,10 @@ impl Engine {
         let label: &[u8; 32] = label
             .try_into()
             .map_err(|_| Error::ArgumentsBad("label must be 32 bytes"))?;
-        self.member.init_token(so_pin, label)?;
+        self.cluster.on_all(|b, _| b.init_token(so_pin, label))?;
         self.objects.clear();
         self.by_member.clear();
+        self.invalidate();
         Ok(())
     }
 
@@ -502,7 +656,7 @@ impl Engine {
         if !rw {
             return Err(Error::SessionReadOnly);
         }
-        self.member.init_pin(self.ms, pin)
+        self.cluster.on_all(|b, ms| b.init_pin(ms, pin))
     }
 
     /// `C_SetPIN`.
@@ -510,7 +664,11 @@ impl Engine {
         if !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
         }
-        self.member.set_pin(self.ms, old, new)
+        self.cluster.on_all(|b, ms| b.set_pin(ms, old, new))?;
+        if self.login_state() != LoginState::Public {
+            self.cluster.new_pin(new);
+        }
+        Ok(())
     }
 
     /// `C_OpenSession`.
@@ -549,15 +707,18 @@ impl Engine {
         let objects = std::mem::take(&mut sess.lock().objects);
         for h in objects {
             if let Ok(e) = self.entry(h) {
-                let _ = self.member.destroy_object(self.ms, e.member_obj);
+                let _ = self
+                    .cluster
+                    .call(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj));
             }
             self.forget_object(h);
         }
         if self.sessions.is_empty() {
             let login = self.login.lock();
             if self.sessions.is_empty() && login.get() != LoginState::Public {
-                let _ = self.member.logout(self.ms);
+                self.cluster.logout();
                 login.set(LoginState::Public);
+                self.invalidate();
             }
         }
         Ok(())
@@ -608,8 +769,8 @@ impl Engine {
                     LoginState::So => Role::Officer,
                 };
                 drop(login);
-                // Re-authenticate the same user; the member session stays logged in either way.
-                self.member.login(self.ms, role, pin, username)?;
+                // Re-authenticate the same user; the member sessions stay logged in either way.
+                self.cluster.check_pin(role, pin, username)?;
                 sess.lock().context_authenticated = true;
                 Ok(())
             }
@@ -635,9 +796,16 @@ impl Engine {
                 } else {
                     Role::User
                 };
-                self.member.login(self.ms, role, pin, username)?;
+                self.cluster.login(role, pin, username)?;
                 login.set(wanted);
+                self.invalidate();
                 tracing::info!(user_type, "application logged in");
+                if self.cluster.members.len() > 1 {
+                    let n = self.cluster.level_all();
+                    if n > 0 {
+                        tracing::info!(objects = n, "members brought level at login");
+                    }
+                }
                 Ok(())
             }
             _ => Err(Error::UserTypeInvalid),
@@ -651,8 +819,9 @@ impl Engine {
         if login.get() == LoginState::Public {
             return Err(Error::UserNotLoggedIn);
         }
-        self.member.logout(self.ms)?;
+        self.cluster.logout();
         login.set(LoginState::Public);
+        self.invalidate();
         // Operations and finds may hold private keys or handles: end them all.
         for e in self.sessions.iter() {
             let mut sess = e.value().lock();
@@ -663,6 +832,10 @@ impl Engine {
     }
 
     fn check_write(&self, s: SessionHandle, template: &[Attr]) -> Result<()> {
+        if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
+            // The engine's own attribute: applications do not set it.
+            return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
+        }
         let token = template.iter().any(|a| a.ty == CKA_TOKEN && a.value == [1]);
         if token && !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
@@ -670,28 +843,90 @@ impl Engine {
         Ok(())
     }
 
-    fn adopt(&self, s: SessionHandle, mo: MemberObject, token: bool) -> Result<ObjectHandle> {
-        let owner = if token { None } else { Some(s) };
-        let h = self.handle_for(mo, owner);
-        if !token {
+    /// Whether a template asks for a token object (`CKA_TOKEN`, else `default`).
+    fn wants_token(template: &[Attr], default: bool) -> bool {
+        template
+            .iter()
+            .rev()
+            .find(|a| a.ty == CKA_TOKEN)
+            .and_then(|a| a.as_bool())
+            .unwrap_or(default)
+    }
+
+    /// A template with a fresh cluster-wide object id: where the object will be known on every
+    /// member, and the idempotency token that makes a retried create return the first one.
+    fn with_new_id(template: &[Attr]) -> Result<(Vec<Attr>, MemberObject)> {
+        let mut b = [0u8; 8];
+        hsmpool_sim::crypto::random(&mut b).map_err(|_| Error::DeviceError("random".into()))?;
+        let id = (u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1);
+        let mut t = template.to_vec();
+        t.push(Attr::ulong(CKA_HSMPOOL_OBJECT_ID, id as CK_ULONG));
+        Ok((t, MemberObject(id)))
+    }
+
+    /// Make objects on a member and adopt them. `route` is where the inputs are (`Any` unless
+    /// a session key is involved); `token` says whether the new objects are token objects:
+    /// those are then copied to every up member and must reach `min_replicas` of them, else
+    /// they are removed everywhere and the caller gets `CKR_DEVICE_ERROR`; session objects stay
+    /// on the member that made them.
+    fn make(
+        &self,
+        s: SessionHandle,
+        route: Route,
+        token: bool,
+        cost: u64,
+        ids: &[MemberObject],
+        f: impl FnMut(&dyn Backend, MemberSession) -> Result<Vec<MemberObject>>,
+    ) -> Result<Vec<ObjectHandle>> {
+        let route = match (route, token) {
+            // A new session object lives in pool session 0 of the member that makes it.
+            (Route::Any, false) => Route::AnyHome,
+            (r, _) => r,
+        };
+        let mut gate = self.cluster.gate.read();
+        let (member, epoch, made) = self.cluster.call_full(route, cost, f)?;
+        self.invalidate();
+        if token {
+            self.cluster.spread(member, &made, &mut gate)?;
+        }
+        if made.iter().zip(ids).any(|(m, i)| m != i) {
+            tracing::debug!("a member returned ids other than the ones asked for");
+        }
+        let home = (!token).then_some((member, epoch));
+        Ok(made.into_iter().map(|mo| self.adopt(s, mo, home)).collect())
+    }
+
+    fn adopt(
+        &self,
+        s: SessionHandle,
+        mo: MemberObject,
+        home: Option<(usize, u64)>,
+    ) -> ObjectHandle {
+        let owner = home.map(|_| s);
+        let h = self.handle_for(mo, owner, home);
+        if home.is_some() {
             if let Some(sess) = self.sessions.get(&s).map(|e| e.value().clone()) {
                 sess.lock().objects.push(h);
             }
         }
-        Ok(h)
+        h
     }
 
-    fn is_token(&self, mo: MemberObject) -> Result<bool> {
-        Ok(self.member.key_meta(self.ms, mo)?.token)
+    fn one(v: Vec<ObjectHandle>) -> Result<ObjectHandle> {
+        v.into_iter()
+            .next()
+            .ok_or(Error::General("create made no object".into()))
     }
 
     /// `C_CreateObject`.
     pub fn create_object(&self, s: SessionHandle, template: Vec<Attr>) -> Result<ObjectHandle> {
         self.session(s)?;
         self.check_write(s, &template)?;
-        let mo = self.member.create_object(self.ms, &template)?;
-        let token = self.is_token(mo)?;
-        self.adopt(s, mo, token)
+        let token = Self::wants_token(&template, false);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
+            b.create_object(ms, &t).map(|o| vec![o])
+        })?)
     }
 
     /// `C_CopyObject`.
@@ -704,19 +939,33 @@ impl Engine {
         self.session(s)?;
         self.check_write(s, &template)?;
         let e = self.entry(o)?;
-        let mo = self.member.copy_object(self.ms, e.member_obj, &template)?;
-        let token = self.is_token(mo)?;
-        self.adopt(s, mo, token)
+        let token = Self::wants_token(&template, e.home.is_none());
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, e.route(), token, 5, &[id], |b, ms| {
+            b.copy_object(ms, e.member_obj, &t).map(|o| vec![o])
+        })?)
     }
 
-    /// `C_DestroyObject`.
+    /// `C_DestroyObject`. A token object is destroyed on one member (which checks that it may
+    /// be) and then removed from every other.
     pub fn destroy_object(&self, s: SessionHandle, o: ObjectHandle) -> Result<()> {
         let rw = self.rw_of(s)?;
         let e = self.entry(o)?;
-        if !rw && self.is_token(e.member_obj)? {
+        if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
-        self.member.destroy_object(self.ms, e.member_obj)?;
+        let (first, _, ()) = self
+            .cluster
+            .call_full(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj))?;
+        if e.home.is_none() {
+            for m in self.cluster.others(first) {
+                let _ = self
+                    .cluster
+                    .call(Route::On(m.index, m.epoch()), 1, |b, ms| {
+                        b.drop_replica(ms, e.member_obj)
+                    });
+            }
+        }
         self.forget_object(o);
         if let Some(owner) = e.session {
             if let Some(sess) = self.sessions.get(&owner).map(|x| x.value().clone()) {
@@ -730,7 +979,8 @@ impl Engine {
     pub fn object_size(&self, s: SessionHandle, o: ObjectHandle) -> Result<u64> {
         self.session(s)?;
         let e = self.entry(o)?;
-        self.member.object_size(self.ms, e.member_obj)
+        self.cluster
+            .call(e.route(), 1, |b, ms| b.object_size(ms, e.member_obj))
     }
 
     /// `C_GetAttributeValue`: one answer per requested type, in order.
@@ -742,7 +992,9 @@ impl Engine {
     ) -> Result<Vec<AttrValue>> {
         self.session(s)?;
         let e = self.entry(o)?;
-        let answers = self.member.get_attributes(self.ms, e.member_obj, types)?;
+        let answers = self.cluster.call(e.route(), 1, |b, ms| {
+            b.get_attributes(ms, e.member_obj, types)
+        })?;
         Ok(answers
             .into_iter()
             .map(|a| match a {
@@ -762,10 +1014,23 @@ impl Engine {
     ) -> Result<()> {
         let rw = self.rw_of(s)?;
         let e = self.entry(o)?;
-        if !rw && self.is_token(e.member_obj)? {
+        if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
-        self.member.set_attributes(self.ms, e.member_obj, &template)
+        if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
+            return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
+        }
+        let _gate = self.cluster.gate.read();
+        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, ms| {
+            b.set_attributes(ms, e.member_obj, &template)
+        })?;
+        self.invalidate();
+        if e.home.is_none() {
+            // The changed object replaces the old one on the other members (one that misses it
+            // now is brought level when it returns).
+            self.cluster.replicate(&mut vec![first], &[e.member_obj]);
+        }
+        Ok(())
     }
 
     /// `C_FindObjectsInit`.
@@ -774,22 +1039,86 @@ impl Engine {
         if sess.lock().find.is_some() {
             return Err(Error::OperationActive);
         }
-        let found = self.member.find(self.ms, &template)?;
-        let results: Vec<ObjectHandle> = found
-            .into_iter()
-            .map(|mo| {
-                self.by_member
-                    .get(&mo)
-                    .map(|h| *h.value())
-                    .unwrap_or_else(|| self.handle_for(mo, None))
-            })
-            .collect();
+        let results = self.find_handles(&template)?;
         let mut g = sess.lock();
         if g.find.is_some() {
             return Err(Error::OperationActive);
         }
-        g.find = Some(FindState { results, cursor: 0 });
+        g.find = Some(FindState {
+            results: results.to_vec(),
+            cursor: 0,
+        });
         Ok(())
+    }
+
+    /// The handles matching a template: from the find cache when nothing changed since the
+    /// same find, else from one member (token objects) and from each member holding session
+    /// objects of ours.
+    fn find_handles(&self, template: &[Attr]) -> Result<Arc<Vec<ObjectHandle>>> {
+        let key = (
+            hsmpool_sim::types::encode_attr_array(template),
+            self.login_state() as u8,
+        );
+        let gen = self.cache_gen();
+        if let Some(hit) = self.find_cache.get(&key) {
+            if hit.gen == gen && hit.at.elapsed() < self.find_ttl {
+                self.cluster.find_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit.handles.clone());
+            }
+        }
+        let mut found: Vec<MemberObject> = Vec::new();
+        let homes: Vec<usize> = (0..self.session_objects_on.len())
+            .filter(|i| self.session_objects_on[*i].load(Ordering::Relaxed) > 0)
+            .collect();
+        if homes.is_empty() {
+            found = self
+                .cluster
+                .call(Route::Any, 2, |b, ms| b.find(ms, template))?;
+        } else {
+            // Pool session 0 of each member holding our session objects sees them and every
+            // token object; a member that is gone took its session objects with it.
+            let mut any = false;
+            for i in homes {
+                let epoch = self.cluster.members[i].epoch();
+                if let Ok(v) = self
+                    .cluster
+                    .call(Route::On(i, epoch), 2, |b, ms| b.find(ms, template))
+                {
+                    found.extend(v);
+                    any = true;
+                }
+            }
+            if !any {
+                found = self
+                    .cluster
+                    .call(Route::Any, 2, |b, ms| b.find(ms, template))?;
+            }
+            found.sort_unstable();
+            found.dedup();
+        }
+        let results: Arc<Vec<ObjectHandle>> = Arc::new(
+            found
+                .into_iter()
+                .map(|mo| {
+                    self.by_member
+                        .get(&mo)
+                        .map(|h| *h.value())
+                        .unwrap_or_else(|| self.handle_for(mo, None, None))
+                })
+                .collect(),
+        );
+        if self.find_cache.len() > CACHE_MAX {
+            self.find_cache.clear();
+        }
+        self.find_cache.insert(
+            key,
+            FindHit {
+                gen,
+                at: std::time::Instant::now(),
+                handles: results.clone(),
+            },
+        );
+        Ok(results)
     }
 
     /// `C_FindObjects`: at most `max` handles.
@@ -823,9 +1152,11 @@ impl Engine {
         self.session(s)?;
         self.mech_row(&mech, CKF_GENERATE)?;
         self.check_write(s, &template)?;
-        let mo = self.member.generate_key(self.ms, &mech, &template)?;
-        let token = self.is_token(mo)?;
-        self.adopt(s, mo, token)
+        let token = Self::wants_token(&template, false);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
+            b.generate_key(ms, &mech, &t).map(|o| vec![o])
+        })?)
     }
 
     /// `C_GenerateKeyPair`: (public, private).
@@ -852,12 +1183,47 @@ impl Engine {
                 }
             }
         }
-        let (p, k) = self
-            .member
-            .generate_key_pair(self.ms, &mech, &public, &private)?;
-        let pt = self.is_token(p)?;
-        let kt = self.is_token(k)?;
-        Ok((self.adopt(s, p, pt)?, self.adopt(s, k, kt)?))
+        let pt = Self::wants_token(&public, false);
+        let kt = Self::wants_token(&private, false);
+        let (tp, ip) = Self::with_new_id(&public)?;
+        let (tk, ik) = Self::with_new_id(&private)?;
+        let cost = if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
+            2000
+        } else {
+            20
+        };
+        let gen = |b: &dyn Backend, ms| {
+            b.generate_key_pair(ms, &mech, &tp, &tk)
+                .map(|(p, k)| vec![p, k])
+        };
+        if pt == kt {
+            let v = self.make(s, Route::Any, pt, cost, &[ip, ik], gen)?;
+            return match v[..] {
+                [p, k] => Ok((p, k)),
+                _ => Err(Error::General("key pair generation made no pair".into())),
+            };
+        }
+        // One half a token object, the other a session object: make the pair as session
+        // objects' member does, then spread the token half.
+        let mut gate = self.cluster.gate.read();
+        let (member, epoch, made) = self.cluster.call_full(Route::AnyHome, cost, gen)?;
+        self.invalidate();
+        let (p, k) = match made[..] {
+            [p, k] => (p, k),
+            _ => return Err(Error::General("key pair generation made no pair".into())),
+        };
+        let token_half = if pt { p } else { k };
+        if let Err(e) = self.cluster.spread(member, &[token_half], &mut gate) {
+            let _ = self.cluster.call(Route::On(member, epoch), 1, |b, ms| {
+                b.destroy_object(ms, if pt { k } else { p })
+            });
+            return Err(e);
+        }
+        let home = Some((member, epoch));
+        Ok((
+            self.adopt(s, p, if pt { None } else { home }),
+            self.adopt(s, k, if kt { None } else { home }),
+        ))
     }
 
     /// The table row of a mechanism that offers `flag`, else `MechanismInvalid`.
@@ -887,8 +1253,11 @@ impl Engine {
             .entry(wrapping)
             .map_err(|_| Error::WrappingKeyHandleInvalid)?;
         let k = self.key_entry(key)?;
-        self.member
-            .wrap_key(self.ms, &mech, w.member_obj, k.member_obj)
+        let route = Self::route_of(&[w, k])?;
+        self.cluster
+            .call(route, 5, |b, ms| {
+                b.wrap_key(ms, &mech, w.member_obj, k.member_obj)
+            })
             .map_err(|e| match e {
                 Error::Hsm {
                     rv: CKR_OBJECT_HANDLE_INVALID,
@@ -913,11 +1282,30 @@ impl Engine {
         let u = self
             .entry(unwrapping)
             .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
-        let mo = self
-            .member
-            .unwrap_key(self.ms, &mech, u.member_obj, wrapped, &template)?;
-        let token = self.is_token(mo)?;
-        self.adopt(s, mo, token)
+        let token = Self::wants_token(&template, false);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, u.route(), token, 10, &[id], |b, ms| {
+            b.unwrap_key(ms, &mech, u.member_obj, wrapped, &t)
+                .map(|o| vec![o])
+        })?)
+    }
+
+    /// The route of a call using several objects: pinned if any is a session object (all such
+    /// must share a member), else any member.
+    fn route_of(entries: &[ObjEntry]) -> Result<Route> {
+        let mut route = Route::Any;
+        for e in entries {
+            match (route, e.route()) {
+                (_, Route::Any) => {}
+                (Route::Any, r) => route = r,
+                (a, b) if a == b => {}
+                _ => {
+                    tracing::warn!("session objects on different members used together");
+                    return Err(Error::KeyHandleInvalid);
+                }
+            }
+        }
+        Ok(route)
     }
 
     /// `C_DeriveKey`.
@@ -931,12 +1319,13 @@ impl Engine {
         self.session(s)?;
         self.mech_row(&mech, CKF_DERIVE)?;
         self.check_write(s, &template)?;
-        let b = self.key_entry(base)?;
-        let mo = self
-            .member
-            .derive_key(self.ms, &mech, b.member_obj, &template)?;
-        let token = self.is_token(mo)?;
-        self.adopt(s, mo, token)
+        let base = self.key_entry(base)?;
+        let token = Self::wants_token(&template, false);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, base.route(), token, 10, &[id], |b, ms| {
+            b.derive_key(ms, &mech, base.member_obj, &t)
+                .map(|o| vec![o])
+        })?)
     }
 
     /// `C_SeedRandom`: the generator (aws-lc's) takes no seed from applications.
@@ -948,7 +1337,7 @@ impl Engine {
     /// `C_GenerateRandom`.
     pub fn generate_random(&self, s: SessionHandle, out: &mut [u8]) -> Result<()> {
         self.session(s)?;
-        self.member.random(out)
+        self.cluster.call(Route::Any, 1, |b, _| b.random(out))
     }
 
     /// Take an operation out of its slot (it is put back by the caller if it stays active).

@@ -32,6 +32,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

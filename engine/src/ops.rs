@@ -15,6 +15,7 @@ use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
 use crate::backend::MemberObject;
+use crate::cluster::Route;
 use crate::engine::{Engine, Session};
 use crate::error::{Error, Result};
 use crate::mechanism::MechRow;
@@ -31,6 +32,10 @@ pub(crate) struct Op {
     mech: Mechanism,
     row: &'static MechRow,
     key: Option<MemberObject>,
+    /// Where the key is: any member (token keys), or its one member (session keys).
+    pub(crate) route: Route,
+    /// Balancing weight of one call of this operation.
+    pub(crate) cost: u64,
     hash: Option<DigestCtx>,
     buf: Zeroizing<Vec<u8>>,
     /// An `*Update` was called: single-part calls are no longer allowed.
@@ -96,6 +101,28 @@ fn usage_attr(kind: OpKind) -> CK_ATTRIBUTE_TYPE {
         OpKind::Decrypt => CKA_DECRYPT,
         OpKind::Sign | OpKind::Digest => CKA_SIGN,
         OpKind::Verify => CKA_VERIFY,
+    }
+}
+
+/// Balancing weight of one call: roughly relative HSM service time (an RSA-2048 signature is
+/// 40 times an AES or HMAC call, RSA-4096 about 8 times RSA-2048).
+fn op_cost(kind: OpKind, meta: &hsmpool_sim::hsm::KeyMeta) -> u64 {
+    let private_side = matches!(kind, OpKind::Sign | OpKind::Decrypt);
+    match meta.key_type {
+        Some(CKK_RSA) if private_side => {
+            let k = (meta.key_bits as u64 / 1024).max(1);
+            5 * k * k * k
+        }
+        Some(CKK_RSA) => 2,
+        Some(CKK_EC) => {
+            if private_side {
+                8
+            } else {
+                12
+            }
+        }
+        Some(CKK_EC_EDWARDS) => 4,
+        _ => 1,
     }
 }
 
@@ -228,16 +255,7 @@ impl Engine {
         let row = self.mech_row(&mech, function_flag(kind))?;
         check_param(&mech)?;
         let entry = self.key_entry(key)?;
-        let meta = self
-            .member
-            .check_key(self.ms, usage_attr(kind), &mech, entry.member_obj)
-            .map_err(|e| match e {
-                Error::Hsm {
-                    rv: CKR_OBJECT_HANDLE_INVALID,
-                    ..
-                } => Error::KeyHandleInvalid,
-                e => e,
-            })?;
+        let meta = self.checked_key(&entry, usage_attr(kind), &mech)?;
         match meta.key_type {
             Some(kt) if row.key_types.contains(&kt) => {}
             _ => return Err(Error::KeyTypeInconsistent),
@@ -254,10 +272,13 @@ impl Engine {
         } else {
             None
         };
+        let cost = op_cost(kind, &meta);
         let op = Op {
             mech,
             row,
             key: Some(entry.member_obj),
+            route: entry.route(),
+            cost,
             hash,
             buf: Zeroizing::new(Vec::new()),
             updated: false,
@@ -292,6 +313,8 @@ impl Engine {
                 mech,
                 row,
                 key: None,
+                route: Route::Any,
+                cost: 0,
                 hash: Some(ctx),
                 buf: Zeroizing::new(Vec::new()),
                 updated: false,
@@ -360,23 +383,20 @@ impl Engine {
 
     fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Output> {
         match kind {
-            OpKind::Sign => Ok(Output::public(self.member.sign(
-                self.ms,
-                &op.mech,
-                Self::key_of(op)?,
-                SignInput::Message(data),
+            OpKind::Sign => Ok(Output::public(self.cluster.call(
+                op.route,
+                op.cost,
+                |b, ms| b.sign(ms, &op.mech, Self::key_of(op)?, SignInput::Message(data)),
             )?)),
-            OpKind::Encrypt => Ok(Output::public(self.member.encrypt(
-                self.ms,
-                &op.mech,
-                Self::key_of(op)?,
-                data,
+            OpKind::Encrypt => Ok(Output::public(self.cluster.call(
+                op.route,
+                op.cost,
+                |b, ms| b.encrypt(ms, &op.mech, Self::key_of(op)?, data),
             )?)),
-            OpKind::Decrypt => Ok(Output::secret(self.member.decrypt(
-                self.ms,
-                &op.mech,
-                Self::key_of(op)?,
-                data,
+            OpKind::Decrypt => Ok(Output::secret(self.cluster.call(
+                op.route,
+                op.cost,
+                |b, ms| b.decrypt(ms, &op.mech, Self::key_of(op)?, data),
             )?)),
             OpKind::Digest => Ok(Output::secret(Zeroizing::new(
                 hsmpool_sim::crypto::digest(op.mech.mech, data)
@@ -464,15 +484,13 @@ impl Engine {
                 let chunk = &all[..n];
                 let key = Self::key_of(op)?;
                 let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
-                    Zeroizing::new(self.member.encrypt(
-                        self.ms,
-                        &with_iv(CKM_AES_CBC, iv),
-                        key,
-                        chunk,
-                    )?)
+                    Zeroizing::new(self.cluster.call(op.route, op.cost, |b, ms| {
+                        b.encrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
+                    })?)
                 } else {
-                    self.member
-                        .decrypt(self.ms, &with_iv(CKM_AES_CBC, iv), key, chunk)?
+                    self.cluster.call(op.route, op.cost, |b, ms| {
+                        b.decrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
+                    })?
                 };
                 let chain = if kind == OpKind::Encrypt {
                     &result[n - AES_BLOCK..n]
@@ -506,7 +524,9 @@ impl Engine {
                 return Err(e);
             }
         };
-        let value = self.member.secret_for_digest(self.ms, entry.member_obj)?;
+        let value = self.cluster.call(entry.route(), 1, |b, ms| {
+            b.secret_for_digest(ms, entry.member_obj)
+        })?;
         op.updated = true;
         if let Some(h) = op.hash.as_mut() {
             h.update(&value);
@@ -543,17 +563,13 @@ impl Engine {
                 let sig = match op.hash.take() {
                     Some(h) => {
                         let d = h.finish();
-                        self.member.sign(
-                            self.ms,
-                            &op.mech,
-                            key,
-                            SignInput::Prehashed(d.as_ref()),
-                        )?
+                        self.cluster.call(op.route, op.cost, |b, ms| {
+                            b.sign(ms, &op.mech, key, SignInput::Prehashed(d.as_ref()))
+                        })?
                     }
-                    None => {
-                        self.member
-                            .sign(self.ms, &op.mech, key, SignInput::Message(&op.buf))?
-                    }
+                    None => self.cluster.call(op.route, op.cost, |b, ms| {
+                        b.sign(ms, &op.mech, key, SignInput::Message(&op.buf))
+                    })?,
                 };
                 Ok(Output::public(sig))
             }
@@ -568,33 +584,35 @@ impl Engine {
                             Error::EncryptedDataLenRange
                         }),
                         (_, CKM_AES_CBC) => Ok(Output::public(Vec::new())),
-                        (OpKind::Encrypt, _) => Ok(Output::public(self.member.encrypt(
-                            self.ms,
-                            &with_iv(CKM_AES_CBC_PAD, iv),
-                            key,
-                            rest,
+                        (OpKind::Encrypt, _) => Ok(Output::public(self.cluster.call(
+                            op.route,
+                            op.cost,
+                            |b, ms| b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
                         )?)),
                         (_, _) => {
                             if rest.len() != AES_BLOCK {
                                 return Err(Error::EncryptedDataLenRange);
                             }
-                            Ok(Output::secret(self.member.decrypt(
-                                self.ms,
-                                &with_iv(CKM_AES_CBC_PAD, iv),
-                                key,
-                                rest,
+                            Ok(Output::secret(self.cluster.call(
+                                op.route,
+                                op.cost,
+                                |b, ms| b.decrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
                             )?))
                         }
                     };
                 }
                 if kind == OpKind::Encrypt {
-                    Ok(Output::public(
-                        self.member.encrypt(self.ms, &op.mech, key, &op.buf)?,
-                    ))
+                    Ok(Output::public(self.cluster.call(
+                        op.route,
+                        op.cost,
+                        |b, ms| b.encrypt(ms, &op.mech, key, &op.buf),
+                    )?))
                 } else {
-                    Ok(Output::secret(
-                        self.member.decrypt(self.ms, &op.mech, key, &op.buf)?,
-                    ))
+                    Ok(Output::secret(self.cluster.call(
+                        op.route,
+                        op.cost,
+                        |b, ms| b.decrypt(ms, &op.mech, key, &op.buf),
+                    )?))
                 }
             }
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),
@@ -608,13 +626,15 @@ impl Engine {
             self.put_op(&sess, OpKind::Verify, op);
             return Err(Error::OperationActive);
         }
-        self.member.verify(
-            self.ms,
-            &op.mech,
-            Self::key_of(&op)?,
-            SignInput::Message(data),
-            signature,
-        )
+        self.cluster.call(op.route, op.cost, |b, ms| {
+            b.verify(
+                ms,
+                &op.mech,
+                Self::key_of(&op)?,
+                SignInput::Message(data),
+                signature,
+            )
+        })
     }
 
     /// `C_VerifyFinal`.
@@ -624,21 +644,19 @@ impl Engine {
         match op.hash.take() {
             Some(h) => {
                 let d = h.finish();
-                self.member.verify(
-                    self.ms,
-                    &op.mech,
-                    key,
-                    SignInput::Prehashed(d.as_ref()),
-                    signature,
-                )
+                self.cluster.call(op.route, op.cost, |b, ms| {
+                    b.verify(
+                        ms,
+                        &op.mech,
+                        key,
+                        SignInput::Prehashed(d.as_ref()),
+                        signature,
+                    )
+                })
             }
-            None => self.member.verify(
-                self.ms,
-                &op.mech,
-                key,
-                SignInput::Message(&op.buf),
-                signature,
-            ),
+            None => self.cluster.call(op.route, op.cost, |b, ms| {
+                b.verify(ms, &op.mech, key, SignInput::Message(&op.buf), signature)
+            }),
         }
     }
 

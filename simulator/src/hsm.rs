@@ -19,13 +19,14 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
+use crate::cluster::{CloneKey, CloneRecord};
 use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
 use crate::error::{SimError, SimResult};
 use crate::fault::{FaultConfig, Faults};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
 use crate::timing::{self, OpClass, TimingConfig, TimingModel};
-use crate::types::{Attr, MechParam, Mechanism, SignInput};
+use crate::types::{Attr, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
 
 /// The crypto officer that `C_InitToken` creates.
 pub const DEFAULT_SO: &str = "admin";
@@ -228,6 +229,8 @@ pub struct Hsm {
     timing: Option<TimingModel>,
     /// fault hook: the fault controller, when `cfg.faults` is set.
     faults: Option<Faults>,
+    /// The cluster's clone key, when this member has been provisioned with one.
+    clone_key: Option<CloneKey>,
     /// The store's `data_version` when this HSM last caught up with other processes' writes.
     seen_version: std::sync::atomic::AtomicI64,
     /// When it last looked (ms since `opened`): looking is rate-limited.
@@ -262,6 +265,7 @@ impl Hsm {
         let users = read_users(&store, &mut refused)?;
         let timing = cfg.timing.clone().map(TimingModel::new); // timing hook
         let faults = cfg.faults.as_ref().map(Faults::new); // fault hook
+        let clone_key = CloneKey::load(&cfg.data_dir)?;
         let hsm = Hsm {
             cfg,
             store,
@@ -274,6 +278,7 @@ impl Hsm {
             refused: Refused::default(),
             timing,
             faults,
+            clone_key,
             seen_version: std::sync::atomic::AtomicI64::new(0),
             checked_ms: AtomicU64::new(0),
             opened: std::time::Instant::now(),
@@ -766,6 +771,14 @@ impl Hsm {
         }
     }
 
+    /// The object a create already made under the engine's idempotency id in `template`
+    /// ([`CKA_HSMPOOL_OBJECT_ID`]), if any: a retried create returns it instead of making a
+    /// second one.
+    fn already_made(&self, template: &[Attr]) -> SimResult<Option<u64>> {
+        Ok(rv(find_ulong(template, CKA_HSMPOOL_OBJECT_ID))?
+            .filter(|id| self.objects.contains_key(id)))
+    }
+
     fn finish_new(
         &self,
         ms: u64,
@@ -779,7 +792,21 @@ impl Hsm {
         let token = attrs.get(&CKA_TOKEN).is_some_and(|v| v == &[1]);
         let private = attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]);
         let owner = Self::owner_for(login, private)?;
-        let id = random_id()?;
+        let requested = attrs
+            .remove(&CKA_HSMPOOL_OBJECT_ID)
+            .and_then(|v| v.try_into().ok())
+            .map(CK_ULONG::from_ne_bytes);
+        let id = match requested {
+            Some(id) if id != 0 => {
+                // A create retried concurrently with its first attempt: one object.
+                if let Some(o) = self.objects.get(&id) {
+                    return Ok(o.value().clone());
+                }
+                id
+            }
+            Some(_) => return Err(SimError::Rv(CKR_ATTRIBUTE_VALUE_INVALID)),
+            None => random_id()?,
+        };
         attrs.insert(CKA_UNIQUE_ID, format!("{id:016x}").into_bytes());
         let obj = Arc::new(Object {
             id,
@@ -812,6 +839,9 @@ impl Hsm {
             )
         });
         let login = self.login_of(ms)?;
+        if let Some(id) = self.already_made(template)? {
+            return Ok(id);
+        }
         let class =
             rv(find_ulong(template, CKA_CLASS))?.ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
         let key_type = rv(find_ulong(template, CKA_KEY_TYPE))?;
@@ -1008,6 +1038,9 @@ impl Hsm {
             )
         });
         let login = self.login_of(ms)?;
+        if let Some(id) = self.already_made(template)? {
+            return Ok(id);
+        }
         let key_type = match mech.mech {
             CKM_AES_KEY_GEN => CKK_AES,
             CKM_GENERIC_SECRET_KEY_GEN => CKK_GENERIC_SECRET,
@@ -1071,6 +1104,17 @@ impl Hsm {
             (OpClass::from_key_pair_template(mech.mech, public), token)
         });
         let login = self.login_of(ms)?;
+        match (self.already_made(public)?, self.already_made(private)?) {
+            (Some(p), Some(k)) => return Ok((p, k)),
+            // Half of a pair from an attempt cut short: make the pair again, whole.
+            (Some(half), None) | (None, Some(half)) => {
+                let partial = self.objects.get(&half).map(|o| o.value().clone());
+                if let Some(o) = partial {
+                    self.remove(&o)?;
+                }
+            }
+            (None, None) => {}
+        }
         let is_so = Self::is_so(&login);
         let (key_type, pub_key, priv_key) = match mech.mech {
             CKM_RSA_PKCS_KEY_PAIR_GEN => {
@@ -1195,6 +1239,9 @@ impl Hsm {
     pub fn copy_object(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
         self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
+        if let Some(made) = self.already_made(template)? {
+            return Ok(made);
+        }
         let obj = self.get_visible(ms, id)?;
         let _timing = self.timed(|| {
             (
@@ -1465,6 +1512,9 @@ impl Hsm {
     ) -> SimResult<u64> {
         self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
+        if let Some(id) = self.already_made(template)? {
+            return Ok(id);
+        }
         let u = self
             .usable(ms, unwrapping, CKA_UNWRAP, mech.mech)
             .map_err(|e| match e {
@@ -1578,6 +1628,9 @@ impl Hsm {
     ) -> SimResult<u64> {
         self.fault_check()?; // fault hook
         let login = self.login_of(ms)?;
+        if let Some(id) = self.already_made(template)? {
+            return Ok(id);
+        }
         let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
         // timing hook
         let _timing = self.timed(|| {
@@ -1800,6 +1853,135 @@ impl Hsm {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Random, false)); // timing hook
         rv(crypto::random(out))
+    }
+
+    // ----- the cluster clone path (see `crate::cluster`) ----------------------------------
+
+    /// A health probe: fails as an operation would (crashed, partitioned, held, injected).
+    pub fn ping(&self) -> SimResult<()> {
+        self.fault_check() // fault hook
+    }
+
+    /// The clone key, or `CKR_DEVICE_ERROR` (logged) when this member was never given one.
+    fn clone_key(&self) -> SimResult<&CloneKey> {
+        self.clone_key.as_ref().ok_or_else(|| {
+            tracing::error!(
+                store = %self.store.path().display(),
+                "clone path used on a member without a clone key ({}); provision the cluster",
+                crate::cluster::CLONE_KEY_FILE
+            );
+            SimError::Rv(CKR_DEVICE_ERROR)
+        })
+    }
+
+    /// A logged-in session (either role): the clone path is never open to the public.
+    fn require_login(&self, ms: u64) -> SimResult<()> {
+        match self.login_of(ms)? {
+            Some(_) => Ok(()),
+            None => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        }
+    }
+
+    /// A token object by id whatever its owner: the clone path copies every user's objects, as
+    /// an HSM cluster synchronises all of them. Session objects never leave their member.
+    fn token_object(&self, id: u64) -> SimResult<Arc<Object>> {
+        match self.objects.get(&id).map(|o| o.value().clone()) {
+            Some(o) if o.token => Ok(o),
+            _ => Err(SimError::Rv(CKR_OBJECT_HANDLE_INVALID)),
+        }
+    }
+
+    /// Seal token object `id` for another member of this cluster.
+    pub fn export_clone(&self, ms: u64, id: u64) -> SimResult<Vec<u8>> {
+        self.fault_check()?; // fault hook
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
+        self.require_login(ms)?;
+        let key = self.clone_key()?;
+        let obj = self.token_object(id)?;
+        key.seal(&CloneRecord {
+            id: obj.id,
+            owner: obj.owner.clone(),
+            attrs: object::encode_attrs(&obj.attrs),
+            secret: obj
+                .key
+                .as_ref()
+                .map(|k| k.material().to_bytes())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Store an object from another member's clone blob under its own id. Idempotent: an equal
+    /// object already here is left alone; a different one with that id (changed while this
+    /// member was away) is replaced.
+    pub fn import_clone(&self, ms: u64, blob: &[u8]) -> SimResult<u64> {
+        self.fault_check()?; // fault hook
+        let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
+        self.require_login(ms)?;
+        let key = self.clone_key()?;
+        let rec = key.open(blob).inspect_err(|_| {
+            tracing::warn!("clone blob refused: malformed, changed, or from another cluster");
+        })?;
+        let digest = key.digest(rec.id, rec.owner.as_deref(), &rec.attrs, &rec.secret);
+        if let Ok(old) = self.token_object(rec.id) {
+            if self.digest_of(key, &old) == digest {
+                return Ok(rec.id);
+            }
+        }
+        let obj = Arc::new(rv(self.revive(rec.id, rec.owner, &rec.attrs, &rec.secret))?);
+        self.persist(&obj)?;
+        if let Some((_, old)) = self.objects.remove(&obj.id) {
+            self.unindex(&old);
+        }
+        self.insert(obj);
+        Ok(rec.id)
+    }
+
+    fn digest_of(&self, key: &CloneKey, obj: &Object) -> [u8; 32] {
+        let secret = obj
+            .key
+            .as_ref()
+            .map(|k| k.material().to_bytes())
+            .unwrap_or_default();
+        key.digest(
+            obj.id,
+            obj.owner.as_deref(),
+            &object::encode_attrs(&obj.attrs),
+            &secret,
+        )
+    }
+
+    /// (id, digest) of every token object, by id: what a member holds, for resynchronisation.
+    pub fn object_digests(&self, ms: u64) -> SimResult<Vec<(u64, [u8; 32])>> {
+        self.fault_check()?; // fault hook
+        let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
+        self.require_login(ms)?;
+        self.catch_up();
+        let key = self.clone_key()?;
+        let objs: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.token)
+            .map(|o| o.value().clone())
+            .collect();
+        let mut out: Vec<(u64, [u8; 32])> = objs
+            .iter()
+            .map(|o| (o.id, self.digest_of(key, o)))
+            .collect();
+        out.sort_unstable_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Remove token object `id` whatever its owner or `CKA_DESTROYABLE`: the resynchronisation
+    /// of a member that missed a destroy, or the roll-back of a create that did not reach enough
+    /// members. Absent already is success.
+    pub fn drop_replica(&self, ms: u64, id: u64) -> SimResult<()> {
+        self.fault_check()?; // fault hook
+        let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
+        self.require_login(ms)?;
+        match self.token_object(id) {
+            Ok(obj) => self.remove(&obj),
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -88,6 +88,8 @@ static STORAGE: &[Rule] = &[
     r(CKA_DESTROYABLE, B, CGM, T),
     r(CKA_LABEL, Y, CGM, E),
     r(CKA_UNIQUE_ID, Y, 0, None),
+    // Consumed when the object is made (it becomes the object's id); never stored.
+    r(crate::types::CKA_HSMPOOL_OBJECT_ID, U, CG, None),
 ];
 static DATA: &[Rule] = &[
     r(CKA_PRIVATE, B, CG, F),
@@ -497,7 +499,10 @@ pub fn modify(
     for a in template {
         let rule = rule(&tables, a.ty).ok_or(CKR_ATTRIBUTE_TYPE_INVALID)?;
         check_kind(&rule, &a.value)?;
-        let copy_only = matches!(a.ty, CKA_TOKEN | CKA_PRIVATE | CKA_MODIFIABLE);
+        let copy_only = matches!(
+            a.ty,
+            CKA_TOKEN | CKA_PRIVATE | CKA_MODIFIABLE | crate::types::CKA_HSMPOOL_OBJECT_ID
+        );
         let unchanged = attrs.get(&a.ty).is_some_and(|v| *v == a.value);
         if unchanged {
             continue;

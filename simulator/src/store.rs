@@ -28,60 +28,73 @@ use crate::error::{SimError, SimResult};
 const OBJECT_AAD_TAG: &[u8] = b"hsmpool-object-v1";
 const USER_AAD_TAG: &[u8] = b"hsmpool-user-v1";
 
-/// The HSM's master key; it never leaves this module.
-struct MasterKey(LessSafeKey);
+/// An AES-256-GCM sealing key: the HSM's master key here, the cluster clone key in
+/// [`crate::cluster`]. It never leaves the simulator.
+pub(crate) struct SealKey(LessSafeKey);
 
-impl MasterKey {
-    fn load_or_create(path: &Path) -> SimResult<Self> {
-        let bytes = match OpenOptions::new().read(true).open(path) {
-            Ok(mut f) => {
-                let mode = f
-                    .metadata()
-                    .map_err(|e| SimError::store(path, e))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(SimError::Store(format!(
-                        "{}: master key file is readable by group or others (mode {:o}); chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    )));
-                }
-                let mut buf = Zeroizing::new(Vec::new());
-                f.read_to_end(&mut buf)
-                    .map_err(|e| SimError::store(path, e))?;
-                buf
+/// Read a 32-byte key file, refusing one that group or others may read. `None` when it does not
+/// exist and `create` is false; with `create`, a missing file is made (random, mode 0600).
+pub(crate) fn read_key_file(path: &Path, create: bool) -> SimResult<Option<Zeroizing<Vec<u8>>>> {
+    let bytes = match OpenOptions::new().read(true).open(path) {
+        Ok(mut f) => {
+            let mode = f
+                .metadata()
+                .map_err(|e| SimError::store(path, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(SimError::Store(format!(
+                    "{}: key file is readable by group or others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                )));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut buf = Zeroizing::new(vec![0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut buf)
-                    .map_err(|_| SimError::Store("random generator failed".into()))?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| SimError::store(path, e))?;
-                f.write_all(&buf).map_err(|e| SimError::store(path, e))?;
-                f.sync_all().map_err(|e| SimError::store(path, e))?;
-                buf
-            }
-            Err(e) => return Err(SimError::store(path, e)),
-        };
-        if bytes.len() != 32 {
-            return Err(SimError::Store(format!(
-                "{}: master key must be 32 bytes, found {}",
-                path.display(),
-                bytes.len()
-            )));
+            let mut buf = Zeroizing::new(Vec::new());
+            f.read_to_end(&mut buf)
+                .map_err(|e| SimError::store(path, e))?;
+            buf
         }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| SimError::Store("bad master key".into()))?;
-        Ok(MasterKey(LessSafeKey::new(key)))
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut buf = Zeroizing::new(vec![0u8; 32]);
+            SystemRandom::new()
+                .fill(&mut buf)
+                .map_err(|_| SimError::Store("random generator failed".into()))?;
+            write_key_file(path, &buf)?;
+            buf
+        }
+        Err(e) => return Err(SimError::store(path, e)),
+    };
+    if bytes.len() != 32 {
+        return Err(SimError::Store(format!(
+            "{}: key file must hold 32 bytes, found {}",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Write a new key file, mode 0600 (never replacing one).
+pub(crate) fn write_key_file(path: &Path, key: &[u8]) -> SimResult<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| SimError::store(path, e))?;
+    f.write_all(key).map_err(|e| SimError::store(path, e))?;
+    f.sync_all().map_err(|e| SimError::store(path, e))
+}
+
+impl SealKey {
+    pub(crate) fn new(bytes: &[u8]) -> SimResult<Self> {
+        let key = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| SimError::Store("bad sealing key".into()))?;
+        Ok(SealKey(LessSafeKey::new(key)))
     }
 
-    fn seal(&self, aad: &[u8], plain: &[u8]) -> SimResult<Vec<u8>> {
+    pub(crate) fn seal(&self, aad: &[u8], plain: &[u8]) -> SimResult<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -100,7 +113,7 @@ impl MasterKey {
         Ok(out)
     }
 
-    fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
@@ -154,7 +167,7 @@ pub struct Refused {
 /// persistent key store).
 pub struct Store {
     conn: Mutex<Connection>,
-    master: MasterKey,
+    master: SealKey,
     path: PathBuf,
 }
 
@@ -180,7 +193,11 @@ impl Store {
     /// Open (creating if needed) the store in `dir`: `hsm.sqlite3` and `master.key`.
     pub fn open(dir: &Path) -> SimResult<Self> {
         fs::create_dir_all(dir).map_err(|e| SimError::store(dir, e))?;
-        let master = MasterKey::load_or_create(&dir.join("master.key"))?;
+        let key_path = dir.join("master.key");
+        let master = match read_key_file(&key_path, true)? {
+            Some(k) => SealKey::new(&k)?,
+            None => return Err(SimError::Store(format!("{}: missing", key_path.display()))),
+        };
         let path = dir.join("hsm.sqlite3");
         let conn = Connection::open(&path).map_err(|e| SimError::store(&path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))

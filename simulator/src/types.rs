@@ -7,6 +7,14 @@
 use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE, CK_RV, CK_ULONG};
 use zeroize::Zeroize;
 
+/// Vendor attribute (`CKA_VENDOR_DEFINED | "HP" 0001`): the cluster-wide id the engine asks a
+/// member to give a new object (a `CK_ULONG`). It is also the idempotency token of a create:
+/// a member that already holds an object with that id returns it instead of making a second one,
+/// so a create retried after a lost answer never leaves two keys. Only the engine sets it; an
+/// application template naming it is refused by the engine.
+pub const CKA_HSMPOOL_OBJECT_ID: cryptoki_sys::CK_ATTRIBUTE_TYPE =
+    cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0001;
+
 /// A PKCS #11 return value (`CK_RV`).
 pub type Rv = CK_RV;
 

@@ -255,4 +255,25 @@ impl Backend for InProcess {
     fn random(&self, out: &mut [u8]) -> Result<()> {
         self.hsm.random(out).map_err(|e| self.err(e))
     }
+    fn ping(&self) -> Result<()> {
+        self.hsm.ping().map_err(|e| self.err(e))
+    }
+    fn export_clone(&self, s: MemberSession, o: MemberObject) -> Result<Vec<u8>> {
+        self.hsm.export_clone(s.0, o.0).map_err(|e| self.err(e))
+    }
+    fn import_clone(&self, s: MemberSession, blob: &[u8]) -> Result<MemberObject> {
+        self.hsm
+            .import_clone(s.0, blob)
+            .map(MemberObject)
+            .map_err(|e| self.err(e))
+    }
+    fn object_digests(&self, s: MemberSession) -> Result<Vec<(MemberObject, [u8; 32])>> {
+        self.hsm
+            .object_digests(s.0)
+            .map(|v| v.into_iter().map(|(id, d)| (MemberObject(id), d)).collect())
+            .map_err(|e| self.err(e))
+    }
+    fn drop_replica(&self, s: MemberSession, o: MemberObject) -> Result<()> {
+        self.hsm.drop_replica(s.0, o.0).map_err(|e| self.err(e))
+    }
 }

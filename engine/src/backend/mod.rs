@@ -21,7 +21,9 @@ pub struct MemberId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MemberSession(pub u64);
 
-/// An object handle on one member.
+/// An object handle on one member. For token objects made through the engine it is the
+/// cluster-wide object id, the same on every member (the engine asks for it with
+/// `CKA_HSMPOOL_OBJECT_ID`; a backend whose HSM numbers objects itself translates).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberObject(pub u64);
 
@@ -168,4 +170,19 @@ pub trait Backend: Send + Sync {
     fn secret_for_digest(&self, s: MemberSession, key: MemberObject) -> Result<Zeroizing<Vec<u8>>>;
     /// Random bytes.
     fn random(&self, out: &mut [u8]) -> Result<()>;
+
+    // ----- cluster: health and the clone path (see `hsmpool_sim::cluster`) -----------------
+
+    /// A cheap health probe: `Ok` when the member answers.
+    fn ping(&self) -> Result<()>;
+    /// Token object `o` sealed for another member of the same cluster (a clone blob only
+    /// members can open). Needs a logged-in session.
+    fn export_clone(&self, s: MemberSession, o: MemberObject) -> Result<Vec<u8>>;
+    /// Store an object from a clone blob under its cluster-wide id (idempotent; replaces a
+    /// different object of the same id).
+    fn import_clone(&self, s: MemberSession, blob: &[u8]) -> Result<MemberObject>;
+    /// (id, digest) of every token object the member holds, by id.
+    fn object_digests(&self, s: MemberSession) -> Result<Vec<(MemberObject, [u8; 32])>>;
+    /// Remove a token object whatever its owner (resynchronisation, roll-back). Absent is `Ok`.
+    fn drop_replica(&self, s: MemberSession, o: MemberObject) -> Result<()>;
 }

@@ -1,0 +1,1125 @@
+//! The cluster: N members behind one token. Pooled authenticated sessions per member,
+//! balancing by weighted outstanding work, health probes and a circuit breaker, retries with
+//! backoff and full jitter inside a deadline and a global budget, and resynchronisation of a
+//! member that was away.
+//!
+//! # Sessions and login
+//! Each member has a pool of member sessions (`sessions_per_member`, default 4). The
+//! application's one `C_Login` logs every pool in; the credentials are kept in zeroizing memory
+//! until `C_Logout` / `C_Finalize`, so a member that restarts (its sessions answer
+//! `CKR_SESSION_HANDLE_INVALID`) or comes back is re-authenticated without the application
+//! doing anything. Each re-establishment bumps the member's *epoch*: session objects live in
+//! pool session 0 of one member, and an epoch change means they are gone.
+//!
+//! # Routing
+//! [`Route::Any`] picks the healthy member with the least outstanding work per unit of weight,
+//! where work is weighted by operation cost (an RSA-4096 signature is not an HMAC) and weight
+//! ramps from 10% to 100% over `slow_start_ms` after a member comes back. A member is skipped
+//! while its circuit is open (after `breaker_failures` consecutive device failures, until a
+//! probe succeeds), while it is drained, and while it looks stalled (work outstanding and
+//! nothing finished for `stall_ms`: a paused HSM). [`Route::On`] pins a call to one member (its
+//! session objects).
+//!
+//! # Errors and retries
+//! Every backend error is classified: *permanent* (the key, the data, the template decided:
+//! returned as is), *session lost* (the member restarted: re-authenticate and retry),
+//! *transient* (device error, removed, unreachable, timed out: retry elsewhere). Calls made
+//! through [`Cluster::call`] are all safe to repeat: reads and cryptographic operations are
+//! idempotent, and creates carry an idempotency id (`CKA_HSMPOOL_OBJECT_ID`). Retries back off
+//! exponentially with full jitter, stop at the call's deadline, and draw on a global budget
+//! (each retry costs what ten successes earn) so a sick cluster is not hammered.
+//!
+//! # Locks
+//! `Member::pool` (read on every call, written when re-established) and `Member::reauth`
+//! (serialises re-establishment) are never held across another member's lock; the pool read
+//! guard is dropped before the backend is called. `Cluster::gate` orders replicated creates
+//! against the last pass of a resynchronisation (creates take it shared).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use cryptoki_sys::*;
+use hsmpool_sim::hsm::Role;
+use parking_lot::{Mutex, RwLock};
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, MemberObject, MemberSession};
+use crate::error::{Error, Result};
+
+/// Tunables (config `[cluster]`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Member sessions per member.
+    pub sessions_per_member: usize,
+    /// Members a token object must reach for its create to succeed.
+    pub min_replicas: usize,
+    /// Longest a call may take, retries included.
+    pub call_deadline: Duration,
+    /// Health probe period.
+    pub probe_interval: Duration,
+    /// Ramp of a member's weight after it comes back.
+    pub slow_start: Duration,
+    /// Outstanding work with no completion for this long marks a member stalled.
+    pub stall: Duration,
+    /// Consecutive device failures that open a member's circuit.
+    pub breaker_failures: u32,
+    /// How long a token create waits for enough members to hold the new object (members
+    /// coming back) before it is rolled back.
+    pub replicate_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sessions_per_member: 4,
+            min_replicas: 2,
+            call_deadline: Duration::from_secs(20),
+            probe_interval: Duration::from_millis(200),
+            slow_start: Duration::from_secs(3),
+            stall: Duration::from_millis(750),
+            breaker_failures: 3,
+            replicate_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The application's credentials, kept to re-authenticate members.
+pub(crate) struct Credentials {
+    pub(crate) role: Role,
+    pub(crate) pin: Zeroizing<Vec<u8>>,
+    pub(crate) username: Option<Zeroizing<String>>,
+}
+
+/// Where a call goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Any healthy member (balanced).
+    Any,
+    /// Any healthy member, its pool session 0 (where a new session object is made).
+    AnyHome,
+    /// This member (index), pool session 0, provided its epoch is still this one.
+    On(usize, u64),
+    /// This member (index), whatever its epoch: replication, resynchronisation, roll-back.
+    /// Lost sessions are re-established and the call repeated; a device failure is returned
+    /// at once (the member is brought level later).
+    Member(usize),
+}
+
+/// How an error is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    Permanent,
+    SessionLost,
+    Transient,
+}
+
+fn classify(e: &Error, logged_in: bool) -> Class {
+    match e {
+        Error::Hsm { rv, .. } => match *rv {
+            CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED => Class::SessionLost,
+            CKR_USER_NOT_LOGGED_IN if logged_in => Class::SessionLost,
+            _ if e.is_retryable() => Class::Transient,
+            _ => Class::Permanent,
+        },
+        e if e.is_retryable() => Class::Transient,
+        _ => Class::Permanent,
+    }
+}
+
+const HEALTH_UP: u8 = 0;
+const HEALTH_DOWN: u8 = 1;
+const HEALTH_SYNCING: u8 = 2;
+
+/// Latency histogram buckets: bucket i counts calls under 2^i µs (the last is open).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// Per-member counters.
+#[derive(Default)]
+pub struct Stats {
+    /// Calls that succeeded.
+    pub ops: AtomicU64,
+    /// Calls that failed (any class).
+    pub errors: AtomicU64,
+    /// Calls repeated on this member or elsewhere after a failure here.
+    pub retries: AtomicU64,
+    /// Calls that moved away from this member after it failed them.
+    pub failovers: AtomicU64,
+    /// Pool re-establishments (restarts seen, reconnections).
+    pub reauths: AtomicU64,
+    /// Objects copied to this member by replication or resynchronisation.
+    pub replicated: AtomicU64,
+    /// Objects removed from it by resynchronisation or roll-back.
+    pub dropped: AtomicU64,
+    /// Latency histogram (see [`LATENCY_BUCKETS`]).
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// One member as the cluster drives it.
+pub(crate) struct Member {
+    pub(crate) index: usize,
+    pub(crate) backend: Arc<dyn Backend>,
+    /// (sessions, epoch, logged in).
+    pool: RwLock<Pool>,
+    reauth: Mutex<()>,
+    health: AtomicU8,
+    drained: AtomicBool,
+    /// Weighted work in flight.
+    outstanding: AtomicU64,
+    /// Calls in flight.
+    in_flight: AtomicU64,
+    /// ms since the cluster started: last completion, and when it last came up.
+    last_done_ms: AtomicU64,
+    up_since_ms: AtomicU64,
+    fails: AtomicU32,
+    pub(crate) stats: Stats,
+}
+
+#[derive(Clone)]
+struct Pool {
+    sessions: Vec<MemberSession>,
+    epoch: u64,
+    /// The pool sessions are logged in with the current credentials.
+    authed: bool,
+}
+
+/// A snapshot of one member for `hsmpool status` and the vendor function.
+#[derive(Clone, Debug)]
+pub struct MemberStatus {
+    /// Index in the configuration.
+    pub index: usize,
+    /// Description.
+    pub describe: String,
+    /// "up", "down", "syncing", "drained".
+    pub health: &'static str,
+    /// Pool epoch (re-establishments).
+    pub epoch: u64,
+    /// Calls in flight.
+    pub in_flight: u64,
+    /// Sessions in the pool.
+    pub pool_sessions: usize,
+    /// Counters.
+    pub ops: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Failovers away from it.
+    pub failovers: u64,
+    /// Re-authentications.
+    pub reauths: u64,
+    /// Objects copied in.
+    pub replicated: u64,
+    /// Objects removed.
+    pub dropped: u64,
+    /// Latency histogram.
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+/// The cluster.
+pub struct Cluster {
+    pub(crate) members: Vec<Arc<Member>>,
+    pub(crate) settings: Settings,
+    creds: RwLock<Option<Arc<Credentials>>>,
+    budget: AtomicI64,
+    /// Creates (shared) against the final pass of a resynchronisation (exclusive).
+    pub(crate) gate: RwLock<()>,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    /// Counted by the engine: finds answered from its cache, key checks answered from its cache.
+    pub(crate) find_cache_hits: AtomicU64,
+    pub(crate) key_cache_hits: AtomicU64,
+    /// Bumped whenever resynchronisation changed a member's objects.
+    changes: AtomicU64,
+}
+
+const BUDGET_MAX: i64 = 2000;
+const RETRY_COST: i64 = 10;
+
+thread_local! {
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// A per-thread pool slot, so threads spread over the pool without a shared counter.
+fn thread_slot() -> usize {
+    SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) as usize);
+        }
+        s.get()
+    })
+}
+
+/// Full-jitter backoff for attempt `n` (0-based): uniform in [0, min(cap, base·2^n)].
+fn backoff(n: u32) -> Duration {
+    let cap_us = 100_000u64;
+    let ceiling = (1_000u64 << n.min(10)).min(cap_us);
+    Duration::from_micros(jitter(ceiling))
+}
+
+fn jitter(ceiling: u64) -> u64 {
+    // A per-thread xorshift seeded from the clock and the thread slot: jitter needs no crypto.
+    thread_local! {
+        static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    RNG.with(|r| {
+        let mut x = r.get();
+        if x == 0 {
+            x = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                ^ ((thread_slot() as u64) << 32))
+                | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x % (ceiling + 1)
+    })
+}
+
+impl Member {
+    fn new(index: usize, backend: Arc<dyn Backend>) -> Member {
+        Member {
+            index,
+            backend,
+            pool: RwLock::new(Pool {
+                sessions: Vec::new(),
+                epoch: 0,
+                authed: false,
+            }),
+            reauth: Mutex::new(()),
+            health: AtomicU8::new(HEALTH_UP),
+            drained: AtomicBool::new(false),
+            outstanding: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            stats: Stats::default(),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.pool.read().epoch
+    }
+
+    /// Healthy: receives replication and cluster-wide changes.
+    fn is_up(&self) -> bool {
+        self.health.load(Ordering::Acquire) == HEALTH_UP
+    }
+
+    /// Healthy and not drained: takes balanced traffic.
+    fn takes_traffic(&self) -> bool {
+        self.is_up() && !self.drained.load(Ordering::Relaxed)
+    }
+
+    fn record_latency(&self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let b = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
+        self.stats.latency[b].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Cluster {
+    /// A cluster over these backends (index = position).
+    pub fn new(backends: Vec<Arc<dyn Backend>>, mut settings: Settings) -> Arc<Cluster> {
+        settings.sessions_per_member = settings.sessions_per_member.max(1);
+        settings.min_replicas = settings.min_replicas.clamp(1, backends.len().max(1));
+        let members = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Arc::new(Member::new(i, b)))
+            .collect();
+        let c = Arc::new(Cluster {
+            members,
+            settings,
+            creds: RwLock::new(None),
+            budget: AtomicI64::new(BUDGET_MAX),
+            gate: RwLock::new(()),
+            started: Instant::now(),
+            stop: Arc::new(AtomicBool::new(false)),
+            find_cache_hits: AtomicU64::new(0),
+            key_cache_hits: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+        });
+        for m in &c.members {
+            if c.establish(m, None).is_err() {
+                m.health.store(HEALTH_DOWN, Ordering::Release);
+                tracing::warn!(member = m.index, describe = %m.backend.describe(), "member unreachable at start; it joins when it answers");
+            }
+        }
+        if c.members.len() > 1 {
+            Cluster::spawn_probes(&c);
+        }
+        c
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Stop the probe threads.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        for m in &self.members {
+            let sessions = std::mem::take(&mut m.pool.write().sessions);
+            for s in sessions {
+                m.backend.close_session(s);
+            }
+        }
+    }
+
+    /// Resynchronisations that changed objects so far (the engine's caches watch it).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// The application changed its PIN: re-authentication uses the new one from now on.
+    pub(crate) fn new_pin(&self, pin: &[u8]) {
+        let mut c = self.creds.write();
+        if let Some(old) = c.as_ref() {
+            *c = Some(Arc::new(Credentials {
+                role: old.role,
+                pin: Zeroizing::new(pin.to_vec()),
+                username: old.username.clone(),
+            }));
+        }
+    }
+
+    /// Whether the application is logged in (credentials held).
+    pub(crate) fn logged_in(&self) -> bool {
+        self.creds.read().is_some()
+    }
+
+    // ----- pools --------------------------------------------------------------------------
+
+    /// (Re-)establish a member's pool: open its sessions and log them in with the credentials,
+    /// if any. `seen` is the epoch the caller saw fail: if the pool has moved on since, another
+    /// thread did the work. Returns the current epoch.
+    fn establish(&self, m: &Member, seen: Option<u64>) -> Result<u64> {
+        let _one = m.reauth.lock();
+        let current = m.pool.read().clone();
+        let creds = self.creds.read().clone();
+        if let Some(seen) = seen {
+            if current.epoch != seen && !current.sessions.is_empty() {
+                return Ok(current.epoch);
+            }
+        } else if !current.sessions.is_empty() && (current.authed || creds.is_none()) {
+            return Ok(current.epoch);
+        }
+        let mut sessions = Vec::with_capacity(self.settings.sessions_per_member);
+        let opened = (|| -> Result<()> {
+            for _ in 0..self.settings.sessions_per_member {
+                let s = m.backend.open_session()?;
+                sessions.push(s);
+                if let Some(c) = &creds {
+                    m.backend
+                        .login(s, c.role, &c.pin, c.username.as_ref().map(|u| u.as_str()))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = opened {
+            for s in sessions {
+                m.backend.close_session(s);
+            }
+            return Err(e);
+        }
+        let old = {
+            let mut p = m.pool.write();
+            let old = std::mem::replace(&mut p.sessions, sessions);
+            p.epoch += 1;
+            p.authed = creds.is_some();
+            old
+        };
+        for s in old {
+            m.backend.close_session(s);
+        }
+        m.stats.reauths.fetch_add(1, Ordering::Relaxed);
+        let epoch = m.epoch();
+        tracing::info!(
+            member = m.index,
+            epoch,
+            authenticated = creds.is_some(),
+            "member session pool established"
+        );
+        Ok(epoch)
+    }
+
+    fn session_for(&self, m: &Member, slot: usize) -> Result<(MemberSession, u64)> {
+        {
+            let p = m.pool.read();
+            if !p.sessions.is_empty() {
+                return Ok((p.sessions[slot % p.sessions.len()], p.epoch));
+            }
+        }
+        self.establish(m, None)?;
+        let p = m.pool.read();
+        match p.sessions.get(slot % p.sessions.len().max(1)) {
+            Some(s) => Ok((*s, p.epoch)),
+            None => Err(Error::DeviceError("member has no sessions".into())),
+        }
+    }
+
+    // ----- login --------------------------------------------------------------------------
+
+    /// Log the application in: first on one member (which decides whether the PIN is right, so
+    /// a wrong PIN counts once, not once per member), then every other pool. Credentials are
+    /// kept for re-authentication.
+    pub(crate) fn login(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
+        let creds = Arc::new(Credentials {
+            role,
+            pin: Zeroizing::new(pin.to_vec()),
+            username: username.map(|u| Zeroizing::new(u.to_string())),
+        });
+        let first = self
+            .pick(&[], 1)
+            .ok_or_else(|| Error::DeviceError("no member of the cluster is reachable".into()))?;
+        let (s, _) = self.session_for(first, 0)?;
+        first.backend.login(s, role, pin, username)?;
+        *self.creds.write() = Some(creds);
+        for m in &self.members {
+            // Log in the pool sessions as they are (re-opening them would lose the session
+            // objects they hold); a member whose sessions are gone is re-established.
+            let p = m.pool.read().clone();
+            let mut done = !p.sessions.is_empty();
+            for (i, ms) in p.sessions.iter().enumerate() {
+                if m.index == first.index && i == 0 {
+                    continue;
+                }
+                match m.backend.login(*ms, role, pin, username) {
+                    Ok(())
+                    | Err(Error::Hsm {
+                        rv: CKR_USER_ALREADY_LOGGED_IN,
+                        ..
+                    }) => {}
+                    Err(_) => {
+                        done = false;
+                        break;
+                    }
+                }
+            }
+            if done {
+                let mut w = m.pool.write();
+                if w.epoch == p.epoch {
+                    w.authed = true;
+                }
+                continue;
+            }
+            if let Err(e) = self.establish(m, Some(p.epoch)) {
+                tracing::warn!(
+                    member = m.index,
+                    "member not logged in now ({e}); it will be when it answers"
+                );
+                m.health.store(HEALTH_DOWN, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// A context-specific re-authentication: checked by one member.
+    pub(crate) fn check_pin(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
+        self.call(Route::Any, 1, |b, s| b.login(s, role, pin, username))
+    }
+
+    /// Log every pool out and forget the credentials.
+    pub(crate) fn logout(&self) {
+        *self.creds.write() = None;
+        for m in &self.members {
+            let sessions = m.pool.read().sessions.clone();
+            for s in sessions {
+                let _ = m.backend.logout(s);
+            }
+            m.pool.write().authed = false;
+        }
+    }
+
+    // ----- routing ------------------------------------------------------------------------
+
+    /// The member to use: up, not drained, circuit closed, not stalled, not in `avoid`; least
+    /// outstanding weighted work per unit of weight.
+    fn pick(&self, avoid: &[usize], cost: u64) -> Option<&Arc<Member>> {
+        let now = self.now_ms();
+        let stall = self.settings.stall.as_millis() as u64;
+        let ramp = self.settings.slow_start.as_millis().max(1) as u64;
+        let mut best: Option<(&Arc<Member>, u64)> = None;
+        let mut fallback: Option<&Arc<Member>> = None;
+        for m in &self.members {
+            if !m.takes_traffic() || avoid.contains(&m.index) {
+                continue;
+            }
+            let stalled = m.in_flight.load(Ordering::Relaxed) > 0
+                && now.saturating_sub(m.last_done_ms.load(Ordering::Relaxed)) > stall;
+            if stalled {
+                fallback.get_or_insert(m);
+                continue;
+            }
+            // Weight in per-mille: 100..=1000 over the slow start.
+            let age = now.saturating_sub(m.up_since_ms.load(Ordering::Relaxed));
+            let weight = 100 + 900 * age.min(ramp) / ramp;
+            let score = (m.outstanding.load(Ordering::Relaxed) + cost) * 1000 / weight;
+            if best.is_none_or(|(_, s)| score < s) {
+                best = Some((m, score));
+            }
+        }
+        best.map(|(m, _)| m).or(fallback)
+    }
+
+    /// The up members other than `except`.
+    pub(crate) fn others(&self, except: usize) -> impl Iterator<Item = &Arc<Member>> {
+        self.members
+            .iter()
+            .filter(move |m| m.index != except && m.is_up())
+    }
+
+    /// Run `f` on a member with a session, retrying as the error class allows (see the module
+    /// documentation). `cost` weighs the call for balancing.
+    pub(crate) fn call<T>(
+        &self,
+        route: Route,
+        cost: u64,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<T>,
+    ) -> Result<T> {
+        self.call_full(route, cost, |b, s| f(b, s))
+            .map(|(_, _, v)| v)
+    }
+
+    /// As [`Cluster::call`], also saying which member answered and its pool epoch.
+    pub(crate) fn call_full<T>(
+        &self,
+        route: Route,
+        cost: u64,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<T>,
+    ) -> Result<(usize, u64, T)> {
+        let deadline = Instant::now() + self.settings.call_deadline;
+        let slot = thread_slot();
+        let mut avoid: Vec<usize> = Vec::new();
+        let mut attempt = 0u32;
+        let mut last: Option<Error> = None;
+        loop {
+            let m = match route {
+                Route::Member(i) => self
+                    .members
+                    .get(i)
+                    .ok_or(Error::General("no such member".into()))?,
+                Route::On(i, epoch) => {
+                    let m = self.members.get(i).ok_or(Error::KeyHandleInvalid)?;
+                    if m.epoch() != epoch {
+                        tracing::warn!(
+                            member = i,
+                            "session object lost: its member restarted or was reconnected"
+                        );
+                        return Err(Error::KeyHandleInvalid);
+                    }
+                    if m.health.load(Ordering::Acquire) == HEALTH_DOWN {
+                        tracing::warn!(
+                            member = i,
+                            "session object unavailable: its member is down"
+                        );
+                        return Err(Error::KeyHandleInvalid);
+                    }
+                    m
+                }
+                Route::Any | Route::AnyHome => match self.pick(&avoid, cost).or_else(|| {
+                    // Everyone was tried: start over rather than give up before the deadline.
+                    avoid.clear();
+                    self.pick(&avoid, cost)
+                }) {
+                    Some(m) => m,
+                    None => {
+                        if Instant::now() >= deadline {
+                            return Err(last.unwrap_or_else(|| {
+                                Error::DeviceError("no member of the cluster is reachable".into())
+                            }));
+                        }
+                        std::thread::sleep(backoff(attempt).max(Duration::from_millis(5)));
+                        attempt += 1;
+                        continue;
+                    }
+                },
+            };
+            let session = match route {
+                Route::On(..) | Route::AnyHome | Route::Member(_) => self.session_for(m, 0),
+                Route::Any => self.session_for(m, slot),
+            };
+            let result = match session {
+                Ok((s, epoch)) => {
+                    m.outstanding.fetch_add(cost, Ordering::Relaxed);
+                    m.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    let r = f(m.backend.as_ref(), s).map(|v| (epoch, v));
+                    m.record_latency(t0.elapsed());
+                    m.outstanding.fetch_sub(cost, Ordering::Relaxed);
+                    m.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    m.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+                    r.map_err(|e| (e, Some(epoch)))
+                }
+                Err(e) => Err((e, None)),
+            };
+            let (e, epoch) = match result {
+                Ok((epoch, v)) => {
+                    m.stats.ops.fetch_add(1, Ordering::Relaxed);
+                    m.fails.store(0, Ordering::Relaxed);
+                    if self.budget.load(Ordering::Relaxed) < BUDGET_MAX {
+                        self.budget.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok((m.index, epoch, v));
+                }
+                Err(x) => x,
+            };
+            m.stats.errors.fetch_add(1, Ordering::Relaxed);
+            let class = classify(&e, self.logged_in());
+            match (class, route) {
+                (Class::Permanent, _) => return Err(e),
+                (Class::SessionLost, Route::On(i, _)) => {
+                    tracing::warn!(member = i, "session object lost: {e}");
+                    let _ = self.establish(m, epoch);
+                    return Err(Error::KeyHandleInvalid);
+                }
+                (Class::SessionLost, Route::Any | Route::AnyHome) => {
+                    tracing::info!(
+                        member = m.index,
+                        "member sessions lost ({e}); re-authenticating"
+                    );
+                    if let Err(e2) = self.establish(m, epoch) {
+                        self.note_failure(m, &e2);
+                        avoid.push(m.index);
+                    }
+                }
+                (Class::Transient, Route::On(i, _)) => {
+                    // Only this member can do it: retry it here until its circuit opens.
+                    tracing::debug!(member = i, "transient failure on a pinned call: {e}");
+                    self.note_failure(m, &e);
+                }
+                (Class::Transient, Route::Member(_)) => {
+                    self.note_failure(m, &e);
+                    return Err(e);
+                }
+                (Class::SessionLost, Route::Member(_)) => {
+                    if let Err(e2) = self.establish(m, epoch) {
+                        self.note_failure(m, &e2);
+                        return Err(e2);
+                    }
+                }
+                (Class::Transient, Route::Any | Route::AnyHome) => {
+                    self.note_failure(m, &e);
+                    avoid.push(m.index);
+                    m.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(member = m.index, "call deadline passed: {e}");
+                return Err(e);
+            }
+            if self.budget.fetch_sub(RETRY_COST, Ordering::Relaxed) < RETRY_COST {
+                self.budget.fetch_add(RETRY_COST, Ordering::Relaxed);
+                tracing::warn!("retry budget exhausted: {e}");
+                return Err(e);
+            }
+            m.stats.retries.fetch_add(1, Ordering::Relaxed);
+            let pause = backoff(attempt);
+            attempt += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            std::thread::sleep(pause.min(left));
+            last = Some(e);
+        }
+    }
+
+    /// A device-level failure on `m`: after `breaker_failures` in a row its circuit opens
+    /// (health down) until a probe finds it answering again.
+    fn note_failure(&self, m: &Member, e: &Error) {
+        let n = m.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.settings.breaker_failures
+            && m.health
+                .compare_exchange(HEALTH_UP, HEALTH_DOWN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            tracing::warn!(member = m.index, failures = n, "circuit opened: {e}");
+        }
+    }
+
+    // ----- health, resynchronisation ------------------------------------------------------
+
+    fn spawn_probes(c: &Arc<Cluster>) {
+        for m in &c.members {
+            let weak: Weak<Cluster> = Arc::downgrade(c);
+            let stop = c.stop.clone();
+            let index = m.index;
+            let period = c.settings.probe_interval;
+            let spawned = std::thread::Builder::new()
+                .name(format!("hsmpool-probe-{index}"))
+                .spawn(move || loop {
+                    std::thread::sleep(period);
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Some(c) = weak.upgrade() else { return };
+                    c.probe(index);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(member = index, "health probe thread not started: {e}");
+            }
+        }
+    }
+
+    /// One probe of member `i`: a member that is down and answers is re-authenticated, brought
+    /// up to date, and let back in with slow start; an up member that does not answer has its
+    /// circuit opened.
+    fn probe(&self, i: usize) {
+        let m = &self.members[i];
+        let ok = m.backend.ping();
+        match (m.health.load(Ordering::Acquire), ok) {
+            (HEALTH_UP, Err(e)) => {
+                self.note_failure(m, &e);
+            }
+            (HEALTH_UP, Ok(())) => {}
+            (_, Ok(())) => {
+                m.health.store(HEALTH_SYNCING, Ordering::Release);
+                let back = self.revive(m).and_then(|_| self.resync(m));
+                match back {
+                    Ok(()) => {
+                        tracing::info!(member = i, "member back in the cluster (slow start)");
+                    }
+                    Err(e) => {
+                        tracing::warn!(member = i, "member answered but is not ready: {e}");
+                        m.health.store(HEALTH_DOWN, Ordering::Release);
+                    }
+                }
+            }
+            (_, Err(_)) => {}
+        }
+    }
+
+    /// A member that answers again: keep its pool if the sessions survived (a partition or a
+    /// pause keeps them, and the session objects in them), else re-establish it.
+    fn revive(&self, m: &Member) -> Result<()> {
+        let (s, epoch) = self.session_for(m, 0)?;
+        // A find that matches nothing, answered from the label index: cheap, and it fails
+        // with CKR_SESSION_HANDLE_INVALID when the member lost its sessions.
+        let probe = [crate::Attr::bytes(CKA_LABEL, b"\0hsmpool session probe")];
+        match m.backend.find(s, &probe) {
+            Ok(_) if m.pool.read().authed == self.logged_in() => Ok(()),
+            Ok(_) => self.establish(m, Some(epoch)).map(|_| ()),
+            Err(e) if classify(&e, self.logged_in()) == Class::SessionLost => {
+                self.establish(m, Some(epoch)).map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Let a member take traffic again, with slow start.
+    fn mark_up(&self, m: &Member) {
+        m.fails.store(0, Ordering::Relaxed);
+        m.up_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        m.health.store(HEALTH_UP, Ordering::Release);
+    }
+
+    /// Bring member `m` level with an up member (the reference): copy what it lacks or holds
+    /// differently, remove what the reference no longer has. A bulk pass runs unlocked, then a
+    /// final pass under the create gate so no create slips between the pass and the member
+    /// taking traffic. Without credentials there is nothing to compare (objects are private):
+    /// the member joins and is brought level at the next login.
+    pub(crate) fn resync(&self, m: &Member) -> Result<()> {
+        if !self.logged_in() {
+            self.mark_up(m);
+            return Ok(());
+        }
+        let Some(reference) = self
+            .members
+            .iter()
+            .find(|r| r.index != m.index && r.is_up())
+        else {
+            self.mark_up(m);
+            return Ok(());
+        };
+        self.level(reference, m, true)?;
+        let _gate = self.gate.write();
+        self.level(reference, m, true)?;
+        self.mark_up(m);
+        Ok(())
+    }
+
+    /// Make `target` hold what `source` holds. With `exact`, objects `source` lacks are removed
+    /// from `target`; without, they are kept (a union, used at login when no member is known to
+    /// be behind).
+    fn level(&self, source: &Member, target: &Member, exact: bool) -> Result<usize> {
+        let (src, dst) = (Route::Member(source.index), Route::Member(target.index));
+        let want = self.call(src, 5, |b, s| b.object_digests(s))?;
+        let have = self.call(dst, 5, |b, s| b.object_digests(s))?;
+        let have_map: std::collections::HashMap<MemberObject, [u8; 32]> =
+            have.iter().copied().collect();
+        let want_ids: std::collections::HashSet<MemberObject> =
+            want.iter().map(|(id, _)| *id).collect();
+        let mut changed = 0;
+        for (id, d) in &want {
+            if have_map.get(id) != Some(d) {
+                let blob = self.call(src, 5, |b, s| b.export_clone(s, *id))?;
+                self.call(dst, 5, |b, s| b.import_clone(s, &blob))?;
+                target.stats.replicated.fetch_add(1, Ordering::Relaxed);
+                changed += 1;
+            }
+        }
+        if exact {
+            for (id, _) in &have {
+                if !want_ids.contains(id) {
+                    self.call(dst, 5, |b, s| b.drop_replica(s, *id))?;
+                    target.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    changed += 1;
+                }
+            }
+        }
+        if changed > 0 {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(
+                from = source.index,
+                to = target.index,
+                changed,
+                "member resynchronised"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// At login: bring every up member level with the union of what the up members hold
+    /// (nothing is removed: with no member known to be behind, a difference may be a create
+    /// that reached some members only while this process was not running).
+    pub(crate) fn level_all(&self) -> usize {
+        let ups: Vec<&Arc<Member>> = self.members.iter().filter(|m| m.is_up()).collect();
+        let mut changed = 0;
+        for a in &ups {
+            for b in &ups {
+                if a.index != b.index {
+                    match self.level(a, b, false) {
+                        Ok(n) => changed += n,
+                        Err(e) => {
+                            tracing::warn!(from = a.index, to = b.index, "levelling failed: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Copy token objects from a member that holds them (`holders`, the first tried first) to
+    /// every other up member not in `holders`; the members that got them are added to
+    /// `holders`.
+    pub(crate) fn replicate(&self, holders: &mut Vec<usize>, ids: &[MemberObject]) {
+        let targets: Vec<usize> = self
+            .members
+            .iter()
+            .filter(|m| m.is_up() && !holders.contains(&m.index))
+            .map(|m| m.index)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let mut blobs = None;
+        for src in holders.iter() {
+            let exported: Result<Vec<Vec<u8>>> = ids
+                .iter()
+                .map(|id| self.call(Route::Member(*src), 5, |b, s| b.export_clone(s, *id)))
+                .collect();
+            match exported {
+                Ok(b) => {
+                    blobs = Some(b);
+                    break;
+                }
+                Err(e) => tracing::warn!(member = src, "export for replication failed: {e}"),
+            }
+        }
+        let Some(blobs) = blobs else { return };
+        for t in targets {
+            let copied: Result<()> = blobs.iter().try_for_each(|blob| {
+                self.call(Route::Member(t), 5, |b, s| b.import_clone(s, blob))
+                    .map(|_| ())
+            });
+            match copied {
+                Ok(()) => {
+                    self.members[t]
+                        .stats
+                        .replicated
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    holders.push(t);
+                }
+                Err(e) => tracing::warn!(member = t, "replication failed: {e}"),
+            }
+        }
+    }
+
+    /// Make new token objects, made on member `from`, reach `min_replicas` members: copy them
+    /// to every up member, and while too few hold them wait (members come back, with the
+    /// create gate released meanwhile) until `replicate_wait` passes; then roll back everywhere
+    /// and fail with `CKR_DEVICE_ERROR`.
+    pub(crate) fn spread(
+        &self,
+        from: usize,
+        ids: &[MemberObject],
+        gate: &mut parking_lot::RwLockReadGuard<'_, ()>,
+    ) -> Result<()> {
+        let needed = self.settings.min_replicas;
+        let until = Instant::now() + self.settings.replicate_wait;
+        let mut holders = vec![from];
+        let mut pause = 0u32;
+        loop {
+            self.replicate(&mut holders, ids);
+            if holders.len() >= needed {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            parking_lot::RwLockReadGuard::unlocked(gate, || {
+                std::thread::sleep(backoff(pause + 4).max(Duration::from_millis(5)));
+            });
+            pause += 1;
+        }
+        tracing::error!(
+            holders = holders.len(),
+            needed,
+            "token object reached too few members: rolled back everywhere"
+        );
+        self.drop_everywhere(ids);
+        Err(Error::DeviceError(format!(
+            "token object reached {} member(s), {needed} needed",
+            holders.len()
+        )))
+    }
+
+    /// Remove objects from every member that answers (roll-back of a create that did not
+    /// reach enough members).
+    pub(crate) fn drop_everywhere(&self, ids: &[MemberObject]) {
+        for m in &self.members {
+            for id in ids {
+                if self
+                    .call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, *id))
+                    .is_ok()
+                {
+                    m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Run a management call on every up member (token init, PINs, destroy of token objects,
+    /// attribute changes): the first decides (its error is returned), the others follow; a
+    /// member that fails to follow is taken out and brought level when it returns.
+    pub(crate) fn on_all(
+        &self,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<()>,
+    ) -> Result<()> {
+        let (first, _, ()) = self.call_full(Route::Any, 1, &mut f)?;
+        for m in self.others(first) {
+            let done = self.call(Route::Member(m.index), 1, &mut f);
+            if let Err(e) = done {
+                tracing::warn!(member = m.index, "member did not follow a cluster-wide change ({e}); taken out until it is brought level");
+                m.health.store(HEALTH_DOWN, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Take a member out of (or back into) the balancing: calls in flight finish, new ones go
+    /// elsewhere.
+    pub fn drain(&self, index: usize, drained: bool) -> Result<()> {
+        let m = self
+            .members
+            .get(index)
+            .ok_or(Error::ArgumentsBad("no such member"))?;
+        m.drained.store(drained, Ordering::Release);
+        if !drained {
+            m.up_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+        tracing::info!(member = index, drained, "member drain changed");
+        Ok(())
+    }
+
+    /// Per-member status and counters.
+    pub fn status(&self) -> Vec<MemberStatus> {
+        self.members
+            .iter()
+            .map(|m| {
+                let p = m.pool.read();
+                MemberStatus {
+                    index: m.index,
+                    describe: m.backend.describe(),
+                    health: if m.drained.load(Ordering::Relaxed) {
+                        "drained"
+                    } else {
+                        match m.health.load(Ordering::Relaxed) {
+                            HEALTH_UP => "up",
+                            HEALTH_SYNCING => "syncing",
+                            _ => "down",
+                        }
+                    },
+                    epoch: p.epoch,
+                    in_flight: m.in_flight.load(Ordering::Relaxed),
+                    pool_sessions: p.sessions.len(),
+                    ops: m.stats.ops.load(Ordering::Relaxed),
+                    errors: m.stats.errors.load(Ordering::Relaxed),
+                    retries: m.stats.retries.load(Ordering::Relaxed),
+                    failovers: m.stats.failovers.load(Ordering::Relaxed),
+                    reauths: m.stats.reauths.load(Ordering::Relaxed),
+                    replicated: m.stats.replicated.load(Ordering::Relaxed),
+                    dropped: m.stats.dropped.load(Ordering::Relaxed),
+                    latency: std::array::from_fn(|i| m.stats.latency[i].load(Ordering::Relaxed)),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        for n in 0..40 {
+            let cap = (1_000u64 << n.min(10)).min(100_000);
+            for _ in 0..50 {
+                assert!(backoff(n) <= Duration::from_micros(cap));
+            }
+        }
+        // Full jitter: over many draws at a high attempt, some are large and some small.
+        let draws: Vec<u128> = (0..500).map(|_| backoff(12).as_micros()).collect();
+        assert!(draws.iter().any(|d| *d > 50_000));
+        assert!(draws.iter().any(|d| *d < 50_000));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let hsm = |rv| Error::Hsm { member: 0, rv };
+        assert_eq!(classify(&hsm(CKR_DEVICE_REMOVED), true), Class::Transient);
+        assert_eq!(classify(&hsm(CKR_DEVICE_ERROR), true), Class::Transient);
+        assert_eq!(
+            classify(&hsm(CKR_SESSION_HANDLE_INVALID), false),
+            Class::SessionLost
+        );
+        assert_eq!(
+            classify(&hsm(CKR_USER_NOT_LOGGED_IN), true),
+            Class::SessionLost
+        );
+        assert_eq!(
+            classify(&hsm(CKR_USER_NOT_LOGGED_IN), false),
+            Class::Permanent
+        );
+        assert_eq!(
+            classify(&hsm(CKR_KEY_HANDLE_INVALID), true),
+            Class::Permanent
+        );
+        assert_eq!(
+            classify(&hsm(CKR_SIGNATURE_INVALID), true),
+            Class::Permanent
+        );
+        assert_eq!(
+            classify(&Error::DeviceError("x".into()), true),
+            Class::Transient
+        );
+        assert_eq!(classify(&Error::PinIncorrect, true), Class::Permanent);
+    }
+}
