@@ -12,9 +12,10 @@
 //! - **The acceptor** accepts TCP connections and starts a connection thread for each (at most
 //!   `--max-connections` at once; more are closed at once, with a warning).
 //! - **A connection thread** runs the TLS handshake (bounded by a timeout, so a silent peer
-//!   cannot hold it), then reads frames. Administration requests (`Ping`, `Fault`, `Stats`) are
+//!   cannot hold it), then reads frames. Administration requests (`Fault`, `Stats`) are
 //!   answered right there, so they never queue behind HSM work: a `release` must reach an HSM
-//!   whose operations are all held. Every other request becomes a job on the worker pool's
+//!   whose operations are all held. Every other request (`Ping` too: it is the HSM's health
+//!   probe, and fails or waits as an operation would) becomes a job on the worker pool's
 //!   bounded queue; when the queue is full the connection thread waits, which stops reading
 //!   that connection (back-pressure on the client, not unbounded memory here).
 //! - **Workers** (a fixed pool, `--workers`, default 64: with the timing model on, operations
@@ -418,7 +419,7 @@ impl Daemon {
 
 /// Whether a request is answered by the connection thread itself (see the module doc).
 fn is_admin(req: &Request) -> bool {
-    matches!(req, Request::Ping | Request::Fault { .. } | Request::Stats)
+    matches!(req, Request::Fault { .. } | Request::Stats)
 }
 
 impl Shared {
@@ -502,7 +503,6 @@ impl Shared {
     /// Answer an administration request on the connection thread.
     fn admin(&self, req: Request, id: u64, link: &Arc<Link>) {
         match req {
-            Request::Ping => self.reply(link, id, &Response::Ok),
             Request::Stats => self.reply(link, id, &Response::Stats(self.stats())),
             Request::Fault { verb } => {
                 let Some(faults) = self.hsm.faults() else {
@@ -618,7 +618,7 @@ impl Shared {
         let s = |session: u64| session ^ mask;
         let ok = |()| Response::Ok;
         Ok(match req {
-            Request::Ping => Response::Ok,
+            Request::Ping => hsm.ping().map(ok)?,
             Request::Stats => Response::Stats(self.stats()),
             // Faults are applied on the connection thread (`admin`), never here.
             Request::Fault { .. } => Response::Err(CKR_FUNCTION_NOT_SUPPORTED),
@@ -754,10 +754,18 @@ impl Shared {
                 hsm.random(&mut buf)?;
                 Response::Secret(Secret(buf))
             }
-            Request::ExportClone { .. }
-            | Request::ImportClone { .. }
-            | Request::ObjectDigests { .. }
-            | Request::DropReplica { .. } => Response::Err(CKR_FUNCTION_NOT_SUPPORTED),
+            Request::ExportClone { session, object } => {
+                Response::Bytes(hsm.export_clone(s(session), object)?)
+            }
+            Request::ImportClone { session, blob } => {
+                Response::Handle(hsm.import_clone(s(session), &blob)?)
+            }
+            Request::ObjectDigests { session } => {
+                Response::Digests(hsm.object_digests(s(session))?)
+            }
+            Request::DropReplica { session, object } => {
+                hsm.drop_replica(s(session), object).map(ok)?
+            }
         })
     }
 }

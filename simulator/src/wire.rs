@@ -19,7 +19,7 @@
 //! # Kinds
 //! | kinds | requests | answered with |
 //! |---|---|---|
-//! | `0x01` | `Ping` (answered by the daemon itself) | `Ok` |
+//! | `0x01` | `Ping`: the HSM's health probe | `Ok` |
 //! | `0x02..=0x09` | sessions, login, token and PIN management | `Handle`, `Ok`, `TokenStatus` |
 //! | `0x0a..=0x12` | objects: create, copy, destroy, attributes, size, find, key metadata | `Handle`, `Ok`, `Attributes`, `Size`, `Handles`, `KeyMeta` |
 //! | `0x13..=0x17` | key generation, wrapping, unwrapping, derivation | `Handle`, `KeyPair`, `Bytes` |

@@ -70,20 +70,24 @@ fn port_file_is_written_whole() {
 /// The daemon's shared state over a fresh HSM, without sockets.
 fn shared(faults: bool) -> (tempfile::TempDir, Shared) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = HsmConfig::new(dir.path().to_path_buf());
+    let d = shared_in(dir.path(), faults);
+    (dir, d)
+}
+
+fn shared_in(dir: &Path, faults: bool) -> Shared {
+    let mut cfg = HsmConfig::new(dir.to_path_buf());
     cfg.pin_iterations = 1;
     if faults {
         cfg.faults = Some(FaultConfig::new(FaultSeed(7), 0));
     }
-    let shared = Shared {
+    Shared {
         hsm: Hsm::open(cfg).unwrap(),
         session_mask: 0x5a5a_0000_0000_0000,
         links: Mutex::new(HashMap::new()),
         next_link: AtomicU64::new(1),
         connection_threads: AtomicUsize::new(0),
         counters: Counters::default(),
-    };
-    (dir, shared)
+    }
 }
 
 fn handle(r: Response) -> u64 {
@@ -211,4 +215,62 @@ fn stats_count_what_was_served() {
         Response::Err(CKR_DEVICE_REMOVED)
     );
     assert_eq!(d.stats().faults_injected, 1);
+}
+
+#[test]
+fn the_clone_path_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = [dir.path().join("a"), dir.path().join("b")];
+    crate::cluster::provision(&dirs).unwrap();
+    let a = shared_in(&dirs[0], false);
+    let b = shared_in(&dirs[1], false);
+    let (sa, sb) = (user_session(&a), user_session(&b));
+    let key = handle(a.run(Request::GenerateKey {
+        session: sa,
+        mech: Mechanism::plain(CKM_GENERIC_SECRET_KEY_GEN),
+        template: vec![
+            Attr::ulong(CKA_VALUE_LEN, 32),
+            Attr::bool(CKA_SIGN, true),
+            Attr::bool(CKA_TOKEN, true),
+        ],
+    }));
+    let Response::Bytes(blob) = a.run(Request::ExportClone {
+        session: sa,
+        object: key,
+    }) else {
+        panic!("no clone blob");
+    };
+    assert_eq!(
+        b.run(Request::ImportClone {
+            session: sb,
+            blob: blob.clone(),
+        }),
+        Response::Handle(key)
+    );
+    let digests = |d: &Shared, session| match d.run(Request::ObjectDigests { session }) {
+        Response::Digests(v) => v,
+        other => panic!("digests: {other:?}"),
+    };
+    let da = digests(&a, sa);
+    assert!(da.iter().any(|(id, _)| *id == key));
+    assert_eq!(da, digests(&b, sb));
+    assert_eq!(
+        b.run(Request::DropReplica {
+            session: sb,
+            object: key,
+        }),
+        Response::Ok
+    );
+    assert!(digests(&b, sb).iter().all(|(id, _)| *id != key));
+    // A blob changed in transit is refused.
+    let mut bad = blob;
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        b.run(Request::ImportClone {
+            session: sb,
+            blob: bad,
+        }),
+        Response::Err(_)
+    ));
 }
