@@ -12,6 +12,16 @@
 //! pin_iterations = 100000      # PBKDF2 iterations for new PIN hashes
 //! max_login_failures = 10
 //! timing = "off"               # or "hsm2m.medium" / "hsm1.medium": the simulator's timing model
+//! [[member]]
+//! kind = "daemon"              # an hsmpool-hsmd over mutual TLS
+//! address = "10.0.0.5:2225"    # host:port
+//! ca = "/etc/hsmpool/customer-ca.pem"   # the customer CA the daemon's chain must lead to
+//! cert = "/etc/hsmpool/client.pem"      # this client's certificate (chain), PEM
+//! key = "/etc/hsmpool/client.key"       # its private key, PKCS #8 PEM
+//! server_name = "hsm1.example" # optional: the name the daemon's certificate must carry
+//!                              # (default: the host of `address`; an IP is matched to IP SANs)
+//! connections = 4              # optional: TLS connections to the daemon (1 to 64)
+//! timeout_ms = 10000           # optional: longest wait for one answer
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,10 +83,10 @@ pub struct TokenConfig {
 }
 
 /// One cluster member.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
-    /// `embedded` (in-process simulator).
+    /// `embedded` (in-process simulator) or `daemon` (`hsmpool-hsmd` over mutual TLS).
     pub kind: String,
     /// Where an embedded member keeps its store.
     pub data_dir: Option<PathBuf>,
@@ -87,6 +97,82 @@ pub struct MemberConfig {
     /// Timing model of an embedded member: `"off"` (default), `"hsm2m.medium"` or
     /// `"hsm1.medium"` (AWS CloudHSM per-HSM figures; see simulator/src/timing.rs).
     pub timing: Option<String>,
+    /// A daemon member's `host:port`.
+    pub address: Option<String>,
+    /// A daemon member: the customer CA certificate (PEM) the daemon's chain must lead to.
+    pub ca: Option<PathBuf>,
+    /// A daemon member: this client's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// A daemon member: this client's private key (PKCS #8 PEM).
+    pub key: Option<PathBuf>,
+    /// A daemon member: the name its certificate must carry (default: the host of `address`).
+    pub server_name: Option<String>,
+    /// A daemon member: TLS connections to it (default 4).
+    pub connections: Option<usize>,
+    /// A daemon member: longest wait for one answer, ms (default 10000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Keys only an embedded member takes.
+const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
+/// Keys only a daemon member takes.
+const DAEMON_KEYS: [&str; 7] = [
+    "address",
+    "ca",
+    "cert",
+    "key",
+    "server_name",
+    "connections",
+    "timeout_ms",
+];
+
+impl MemberConfig {
+    /// Which of `keys` this member sets.
+    fn set_keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("data_dir", self.data_dir.is_some()),
+            ("pin_iterations", self.pin_iterations.is_some()),
+            ("max_login_failures", self.max_login_failures.is_some()),
+            ("timing", self.timing.is_some()),
+            ("address", self.address.is_some()),
+            ("ca", self.ca.is_some()),
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("server_name", self.server_name.is_some()),
+            ("connections", self.connections.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Check a `daemon` member: `what` prefixes every message (`file: member[i]`).
+    fn validate_daemon(&self, what: &str) -> Result<()> {
+        let err = |key: &str, msg: String| Error::Config(format!("{what}.{key}: {msg}"));
+        let address = self
+            .address
+            .as_deref()
+            .ok_or_else(|| err("address", "required for kind \"daemon\" (host:port)".into()))?;
+        hsmpool_sim::wire::link::host_of(address).map_err(|m| err("address", m))?;
+        for (key, v) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if v.is_none() {
+                return Err(err(key, "required for kind \"daemon\" (a PEM file)".into()));
+            }
+        }
+        hsmpool_sim::wire::link::server_name(address, self.server_name.as_deref())
+            .map_err(|m| err("server_name", m))?;
+        if let Some(n) = self.connections {
+            if !(1..=64).contains(&n) {
+                return Err(err("connections", format!("{n} is not between 1 and 64")));
+            }
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(err("timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Where the embedded default keeps its data.
@@ -109,11 +195,22 @@ impl Config {
         let cfg: Config = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
         for (i, m) in cfg.member.iter().enumerate() {
-            if m.kind != "embedded" {
+            let foreign: &[&str] = match m.kind.as_str() {
+                "embedded" => &DAEMON_KEYS,
+                "daemon" => &EMBEDDED_KEYS,
+                _ => return Err(Error::Config(format!(
+                    "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\" or \"daemon\")",
+                    m.kind
+                ))),
+            };
+            if let Some(k) = m.set_keys().into_iter().find(|k| foreign.contains(k)) {
                 return Err(Error::Config(format!(
-                    "{origin}: member[{i}].kind: unknown kind {:?} (this build knows \"embedded\")",
+                    "{origin}: member[{i}].{k}: not a key of kind {:?}",
                     m.kind
                 )));
+            }
+            if m.kind == "daemon" {
+                m.validate_daemon(&format!("{origin}: member[{i}]"))?;
             }
             if let Some(t) = &m.timing {
                 if !matches!(t.as_str(), "off" | "hsm2m.medium" | "hsm1.medium") {
@@ -204,10 +301,7 @@ impl Config {
         if self.member.is_empty() {
             vec![MemberConfig {
                 kind: "embedded".into(),
-                data_dir: None,
-                pin_iterations: None,
-                max_login_failures: None,
-                timing: None,
+                ..MemberConfig::default()
             }]
         } else {
             self.member.clone()
@@ -249,6 +343,62 @@ mod tests {
     fn unknown_member_kind_is_refused() {
         let e = Config::parse("[[member]]\nkind = \"quantum\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("member[0].kind"), "{e}");
+    }
+
+    const DAEMON: &str = "[[member]]\nkind = \"daemon\"\naddress = \"127.0.0.1:2225\"\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/c.key\"\n";
+
+    #[test]
+    fn a_daemon_member_parses() {
+        let c = Config::parse(
+            &format!("{DAEMON}server_name = \"hsm1.example\"\nconnections = 2\ntimeout_ms = 500\n"),
+            "f",
+        )
+        .expect("a complete daemon member");
+        let m = &c.members()[0];
+        assert_eq!(m.kind, "daemon");
+        assert_eq!(m.address.as_deref(), Some("127.0.0.1:2225"));
+        assert_eq!(m.connections, Some(2));
+        assert_eq!(m.timeout_ms, Some(500));
+    }
+
+    #[test]
+    fn daemon_members_are_validated_key_by_key() {
+        let cases = [
+            ("[[member]]\nkind = \"daemon\"\n", "member[0].address"),
+            (
+                "[[member]]\nkind = \"daemon\"\naddress = \"127.0.0.1\"\n",
+                "member[0].address",
+            ),
+            (
+                "[[member]]\nkind = \"daemon\"\naddress = \"h:1\"\nca = \"a\"\ncert = \"c\"\n",
+                "member[0].key",
+            ),
+            (
+                &format!("{DAEMON}connections = 0\n"),
+                "member[0].connections",
+            ),
+            (
+                &format!("{DAEMON}connections = 65\n"),
+                "member[0].connections",
+            ),
+            (&format!("{DAEMON}timeout_ms = 0\n"), "member[0].timeout_ms"),
+            (
+                &format!("{DAEMON}server_name = \"no spaces\"\n"),
+                "member[0].server_name",
+            ),
+            (
+                &format!("{DAEMON}data_dir = \"/x\"\n"),
+                "member[0].data_dir",
+            ),
+            (
+                "[[member]]\nkind = \"embedded\"\naddress = \"h:1\"\n",
+                "member[0].address",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains("f.toml") && e.contains(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -161,6 +161,15 @@ pub enum Error {
     /// The device failed in a way the caller cannot fix.
     #[error("device error: {0}")]
     DeviceError(String),
+    /// A member could not be reached: its connection is down, it refused the handshake, or it
+    /// did not answer in time. Another member (or this one, later) may well succeed.
+    #[error("HSM member {member} unreachable: {reason}")]
+    MemberUnreachable {
+        /// Which member.
+        member: u32,
+        /// What happened, for the log.
+        reason: String,
+    },
     /// Memory could not be had (a cap was hit).
     #[error("host memory")]
     HostMemory,
@@ -225,6 +234,7 @@ impl Error {
             Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
             Error::Hsm { rv, .. } => *rv,
             Error::DeviceError(_) => CKR_DEVICE_ERROR,
+            Error::MemberUnreachable { .. } => CKR_DEVICE_REMOVED,
             Error::HostMemory => CKR_HOST_MEMORY,
             Error::General(_) => CKR_GENERAL_ERROR,
         }
@@ -238,7 +248,7 @@ impl Error {
                 *rv,
                 CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_DEVICE_MEMORY | CKR_SESSION_CLOSED
             ),
-            Error::DeviceError(_) => true,
+            Error::DeviceError(_) | Error::MemberUnreachable { .. } => true,
             Error::NotInitialized
             | Error::AlreadyInitialized
             | Error::ArgumentsBad(_)
@@ -289,5 +299,28 @@ impl Error {
             | Error::HostMemory
             | Error::General(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_members_are_device_removed_and_retryable() {
+        let e = Error::MemberUnreachable {
+            member: 2,
+            reason: "connection to 127.0.0.1:1 lost".into(),
+        };
+        assert_eq!(e.ck_rv(), CKR_DEVICE_REMOVED);
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("member 2 unreachable"), "{e}");
+        // A restarted daemon's answer for an old session is carried through, not retried as is.
+        let lost = Error::Hsm {
+            member: 2,
+            rv: CKR_SESSION_HANDLE_INVALID,
+        };
+        assert_eq!(lost.ck_rv(), CKR_SESSION_HANDLE_INVALID);
+        assert!(!lost.is_retryable());
     }
 }

@@ -662,6 +662,27 @@ impl Request {
     }
 }
 
+impl Response {
+    /// The variant's name, for logs (never the contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Ok => "Ok",
+            Response::Handle(_) => "Handle",
+            Response::Size(_) => "Size",
+            Response::Handles(_) => "Handles",
+            Response::KeyPair(..) => "KeyPair",
+            Response::Bytes(_) => "Bytes",
+            Response::Secret(_) => "Secret",
+            Response::TokenStatus(_) => "TokenStatus",
+            Response::Attributes(_) => "Attributes",
+            Response::KeyMeta(_) => "KeyMeta",
+            Response::Err(_) => "Err",
+            Response::Stats(_) => "Stats",
+            Response::Digests(_) => "Digests",
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Encoding
 

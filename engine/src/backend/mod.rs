@@ -5,6 +5,7 @@
 //! The engine never hands these to the application: it maps them to its own stable handles.
 
 pub mod inproc;
+pub mod remote;
 
 use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_RV};
 use hsmpool_sim::hsm::{AttrAnswer, KeyMeta, Role, TokenStatus};
