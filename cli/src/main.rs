@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use hsmpool_engine::config::Config;
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
+mod sim;
+
 const USAGE: &str = "usage: hsmpool [--data DIR] <command>
 
 commands:
@@ -22,11 +24,16 @@ commands:
                               NAME:PASSWORD (or C_LoginUser).
   store verify                check every stored object and user against its seal; exits 1
                               and lists them if any was tampered with
-
+{SIM}
 options:
   --data DIR   the HSM's data directory (default: the configured embedded member, from
                HSMPOOL_CONF, else HSMPOOL_DATA/hsm0, else the XDG data directory)
 ";
+
+/// The usage text, `sim`'s part included.
+fn usage() -> String {
+    USAGE.replace("{SIM}", sim::USAGE)
+}
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -54,8 +61,11 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         args.remove(i);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        print!("{}", usage());
         return Ok(ExitCode::SUCCESS);
+    }
+    if args[0] == "sim" {
+        return sim::run(&args[1..]);
     }
     let dir = match data {
         Some(d) => d,
@@ -90,7 +100,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             let role = match rest {
                 [] => Role::User,
                 ["--officer"] => Role::Officer,
-                _ => return Err(format!("unexpected arguments {rest:?}\n{USAGE}")),
+                _ => return Err(format!("unexpected arguments {rest:?}\n{}", usage())),
             };
             let so_pin = env_secret("HSMPOOL_SO_PIN")?;
             let new_pin = env_secret("HSMPOOL_NEW_PIN")?;
@@ -119,6 +129,6 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::from(1))
         }
-        _ => Err(format!("unknown command {:?}\n{USAGE}", args.join(" "))),
+        _ => Err(format!("unknown command {:?}\n{}", args.join(" "), usage())),
     }
 }
