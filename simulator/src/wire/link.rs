@@ -257,7 +257,7 @@ fn establish(
     std::thread::Builder::new()
         .name("hsmpool-link-writer".into())
         .spawn(move || write_loop(&writer_link, &kicks, writer_sock))?;
-    let reader = LinkReader {
+    let mut reader = LinkReader {
         link: Arc::clone(&link),
         sock,
         buf: vec![0; READ_CHUNK],
@@ -265,6 +265,10 @@ fn establish(
         frames: FrameReader::new(),
         eof: false,
     };
+    // The peer's first frames may have come in with the end of its handshake (a client sends
+    // its first request right behind its Finished): rustls has already decrypted them, and no
+    // socket read would ever bring them out.
+    reader.drain(&mut link.tls.lock())?;
     Ok((link, reader))
 }
 
@@ -421,12 +425,20 @@ impl LinkReader {
         }
     }
 
+    /// Move the plaintext rustls holds into the frame reader.
+    fn drain(&mut self, tls: &mut Connection) -> io::Result<()> {
+        if drain_plaintext(tls, &mut self.plain, &mut self.frames)? {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
     /// Hand `buf[..n]` to rustls and move the plaintext into the frame reader.
     fn feed(&mut self, n: usize) -> io::Result<()> {
         let mut tls = self.link.tls.lock();
         let mut rest = &self.buf[..n];
         let mut result = Ok(());
-        'bytes: while !rest.is_empty() && !self.eof {
+        while !rest.is_empty() && !self.eof {
             if let Err(e) = tls.read_tls(&mut rest) {
                 result = Err(e);
                 break;
@@ -435,22 +447,11 @@ impl LinkReader {
                 result = Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 break;
             }
-            loop {
-                match tls.reader().read(&mut self.plain) {
-                    // close_notify: nothing more will come.
-                    Ok(0) => {
-                        self.eof = true;
-                        break;
-                    }
-                    Ok(k) => {
-                        self.frames.push(&self.plain[..k]);
-                        self.plain[..k].zeroize();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        result = Err(e);
-                        break 'bytes;
-                    }
+            match drain_plaintext(&mut tls, &mut self.plain, &mut self.frames) {
+                Ok(eof) => self.eof = eof,
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
             }
         }
@@ -461,6 +462,26 @@ impl LinkReader {
             let _ = self.link.kick.try_send(());
         }
         result
+    }
+}
+
+/// Move the plaintext `tls` holds into `frames` through `plain` (wiped after each piece);
+/// whether the peer has closed (`close_notify`).
+fn drain_plaintext(
+    tls: &mut Connection,
+    plain: &mut [u8],
+    frames: &mut FrameReader,
+) -> io::Result<bool> {
+    loop {
+        match tls.reader().read(plain) {
+            Ok(0) => return Ok(true),
+            Ok(k) => {
+                frames.push(&plain[..k]);
+                plain[..k].zeroize();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 
