@@ -1,6 +1,8 @@
 //! `hsmpool-hsmd` as a child process for tests: started on a free loopback port (found through
-//! its `--port-file`), its stderr kept in a log file the test can search, killed with SIGKILL
-//! and restarted on the same address over the same data directory.
+//! its `--port-file`), its stderr (the log) and stdout kept in files the test can search,
+//! killed with SIGKILL and restarted on the same address over the same data directory. The
+//! binary comes from the target directory: build the workspace first (`cargo build
+//! --workspace`, as scripts/test-all.sh does).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -19,8 +21,10 @@ pub struct Hsmd {
     pub addr: String,
     /// Its data directory.
     pub data: PathBuf,
-    /// stdout and stderr of every run, appended.
+    /// stderr of every run (the tracing log), appended.
     log: PathBuf,
+    /// stdout of every run, appended.
+    out: PathBuf,
     port_file: PathBuf,
     /// The arguments after `--listen`.
     args: Vec<String>,
@@ -70,6 +74,9 @@ impl Hsmd {
         name.push(".log");
         let log = PathBuf::from(name);
         let mut name = data.as_os_str().to_owned();
+        name.push(".out");
+        let out = PathBuf::from(name);
+        let mut name = data.as_os_str().to_owned();
         name.push(".port");
         let port_file = PathBuf::from(name);
         let mut d = Hsmd {
@@ -77,6 +84,7 @@ impl Hsmd {
             addr: listen.to_owned(),
             data: data.to_path_buf(),
             log,
+            out,
             port_file,
             args,
         };
@@ -86,12 +94,14 @@ impl Hsmd {
 
     fn launch(&mut self) {
         let _ = std::fs::remove_file(&self.port_file);
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open the daemon log");
-        let err = out.try_clone().expect("clone the log handle");
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("open a daemon output file")
+        };
+        let (out, err) = (open(&self.out), open(&self.log));
         let child = Command::new(crate::workspace_bin("hsmpool-hsmd"))
             .arg("--listen")
             .arg(&self.addr)
@@ -144,14 +154,14 @@ impl Hsmd {
         self.launch();
     }
 
-    /// Everything it printed so far (all runs).
+    /// Everything it wrote to stderr so far (all runs): its log.
     pub fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            use std::io::Read;
-            let _ = f.read_to_string(&mut s);
-        }
-        s
+        read_lossy(&self.log)
+    }
+
+    /// Everything it wrote to stdout so far (all runs).
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.out)
     }
 
     /// Wait until its output contains `needle` (at most `within`); whether it did.
@@ -167,6 +177,15 @@ impl Hsmd {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn read_lossy(p: &Path) -> String {
+    let mut b = Vec::new();
+    if let Ok(mut f) = File::open(p) {
+        use std::io::Read;
+        let _ = f.read_to_end(&mut b);
+    }
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 impl Drop for Hsmd {
