@@ -198,10 +198,12 @@ impl Config {
             let foreign: &[&str] = match m.kind.as_str() {
                 "embedded" => &DAEMON_KEYS,
                 "daemon" => &EMBEDDED_KEYS,
-                _ => return Err(Error::Config(format!(
+                _ => {
+                    return Err(Error::Config(format!(
                     "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\" or \"daemon\")",
                     m.kind
-                ))),
+                )))
+                }
             };
             if let Some(k) = m.set_keys().into_iter().find(|k| foreign.contains(k)) {
                 return Err(Error::Config(format!(

@@ -253,12 +253,7 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     };
     let addr = daemon.local_addr();
-    if let Some(p) = &cfg.port_file {
-        if let Err(e) = write_port_file(p, addr) {
-            tracing::error!("cannot write the port file {}: {e}", p.display());
-            return ExitCode::from(1);
-        }
-    }
+    // The line first, then the port file: whoever waits for the file also finds the line.
     let mut out = std::io::stdout().lock();
     if writeln!(out, "hsmpool-hsmd listening on {addr}")
         .and_then(|()| out.flush())
@@ -268,6 +263,12 @@ pub fn main(args: &[String]) -> ExitCode {
         tracing::debug!("stdout is closed");
     }
     drop(out);
+    if let Some(p) = &cfg.port_file {
+        if let Err(e) = write_port_file(p, addr) {
+            tracing::error!("cannot write the port file {}: {e}", p.display());
+            return ExitCode::from(1);
+        }
+    }
     daemon.run();
     ExitCode::SUCCESS
 }
