@@ -749,3 +749,29 @@ fn cli_faults_drop_connections_crash_and_restart() {
         d.log()
     );
 }
+
+/// A held member: calls give up after the timeout (they never hang), administration still gets
+/// through to release it, and the late answers are dropped harmlessly.
+#[test]
+fn a_held_member_times_out_and_release_still_gets_through() {
+    let w = World::new();
+    let d = w.daemon(&["--fault-seed", "11"]);
+    let mut cfg = w.config(&d);
+    cfg.timeout_ms = 300;
+    let r = Remote::connect(MemberId(0), &cfg).unwrap();
+    r.ping().expect("up");
+
+    let (ok, out, err) = w.cli(&d, &["fault", "hold"]);
+    assert!(ok, "{out}{err}");
+    let e = r.ping().unwrap_err();
+    assert!(
+        unreachable_reason(&e).contains("no answer to Ping") && e.is_retryable(),
+        "{e}"
+    );
+    // The held operations occupy workers, not the connection threads: this gets through.
+    let (ok, out, err) = w.cli(&d, &["fault", "release"]);
+    assert!(ok, "{out}{err}");
+    r.ping().expect("released");
+    // Its connections survived the timeouts.
+    assert_eq!(stats(&w, &d).connections_dropped, 0);
+}
