@@ -22,11 +22,16 @@ commands:
                               NAME:PASSWORD (or C_LoginUser).
   store verify                check every stored object and user against its seal; exits 1
                               and lists them if any was tampered with
-
+{cluster}
 options:
   --data DIR   the HSM's data directory (default: the configured embedded member, from
                HSMPOOL_CONF, else HSMPOOL_DATA/hsm0, else the XDG data directory)
 ";
+
+/// The usage text, with the `cluster` commands (documented beside their code) filled in.
+fn usage() -> String {
+    USAGE.replace("{cluster}", hsmpool_cli::cluster::USAGE)
+}
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -54,7 +59,11 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         args.remove(i);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        print!("{}", usage());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args[0] == "cluster" {
+        hsmpool_cli::cluster::command(&args[1..])?;
         return Ok(ExitCode::SUCCESS);
     }
     let dir = match data {
@@ -90,7 +99,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             let role = match rest {
                 [] => Role::User,
                 ["--officer"] => Role::Officer,
-                _ => return Err(format!("unexpected arguments {rest:?}\n{USAGE}")),
+                _ => return Err(format!("unexpected arguments {rest:?}\n{}", usage())),
             };
             let so_pin = env_secret("HSMPOOL_SO_PIN")?;
             let new_pin = env_secret("HSMPOOL_NEW_PIN")?;
@@ -119,6 +128,6 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::from(1))
         }
-        _ => Err(format!("unknown command {:?}\n{USAGE}", args.join(" "))),
+        _ => Err(format!("unknown command {:?}\n{}", args.join(" "), usage())),
     }
 }
