@@ -649,6 +649,11 @@ pub const USAGE: &str = "  cluster init --dir DIR [--name NAME] [--force]
                               and DIR/NAME.crt.pem (--ip defaults to 127.0.0.1)
   cluster issue-client --dir DIR --name NAME [--force]
                               an application's TLS client key and certificate chain
+  cluster clone-key DATA_DIR...
+                              give these HSM data directories one clone key (clone.key, 0600:
+                              the one some of them already share, else a new one), so token
+                              objects can be cloned between them; run it on each HSM's
+                              directory before the daemons start
 ";
 
 #[derive(Default)]
@@ -736,6 +741,20 @@ pub fn command(args: &[String]) -> Result<(), String> {
     };
     let msg = |e: Error| e.to_string();
     match verb.as_str() {
+        "clone-key" => {
+            if rest.is_empty() || rest.iter().any(|a| a.starts_with('-')) {
+                return Err(format!("cluster clone-key needs data directories\n{USAGE}"));
+            }
+            let dirs: Vec<PathBuf> = rest.iter().map(PathBuf::from).collect();
+            hsmpool_sim::cluster::provision(&dirs).map_err(|e| e.to_string())?;
+            for d in &dirs {
+                println!(
+                    "{}: clone key in place",
+                    d.join(hsmpool_sim::cluster::CLONE_KEY_FILE).display()
+                );
+            }
+            Ok(())
+        }
         "init" => {
             let o = parse_opts(
                 rest,

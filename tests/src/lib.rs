@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod daemons;
 pub mod raw;
+pub mod vendor;
 
 /// The directory cargo put this test binary's artifacts in (`target/<profile>`).
 pub fn target_dir() -> PathBuf {

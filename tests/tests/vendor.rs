@@ -5,76 +5,8 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::raw::{attr, attr_bytes, find, mech, sign, Module, TRUE};
+use hsmpool_tests::vendor::{Stats, Vendor};
 use hsmpool_tests::{call, require_tool};
-
-const BUCKETS: usize = 24;
-
-/// The C layout of `HSMPOOL_MEMBER_STATS`, written here from the header (the test compiles the
-/// header and checks the size agrees).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Stats {
-    index: CK_ULONG,
-    health: CK_ULONG,
-    epoch: CK_ULONG,
-    in_flight: CK_ULONG,
-    pool_sessions: CK_ULONG,
-    ops: CK_ULONG,
-    errors: CK_ULONG,
-    retries: CK_ULONG,
-    failovers: CK_ULONG,
-    reauths: CK_ULONG,
-    replicated: CK_ULONG,
-    dropped: CK_ULONG,
-    latency: [CK_ULONG; BUCKETS],
-}
-
-type GetStats = unsafe extern "C" fn(CK_SLOT_ID, *mut Stats, *mut CK_ULONG) -> CK_RV;
-type GetCache = unsafe extern "C" fn(*mut CK_ULONG, *mut CK_ULONG) -> CK_RV;
-type Drain = unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG, CK_BBOOL) -> CK_RV;
-
-struct Vendor {
-    lib: libloading::Library,
-}
-
-impl Vendor {
-    fn new() -> Vendor {
-        // SAFETY: loading our own module again only bumps its reference count.
-        let lib = unsafe { libloading::Library::new(hsmpool_tests::module_path()) }.unwrap();
-        Vendor { lib }
-    }
-    fn stats(&self, slot: CK_SLOT_ID, out: *mut Stats, count: *mut CK_ULONG) -> CK_RV {
-        // SAFETY: the symbol has the header's signature; pointers are the test's own (or NULL,
-        // which the module must refuse).
-        unsafe {
-            let f: libloading::Symbol<GetStats> =
-                self.lib.get(b"HSMPOOL_GetMemberStats\0").unwrap();
-            f(slot, out, count)
-        }
-    }
-    fn all(&self) -> Vec<Stats> {
-        let mut n: CK_ULONG = 0;
-        assert_eq!(self.stats(0, ptr::null_mut(), &mut n), CKR_OK);
-        let mut v = vec![Stats::default(); n as usize];
-        assert_eq!(self.stats(0, v.as_mut_ptr(), &mut n), CKR_OK);
-        v.truncate(n as usize);
-        v
-    }
-    fn cache(&self, f: *mut CK_ULONG, k: *mut CK_ULONG) -> CK_RV {
-        // SAFETY: as above.
-        unsafe {
-            let g: libloading::Symbol<GetCache> = self.lib.get(b"HSMPOOL_GetCacheStats\0").unwrap();
-            g(f, k)
-        }
-    }
-    fn drain(&self, slot: CK_SLOT_ID, member: CK_ULONG, on: CK_BBOOL) -> CK_RV {
-        // SAFETY: as above.
-        unsafe {
-            let g: libloading::Symbol<Drain> = self.lib.get(b"HSMPOOL_DrainMember\0").unwrap();
-            g(slot, member, on)
-        }
-    }
-}
 
 fn ec_pair(m: &Module, h: CK_SESSION_HANDLE) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
     let p256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
