@@ -8,6 +8,7 @@
 //! temporary directory. It has no `unsafe` code.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod keys;
 pub mod setup;
 pub mod sweep;

@@ -19,6 +19,7 @@ hsmpool-bench: demonstrate and measure the hsmpool PKCS #11 module
 
 USAGE:
     hsmpool-bench [OPTIONS]
+    hsmpool-bench cluster [--module PATH] [--threads LIST] [--seconds-per-step N]
 
 Loads the module, initialises its token through PKCS #11 (C_InitToken, C_InitPIN), logs in,
 generates RSA-2048, EC P-256 and AES-256 token keys, signs, verifies and encrypts through the
@@ -26,6 +27,11 @@ module and checks every output independently with aws-lc-rs, then measures throu
 each thread count: RSA-2048 sign, ECDSA P-256 sign, AES-256-GCM 4 KiB encrypt and
 C_GetSessionInfo (a call with no cryptography), each beside the same primitive run directly on
 aws-lc-rs (the raw limit). Exits non-zero on any error or failed verification.
+
+`cluster` runs the cluster benchmark instead: one and then three embedded members with the
+simulator's timing model on (AWS CloudHSM hsm2m.medium figures), RSA-2048 and ECDSA P-256
+signing at each thread count [default threads: 1,64,128; default 3 s per step], and prints the
+64-thread/1-thread and three-member/one-member throughput ratios.
 
 OPTIONS:
     --module PATH            the PKCS #11 module to load [default: $HSMPOOL_MODULE, else
@@ -111,8 +117,86 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed> {
     Ok(Parsed::Run(args))
 }
 
+/// `hsmpool-bench cluster [--module PATH] [--threads LIST] [--seconds-per-step N]` and its
+/// child `cluster-child ... --members N`.
+fn cluster_main(child: bool, argv: Vec<String>) -> Result<u64> {
+    let mut module = None;
+    let mut members = 1usize;
+    let mut threads = vec![1usize, 64, 128];
+    let mut window = Duration::from_secs(3);
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| Error(format!("{a} needs a value (see --help)")))
+        };
+        match a.as_str() {
+            "--module" => module = Some(PathBuf::from(value()?)),
+            "--members" if child => {
+                members = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or_else(|| Error("--members: 1 to 16".into()))?
+            }
+            "--threads" => {
+                threads = value()?
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=4096).contains(n))
+                            .ok_or_else(|| Error(format!("--threads: bad count {t:?}")))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--seconds-per-step" => {
+                let v = value()?;
+                window = v
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| Error(format!("--seconds-per-step: {v:?}")))?
+            }
+            _ => return Err(Error(format!("unknown argument {a:?} (see --help)"))),
+        }
+    }
+    let module = setup::module_path(module.as_deref())?;
+    if child {
+        hsmpool_bench::cluster::run_child(
+            &module,
+            &hsmpool_bench::cluster::Plan {
+                members,
+                threads,
+                window,
+            },
+        )?;
+        Ok(0)
+    } else {
+        hsmpool_bench::cluster::run(&module, &threads, window)
+    }
+}
+
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(sub @ ("cluster" | "cluster-child")) = argv.first().map(String::as_str) {
+        let child = sub == "cluster-child";
+        argv.remove(0);
+        return match cluster_main(child, argv) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(n) => {
+                eprintln!("hsmpool-bench: FAILED: {n} errors or failed verifications");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("hsmpool-bench: FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(argv.into_iter()) {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Help) => {
             print!("{USAGE}");

@@ -24,15 +24,18 @@ commands:
                               NAME:PASSWORD (or C_LoginUser).
   store verify                check every stored object and user against its seal; exits 1
                               and lists them if any was tampered with
-{SIM}
+{cluster}{sim}
 options:
   --data DIR   the HSM's data directory (default: the configured embedded member, from
                HSMPOOL_CONF, else HSMPOOL_DATA/hsm0, else the XDG data directory)
 ";
 
-/// The usage text, `sim`'s part included.
+/// The usage text, with the `cluster` and `sim` commands (documented beside their code)
+/// filled in.
 fn usage() -> String {
-    USAGE.replace("{SIM}", sim::USAGE)
+    USAGE
+        .replace("{cluster}", hsmpool_cli::cluster::USAGE)
+        .replace("{sim}", sim::USAGE)
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,10 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args[0] == "cluster" {
+        hsmpool_cli::cluster::command(&args[1..])?;
         return Ok(ExitCode::SUCCESS);
     }
     if args[0] == "sim" {

@@ -9,7 +9,7 @@ use hsmpool_sim::wire::{Request, Response};
 
 /// The `sim` part of the usage text.
 pub const USAGE: &str =
-    "  sim fault DAEMON VERB...     apply one fault verb to a running hsmpool-hsmd (it must run
+    "  sim fault DAEMON VERB...    apply one fault verb to a running hsmpool-hsmd (it must run
                               with --fault-seed): crash, restart, hold, release, partition,
                               repair, delay <us|5ms>, fail_with <rv> <probability>,
                               drop_connections

@@ -12,19 +12,19 @@
 //! pool session 0 of one member, and an epoch change means they are gone.
 //!
 //! # Routing
-//! [`Route::Any`] picks the healthy member with the least outstanding work per unit of weight,
+//! `Route::Any` picks the healthy member with the least outstanding work per unit of weight,
 //! where work is weighted by operation cost (an RSA-4096 signature is not an HMAC) and weight
 //! ramps from 10% to 100% over `slow_start_ms` after a member comes back. A member is skipped
 //! while its circuit is open (after `breaker_failures` consecutive device failures, until a
 //! probe succeeds), while it is drained, and while it looks stalled (work outstanding and
-//! nothing finished for `stall_ms`: a paused HSM). [`Route::On`] pins a call to one member (its
+//! nothing finished for `stall_ms`: a paused HSM). `Route::On` pins a call to one member (its
 //! session objects).
 //!
 //! # Errors and retries
 //! Every backend error is classified: *permanent* (the key, the data, the template decided:
 //! returned as is), *session lost* (the member restarted: re-authenticate and retry),
 //! *transient* (device error, removed, unreachable, timed out: retry elsewhere). Calls made
-//! through [`Cluster::call`] are all safe to repeat: reads and cryptographic operations are
+//! through `Cluster::call` are all safe to repeat: reads and cryptographic operations are
 //! idempotent, and creates carry an idempotency id (`CKA_HSMPOOL_OBJECT_ID`). Retries back off
 //! exponentially with full jitter, stop at the call's deadline, and draw on a global budget
 //! (each retry costs what ten successes earn) so a sick cluster is not hammered.

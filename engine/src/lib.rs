@@ -6,7 +6,8 @@
 //! raw pointer (the C ABI crate does that) and never holds a lock across a backend call.
 //!
 //! # Data path
-//! C caller → cdylib guard → [`Engine`] method → session / operation state → backend → HSM.
+//! C caller → cdylib guard → [`Engine`] method → session / operation state → cluster (member
+//! choice, retries) → backend → HSM.
 //!
 //! # Concurrency model
 //! The engine itself is reached through a lock-free `arc_swap` load (no shared counter is
@@ -20,11 +21,20 @@
 //! 1. `LIFECYCLE` (`C_Initialize` / `C_Finalize` only)
 //! 2. the login mutex (`Engine::login`)
 //! 3. one session's `Mutex`
+//! 4. the cluster's create gate (`Cluster::gate`: creates shared, the last pass of a
+//!    resynchronisation exclusive)
+//! 5. one member's `reauth` mutex, then its `pool` lock (never two members' at once)
 //!
-//! Map guards (`sessions`, `objects`, `by_member`) are never held while taking any of these or
-//! calling a backend. The one lock held across a backend call is the login mutex, around the
-//! member's own login and logout: two applications threads logging in at once must not both
-//! succeed, and this is a management path, never the hot one.
+//! Map guards (`sessions`, `objects`, `by_member`, the caches) are never held while taking any
+//! of these or calling a backend. Locks held across backend calls: the login mutex, around
+//! logging the member pools in and out (two application threads logging in at once must not
+//! both succeed; a management path, never the hot one); the create gate (shared) around a
+//! create and its replication; a member's `reauth` around re-opening its pool.
+//!
+//! # The cluster
+//! [`cluster::Cluster`] drives the members: session pools, balancing, health, retries,
+//! replication and resynchronisation; see its module documentation. The engine maps
+//! application handles to cluster-wide object ids and keeps the find and key-check caches.
 //!
 //! # Panic consistency
 //! `parking_lot` locks do not poison. State changes are computed first and swapped in last, so

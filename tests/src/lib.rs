@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod daemons;
 pub mod hsmd;
 pub mod pki;
 pub mod raw;
+pub mod vendor;
 
 /// The directory cargo put this test binary's artifacts in (`target/<profile>`).
 pub fn target_dir() -> PathBuf {

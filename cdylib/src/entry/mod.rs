@@ -18,6 +18,7 @@ pub mod random;
 pub mod session;
 pub mod sign;
 pub mod slot;
+pub mod vendor;
 pub mod verify;
 
 use cryptoki_sys::*;
