@@ -12,6 +12,7 @@ use hsmpool_sim::types::{Attr, Mechanism};
 use parking_lot::Mutex;
 
 use crate::backend::inproc::InProcess;
+use crate::backend::remote::{Remote, RemoteConfig};
 use crate::backend::{Backend, MemberId, MemberObject, MemberSession};
 use crate::cluster::{Cluster, MemberStatus, Route};
 use crate::config::Config;
@@ -307,7 +308,9 @@ impl Engine {
         let mut backends: Vec<Arc<dyn Backend>> = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
             let id = MemberId(i as u32);
-            let b: Arc<dyn Backend> = {
+            let b: Arc<dyn Backend> = if m.kind == "daemon" {
+                Arc::new(Remote::connect(id, &RemoteConfig::from_member(m)?)?)
+            } else {
                 {
                     let mut hcfg = HsmConfig::new(cfg.member_data_dir(i));
                     if let Some(n) = m.pin_iterations {
