@@ -6,9 +6,10 @@
 //! `hsmpool sim fault`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use crate::hsmd::Hsmd;
+use crate::pki::Identity;
 use crate::workspace_bin;
 
 /// The PKCS #11 user PIN and SO PIN the cluster tests use.
@@ -16,18 +17,13 @@ pub const SO_PIN: &str = "so-pin-1";
 /// See [`SO_PIN`].
 pub const USER_PIN: &str = "user-pin-1";
 
-/// One daemon.
+/// One daemon of the cluster.
 pub struct Daemon {
     /// Its position in the configuration.
     pub index: usize,
-    /// Its data directory.
-    pub dir: PathBuf,
-    /// `127.0.0.1:PORT`, fixed after the first start.
-    pub addr: String,
+    /// The process (start, kill -9, restart on the same address, log).
+    pub hsmd: Hsmd,
     pki: PathBuf,
-    log: PathBuf,
-    fault_seed: u64,
-    child: Option<Child>,
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -44,93 +40,25 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 impl Daemon {
-    fn spawn(&mut self, listen: &str) {
-        let port_file = self.dir.join("port");
-        let _ = std::fs::remove_file(&port_file);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
-        let name = format!("hsm{}", self.index);
-        let child = Command::new(workspace_bin("hsmpool-hsmd"))
-            .arg("--data")
-            .arg(&self.dir)
-            .args(["--listen", listen])
-            .arg("--cert")
-            .arg(self.pki.join(format!("{name}.crt.pem")))
-            .arg("--key")
-            .arg(self.pki.join(format!("{name}.key.pem")))
-            .arg("--ca")
-            .arg(self.pki.join("customer-ca.pem"))
-            .args(["--pin-iterations", "1000"])
-            .args(["--fault-seed", &self.fault_seed.to_string()])
-            .args(["--member", &self.index.to_string()])
-            .arg("--port-file")
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("hsmpool-hsmd starts");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        loop {
-            if let Ok(a) = std::fs::read_to_string(&port_file) {
-                if !a.trim().is_empty() {
-                    self.addr = a.trim().to_string();
-                    return;
-                }
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "hsmpool-hsmd {} exited at start ({st}): {}",
-                    self.index,
-                    self.log_text()
-                );
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "hsmpool-hsmd {} did not start: {}",
-                self.index,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.hsmd.addr
     }
 
     /// `SIGKILL`, and reap it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.hsmd.kill();
     }
 
     /// Start again on the same address over the same store.
     pub fn restart(&mut self) {
-        self.kill9();
-        let addr = self.addr.clone();
-        // The port was just freed: binding it again may take a moment.
-        let t0 = Instant::now();
-        loop {
-            self.spawn(&addr);
-            if self.addr == addr {
-                return;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "port {addr} not free again"
-            );
-        }
+        self.hsmd.restart();
     }
 
     fn signal(&self, sig: &str) {
-        run_ok(Command::new("kill").args([sig, &self.pid().to_string()]));
+        if let Some(pid) = self.hsmd.pid() {
+            run_ok(Command::new("kill").args([sig, &pid.to_string()]));
+        }
     }
 
     /// `SIGSTOP`: the daemon stops answering, its connections stay open.
@@ -147,7 +75,7 @@ impl Daemon {
     pub fn fault(&self, verb: &[&str]) {
         run_ok(
             Command::new(workspace_bin("hsmpool"))
-                .args(["sim", "fault", "--daemon", &self.addr])
+                .args(["sim", "fault", "--daemon", self.addr()])
                 .arg("--ca")
                 .arg(self.pki.join("customer-ca.pem"))
                 .arg("--cert")
@@ -156,11 +84,6 @@ impl Daemon {
                 .arg(self.pki.join("app.key.pem"))
                 .args(verb),
         );
-    }
-
-    /// What it logged.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -210,25 +133,31 @@ impl DaemonCluster {
         clone.args(["cluster", "clone-key"]).args(&dirs);
         run_ok(&mut clone);
         let mut daemons = Vec::new();
-        for (i, dir) in dirs.into_iter().enumerate() {
-            let mut d = Daemon {
-                index: i,
-                log: tmp.path().join(format!("hsm{i}.log")),
-                dir,
-                addr: String::new(),
-                pki: pki.clone(),
-                fault_seed: seed,
-                child: None,
+        for (i, dir) in dirs.iter().enumerate() {
+            let server = Identity {
+                cert: pki.join(format!("hsm{i}.crt.pem")),
+                key: pki.join(format!("hsm{i}.key.pem")),
             };
-            d.spawn("127.0.0.1:0");
-            daemons.push(d);
+            let (seed, member) = (seed.to_string(), i.to_string());
+            let hsmd = Hsmd::start_with(
+                "127.0.0.1:0",
+                &pki.join("customer-ca.pem"),
+                &server,
+                dir,
+                &["--fault-seed", &seed, "--member", &member],
+            );
+            daemons.push(Daemon {
+                index: i,
+                hsmd,
+                pki: pki.clone(),
+            });
         }
         let conf = tmp.path().join("hsmpool.toml");
         let mut text = format!("[cluster]\n{cluster_toml}\n");
         for d in &daemons {
             text.push_str(&format!(
                 "[[member]]\nkind = \"daemon\"\naddress = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                d.addr,
+                d.addr(),
                 pki.join("customer-ca.pem").display(),
                 pki.join("app.crt.pem").display(),
                 pki.join("app.key.pem").display(),
@@ -251,9 +180,9 @@ impl DaemonCluster {
     /// Stop every daemon (resumed first, in case one is paused).
     pub fn stop(&mut self) {
         for d in &mut self.daemons {
-            if d.child.is_some() {
+            if let Some(pid) = d.hsmd.pid() {
                 let _ = Command::new("kill")
-                    .args(["-CONT", &d.pid().to_string()])
+                    .args(["-CONT", &pid.to_string()])
                     .status();
             }
             d.kill9();
@@ -262,7 +191,7 @@ impl DaemonCluster {
 
     /// A data directory.
     pub fn data_dir(&self, i: usize) -> &Path {
-        &self.daemons[i].dir
+        &self.daemons[i].hsmd.data
     }
 }
 

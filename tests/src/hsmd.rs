@@ -55,6 +55,18 @@ impl Hsmd {
         data: &Path,
         extra: &[&str],
     ) -> Hsmd {
+        Self::start_with(listen, &pki.customer_ca, server, data, extra)
+    }
+
+    /// A daemon on `listen` trusting the customer CA certificate `ca` for clients (the PKI
+    /// may come from anywhere: the openssl-made [`Pki`], or `hsmpool cluster`).
+    pub fn start_with(
+        listen: &str,
+        ca: &Path,
+        server: &Identity,
+        data: &Path,
+        extra: &[&str],
+    ) -> Hsmd {
         let s = |p: &Path| p.to_str().expect("UTF-8 temp path").to_owned();
         let mut args = vec![
             "--data".into(),
@@ -64,7 +76,7 @@ impl Hsmd {
             "--key".into(),
             s(&server.key),
             "--ca".into(),
-            s(&pki.customer_ca),
+            s(ca),
         ];
         if !extra.contains(&"--pin-iterations") {
             args.extend(["--pin-iterations".into(), "1000".into()]);
