@@ -17,7 +17,9 @@ mod sim;
 const USAGE: &str = "usage: hsmpool [--data DIR] <command>
 
 commands:
-  status                      token state, users and object count of the HSM's store
+  status                      token state, users and object count of the HSM's store; with a
+                              cluster configured (HSMPOOL_CONF), of every member, and each
+                              daemon's own counters (exits 1 if a member is unreachable)
   user add NAME [--officer]   add (or reset) a crypto user (or officer) NAME; the crypto
                               officer's PIN comes from HSMPOOL_SO_PIN, the new user's PIN
                               from HSMPOOL_NEW_PIN. The user then logs in with the PIN
@@ -54,6 +56,78 @@ fn env_secret(name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("{name} is not set"))
 }
 
+/// Token state and users of an embedded member's store.
+fn print_embedded(hsm: &Hsm, indent: &str) {
+    let st = hsm.token_status();
+    println!("{indent}initialised:    {}", st.initialized);
+    println!(
+        "{indent}label:          {}",
+        String::from_utf8_lossy(&st.label).trim_end()
+    );
+    println!("{indent}objects:        {}", st.object_count);
+    for (name, role, failures) in hsm.users() {
+        let role = match role {
+            Role::Officer => "crypto officer",
+            Role::User => "crypto user",
+        };
+        println!("{indent}user:           {name} ({role}, {failures} failed logins)");
+    }
+}
+
+/// `hsmpool status` over a configured cluster: every member, reached the way the module
+/// reaches it (an embedded store opened here, a daemon over mutual TLS), with the daemon's own
+/// counters. Exits 1 when a member cannot be reached. (An application's per-member counters,
+/// retries and failovers live in its process: `HSMPOOL_GetMemberStats`, include/hsmpool.h.)
+fn cluster_status(cfg: &Config) -> Result<ExitCode, String> {
+    use hsmpool_engine::backend::remote::{admin_request, RemoteConfig};
+    use hsmpool_sim::wire::{Request, Response};
+    let mut unreachable = 0;
+    for (i, m) in cfg.members().iter().enumerate() {
+        if m.kind == "daemon" {
+            let rc = RemoteConfig::from_member(m).map_err(|e| e.to_string())?;
+            println!("member {i}: daemon {}", rc.address);
+            let token = admin_request(&rc, &Request::TokenStatus);
+            match token {
+                Ok(Response::TokenStatus(st)) => {
+                    println!("  reachable:      yes");
+                    println!("  initialised:    {}", st.initialized);
+                    println!(
+                        "  label:          {}",
+                        String::from_utf8_lossy(&st.label).trim_end()
+                    );
+                    println!("  objects:        {}", st.object_count);
+                }
+                Ok(other) => println!("  reachable:      yes, but it answered {}", other.name()),
+                Err(e) => {
+                    println!("  reachable:      NO ({e})");
+                    unreachable += 1;
+                    continue;
+                }
+            }
+            if let Ok(Response::Stats(st)) = admin_request(&rc, &Request::Stats) {
+                for (name, v) in st.fields() {
+                    println!("  {name:<15} {v}");
+                }
+            }
+        } else {
+            let dir = cfg.member_data_dir(i);
+            println!("member {i}: embedded {}", dir.display());
+            match Hsm::open(HsmConfig::new(dir.clone())) {
+                Ok(hsm) => print_embedded(&hsm, "  "),
+                Err(e) => {
+                    println!("  reachable:      NO ({e})");
+                    unreachable += 1;
+                }
+            }
+        }
+    }
+    Ok(if unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     let mut data: Option<PathBuf> = None;
     if let Some(i) = args.iter().position(|a| a == "--data") {
@@ -74,6 +148,12 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     if args[0] == "sim" {
         return sim::run(&args[1..]);
     }
+    if data.is_none() && args.len() == 1 && args[0] == "status" {
+        let cfg = Config::resolve(None).map_err(|e| e.to_string())?;
+        if cfg.members().len() > 1 || cfg.members().iter().any(|m| m.kind == "daemon") {
+            return cluster_status(&cfg);
+        }
+    }
     let dir = match data {
         Some(d) => d,
         None => Config::resolve(None)
@@ -86,21 +166,8 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     match words.as_slice() {
         ["status"] => {
             let hsm = open()?;
-            let st = hsm.token_status();
             println!("data directory: {}", dir.display());
-            println!("initialised:    {}", st.initialized);
-            println!(
-                "label:          {}",
-                String::from_utf8_lossy(&st.label).trim_end()
-            );
-            println!("objects:        {}", st.object_count);
-            for (name, role, failures) in hsm.users() {
-                let role = match role {
-                    Role::Officer => "crypto officer",
-                    Role::User => "crypto user",
-                };
-                println!("user:           {name} ({role}, {failures} failed logins)");
-            }
+            print_embedded(&hsm, "");
             Ok(ExitCode::SUCCESS)
         }
         ["user", "add", name, rest @ ..] => {

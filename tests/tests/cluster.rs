@@ -475,4 +475,27 @@ fn a_login_made_before_a_member_restarted_still_works_after_it() {
     );
     assert_eq!(v.all()[0].health, 0);
     assert_eq!(m.finalize(), CKR_OK);
+
+    // `hsmpool status` reaches every member as the module does; a dead one makes it exit 1.
+    let status = || {
+        std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"))
+            .arg("status")
+            .env("HSMPOOL_CONF", &c.conf)
+            .output()
+            .expect("hsmpool status runs")
+    };
+    let out = status();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("reachable:      yes").count(), 3, "{text}");
+    assert!(text.contains("objects:        2"), "{text}");
+    assert!(text.contains("requests_served"), "{text}");
+    c.daemons[1].kill9();
+    let out = status();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("member 1: daemon") && text.contains("NO ("),
+        "{text}"
+    );
 }
