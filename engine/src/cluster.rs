@@ -476,11 +476,10 @@ impl Cluster {
             pin: Zeroizing::new(pin.to_vec()),
             username: username.map(|u| Zeroizing::new(u.to_string())),
         });
-        let first = self
-            .pick(&[], 1)
-            .ok_or_else(|| Error::DeviceError("no member of the cluster is reachable".into()))?;
-        let (s, _) = self.session_for(first, 0)?;
-        first.backend.login(s, role, pin, username)?;
+        // One member decides, in its pool session 0; a member that fails for a device reason
+        // is skipped like any other call.
+        let (first, _, ()) =
+            self.call_full(Route::AnyHome, 1, |b, s| b.login(s, role, pin, username))?;
         *self.creds.write() = Some(creds);
         for m in &self.members {
             // Log in the pool sessions as they are (re-opening them would lose the session
@@ -488,7 +487,7 @@ impl Cluster {
             let p = m.pool.read().clone();
             let mut done = !p.sessions.is_empty();
             for (i, ms) in p.sessions.iter().enumerate() {
-                if m.index == first.index && i == 0 {
+                if m.index == first && i == 0 {
                     continue;
                 }
                 match m.backend.login(*ms, role, pin, username) {
