@@ -41,8 +41,9 @@
 //! Decoding never panics and never allocates more than the bytes actually present: every length
 //! or count is checked against what remains before a buffer is made. Errors from
 //! [`FrameReader::next_frame`] are fatal for the connection (framing is lost; the reader stays
-//! failed); an error from [`decode_request`] concerns that one request only: the id is already
-//! known, so the daemon can answer it with [`Response::Err`] and carry on.
+//! failed). An error from [`decode_request`] leaves the framing intact (the id is known), but
+//! `hsmpool-hsmd` still closes that connection with a logged reason: a peer that sends a body
+//! it cannot have encoded is broken or hostile, and nothing it sends next is worth serving.
 //!
 //! # Secrets
 //! PINs, plaintext to encrypt, decrypted data, key values for digest and random bytes decode into
