@@ -274,7 +274,9 @@ impl Hsm {
             sessions: DashMap::new(),
             objects: DashMap::new(),
             index: DashMap::new(),
-            next_session: AtomicU64::new(1),
+            // Session numbers start at a random point, so a handle from before a restart of
+            // this HSM never names a new session.
+            next_session: AtomicU64::new((random_id()? & 0x3fff_ffff) + 1),
             refused: Refused::default(),
             timing,
             faults,
