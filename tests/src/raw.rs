@@ -405,3 +405,61 @@ pub fn create_secret(
     t.extend_from_slice(extra);
     create(m, h, &mut t)
 }
+
+/// `C_GenerateKeyPair` with two templates: the handles, or the CK_RV.
+pub fn generate_pair(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    pub_t: &mut [CK_ATTRIBUTE],
+    priv_t: &mut [CK_ATTRIBUTE],
+) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), CK_RV> {
+    let (mut p, mut k) = (0, 0);
+    let rv = call!(
+        m,
+        C_GenerateKeyPair,
+        h,
+        mm,
+        pub_t.as_mut_ptr(),
+        pub_t.len() as CK_ULONG,
+        priv_t.as_mut_ptr(),
+        priv_t.len() as CK_ULONG,
+        &mut p,
+        &mut k
+    );
+    if rv == CKR_OK {
+        Ok((p, k))
+    } else {
+        Err(rv)
+    }
+}
+
+/// The DER OID of P-256, as `CKA_EC_PARAMS`.
+pub const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A token P-256 key pair for signing, both halves labelled `label`; panics on failure.
+pub fn ec_token_pair(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    label: &[u8],
+) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+    let mut pub_t = [
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_EC_PARAMS, &P256_PARAMS),
+        attr(CKA_VERIFY, &TRUE),
+        attr_bytes(CKA_LABEL, label),
+    ];
+    let mut priv_t = [
+        attr(CKA_TOKEN, &TRUE),
+        attr(CKA_SIGN, &TRUE),
+        attr_bytes(CKA_LABEL, label),
+    ];
+    generate_pair(
+        m,
+        h,
+        &mut mech(CKM_EC_KEY_PAIR_GEN),
+        &mut pub_t,
+        &mut priv_t,
+    )
+    .expect("P-256 token key pair generation")
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cryptoki_sys::*;
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 use hsmpool_tests::daemons::{DaemonCluster, SO_PIN, USER_PIN};
-use hsmpool_tests::raw::{attr, attr_bytes, attr_value, find, mech, Module, TRUE};
+use hsmpool_tests::raw::{attr, attr_bytes, attr_value, ec_token_pair, find, mech, Module, TRUE};
 use hsmpool_tests::vendor::Vendor;
 use hsmpool_tests::{call, require_tool};
 
@@ -50,8 +50,6 @@ impl Rng {
     }
 }
 
-const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
 fn module() -> &'static Module {
     static M: std::sync::OnceLock<Module> = std::sync::OnceLock::new();
     M.get_or_init(Module::load)
@@ -79,35 +77,6 @@ fn open(m: &Module, c: &DaemonCluster) -> CK_SESSION_HANDLE {
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
     h
-}
-
-fn ec_pair(m: &Module, h: CK_SESSION_HANDLE, label: &[u8]) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
-    let mut pub_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr_bytes(CKA_EC_PARAMS, &P256),
-        attr(CKA_VERIFY, &TRUE),
-        attr_bytes(CKA_LABEL, label),
-    ];
-    let mut priv_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr(CKA_SIGN, &TRUE),
-        attr_bytes(CKA_LABEL, label),
-    ];
-    let (mut p, mut k) = (0, 0);
-    let rv = call!(
-        m,
-        C_GenerateKeyPair,
-        h,
-        &mut mech(CKM_EC_KEY_PAIR_GEN),
-        pub_t.as_mut_ptr(),
-        4,
-        priv_t.as_mut_ptr(),
-        3,
-        &mut p,
-        &mut k
-    );
-    assert_eq!(rv, CKR_OK, "C_GenerateKeyPair");
-    (p, k)
 }
 
 /// Sign and verify once; the CK_RV of the first call that fails, or the signature.
@@ -275,7 +244,7 @@ fn sixty_four_threads_sign_for_a_minute_through_crashes_pauses_and_drops_with_no
     let m = module();
     let v = Vendor::new();
     let h = open(m, &c);
-    let (p, k) = ec_pair(m, h, b"cluster-sign");
+    let (p, k) = ec_token_pair(m, h, b"cluster-sign");
     let point = attr_value(m, h, p, CKA_EC_POINT).expect("CKA_EC_POINT")[2..].to_vec();
     let stop = AtomicBool::new(false);
     let (ops, errors, checked) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
@@ -461,7 +430,7 @@ fn a_login_made_before_a_member_restarted_still_works_after_it() {
     let m = module();
     let v = Vendor::new();
     let h = open(m, &c);
-    let (p, k) = ec_pair(m, h, b"restart");
+    let (p, k) = ec_token_pair(m, h, b"restart");
     // Only member 0 takes traffic; it is killed and restarted: its sessions and logins are gone.
     assert_eq!(v.drain(0, 1, CK_TRUE), CKR_OK);
     assert_eq!(v.drain(0, 2, CK_TRUE), CKR_OK);

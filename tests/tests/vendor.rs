@@ -4,39 +4,9 @@
 use std::ptr;
 
 use cryptoki_sys::*;
-use hsmpool_tests::raw::{attr, attr_bytes, find, mech, sign, Module, TRUE};
+use hsmpool_tests::raw::{attr_bytes, ec_token_pair, find, mech, sign, Module};
 use hsmpool_tests::vendor::{Stats, Vendor};
-use hsmpool_tests::{call, require_tool};
-
-fn ec_pair(m: &Module, h: CK_SESSION_HANDLE) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
-    let p256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    let mut pub_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr_bytes(CKA_EC_PARAMS, &p256),
-        attr(CKA_VERIFY, &TRUE),
-        attr_bytes(CKA_LABEL, b"vendor-ec"),
-    ];
-    let mut priv_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr(CKA_SIGN, &TRUE),
-        attr_bytes(CKA_LABEL, b"vendor-ec"),
-    ];
-    let (mut p, mut k) = (0, 0);
-    let rv = call!(
-        m,
-        C_GenerateKeyPair,
-        h,
-        &mut mech(CKM_EC_KEY_PAIR_GEN),
-        pub_t.as_mut_ptr(),
-        pub_t.len() as CK_ULONG,
-        priv_t.as_mut_ptr(),
-        priv_t.len() as CK_ULONG,
-        &mut p,
-        &mut k
-    );
-    assert_eq!(rv, CKR_OK);
-    (p, k)
-}
+use hsmpool_tests::require_tool;
 
 #[test]
 fn member_stats_drain_and_cache_counters_follow_the_pkcs11_rules() {
@@ -73,7 +43,7 @@ fn member_stats_drain_and_cache_counters_follow_the_pkcs11_rules() {
     );
 
     let h = m.fresh_user_session();
-    let (_, k) = ec_pair(&m, h);
+    let (_, k) = ec_token_pair(&m, h, b"vendor-ec");
     for i in 0..300u32 {
         sign(&m, h, &mut mech(CKM_ECDSA_SHA256), k, &i.to_be_bytes());
     }
