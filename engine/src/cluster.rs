@@ -234,6 +234,40 @@ pub struct Cluster {
 }
 
 const BUDGET_MAX: i64 = 2000;
+/// Workers that copy objects to a member being brought level.
+const LEVEL_WORKERS: usize = 8;
+
+/// Run `f` on every item with up to `workers` threads; the first error stops the rest.
+fn parallel_each<T: Copy + Send + Sync>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(T) -> Result<()> + Sync,
+) -> Result<()> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(|i| f(*i));
+    }
+    let next = AtomicU64::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..workers.min(items.len()) {
+            sc.spawn(|| loop {
+                if failed.lock().is_some() {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(item) = items.get(i) else { return };
+                if let Err(e) = f(*item) {
+                    failed.lock().get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
 const RETRY_COST: i64 = 10;
 
 thread_local! {
@@ -853,24 +887,33 @@ impl Cluster {
             have.iter().copied().collect();
         let want_ids: std::collections::HashSet<MemberObject> =
             want.iter().map(|(id, _)| *id).collect();
-        let mut changed = 0;
-        for (id, d) in &want {
-            if have_map.get(id) != Some(d) {
-                let blob = self.call(src, 5, |b, s| b.export_clone(s, *id))?;
-                self.call(dst, 5, |b, s| b.import_clone(s, &blob))?;
-                target.stats.replicated.fetch_add(1, Ordering::Relaxed);
-                changed += 1;
-            }
-        }
-        if exact {
-            for (id, _) in &have {
-                if !want_ids.contains(id) {
-                    self.call(dst, 5, |b, s| b.drop_replica(s, *id))?;
-                    target.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    changed += 1;
-                }
-            }
-        }
+        let copy: Vec<MemberObject> = want
+            .iter()
+            .filter(|(id, d)| have_map.get(id) != Some(d))
+            .map(|(id, _)| *id)
+            .collect();
+        let drop: Vec<MemberObject> = if exact {
+            have.iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !want_ids.contains(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Each object is a round trip or two: a member that missed thousands of creates is
+        // brought level by several workers at once.
+        parallel_each(&copy, LEVEL_WORKERS, |id| {
+            let blob = self.call(src, 5, |b, s| b.export_clone(s, id))?;
+            self.call(dst, 5, |b, s| b.import_clone(s, &blob))?;
+            target.stats.replicated.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })?;
+        parallel_each(&drop, LEVEL_WORKERS, |id| {
+            self.call(dst, 5, |b, s| b.drop_replica(s, id))?;
+            target.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })?;
+        let changed = copy.len() + drop.len();
         if changed > 0 {
             self.changes.fetch_add(1, Ordering::AcqRel);
             tracing::info!(
@@ -945,7 +988,33 @@ impl Cluster {
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
                     holders.push(t);
                 }
-                Err(e) => tracing::warn!(member = t, "replication failed: {e}"),
+                Err(e) => self.out_of_date(&self.members[t], &e),
+            }
+        }
+    }
+
+    /// A member missed a change (a copy, a removal) while up: take it out of traffic, so the
+    /// health probe brings it level before it serves again.
+    pub(crate) fn out_of_date(&self, m: &Member, e: &Error) {
+        if m.health
+            .compare_exchange(HEALTH_UP, HEALTH_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tracing::warn!(
+                member = m.index,
+                "member missed a cluster-wide change ({e}); out of traffic until brought level"
+            );
+        }
+    }
+
+    /// Remove token object `id` from every up member but `first` (which destroyed it); a
+    /// member that cannot is taken out until brought level.
+    pub(crate) fn drop_on_others(&self, first: usize, id: MemberObject) {
+        for m in self.others(first) {
+            if let Err(e) = self.call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, id)) {
+                self.out_of_date(m, &e);
+            } else {
+                m.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1015,8 +1084,7 @@ impl Cluster {
         for m in self.others(first) {
             let done = self.call(Route::Member(m.index), 1, &mut f);
             if let Err(e) = done {
-                tracing::warn!(member = m.index, "member did not follow a cluster-wide change ({e}); taken out until it is brought level");
-                m.health.store(HEALTH_DOWN, Ordering::Release);
+                self.out_of_date(m, &e);
             }
         }
         Ok(())
@@ -1088,6 +1156,29 @@ mod tests {
         let draws: Vec<u128> = (0..500).map(|_| backoff(12).as_micros()).collect();
         assert!(draws.iter().any(|d| *d > 50_000));
         assert!(draws.iter().any(|d| *d < 50_000));
+    }
+
+    #[test]
+    fn parallel_each_does_every_item_once_and_stops_at_an_error() {
+        let seen = Mutex::new(Vec::new());
+        let items: Vec<u32> = (0..100).collect();
+        parallel_each(&items, 8, |i| {
+            seen.lock().push(i);
+            Ok(())
+        })
+        .unwrap();
+        let mut v = seen.into_inner();
+        v.sort_unstable();
+        assert_eq!(v, items);
+        let r = parallel_each(&items, 8, |i| {
+            if i == 37 {
+                Err(Error::DeviceError("boom".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(r, Err(Error::DeviceError(m)) if m == "boom"));
+        assert!(parallel_each::<u32>(&[], 8, |_| unreachable!()).is_ok());
     }
 
     #[test]

@@ -957,17 +957,13 @@ impl Engine {
         if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
+        // Ordered against the last pass of a resynchronisation, like a create.
+        let _gate = self.cluster.gate.read();
         let (first, _, ()) = self
             .cluster
             .call_full(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj))?;
         if e.home.is_none() {
-            for m in self.cluster.others(first) {
-                let _ = self
-                    .cluster
-                    .call(Route::On(m.index, m.epoch()), 1, |b, ms| {
-                        b.drop_replica(ms, e.member_obj)
-                    });
-            }
+            self.cluster.drop_on_others(first, e.member_obj);
         }
         self.forget_object(o);
         if let Some(owner) = e.session {

@@ -5,8 +5,8 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use hsmpool_tests::raw::{attr_bytes, ec_token_pair, find, mech, sign, Module};
-use hsmpool_tests::vendor::{Stats, Vendor};
 use hsmpool_tests::require_tool;
+use hsmpool_tests::vendor::{Stats, Vendor};
 
 #[test]
 fn member_stats_drain_and_cache_counters_follow_the_pkcs11_rules() {
