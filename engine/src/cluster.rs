@@ -396,9 +396,11 @@ impl Cluster {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Stop the probe threads.
+    /// Stop the probe threads, forget the credentials, close the pools (`C_Finalize`).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        // The credentials are wiped now (Zeroizing), not when the last reference goes.
+        *self.creds.write() = None;
         for m in &self.members {
             let sessions = std::mem::take(&mut m.pool.write().sessions);
             for s in sessions {
