@@ -687,10 +687,16 @@ impl Cluster {
                     m.in_flight.fetch_add(1, Ordering::Relaxed);
                     let t0 = Instant::now();
                     let r = f(m.backend.as_ref(), s).map(|v| (epoch, v));
-                    m.record_latency(t0.elapsed());
+                    // One clock read serves the latency and the stall detector.
+                    let end = Instant::now();
+                    m.record_latency(end.saturating_duration_since(t0));
                     m.outstanding.fetch_sub(cost, Ordering::Relaxed);
                     m.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    m.last_done_ms.store(self.now_ms(), Ordering::Relaxed);
+                    let done_ms = end.saturating_duration_since(self.started).as_millis();
+                    m.last_done_ms.store(
+                        u64::try_from(done_ms).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                     r.map_err(|e| (e, Some(epoch)))
                 }
                 Err(e) => Err((e, None)),

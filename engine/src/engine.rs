@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ops::{Op, OpSlots};
 use crate::types::*;
 use hsmpool_sim::hsm::KeyMeta;
-use hsmpool_sim::types::CKA_HSMPOOL_OBJECT_ID;
+use hsmpool_sim::types::{IdHash, CKA_HSMPOOL_OBJECT_ID};
 
 /// Arguments of `C_Initialize` that reach the engine.
 #[derive(Clone, Debug, Default)]
@@ -143,10 +143,10 @@ pub struct Engine {
     /// The members, their session pools, balancing, retries and replication.
     pub(crate) cluster: Arc<Cluster>,
     login: LoginCell,
-    sessions: DashMap<SessionHandle, Arc<Mutex<Session>>>,
+    sessions: DashMap<SessionHandle, Arc<Mutex<Session>>, IdHash>,
     next_session: AtomicU64,
-    objects: DashMap<ObjectHandle, ObjEntry>,
-    by_member: DashMap<MemberObject, ObjectHandle>,
+    objects: DashMap<ObjectHandle, ObjEntry, IdHash>,
+    by_member: DashMap<MemberObject, ObjectHandle, IdHash>,
     next_object: AtomicU64,
     /// Live session objects per member (a find must ask those members too).
     session_objects_on: Vec<AtomicU64>,
@@ -159,7 +159,8 @@ pub struct Engine {
     /// token too; changes through this engine invalidate at once).
     find_ttl: std::time::Duration,
     /// Key checks of `*Init` answered without a round trip: (object, usage, mechanism) → meta.
-    key_cache: DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta)>,
+    key_cache:
+        DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta), IdHash>,
 }
 
 /// A cached find: the encoded template and the login state it was made in.
@@ -349,16 +350,16 @@ impl Engine {
             cfg,
             cluster,
             login: LoginCell::new(),
-            sessions: DashMap::new(),
+            sessions: DashMap::with_hasher(IdHash),
             next_session: AtomicU64::new(1),
-            objects: DashMap::new(),
-            by_member: DashMap::new(),
+            objects: DashMap::with_hasher(IdHash),
+            by_member: DashMap::with_hasher(IdHash),
             next_object: AtomicU64::new(1),
             session_objects_on: (0..n).map(|_| AtomicU64::new(0)).collect(),
             generation: AtomicU64::new(0),
             find_cache: DashMap::new(),
             find_ttl,
-            key_cache: DashMap::new(),
+            key_cache: DashMap::with_hasher(IdHash),
         })
     }
 

@@ -26,7 +26,7 @@ use crate::fault::{FaultConfig, Faults};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
 use crate::timing::{self, OpClass, TimingConfig, TimingModel};
-use crate::types::{Attr, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
+use crate::types::{Attr, IdHash, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
 
 /// The crypto officer that `C_InitToken` creates.
 pub const DEFAULT_SO: &str = "admin";
@@ -219,8 +219,8 @@ pub struct Hsm {
     store: Store,
     token: RwLock<TokenMeta>,
     users: RwLock<HashMap<String, User>>,
-    sessions: DashMap<u64, SimSession>,
-    objects: DashMap<u64, Arc<Object>>,
+    sessions: DashMap<u64, SimSession, IdHash>,
+    objects: DashMap<u64, Arc<Object>, IdHash>,
     /// (attribute type, value) → object ids, for `CKA_LABEL` and `CKA_ID`.
     index: DashMap<(CK_ATTRIBUTE_TYPE, Vec<u8>), Vec<u64>>,
     next_session: AtomicU64,
@@ -271,8 +271,8 @@ impl Hsm {
             store,
             token: RwLock::new(token),
             users: RwLock::new(users),
-            sessions: DashMap::new(),
-            objects: DashMap::new(),
+            sessions: DashMap::with_hasher(IdHash),
+            objects: DashMap::with_hasher(IdHash),
             index: DashMap::new(),
             // Session numbers start at a random point, so a handle from before a restart of
             // this HSM never names a new session.
