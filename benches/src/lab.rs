@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
@@ -785,14 +785,25 @@ impl Worker for HmacWorker {
 }
 
 /// One thread generating AES-256 keys.
-struct KeygenWorker {
-    session: Session,
+struct KeygenWorker<'a> {
+    /// `None` once handed to `closing`.
+    session: Option<Session>,
     token: bool,
     first: Option<ObjectHandle>,
     last: Option<ObjectHandle>,
+    /// Where the session goes after the check, to be closed with the others at once.
+    closing: &'a Mutex<Vec<Session>>,
 }
 
-impl Worker for KeygenWorker {
+impl KeygenWorker<'_> {
+    fn session(&self) -> Result<&Session> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| Error("the key generation session is closed".into()))
+    }
+}
+
+impl Worker for KeygenWorker<'_> {
     fn op(&mut self, _i: u64) -> Result<()> {
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -805,7 +816,7 @@ impl Worker for KeygenWorker {
             Attribute::Encrypt(true),
         ];
         let k = self
-            .session
+            .session()?
             .generate_key(&Mechanism::AesKeyGen, &template)
             .context("C_GenerateKey (AES-256)")?;
         if self.first.is_none() {
@@ -820,7 +831,7 @@ impl Worker for KeygenWorker {
         let mut n = 0;
         for k in self.first.iter().chain(self.last.iter()) {
             let attrs = self
-                .session
+                .session()?
                 .get_attributes(*k, &[AttributeType::ValueLen, AttributeType::Token])
                 .context("C_GetAttributeValue (CKA_VALUE_LEN, CKA_TOKEN)")?;
             let ok = attrs.contains(&Attribute::ValueLen(32.into()))
@@ -829,6 +840,12 @@ impl Worker for KeygenWorker {
                 return Err(Error(format!("a generated key reads back as {attrs:?}")));
             }
             n += 1;
+        }
+        if let Some(s) = self.session.take() {
+            self.closing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(s);
         }
         Ok(n)
     }
@@ -848,15 +865,27 @@ fn hmac_step(c: &Started, key: ObjectHandle, mode: HmacMode, threads: usize, w: 
     })
 }
 
+/// Generate keys for a window. Sessions are closed after the window, all at once: closing one
+/// destroys its session objects one HSM round trip at a time, and 64 sessions holding a few
+/// thousand keys each would take minutes closed one after another.
 fn keygen_step(pkcs11: &Pkcs11, slot: Slot, token: bool, threads: usize, w: Duration) -> Step {
-    sweep::measure(threads, w, |_| {
+    let closing = Mutex::new(Vec::new());
+    let step = sweep::measure(threads, w, |_| {
         Ok(KeygenWorker {
-            session: pkcs11.open_rw_session(slot).context("C_OpenSession")?,
+            session: Some(pkcs11.open_rw_session(slot).context("C_OpenSession")?),
             token,
             first: None,
             last: None,
+            closing: &closing,
         })
-    })
+    });
+    let sessions = closing.into_inner().unwrap_or_else(|p| p.into_inner());
+    std::thread::scope(|s| {
+        for session in sessions {
+            s.spawn(move || drop(session));
+        }
+    });
+    step
 }
 
 // ----- the child --------------------------------------------------------------------------------
