@@ -15,6 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use cryptoki::context::Pkcs11;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+
 use crate::keys::{self, EcPublic, RsaPublic};
 use crate::setup;
 use crate::sweep::{self, ModuleKeys, Op, Step};
@@ -90,8 +94,13 @@ impl Row {
 
 /// The configuration of a cluster of `members` embedded members under `dir`, timing on.
 pub fn config_text(dir: &Path, members: usize) -> Result<String> {
+    config_text_with(dir, members, "")
+}
+
+/// [`config_text`] with `cluster_extra` (TOML `key = value` lines) added to `[cluster]`.
+pub fn config_text_with(dir: &Path, members: usize, cluster_extra: &str) -> Result<String> {
     let mut text =
-        String::from("# written by hsmpool-bench cluster\n[cluster]\nsessions_per_member = 4\n");
+        format!("# written by hsmpool-bench\n[cluster]\nsessions_per_member = 4\n{cluster_extra}");
     for i in 0..members {
         let d = dir.join(format!("hsm{i}"));
         let d = d
@@ -100,39 +109,85 @@ pub fn config_text(dir: &Path, members: usize) -> Result<String> {
             .replace('\\', "\\\\")
             .replace('"', "\\\"");
         text.push_str(&format!(
-            "[[member]]\nkind = \"embedded\"\ndata_dir = \"{d}\"\npin_iterations = 1000\ntiming = \"hsm2m.medium\"\n"
+            "[[member]]\nkind = \"embedded\"\ndata_dir = \"{d}\"\npin_iterations = {PIN_ITERATIONS}\ntiming = \"hsm2m.medium\"\n"
         ));
     }
     Ok(text)
 }
 
-/// The child: set up the cluster, measure, print `RESULT` lines.
-pub fn run_child(module: &Path, plan: &Plan) -> Result<()> {
+/// PBKDF2 iterations of the members' PIN hashes: low, so that setting the token up is quick.
+pub const PIN_ITERATIONS: u32 = 1000;
+
+/// A child's cluster, up and logged in.
+///
+/// # Invariants
+/// `HSMPOOL_CONF` names the configuration in `_tmp`, which outlives the module: the directory is
+/// removed on drop, after the fields above it (the module) are.
+pub struct Started {
+    /// The module, initialised.
+    pub pkcs11: Pkcs11,
+    /// Its slot.
+    pub slot: Slot,
+    /// A R/W session logged in as the user (the application's one login).
+    pub session: Session,
+    /// The members' data; removed on drop.
+    _tmp: tempfile::TempDir,
+}
+
+impl Started {
+    /// Log out, close the session, finalize the module.
+    pub fn finish(self) -> Result<()> {
+        self.session.logout().context("C_Logout")?;
+        self.session.close().context("C_CloseSession")?;
+        self.pkcs11.finalize().context("C_Finalize")?;
+        Ok(())
+    }
+}
+
+/// In a child, before any thread exists: write the configuration `config(dir)` into a fresh
+/// temporary directory, point `HSMPOOL_CONF` at it, load the module, initialise the token and
+/// log in once.
+pub fn start(module: &Path, config: impl FnOnce(&Path) -> Result<String>) -> Result<Started> {
     let tmp = tempfile::Builder::new()
         .prefix("hsmpool-bench-cluster-")
         .tempdir()
         .context("creating a temporary directory")?;
     let conf = tmp.path().join("hsmpool.toml");
-    std::fs::write(&conf, config_text(tmp.path(), plan.members)?)
-        .context(&format!("writing {}", conf.display()))?;
+    std::fs::write(&conf, config(tmp.path())?).context(&format!("writing {}", conf.display()))?;
     // Single-threaded here: nothing else reads the environment yet.
     std::env::set_var("HSMPOOL_CONF", &conf);
     let pkcs11 = setup::load(module)?;
     let slot = setup::slot(&pkcs11)?;
     let session = setup::init_token(&pkcs11, slot, "hsmpool-bench")?;
-    let rsa = keys::generate_rsa(&session, "cluster-rsa", true)?;
-    let ec = keys::generate_ec(&session, "cluster-ec", true)?;
-    let aes = keys::generate_aes(&session, "cluster-aes", true)?;
-    let keys = ModuleKeys {
-        rsa_public: RsaPublic::read(&session, rsa.public)?,
+    Ok(Started {
+        pkcs11,
+        slot,
+        session,
+        _tmp: tmp,
+    })
+}
+
+/// Token RSA-2048, EC P-256 and AES-256 keys labelled `{prefix}-rsa` etc., public halves read.
+pub fn module_keys(session: &Session, prefix: &str) -> Result<ModuleKeys> {
+    let rsa = keys::generate_rsa(session, &format!("{prefix}-rsa"), true)?;
+    let ec = keys::generate_ec(session, &format!("{prefix}-ec"), true)?;
+    let aes = keys::generate_aes(session, &format!("{prefix}-aes"), true)?;
+    Ok(ModuleKeys {
+        rsa_public: RsaPublic::read(session, rsa.public)?,
         rsa,
-        ec_public: EcPublic::read(&session, ec.public)?,
+        ec_public: EcPublic::read(session, ec.public)?,
         ec,
         aes,
-    };
+    })
+}
+
+/// The child: set up the cluster, measure, print `RESULT` lines.
+pub fn run_child(module: &Path, plan: &Plan) -> Result<()> {
+    let c = start(module, |dir| config_text(dir, plan.members))?;
+    let keys = module_keys(&c.session, "cluster")?;
     for op in [Op::RsaSign, Op::EcdsaSign] {
         for &t in &plan.threads {
-            let step: Step = sweep::run_module(&pkcs11, slot, &keys, op, t, plan.window);
+            let step: Step = sweep::run_module(&c.pkcs11, c.slot, &keys, op, t, plan.window);
             let row = Row {
                 members: plan.members,
                 op: op.name().replace(' ', "_"),
@@ -144,16 +199,31 @@ pub fn run_child(module: &Path, plan: &Plan) -> Result<()> {
             println!("{}", row.line());
         }
     }
-    session.logout().context("C_Logout")?;
-    session.close().context("C_CloseSession")?;
-    pkcs11.finalize().context("C_Finalize")?;
-    Ok(())
+    c.finish()
+}
+
+/// Run this executable again with `args` (a child subcommand) and return what it printed; a
+/// child that fails is an error carrying its output.
+pub fn run_child_process(args: &[String], what: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let out = Command::new(&exe)
+        .args(args)
+        .output()
+        .context(&format!("running the {what} child"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(Error(format!(
+            "the {what} child failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(text)
 }
 
 /// The parent: one child per configuration, then the table and the ratios. Returns the
 /// failures counted (errors, failed verifications, missed targets are reported, not counted).
 pub fn run(module: &Path, threads: &[usize], window: Duration) -> Result<u64> {
-    let exe = std::env::current_exe().context("finding the running executable")?;
     let list = threads
         .iter()
         .map(|t| t.to_string())
@@ -165,28 +235,19 @@ pub fn run(module: &Path, threads: &[usize], window: Duration) -> Result<u64> {
     );
     let mut rows: Vec<Row> = Vec::new();
     for members in [1usize, 3] {
-        let out = Command::new(&exe)
-            .args([
-                "cluster-child",
-                "--module",
-                &module.display().to_string(),
-                "--members",
-                &members.to_string(),
-                "--threads",
-                &list,
-                "--seconds-per-step",
-                &window.as_secs_f64().to_string(),
-            ])
-            .output()
-            .context("running the cluster child")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(Error(format!(
-                "the {members}-member child failed: {}{}",
-                text,
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+        let args = [
+            "cluster-child",
+            "--module",
+            &module.display().to_string(),
+            "--members",
+            &members.to_string(),
+            "--threads",
+            &list,
+            "--seconds-per-step",
+            &window.as_secs_f64().to_string(),
+        ]
+        .map(String::from);
+        let text = run_child_process(&args, &format!("{members}-member"))?;
         rows.extend(text.lines().filter_map(Row::parse));
     }
     println!();

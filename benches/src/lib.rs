@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod keys;
+pub mod lab;
 pub mod setup;
 pub mod sweep;
 

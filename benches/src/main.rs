@@ -20,6 +20,7 @@ hsmpool-bench: demonstrate and measure the hsmpool PKCS #11 module
 USAGE:
     hsmpool-bench [OPTIONS]
     hsmpool-bench cluster [--module PATH] [--threads LIST] [--seconds-per-step N]
+    hsmpool-bench lab [--module PATH] [--seconds-per-step N] [--out DIR]   (see lab --help)
 
 Loads the module, initialises its token through PKCS #11 (C_InitToken, C_InitPIN), logs in,
 generates RSA-2048, EC P-256 and AES-256 token keys, signs, verifies and encrypts through the
@@ -195,6 +196,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(sub @ ("lab" | "lab-child")) = argv.first().map(String::as_str) {
+        let child = sub == "lab-child";
+        return hsmpool_bench::lab::main(child, argv.split_off(1));
     }
     let args = match parse_args(argv.into_iter()) {
         Ok(Parsed::Run(a)) => a,
