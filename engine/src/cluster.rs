@@ -983,7 +983,9 @@ impl Cluster {
             }
         }
         let Some(blobs) = blobs else { return };
-        for t in targets {
+        // The members copy at once (each copy is a token-object creation on that HSM).
+        let got = Mutex::new(Vec::new());
+        let _ = parallel_each(&targets, targets.len(), |t| {
             let copied: Result<()> = blobs.iter().try_for_each(|blob| {
                 self.call(Route::Member(t), 5, |b, s| b.import_clone(s, blob))
                     .map(|_| ())
@@ -994,11 +996,13 @@ impl Cluster {
                         .stats
                         .replicated
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                    holders.push(t);
+                    got.lock().push(t);
                 }
                 Err(e) => self.out_of_date(&self.members[t], &e),
             }
-        }
+            Ok(())
+        });
+        holders.extend(got.into_inner());
     }
 
     /// A member missed a change (a copy, a removal) while up: take it out of traffic, so the
