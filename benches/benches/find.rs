@@ -1,6 +1,7 @@
 //! Find-by-label cost must not grow with the number of objects: C_FindObjectsInit(label) +
 //! C_FindObjects + C_FindObjectsFinal for a label matching exactly one object, with 10 and with
-//! 100,000 session data objects present. Also one ECDSA P-256 sign, in-process through the module.
+//! 100,000 session data objects present. (A signature through the module, next to aws-lc's own,
+//! is benches/sign.rs.)
 //!
 //! Everything goes through the built module's C ABI (`cryptoki`), as an application would call
 //! it. Build the module first (`cargo build --release --workspace`), or name it with
@@ -11,10 +12,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::Session;
-use hsmpool_bench::keys;
 use hsmpool_bench::setup::{self, DataDir};
 
 /// The object counts compared.
@@ -40,7 +39,7 @@ fn create_objects(s: &Session, from: usize, to: usize) {
 
 fn find(c: &mut Criterion) {
     let module = setup::module_path(None).unwrap_or_else(|e| panic!("{e}"));
-    // Fast PIN hashing: the bench measures finds and signatures, not logins.
+    // Fast PIN hashing: the bench measures finds, not logins.
     let data =
         DataDir::prepare(None, "pin_iterations = 1000\n").expect("a temporary data directory");
     let pkcs11 = setup::load(&module).expect("the module loads and initialises");
@@ -82,26 +81,6 @@ fn find(c: &mut Criterion) {
         });
     }
     group.finish();
-
-    let ec = keys::generate_ec(&session, "find-bench-ec", false).expect("a P-256 key pair");
-    let ec_public = keys::EcPublic::read(&session, ec.public).expect("CKA_EC_POINT");
-    let msg = [0x5a_u8; 64];
-    let sig = session
-        .sign(&Mechanism::EcdsaSha256, ec.private, &msg)
-        .expect("C_Sign succeeds");
-    assert!(
-        ec_public.verify_sha256(&msg, &sig),
-        "aws-lc-rs verifies the module's signature"
-    );
-    c.bench_function("sign/ecdsa_p256_sha256_in_process", |b| {
-        b.iter(|| {
-            black_box(
-                session
-                    .sign(&Mechanism::EcdsaSha256, ec.private, black_box(&msg))
-                    .expect("C_Sign succeeds"),
-            )
-        })
-    });
 
     drop(session);
     pkcs11.finalize().expect("C_Finalize");

@@ -1152,6 +1152,18 @@ impl Cluster {
     }
 }
 
+// A block of its own, kept apart from the main `impl Cluster` so that edits there and here do
+// not meet. It sits above the test module rather than after it: clippy
+// (`items_after_test_module`) refuses items after `mod tests`.
+impl Cluster {
+    /// Which member (its index) the balancer would pick now for a call of weight `cost`, or
+    /// `None` when no member takes traffic; for diagnostics and benchmarks. Nothing is recorded:
+    /// the member's outstanding work is unchanged.
+    pub fn next_member(&self, cost: u64) -> Option<usize> {
+        self.pick(&[], cost).map(|m| m.index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
