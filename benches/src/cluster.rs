@@ -15,7 +15,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::keys::{self, EcPublic, RsaPublic};
 use crate::setup;
 use crate::sweep::{self, ModuleKeys, Op, Step};
 use crate::{Context, Error, Result};
@@ -120,16 +119,7 @@ pub fn run_child(module: &Path, plan: &Plan) -> Result<()> {
     let pkcs11 = setup::load(module)?;
     let slot = setup::slot(&pkcs11)?;
     let session = setup::init_token(&pkcs11, slot, "hsmpool-bench")?;
-    let rsa = keys::generate_rsa(&session, "cluster-rsa", true)?;
-    let ec = keys::generate_ec(&session, "cluster-ec", true)?;
-    let aes = keys::generate_aes(&session, "cluster-aes", true)?;
-    let keys = ModuleKeys {
-        rsa_public: RsaPublic::read(&session, rsa.public)?,
-        rsa,
-        ec_public: EcPublic::read(&session, ec.public)?,
-        ec,
-        aes,
-    };
+    let keys = ModuleKeys::prepare(&pkcs11, slot, &session, &mut |_| {})?;
     for op in [Op::RsaSign, Op::EcdsaSign] {
         for &t in &plan.threads {
             let step: Step = sweep::run_module(&pkcs11, slot, &keys, op, t, plan.window);

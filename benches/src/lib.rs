@@ -14,9 +14,12 @@ pub mod cluster;
 pub mod font;
 pub mod keys;
 pub mod plot;
+pub mod report;
+pub mod run;
 pub mod setup;
 pub mod stats;
 pub mod sweep;
+pub mod target;
 
 /// The harness's error: a message that already names the step that failed.
 #[derive(Debug)]
