@@ -193,6 +193,15 @@ fn thousands(v: f64) -> String {
     out
 }
 
+/// "1 thread", "64 threads".
+fn plural(threads: usize) -> String {
+    if threads == 1 {
+        "1 thread".into()
+    } else {
+        format!("{threads} threads")
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
@@ -244,7 +253,14 @@ fn row(r: &Record, first_of_group: bool, rss0_kib: Option<u64>) -> String {
         opt(r.cpu_cores, 2),
         rss,
         opt(r.ratio_to_raw, 2),
-        r.ratio_to_vs.map_or_else(|| "-".into(), |v| format!("{v:.2}x")),
+        r.ratio_to_vs.map_or_else(
+            || "-".into(),
+            |v| if v >= 100.0 {
+                format!("{}x", thousands(v))
+            } else {
+                format!("{v:.2}x")
+            }
+        ),
     )
 }
 
@@ -291,18 +307,16 @@ pub fn run(o: &Options) -> Result<u64> {
     );
     println!();
 
-    let mut targets = vec![Target::open(&module)?];
-    if let Some(vs) = &vs {
-        println!();
-        targets.push(Target::open(vs)?);
-    }
-    for t in &targets {
+    let mut targets = Vec::new();
+    for path in std::iter::once(&module).chain(vs.as_ref()) {
+        let t = Target::open(path)?;
         if o.token_objects > 0 {
             t.fill(o.token_objects)?;
         }
         t.self_test()?;
+        println!();
+        targets.push(t);
     }
-    println!();
     for t in &targets {
         let notes: Vec<String> = o
             .ops
@@ -431,7 +445,7 @@ fn sweep(o: &Options, targets: &[Target], rss0: Option<u64>) -> Result<Vec<Recor
         for &threads in &o.threads {
             let mut group: Vec<Record> = Vec::new();
             for t in targets {
-                progress.start(&format!("{} · {threads} threads · {}", op.name(), t.name));
+                progress.start(&format!("{} · {} · {}", op.name(), plural(threads), t.name));
                 let r = match t.keys.mechanism(op) {
                     Err(why) => Record::not_available(&t.name, op, threads, &why),
                     Ok(mech) => {
@@ -444,7 +458,7 @@ fn sweep(o: &Options, targets: &[Target], rss0: Option<u64>) -> Result<Vec<Recor
                 group.push(r);
             }
             let raw_row = if op.has_raw() {
-                progress.start(&format!("{} · {threads} threads · {RAW}", op.name()));
+                progress.start(&format!("{} · {} · {RAW}", op.name(), plural(threads)));
                 let step = sweep::run_raw(&raw, op, threads, o.step);
                 progress.finish_step();
                 step.map(|s| Record::measured(RAW, op, "aws-lc-rs", threads, &s))
