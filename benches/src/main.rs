@@ -57,7 +57,7 @@ OPTIONS:
                              for the raw limit); 0 runs the set-up and checks only [default: 0.5]
     --ops LIST               comma-separated operations [default: all]: rsa-sign, rsa-pkcs-sign,
                              rsa-verify, ecdsa-sign, ecdsa-verify, aes-gcm, aes-cbc-pad, hmac,
-                             sha256, find, session-keygen, token-keygen, random, session-info
+                             sha256, find, session-keygen, random, session-info, token-keygen
     --token-objects N        before the sweep, make sure N token data objects made by the harness
                              are on each token, so `find` runs against a full store [default: 0]
     --out DIR                where to write results.csv, results.json, throughput.svg and

@@ -14,7 +14,7 @@
 //! it; random output by its length and that it is not one repeated byte.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -85,7 +85,9 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every operation, in the order the sweep runs them.
+    /// Every operation, in the order the sweep runs them. Token key generation comes last: it
+    /// grows the store (and the process's memory, which the allocator keeps after the keys are
+    /// destroyed), so the peak RSS of every other step is read before that.
     pub const ALL: [Op; 14] = [
         Op::RsaSign,
         Op::RsaPkcsSign,
@@ -98,9 +100,9 @@ impl Op {
         Op::Sha256Digest,
         Op::FindByLabel,
         Op::SessionKeyGen,
-        Op::TokenKeyGen,
         Op::Random,
         Op::SessionInfo,
+        Op::TokenKeyGen,
     ];
 
     /// The name printed in the table.
@@ -236,12 +238,16 @@ struct Finished<W> {
     latency: Histogram,
     ops: u64,
     errors: u64,
+    /// When its last call returned.
+    ended: Option<Instant>,
 }
 
 /// Run `threads` workers made by `make(thread_index)` for `window` of wall-clock time.
 ///
 /// Workers are made (sessions opened) before the clock starts; the window opens when every
-/// thread is ready and closes when the last call in flight at its end returns. The process's
+/// thread is ready and closes when the last call in flight at its end returns: each worker
+/// stops on its own clock at the deadline, so a main thread that is slow to be scheduled on a
+/// loaded machine neither stretches the step nor skews its rate. The process's
 /// CPU time is read at both ends of the window; its peak RSS is reset (where the kernel allows)
 /// before the workers are made and read after the checks.
 pub fn measure<W, F>(threads: usize, window: Duration, make: F) -> Step
@@ -256,6 +262,7 @@ where
     let ready = Barrier::new(threads + 1);
     let go = Barrier::new(threads + 1);
     let stop = AtomicBool::new(false);
+    let deadline: OnceLock<Instant> = OnceLock::new();
     let first_error: Mutex<Option<String>> = Mutex::new(None);
     let note = |e: &Error| {
         let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,11 +274,14 @@ where
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (ready, go, stop, make, note) = (&ready, &go, &stop, &make, &note);
+                let (ready, go, stop, make, note, deadline) =
+                    (&ready, &go, &stop, &make, &note, &deadline);
                 s.spawn(move || {
                     let worker = make(t);
                     ready.wait();
                     go.wait();
+                    // Set by the main thread before it passed `go`.
+                    let deadline = deadline.get().copied().unwrap_or_else(Instant::now);
                     let mut worker = match worker {
                         Ok(w) => w,
                         Err(e) => {
@@ -281,19 +291,22 @@ where
                                 latency: Histogram::default(),
                                 ops: 0,
                                 errors: 1,
+                                ended: None,
                             };
                         }
                     };
                     let mut latency = Histogram::default();
                     let (mut ops, mut errors) = (0u64, 0u64);
                     let mut i = 0u64;
+                    let mut ended;
                     // Every worker makes at least one call, even one first scheduled after the
                     // window closed (the window then stretches to cover it), so each thread's
                     // session is exercised and checked.
                     loop {
                         let t0 = Instant::now();
                         let r = worker.op(i);
-                        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        ended = Instant::now();
+                        let ns = u64::try_from((ended - t0).as_nanos()).unwrap_or(u64::MAX);
                         match r {
                             Ok(()) => {
                                 ops += 1;
@@ -305,7 +318,7 @@ where
                             }
                         }
                         i += 1;
-                        if stop.load(Ordering::Relaxed) {
+                        if ended >= deadline || stop.load(Ordering::Relaxed) {
                             break;
                         }
                     }
@@ -314,6 +327,7 @@ where
                         latency,
                         ops,
                         errors,
+                        ended: Some(ended),
                     }
                 })
             })
@@ -321,6 +335,7 @@ where
         ready.wait();
         let cpu0 = stats::process_cpu();
         let started = Instant::now();
+        let _ = deadline.set(started + window);
         go.wait();
         std::thread::sleep(window);
         stop.store(true, Ordering::Relaxed);
@@ -334,7 +349,11 @@ where
                 }
             }
         }
-        step.elapsed = started.elapsed();
+        // To the last call's return, as the workers saw it (not when this thread got to run).
+        step.elapsed = finished.iter().filter_map(|f| f.ended).max().map_or_else(
+            || started.elapsed(),
+            |end| end.saturating_duration_since(started),
+        );
         step.cpu = match (cpu0, stats::process_cpu()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
