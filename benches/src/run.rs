@@ -496,7 +496,8 @@ fn targets_summary(
     token_objects: usize,
 ) -> Vec<Goal> {
     let mut out = Vec::new();
-    let Some(first) = targets.first() else {
+    // The targets are our module's; another module measured first has none.
+    let Some(first) = targets.first().filter(|t| t.name == "hsmpool") else {
         return out;
     };
     let ours = first.name.as_str();
