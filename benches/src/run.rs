@@ -342,9 +342,13 @@ pub fn run(o: &Options) -> Result<u64> {
         println!("issue 5 targets read off this run:");
         for t in &summary {
             println!(
-                "  {:<72} {:>9.2} ({} {}) {}",
+                "  {:<72} {:>9} ({} {}) {}",
                 t.what,
-                t.measured,
+                if t.measured.abs() < 0.1 {
+                    format!("{:.4}", t.measured)
+                } else {
+                    format!("{:.2}", t.measured)
+                },
                 if t.higher_is_better { ">=" } else { "<=" },
                 t.bound,
                 if t.pass { "pass" } else { "MISS" }

@@ -109,7 +109,7 @@ impl Op {
     pub fn name(self) -> &'static str {
         match self {
             Op::RsaSign => "RSA-2048 sign",
-            Op::RsaPkcsSign => "RSA-2048 sign (raw)",
+            Op::RsaPkcsSign => "RSA-2048 DigestInfo",
             Op::RsaVerify => "RSA-2048 verify",
             Op::EcdsaSign => "ECDSA P-256 sign",
             Op::EcdsaVerify => "ECDSA P-256 verify",
