@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(opensc p11-kit libp11-kit-dev gcc valgrind openssl procps fonts-dejavu-core)
+PACKAGES=(opensc p11-kit libp11-kit-dev gcc valgrind openssl procps fonts-dejavu-core softhsm2)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

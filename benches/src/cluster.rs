@@ -15,14 +15,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cryptoki::context::Pkcs11;
-use cryptoki::session::Session;
-use cryptoki::slot::Slot;
-
-use crate::keys::{self, EcPublic, RsaPublic};
 use crate::setup;
 use crate::sweep::{self, ModuleKeys, Op, Step};
 use crate::{Context, Error, Result};
+use cryptoki::context::Pkcs11;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 
 /// What one child measures.
 #[derive(Clone, Debug)]
@@ -167,24 +165,15 @@ pub fn start(module: &Path, config: impl FnOnce(&Path) -> Result<String>) -> Res
     })
 }
 
-/// Token RSA-2048, EC P-256 and AES-256 keys labelled `{prefix}-rsa` etc., public halves read.
-pub fn module_keys(session: &Session, prefix: &str) -> Result<ModuleKeys> {
-    let rsa = keys::generate_rsa(session, &format!("{prefix}-rsa"), true)?;
-    let ec = keys::generate_ec(session, &format!("{prefix}-ec"), true)?;
-    let aes = keys::generate_aes(session, &format!("{prefix}-aes"), true)?;
-    Ok(ModuleKeys {
-        rsa_public: RsaPublic::read(session, rsa.public)?,
-        rsa,
-        ec_public: EcPublic::read(session, ec.public)?,
-        ec,
-        aes,
-    })
+/// The sweep's keys on a started cluster's token (found by label, made when missing).
+pub fn module_keys(c: &Started) -> Result<ModuleKeys> {
+    ModuleKeys::prepare(&c.pkcs11, c.slot, &c.session, &mut |_| {})
 }
 
 /// The child: set up the cluster, measure, print `RESULT` lines.
 pub fn run_child(module: &Path, plan: &Plan) -> Result<()> {
     let c = start(module, |dir| config_text(dir, plan.members))?;
-    let keys = module_keys(&c.session, "cluster")?;
+    let keys = module_keys(&c)?;
     for op in [Op::RsaSign, Op::EcdsaSign] {
         for &t in &plan.threads {
             let step: Step = sweep::run_module(&c.pkcs11, c.slot, &keys, op, t, plan.window);

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
@@ -547,49 +547,6 @@ pub fn write_json(dir: &Path, lines: &[Line], window: Duration, unix_s: u64) -> 
 
 // ----- the plot ---------------------------------------------------------------------------------
 
-/// Where a TrueType font for the plots' text may be: `HSMPOOL_BENCH_FONT`, then Debian's
-/// fonts-dejavu-core and its usual places elsewhere.
-fn font_candidates() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::env::var_os("HSMPOOL_BENCH_FONT")
-        .filter(|f| !f.is_empty())
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    v.extend(
-        [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        ]
-        .map(PathBuf::from),
-    );
-    v
-}
-
-/// Register the first font found as "sans-serif", once per process.
-fn register_font() -> Result<()> {
-    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        for p in font_candidates() {
-            if let Ok(bytes) = std::fs::read(&p) {
-                // The font table keeps a 'static reference: one font, leaked once per process.
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return Ok(());
-                }
-            }
-        }
-        Err(
-            "no TrueType font for the plot's text: install fonts-dejavu-core or name a .ttf \
-             with HSMPOOL_BENCH_FONT"
-                .into(),
-        )
-    })
-    .clone()
-    .map_err(Error)
-}
-
 /// The x range of the plot: every ratio and 1x, with room for the labels.
 fn x_range(lines: &[Line]) -> (f64, f64) {
     let (mut lo, mut hi) = (0.5f64, 2.0f64);
@@ -676,7 +633,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, lines: &[Line]) -> Res
 
 /// Draw `lab.svg` and `lab.png` into `dir`.
 pub fn write_plots(dir: &Path, lines: &[Line]) -> Result<(PathBuf, PathBuf)> {
-    register_font()?;
+    crate::plot::register_font()?;
     let size = (1400u32, 640u32);
     let svg = dir.join("lab.svg");
     draw(SVGBackend::new(&svg, size).into_drawing_area(), lines)?;
@@ -916,7 +873,7 @@ pub fn run_child(module: &Path, cluster: Cluster, w: Duration) -> Result<()> {
     };
     match cluster {
         Cluster::One => {
-            let keys = cluster::module_keys(&c.session, "lab")?;
+            let keys = cluster::module_keys(&c)?;
             for t in [1, 64, 128] {
                 let step = sweep::run_module(&c.pkcs11, c.slot, &keys, Op::RsaSign, t, w);
                 report(&format!("rsa_sign.t{t}"), t, &step);
@@ -939,12 +896,12 @@ pub fn run_child(module: &Path, cluster: Cluster, w: Duration) -> Result<()> {
 /// practice 6 are generated last.
 fn three(c: &Started, w: Duration, report: &dyn Fn(&str, usize, &Step)) -> Result<()> {
     let hmac_key = import_hmac(&c.session)?;
-    let token_keys = cluster::module_keys(&c.session, "lab")?;
+    let token_keys = cluster::module_keys(c)?;
     // A session key pair, made in the main session (which stays open): it lives on one member.
     let rsa = keys::generate_rsa(&c.session, "lab-session-rsa", false)?;
     let session_keys = ModuleKeys {
-        rsa_public: keys::RsaPublic::read(&c.session, rsa.public)?,
-        rsa,
+        rsa_public: Some(keys::RsaPublic::read(&c.session, rsa.public)?),
+        rsa: Some(rsa),
         ..token_keys.clone()
     };
 

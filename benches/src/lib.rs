@@ -1,18 +1,26 @@
-//! The `hsmpool-bench` harness and the criterion benches share this crate: finding and loading
-//! the built PKCS #11 module through `cryptoki`'s safe API, giving it a throw-away data
-//! directory, initialising its token, making keys, checking outputs independently with
-//! aws-lc-rs, and measuring throughput over many threads.
+//! The `hsmpool-bench` harness and the criterion benches share this crate: loading any PKCS #11
+//! module through `cryptoki`'s safe API (ours, SoftHSMv2, a vendor's), giving it a throw-away
+//! data directory, finding or initialising its token, making keys, checking outputs
+//! independently with aws-lc-rs, measuring throughput over many threads ([`sweep::measure`]),
+//! and writing the results ([`report`]: CSV, JSON, and plots through [`report::plot_lines`]).
 //!
-//! It drives the module only through its C ABI, exactly as an application would, and must never
+//! It drives modules only through their C ABI, exactly as an application would, and must never
 //! touch a user's token unless told to (`--data`): by default every run works in a fresh
-//! temporary directory. It has no `unsafe` code.
+//! temporary directory, and a token initialised by someone else is never re-initialised. It
+//! has no `unsafe` code.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod font;
 pub mod keys;
 pub mod lab;
+pub mod plot;
+pub mod report;
+pub mod run;
 pub mod setup;
+pub mod stats;
 pub mod sweep;
+pub mod target;
 
 /// The harness's error: a message that already names the step that failed.
 #[derive(Debug)]

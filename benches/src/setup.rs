@@ -53,10 +53,12 @@ fn beside_executable() -> Result<PathBuf> {
     Ok(here)
 }
 
-/// The directory the module keeps its data in for this run.
+/// The directory the modules keep their data in for this run.
 ///
 /// # Invariants
-/// `HSMPOOL_CONF` names `path/hsmpool.toml`, whose one embedded member stores under `path/hsm0`.
+/// `HSMPOOL_CONF` names `path/hsmpool.toml`, whose one embedded member stores under `path/hsm0`;
+/// `SOFTHSM2_CONF` names `path/softhsm2.conf`, whose token directory is `path/softhsm2-tokens`.
+/// Any other module keeps its data wherever its own configuration says.
 #[derive(Debug)]
 pub struct DataDir {
     /// The directory.
@@ -66,9 +68,9 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Write the configuration into `dir` (a fresh temporary directory when `None`) and point
-    /// `HSMPOOL_CONF` at it. `member_extra` is appended to the member table (e.g.
-    /// `pin_iterations = 1000\n`).
+    /// Write the configurations into `dir` (a fresh temporary directory when `None`) and point
+    /// `HSMPOOL_CONF` and `SOFTHSM2_CONF` at them. `member_extra` is appended to our member table
+    /// (e.g. `pin_iterations = 1000\n`).
     ///
     /// Call this before the module is loaded and before any thread is started: the module reads
     /// `HSMPOOL_CONF` in `C_Initialize`, and changing the environment is only sound while the
@@ -103,8 +105,43 @@ impl DataDir {
         let text =
             format!("[[member]]\nkind = \"embedded\"\ndata_dir = \"{quoted}\"\n{member_extra}");
         std::fs::write(&conf, text).context(&format!("writing {}", conf.display()))?;
+        let soft_conf = path.join("softhsm2.conf");
+        let tokens = path.join("softhsm2-tokens");
+        std::fs::create_dir_all(&tokens).context(&format!("creating {}", tokens.display()))?;
+        std::fs::write(&soft_conf, softhsm_config(&tokens))
+            .context(&format!("writing {}", soft_conf.display()))?;
         std::env::set_var("HSMPOOL_CONF", &conf);
+        std::env::set_var("SOFTHSM2_CONF", &soft_conf);
         Ok(DataDir { path, _tmp: tmp })
+    }
+}
+
+/// A SoftHSMv2 configuration keeping its tokens in `tokens` (its file object store; errors
+/// only in its log).
+pub fn softhsm_config(tokens: &Path) -> String {
+    format!(
+        "# written by hsmpool-bench\ndirectories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+        tokens.display()
+    )
+}
+
+/// A short name for a module, from its file name: `libhsmpool_pkcs11.so` is `hsmpool`,
+/// `libsofthsm2.so` is `softhsm2`.
+pub fn module_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let stem = file.split(".so").next().unwrap_or(&file);
+    let stem = stem.strip_prefix("lib").unwrap_or(stem);
+    let stem = stem
+        .strip_suffix("_pkcs11")
+        .or_else(|| stem.strip_suffix("-pkcs11"))
+        .unwrap_or(stem);
+    if stem.is_empty() {
+        file
+    } else {
+        stem.to_string()
     }
 }
 
@@ -126,6 +163,75 @@ pub fn slot(pkcs11: &Pkcs11) -> Result<Slot> {
         .ok_or_else(|| Error("the module reports no slot with a token".into()))
 }
 
+/// Whether [`open_token`] found the harness's token or initialised one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// An initialised token labelled as asked was there (a kept `--data` directory): logged in
+    /// with [`USER_PIN`].
+    Found,
+    /// An uninitialised token was initialised (`C_InitToken` with [`SO_PIN`], `C_InitPIN` with
+    /// [`USER_PIN`]).
+    Initialised,
+}
+
+/// The token labelled `label` logged in as the user: if an initialised token with that label
+/// is present, it is used as it is; otherwise the first uninitialised token is initialised with
+/// that label. A token initialised by someone else is never touched. Returns the slot (which
+/// may change on initialisation: SoftHSMv2 renumbers), a R/W session logged in as the user, and
+/// where the token came from. Sessions opened later share the login.
+pub fn open_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, Session, TokenOrigin)> {
+    let find = |want_initialised: bool| -> Result<Option<Slot>> {
+        for slot in pkcs11.get_slots_with_token().context("C_GetSlotList")? {
+            let info = pkcs11.get_token_info(slot).context("C_GetTokenInfo")?;
+            let initialised = info.token_initialized();
+            if initialised == want_initialised && (!initialised || info.label() == label) {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    };
+    let user_pin = AuthPin::new(USER_PIN.into());
+    if let Some(slot) = find(true)? {
+        let s = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
+        s.login(UserType::User, Some(&user_pin))
+            .context("C_Login (user) on the token the harness initialised before")?;
+        return Ok((slot, s, TokenOrigin::Found));
+    }
+    let Some(blank) = find(false)? else {
+        let mut labels = Vec::new();
+        for slot in pkcs11.get_slots_with_token().context("C_GetSlotList")? {
+            let info = pkcs11.get_token_info(slot).context("C_GetTokenInfo")?;
+            labels.push(format!("{:?}", info.label()));
+        }
+        return Err(Error(format!(
+            "no token labelled {label:?} and no uninitialised token to initialise (tokens: {}); \
+             the harness never re-initialises a token it did not make",
+            if labels.is_empty() {
+                "none".to_string()
+            } else {
+                labels.join(", ")
+            }
+        )));
+    };
+    let so_pin = AuthPin::new(SO_PIN.into());
+    pkcs11
+        .init_token(blank, &so_pin, label)
+        .context("C_InitToken")?;
+    let slot = find(true)?.ok_or_else(|| {
+        Error(format!(
+            "after C_InitToken no slot shows a token labelled {label:?}"
+        ))
+    })?;
+    let s = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
+    s.login(UserType::So, Some(&so_pin))
+        .context("C_Login (SO)")?;
+    s.init_pin(&user_pin).context("C_InitPIN")?;
+    s.logout().context("C_Logout (SO)")?;
+    s.login(UserType::User, Some(&user_pin))
+        .context("C_Login (user)")?;
+    Ok((slot, s, TokenOrigin::Initialised))
+}
+
 /// Initialise the token (re-initialising, and so wiping, one already there: its SO PIN must be
 /// [`SO_PIN`]), set the user PIN, and return a R/W session logged in as the user. Sessions
 /// opened later share the login, as PKCS #11 logins are per application.
@@ -143,4 +249,34 @@ pub fn init_token(pkcs11: &Pkcs11, slot: Slot, label: &str) -> Result<Session> {
     s.login(UserType::User, Some(&user_pin))
         .context("C_Login (user)")?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_come_from_the_file_name() {
+        assert_eq!(
+            module_name(Path::new("/x/target/release/libhsmpool_pkcs11.so")),
+            "hsmpool"
+        );
+        assert_eq!(
+            module_name(Path::new("/usr/lib/softhsm/libsofthsm2.so")),
+            "softhsm2"
+        );
+        assert_eq!(module_name(Path::new("opensc-pkcs11.so")), "opensc");
+        assert_eq!(module_name(Path::new("/a/libfoo.so.2")), "foo");
+    }
+
+    #[test]
+    fn the_data_directory_configures_both_modules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = softhsm_config(&tmp.path().join("tokens"));
+        assert!(text.contains(&format!(
+            "directories.tokendir = {}",
+            tmp.path().join("tokens").display()
+        )));
+        assert!(text.contains("objectstore.backend = file"));
+    }
 }
