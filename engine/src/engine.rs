@@ -1345,7 +1345,7 @@ impl Engine {
         &self,
         s: SessionHandle,
         kind: OpKind,
-    ) -> Result<(Arc<Mutex<Session>>, Op)> {
+    ) -> Result<(Arc<Mutex<Session>>, Box<Op>)> {
         let sess = self.session(s)?;
         let op = sess
             .lock()
@@ -1355,7 +1355,7 @@ impl Engine {
         Ok((sess, op))
     }
 
-    pub(crate) fn put_op(&self, sess: &Mutex<Session>, kind: OpKind, op: Op) {
+    pub(crate) fn put_op(&self, sess: &Mutex<Session>, kind: OpKind, op: Box<Op>) {
         sess.lock().ops.put(kind, op);
     }
 }

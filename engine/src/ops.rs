@@ -66,11 +66,13 @@ fn index(kind: OpKind) -> usize {
 }
 
 impl OpSlots {
-    pub(crate) fn take(&mut self, kind: OpKind) -> Option<Op> {
-        self.slots[index(kind)].take().map(|b| *b)
+    /// The operation stays boxed while it runs: only a pointer moves in and out of its slot
+    /// on every call (the struct, with its digest state, is hundreds of bytes).
+    pub(crate) fn take(&mut self, kind: OpKind) -> Option<Box<Op>> {
+        self.slots[index(kind)].take()
     }
-    pub(crate) fn put(&mut self, kind: OpKind, op: Op) {
-        self.slots[index(kind)] = Some(Box::new(op));
+    pub(crate) fn put(&mut self, kind: OpKind, op: Box<Op>) {
+        self.slots[index(kind)] = Some(op);
     }
     fn active(&self, kind: OpKind) -> bool {
         self.slots[index(kind)].is_some()
@@ -218,7 +220,11 @@ impl Drop for Output {
 
 /// Deliver a result under the output-length rule. Returns the op to put back (if it stays
 /// active) and the outcome.
-fn deliver(mut op: Op, result: Output, out: Option<&mut [u8]>) -> (Option<Op>, Result<usize>) {
+fn deliver(
+    mut op: Box<Op>,
+    result: Output,
+    out: Option<&mut [u8]>,
+) -> (Option<Box<Op>>, Result<usize>) {
     let len = result.len();
     match out {
         None => {
@@ -273,7 +279,8 @@ impl Engine {
             None
         };
         let cost = op_cost(kind, &meta);
-        let op = Op {
+        // Boxed once here; calls then move only the pointer (see `OpSlots::take`).
+        let op = Box::new(Op {
             mech,
             row,
             key: Some(entry.member_obj),
@@ -285,7 +292,7 @@ impl Engine {
             pending: None,
             cbc_iv,
             always_authenticate: meta.always_authenticate,
-        };
+        });
         let mut g = sess.lock();
         if g.ops.active(kind) {
             return Err(Error::OperationActive);
@@ -309,7 +316,7 @@ impl Engine {
         }
         g.ops.put(
             OpKind::Digest,
-            Op {
+            Box::new(Op {
                 mech,
                 row,
                 key: None,
@@ -321,7 +328,7 @@ impl Engine {
                 pending: None,
                 cbc_iv: None,
                 always_authenticate: false,
-            },
+            }),
         );
         Ok(())
     }
@@ -362,7 +369,7 @@ impl Engine {
         &self,
         sess: &Mutex<Session>,
         kind: OpKind,
-        mut op: Op,
+        mut op: Box<Op>,
         out: Option<&mut [u8]>,
         compute: impl FnOnce(&Self, &mut Op) -> Result<Output>,
     ) -> Result<usize> {
