@@ -1019,14 +1019,25 @@ impl Cluster {
         }
     }
 
-    /// Remove token object `id` from every up member but `first` (which destroyed it); a
-    /// member that cannot is taken out until brought level.
-    pub(crate) fn drop_on_others(&self, first: usize, id: MemberObject) {
-        for m in self.others(first) {
-            if let Err(e) = self.call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, id)) {
-                self.out_of_date(m, &e);
-            } else {
-                m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Remove token objects from every up member but `except` (the member that destroyed them;
+    /// none for a roll-back). A member that cannot is taken out of traffic: bringing it level
+    /// when it returns removes them there too. Members already down are left to that.
+    pub(crate) fn drop_replicas(&self, except: Option<usize>, ids: &[MemberObject]) {
+        for m in self
+            .members
+            .iter()
+            .filter(|m| m.is_up() && Some(m.index) != except)
+        {
+            for id in ids {
+                match self.call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, *id)) {
+                    Ok(()) => {
+                        m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.out_of_date(m, &e);
+                        break;
+                    }
+                }
             }
         }
     }
@@ -1063,26 +1074,11 @@ impl Cluster {
             needed,
             "token object reached too few members: rolled back everywhere"
         );
-        self.drop_everywhere(ids);
+        self.drop_replicas(None, ids);
         Err(Error::DeviceError(format!(
             "token object reached {} member(s), {needed} needed",
             holders.len()
         )))
-    }
-
-    /// Remove objects from every member that answers (roll-back of a create that did not
-    /// reach enough members).
-    pub(crate) fn drop_everywhere(&self, ids: &[MemberObject]) {
-        for m in &self.members {
-            for id in ids {
-                if self
-                    .call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, *id))
-                    .is_ok()
-                {
-                    m.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
     }
 
     /// Run a management call on every up member (token init, PINs, destroy of token objects,

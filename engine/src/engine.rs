@@ -836,10 +836,7 @@ impl Engine {
     }
 
     fn check_write(&self, s: SessionHandle, template: &[Attr]) -> Result<()> {
-        if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
-            // The engine's own attribute: applications do not set it.
-            return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
-        }
+        refuse_engine_attribute(template)?;
         let token = template.iter().any(|a| a.ty == CKA_TOKEN && a.value == [1]);
         if token && !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
@@ -964,7 +961,7 @@ impl Engine {
             .cluster
             .call_full(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj))?;
         if e.home.is_none() {
-            self.cluster.drop_on_others(first, e.member_obj);
+            self.cluster.drop_replicas(Some(first), &[e.member_obj]);
         }
         self.forget_object(o);
         if let Some(owner) = e.session {
@@ -1017,9 +1014,7 @@ impl Engine {
         if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
-        if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
-            return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
-        }
+        refuse_engine_attribute(&template)?;
         let _gate = self.cluster.gate.read();
         let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, ms| {
             b.set_attributes(ms, e.member_obj, &template)
@@ -1358,6 +1353,14 @@ impl Engine {
     pub(crate) fn put_op(&self, sess: &Mutex<Session>, kind: OpKind, op: Box<Op>) {
         sess.lock().ops.put(kind, op);
     }
+}
+
+/// `CKA_HSMPOOL_OBJECT_ID` is the engine's own attribute: application templates may not name it.
+fn refuse_engine_attribute(template: &[Attr]) -> Result<()> {
+    if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
+        return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
+    }
+    Ok(())
 }
 
 fn fnv(b: &[u8]) -> u64 {
