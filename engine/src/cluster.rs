@@ -393,7 +393,12 @@ impl Cluster {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from the cluster's start to `t`.
+    fn ms_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Stop the probe threads, forget the credentials, close the pools (`C_Finalize`).
@@ -577,8 +582,8 @@ impl Cluster {
 
     /// The member to use: up, not drained, circuit closed, not stalled, not in `avoid`; least
     /// outstanding weighted work per unit of weight.
-    fn pick(&self, avoid: &[usize], cost: u64) -> Option<&Arc<Member>> {
-        let now = self.now_ms();
+    fn pick(&self, avoid: &[usize], cost: u64, now: Instant) -> Option<&Arc<Member>> {
+        let now = self.ms_at(now);
         let stall = self.settings.stall.as_millis() as u64;
         let ramp = self.settings.slow_start.as_millis().max(1) as u64;
         let mut best: Option<(&Arc<Member>, u64)> = None;
@@ -630,7 +635,10 @@ impl Cluster {
         cost: u64,
         mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<T>,
     ) -> Result<(usize, u64, T)> {
-        let deadline = Instant::now() + self.settings.call_deadline;
+        // One clock read before the call and one after it on the common path: the start serves
+        // the deadline, the balancer's slow start and stall check, and the latency.
+        let mut t0 = Instant::now();
+        let deadline = t0 + self.settings.call_deadline;
         let slot = thread_slot();
         let mut avoid: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
@@ -659,10 +667,10 @@ impl Cluster {
                     }
                     m
                 }
-                Route::Any | Route::AnyHome => match self.pick(&avoid, cost).or_else(|| {
+                Route::Any | Route::AnyHome => match self.pick(&avoid, cost, t0).or_else(|| {
                     // Everyone was tried: start over rather than give up before the deadline.
                     avoid.clear();
-                    self.pick(&avoid, cost)
+                    self.pick(&avoid, cost, t0)
                 }) {
                     Some(m) => m,
                     None => {
@@ -673,6 +681,7 @@ impl Cluster {
                         }
                         std::thread::sleep(backoff(attempt).max(Duration::from_millis(5)));
                         attempt += 1;
+                        t0 = Instant::now();
                         continue;
                     }
                 },
@@ -685,18 +694,18 @@ impl Cluster {
                 Ok((s, epoch)) => {
                     m.outstanding.fetch_add(cost, Ordering::Relaxed);
                     m.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let t0 = Instant::now();
                     let r = f(m.backend.as_ref(), s).map(|v| (epoch, v));
                     // One clock read serves the latency and the stall detector.
                     let end = Instant::now();
                     m.record_latency(end.saturating_duration_since(t0));
                     m.outstanding.fetch_sub(cost, Ordering::Relaxed);
                     m.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    let done_ms = end.saturating_duration_since(self.started).as_millis();
-                    m.last_done_ms.store(
-                        u64::try_from(done_ms).unwrap_or(u64::MAX),
-                        Ordering::Relaxed,
-                    );
+                    // Written only when the millisecond changed: at a million calls a second
+                    // an unconditional store would bounce the line between cores.
+                    let done_ms = self.ms_at(end);
+                    if m.last_done_ms.load(Ordering::Relaxed) != done_ms {
+                        m.last_done_ms.store(done_ms, Ordering::Relaxed);
+                    }
                     r.map_err(|e| (e, Some(epoch)))
                 }
                 Err(e) => Err((e, None)),
@@ -704,7 +713,9 @@ impl Cluster {
             let (e, epoch) = match result {
                 Ok((epoch, v)) => {
                     m.stats.ops.fetch_add(1, Ordering::Relaxed);
-                    m.fails.store(0, Ordering::Relaxed);
+                    if m.fails.load(Ordering::Relaxed) != 0 {
+                        m.fails.store(0, Ordering::Relaxed);
+                    }
                     if self.budget.load(Ordering::Relaxed) < BUDGET_MAX {
                         self.budget.fetch_add(1, Ordering::Relaxed);
                     }
@@ -766,6 +777,7 @@ impl Cluster {
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             std::thread::sleep(pause.min(left));
+            t0 = Instant::now();
             last = Some(e);
         }
     }
@@ -1156,7 +1168,7 @@ impl Cluster {
     /// `None` when no member takes traffic; for diagnostics and benchmarks. Nothing is recorded:
     /// the member's outstanding work is unchanged.
     pub fn next_member(&self, cost: u64) -> Option<usize> {
-        self.pick(&[], cost).map(|m| m.index)
+        self.pick(&[], cost, Instant::now()).map(|m| m.index)
     }
 }
 

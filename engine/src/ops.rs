@@ -218,6 +218,21 @@ impl Drop for Output {
     }
 }
 
+/// The exact output length of a single-part call when the mechanism fixes it from the input
+/// length alone (AES-GCM: input + tag; AES-CBC-PAD: the input padded to the next whole block).
+/// Parameters were checked at `*Init`.
+fn known_output_len(kind: OpKind, mech: &Mechanism, data_len: usize) -> Option<usize> {
+    match (kind, mech.mech, &mech.param) {
+        (OpKind::Encrypt, CKM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
+            data_len.checked_add(usize::try_from(*tag_bits / 8).ok()?)
+        }
+        (OpKind::Encrypt, CKM_AES_CBC_PAD, _) => (data_len / AES_BLOCK)
+            .checked_add(1)?
+            .checked_mul(AES_BLOCK),
+        _ => None,
+    }
+}
+
 /// Deliver a result under the output-length rule. Returns the op to put back (if it stays
 /// active) and the outcome.
 fn deliver(
@@ -357,8 +372,47 @@ impl Engine {
             self.put_op(&sess, kind, op);
             return Err(Error::OperationActive);
         }
+        if op.pending.is_none() {
+            if let Some(n) = known_output_len(kind, &op.mech, data.len()) {
+                return self.produce_into(&sess, kind, op, data, n, out);
+            }
+        }
         self.produce(&sess, kind, op, out, |e, op| {
             e.compute_single(kind, op, data)
+        })
+    }
+
+    /// A single-part encryption whose output length the mechanism fixes: the length query is
+    /// answered without computing (the operation stays active, §5.2), and the computation then
+    /// writes into the caller's buffer, saving a buffer and a copy per call.
+    fn produce_into(
+        &self,
+        sess: &Mutex<Session>,
+        kind: OpKind,
+        op: Box<Op>,
+        data: &[u8],
+        n: usize,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        if op.always_authenticate && !sess.lock().context_authenticated {
+            self.put_op(sess, kind, op);
+            return Err(Error::UserNotLoggedIn);
+        }
+        let buf = match out {
+            None => {
+                self.put_op(sess, kind, op);
+                return Ok(n);
+            }
+            Some(b) if b.len() < n => {
+                self.put_op(sess, kind, op);
+                return Err(Error::BufferTooSmall { needed: n });
+            }
+            Some(b) => &mut b[..n],
+        };
+        // Success or failure, the operation ends here (it was taken out of the session).
+        let key = Self::key_of(&op)?;
+        self.cluster.call(op.route, op.cost, |b, ms| {
+            b.encrypt_into(ms, &op.mech, key, data, &mut *buf)
         })
     }
 

@@ -1822,6 +1822,23 @@ impl Hsm {
         rv(crypto::encrypt(mech, k, data))
     }
 
+    /// Encrypt into `out` (see [`crypto::encrypt_into`]); returns the length written.
+    pub fn encrypt_into(
+        &self,
+        ms: u64,
+        mech: &Mechanism,
+        key: u64,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> SimResult<usize> {
+        self.fault_check()?; // fault hook
+        let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
+        let k = Self::key_of(&obj)?;
+        // timing hook
+        let _timing = self.timed(|| (OpClass::from_encrypt(mech.mech, k.key_bits()), false));
+        rv(crypto::encrypt_into(mech, k, data, out))
+    }
+
     /// Decrypt.
     pub fn decrypt(
         &self,

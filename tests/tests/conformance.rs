@@ -1382,7 +1382,23 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
         ),
         CKR_OK
     );
+    assert_eq!(len as usize, plain.len() + 16, "the query gives the exact length");
+    // One byte short: CKR_BUFFER_TOO_SMALL with the length, and the operation stays active.
     let mut ct = vec![0u8; len as usize];
+    let mut short = len - 1;
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            plain.as_ptr() as *mut u8,
+            plain.len() as CK_ULONG,
+            ct.as_mut_ptr(),
+            &mut short
+        ),
+        CKR_BUFFER_TOO_SMALL
+    );
+    assert_eq!(short, len);
     assert_eq!(
         call!(
             m,
@@ -1397,6 +1413,19 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     );
     ct.truncate(len as usize);
     assert_eq!(ct.len(), plain.len() + 16);
+    // The operation ended with the ciphertext.
+    assert_eq!(
+        call!(
+            m,
+            C_Encrypt,
+            h,
+            plain.as_ptr() as *mut u8,
+            plain.len() as CK_ULONG,
+            ct.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
     let lk = aws_lc_rs::aead::LessSafeKey::new(
         aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key).expect("AES key"),
     );

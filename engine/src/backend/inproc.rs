@@ -236,6 +236,18 @@ impl Backend for InProcess {
             .encrypt(s.0, mech, key.0, data)
             .map_err(|e| self.err(e))
     }
+    fn encrypt_into(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize> {
+        self.hsm
+            .encrypt_into(s.0, mech, key.0, data, out)
+            .map_err(|e| self.err(e))
+    }
     fn decrypt(
         &self,
         s: MemberSession,

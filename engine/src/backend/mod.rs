@@ -159,6 +159,23 @@ pub trait Backend: Send + Sync {
         key: MemberObject,
         data: &[u8],
     ) -> Result<Vec<u8>>;
+    /// Encrypt into `out`, which holds at least the output length; returns the length written.
+    /// The default encrypts and copies; a backend that can write in place overrides it.
+    fn encrypt_into(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let ct = self.encrypt(s, mech, key, data)?;
+        let dst = out
+            .get_mut(..ct.len())
+            .ok_or(Error::BufferTooSmall { needed: ct.len() })?;
+        dst.copy_from_slice(&ct);
+        Ok(ct.len())
+    }
     /// Decrypt.
     fn decrypt(
         &self,

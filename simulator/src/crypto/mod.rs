@@ -640,6 +640,29 @@ pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>
     }
 }
 
+/// [`encrypt`] into `out`, which must hold [`encrypt_len`] bytes (else `CKR_BUFFER_TOO_SMALL`);
+/// the common AES-GCM case writes the ciphertext and tag there without an intermediate buffer.
+/// Returns the length written.
+pub fn encrypt_into(
+    mech: &Mechanism,
+    key: &LoadedKey,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<usize, Rv> {
+    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+        Family::Aes => {
+            let (sk, key_type, value) = key.secret()?;
+            sym::aes_encrypt_into(sk, mech, key_type, value, data, out)
+        }
+        _ => {
+            let ct = encrypt(mech, key, data)?;
+            let dst = out.get_mut(..ct.len()).ok_or(CKR_BUFFER_TOO_SMALL)?;
+            dst.copy_from_slice(&ct);
+            Ok(ct.len())
+        }
+    }
+}
+
 /// Decrypts `data` with `key` (the mechanisms of [`encrypt`]; RSA needs the private key). Any
 /// failure to decrypt well-sized data is `CKR_ENCRYPTED_DATA_INVALID`, uniformly.
 pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, Rv> {

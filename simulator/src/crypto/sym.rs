@@ -344,6 +344,44 @@ fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
     ))
 }
 
+/// AES encryption straight into `out` (which must hold [`aes_encrypt_len`] bytes): the standard
+/// GCM case (12-byte IV, 16-byte tag) seals in place there, one copy of the input and no
+/// allocation; every other case goes through [`aes_encrypt`] and copies. Returns the length
+/// written.
+pub(crate) fn aes_encrypt_into(
+    sk: &SecretKey,
+    mech: &Mechanism,
+    key_type: CK_KEY_TYPE,
+    value: &[u8],
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<usize, Rv> {
+    if mech.mech == CKM_AES_GCM {
+        let (iv, aad, tag_len) = gcm_params(&mech.param)?;
+        if iv.len() == 12 && tag_len == 16 {
+            aes_key(key_type, value)?;
+            let n = data.len();
+            if out.len() < n + tag_len {
+                return Err(CKR_BUFFER_TOO_SMALL);
+            }
+            let nonce =
+                Nonce::try_assume_unique_for_key(iv).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+            let (body, rest) = out.split_at_mut(n);
+            body.copy_from_slice(data);
+            let tag = sk
+                .gcm_key(value)?
+                .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
+                .map_err(|_| CKR_DATA_LEN_RANGE)?;
+            rest[..tag_len].copy_from_slice(tag.as_ref());
+            return Ok(n + tag_len);
+        }
+    }
+    let ct = aes_encrypt(sk, mech, key_type, value, data)?;
+    let dst = out.get_mut(..ct.len()).ok_or(CKR_BUFFER_TOO_SMALL)?;
+    dst.copy_from_slice(&ct);
+    Ok(ct.len())
+}
+
 /// AES encryption.
 pub(crate) fn aes_encrypt(
     sk: &SecretKey,

@@ -1426,3 +1426,43 @@ fn random_and_secrets() {
     assert_eq!(generate_secret(32).unwrap().len(), 32);
     assert_eq!(generate_secret(0).err(), Some(CKR_KEY_SIZE_RANGE));
 }
+
+#[test]
+fn encrypt_into_writes_what_encrypt_returns() {
+    let key = secret(CKK_AES, &[7; 32]);
+    let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+    let (_, rsa_pub, _) = rsa2048();
+    let cases = [
+        (gcm(&[1; 12], b"", 128), &key),       // the in-place path
+        (gcm(&[1; 12], b"header", 128), &key), // in place, with AAD
+        (gcm(&[2; 16], b"", 96), &key),        // the general path
+        (iv_mech(CKM_AES_CBC_PAD, &[3; 16]), &key),
+        (m(CKM_RSA_PKCS), &key), // wrong key kind: same error both ways
+    ];
+    for (mech, k) in cases.iter().take(4) {
+        let want = encrypt(mech, k, &data).unwrap();
+        let mut out = vec![0xee; want.len() + 5];
+        let n = encrypt_into(mech, k, &data, &mut out).unwrap();
+        assert_eq!(n, want.len(), "{mech:?}");
+        assert_eq!(&out[..n], &want[..], "{mech:?}");
+        assert_eq!(
+            &out[n..],
+            &[0xee; 5],
+            "{mech:?}: nothing written past the output"
+        );
+        assert_eq!(
+            encrypt_into(mech, k, &data, &mut vec![0; want.len() - 1]),
+            Err(CKR_BUFFER_TOO_SMALL),
+            "{mech:?}"
+        );
+    }
+    let (mech, k) = &cases[4];
+    assert_eq!(
+        encrypt_into(mech, k, &data, &mut [0; 8]),
+        encrypt(mech, k, &data).map(|v| v.len())
+    );
+    // RSA goes through the general path too (OAEP output is randomised: check the length).
+    let oaep_mech = oaep(CKM_SHA256, CKG_MGF1_SHA256, b"");
+    let mut out = vec![0; 256];
+    assert_eq!(encrypt_into(&oaep_mech, rsa_pub, b"hi", &mut out), Ok(256));
+}
