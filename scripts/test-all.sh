@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(opensc p11-kit libp11-kit-dev gcc valgrind openssl procps fonts-dejavu-core softhsm2)
+PACKAGES=(opensc p11-kit libp11-kit-dev gcc valgrind openssl procps fonts-dejavu-core softhsm2
+          libengine-pkcs11-openssl gnutls-bin libnss3-tools openjdk-17-jdk-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,4 +22,7 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --workspace --all-targets
-cargo test --workspace
+# The interop suites (tests/interop/, one per client, each against the embedded default and a
+# three-daemon cluster) run uncaptured so their "N passed, M failed" lines show; then the rest.
+cargo test -p hsmpool-tests --test 'interop_*' -- --nocapture --test-threads 1
+cargo test --workspace -- --skip interop_

@@ -1382,7 +1382,11 @@ fn aes_gcm_and_cbc_pad_single_and_multi_part() {
         ),
         CKR_OK
     );
-    assert_eq!(len as usize, plain.len() + 16, "the query gives the exact length");
+    assert_eq!(
+        len as usize,
+        plain.len() + 16,
+        "the query gives the exact length"
+    );
     // One byte short: CKR_BUFFER_TOO_SMALL with the length, and the operation stays active.
     let mut ct = vec![0u8; len as usize];
     let mut short = len - 1;

@@ -1,0 +1,236 @@
+//! What every interop suite shares (issue 6): the two token set-ups each client runs against,
+//! and the tally each suite prints.
+//!
+//! - [`Setup::embedded`]: the embedded default, one in-process simulated HSM in a fresh temp
+//!   dir (as a user gets with no configuration, but kept out of their home directory);
+//! - [`Setup::cluster`]: three `hsmpool-hsmd` daemons on loopback with mutual TLS, started by
+//!   the test with certificates from `hsmpool cluster` ([`hsmpool_tests::daemons`]).
+//!
+//! Either way the client finds the module through `HSMPOOL_CONF`, set by [`Setup::command`]
+//! (module logging stays off so the client's stderr holds only what the client prints).
+//!
+//! A suite runs its checks through a [`Tally`]: each check is named, a failing or panicking
+//! check is recorded and the suite goes on, and [`Tally::finish`] prints
+//! `CLIENT (SETUP): N passed, M failed` with the failures, and fails the test when M > 0.
+//! A missing tool fails the test (it never skips): [`hsmpool_tests::require_tool`].
+//!
+//! Conventions: a suite lives in `tests/interop/<client>.rs`, declared as a `[[test]]` named
+//! `interop_<client>` in tests/Cargo.toml, with two test functions named
+//! `interop_<client>_embedded` and `interop_<client>_cluster`. `scripts/test-all.sh` runs the
+//! `interop_*` test binaries first, uncaptured so every tally line shows, then everything
+//! else with `--skip interop_`.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::{module_path, write_test_config};
+
+#[path = "run.rs"]
+mod run_impl;
+pub use run_impl::{run, Run};
+
+/// The token label, SO PIN and user PIN every suite initialises its token with.
+pub const TOKEN_LABEL: &str = "interop-token";
+/// See [`TOKEN_LABEL`].
+pub const SO_PIN: &str = "so-pin-4321";
+/// See [`TOKEN_LABEL`].
+pub const USER_PIN: &str = "user-pin-4321";
+
+/// How long one client command may take before the test calls the module hung.
+pub const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Which token set-up a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One in-process simulated HSM.
+    Embedded,
+    /// Three `hsmpool-hsmd` daemons over mutual TLS.
+    Cluster,
+}
+
+/// A token set-up for one suite run: the module, its configuration, a scratch directory, and
+/// (for [`Kind::Cluster`]) the daemons, stopped when this is dropped.
+pub struct Setup {
+    /// Which set-up.
+    pub kind: Kind,
+    /// The built module (`libhsmpool_pkcs11.so`).
+    pub module: PathBuf,
+    /// The module configuration (`HSMPOOL_CONF`).
+    pub conf: PathBuf,
+    scratch: tempfile::TempDir,
+    cluster: Option<DaemonCluster>,
+}
+
+impl Setup {
+    /// The embedded default in a fresh temp dir (its token not initialised).
+    pub fn embedded() -> Setup {
+        let scratch = tempfile::tempdir().expect("a temp dir can be made");
+        let conf = write_test_config(scratch.path());
+        Setup {
+            kind: Kind::Embedded,
+            module: module_path(),
+            conf,
+            scratch,
+            cluster: None,
+        }
+    }
+
+    /// Three daemons on loopback (their token not initialised).
+    pub fn cluster() -> Setup {
+        let scratch = tempfile::tempdir().expect("a temp dir can be made");
+        let cluster = DaemonCluster::start(3, 6, "");
+        Setup {
+            kind: Kind::Cluster,
+            module: module_path(),
+            conf: cluster.conf.clone(),
+            scratch,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The set-up for `kind`.
+    pub fn new(kind: Kind) -> Setup {
+        match kind {
+            Kind::Embedded => Setup::embedded(),
+            Kind::Cluster => Setup::cluster(),
+        }
+    }
+
+    /// "embedded" or "cluster of 3 daemons", for the tally line.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Embedded => "embedded default",
+            Kind::Cluster => "cluster of 3 hsmpool-hsmd",
+        }
+    }
+
+    /// A scratch directory for the client's files (databases, keys, certificates).
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// The daemons, for a cluster set-up.
+    pub fn daemons(&self) -> Option<&DaemonCluster> {
+        self.cluster.as_ref()
+    }
+
+    /// `program` with `HSMPOOL_CONF` naming this set-up's configuration and module logging
+    /// off, run in the scratch directory.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("HSMPOOL_CONF", &self.conf)
+            .env_remove("HSMPOOL_LOG")
+            .current_dir(self.dir());
+        c
+    }
+
+    /// Initialise the token (label [`TOKEN_LABEL`], SO PIN [`SO_PIN`], user PIN [`USER_PIN`])
+    /// through the module's C ABI from this process, for clients that cannot initialise a
+    /// token themselves. The module is finalised again before this returns.
+    pub fn init_token(&self) {
+        use cryptoki_sys::*;
+        use hsmpool_tests::call;
+        use hsmpool_tests::raw::Module;
+        let m = Module::load();
+        let cfg = format!("conf={}", self.conf.display());
+        assert_eq!(m.initialize_with(Some(&cfg)), CKR_OK, "C_Initialize");
+        assert_eq!(m.init_token(SO_PIN, TOKEN_LABEL), CKR_OK, "C_InitToken");
+        let h = m.open(true);
+        assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK, "SO login");
+        let rv = call!(
+            m,
+            C_InitPIN,
+            h,
+            USER_PIN.as_ptr() as *mut u8,
+            USER_PIN.len() as CK_ULONG
+        );
+        assert_eq!(rv, CKR_OK, "C_InitPIN");
+        assert_eq!(call!(m, C_Logout, h), CKR_OK);
+        assert_eq!(m.finalize(), CKR_OK, "C_Finalize");
+    }
+
+    /// Run `cmd` with the interop timeout, output captured in the scratch directory.
+    pub fn run(&self, cmd: Command) -> Run {
+        run(cmd, self.dir(), TIMEOUT)
+    }
+}
+
+/// The running count of one suite's checks.
+pub struct Tally {
+    client: String,
+    setup: &'static str,
+    passed: usize,
+    failed: Vec<(String, String)>,
+}
+
+impl Tally {
+    /// A tally for `client` run against `setup`.
+    pub fn new(client: &str, setup: &Setup) -> Tally {
+        Tally {
+            client: client.to_owned(),
+            setup: setup.name(),
+            passed: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Run one named check. It fails by returning `Err` or by panicking (the `Run`
+    /// assertions panic with the command line and its output); either way the suite goes on.
+    /// Returns whether it passed, for checks that later ones depend on.
+    pub fn check(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) -> bool {
+        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(p) => Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panicked".to_owned())),
+        };
+        match outcome {
+            Ok(()) => {
+                self.passed += 1;
+                eprintln!("  ok    {name}");
+                true
+            }
+            Err(why) => {
+                eprintln!("  FAIL  {name}: {why}");
+                self.failed.push((name.to_owned(), why));
+                false
+            }
+        }
+    }
+
+    /// Print `CLIENT (SETUP): N passed, M failed` (and each failure); panic when M > 0.
+    pub fn finish(self) {
+        let line = format!(
+            "{} ({}): {} passed, {} failed",
+            self.client,
+            self.setup,
+            self.passed,
+            self.failed.len()
+        );
+        println!("{line}");
+        if !self.failed.is_empty() {
+            let mut msg = line;
+            for (name, why) in &self.failed {
+                msg.push_str(&format!("\n--- {name} ---\n{why}"));
+            }
+            panic!("{msg}");
+        }
+        assert!(self.passed > 0, "a suite that checked nothing cannot pass");
+    }
+}
+
+/// `Err(what)` unless `cond`.
+pub fn ensure(cond: bool, what: impl Into<String>) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into())
+    }
+}
