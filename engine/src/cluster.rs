@@ -39,6 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use crossbeam::utils::CachePadded;
 use cryptoki_sys::*;
 use hsmpool_sim::hsm::Role;
 use parking_lot::{Mutex, RwLock};
@@ -134,11 +136,43 @@ const HEALTH_SYNCING: u8 = 2;
 /// Latency histogram buckets: bucket i counts calls under 2^i µs (the last is open).
 pub const LATENCY_BUCKETS: usize = 24;
 
-/// Per-member counters.
+/// The counters every call touches, one set per thread slot, each on its own cache line: two
+/// threads counting calls on one member would otherwise pass one line back and forth between
+/// cores on every call. Readers add the slots up.
+const HOT_SHARDS: usize = 16;
+
+/// A counter bumped on hot paths: one cache line per thread slot, summed when read.
+pub(crate) struct SlotCounter(Box<[CachePadded<AtomicU64>]>);
+
+impl Default for SlotCounter {
+    fn default() -> Self {
+        SlotCounter((0..HOT_SHARDS).map(|_| CachePadded::default()).collect())
+    }
+}
+
+impl SlotCounter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0[thread_slot() % HOT_SHARDS].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+#[derive(Default)]
+struct HotShard {
+    ops: AtomicU64,
+    in_flight: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// Per-member counters (those of the hot path are in the member's `HotShard`s).
 #[derive(Default)]
 pub struct Stats {
-    /// Calls that succeeded.
-    pub ops: AtomicU64,
     /// Calls that failed (any class).
     pub errors: AtomicU64,
     /// Calls repeated on this member or elsewhere after a failure here.
@@ -151,23 +185,24 @@ pub struct Stats {
     pub replicated: AtomicU64,
     /// Objects removed from it by resynchronisation or roll-back.
     pub dropped: AtomicU64,
-    /// Latency histogram (see [`LATENCY_BUCKETS`]).
-    pub latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
 /// One member as the cluster drives it.
 pub(crate) struct Member {
     pub(crate) index: usize,
     pub(crate) backend: Arc<dyn Backend>,
-    /// (sessions, epoch, logged in).
-    pool: RwLock<Pool>,
+    /// (sessions, epoch, logged in): read on every call without a lock (an `ArcSwap` load
+    /// writes nothing shared); changed only through [`Member::update_pool`].
+    pool: ArcSwap<Pool>,
+    /// Serialises the pool's writers (read, modify, store).
+    pool_write: Mutex<()>,
     reauth: Mutex<()>,
     health: AtomicU8,
     drained: AtomicBool,
-    /// Weighted work in flight.
+    /// Weighted work in flight (kept only when there is more than one member to balance).
     outstanding: AtomicU64,
-    /// Calls in flight.
-    in_flight: AtomicU64,
+    /// Calls, calls in flight and latency, by thread slot.
+    hot: Box<[CachePadded<HotShard>]>,
     /// ms since the cluster started: last completion, and when it last came up.
     last_done_ms: AtomicU64,
     up_since_ms: AtomicU64,
@@ -227,8 +262,8 @@ pub struct Cluster {
     started: Instant,
     stop: Arc<AtomicBool>,
     /// Counted by the engine: finds answered from its cache, key checks answered from its cache.
-    pub(crate) find_cache_hits: AtomicU64,
-    pub(crate) key_cache_hits: AtomicU64,
+    pub(crate) find_cache_hits: SlotCounter,
+    pub(crate) key_cache_hits: SlotCounter,
     /// Bumped whenever resynchronisation changed a member's objects.
     changes: AtomicU64,
 }
@@ -320,16 +355,17 @@ impl Member {
         Member {
             index,
             backend,
-            pool: RwLock::new(Pool {
+            pool: ArcSwap::from_pointee(Pool {
                 sessions: Vec::new(),
                 epoch: 0,
                 authed: false,
             }),
+            pool_write: Mutex::new(()),
             reauth: Mutex::new(()),
             health: AtomicU8::new(HEALTH_UP),
             drained: AtomicBool::new(false),
             outstanding: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            hot: (0..HOT_SHARDS).map(|_| CachePadded::default()).collect(),
             last_done_ms: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
             fails: AtomicU32::new(0),
@@ -338,7 +374,16 @@ impl Member {
     }
 
     pub(crate) fn epoch(&self) -> u64 {
-        self.pool.read().epoch
+        self.pool.load().epoch
+    }
+
+    /// Change the pool: `f` edits a copy, which then replaces it.
+    fn update_pool<T>(&self, f: impl FnOnce(&mut Pool) -> T) -> T {
+        let _w = self.pool_write.lock();
+        let mut p = Pool::clone(&self.pool.load());
+        let r = f(&mut p);
+        self.pool.store(Arc::new(p));
+        r
     }
 
     /// Healthy: receives replication and cluster-wide changes.
@@ -351,10 +396,22 @@ impl Member {
         self.is_up() && !self.drained.load(Ordering::Relaxed)
     }
 
-    fn record_latency(&self, d: Duration) {
+    fn hot(&self, slot: usize) -> &HotShard {
+        &self.hot[slot % HOT_SHARDS]
+    }
+
+    fn record_latency(&self, slot: usize, d: Duration) {
         let us = d.as_micros().max(1) as u64;
         let b = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
-        self.stats.latency[b].fetch_add(1, Ordering::Relaxed);
+        self.hot(slot).latency[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The sum of one hot counter over the slots.
+    fn hot_sum(&self, f: impl Fn(&HotShard) -> &AtomicU64) -> u64 {
+        self.hot
+            .iter()
+            .map(|h| f(h).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -376,8 +433,8 @@ impl Cluster {
             gate: RwLock::new(()),
             started: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
-            find_cache_hits: AtomicU64::new(0),
-            key_cache_hits: AtomicU64::new(0),
+            find_cache_hits: SlotCounter::default(),
+            key_cache_hits: SlotCounter::default(),
             changes: AtomicU64::new(0),
         });
         for m in &c.members {
@@ -407,7 +464,7 @@ impl Cluster {
         // The credentials are wiped now (Zeroizing), not when the last reference goes.
         *self.creds.write() = None;
         for m in &self.members {
-            let sessions = std::mem::take(&mut m.pool.write().sessions);
+            let sessions = m.update_pool(|p| std::mem::take(&mut p.sessions));
             for s in sessions {
                 m.backend.close_session(s);
             }
@@ -443,7 +500,7 @@ impl Cluster {
     /// thread did the work. Returns the current epoch.
     fn establish(&self, m: &Member, seen: Option<u64>) -> Result<u64> {
         let _one = m.reauth.lock();
-        let current = m.pool.read().clone();
+        let current = Pool::clone(&m.pool.load());
         let creds = self.creds.read().clone();
         if let Some(seen) = seen {
             if current.epoch != seen && !current.sessions.is_empty() {
@@ -470,13 +527,12 @@ impl Cluster {
             }
             return Err(e);
         }
-        let old = {
-            let mut p = m.pool.write();
+        let old = m.update_pool(|p| {
             let old = std::mem::replace(&mut p.sessions, sessions);
             p.epoch += 1;
             p.authed = creds.is_some();
             old
-        };
+        });
         for s in old {
             m.backend.close_session(s);
         }
@@ -493,13 +549,13 @@ impl Cluster {
 
     fn session_for(&self, m: &Member, slot: usize) -> Result<(MemberSession, u64)> {
         {
-            let p = m.pool.read();
+            let p = m.pool.load();
             if !p.sessions.is_empty() {
                 return Ok((p.sessions[slot % p.sessions.len()], p.epoch));
             }
         }
         self.establish(m, None)?;
-        let p = m.pool.read();
+        let p = m.pool.load();
         match p.sessions.get(slot % p.sessions.len().max(1)) {
             Some(s) => Ok((*s, p.epoch)),
             None => Err(Error::DeviceError("member has no sessions".into())),
@@ -525,7 +581,7 @@ impl Cluster {
         for m in &self.members {
             // Log in the pool sessions as they are (re-opening them would lose the session
             // objects they hold); a member whose sessions are gone is re-established.
-            let p = m.pool.read().clone();
+            let p = Pool::clone(&m.pool.load());
             let mut done = !p.sessions.is_empty();
             for (i, ms) in p.sessions.iter().enumerate() {
                 if m.index == first && i == 0 {
@@ -544,10 +600,11 @@ impl Cluster {
                 }
             }
             if done {
-                let mut w = m.pool.write();
-                if w.epoch == p.epoch {
-                    w.authed = true;
-                }
+                m.update_pool(|w| {
+                    if w.epoch == p.epoch {
+                        w.authed = true;
+                    }
+                });
                 continue;
             }
             if let Err(e) = self.establish(m, Some(p.epoch)) {
@@ -570,11 +627,11 @@ impl Cluster {
     pub(crate) fn logout(&self) {
         *self.creds.write() = None;
         for m in &self.members {
-            let sessions = m.pool.read().sessions.clone();
+            let sessions = m.pool.load().sessions.clone();
             for s in sessions {
                 let _ = m.backend.logout(s);
             }
-            m.pool.write().authed = false;
+            m.update_pool(|p| p.authed = false);
         }
     }
 
@@ -592,7 +649,7 @@ impl Cluster {
             if !m.takes_traffic() || avoid.contains(&m.index) {
                 continue;
             }
-            let stalled = m.in_flight.load(Ordering::Relaxed) > 0
+            let stalled = m.outstanding.load(Ordering::Relaxed) > 0
                 && now.saturating_sub(m.last_done_ms.load(Ordering::Relaxed)) > stall;
             if stalled {
                 fallback.get_or_insert(m);
@@ -692,19 +749,26 @@ impl Cluster {
             };
             let result = match session {
                 Ok((s, epoch)) => {
-                    m.outstanding.fetch_add(cost, Ordering::Relaxed);
-                    m.in_flight.fetch_add(1, Ordering::Relaxed);
+                    // The balancer's shared state is kept only when there is a choice to make.
+                    let balancing = self.members.len() > 1;
+                    if balancing {
+                        m.outstanding.fetch_add(cost, Ordering::Relaxed);
+                    }
+                    let hot = m.hot(slot);
+                    hot.in_flight.fetch_add(1, Ordering::Relaxed);
                     let r = f(m.backend.as_ref(), s).map(|v| (epoch, v));
                     // One clock read serves the latency and the stall detector.
                     let end = Instant::now();
-                    m.record_latency(end.saturating_duration_since(t0));
-                    m.outstanding.fetch_sub(cost, Ordering::Relaxed);
-                    m.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    // Written only when the millisecond changed: at a million calls a second
-                    // an unconditional store would bounce the line between cores.
-                    let done_ms = self.ms_at(end);
-                    if m.last_done_ms.load(Ordering::Relaxed) != done_ms {
-                        m.last_done_ms.store(done_ms, Ordering::Relaxed);
+                    m.record_latency(slot, end.saturating_duration_since(t0));
+                    hot.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if balancing {
+                        m.outstanding.fetch_sub(cost, Ordering::Relaxed);
+                        // Written only when the millisecond changed: at a million calls a
+                        // second an unconditional store would bounce the line between cores.
+                        let done_ms = self.ms_at(end);
+                        if m.last_done_ms.load(Ordering::Relaxed) != done_ms {
+                            m.last_done_ms.store(done_ms, Ordering::Relaxed);
+                        }
                     }
                     r.map_err(|e| (e, Some(epoch)))
                 }
@@ -712,7 +776,7 @@ impl Cluster {
             };
             let (e, epoch) = match result {
                 Ok((epoch, v)) => {
-                    m.stats.ops.fetch_add(1, Ordering::Relaxed);
+                    m.hot(slot).ops.fetch_add(1, Ordering::Relaxed);
                     if m.fails.load(Ordering::Relaxed) != 0 {
                         m.fails.store(0, Ordering::Relaxed);
                     }
@@ -855,7 +919,7 @@ impl Cluster {
         // with CKR_SESSION_HANDLE_INVALID when the member lost its sessions.
         let probe = [crate::Attr::bytes(CKA_LABEL, b"\0hsmpool session probe")];
         match m.backend.find(s, &probe) {
-            Ok(_) if m.pool.read().authed == self.logged_in() => Ok(()),
+            Ok(_) if m.pool.load().authed == self.logged_in() => Ok(()),
             Ok(_) => self.establish(m, Some(epoch)).map(|_| ()),
             Err(e) if classify(&e, self.logged_in()) == Class::SessionLost => {
                 self.establish(m, Some(epoch)).map(|_| ())
@@ -1130,7 +1194,7 @@ impl Cluster {
         self.members
             .iter()
             .map(|m| {
-                let p = m.pool.read();
+                let p = m.pool.load();
                 MemberStatus {
                     index: m.index,
                     describe: m.backend.describe(),
@@ -1144,16 +1208,16 @@ impl Cluster {
                         }
                     },
                     epoch: p.epoch,
-                    in_flight: m.in_flight.load(Ordering::Relaxed),
+                    in_flight: m.hot_sum(|h| &h.in_flight),
                     pool_sessions: p.sessions.len(),
-                    ops: m.stats.ops.load(Ordering::Relaxed),
+                    ops: m.hot_sum(|h| &h.ops),
                     errors: m.stats.errors.load(Ordering::Relaxed),
                     retries: m.stats.retries.load(Ordering::Relaxed),
                     failovers: m.stats.failovers.load(Ordering::Relaxed),
                     reauths: m.stats.reauths.load(Ordering::Relaxed),
                     replicated: m.stats.replicated.load(Ordering::Relaxed),
                     dropped: m.stats.dropped.load(Ordering::Relaxed),
-                    latency: std::array::from_fn(|i| m.stats.latency[i].load(Ordering::Relaxed)),
+                    latency: std::array::from_fn(|i| m.hot_sum(|h| &h.latency[i])),
                 }
             })
             .collect()

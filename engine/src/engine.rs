@@ -45,6 +45,21 @@ pub(crate) struct Session {
     pub(crate) objects: Vec<ObjectHandle>,
     /// `C_Login(CKU_CONTEXT_SPECIFIC)` was done for the current operation.
     pub(crate) context_authenticated: bool,
+    /// The last key this session started an operation with, as checked then: an application
+    /// that runs `*Init` on one key again and again (the common case) is answered from here,
+    /// without touching the engine's shared maps, while the cache generation is unchanged.
+    pub(crate) last_key: Option<KeyMemo>,
+}
+
+/// See [`Session::last_key`].
+#[derive(Clone, Copy)]
+pub(crate) struct KeyMemo {
+    pub(crate) handle: ObjectHandle,
+    pub(crate) usage: CK_ATTRIBUTE_TYPE,
+    pub(crate) mech: CK_MECHANISM_TYPE,
+    pub(crate) gen: u64,
+    pub(crate) entry: ObjEntry,
+    pub(crate) meta: KeyMeta,
 }
 
 pub(crate) struct FindState {
@@ -379,8 +394,8 @@ impl Engine {
     /// Finds and key checks answered from the engine's caches.
     pub fn cache_hits(&self) -> (u64, u64) {
         (
-            self.cluster.find_cache_hits.load(Ordering::Relaxed),
-            self.cluster.key_cache_hits.load(Ordering::Relaxed),
+            self.cluster.find_cache_hits.get(),
+            self.cluster.key_cache_hits.get(),
         )
     }
 
@@ -390,7 +405,7 @@ impl Engine {
     }
 
     /// The cache generation: the engine's own changes plus the cluster's resynchronisations.
-    fn cache_gen(&self) -> u64 {
+    pub(crate) fn cache_gen(&self) -> u64 {
         self.generation.load(Ordering::Acquire) + self.cluster.changes()
     }
 
@@ -410,7 +425,7 @@ impl Engine {
         let gen = self.cache_gen();
         if let Some(hit) = self.key_cache.get(&key) {
             if hit.0 == gen {
-                self.cluster.key_cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.cluster.key_cache_hits.add(1);
                 return Ok(hit.1);
             }
         }
@@ -696,6 +711,7 @@ impl Engine {
                 ops: OpSlots::default(),
                 objects: Vec::new(),
                 context_authenticated: false,
+                last_key: None,
             })),
         );
         drop(login);
@@ -1057,7 +1073,7 @@ impl Engine {
         let gen = self.cache_gen();
         if let Some(hit) = self.find_cache.get(&key) {
             if hit.gen == gen && hit.at.elapsed() < self.find_ttl {
-                self.cluster.find_cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.cluster.find_cache_hits.add(1);
                 return Ok(hit.handles.clone());
             }
         }

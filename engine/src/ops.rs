@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::MemberObject;
 use crate::cluster::Route;
-use crate::engine::{Engine, Session};
+use crate::engine::{Engine, KeyMemo, Session};
 use crate::error::{Error, Result};
 use crate::mechanism::MechRow;
 use crate::types::{ObjectHandle, OpKind, SessionHandle};
@@ -275,8 +275,31 @@ impl Engine {
         }
         let row = self.mech_row(&mech, function_flag(kind))?;
         check_param(&mech)?;
-        let entry = self.key_entry(key)?;
-        let meta = self.checked_key(&entry, usage_attr(kind), &mech)?;
+        let usage = usage_attr(kind);
+        let gen = self.cache_gen();
+        let memo = sess
+            .lock()
+            .last_key
+            .filter(|m| m.handle == key && m.usage == usage && m.mech == mech.mech && m.gen == gen);
+        let (entry, meta) = match memo {
+            Some(m) => {
+                self.cluster.key_cache_hits.add(1);
+                (m.entry, m.meta)
+            }
+            None => {
+                let entry = self.key_entry(key)?;
+                let meta = self.checked_key(&entry, usage, &mech)?;
+                sess.lock().last_key = Some(KeyMemo {
+                    handle: key,
+                    usage,
+                    mech: mech.mech,
+                    gen,
+                    entry,
+                    meta,
+                });
+                (entry, meta)
+            }
+        };
         match meta.key_type {
             Some(kt) if row.key_types.contains(&kt) => {}
             _ => return Err(Error::KeyTypeInconsistent),

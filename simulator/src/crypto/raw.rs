@@ -580,6 +580,55 @@ impl AeadCtx {
     }
 }
 
+/// An AES-GCM key with a 16-byte tag, its key schedule made once, that seals into a caller's
+/// buffer without first copying the plaintext there (aws-lc-rs only seals in place).
+pub(crate) struct GcmSealer(AeadCtx);
+
+// SAFETY: the context is not changed after `EVP_AEAD_CTX_new` (sealing takes it `const`), so
+// it may move between threads and be used by several at once; only `Drop` frees it.
+unsafe impl Send for GcmSealer {}
+// SAFETY: as above.
+unsafe impl Sync for GcmSealer {}
+
+impl GcmSealer {
+    /// For a 16, 24 or 32 byte key.
+    pub(crate) fn new(key: &[u8]) -> Result<Self, Failed> {
+        AeadCtx::aes_gcm(key, 16).map(GcmSealer)
+    }
+
+    /// `ciphertext || tag` of `data` into `out` (at least `data.len() + 16` bytes, which must
+    /// not overlap `data`); returns the length written.
+    pub(crate) fn seal_into(
+        &self,
+        iv: &[u8],
+        aad: &[u8],
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Failed> {
+        if iv.is_empty() || out.len() < data.len().saturating_add(16) {
+            return failed();
+        }
+        let mut len = 0usize;
+        // SAFETY: `out` has `out.len()` writable bytes and, being a `&mut`, does not overlap
+        // `data`; the other slices are readable for their lengths; the context is valid.
+        check(unsafe {
+            sys::EVP_AEAD_CTX_seal(
+                self.0 .0.as_ptr(),
+                out.as_mut_ptr(),
+                &mut len,
+                out.len(),
+                iv.as_ptr(),
+                iv.len(),
+                data.as_ptr(),
+                data.len(),
+                aad.as_ptr(),
+                aad.len(),
+            )
+        })?;
+        Ok(len)
+    }
+}
+
 /// AES-GCM encryption with any non-empty IV and tag length 1..=16: `ciphertext || tag`.
 pub(crate) fn aes_gcm_seal(
     key: &[u8],

@@ -22,15 +22,18 @@ use crate::types::{MechParam, Mechanism, Rv, SignInput};
 const BLOCK: usize = 16;
 
 /// A parsed secret key: HMAC keys (with their precomputed pads) built on first use per hash.
+/// The contexts are boxed: inline, their empty slots made every key in a store some 6 KiB.
 pub(crate) struct SecretKey {
     /// One slot per [`Hash::ALL`] entry.
-    hmac: [OnceLock<hmac::Key>; 5],
+    hmac: [OnceLock<Box<hmac::Key>>; 5],
     /// The AES-GCM key (key schedule and GHASH tables), built once; `None` for a value that is
     /// not an AES key length.
-    gcm: OnceLock<Option<LessSafeKey>>,
+    gcm: OnceLock<Option<Box<LessSafeKey>>>,
+    /// The same key for sealing into a caller's buffer ([`aes_encrypt_into`]).
+    gcm_sealer: OnceLock<Option<raw::GcmSealer>>,
     /// The AES-CMAC key (subkeys derived), built once; `None` for a value that is not an AES
     /// key length.
-    cmac: OnceLock<Option<cmac::Key>>,
+    cmac: OnceLock<Option<Box<cmac::Key>>>,
 }
 
 impl SecretKey {
@@ -39,6 +42,7 @@ impl SecretKey {
         SecretKey {
             hmac: Default::default(),
             gcm: OnceLock::new(),
+            gcm_sealer: OnceLock::new(),
             cmac: OnceLock::new(),
         }
     }
@@ -53,8 +57,16 @@ impl SecretKey {
                     32 => cmac::AES_256,
                     _ => return None,
                 };
-                cmac::Key::new(alg, value).ok()
+                cmac::Key::new(alg, value).ok().map(Box::new)
             })
+            .as_deref()
+            .ok_or(CKR_KEY_SIZE_RANGE)
+    }
+
+    /// The AES-GCM sealer of [`aes_encrypt_into`], built once.
+    fn gcm_sealer(&self, value: &[u8]) -> Result<&raw::GcmSealer, Rv> {
+        self.gcm_sealer
+            .get_or_init(|| raw::GcmSealer::new(value).ok())
             .as_ref()
             .ok_or(CKR_KEY_SIZE_RANGE)
     }
@@ -62,15 +74,15 @@ impl SecretKey {
     /// The AES-GCM key, built once (per-operation key setup costs more than sealing 4 KiB).
     fn gcm_key(&self, value: &[u8]) -> Result<&LessSafeKey, Rv> {
         self.gcm
-            .get_or_init(|| gcm_key(value).ok())
-            .as_ref()
+            .get_or_init(|| gcm_key(value).ok().map(Box::new))
+            .as_deref()
             .ok_or(CKR_KEY_SIZE_RANGE)
     }
 
     /// The HMAC key for `hash`, built once.
     fn hmac_key(&self, hash: Hash, value: &[u8]) -> &hmac::Key {
         let i = Hash::ALL.iter().position(|h| *h == hash).unwrap_or(0);
-        self.hmac[i].get_or_init(|| hmac::Key::new(hmac_alg(hash), value))
+        self.hmac[i].get_or_init(|| Box::new(hmac::Key::new(hmac_alg(hash), value)))
     }
 }
 
@@ -345,9 +357,9 @@ fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
 }
 
 /// AES encryption straight into `out` (which must hold [`aes_encrypt_len`] bytes): the standard
-/// GCM case (12-byte IV, 16-byte tag) seals in place there, one copy of the input and no
-/// allocation; every other case goes through [`aes_encrypt`] and copies. Returns the length
-/// written.
+/// GCM case (12-byte IV, 16-byte tag) seals from the input into `out` directly, with no copy
+/// of the input and no allocation; every other case goes through [`aes_encrypt`] and copies.
+/// Returns the length written.
 pub(crate) fn aes_encrypt_into(
     sk: &SecretKey,
     mech: &Mechanism,
@@ -360,20 +372,13 @@ pub(crate) fn aes_encrypt_into(
         let (iv, aad, tag_len) = gcm_params(&mech.param)?;
         if iv.len() == 12 && tag_len == 16 {
             aes_key(key_type, value)?;
-            let n = data.len();
-            if out.len() < n + tag_len {
+            if out.len() < data.len().saturating_add(tag_len) {
                 return Err(CKR_BUFFER_TOO_SMALL);
             }
-            let nonce =
-                Nonce::try_assume_unique_for_key(iv).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
-            let (body, rest) = out.split_at_mut(n);
-            body.copy_from_slice(data);
-            let tag = sk
-                .gcm_key(value)?
-                .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
-                .map_err(|_| CKR_DATA_LEN_RANGE)?;
-            rest[..tag_len].copy_from_slice(tag.as_ref());
-            return Ok(n + tag_len);
+            return sk
+                .gcm_sealer(value)?
+                .seal_into(iv, aad, data, out)
+                .map_err(|_| CKR_DATA_LEN_RANGE);
         }
     }
     let ct = aes_encrypt(sk, mech, key_type, value, data)?;

@@ -1466,3 +1466,17 @@ fn encrypt_into_writes_what_encrypt_returns() {
     let mut out = vec![0; 256];
     assert_eq!(encrypt_into(&oaep_mech, rsa_pub, b"hi", &mut out), Ok(256));
 }
+
+#[test]
+fn a_secret_key_is_small_until_used() {
+    // Every token key carries one of these: the lazily built contexts are boxed, so a store of
+    // many keys does not pay kilobytes of empty slots per key.
+    let n = std::mem::size_of::<sym::SecretKey>();
+    assert!(n <= 128, "SecretKey is {n} bytes");
+}
+
+#[test]
+fn a_loaded_key_is_small() {
+    let n = std::mem::size_of::<LoadedKey>();
+    assert!(n <= 256, "LoadedKey is {n} bytes");
+}
