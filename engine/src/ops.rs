@@ -37,7 +37,7 @@ pub(crate) struct Op {
     /// Balancing weight of one call of this operation.
     pub(crate) cost: u64,
     hash: Option<DigestCtx>,
-    buf: Zeroizing<Vec<u8>>,
+    buf: PartBuf,
     /// An `*Update` was called: single-part calls are no longer allowed.
     updated: bool,
     /// A computed result waiting for a large enough buffer.
@@ -47,6 +47,33 @@ pub(crate) struct Op {
     /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
     /// `C_Login(CKU_CONTEXT_SPECIFIC)` made since the `*Init`.
     always_authenticate: bool,
+}
+
+/// The buffered input of a multi-part operation, wiped when dropped as `Zeroizing` would, except
+/// that a buffer that never held anything (that of every single-part call) is dropped without
+/// a call into the wiping code.
+#[derive(Default)]
+struct PartBuf(Vec<u8>);
+
+impl std::ops::Deref for PartBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PartBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for PartBuf {
+    fn drop(&mut self) {
+        if self.0.capacity() > 0 {
+            zeroize::Zeroize::zeroize(&mut self.0);
+        }
+    }
 }
 
 /// The operation slots of a session: at most one per kind.
@@ -325,7 +352,7 @@ impl Engine {
             route: entry.route(),
             cost,
             hash,
-            buf: Zeroizing::new(Vec::new()),
+            buf: PartBuf::default(),
             updated: false,
             pending: None,
             cbc_iv,
@@ -361,7 +388,7 @@ impl Engine {
                 route: Route::Any,
                 cost: 0,
                 hash: Some(ctx),
-                buf: Zeroizing::new(Vec::new()),
+                buf: PartBuf::default(),
                 updated: false,
                 pending: None,
                 cbc_iv: None,
@@ -561,7 +588,7 @@ impl Engine {
                 all.extend_from_slice(&op.buf);
                 all.extend_from_slice(data);
                 if n == 0 {
-                    op.buf = all;
+                    op.buf = PartBuf(std::mem::take(&mut *all));
                     return Ok(0);
                 }
                 let iv = op.cbc_iv.ok_or(Error::General("CBC without IV".into()))?;
@@ -584,7 +611,7 @@ impl Engine {
                 let mut next = [0u8; AES_BLOCK];
                 next.copy_from_slice(chain);
                 op.cbc_iv = Some(next);
-                op.buf = Zeroizing::new(all[n..].to_vec());
+                op.buf = PartBuf(all[n..].to_vec());
                 if let Some(b) = out {
                     b[..n].copy_from_slice(&result[..n]);
                 }
