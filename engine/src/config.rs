@@ -42,7 +42,8 @@
 //! on the HSMs: a read-only object (`CKA_MODIFIABLE`, `CKA_COPYABLE` and `CKA_DESTROYABLE` false)
 //! that disappears when the key is destroyed or a real certificate with its `CKA_ID` is stored.
 //! An EC key's public point is read from the token public key with the same `CKA_ID` (a private
-//! key does not carry it); an EC key without one gets no certificate.
+//! key does not carry it); an EC key without one gets no certificate, nor does a key whose
+//! `CKA_ALLOWED_MECHANISMS` exclude the mechanism above. Session keys get none.
 
 use std::path::{Path, PathBuf};
 

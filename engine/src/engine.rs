@@ -1173,7 +1173,7 @@ impl Engine {
             .collect();
         if self.self_signed.is_some() && crate::selfsigned::could_match(template) {
             results.extend(
-                self.self_signed_certs()?
+                self.self_signed_certs(true)?
                     .iter()
                     .filter(|c| c.matches(template))
                     .map(|c| c.handle),

@@ -11,6 +11,8 @@
 //!   `CKA_ID`) or Ed25519 (likewise),
 //! - and has no token certificate with the same `CKA_ID`,
 //!
+//! (a key that then refuses to sign, e.g. through `CKA_ALLOWED_MECHANISMS`, is not asked again
+//! until its id or label changes)
 //! is accompanied by a certificate object made by this process and signed by the key itself
 //! through the members. It is never stored on the HSMs: the engine answers finds, attribute
 //! reads and the refusals of writes (`CKA_MODIFIABLE`, `CKA_COPYABLE`, `CKA_DESTROYABLE` are
@@ -92,6 +94,8 @@ struct Presented {
 pub(crate) struct SelfSigned {
     /// Made so far, by key; pruned of keys a refresh no longer finds.
     by_key: dashmap::DashMap<MemberObject, Arc<SelfSignedCert>, hsmpool_sim::types::IdHash>,
+    /// Keys that could not sign their certificate, with the id and label they had then.
+    refused: dashmap::DashMap<MemberObject, (Vec<u8>, Vec<u8>), hsmpool_sim::types::IdHash>,
     /// The current set. Its mutex is held across the member calls of a refresh (so 32 threads
     /// asking at once cause one refresh); it is taken with no other engine lock held.
     current: Mutex<Option<Presented>>,
@@ -101,6 +105,7 @@ impl SelfSigned {
     pub(crate) fn new() -> Self {
         SelfSigned {
             by_key: dashmap::DashMap::with_hasher(hsmpool_sim::types::IdHash),
+            refused: dashmap::DashMap::with_hasher(hsmpool_sim::types::IdHash),
             current: Mutex::new(None),
         }
     }
@@ -108,6 +113,7 @@ impl SelfSigned {
     /// Forget everything (`C_InitToken`).
     pub(crate) fn clear(&self) {
         self.by_key.clear();
+        self.refused.clear();
         *self.current.lock() = None;
     }
 }
@@ -126,7 +132,14 @@ pub(crate) fn could_match(template: &[Attr]) -> bool {
 
 impl Engine {
     /// The certificates presented now: none unless the option is on and the user is logged in.
-    pub(crate) fn self_signed_certs(&self) -> Result<Arc<Vec<Arc<SelfSignedCert>>>> {
+    /// A find (`for_find`) takes a set at most the find-cache TTL old, like the find cache (the
+    /// TTL bounds how long another process's change goes unseen); a use of a presented handle
+    /// takes any set of the current cache generation, so reading a large set's attributes one
+    /// by one does not work it out again every TTL.
+    pub(crate) fn self_signed_certs(
+        &self,
+        for_find: bool,
+    ) -> Result<Arc<Vec<Arc<SelfSignedCert>>>> {
         let Some(ss) = self.self_signed.as_ref() else {
             return Ok(Arc::new(Vec::new()));
         };
@@ -136,7 +149,7 @@ impl Engine {
         let mut cur = ss.current.lock();
         let gen = self.cache_generation();
         if let Some(p) = cur.as_ref() {
-            if p.gen == gen && p.at.elapsed() < self.find_ttl() {
+            if p.gen == gen && (!for_find || p.at.elapsed() < self.find_ttl()) {
                 return Ok(p.certs.clone());
             }
         }
@@ -158,7 +171,7 @@ impl Engine {
             return Ok(None);
         }
         Ok(self
-            .self_signed_certs()?
+            .self_signed_certs(false)?
             .iter()
             .find(|c| c.handle == o)
             .cloned())
@@ -197,6 +210,7 @@ impl Engine {
             }
         }
         ss.by_key.retain(|k, _| seen.contains(k));
+        ss.refused.retain(|k, _| seen.contains(k));
         tracing::debug!(presented = out.len(), "self-signed certificates refreshed");
         Ok(out)
     }
@@ -256,11 +270,28 @@ impl Engine {
         let Some(public) = self.public_key_of(k, kt, &id)? else {
             return Ok(None);
         };
+        if ss
+            .refused
+            .get(&k)
+            .is_some_and(|r| r.0 == id && r.1 == label)
+        {
+            return Ok(None);
+        }
         let handle = match ss.by_key.get(&k) {
             Some(c) => c.handle,
             None => self.new_object_handle(),
         };
-        let cert = Arc::new(make_cert(self, handle, k, id, label, &public)?);
+        let cert = match make_cert(self, handle, k, id.clone(), label.clone(), &public) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if !e.is_retryable() {
+                    // The key will not sign it (a mechanism it does not allow, a public key
+                    // that is not its own): not asked again until its id or label changes.
+                    ss.refused.insert(k, (id, label));
+                }
+                return Err(e);
+            }
+        };
         ss.by_key.insert(k, cert.clone());
         tracing::info!(
             key = k.0,

@@ -1145,6 +1145,11 @@ fn self_signed_certificates_are_presented_read_only_and_verify() {
     labelled_pair(m, h, CKK_EC, true, b"always-auth", Some(b"id-aa"), &aa);
     labelled_pair(m, h, CKK_EC, false, b"session", Some(b"id-session"), &[]);
     labelled_pair(m, h, CKK_EC, true, b"has-cert", Some(b"id-cert"), &[]);
+    // Nor this one, which may sign only with a mechanism the certificate does not use: the
+    // others are presented all the same.
+    let pss_only = CKM_SHA256_RSA_PKCS_PSS;
+    let allowed = [attr(CKA_ALLOWED_MECHANISMS, &pss_only)];
+    labelled_pair(m, h, CKK_RSA, true, b"pss-only", Some(b"id-pss"), &allowed);
     let real = stored_cert(m, h, b"id-cert");
     // Off (the default): the token's own certificate only.
     assert_eq!(certificates(m, h, None), vec![real]);
