@@ -982,7 +982,7 @@ impl Engine {
         let e = match self.entry(o) {
             Ok(e) => e,
             Err(err) => {
-                // A presented certificate has CKA_COPYABLE false (PKCS #11 3.0 §4.4.1).
+                // A presented certificate has CKA_COPYABLE false (PKCS #11 3.0 §4.4, Table 25; §5.7.2).
                 self.presented(o).map_err(|_| err)?;
                 return Err(Error::ActionProhibited);
             }
@@ -1024,7 +1024,7 @@ impl Engine {
 
     /// A destroy or attribute change of a certificate the engine presents: a token object, so
     /// not in a read-only session (§5.7.3, §5.7.6), and `CKA_DESTROYABLE` and `CKA_MODIFIABLE`
-    /// are false, so `CKR_ACTION_PROHIBITED` (PKCS #11 3.0 §4.4.1). `err` is the answer for a
+    /// are false, so `CKR_ACTION_PROHIBITED` (PKCS #11 3.0 §4.4, Table 25). `err` is the answer for a
     /// handle that is no such certificate either.
     fn refuse_presented_change(&self, rw: bool, o: ObjectHandle, err: Error) -> Result<()> {
         self.presented(o).map_err(|_| err)?;

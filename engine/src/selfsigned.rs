@@ -17,7 +17,7 @@
 //! through the members. It is never stored on the HSMs: the engine answers finds, attribute
 //! reads and the refusals of writes (`CKA_MODIFIABLE`, `CKA_COPYABLE`, `CKA_DESTROYABLE` are
 //! false, so `C_SetAttributeValue`, `C_CopyObject` and `C_DestroyObject` fail with
-//! `CKR_ACTION_PROHIBITED`, PKCS #11 3.0 §4.4.1).
+//! `CKR_ACTION_PROHIBITED`: PKCS #11 3.0 §4.4, the storage object attributes of Table 25).
 //!
 //! # When
 //! The set is worked out again when a find could match a certificate, or a presented handle is

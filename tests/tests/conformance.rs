@@ -1253,7 +1253,7 @@ fn self_signed_certificates_are_presented_read_only_and_verify() {
         .verify(&tbs, &sig)
         .expect("the EC certificate verifies with the key's public key");
 
-    // Read-only (PKCS #11 3.0 §4.4.1: CKA_DESTROYABLE, CKA_MODIFIABLE, CKA_COPYABLE false).
+    // Read-only (PKCS #11 3.0 §4.4, Table 25: CKA_DESTROYABLE, CKA_MODIFIABLE, CKA_COPYABLE false).
     assert_eq!(call!(m, C_DestroyObject, h, rc), CKR_ACTION_PROHIBITED);
     let mut relabel = [attr_bytes(CKA_LABEL, b"x")];
     assert_eq!(
