@@ -22,7 +22,28 @@
 //!                              # (default: the host of `address`; an IP is matched to IP SANs)
 //! connections = 4              # optional: TLS connections to the daemon (1 to 64)
 //! timeout_ms = 10000           # optional: longest wait for one answer
+//! [compat]
+//! self_signed_certificates = false  # true: present a self-signed X.509 certificate for every
+//!                              # token private key that has none (see below)
 //! ```
+//!
+//! # `[compat]`: what some clients need
+//!
+//! `self_signed_certificates` (default `false`). Some applications only see a private key when
+//! the token holds a certificate for it: Java's SunPKCS11 `KeyStore` lists a private key only
+//! when a certificate object has the same `CKA_ID`. With this option on, every token private key
+//! that the logged-in user can see, that has a non-empty `CKA_ID`, can sign (`CKA_SIGN`, no
+//! `CKA_ALWAYS_AUTHENTICATE`) and has no token certificate with the same `CKA_ID` is accompanied
+//! by an X.509 certificate object (`CKO_CERTIFICATE`, `CKC_X_509`) with the key's `CKA_ID`, its
+//! `CKA_LABEL` (the id in hex when the key has no label) as alias and subject common name, and
+//! `CKA_SUBJECT`, `CKA_ISSUER`, `CKA_SERIAL_NUMBER` and `CKA_VALUE` filled in. The certificate is
+//! signed by the key itself, through the HSMs (SHA-256 with RSA, ECDSA on P-256/P-384/P-521 with
+//! SHA-256/384/512, or Ed25519). It is made by this process when first needed and is never stored
+//! on the HSMs: a read-only object (`CKA_MODIFIABLE`, `CKA_COPYABLE` and `CKA_DESTROYABLE` false)
+//! that disappears when the key is destroyed or a real certificate with its `CKA_ID` is stored.
+//! An EC key's public point is read from the token public key with the same `CKA_ID` (a private
+//! key does not carry it); an EC key without one gets no certificate, nor does a key whose
+//! `CKA_ALLOWED_MECHANISMS` exclude the mechanism above. Session keys get none.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +66,19 @@ pub struct Config {
     /// Cluster behaviour (pools, replication, retries, health).
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// What some clients need of the token beyond the standard (see the module documentation).
+    #[serde(default)]
+    pub compat: CompatConfig,
+}
+
+/// `[compat]`: behaviour some clients need; everything off by default.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Present a self-signed certificate for every token private key that has none (for Java's
+    /// SunPKCS11 `KeyStore`, which lists only private keys with a certificate).
+    #[serde(default)]
+    pub self_signed_certificates: bool,
 }
 
 /// `[cluster]`: every key optional; see [`crate::cluster::Settings`] for the defaults.
@@ -408,5 +442,18 @@ mod tests {
         let c = Config::parse("", "f").expect("empty config parses");
         assert_eq!(c.members().len(), 1);
         assert_eq!(c.members()[0].kind, "embedded");
+        assert!(!c.compat.self_signed_certificates, "off by default");
+    }
+
+    #[test]
+    fn compat_self_signed_certificates_parses_and_typos_are_refused() {
+        let c = Config::parse("[compat]\nself_signed_certificates = true\n", "f")
+            .expect("the option parses");
+        assert!(c.compat.self_signed_certificates);
+        let e = Config::parse("[compat]\nself_signed_certificate = true\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("self_signed_certificate"), "{e}");
+        let e =
+            Config::parse("[compat]\nself_signed_certificates = \"yes\"\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("f.toml"), "{e}");
     }
 }

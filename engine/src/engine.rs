@@ -176,6 +176,8 @@ pub struct Engine {
     /// Key checks of `*Init` answered without a round trip: (object, usage, mechanism) → meta.
     key_cache:
         DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta), IdHash>,
+    /// `[compat] self_signed_certificates`: the certificates presented for keys without one.
+    pub(crate) self_signed: Option<crate::selfsigned::SelfSigned>,
 }
 
 /// A cached find: the encoded template and the login state it was made in.
@@ -360,7 +362,15 @@ impl Engine {
         let find_ttl =
             std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
         let cluster = Cluster::new(backends, cfg.cluster_settings());
-        tracing::info!(members = n, "engine ready");
+        let self_signed = cfg
+            .compat
+            .self_signed_certificates
+            .then(crate::selfsigned::SelfSigned::new);
+        tracing::info!(
+            members = n,
+            self_signed_certificates = self_signed.is_some(),
+            "engine ready"
+        );
         Ok(Engine {
             cfg,
             cluster,
@@ -375,6 +385,7 @@ impl Engine {
             find_cache: DashMap::new(),
             find_ttl,
             key_cache: DashMap::with_hasher(IdHash),
+            self_signed,
         })
     }
 
@@ -407,6 +418,32 @@ impl Engine {
     /// The cache generation: the engine's own changes plus the cluster's resynchronisations.
     pub(crate) fn cache_gen(&self) -> u64 {
         self.generation.load(Ordering::Acquire) + self.cluster.changes()
+    }
+
+    /// The cache generation, for caches kept outside this file.
+    pub(crate) fn cache_generation(&self) -> u64 {
+        self.cache_gen()
+    }
+
+    /// How long a find result may be served.
+    pub(crate) fn find_ttl(&self) -> std::time::Duration {
+        self.find_ttl
+    }
+
+    /// Whether the application is logged in as the normal user.
+    pub(crate) fn user_logged_in(&self) -> bool {
+        self.login_state() == LoginState::User
+    }
+
+    /// A fresh application object handle for an object the engine itself presents.
+    pub(crate) fn new_object_handle(&self) -> ObjectHandle {
+        ObjectHandle(self.next_object.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A certificate the engine presents (`[compat] self_signed_certificates`) for a handle
+    /// that is no member object; else `ObjectHandleInvalid`.
+    fn presented(&self, o: ObjectHandle) -> Result<Arc<crate::selfsigned::SelfSignedCert>> {
+        self.self_signed_cert(o)?.ok_or(Error::ObjectHandleInvalid)
     }
 
     /// Something changed objects or visibility: cached finds and key checks are stale.
@@ -662,6 +699,9 @@ impl Engine {
         self.cluster.on_all(|b, _| b.init_token(so_pin, label))?;
         self.objects.clear();
         self.by_member.clear();
+        if let Some(ss) = &self.self_signed {
+            ss.clear();
+        }
         self.invalidate();
         Ok(())
     }
@@ -955,7 +995,14 @@ impl Engine {
     ) -> Result<ObjectHandle> {
         self.session(s)?;
         self.check_write(s, &template)?;
-        let e = self.entry(o)?;
+        let e = match self.entry(o) {
+            Ok(e) => e,
+            Err(err) => {
+                // A presented certificate has CKA_COPYABLE false (PKCS #11 3.0 §4.4, Table 25; §5.7.2).
+                self.presented(o).map_err(|_| err)?;
+                return Err(Error::ActionProhibited);
+            }
+        };
         let token = Self::wants_token(&template, e.home.is_none());
         let (t, id) = Self::with_new_id(&template)?;
         Self::one(self.make(s, e.route(), token, 5, &[id], |b, ms| {
@@ -967,7 +1014,10 @@ impl Engine {
     /// be) and then removed from every other.
     pub fn destroy_object(&self, s: SessionHandle, o: ObjectHandle) -> Result<()> {
         let rw = self.rw_of(s)?;
-        let e = self.entry(o)?;
+        let e = match self.entry(o) {
+            Ok(e) => e,
+            Err(err) => return self.refuse_presented_change(rw, o, err),
+        };
         if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
@@ -988,10 +1038,25 @@ impl Engine {
         Ok(())
     }
 
+    /// A destroy or attribute change of a certificate the engine presents: a token object, so
+    /// not in a read-only session (§5.7.3, §5.7.6), and `CKA_DESTROYABLE` and `CKA_MODIFIABLE`
+    /// are false, so `CKR_ACTION_PROHIBITED` (PKCS #11 3.0 §4.4, Table 25). `err` is the answer for a
+    /// handle that is no such certificate either.
+    fn refuse_presented_change(&self, rw: bool, o: ObjectHandle, err: Error) -> Result<()> {
+        self.presented(o).map_err(|_| err)?;
+        if !rw {
+            return Err(Error::SessionReadOnly);
+        }
+        Err(Error::ActionProhibited)
+    }
+
     /// `C_GetObjectSize`.
     pub fn object_size(&self, s: SessionHandle, o: ObjectHandle) -> Result<u64> {
         self.session(s)?;
-        let e = self.entry(o)?;
+        let e = match self.entry(o) {
+            Ok(e) => e,
+            Err(err) => return Ok(self.presented(o).map_err(|_| err)?.size()),
+        };
         self.cluster
             .call(e.route(), 1, |b, ms| b.object_size(ms, e.member_obj))
     }
@@ -1004,7 +1069,10 @@ impl Engine {
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<Vec<AttrValue>> {
         self.session(s)?;
-        let e = self.entry(o)?;
+        let e = match self.entry(o) {
+            Ok(e) => e,
+            Err(err) => return Ok(self.presented(o).map_err(|_| err)?.answer(types)),
+        };
         let answers = self.cluster.call(e.route(), 1, |b, ms| {
             b.get_attributes(ms, e.member_obj, types)
         })?;
@@ -1026,7 +1094,10 @@ impl Engine {
         template: Vec<Attr>,
     ) -> Result<()> {
         let rw = self.rw_of(s)?;
-        let e = self.entry(o)?;
+        let e = match self.entry(o) {
+            Ok(e) => e,
+            Err(err) => return self.refuse_presented_change(rw, o, err),
+        };
         if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
@@ -1107,17 +1178,24 @@ impl Engine {
             found.sort_unstable();
             found.dedup();
         }
-        let results: Arc<Vec<ObjectHandle>> = Arc::new(
-            found
-                .into_iter()
-                .map(|mo| {
-                    self.by_member
-                        .get(&mo)
-                        .map(|h| *h.value())
-                        .unwrap_or_else(|| self.handle_for(mo, None, None))
-                })
-                .collect(),
-        );
+        let mut results: Vec<ObjectHandle> = found
+            .into_iter()
+            .map(|mo| {
+                self.by_member
+                    .get(&mo)
+                    .map(|h| *h.value())
+                    .unwrap_or_else(|| self.handle_for(mo, None, None))
+            })
+            .collect();
+        if self.self_signed.is_some() && crate::selfsigned::could_match(template) {
+            results.extend(
+                self.self_signed_certs(true)?
+                    .iter()
+                    .filter(|c| c.matches(template))
+                    .map(|c| c.handle),
+            );
+        }
+        let results = Arc::new(results);
         if self.find_cache.len() > CACHE_MAX {
             self.find_cache.clear();
         }

@@ -90,6 +90,9 @@ pub enum Error {
     /// The attribute may not be set or changed.
     #[error("attribute read-only: {0:#x}")]
     AttributeReadOnly(CK_ATTRIBUTE_TYPE),
+    /// The object's `CKA_MODIFIABLE`, `CKA_COPYABLE` or `CKA_DESTROYABLE` forbids the change.
+    #[error("action prohibited")]
+    ActionProhibited,
     /// The template is missing something the object needs.
     #[error("template incomplete")]
     TemplateIncomplete,
@@ -212,6 +215,7 @@ impl Error {
             Error::AttributeTypeInvalid(_) => CKR_ATTRIBUTE_TYPE_INVALID,
             Error::AttributeValueInvalid(_) => CKR_ATTRIBUTE_VALUE_INVALID,
             Error::AttributeReadOnly(_) => CKR_ATTRIBUTE_READ_ONLY,
+            Error::ActionProhibited => CKR_ACTION_PROHIBITED,
             Error::TemplateIncomplete => CKR_TEMPLATE_INCOMPLETE,
             Error::TemplateInconsistent => CKR_TEMPLATE_INCONSISTENT,
             Error::UserNotLoggedIn => CKR_USER_NOT_LOGGED_IN,
@@ -276,6 +280,7 @@ impl Error {
             | Error::AttributeTypeInvalid(_)
             | Error::AttributeValueInvalid(_)
             | Error::AttributeReadOnly(_)
+            | Error::ActionProhibited
             | Error::TemplateIncomplete
             | Error::TemplateInconsistent
             | Error::UserNotLoggedIn

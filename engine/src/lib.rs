@@ -25,11 +25,16 @@
 //!    resynchronisation exclusive)
 //! 5. one member's `reauth` mutex, then its `pool` lock (never two members' at once)
 //!
+//! The mutex of the presented self-signed certificates (`[compat] self_signed_certificates`,
+//! `selfsigned::SelfSigned::current`) is taken with none of these held, and held across the
+//! member calls of one refresh (finds, attribute reads, the signatures of new certificates).
+//!
 //! Map guards (`sessions`, `objects`, `by_member`, the caches) are never held while taking any
 //! of these or calling a backend. Locks held across backend calls: the login mutex, around
 //! logging the member pools in and out (two application threads logging in at once must not
 //! both succeed; a management path, never the hot one); the create gate (shared) around a
-//! create and its replication; a member's `reauth` around re-opening its pool.
+//! create and its replication; a member's `reauth` around re-opening its pool; the
+//! self-signed certificates' mutex around a refresh (option on only; finds of keys never take it).
 //!
 //! # The cluster
 //! [`cluster::Cluster`] drives the members: session pools, balancing, health, retries,
@@ -48,6 +53,7 @@ pub mod engine;
 pub mod error;
 pub mod mechanism;
 mod ops;
+mod selfsigned;
 pub mod types;
 
 pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};

@@ -1010,6 +1010,339 @@ fn find_operation_states() {
     assert_eq!(call!(m, C_FindObjectsFinal, h), CKR_OK);
 }
 
+// ----- [compat] self_signed_certificates ------------------------------------------------------
+
+/// A key pair (RSA-2048 or P-256) with a label, an optional `CKA_ID` and extra private-key
+/// attributes.
+fn labelled_pair(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    kt: CK_KEY_TYPE,
+    token: bool,
+    label: &[u8],
+    id: Option<&[u8]>,
+    extra_priv: &[CK_ATTRIBUTE],
+) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+    let tok = if token { &TRUE } else { &FALSE };
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = vec![
+        attr(CKA_TOKEN, tok),
+        attr(CKA_VERIFY, &TRUE),
+        attr_bytes(CKA_LABEL, label),
+    ];
+    let mut priv_t = vec![
+        attr(CKA_TOKEN, tok),
+        attr(CKA_PRIVATE, &TRUE),
+        attr_bytes(CKA_LABEL, label),
+    ];
+    if let Some(id) = id {
+        pub_t.push(attr_bytes(CKA_ID, id));
+        priv_t.push(attr_bytes(CKA_ID, id));
+    }
+    priv_t.extend_from_slice(extra_priv);
+    let mut mm = if kt == CKK_RSA {
+        pub_t.push(attr(CKA_MODULUS_BITS, &bits));
+        mech(CKM_RSA_PKCS_KEY_PAIR_GEN)
+    } else {
+        pub_t.push(attr_bytes(CKA_EC_PARAMS, P256_OID));
+        mech(CKM_EC_KEY_PAIR_GEN)
+    };
+    hsmpool_tests::raw::generate_pair(m, h, &mut mm, &mut pub_t, &mut priv_t)
+        .unwrap_or_else(|rv| panic!("key pair {label:?}: {rv:#x}"))
+}
+
+/// A stored X.509 certificate object with this `CKA_ID` (its bytes are not parsed).
+fn stored_cert(m: &Module, h: CK_SESSION_HANDLE, id: &[u8]) -> CK_OBJECT_HANDLE {
+    let (class, x509) = (CKO_CERTIFICATE, CKC_X_509);
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_CERTIFICATE_TYPE, &x509),
+        attr(CKA_TOKEN, &TRUE),
+        attr_bytes(CKA_LABEL, b"stored"),
+        attr_bytes(CKA_SUBJECT, b"\x30\x00"),
+        attr_bytes(CKA_ID, id),
+        attr_bytes(CKA_VALUE, b"\x30\x03\x02\x01\x01"),
+    ];
+    hsmpool_tests::raw::create(m, h, &mut t).expect("a stored certificate")
+}
+
+/// One DER element at the start of `v`: (tag, the whole element, its body, what follows).
+fn der_next(v: &[u8]) -> (u8, &[u8], &[u8], &[u8]) {
+    let first = v[1];
+    let (len, head) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let n = (first & 0x7f) as usize;
+        let len = v[2..2 + n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, 2 + n)
+    };
+    (
+        v[0],
+        &v[..head + len],
+        &v[head..head + len],
+        &v[head + len..],
+    )
+}
+
+/// A certificate's (to-be-signed bytes, signature), read with nothing but DER.
+fn tbs_and_signature(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (tag, _, body, rest) = der_next(der);
+    assert!(
+        tag == 0x30 && rest.is_empty(),
+        "a certificate is one SEQUENCE"
+    );
+    let (tag, tbs, _, rest) = der_next(body);
+    assert_eq!(tag, 0x30, "tbsCertificate");
+    let (tag, _, _, rest) = der_next(rest);
+    assert_eq!(tag, 0x30, "signatureAlgorithm");
+    let (tag, _, bits, rest) = der_next(rest);
+    assert!(
+        tag == 0x03 && bits[0] == 0 && rest.is_empty(),
+        "signatureValue"
+    );
+    (tbs.to_vec(), bits[1..].to_vec())
+}
+
+fn certificates(m: &Module, h: CK_SESSION_HANDLE, id: Option<&[u8]>) -> Vec<CK_OBJECT_HANDLE> {
+    let class = CKO_CERTIFICATE;
+    let mut t = vec![attr(CKA_CLASS, &class)];
+    if let Some(id) = id {
+        t.push(attr_bytes(CKA_ID, id));
+    }
+    find(m, h, &mut t)
+}
+
+fn ulong_of(v: &[u8]) -> CK_ULONG {
+    CK_ULONG::from_ne_bytes(v.try_into().expect("a CK_ULONG"))
+}
+
+#[test]
+fn self_signed_certificates_are_presented_read_only_and_verify() {
+    use aws_lc_rs::signature::{
+        RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
+        RSA_PKCS1_2048_8192_SHA256,
+    };
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    labelled_pair(m, h, CKK_RSA, true, b"rsa-key", Some(b"id-rsa"), &[]);
+    labelled_pair(m, h, CKK_EC, true, b"ec-key", Some(b"id-ec"), &[]);
+    // None of these qualifies: no CKA_ID, cannot sign, needs a per-operation login, a session
+    // key, a key that already has a certificate.
+    labelled_pair(m, h, CKK_EC, true, b"no-id", None, &[]);
+    labelled_pair(
+        m,
+        h,
+        CKK_EC,
+        true,
+        b"no-sign",
+        Some(b"id-nosign"),
+        &[attr(CKA_SIGN, &FALSE)],
+    );
+    let aa = [attr(CKA_ALWAYS_AUTHENTICATE, &TRUE)];
+    labelled_pair(m, h, CKK_EC, true, b"always-auth", Some(b"id-aa"), &aa);
+    labelled_pair(m, h, CKK_EC, false, b"session", Some(b"id-session"), &[]);
+    labelled_pair(m, h, CKK_EC, true, b"has-cert", Some(b"id-cert"), &[]);
+    // Nor this one, which may sign only with a mechanism the certificate does not use: the
+    // others are presented all the same.
+    let pss_only = CKM_SHA256_RSA_PKCS_PSS;
+    let allowed = [attr(CKA_ALLOWED_MECHANISMS, &pss_only)];
+    labelled_pair(m, h, CKK_RSA, true, b"pss-only", Some(b"id-pss"), &allowed);
+    let real = stored_cert(m, h, b"id-cert");
+    // Off (the default): the token's own certificate only.
+    assert_eq!(certificates(m, h, None), vec![real]);
+
+    // On: the same token through a module configured with the option.
+    let base = std::fs::read_to_string(fx.path.join("hsmpool.toml")).expect("the fixture's config");
+    let conf_on = fx.path.join("certs.toml");
+    std::fs::write(
+        &conf_on,
+        format!("{base}[compat]\nself_signed_certificates = true\n"),
+    )
+    .expect("writable");
+    assert_eq!(m.finalize(), CKR_OK);
+    let on = format!("conf={}", conf_on.display());
+    assert_eq!(m.initialize_with(Some(&on)), CKR_OK);
+    let h = m.open(true);
+    // Logged out, no private key is visible and no certificate is presented. (Handles are the
+    // new library instance's.)
+    let real = certificates(m, h, Some(b"id-cert"));
+    assert_eq!(real.len(), 1);
+    let real = real[0];
+    assert_eq!(certificates(m, h, None), vec![real]);
+    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
+    let one = |class: CK_OBJECT_CLASS, id: &[u8]| {
+        let v = find(m, h, &mut [attr(CKA_CLASS, &class), attr_bytes(CKA_ID, id)]);
+        assert_eq!(v.len(), 1, "one object of class {class} with id {id:?}");
+        v[0]
+    };
+    let (rsa_pub, rsa_priv) = (
+        one(CKO_PUBLIC_KEY, b"id-rsa"),
+        one(CKO_PRIVATE_KEY, b"id-rsa"),
+    );
+    let ec_pub = one(CKO_PUBLIC_KEY, b"id-ec");
+    let all = certificates(m, h, None);
+    assert_eq!(
+        all.len(),
+        3,
+        "the stored certificate and two presented ones: {all:?}"
+    );
+    let mut ids: Vec<Vec<u8>> = all.iter().map(|c| get_bytes(m, h, *c, CKA_ID)).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [b"id-cert".to_vec(), b"id-ec".to_vec(), b"id-rsa".to_vec()]
+    );
+    // The other public objects' finds are not disturbed: all of id-rsa is key pair + cert.
+    assert_eq!(find(m, h, &mut [attr_bytes(CKA_ID, b"id-rsa")]).len(), 3);
+
+    let rsa_cert = certificates(m, h, Some(b"id-rsa"));
+    assert_eq!(rsa_cert.len(), 1);
+    let rc = rsa_cert[0];
+    assert_eq!(ulong_of(&get_bytes(m, h, rc, CKA_CLASS)), CKO_CERTIFICATE);
+    assert_eq!(
+        ulong_of(&get_bytes(m, h, rc, CKA_CERTIFICATE_TYPE)),
+        CKC_X_509
+    );
+    assert_eq!(get_bytes(m, h, rc, CKA_LABEL), b"rsa-key");
+    assert_eq!(get_bytes(m, h, rc, CKA_TOKEN), [CK_TRUE]);
+    for ty in [
+        CKA_PRIVATE,
+        CKA_MODIFIABLE,
+        CKA_COPYABLE,
+        CKA_DESTROYABLE,
+        CKA_TRUSTED,
+    ] {
+        assert_eq!(get_bytes(m, h, rc, ty), [CK_FALSE], "attribute {ty:#x}");
+    }
+    let der = get_bytes(m, h, rc, CKA_VALUE);
+    let subject = get_bytes(m, h, rc, CKA_SUBJECT);
+    let serial = get_bytes(m, h, rc, CKA_SERIAL_NUMBER);
+    assert_eq!(subject, get_bytes(m, h, rc, CKA_ISSUER), "self-signed");
+    assert_eq!(subject[0], 0x30, "CKA_SUBJECT is a DER Name");
+    assert_eq!(serial[0], 0x02, "CKA_SERIAL_NUMBER is a DER INTEGER");
+    let (tbs, sig) = tbs_and_signature(&der);
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(&tbs, &subject) && has(&tbs, &serial),
+        "the attributes are the certificate's"
+    );
+    // Verified independently (aws-lc) with the token public key of the same CKA_ID.
+    let n = get_bytes(m, h, rsa_pub, CKA_MODULUS);
+    let e = get_bytes(m, h, rsa_pub, CKA_PUBLIC_EXPONENT);
+    let rsa = RsaPublicKeyComponents { n: &n, e: &e };
+    rsa.verify(&RSA_PKCS1_2048_8192_SHA256, &tbs, &sig)
+        .expect("the RSA certificate verifies with the key's public key");
+    let mut bad = tbs.clone();
+    bad[20] ^= 1;
+    assert!(rsa.verify(&RSA_PKCS1_2048_8192_SHA256, &bad, &sig).is_err());
+    assert!(has(
+        &get_bytes(m, h, rc, CKA_PUBLIC_KEY_INFO),
+        &n[n.len() - 32..]
+    ));
+
+    let ec_cert = certificates(m, h, Some(b"id-ec"));
+    assert_eq!(ec_cert.len(), 1);
+    assert_eq!(get_bytes(m, h, ec_cert[0], CKA_LABEL), b"ec-key");
+    let (tbs, sig) = tbs_and_signature(&get_bytes(m, h, ec_cert[0], CKA_VALUE));
+    let point = get_bytes(m, h, ec_pub, CKA_EC_POINT);
+    let (_, _, point, _) = der_next(&point);
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
+        .verify(&tbs, &sig)
+        .expect("the EC certificate verifies with the key's public key");
+
+    // Read-only (PKCS #11 3.0 §4.4, Table 25: CKA_DESTROYABLE, CKA_MODIFIABLE, CKA_COPYABLE false).
+    assert_eq!(call!(m, C_DestroyObject, h, rc), CKR_ACTION_PROHIBITED);
+    let mut relabel = [attr_bytes(CKA_LABEL, b"x")];
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, rc, relabel.as_mut_ptr(), 1),
+        CKR_ACTION_PROHIBITED
+    );
+    let mut copy = 0;
+    assert_eq!(
+        call!(m, C_CopyObject, h, rc, ptr::null_mut(), 0, &mut copy),
+        CKR_ACTION_PROHIBITED
+    );
+    // A token object: a read-only session may not try (§5.7.3).
+    let ro = m.open(false);
+    assert_eq!(call!(m, C_DestroyObject, ro, rc), CKR_SESSION_READ_ONLY);
+    assert_eq!(call!(m, C_CloseSession, ro), CKR_OK);
+    // Not a key (§5.2: CKR_KEY_HANDLE_INVALID names a handle of an object that is no key).
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), rc),
+        CKR_KEY_HANDLE_INVALID
+    );
+    let mut modulus = CK_ATTRIBUTE {
+        type_: CKA_MODULUS,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, rc, &mut modulus, 1),
+        CKR_ATTRIBUTE_TYPE_INVALID
+    );
+    assert_eq!(modulus.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    let mut size: CK_ULONG = 0;
+    assert_eq!(call!(m, C_GetObjectSize, h, rc, &mut size), CKR_OK);
+    assert!(size as usize > der.len());
+    assert_eq!(certificates(m, h, Some(b"id-rsa")), vec![rc], "still there");
+    let mut by_value = [attr_bytes(CKA_VALUE, &der)];
+    assert_eq!(find(m, h, &mut by_value), vec![rc], "found by its bytes");
+
+    // Logged out it is gone; logged in again it is the same object, not made again.
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    assert_eq!(certificates(m, h, None), vec![real]);
+    let mut label = CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: ptr::null_mut(),
+        ulValueLen: 0,
+    };
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, rc, &mut label, 1),
+        CKR_OBJECT_HANDLE_INVALID
+    );
+    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
+    assert_eq!(certificates(m, h, Some(b"id-rsa")), vec![rc]);
+    assert_eq!(get_bytes(m, h, rc, CKA_VALUE), der);
+
+    // The key's label changes: so do the certificate's label and subject.
+    let mut relabel = [attr_bytes(CKA_LABEL, b"renamed")];
+    assert_eq!(
+        call!(m, C_SetAttributeValue, h, rsa_priv, relabel.as_mut_ptr(), 1),
+        CKR_OK
+    );
+    assert_eq!(certificates(m, h, Some(b"id-rsa")), vec![rc]);
+    assert_eq!(get_bytes(m, h, rc, CKA_LABEL), b"renamed");
+    assert!(has(&get_bytes(m, h, rc, CKA_SUBJECT), b"renamed"));
+
+    // A stored certificate with the key's CKA_ID replaces the presented one.
+    let stored_ec = stored_cert(m, h, b"id-ec");
+    assert_eq!(certificates(m, h, Some(b"id-ec")), vec![stored_ec]);
+    // The key destroyed, its certificate goes with it.
+    assert_eq!(call!(m, C_DestroyObject, h, rsa_priv), CKR_OK);
+    assert_eq!(certificates(m, h, Some(b"id-rsa")), vec![]);
+    assert_eq!(
+        call!(m, C_GetAttributeValue, h, rc, &mut label, 1),
+        CKR_OBJECT_HANDLE_INVALID
+    );
+    assert_eq!(call!(m, C_DestroyObject, h, rc), CKR_OBJECT_HANDLE_INVALID);
+
+    // Nothing was stored on the token: without the option, the two stored certificates only.
+    assert_eq!(m.finalize(), CKR_OK);
+    assert_eq!(m.initialize_with(Some(&fx.config_arg())), CKR_OK);
+    let h = m.open(true);
+    assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_OK);
+    let mut left: Vec<Vec<u8>> = certificates(m, h, None)
+        .into_iter()
+        .map(|c| get_bytes(m, h, c, CKA_ID))
+        .collect();
+    left.sort();
+    assert_eq!(left, [b"id-cert".to_vec(), b"id-ec".to_vec()]);
+    let _ = stored_ec;
+}
+
 // ----- cryptography ------------------------------------------------------------------------------
 
 #[test]
