@@ -136,6 +136,7 @@ impl Setup {
         use cryptoki_sys::*;
         use hsmpool_tests::call;
         use hsmpool_tests::raw::Module;
+        let _one = module_lock();
         let m = Module::load();
         let cfg = format!("conf={}", self.conf.display());
         assert_eq!(m.initialize_with(Some(&cfg)), CKR_OK, "C_Initialize");
@@ -158,6 +159,14 @@ impl Setup {
     pub fn run(&self, cmd: Command) -> Run {
         run(cmd, self.dir(), TIMEOUT)
     }
+}
+
+/// Held while this test process has the module initialised: the two suites of one test binary
+/// may run in parallel, and `C_Initialize` is once per process (§5.4). Not re-entrant:
+/// [`Setup::init_token`] takes it itself.
+pub fn module_lock() -> std::sync::MutexGuard<'static, ()> {
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running count of one suite's checks.

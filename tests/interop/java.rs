@@ -24,7 +24,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use common::{ensure, Kind, Run, Setup, Tally, USER_PIN};
 use cryptoki_sys::*;
@@ -36,9 +35,6 @@ const OUTSIDE: [(&str, &[u8], CK_KEY_TYPE); 2] = [
     ("outside-rsa", &[0x0a, 0x01], CKK_RSA),
     ("outside-ec", &[0x0e, 0x01], CKK_EC),
 ];
-
-/// The module is process-wide: the two suites of this binary take turns with it.
-static MODULE: Mutex<()> = Mutex::new(());
 
 /// The Java source, next to this file.
 fn source() -> PathBuf {
@@ -167,8 +163,8 @@ fn suite(kind: Kind) {
     let made = t.check(
         "the token is initialised and two key pairs without a certificate are made through the C ABI",
         || {
-            let _one = MODULE.lock().unwrap_or_else(|e| e.into_inner());
             setup.init_token();
+            let _one = common::module_lock();
             make_outside_pairs(&setup.conf)
         },
     );
@@ -213,7 +209,7 @@ fn suite(kind: Kind) {
         t.check(
             "the certificates are synthesised, not stored: the C ABI finds them only with the option on",
             || {
-                let _one = MODULE.lock().unwrap_or_else(|e| e.into_inner());
+                let _one = common::module_lock();
                 let on = certificate_ids(&conf_on)?;
                 let off = certificate_ids(&setup.conf)?;
                 let mut want: Vec<Vec<u8>> = OUTSIDE.iter().map(|(_, id, _)| id.to_vec()).collect();
