@@ -1398,7 +1398,8 @@ impl Hsm {
             e => e,
         })?;
         if obj.key.is_none() {
-            return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT));
+            // A valid handle of an object that is no key (PKCS #11 3.0 §5.1.6).
+            return Err(SimError::Rv(CKR_KEY_HANDLE_INVALID));
         }
         if !obj.flag(usage) {
             return Err(SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));

@@ -1612,6 +1612,23 @@ fn key_checks_at_init() {
         call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), 0xdead),
         CKR_KEY_HANDLE_INVALID
     );
+    // A valid handle of an object that is no key: CKR_KEY_HANDLE_INVALID (§5.1.6: "It may be
+    // the case that the specified handle is a valid handle for an object which is not a key").
+    let class = CKO_DATA;
+    let data = hsmpool_tests::raw::create(
+        m,
+        h,
+        &mut [attr(CKA_CLASS, &class), attr_bytes(CKA_LABEL, b"not-a-key")],
+    )
+    .expect("a data object");
+    assert_eq!(
+        call!(m, C_SignInit, h, &mut mech(CKM_SHA256_RSA_PKCS), data),
+        CKR_KEY_HANDLE_INVALID
+    );
+    assert_eq!(
+        call!(m, C_EncryptInit, h, &mut mech(CKM_AES_ECB), data),
+        CKR_KEY_HANDLE_INVALID
+    );
     assert_eq!(
         call!(m, C_SignInit, h, &mut mech(0x7fff_0001), k),
         CKR_MECHANISM_INVALID
