@@ -218,11 +218,11 @@ impl View<'_> {
         }
     }
 
-    /// The token's label, from `C_GetTokenInfo`, without its padding.
-    pub fn token_label(&self) -> String {
+    /// `C_GetTokenInfo` of the token's slot.
+    pub fn token_info(&self) -> CK_TOKEN_INFO {
         let mut info = CK_TOKEN_INFO::default();
         assert_eq!(call!(self.m, C_GetTokenInfo, 0, &mut info), CKR_OK);
-        String::from_utf8_lossy(&info.label).trim_end().to_owned()
+        info
     }
 }
 
