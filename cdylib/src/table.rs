@@ -240,28 +240,43 @@ pub(crate) fn function_list_ptr() -> *mut CK_FUNCTION_LIST {
     ptr::addr_of!(FUNCTION_LIST).cast_mut()
 }
 
+/// The interface records `C_GetInterface` hands out: writable copies of [`INTERFACES`], as a C
+/// module's statics would be. The spec does not let callers write them, but OpenSC's
+/// pkcs11-spy does (it points `pFunctionList` at its own table), and a read-only record
+/// crashed it. Rust code never reads or writes these cells after they are built: lookups use
+/// [`INTERFACES`]; only the pointer leaves.
+struct InterfaceRecords(std::cell::UnsafeCell<[CK_INTERFACE; 2]>);
+
+// SAFETY: no Rust code reads or writes through the cell (see the type's doc); the only accesses
+// are the caller's, through the pointer `C_GetInterface` returns, which PKCS #11 places under
+// the caller's own synchronisation.
+unsafe impl Sync for InterfaceRecords {}
+
+static RECORDS: InterfaceRecords = InterfaceRecords(std::cell::UnsafeCell::new(INTERFACES.0));
+
 /// §5.4.6: a name, if given, must match; a version, if given, must match; every requested flag
 /// must be set on the interface. The first match in [`INTERFACES`] order wins, so no name and no
 /// version gives the default, 3.0. No match is `CKR_ARGUMENTS_BAD`. We offer no interface with
-/// `CKF_INTERFACE_FORK_SAFE`: a forked child must call `C_Initialize` again.
+/// `CKF_INTERFACE_FORK_SAFE`: a forked child must call `C_Initialize` again. Returns a pointer
+/// to the matching record of [`RECORDS`].
 pub(crate) fn find_interface(
     name: Option<&[u8]>,
     version: Option<CK_VERSION>,
     flags: CK_FLAGS,
-) -> Result<&'static CK_INTERFACE> {
-    INTERFACES
+) -> Result<*mut CK_INTERFACE> {
+    let i = INTERFACES
         .0
         .iter()
         .zip(VERSIONS)
-        .find(|(interface, v)| {
+        .position(|(interface, v)| {
             name.is_none_or(|n| n == INTERFACE_NAME.to_bytes())
                 && version.is_none_or(|want| want.major == v.major && want.minor == v.minor)
                 && flags & !interface.flags == 0
         })
-        .map(|(interface, _)| interface)
         .ok_or(Error::ArgumentsBad(
             "no interface matches the name, version and flags",
-        ))
+        ))?;
+    Ok(RECORDS.0.get().cast::<CK_INTERFACE>().wrapping_add(i))
 }
 
 #[cfg(test)]

@@ -140,8 +140,7 @@ pub unsafe extern "C" fn C_GetInterface(
             .map_err(|_| Error::ArgumentsBad("unknown interface name"))?;
         // SAFETY: relayed from this function's contract.
         let version = unsafe { in_opt(p_version.cast_const()) }?;
-        let interface = table::find_interface(name, version, flags)?;
-        out.set(std::ptr::from_ref(interface).cast_mut());
+        out.set(table::find_interface(name, version, flags)?);
         Ok(CKR_OK)
     })
 }
