@@ -2268,3 +2268,94 @@ fn imported_keys_and_certificates_work_like_generated_ones() {
         CKR_TEMPLATE_INCOMPLETE
     );
 }
+
+/// A template that asks for a wrapping key and says nothing of encryption (pkcs11-tool's
+/// `--keygen --usage-wrap` and `--keypairgen --usage-wrap`) gets a key that wraps and does not
+/// also decrypt: the defaults of CKA_ENCRYPT / CKA_DECRYPT are the token's to choose and "may
+/// depend on the values of other attributes" (PKCS #11 3.0, the common footnotes of the object
+/// attribute tables, Table 10 in section 4.2), and CKR_TEMPLATE_INCONSISTENT is for a template that
+/// "specifies attribute values which are mutually incompatible" (section 5.1.6), which this one
+/// does not. A template that asks for wrap and decrypt together is still refused (policy.rs).
+#[test]
+fn a_template_asking_only_to_wrap_gets_a_key_that_does_not_decrypt() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    // The shape pkcs11-tool 0.23 sends for `--keygen --key-type AES:32 --usage-wrap`.
+    let kek = gen_aes(
+        m,
+        h,
+        &[
+            attr(CKA_SENSITIVE, &FALSE),
+            attr(CKA_EXTRACTABLE, &FALSE),
+            attr(CKA_PRIVATE, &FALSE),
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_UNWRAP, &TRUE),
+            attr(CKA_DERIVE, &FALSE),
+        ],
+    );
+    for (ty, want) in [
+        (CKA_WRAP, CK_TRUE),
+        (CKA_UNWRAP, CK_TRUE),
+        (CKA_ENCRYPT, CK_FALSE),
+        (CKA_DECRYPT, CK_FALSE),
+    ] {
+        assert_eq!(get_bytes(m, h, kek, ty), [want], "attribute {ty:#x}");
+    }
+    let mut iv = [0u8; 16];
+    let mut cbc = mech_param(CKM_AES_CBC_PAD, &mut iv);
+    assert_eq!(
+        call!(m, C_DecryptInit, h, &mut cbc, kek),
+        CKR_KEY_FUNCTION_NOT_PERMITTED,
+        "the KEK does not decrypt"
+    );
+    let payload = gen_aes(m, h, &[attr(CKA_EXTRACTABLE, &TRUE)]);
+    let mut wrapped = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            payload,
+            wrapped.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK,
+        "the KEK wraps"
+    );
+    // A key asked only to wrap (not unwrap) still encrypts; a data key still does both.
+    let wrap_only = gen_aes(m, h, &[attr(CKA_WRAP, &TRUE)]);
+    assert_eq!(get_bytes(m, h, wrap_only, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, wrap_only, CKA_DECRYPT), [CK_FALSE]);
+    let data_key = gen_aes(m, h, &[]);
+    assert_eq!(get_bytes(m, h, data_key, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, data_key, CKA_DECRYPT), [CK_TRUE]);
+
+    // RSA (`--keypairgen --key-type rsa:3072 --usage-wrap`): the public key wraps (and encrypts,
+    // as RSA public keys do by default), the private key unwraps and does not decrypt.
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_WRAP, &TRUE)];
+    let mut priv_t = [attr(CKA_UNWRAP, &TRUE)];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            2,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    assert_eq!(get_bytes(m, h, p, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, k, CKA_UNWRAP), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, k, CKA_DECRYPT), [CK_FALSE]);
+}
