@@ -2359,3 +2359,109 @@ fn a_template_asking_only_to_wrap_gets_a_key_that_does_not_decrypt() {
     assert_eq!(get_bytes(m, h, k, CKA_UNWRAP), [CK_TRUE]);
     assert_eq!(get_bytes(m, h, k, CKA_DECRYPT), [CK_FALSE]);
 }
+
+/// A mechanism that takes a parameter is refused at its *Init when the parameter is missing or
+/// out of range (PKCS #11 3.0 section 5.1.6, CKR_MECHANISM_PARAM_INVALID: "invalid parameters
+/// were supplied to the mechanism specified to the cryptographic operation"; the parameter is
+/// supplied at *Init), and no operation is left active. pkcs11-tool offers
+/// SHA-1-HMAC-GENERAL with no CK_MAC_GENERAL_PARAMS: the module used to accept the C_SignInit
+/// and fail the C_Sign.
+#[test]
+fn a_missing_mechanism_parameter_is_refused_at_init() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let gs = CKK_GENERIC_SECRET;
+    let sk = CKO_SECRET_KEY;
+    let mut t = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, &[0x0bu8; 32]),
+        attr(CKA_SIGN, &TRUE),
+        attr(CKA_VERIFY, &TRUE),
+    ];
+    let mut mac_key = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 5, &mut mac_key),
+        CKR_OK
+    );
+    let aes_key = gen_aes(m, h, &[]);
+    let data: &[u8] = b"data to MAC";
+    for (mm, key, full) in [
+        (CKM_SHA_1_HMAC_GENERAL, mac_key, 20),
+        (CKM_SHA256_HMAC_GENERAL, mac_key, 32),
+        (CKM_SHA512_HMAC_GENERAL, mac_key, 64),
+        (CKM_AES_CMAC_GENERAL, aes_key, 16),
+    ] {
+        assert_eq!(
+            call!(m, C_SignInit, h, &mut mech(mm), key),
+            CKR_MECHANISM_PARAM_INVALID,
+            "{mm:#x} without its MAC length"
+        );
+        assert_eq!(
+            call!(m, C_VerifyInit, h, &mut mech(mm), key),
+            CKR_MECHANISM_PARAM_INVALID,
+            "{mm:#x} verify without its MAC length"
+        );
+        let mut none: CK_ULONG = 0;
+        let mut over: CK_ULONG = full + 1;
+        for len in [&mut none, &mut over] {
+            assert_eq!(
+                call!(m, C_SignInit, h, &mut mech_param(mm, len), key),
+                CKR_MECHANISM_PARAM_INVALID,
+                "{mm:#x} with a MAC length outside 1..={full}"
+            );
+        }
+        let mut sig = [0u8; 64];
+        let mut n: CK_ULONG = 64;
+        assert_eq!(
+            call!(
+                m,
+                C_Sign,
+                h,
+                data.as_ptr() as *mut u8,
+                3,
+                sig.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_OPERATION_NOT_INITIALIZED,
+            "no operation was left active"
+        );
+        // With its parameter the mechanism works, and the MAC is as long as asked.
+        let mut len: CK_ULONG = 10;
+        let mac = sign(m, h, &mut mech_param(mm, &mut len), key, data);
+        assert_eq!(mac.len(), 10, "{mm:#x} with a 10-byte MAC length");
+    }
+    let mut iv = [0u8; 16];
+    assert_eq!(
+        call!(m, C_EncryptInit, h, &mut mech(CKM_AES_CTR), aes_key),
+        CKR_MECHANISM_PARAM_INVALID,
+        "AES-CTR without CK_AES_CTR_PARAMS"
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_EncryptInit,
+            h,
+            &mut mech_param(CKM_AES_CTR, &mut iv),
+            aes_key
+        ),
+        CKR_MECHANISM_PARAM_INVALID,
+        "AES-CTR with a bare counter block"
+    );
+    let mut ctr = CK_AES_CTR_PARAMS {
+        ulCounterBits: 32,
+        cb: [0u8; 16],
+    };
+    assert_eq!(
+        call!(
+            m,
+            C_EncryptInit,
+            h,
+            &mut mech_param(CKM_AES_CTR, &mut ctr),
+            aes_key
+        ),
+        CKR_OK,
+        "AES-CTR with its parameters"
+    );
+}
