@@ -181,6 +181,19 @@ fn check_param(mech: &Mechanism) -> Result<()> {
             p,
         ) => matches!(p, MechParam::Pss { .. }),
         (CKM_RSA_PKCS_OAEP, p) => matches!(p, MechParam::Oaep { .. }),
+        // The `_GENERAL` MACs take their MAC length (CK_MAC_GENERAL_PARAMS), 1 to the full
+        // length; without it there is no MAC to make, and the caller learns so here, at *Init
+        // (where the mechanism and its parameter are given), not at the first C_Sign.
+        (CKM_SHA_1_HMAC_GENERAL, p) => general_mac_len_ok(p, 20),
+        (CKM_SHA224_HMAC_GENERAL, p) => general_mac_len_ok(p, 28),
+        (CKM_SHA256_HMAC_GENERAL, p) => general_mac_len_ok(p, 32),
+        (CKM_SHA384_HMAC_GENERAL, p) => general_mac_len_ok(p, 48),
+        (CKM_SHA512_HMAC_GENERAL, p) => general_mac_len_ok(p, 64),
+        (CKM_AES_CMAC_GENERAL, p) => general_mac_len_ok(p, 16),
+        // CK_AES_CTR_PARAMS: ulCounterBits and the 16-byte counter block (the member checks
+        // the counter's width).
+        (CKM_AES_CTR, MechParam::Raw(r)) => r.len() == std::mem::size_of::<CK_AES_CTR_PARAMS>(),
+        (CKM_AES_CTR, _) => false,
         (_, _) => true,
     };
     if ok {
@@ -188,6 +201,11 @@ fn check_param(mech: &Mechanism) -> Result<()> {
     } else {
         Err(Error::MechanismParamInvalid)
     }
+}
+
+/// A `_GENERAL` MAC's parameter: a length from 1 to the full MAC's `full` bytes.
+fn general_mac_len_ok(p: &MechParam, full: CK_ULONG) -> bool {
+    matches!(p, MechParam::Ulong(n) if (1..=full).contains(n))
 }
 
 fn cbc_iv(mech: &Mechanism) -> Result<[u8; AES_BLOCK]> {

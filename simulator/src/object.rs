@@ -177,8 +177,8 @@ static PRIVATE: &[Rule] = &[
 static SECRET_KEY: &[Rule] = &[
     r(CKA_PRIVATE, B, CG, T),
     r(CKA_SENSITIVE, B, CGM, T),
-    r(CKA_ENCRYPT, B, CGM, T),
-    r(CKA_DECRYPT, B, CGM, T),
+    r(CKA_ENCRYPT, B, CGM, None),
+    r(CKA_DECRYPT, B, CGM, None),
     r(CKA_SIGN, B, CGM, T),
     r(CKA_VERIFY, B, CGM, T),
     r(CKA_WRAP, B, CGM, F),
@@ -469,13 +469,30 @@ pub fn apply_template(
             }
         }
     }
-    // Usage defaults that depend on the key type: RSA keys encrypt/decrypt by default, EC keys
-    // cannot.
-    if matches!(class, CKO_PUBLIC_KEY) && !attrs.contains_key(&CKA_ENCRYPT) {
-        attrs.insert(CKA_ENCRYPT, bool_bytes(key_type == Some(CKK_RSA)));
-    }
-    if matches!(class, CKO_PRIVATE_KEY) && !attrs.contains_key(&CKA_DECRYPT) {
-        attrs.insert(CKA_DECRYPT, bool_bytes(key_type == Some(CKK_RSA)));
+    // Usage defaults that depend on other attributes (PKCS #11 3.0 leaves the defaults of
+    // CKA_ENCRYPT and CKA_DECRYPT to the token, "and may depend on the values of other
+    // attributes"): RSA and secret keys encrypt/decrypt by default, EC keys cannot; and a key
+    // asked to wrap does not also decrypt by default, one asked to unwrap does not also encrypt
+    // (a private key: decrypt), so that a template asking only for a wrapping key gets one
+    // instead of a CKR_TEMPLATE_INCONSISTENT from the usage policy over a default the caller
+    // never asked for. A template that asks for both is still refused
+    // ([`check_usage_conflicts`]).
+    let on = |attrs: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, ty| {
+        attrs.get(&ty).is_some_and(|v| v.as_slice() == [1])
+    };
+    let (encrypt, decrypt) = match class {
+        CKO_PUBLIC_KEY => (Some(key_type == Some(CKK_RSA)), None),
+        CKO_PRIVATE_KEY => (
+            None,
+            Some(key_type == Some(CKK_RSA) && !on(&attrs, CKA_UNWRAP)),
+        ),
+        CKO_SECRET_KEY => (Some(!on(&attrs, CKA_UNWRAP)), Some(!on(&attrs, CKA_WRAP))),
+        _ => (None, None),
+    };
+    for (ty, default) in [(CKA_ENCRYPT, encrypt), (CKA_DECRYPT, decrypt)] {
+        if let Some(v) = default {
+            attrs.entry(ty).or_insert_with(|| bool_bytes(v));
+        }
     }
     attrs.insert(CKA_CLASS, ulong_bytes(class));
     if let Some(kt) = key_type {
@@ -596,6 +613,86 @@ mod tests {
                 &attrs(&[(CKA_WRAP, true), (CKA_ENCRYPT, true)])
             ),
             Ok(())
+        );
+    }
+
+    /// The usage defaults of a generated key under `template` (bools only).
+    fn generated(
+        class: CK_OBJECT_CLASS,
+        key_type: CK_KEY_TYPE,
+        template: &[(CK_ATTRIBUTE_TYPE, bool)],
+    ) -> Result<BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, Rv> {
+        let template: Vec<Attr> = template
+            .iter()
+            .map(|(ty, v)| Attr {
+                ty: *ty,
+                value: bool_bytes(*v),
+            })
+            .collect();
+        apply_template(
+            class,
+            Some(key_type),
+            &template,
+            Origin::Unwrap,
+            false,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn a_key_asked_to_wrap_does_not_decrypt_by_default() {
+        let flag = |a: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, ty| a.get(&ty).cloned();
+        let t = Some(bool_bytes(true));
+        let f = Some(bool_bytes(false));
+        // Nothing asked: a secret key encrypts and decrypts, an RSA private key decrypts.
+        let a = generated(CKO_SECRET_KEY, CKK_AES, &[]).expect("a data key");
+        assert_eq!(
+            (flag(&a, CKA_ENCRYPT), flag(&a, CKA_DECRYPT)),
+            (t.clone(), t.clone())
+        );
+        let a = generated(CKO_PRIVATE_KEY, CKK_RSA, &[]).expect("an RSA key");
+        assert_eq!(flag(&a, CKA_DECRYPT), t.clone());
+        let a = generated(CKO_PRIVATE_KEY, CKK_EC, &[]).expect("an EC key");
+        assert_eq!(flag(&a, CKA_DECRYPT), f.clone());
+        // Wrap (unwrap) asked: the key does not also decrypt (encrypt) unless asked to.
+        let a = generated(
+            CKO_SECRET_KEY,
+            CKK_AES,
+            &[(CKA_WRAP, true), (CKA_UNWRAP, true)],
+        )
+        .expect("a KEK");
+        assert_eq!(
+            (flag(&a, CKA_ENCRYPT), flag(&a, CKA_DECRYPT)),
+            (f.clone(), f.clone())
+        );
+        let a = generated(CKO_SECRET_KEY, CKK_AES, &[(CKA_WRAP, true)]).expect("a wrap-only key");
+        assert_eq!(
+            (flag(&a, CKA_ENCRYPT), flag(&a, CKA_DECRYPT)),
+            (t.clone(), f.clone())
+        );
+        let a = generated(CKO_PRIVATE_KEY, CKK_RSA, &[(CKA_UNWRAP, true)]).expect("RSA unwrap");
+        assert_eq!(flag(&a, CKA_DECRYPT), f.clone());
+        let a = generated(CKO_PUBLIC_KEY, CKK_RSA, &[(CKA_WRAP, true)]).expect("RSA wrap");
+        assert_eq!(flag(&a, CKA_ENCRYPT), t.clone());
+        // Explicit values win, and the policy still judges them.
+        let a = generated(
+            CKO_SECRET_KEY,
+            CKK_AES,
+            &[(CKA_WRAP, true), (CKA_ENCRYPT, false)],
+        )
+        .expect("explicit");
+        assert_eq!(flag(&a, CKA_ENCRYPT), f);
+        assert_eq!(
+            check_usage_conflicts(
+                CKO_SECRET_KEY,
+                &generated(
+                    CKO_SECRET_KEY,
+                    CKK_AES,
+                    &[(CKA_WRAP, true), (CKA_DECRYPT, true)]
+                )
+                .expect("attributes")
+            ),
+            Err(CKR_TEMPLATE_INCONSISTENT)
         );
     }
 

@@ -2,7 +2,7 @@
 //! fail the test, not hang it), output captured to files, and a report of exactly what ran for
 //! failure messages.
 //!
-//! Shared by `tests/tests/pkcs11_tool.rs` and `tests/tests/c_program.rs` through
+//! Used by every interop suite through `common.rs`, and by `tests/tests/c_program.rs` through
 //! `#[path = "../interop/run.rs"] mod run;`.
 #![allow(dead_code)]
 

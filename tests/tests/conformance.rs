@@ -2618,3 +2618,200 @@ fn imported_keys_and_certificates_work_like_generated_ones() {
         CKR_TEMPLATE_INCOMPLETE
     );
 }
+
+/// A template that asks for a wrapping key and says nothing of encryption (pkcs11-tool's
+/// `--keygen --usage-wrap` and `--keypairgen --usage-wrap`) gets a key that wraps and does not
+/// also decrypt: the defaults of CKA_ENCRYPT / CKA_DECRYPT are the token's to choose and "may
+/// depend on the values of other attributes" (PKCS #11 3.0, the common footnotes of the object
+/// attribute tables, Table 10 in section 4.2), and CKR_TEMPLATE_INCONSISTENT is for a template that
+/// "specifies attribute values which are mutually incompatible" (section 5.1.6), which this one
+/// does not. A template that asks for wrap and decrypt together is still refused (policy.rs).
+#[test]
+fn a_template_asking_only_to_wrap_gets_a_key_that_does_not_decrypt() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    // The shape pkcs11-tool 0.23 sends for `--keygen --key-type AES:32 --usage-wrap`.
+    let kek = gen_aes(
+        m,
+        h,
+        &[
+            attr(CKA_SENSITIVE, &FALSE),
+            attr(CKA_EXTRACTABLE, &FALSE),
+            attr(CKA_PRIVATE, &FALSE),
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_UNWRAP, &TRUE),
+            attr(CKA_DERIVE, &FALSE),
+        ],
+    );
+    for (ty, want) in [
+        (CKA_WRAP, CK_TRUE),
+        (CKA_UNWRAP, CK_TRUE),
+        (CKA_ENCRYPT, CK_FALSE),
+        (CKA_DECRYPT, CK_FALSE),
+    ] {
+        assert_eq!(get_bytes(m, h, kek, ty), [want], "attribute {ty:#x}");
+    }
+    let mut iv = [0u8; 16];
+    let mut cbc = mech_param(CKM_AES_CBC_PAD, &mut iv);
+    assert_eq!(
+        call!(m, C_DecryptInit, h, &mut cbc, kek),
+        CKR_KEY_FUNCTION_NOT_PERMITTED,
+        "the KEK does not decrypt"
+    );
+    let payload = gen_aes(m, h, &[attr(CKA_EXTRACTABLE, &TRUE)]);
+    let mut wrapped = [0u8; 40];
+    let mut n: CK_ULONG = 40;
+    assert_eq!(
+        call!(
+            m,
+            C_WrapKey,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP),
+            kek,
+            payload,
+            wrapped.as_mut_ptr(),
+            &mut n
+        ),
+        CKR_OK,
+        "the KEK wraps"
+    );
+    // A key asked only to wrap (not unwrap) still encrypts; a data key still does both.
+    let wrap_only = gen_aes(m, h, &[attr(CKA_WRAP, &TRUE)]);
+    assert_eq!(get_bytes(m, h, wrap_only, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, wrap_only, CKA_DECRYPT), [CK_FALSE]);
+    let data_key = gen_aes(m, h, &[]);
+    assert_eq!(get_bytes(m, h, data_key, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, data_key, CKA_DECRYPT), [CK_TRUE]);
+
+    // RSA (`--keypairgen --key-type rsa:3072 --usage-wrap`): the public key wraps (and encrypts,
+    // as RSA public keys do by default), the private key unwraps and does not decrypt.
+    let bits: CK_ULONG = 2048;
+    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_WRAP, &TRUE)];
+    let mut priv_t = [attr(CKA_UNWRAP, &TRUE)];
+    let (mut p, mut k) = (0, 0);
+    assert_eq!(
+        call!(
+            m,
+            C_GenerateKeyPair,
+            h,
+            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            pub_t.as_mut_ptr(),
+            2,
+            priv_t.as_mut_ptr(),
+            1,
+            &mut p,
+            &mut k
+        ),
+        CKR_OK
+    );
+    assert_eq!(get_bytes(m, h, p, CKA_ENCRYPT), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, k, CKA_UNWRAP), [CK_TRUE]);
+    assert_eq!(get_bytes(m, h, k, CKA_DECRYPT), [CK_FALSE]);
+}
+
+/// A mechanism that takes a parameter is refused at its *Init when the parameter is missing or
+/// out of range (PKCS #11 3.0 section 5.1.6, CKR_MECHANISM_PARAM_INVALID: "invalid parameters
+/// were supplied to the mechanism specified to the cryptographic operation"; the parameter is
+/// supplied at *Init), and no operation is left active. pkcs11-tool offers
+/// SHA-1-HMAC-GENERAL with no CK_MAC_GENERAL_PARAMS: the module used to accept the C_SignInit
+/// and fail the C_Sign.
+#[test]
+fn a_missing_mechanism_parameter_is_refused_at_init() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let gs = CKK_GENERIC_SECRET;
+    let sk = CKO_SECRET_KEY;
+    let mut t = [
+        attr(CKA_CLASS, &sk),
+        attr(CKA_KEY_TYPE, &gs),
+        attr_bytes(CKA_VALUE, &[0x0bu8; 32]),
+        attr(CKA_SIGN, &TRUE),
+        attr(CKA_VERIFY, &TRUE),
+    ];
+    let mut mac_key = 0;
+    assert_eq!(
+        call!(m, C_CreateObject, h, t.as_mut_ptr(), 5, &mut mac_key),
+        CKR_OK
+    );
+    let aes_key = gen_aes(m, h, &[]);
+    let data: &[u8] = b"data to MAC";
+    for (mm, key, full) in [
+        (CKM_SHA_1_HMAC_GENERAL, mac_key, 20),
+        (CKM_SHA256_HMAC_GENERAL, mac_key, 32),
+        (CKM_SHA512_HMAC_GENERAL, mac_key, 64),
+        (CKM_AES_CMAC_GENERAL, aes_key, 16),
+    ] {
+        assert_eq!(
+            call!(m, C_SignInit, h, &mut mech(mm), key),
+            CKR_MECHANISM_PARAM_INVALID,
+            "{mm:#x} without its MAC length"
+        );
+        assert_eq!(
+            call!(m, C_VerifyInit, h, &mut mech(mm), key),
+            CKR_MECHANISM_PARAM_INVALID,
+            "{mm:#x} verify without its MAC length"
+        );
+        let mut none: CK_ULONG = 0;
+        let mut over: CK_ULONG = full + 1;
+        for len in [&mut none, &mut over] {
+            assert_eq!(
+                call!(m, C_SignInit, h, &mut mech_param(mm, len), key),
+                CKR_MECHANISM_PARAM_INVALID,
+                "{mm:#x} with a MAC length outside 1..={full}"
+            );
+        }
+        let mut sig = [0u8; 64];
+        let mut n: CK_ULONG = 64;
+        assert_eq!(
+            call!(
+                m,
+                C_Sign,
+                h,
+                data.as_ptr() as *mut u8,
+                3,
+                sig.as_mut_ptr(),
+                &mut n
+            ),
+            CKR_OPERATION_NOT_INITIALIZED,
+            "no operation was left active"
+        );
+        // With its parameter the mechanism works, and the MAC is as long as asked.
+        let mut len: CK_ULONG = 10;
+        let mac = sign(m, h, &mut mech_param(mm, &mut len), key, data);
+        assert_eq!(mac.len(), 10, "{mm:#x} with a 10-byte MAC length");
+    }
+    let mut iv = [0u8; 16];
+    assert_eq!(
+        call!(m, C_EncryptInit, h, &mut mech(CKM_AES_CTR), aes_key),
+        CKR_MECHANISM_PARAM_INVALID,
+        "AES-CTR without CK_AES_CTR_PARAMS"
+    );
+    assert_eq!(
+        call!(
+            m,
+            C_EncryptInit,
+            h,
+            &mut mech_param(CKM_AES_CTR, &mut iv),
+            aes_key
+        ),
+        CKR_MECHANISM_PARAM_INVALID,
+        "AES-CTR with a bare counter block"
+    );
+    let mut ctr = CK_AES_CTR_PARAMS {
+        ulCounterBits: 32,
+        cb: [0u8; 16],
+    };
+    assert_eq!(
+        call!(
+            m,
+            C_EncryptInit,
+            h,
+            &mut mech_param(CKM_AES_CTR, &mut ctr),
+            aes_key
+        ),
+        CKR_OK,
+        "AES-CTR with its parameters"
+    );
+}

@@ -146,18 +146,30 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
     let before = count_objects(m, h);
     // Create.
     assert_eq!(
-        aes(m, h, &[attr(CKA_WRAP, &TRUE)]),
+        aes(m, h, &[attr(CKA_WRAP, &TRUE), attr(CKA_DECRYPT, &TRUE)]),
         Err(CKR_TEMPLATE_INCONSISTENT),
-        "wrap + default decrypt"
+        "wrap + decrypt"
     );
     assert_eq!(
-        aes(m, h, &[attr(CKA_UNWRAP, &TRUE), attr(CKA_DECRYPT, &FALSE)]),
+        aes(
+            m,
+            h,
+            &[
+                attr(CKA_UNWRAP, &TRUE),
+                attr(CKA_ENCRYPT, &TRUE),
+                attr(CKA_DECRYPT, &FALSE)
+            ]
+        ),
         Err(CKR_TEMPLATE_INCONSISTENT),
         "unwrap + encrypt"
     );
     // Generate.
     let len: CK_ULONG = 32;
-    let mut t = [attr(CKA_VALUE_LEN, &len), attr(CKA_WRAP, &TRUE)];
+    let mut t = [
+        attr(CKA_VALUE_LEN, &len),
+        attr(CKA_WRAP, &TRUE),
+        attr(CKA_DECRYPT, &TRUE),
+    ];
     let mut k = 0;
     assert_eq!(
         call!(
@@ -166,14 +178,14 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
             h,
             &mut mech(CKM_AES_KEY_GEN),
             t.as_mut_ptr(),
-            2,
+            3,
             &mut k
         ),
         CKR_TEMPLATE_INCONSISTENT
     );
     let bits: CK_ULONG = 2048;
     let mut pub_t = [attr(CKA_MODULUS_BITS, &bits)];
-    let mut priv_t = [attr(CKA_UNWRAP, &TRUE)];
+    let mut priv_t = [attr(CKA_UNWRAP, &TRUE), attr(CKA_DECRYPT, &TRUE)];
     let (mut p, mut q) = (0, 0);
     assert_eq!(
         call!(
@@ -184,12 +196,12 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
             pub_t.as_mut_ptr(),
             1,
             priv_t.as_mut_ptr(),
-            1,
+            2,
             &mut p,
             &mut q
         ),
         CKR_TEMPLATE_INCONSISTENT,
-        "an RSA private key that unwraps and (by default) decrypts"
+        "an RSA private key that unwraps and decrypts"
     );
     assert_eq!(
         count_objects(m, h),
@@ -242,6 +254,7 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
         attr(CKA_CLASS, &class),
         attr(CKA_KEY_TYPE, &kt),
         attr(CKA_WRAP, &TRUE),
+        attr(CKA_DECRYPT, &TRUE),
     ];
     assert_eq!(
         call!(
@@ -253,7 +266,7 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
             wrapped.as_mut_ptr(),
             40,
             t.as_mut_ptr(),
-            3,
+            4,
             &mut c
         ),
         CKR_TEMPLATE_INCONSISTENT
@@ -289,9 +302,10 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
         attr(CKA_KEY_TYPE, &kt),
         attr(CKA_VALUE_LEN, &len),
         attr(CKA_UNWRAP, &TRUE),
+        attr(CKA_ENCRYPT, &TRUE),
     ];
     assert_eq!(
-        call!(m, C_DeriveKey, h, &mut hm, base, dt.as_mut_ptr(), 4, &mut c),
+        call!(m, C_DeriveKey, h, &mut hm, base, dt.as_mut_ptr(), 5, &mut c),
         CKR_TEMPLATE_INCONSISTENT
     );
 }
