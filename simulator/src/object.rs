@@ -558,11 +558,22 @@ pub fn modify(
 /// no private key may both unwrap and decrypt (the same attack through the key pair: a blob
 /// wrapped under the public key decrypts to the key in clear). Applied to every object however
 /// it is made or changed: create, generate, copy, unwrap, derive, set.
+///
+/// A key whose value can be read (`CKA_SENSITIVE` false) is exempt: whoever may use it may read
+/// it and decrypt a blob wrapped under it without the token, so refusing the pair protects
+/// nothing (OpenSC's `pkcs11-tool --derive` asks for such a key with every usage). Making it
+/// sensitive later re-applies the rule, so a sensitive key never holds a conflicting pair.
 pub fn check_usage_conflicts(
     class: CK_OBJECT_CLASS,
     attrs: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
 ) -> Result<(), Rv> {
     let on = |ty: CK_ATTRIBUTE_TYPE| attrs.get(&ty).is_some_and(|v| v.as_slice() == [1]);
+    let readable = attrs
+        .get(&CKA_SENSITIVE)
+        .is_some_and(|v| v.as_slice() == [0]);
+    if readable {
+        return Ok(());
+    }
     let conflict = match class {
         CKO_SECRET_KEY => (on(CKA_WRAP) && on(CKA_DECRYPT)) || (on(CKA_UNWRAP) && on(CKA_ENCRYPT)),
         CKO_PRIVATE_KEY => on(CKA_UNWRAP) && on(CKA_DECRYPT),
@@ -613,6 +624,24 @@ mod tests {
                 &attrs(&[(CKA_WRAP, true), (CKA_ENCRYPT, true)])
             ),
             Ok(())
+        );
+        // A readable key is exempt; a sensitive one, or one that does not say, is not.
+        let with = |base: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, sensitive: bool| {
+            let mut a = base.clone();
+            a.insert(CKA_SENSITIVE, bool_bytes(sensitive));
+            a
+        };
+        assert_eq!(
+            check_usage_conflicts(CKO_SECRET_KEY, &with(&wrap_decrypt, false)),
+            Ok(())
+        );
+        assert_eq!(
+            check_usage_conflicts(CKO_PRIVATE_KEY, &with(&unwrap_decrypt, false)),
+            Ok(())
+        );
+        assert_eq!(
+            check_usage_conflicts(CKO_SECRET_KEY, &with(&wrap_decrypt, true)),
+            Err(CKR_TEMPLATE_INCONSISTENT)
         );
     }
 

@@ -308,6 +308,30 @@ fn no_key_may_wrap_and_decrypt_or_unwrap_and_encrypt_however_it_is_made() {
         call!(m, C_DeriveKey, h, &mut hm, base, dt.as_mut_ptr(), 5, &mut c),
         CKR_TEMPLATE_INCONSISTENT
     );
+    // A key whose value can be read is exempt (its user can do both without the token)...
+    let readable = aes(
+        m,
+        h,
+        &[
+            attr(CKA_SENSITIVE, &FALSE),
+            attr(CKA_WRAP, &TRUE),
+            attr(CKA_DECRYPT, &TRUE),
+        ],
+    )
+    .expect("a readable key may wrap and decrypt");
+    // ...until it is made sensitive: then the rule applies, and the change is refused.
+    let mut sensitive = [attr(CKA_SENSITIVE, &TRUE)];
+    assert_eq!(
+        call!(
+            m,
+            C_SetAttributeValue,
+            h,
+            readable,
+            sensitive.as_mut_ptr(),
+            1
+        ),
+        CKR_TEMPLATE_INCONSISTENT
+    );
 }
 
 #[test]
