@@ -26,10 +26,10 @@
 //!   key and certificate): `s_server` takes the certificate from a file and the key from the
 //!   token, and OpenSSL matches them by public key;
 //! - for `rsa_pss_saltlen:max` OpenSSL 3 hands libp11 -3 (RSA_PSS_SALTLEN_MAX), which libp11
-//!   passes on unmapped as `sLen` = 2^64 - 3; the module refuses that salt length with
-//!   CKR_MECHANISM_PARAM_INVALID and libp11 falls back to raw RSA (CKM_RSA_X_509) over a PSS
-//!   encoding OpenSSL makes, so the signature is still made in the token and verifies with
-//!   the maximum salt (checked below).
+//!   passes on unmapped as `sLen` = 2^64 - 3 (a libp11 bug); the module refuses that salt
+//!   length with CKR_MECHANISM_PARAM_INVALID at `C_SignInit` (PKCS #11 3.0 §5.13.1) and
+//!   libp11 falls back to raw RSA (CKM_RSA_X_509) over a PSS encoding OpenSSL makes, so the
+//!   signature is still made in the token and verifies with the maximum salt (checked below).
 //!
 //! And one of opensc 0.23's `pkcs11-tool`: `--read-object --type pubkey` of an EC key can fail
 //! with "cannot create EVP_PKEY" although the token returns a valid CKA_EC_POINT (in gdb the
