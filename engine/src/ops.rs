@@ -159,6 +159,18 @@ fn is_cbc(mech: CK_MECHANISM_TYPE) -> bool {
     matches!(mech, CKM_AES_CBC | CKM_AES_CBC_PAD)
 }
 
+fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mech,
+        CKM_RSA_PKCS_PSS
+            | CKM_SHA1_RSA_PKCS_PSS
+            | CKM_SHA224_RSA_PKCS_PSS
+            | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS
+            | CKM_SHA512_RSA_PKCS_PSS
+    )
+}
+
 /// Check a mechanism's parameter shape before anything reaches a member.
 fn check_param(mech: &Mechanism) -> Result<()> {
     let ok = match (mech.mech, &mech.param) {
@@ -171,15 +183,7 @@ fn check_param(mech: &Mechanism) -> Result<()> {
             (1..=1024).contains(&iv.len()) && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
         }
         (CKM_AES_GCM, _) => false,
-        (
-            CKM_RSA_PKCS_PSS
-            | CKM_SHA1_RSA_PKCS_PSS
-            | CKM_SHA224_RSA_PKCS_PSS
-            | CKM_SHA256_RSA_PKCS_PSS
-            | CKM_SHA384_RSA_PKCS_PSS
-            | CKM_SHA512_RSA_PKCS_PSS,
-            p,
-        ) => matches!(p, MechParam::Pss { .. }),
+        (m, p) if is_pss(m) => matches!(p, MechParam::Pss { .. }),
         (CKM_RSA_PKCS_OAEP, p) => matches!(p, MechParam::Oaep { .. }),
         // The `_GENERAL` MACs take their MAC length (CK_MAC_GENERAL_PARAMS), 1 to the full
         // length; without it there is no MAC to make, and the caller learns so here, at *Init
@@ -351,6 +355,14 @@ impl Engine {
         }
         if !row.size_ok(meta.key_bits) {
             return Err(Error::KeySizeRange);
+        }
+        // PSS parameters are checked against the key here, as the member will check them:
+        // §5.13.1 / §5.15.1 list CKR_MECHANISM_PARAM_INVALID for C_SignInit / C_VerifyInit,
+        // and §5.13.2 / §5.15.2 do not list it for C_Sign / C_Verify. (libp11 0.4.12 passes
+        // OpenSSL 3's "maximum salt", -3, as sLen = 2^64 - 3, and falls back on this error.)
+        if is_pss(mech.mech) {
+            hsmpool_sim::crypto::check_rsa_pss_param(&mech, meta.key_bits)
+                .map_err(|_| Error::MechanismParamInvalid)?;
         }
         let hash = match row.hash {
             Some(h) => Some(digest_ctx(h)?),

@@ -1687,6 +1687,134 @@ fn key_checks_at_init() {
     );
 }
 
+/// PSS parameters are checked against the key at `C_SignInit` / `C_VerifyInit`: §5.13.1 and
+/// §5.15.1 list CKR_MECHANISM_PARAM_INVALID for them, §5.13.2 / §5.15.2 (C_Sign, C_Verify) do
+/// not. libp11 0.4.12 passes OpenSSL 3's "maximum salt" (-3) as sLen = 2^64 - 3; that, a salt
+/// one byte longer than an RSA-2048 key has room for with SHA-256 (emLen 256 - 32 - 2 = 222),
+/// a hash other than the mechanism's, and an unknown MGF are refused at init, leaving no
+/// operation; the longest salt that fits signs and verifies.
+#[test]
+fn pss_parameters_are_checked_against_the_key_at_init() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let (p, k) = gen_rsa(m, h, false, "pss");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"pss at init");
+    let d = digest.as_ref();
+    let pss = |hash, mgf, s_len| CK_RSA_PKCS_PSS_PARAMS {
+        hashAlg: hash,
+        mgf,
+        sLen: s_len,
+    };
+    for (mechanism, mut params, why) in [
+        (
+            CKM_RSA_PKCS_PSS,
+            pss(CKM_SHA256, CKG_MGF1_SHA256, CK_ULONG::MAX - 2),
+            "libp11's sLen for OpenSSL's maximum salt",
+        ),
+        (
+            CKM_RSA_PKCS_PSS,
+            pss(CKM_SHA256, CKG_MGF1_SHA256, 223),
+            "a salt one byte too long for the key",
+        ),
+        (
+            CKM_SHA256_RSA_PKCS_PSS,
+            pss(CKM_SHA384, CKG_MGF1_SHA384, 48),
+            "a hash other than the mechanism's",
+        ),
+        (
+            CKM_RSA_PKCS_PSS,
+            pss(CKM_SHA256, 0x7fff_0001, 32),
+            "an unknown MGF",
+        ),
+    ] {
+        assert_eq!(
+            call!(m, C_SignInit, h, &mut mech_param(mechanism, &mut params), k),
+            CKR_MECHANISM_PARAM_INVALID,
+            "C_SignInit: {why}"
+        );
+        let mut sig = [0u8; 256];
+        let mut len = sig.len() as CK_ULONG;
+        assert_eq!(
+            call!(
+                m,
+                C_Sign,
+                h,
+                d.as_ptr() as *mut u8,
+                d.len() as CK_ULONG,
+                sig.as_mut_ptr(),
+                &mut len
+            ),
+            CKR_OPERATION_NOT_INITIALIZED,
+            "no signing operation after a refused C_SignInit: {why}"
+        );
+        assert_eq!(
+            call!(
+                m,
+                C_VerifyInit,
+                h,
+                &mut mech_param(mechanism, &mut params),
+                p
+            ),
+            CKR_MECHANISM_PARAM_INVALID,
+            "C_VerifyInit: {why}"
+        );
+        assert_eq!(
+            call!(
+                m,
+                C_Verify,
+                h,
+                d.as_ptr() as *mut u8,
+                d.len() as CK_ULONG,
+                sig.as_mut_ptr(),
+                256
+            ),
+            CKR_OPERATION_NOT_INITIALIZED,
+            "no verification after a refused C_VerifyInit: {why}"
+        );
+    }
+    let mut max = pss(CKM_SHA256, CKG_MGF1_SHA256, 222);
+    let sig = sign(m, h, &mut mech_param(CKM_RSA_PKCS_PSS, &mut max), k, d);
+    assert_eq!(
+        verify(
+            m,
+            h,
+            &mut mech_param(CKM_RSA_PKCS_PSS, &mut max),
+            p,
+            d,
+            &sig
+        ),
+        CKR_OK,
+        "the longest salt that fits"
+    );
+    let mut bad = sig.clone();
+    bad[100] ^= 1;
+    assert_eq!(
+        verify(
+            m,
+            h,
+            &mut mech_param(CKM_RSA_PKCS_PSS, &mut max),
+            p,
+            d,
+            &bad
+        ),
+        CKR_SIGNATURE_INVALID
+    );
+    let mut short = pss(CKM_SHA256, CKG_MGF1_SHA256, 32);
+    assert_eq!(
+        verify(
+            m,
+            h,
+            &mut mech_param(CKM_RSA_PKCS_PSS, &mut short),
+            p,
+            d,
+            &sig
+        ),
+        CKR_SIGNATURE_INVALID,
+        "a salt-222 signature is not a salt-32 one"
+    );
+}
+
 #[test]
 fn aes_gcm_and_cbc_pad_single_and_multi_part() {
     let fx = Fixture::new();

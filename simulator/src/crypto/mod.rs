@@ -396,6 +396,16 @@ pub fn is_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
     hash_of_hash_and_sign(mech).map(Hash::ckm)
 }
 
+/// Checks the `CK_RSA_PKCS_PSS_PARAMS` of an RSA-PSS mechanism (`CKM_RSA_PKCS_PSS` or a
+/// `CKM_SHA*_RSA_PKCS_PSS`) against a key of `key_bits`, exactly as signing and verifying
+/// will: a known hash and MGF1 hash, the mechanism's own hash where it names one, a salt the
+/// key's encoding has room for. `Err(CKR_MECHANISM_PARAM_INVALID)` otherwise. For a caller
+/// that must refuse the parameter at `C_SignInit` / `C_VerifyInit`, the only functions for
+/// which PKCS #11 lists CKR_MECHANISM_PARAM_INVALID.
+pub fn check_rsa_pss_param(mech: &Mechanism, key_bits: usize) -> Result<(), Rv> {
+    rsa::pss_param(&mech.param, hash_of_hash_and_sign(mech.mech), key_bits).map(|_| ())
+}
+
 /// The hash of a hash-and-sign mechanism.
 pub(crate) fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
     match mech {

@@ -367,7 +367,7 @@ fn plan<'a>(
 
 /// Checks a `CK_RSA_PKCS_PSS_PARAMS`: known hash and MGF1 hash, hash equal to the mechanism's
 /// when it has one, salt no longer than the key allows.
-fn pss_param(
+pub(crate) fn pss_param(
     param: &MechParam,
     mech_hash: Option<Hash>,
     key_bits: usize,
