@@ -57,7 +57,7 @@ typedef struct HSMPOOL_MEMBER_STATS {
     CK_ULONG reauths;       /* re-authentications of its pool */
     CK_ULONG replicated;    /* objects copied to it (replication, resynchronisation) */
     CK_ULONG dropped;       /* objects removed from it (resynchronisation, roll-back) */
-    CK_ULONG latency[HSMPOOL_LATENCY_BUCKETS]; /* latency[i]: calls under 2^i microseconds */
+    CK_ULONG latency[HSMPOOL_LATENCY_BUCKETS]; /* latency[i]: sampled calls (one in eight) under 2^i microseconds */
 } HSMPOOL_MEMBER_STATS;
 
 /* Every member's status and counters since C_Initialize. */
