@@ -56,7 +56,7 @@ pub struct Settings {
     pub sessions_per_member: usize,
     /// Members a token object must reach for its create to succeed.
     pub min_replicas: usize,
-    /// Longest a call may take, retries included.
+    /// Longest a call may go on retrying, from its first failure.
     pub call_deadline: Duration,
     /// Health probe period.
     pub probe_interval: Duration,

@@ -89,7 +89,8 @@ pub struct ClusterConfig {
     pub sessions_per_member: Option<usize>,
     /// Members a token object must reach (default 2, or all when fewer).
     pub min_replicas: Option<usize>,
-    /// Longest a call may take, retries included, in ms (default 20000).
+    /// Longest a call may go on retrying, from its first failure, in ms (default 20000; each
+    /// attempt is also bounded by the member's own timeout).
     pub call_deadline_ms: Option<u64>,
     /// Health probe period in ms (default 200).
     pub probe_interval_ms: Option<u64>,
