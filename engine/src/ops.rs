@@ -364,6 +364,11 @@ impl Engine {
             hsmpool_sim::crypto::check_rsa_pss_param(&mech, meta.key_bits)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
+        // OAEP likewise (§5.8.1 / §5.9.1 for C_EncryptInit / C_DecryptInit).
+        if mech.mech == CKM_RSA_PKCS_OAEP {
+            hsmpool_sim::crypto::check_rsa_oaep_param(&mech)
+                .map_err(|_| Error::MechanismParamInvalid)?;
+        }
         let hash = match row.hash {
             Some(h) => Some(digest_ctx(h)?),
             None => None,

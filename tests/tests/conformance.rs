@@ -2090,6 +2090,26 @@ fn rsa_oaep_and_pkcs1_encryption_round_trip() {
         ),
         CKR_OK
     );
+    // Bad OAEP parameters are refused at *Init (§5.8.1 / §5.9.1 list
+    // CKR_MECHANISM_PARAM_INVALID there), with no operation left active.
+    for (hash, mgf) in [(0x7777, CKG_MGF1_SHA256), (CKM_SHA256, 0x99)] {
+        let mut bad = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: hash,
+            mgf,
+            source: 0,
+            pSourceData: ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        let mut mm = mech_param(CKM_RSA_PKCS_OAEP, &mut bad);
+        assert_eq!(
+            call!(m, C_EncryptInit, h, &mut mm, p),
+            CKR_MECHANISM_PARAM_INVALID
+        );
+        assert_eq!(
+            call!(m, C_DecryptInit, h, &mut mm, k),
+            CKR_MECHANISM_PARAM_INVALID
+        );
+    }
     let mut label = *b"label";
     let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
         hashAlg: CKM_SHA256,

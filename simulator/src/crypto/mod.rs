@@ -406,6 +406,12 @@ pub fn check_rsa_pss_param(mech: &Mechanism, key_bits: usize) -> Result<(), Rv> 
     rsa::pss_param(&mech.param, hash_of_hash_and_sign(mech.mech), key_bits).map(|_| ())
 }
 
+/// Checks `CK_RSA_PKCS_OAEP_PARAMS` as encryption, decryption and wrapping will (a supported
+/// hash and MGF1), so a caller can refuse bad parameters at `*Init`.
+pub fn check_rsa_oaep_param(mech: &Mechanism) -> Result<(), Rv> {
+    rsa::oaep_param(&mech.param).map(|_| ())
+}
+
 /// The hash of a hash-and-sign mechanism.
 pub(crate) fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
     match mech {

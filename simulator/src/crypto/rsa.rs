@@ -524,7 +524,7 @@ pub(crate) fn verify(
 }
 
 /// Checks a `CK_RSA_PKCS_OAEP_PARAMS`: known hash and MGF1 hash.
-fn oaep_param(param: &MechParam) -> Result<(Hash, Hash, &[u8]), Rv> {
+pub(crate) fn oaep_param(param: &MechParam) -> Result<(Hash, Hash, &[u8]), Rv> {
     let MechParam::Oaep { hash, mgf, label } = param else {
         return Err(CKR_MECHANISM_PARAM_INVALID);
     };
