@@ -364,7 +364,7 @@ impl Engine {
             hsmpool_sim::crypto::check_rsa_pss_param(&mech, meta.key_bits)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
-        // OAEP likewise (§5.8.1 / §5.9.1 for C_EncryptInit / C_DecryptInit).
+        // OAEP likewise (§5.8.1 / §5.10.1 for C_EncryptInit / C_DecryptInit).
         if mech.mech == CKM_RSA_PKCS_OAEP {
             hsmpool_sim::crypto::check_rsa_oaep_param(&mech)
                 .map_err(|_| Error::MechanismParamInvalid)?;

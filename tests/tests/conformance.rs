@@ -2090,7 +2090,7 @@ fn rsa_oaep_and_pkcs1_encryption_round_trip() {
         ),
         CKR_OK
     );
-    // Bad OAEP parameters are refused at *Init (§5.8.1 / §5.9.1 list
+    // Bad OAEP parameters are refused at *Init (§5.8.1 / §5.10.1 list
     // CKR_MECHANISM_PARAM_INVALID there), with no operation left active.
     for (hash, mgf) in [(0x7777, CKG_MGF1_SHA256), (CKM_SHA256, 0x99)] {
         let mut bad = CK_RSA_PKCS_OAEP_PARAMS {
