@@ -560,6 +560,34 @@ impl Drop for AeadCtx {
 }
 
 impl AeadCtx {
+    /// Seals `data` into `out` (`ciphertext || tag`); returns the length written.
+    fn seal_into(
+        &self,
+        iv: &[u8],
+        aad: &[u8],
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, Failed> {
+        let mut len = 0usize;
+        // SAFETY: `out` has `out.len()` writable bytes and, being a `&mut`, does not overlap
+        // `data`; the other slices are readable for their lengths; the context is valid.
+        check(unsafe {
+            sys::EVP_AEAD_CTX_seal(
+                self.0.as_ptr(),
+                out.as_mut_ptr(),
+                &mut len,
+                out.len(),
+                iv.as_ptr(),
+                iv.len(),
+                data.as_ptr(),
+                data.len(),
+                aad.as_ptr(),
+                aad.len(),
+            )
+        })?;
+        Ok(len)
+    }
+
     /// An AES-GCM context for a 16, 24 or 32 byte key and a tag of `tag_len` (1..=16) bytes.
     fn aes_gcm(key: &[u8], tag_len: usize) -> Result<Self, Failed> {
         // SAFETY: the EVP_aead_* functions return static method tables.
@@ -608,24 +636,7 @@ impl GcmSealer {
         if iv.is_empty() || out.len() < data.len().saturating_add(16) {
             return failed();
         }
-        let mut len = 0usize;
-        // SAFETY: `out` has `out.len()` writable bytes and, being a `&mut`, does not overlap
-        // `data`; the other slices are readable for their lengths; the context is valid.
-        check(unsafe {
-            sys::EVP_AEAD_CTX_seal(
-                self.0 .0.as_ptr(),
-                out.as_mut_ptr(),
-                &mut len,
-                out.len(),
-                iv.as_ptr(),
-                iv.len(),
-                data.as_ptr(),
-                data.len(),
-                aad.as_ptr(),
-                aad.len(),
-            )
-        })?;
-        Ok(len)
+        self.0.seal_into(iv, aad, data, out)
     }
 }
 
@@ -643,22 +654,7 @@ pub(crate) fn aes_gcm_seal(
     let ctx = AeadCtx::aes_gcm(key, tag_len)?;
     let max = data.len().checked_add(tag_len).map_or_else(failed, Ok)?;
     let mut out = vec![0u8; max];
-    let mut len = 0usize;
-    // SAFETY: `out` has `max` writable bytes; every input slice is readable for its length.
-    check(unsafe {
-        sys::EVP_AEAD_CTX_seal(
-            ctx.0.as_ptr(),
-            out.as_mut_ptr(),
-            &mut len,
-            max,
-            iv.as_ptr(),
-            iv.len(),
-            data.as_ptr(),
-            data.len(),
-            aad.as_ptr(),
-            aad.len(),
-        )
-    })?;
+    let len = ctx.seal_into(iv, aad, data, &mut out)?;
     out.truncate(len);
     Ok(out)
 }
