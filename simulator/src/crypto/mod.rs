@@ -665,18 +665,16 @@ pub fn encrypt_into(
     data: &[u8],
     out: &mut [u8],
 ) -> Result<usize, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
-        Family::Aes => {
-            let (sk, key_type, value) = key.secret()?;
-            sym::aes_encrypt_into(sk, mech, key_type, value, data, out)
-        }
-        _ => {
-            let ct = encrypt(mech, key, data)?;
-            let dst = out.get_mut(..ct.len()).ok_or(CKR_BUFFER_TOO_SMALL)?;
-            dst.copy_from_slice(&ct);
-            Ok(ct.len())
+    if matches!(family(mech.mech), Some(Family::Aes)) {
+        let (sk, key_type, value) = key.secret()?;
+        if let Some(n) = sym::aes_gcm_seal_into(sk, mech, key_type, value, data, out)? {
+            return Ok(n);
         }
     }
+    let ct = encrypt(mech, key, data)?;
+    let dst = out.get_mut(..ct.len()).ok_or(CKR_BUFFER_TOO_SMALL)?;
+    dst.copy_from_slice(&ct);
+    Ok(ct.len())
 }
 
 /// Decrypts `data` with `key` (the mechanisms of [`encrypt`]; RSA needs the private key). Any

@@ -29,7 +29,7 @@ pub(crate) struct SecretKey {
     /// The AES-GCM key (key schedule and GHASH tables), built once; `None` for a value that is
     /// not an AES key length.
     gcm: OnceLock<Option<Box<LessSafeKey>>>,
-    /// The same key for sealing into a caller's buffer ([`aes_encrypt_into`]).
+    /// The same key for sealing into a caller's buffer ([`aes_gcm_seal_into`]).
     gcm_sealer: OnceLock<Option<raw::GcmSealer>>,
     /// The AES-CMAC key (subkeys derived), built once; `None` for a value that is not an AES
     /// key length.
@@ -63,7 +63,7 @@ impl SecretKey {
             .ok_or(CKR_KEY_SIZE_RANGE)
     }
 
-    /// The AES-GCM sealer of [`aes_encrypt_into`], built once.
+    /// The AES-GCM sealer of [`aes_gcm_seal_into`], built once.
     fn gcm_sealer(&self, value: &[u8]) -> Result<&raw::GcmSealer, Rv> {
         self.gcm_sealer
             .get_or_init(|| raw::GcmSealer::new(value).ok())
@@ -356,35 +356,32 @@ fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
     ))
 }
 
-/// AES encryption straight into `out` (which must hold [`aes_encrypt_len`] bytes): the standard
-/// GCM case (12-byte IV, 16-byte tag) seals from the input into `out` directly, with no copy
-/// of the input and no allocation; every other case goes through [`aes_encrypt`] and copies.
-/// Returns the length written.
-pub(crate) fn aes_encrypt_into(
+/// The standard AES-GCM case (12-byte IV, 16-byte tag) sealed from the input straight into
+/// `out`, with no copy of the input and no allocation: `Some(length written)`. `None` for any
+/// other mechanism or parameters, which [`super::encrypt_into`] encrypts and copies.
+pub(crate) fn aes_gcm_seal_into(
     sk: &SecretKey,
     mech: &Mechanism,
     key_type: CK_KEY_TYPE,
     value: &[u8],
     data: &[u8],
     out: &mut [u8],
-) -> Result<usize, Rv> {
-    if mech.mech == CKM_AES_GCM {
-        let (iv, aad, tag_len) = gcm_params(&mech.param)?;
-        if iv.len() == 12 && tag_len == 16 {
-            aes_key(key_type, value)?;
-            if out.len() < data.len().saturating_add(tag_len) {
-                return Err(CKR_BUFFER_TOO_SMALL);
-            }
-            return sk
-                .gcm_sealer(value)?
-                .seal_into(iv, aad, data, out)
-                .map_err(|_| CKR_DATA_LEN_RANGE);
-        }
+) -> Result<Option<usize>, Rv> {
+    if mech.mech != CKM_AES_GCM {
+        return Ok(None);
     }
-    let ct = aes_encrypt(sk, mech, key_type, value, data)?;
-    let dst = out.get_mut(..ct.len()).ok_or(CKR_BUFFER_TOO_SMALL)?;
-    dst.copy_from_slice(&ct);
-    Ok(ct.len())
+    let (iv, aad, tag_len) = gcm_params(&mech.param)?;
+    if iv.len() != 12 || tag_len != 16 {
+        return Ok(None);
+    }
+    aes_key(key_type, value)?;
+    if out.len() < data.len().saturating_add(tag_len) {
+        return Err(CKR_BUFFER_TOO_SMALL);
+    }
+    sk.gcm_sealer(value)?
+        .seal_into(iv, aad, data, out)
+        .map(Some)
+        .map_err(|_| CKR_DATA_LEN_RANGE)
 }
 
 /// AES encryption.
