@@ -316,20 +316,24 @@ impl Engine {
         key: ObjectHandle,
     ) -> Result<()> {
         let sess = self.session(s)?;
-        if sess.lock().ops.active(kind) {
-            return Err(Error::OperationActive);
-        }
+        let usage = usage_attr(kind);
+        // The generation is read before anything it guards, so a change after this point
+        // makes the memo written below stale rather than wrong.
+        let gen = self.cache_gen();
+        let memo = {
+            let g = sess.lock();
+            if g.ops.active(kind) {
+                return Err(Error::OperationActive);
+            }
+            g.last_key.filter(|m| {
+                m.handle == key && m.usage == usage && m.mech == mech.mech && m.gen == gen
+            })
+        };
         if kind == OpKind::Digest {
             return Err(Error::MechanismInvalid);
         }
         let row = self.mech_row(&mech, function_flag(kind))?;
         check_param(&mech)?;
-        let usage = usage_attr(kind);
-        let gen = self.cache_gen();
-        let memo = sess
-            .lock()
-            .last_key
-            .filter(|m| m.handle == key && m.usage == usage && m.mech == mech.mech && m.gen == gen);
         let (entry, meta) = match memo {
             Some(m) => {
                 self.cluster.key_cache_hits.add(1);
