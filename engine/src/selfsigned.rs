@@ -364,20 +364,19 @@ enum Curve {
     Ed25519,
 }
 
-const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const P384_OID: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-const P521_OID: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
-const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-/// `CKA_EC_PARAMS` may also name the curve as a PrintableString.
-const ED25519_NAME: &[u8] = b"\x13\x0cedwards25519";
-
 impl Curve {
+    /// The curve of a key's `CKA_EC_PARAMS`, read by the simulator's own parsers (which accept
+    /// the named-curve OIDs, and for Ed25519 also the PrintableString "edwards25519").
     fn from_params(kt: CK_KEY_TYPE, params: &[u8]) -> Option<Curve> {
-        match (kt, params) {
-            (CKK_EC, P256_OID) => Some(Curve::P256),
-            (CKK_EC, P384_OID) => Some(Curve::P384),
-            (CKK_EC, P521_OID) => Some(Curve::P521),
-            (CKK_EC_EDWARDS, ED25519_OID | ED25519_NAME) => Some(Curve::Ed25519),
+        use hsmpool_sim::crypto::{ed25519_params, Curve as SimCurve};
+        match kt {
+            CKK_EC => match SimCurve::from_ec_params(params).ok()? {
+                SimCurve::P256 => Some(Curve::P256),
+                SimCurve::P384 => Some(Curve::P384),
+                SimCurve::P521 => Some(Curve::P521),
+                SimCurve::Secp256k1 => None,
+            },
+            CKK_EC_EDWARDS => ed25519_params(params).ok().map(|_| Curve::Ed25519),
             _ => None,
         }
     }
