@@ -2835,24 +2835,14 @@ fn a_template_asking_only_to_wrap_gets_a_key_that_does_not_decrypt() {
     // RSA (`--keypairgen --key-type rsa:3072 --usage-wrap`): the public key wraps (and encrypts,
     // as RSA public keys do by default), the private key unwraps and does not decrypt.
     let bits: CK_ULONG = 2048;
-    let mut pub_t = [attr(CKA_MODULUS_BITS, &bits), attr(CKA_WRAP, &TRUE)];
-    let mut priv_t = [attr(CKA_UNWRAP, &TRUE)];
-    let (mut p, mut k) = (0, 0);
-    assert_eq!(
-        call!(
-            m,
-            C_GenerateKeyPair,
-            h,
-            &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
-            pub_t.as_mut_ptr(),
-            2,
-            priv_t.as_mut_ptr(),
-            1,
-            &mut p,
-            &mut k
-        ),
-        CKR_OK
-    );
+    let (p, k) = hsmpool_tests::raw::generate_pair(
+        m,
+        h,
+        &mut mech(CKM_RSA_PKCS_KEY_PAIR_GEN),
+        &mut [attr(CKA_MODULUS_BITS, &bits), attr(CKA_WRAP, &TRUE)],
+        &mut [attr(CKA_UNWRAP, &TRUE)],
+    )
+    .expect("C_GenerateKeyPair");
     assert_eq!(get_bytes(m, h, p, CKA_ENCRYPT), [CK_TRUE]);
     assert_eq!(get_bytes(m, h, k, CKA_UNWRAP), [CK_TRUE]);
     assert_eq!(get_bytes(m, h, k, CKA_DECRYPT), [CK_FALSE]);
