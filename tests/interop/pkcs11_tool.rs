@@ -278,6 +278,31 @@ impl Tool<'_> {
         Ok(der)
     }
 
+    /// `--wrap --mechanism MECH` of the key `id` under the key `kek`: the wrapped bytes, and the
+    /// file they were written to (for `--unwrap -i`).
+    fn wrap(
+        &self,
+        mech: &str,
+        kek: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<(Vec<u8>, String), String> {
+        let out = self.file(name);
+        let r = self.user(&[
+            "--wrap",
+            "--mechanism",
+            mech,
+            "--id",
+            kek,
+            "--application-id",
+            id,
+            "-o",
+            &out,
+        ]);
+        r.ok().stdout_has("Key wrapped");
+        Ok((self.read(name, &r)?, out))
+    }
+
     /// The value of the secret key `id` (it must be extractable and not sensitive).
     fn secret_value(&self, id: &str) -> Result<Vec<u8>, String> {
         let name = format!("secret-{id}.bin");
@@ -1630,20 +1655,7 @@ fn suite(kind: Kind) {
         || {
             let kek = keys.secret(KEK)?;
             let key = keys.secret(AES)?;
-            let out = tool.file("kw.bin");
-            let r = tool.user(&[
-                "--wrap",
-                "--mechanism",
-                "AES-KEY-WRAP",
-                "--id",
-                KEK,
-                "--application-id",
-                AES,
-                "-o",
-                &out,
-            ]);
-            r.ok().stdout_has("Key wrapped");
-            let wrapped = tool.read("kw.bin", &r)?;
+            let (wrapped, out) = tool.wrap("AES-KEY-WRAP", KEK, AES, "kw.bin")?;
             let mut want = [0u8; 40];
             let want = AesKek::new(&key_wrap::AES_256, kek)
                 .map_err(|_| "a KEK")?
@@ -1688,20 +1700,7 @@ fn suite(kind: Kind) {
         || {
             let kek = keys.secret(KEK)?;
             let key = keys.secret(AES)?;
-            let out = tool.file("kwp.bin");
-            let r = tool.user(&[
-                "--wrap",
-                "--mechanism",
-                "0x210B",
-                "--id",
-                KEK,
-                "--application-id",
-                AES,
-                "-o",
-                &out,
-            ]);
-            r.ok().stdout_has("Key wrapped");
-            let wrapped = tool.read("kwp.bin", &r)?;
+            let (wrapped, _) = tool.wrap("0x210B", KEK, AES, "kwp.bin")?;
             let mut want = [0u8; 40];
             let want = AesKek::new(&key_wrap::AES_256, kek)
                 .map_err(|_| "a KEK")?
