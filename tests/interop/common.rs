@@ -22,12 +22,13 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::raw::Module;
 use hsmpool_tests::{module_path, write_test_config};
 
 #[path = "run.rs"]
@@ -131,28 +132,24 @@ impl Setup {
 
     /// Initialise the token (label [`TOKEN_LABEL`], SO PIN [`SO_PIN`], user PIN [`USER_PIN`])
     /// through the module's C ABI from this process, for clients that cannot initialise a
-    /// token themselves. The module is finalised again before this returns.
+    /// token themselves (see [`with_module`]).
     pub fn init_token(&self) {
         use cryptoki_sys::*;
         use hsmpool_tests::call;
-        use hsmpool_tests::raw::Module;
-        let _one = module_lock();
-        let m = Module::load();
-        let cfg = format!("conf={}", self.conf.display());
-        assert_eq!(m.initialize_with(Some(&cfg)), CKR_OK, "C_Initialize");
-        assert_eq!(m.init_token(SO_PIN, TOKEN_LABEL), CKR_OK, "C_InitToken");
-        let h = m.open(true);
-        assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK, "SO login");
-        let rv = call!(
-            m,
-            C_InitPIN,
-            h,
-            USER_PIN.as_ptr() as *mut u8,
-            USER_PIN.len() as CK_ULONG
-        );
-        assert_eq!(rv, CKR_OK, "C_InitPIN");
-        assert_eq!(call!(m, C_Logout, h), CKR_OK);
-        assert_eq!(m.finalize(), CKR_OK, "C_Finalize");
+        with_module(&self.conf, |m| {
+            assert_eq!(m.init_token(SO_PIN, TOKEN_LABEL), CKR_OK, "C_InitToken");
+            let h = m.open(true);
+            assert_eq!(m.login(h, CKU_SO, SO_PIN), CKR_OK, "SO login");
+            let rv = call!(
+                m,
+                C_InitPIN,
+                h,
+                USER_PIN.as_ptr() as *mut u8,
+                USER_PIN.len() as CK_ULONG
+            );
+            assert_eq!(rv, CKR_OK, "C_InitPIN");
+            assert_eq!(call!(m, C_Logout, h), CKR_OK);
+        });
     }
 
     /// Run `cmd` with the interop timeout, output captured in the scratch directory.
@@ -161,12 +158,26 @@ impl Setup {
     }
 }
 
-/// Held while this test process has the module initialised: the two suites of one test binary
-/// may run in parallel, and `C_Initialize` is once per process (§5.4). Not re-entrant:
-/// [`Setup::init_token`] takes it itself.
-pub fn module_lock() -> std::sync::MutexGuard<'static, ()> {
+/// Run `f` with the module loaded into this test process and initialised with `conf`, then
+/// `C_Finalize` (also when `f` panics), so the module never holds the embedded store while a
+/// client runs. One look at a time per process: the two suites of one test binary may run in
+/// parallel, and `C_Initialize` is once per process (§5.4). Not re-entrant.
+pub fn with_module<R>(conf: &Path, f: impl FnOnce(&Module) -> R) -> R {
     static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner())
+    let _one = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Module::load();
+    let rv = m.initialize_with(Some(&format!("conf={}", conf.display())));
+    assert_eq!(rv, cryptoki_sys::CKR_OK, "C_Initialize in the test process");
+    let out = catch_unwind(AssertUnwindSafe(|| f(&m)));
+    assert_eq!(
+        m.finalize(),
+        cryptoki_sys::CKR_OK,
+        "C_Finalize in the test process"
+    );
+    match out {
+        Ok(r) => r,
+        Err(p) => resume_unwind(p),
+    }
 }
 
 /// The running count of one suite's checks.

@@ -6,24 +6,23 @@
 //! Used by the NSS and GnuTLS suites (`mod independent;` next to `mod common;`).
 #![allow(dead_code)]
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 
 use aws_lc_rs::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{attr, attr_bytes, attr_value, find, Module};
 
-use crate::common::{Setup, USER_PIN};
+use crate::common::{with_module, Setup, USER_PIN};
 
 // ---------------------------------------------------------------------------------------------
 // The token through the C ABI
 // ---------------------------------------------------------------------------------------------
 
-/// The module loaded into the test process, initialised only for the length of one look at the
-/// token ([`Inspector::with`]) so that it never holds the embedded store while a client runs.
+/// The token of a set-up, looked at through the module's C ABI from this process, one look at a
+/// time ([`Inspector::with`], on [`crate::common::with_module`]).
 pub struct Inspector {
-    m: Module,
-    cfg: String,
+    conf: PathBuf,
 }
 
 /// A logged-in user session for one look at the token.
@@ -44,33 +43,24 @@ pub struct Object {
 }
 
 impl Inspector {
-    /// Load the module (not initialised yet) for `setup`'s configuration.
+    /// For `setup`'s configuration.
     pub fn new(setup: &Setup) -> Inspector {
         Inspector {
-            m: Module::load(),
-            cfg: format!("conf={}", setup.conf.display()),
+            conf: setup.conf.clone(),
         }
     }
 
-    /// Initialise the module, open a read-only session logged in as the user, run `f`, then
-    /// finalise (also when `f` panics).
+    /// With the module initialised, open a read-only session logged in as the user and run `f`.
     pub fn with<R>(&self, f: impl FnOnce(&View) -> R) -> R {
-        let rv = self.m.initialize_with(Some(&self.cfg));
-        assert_eq!(rv, CKR_OK, "C_Initialize in the test process");
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            let h = self.m.open(false);
+        with_module(&self.conf, |m| {
+            let h = m.open(false);
             assert_eq!(
-                self.m.login(h, CKU_USER, USER_PIN),
+                m.login(h, CKU_USER, USER_PIN),
                 CKR_OK,
                 "C_Login as the user in the test process"
             );
-            f(&View { m: &self.m, h })
-        }));
-        assert_eq!(self.m.finalize(), CKR_OK, "C_Finalize in the test process");
-        match out {
-            Ok(r) => r,
-            Err(p) => resume_unwind(p),
-        }
+            f(&View { m, h })
+        })
     }
 }
 

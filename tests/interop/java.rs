@@ -25,7 +25,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{ensure, Kind, Run, Setup, Tally, USER_PIN};
+use common::{ensure, with_module, Kind, Run, Setup, Tally, USER_PIN};
 use cryptoki_sys::*;
 use hsmpool_tests::raw::{attr, attr_bytes, attr_value, find, generate_pair, mech, Module};
 use hsmpool_tests::{call, require_tool};
@@ -41,37 +41,21 @@ fn source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/java/HsmpoolInterop.java")
 }
 
-/// The module, initialised with `conf`, finalised when dropped.
-struct Loaded(Module);
-
-impl Loaded {
-    fn new(conf: &Path) -> Result<Loaded, String> {
-        let m = Module::load();
-        let rv = m.initialize_with(Some(&format!("conf={}", conf.display())));
-        ensure(rv == CKR_OK, format!("C_Initialize: {rv:#x}"))?;
-        Ok(Loaded(m))
-    }
-
-    /// A read-write session with the user logged in.
-    fn user_session(&self) -> Result<CK_SESSION_HANDLE, String> {
-        let h = self.0.open(true);
-        let rv = self.0.login(h, CKU_USER, USER_PIN);
-        ensure(rv == CKR_OK, format!("C_Login: {rv:#x}"))?;
-        Ok(h)
-    }
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = self.0.finalize();
-    }
+/// A read-write session with the user logged in.
+fn user_session(m: &Module) -> Result<CK_SESSION_HANDLE, String> {
+    let h = m.open(true);
+    let rv = m.login(h, CKU_USER, USER_PIN);
+    ensure(rv == CKR_OK, format!("C_Login: {rv:#x}"))?;
+    Ok(h)
 }
 
 /// Make the [`OUTSIDE`] key pairs as token objects, with no certificate.
 fn make_outside_pairs(conf: &Path) -> Result<(), String> {
-    let l = Loaded::new(conf)?;
-    let m = &l.0;
-    let h = l.user_session()?;
+    with_module(conf, make_outside_pairs_in)
+}
+
+fn make_outside_pairs_in(m: &Module) -> Result<(), String> {
+    let h = user_session(m)?;
     let t = CK_TRUE;
     let bits: CK_ULONG = 2048;
     let e = [1u8, 0, 1];
@@ -107,17 +91,18 @@ fn make_outside_pairs(conf: &Path) -> Result<(), String> {
 
 /// The `CKA_ID`s of the token's certificates, as the module configured by `conf` presents them.
 fn certificate_ids(conf: &Path) -> Result<Vec<Vec<u8>>, String> {
-    let l = Loaded::new(conf)?;
-    let h = l.user_session()?;
-    let class = CKO_CERTIFICATE;
-    let mut t = [attr(CKA_CLASS, &class)];
-    let mut ids = Vec::new();
-    for o in find(&l.0, h, &mut t) {
-        ids.push(attr_value(&l.0, h, o, CKA_ID).map_err(|rv| format!("CKA_ID: {rv:#x}"))?);
-    }
-    ids.sort();
-    let _ = call!(l.0, C_CloseSession, h);
-    Ok(ids)
+    with_module(conf, |m| {
+        let h = user_session(m)?;
+        let class = CKO_CERTIFICATE;
+        let mut t = [attr(CKA_CLASS, &class)];
+        let mut ids = Vec::new();
+        for o in find(m, h, &mut t) {
+            ids.push(attr_value(m, h, o, CKA_ID).map_err(|rv| format!("CKA_ID: {rv:#x}"))?);
+        }
+        ids.sort();
+        let _ = call!(m, C_CloseSession, h);
+        Ok(ids)
+    })
 }
 
 /// One run's lines as checks: `PASS`/`FAIL` lines, then whether it ran to `DONE` and exited 0.
@@ -164,7 +149,6 @@ fn suite(kind: Kind) {
         "the token is initialised and two key pairs without a certificate are made through the C ABI",
         || {
             setup.init_token();
-            let _one = common::module_lock();
             make_outside_pairs(&setup.conf)
         },
     );
@@ -209,7 +193,6 @@ fn suite(kind: Kind) {
         t.check(
             "the certificates are synthesised, not stored: the C ABI finds them only with the option on",
             || {
-                let _one = common::module_lock();
                 let on = certificate_ids(&conf_on)?;
                 let off = certificate_ids(&setup.conf)?;
                 let mut want: Vec<Vec<u8>> = OUTSIDE.iter().map(|(_, id, _)| id.to_vec()).collect();
