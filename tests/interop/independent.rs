@@ -3,7 +3,8 @@
 //! ([`Inspector`]), and X.509 certificates and public keys taken apart here and their
 //! signatures verified with aws-lc-rs ([`Certificate`], [`PublicKey`]).
 //!
-//! Used by the NSS and GnuTLS suites (`mod independent;` next to `mod common;`).
+//! Used by the NSS, GnuTLS, p11-kit and pkcs11-tool suites (`mod independent;` next to
+//! `mod common;`); its hex, PEM and DER helpers serve them all.
 #![allow(dead_code)]
 
 use std::path::PathBuf;

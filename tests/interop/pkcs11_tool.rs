@@ -37,6 +37,7 @@
 //!   CKR_ATTRIBUTE_TYPE_INVALID: right, the attribute belongs to private keys only.
 
 mod common;
+mod independent;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -51,6 +52,7 @@ use aws_lc_rs::key_wrap::{self, AesKek, KeyWrap, KeyWrapPadded};
 use aws_lc_rs::{agreement, hmac, rand, rsa, signature};
 use common::{ensure, Kind, Run, Setup, Tally, SO_PIN, TOKEN_LABEL, USER_PIN};
 use hsmpool_tests::require_tool;
+use independent::{hex, pem, tlv, unhex};
 use num_bigint::BigUint;
 
 /// The data every signature and MAC is over.
@@ -269,7 +271,8 @@ impl Tool<'_> {
         r.ok();
         let mut der = self.read(&name, &r)?;
         if der.starts_with(b"-----BEGIN PUBLIC KEY-----") {
-            der = pem_body(&der).ok_or_else(|| format!("not a PEM public key{r}"))?;
+            let text = String::from_utf8_lossy(&der).into_owned();
+            der = pem(&text, "PUBLIC KEY").map_err(|e| format!("not a PEM public key ({e}){r}"))?;
         }
         ensure(
             der.first() == Some(&0x30),
@@ -455,77 +458,15 @@ impl Tool<'_> {
     }
 }
 
-// ----- DER, PEM, hex -----------------------------------------------------------------------
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
-
-/// The body of a PEM block, base64-decoded.
-fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let b64: String = text
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<String>();
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in b64.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-/// One DER TLV: (tag, contents, rest).
-fn der_tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let short = || format!("truncated DER: {}", hex(b));
-    if b.len() < 2 {
-        return Err(short());
-    }
-    let (len, hdr) = match b[1] {
-        n if n < 0x80 => (n as usize, 2),
-        0x81 if b.len() > 2 => (b[2] as usize, 3),
-        0x82 if b.len() > 3 => (((b[2] as usize) << 8) | b[3] as usize, 4),
-        n => return Err(format!("unsupported DER length byte {n:#x}")),
-    };
-    if b.len() < hdr + len {
-        return Err(short());
-    }
-    Ok((b[0], &b[hdr..hdr + len], &b[hdr + len..]))
-}
+// ----- DER -------------------------------------------------------------------------------
 
 /// The subjectPublicKey BIT STRING's contents (an RSAPublicKey, an EC point, an Ed25519 key).
 fn spki_public_key(spki: &[u8]) -> Result<Vec<u8>, String> {
-    let (tag, seq, _) = der_tlv(spki)?;
+    let (tag, seq, _) = tlv(spki)?;
     ensure(tag == 0x30, "SubjectPublicKeyInfo is a SEQUENCE")?;
-    let (tag, _alg, rest) = der_tlv(seq)?;
+    let (tag, _alg, rest) = tlv(seq)?;
     ensure(tag == 0x30, "AlgorithmIdentifier is a SEQUENCE")?;
-    let (tag, bits, _) = der_tlv(rest)?;
+    let (tag, bits, _) = tlv(rest)?;
     ensure(
         tag == 0x03 && bits.first() == Some(&0),
         "subjectPublicKey is a BIT STRING",
@@ -536,11 +477,11 @@ fn spki_public_key(spki: &[u8]) -> Result<Vec<u8>, String> {
 /// (n, e) of an RSA SubjectPublicKeyInfo.
 fn rsa_n_e(spki: &[u8]) -> Result<(BigUint, BigUint), String> {
     let key = spki_public_key(spki)?;
-    let (tag, seq, _) = der_tlv(&key)?;
+    let (tag, seq, _) = tlv(&key)?;
     ensure(tag == 0x30, "RSAPublicKey is a SEQUENCE")?;
-    let (tag, n, rest) = der_tlv(seq)?;
+    let (tag, n, rest) = tlv(seq)?;
     ensure(tag == 0x02, "the modulus is an INTEGER")?;
-    let (tag, e, _) = der_tlv(rest)?;
+    let (tag, e, _) = tlv(rest)?;
     ensure(tag == 0x02, "the exponent is an INTEGER")?;
     Ok((BigUint::from_bytes_be(n), BigUint::from_bytes_be(e)))
 }
@@ -572,8 +513,8 @@ fn ec_point(r: &Run) -> Result<Vec<u8>, String> {
         .find_map(|l| l.trim().strip_prefix("EC_POINT:"))
         .map(str::trim)
         .ok_or_else(|| format!("no EC_POINT{r}"))?;
-    let der = unhex(point_hex).ok_or_else(|| format!("EC_POINT is not hex{r}"))?;
-    let (tag, point, rest) = der_tlv(&der)?;
+    let der = unhex(point_hex).map_err(|e| format!("EC_POINT is not hex ({e}){r}"))?;
+    let (tag, point, rest) = tlv(&der)?;
     ensure(
         tag == 0x04 && rest.is_empty(),
         format!("EC_POINT {point_hex} is not an OCTET STRING"),
