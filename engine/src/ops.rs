@@ -483,10 +483,7 @@ impl Engine {
         n: usize,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        if op.always_authenticate && !sess.lock().context_authenticated {
-            self.put_op(sess, kind, op);
-            return Err(Error::UserNotLoggedIn);
-        }
+        let op = self.context_login_gate(sess, kind, op)?;
         let buf = match out {
             None => {
                 self.put_op(sess, kind, op);
@@ -505,6 +502,22 @@ impl Engine {
         })
     }
 
+    /// The `CKA_ALWAYS_AUTHENTICATE` gate (§4.9): a result not yet produced needs a
+    /// `C_Login(CKU_CONTEXT_SPECIFIC)` since the `*Init`; without it the operation stays active
+    /// for the login to come and the call is `CKR_USER_NOT_LOGGED_IN`.
+    fn context_login_gate(
+        &self,
+        sess: &Mutex<Session>,
+        kind: OpKind,
+        op: Box<Op>,
+    ) -> Result<Box<Op>> {
+        if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
+            self.put_op(sess, kind, op);
+            return Err(Error::UserNotLoggedIn);
+        }
+        Ok(op)
+    }
+
     /// The shared end of single-part and final calls: the `CKA_ALWAYS_AUTHENTICATE` gate (§4.9:
     /// the operation stays active for the login to come), the kept result or a new one, and the
     /// output-length rule.
@@ -512,14 +525,11 @@ impl Engine {
         &self,
         sess: &Mutex<Session>,
         kind: OpKind,
-        mut op: Box<Op>,
+        op: Box<Op>,
         out: Option<&mut [u8]>,
         compute: impl FnOnce(&Self, &mut Op) -> Result<Output>,
     ) -> Result<usize> {
-        if op.always_authenticate && op.pending.is_none() && !sess.lock().context_authenticated {
-            self.put_op(sess, kind, op);
-            return Err(Error::UserNotLoggedIn);
-        }
+        let mut op = self.context_login_gate(sess, kind, op)?;
         let result = match op.pending.take() {
             Some(r) => r,
             None => compute(self, &mut op)?,
