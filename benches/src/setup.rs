@@ -222,13 +222,7 @@ pub fn open_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, Session, TokenO
             "after C_InitToken no slot shows a token labelled {label:?}"
         ))
     })?;
-    let s = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
-    s.login(UserType::So, Some(&so_pin))
-        .context("C_Login (SO)")?;
-    s.init_pin(&user_pin).context("C_InitPIN")?;
-    s.logout().context("C_Logout (SO)")?;
-    s.login(UserType::User, Some(&user_pin))
-        .context("C_Login (user)")?;
+    let s = set_user_pin(pkcs11, slot)?;
     Ok((slot, s, TokenOrigin::Initialised))
 }
 
@@ -237,10 +231,17 @@ pub fn open_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, Session, TokenO
 /// opened later share the login, as PKCS #11 logins are per application.
 pub fn init_token(pkcs11: &Pkcs11, slot: Slot, label: &str) -> Result<Session> {
     let so_pin = AuthPin::new(SO_PIN.into());
-    let user_pin = AuthPin::new(USER_PIN.into());
     pkcs11
         .init_token(slot, &so_pin, label)
         .context("C_InitToken")?;
+    set_user_pin(pkcs11, slot)
+}
+
+/// On a token just initialised with [`SO_PIN`]: set the user PIN as the SO, then return a R/W
+/// session logged in as the user.
+fn set_user_pin(pkcs11: &Pkcs11, slot: Slot) -> Result<Session> {
+    let so_pin = AuthPin::new(SO_PIN.into());
+    let user_pin = AuthPin::new(USER_PIN.into());
     let s = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
     s.login(UserType::So, Some(&so_pin))
         .context("C_Login (SO)")?;
