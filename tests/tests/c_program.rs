@@ -16,15 +16,20 @@ use std::time::Duration;
 use hsmpool_tests::{module_path, require_tool, write_test_config};
 use run::Run;
 
-fn source() -> PathBuf {
+fn source(program: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("c")
-        .join("sign_verify.c")
+        .join(format!("{program}.c"))
 }
 
-/// Compile the program into `dir` with extra flags; panics with gcc's output if it fails
+/// Compile `sign_verify.c` into `dir` with extra flags; panics with gcc's output if it fails
 /// (a warning is an error).
 fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    compile_program(dir, "sign_verify", name, extra)
+}
+
+/// Compile `tests/c/<program>.c` into `dir/<name>`.
+fn compile_program(dir: &Path, program: &str, name: &str, extra: &[&str]) -> PathBuf {
     let gcc = require_tool("gcc");
     let exe = dir.join(name);
     let mut cmd = Command::new(gcc);
@@ -33,7 +38,7 @@ fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         .arg("-I/usr/include/p11-kit-1")
         .arg("-o")
         .arg(&exe)
-        .arg(source())
+        .arg(source(program))
         .arg("-ldl");
     let r = run::run(cmd, dir, Duration::from_secs(120));
     r.ok();
@@ -197,4 +202,52 @@ fn c_program_sign_verify_valgrind() {
             "valgrind found errors: {s}{r}"
         );
     }
+}
+
+/// `tests/c/init_reserved.c`: C_Initialize with every kind of unreadable `pReserved` (low
+/// addresses, `(void*)-1`, an unmapped and a PROT_NONE page, strings running into a PROT_NONE page
+/// without a NUL) returns CKR_ARGUMENTS_BAD instead of crashing; our configuration string still
+/// works across and up to a page boundary. Run plainly and under valgrind with 0 errors.
+fn run_init_reserved(prefix: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let exe = compile_program(dir.path(), "init_reserved", "init_reserved", &[]);
+    let conf = write_test_config(dir.path());
+    let mut cmd = match prefix.split_first() {
+        Some((tool, rest)) => {
+            let mut c = Command::new(tool);
+            c.args(rest).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.arg(module_path())
+        .env("HSMPOOL_CONF", &conf)
+        .env_remove("HSMPOOL_LOG");
+    let r = run::run(cmd, dir.path(), Duration::from_secs(300));
+    r.ok()
+        .stdout_has("PASS: pReserved = (void*)1 -> 0x7")
+        .stdout_has("PASS: pReserved = (void*)-1 -> 0x7")
+        .stdout_has("PASS: pReserved = a PROT_NONE page -> 0x7")
+        .stdout_has("PASS: \"hsmpool:conf=...\" ending at a PROT_NONE page, no NUL -> 0x7")
+        .stdout_has("PASS: our configuration string ending at a PROT_NONE page -> 0x0")
+        .stdout_has("init_reserved: ")
+        .stdout_has(" 0 failed")
+        .lacks("FAIL:");
+    r
+}
+
+#[test]
+fn c_program_init_reserved() {
+    run_init_reserved(&[]);
+}
+
+#[test]
+fn c_program_init_reserved_valgrind() {
+    let valgrind = require_tool("valgrind");
+    let vg = valgrind.to_str().expect("a UTF-8 path");
+    let r = run_init_reserved(&[vg, "--error-exitcode=99", "--leak-check=no"]);
+    assert!(
+        r.stderr.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind found errors{r}"
+    );
 }

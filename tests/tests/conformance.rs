@@ -334,6 +334,93 @@ fn initialize_validates_its_arguments() {
     );
 }
 
+/// PKCS #11 3.0 §5.4.1: `pReserved` must be NULL; a non-NULL value that is not our readable
+/// configuration string is CKR_ARGUMENTS_BAD, whatever the pointer: the module must never fault
+/// on it (conformance suites pass `(void*)1`). tests/c/init_reserved.c covers the same under
+/// valgrind, with strings that run into a PROT_NONE page.
+#[test]
+fn initialize_never_follows_an_unreadable_reserved_pointer() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    assert_eq!(m.finalize(), CKR_OK);
+    let page = 4096usize;
+    // SAFETY (test): a private anonymous mapping of two pages, the second made PROT_NONE.
+    let map = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            2 * page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let base = map as *mut u8;
+    let guard_page = unsafe { base.add(page) };
+    assert_eq!(
+        unsafe { libc::mprotect(guard_page.cast(), page, libc::PROT_NONE) },
+        0
+    );
+    let prefix = b"hsmpool:conf=/never/terminated";
+    unsafe {
+        ptr::write_bytes(base, b'x', page);
+        ptr::copy_nonoverlapping(prefix.as_ptr(), guard_page.sub(prefix.len()), prefix.len())
+    };
+    let bad: [(*mut c_void, &str); 6] = [
+        (ptr::without_provenance_mut(1), "(void*)1"),
+        (ptr::without_provenance_mut(4095), "(void*)4095"),
+        (ptr::without_provenance_mut(usize::MAX), "(void*)-1"),
+        (guard_page.cast(), "a PROT_NONE page"),
+        (
+            unsafe { guard_page.sub(3) }.cast(),
+            "text running into a PROT_NONE page",
+        ),
+        (
+            unsafe { guard_page.sub(prefix.len()) }.cast(),
+            "our prefix running into a PROT_NONE page",
+        ),
+    ];
+    for (reserved, what) in bad {
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: reserved,
+        };
+        assert_eq!(
+            call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+            CKR_ARGUMENTS_BAD,
+            "pReserved = {what}"
+        );
+        let mut info: CK_INFO = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            call!(m, C_GetInfo, &mut info),
+            CKR_CRYPTOKI_NOT_INITIALIZED,
+            "a refused C_Initialize leaves the library uninitialised ({what})"
+        );
+    }
+    // Our string, ending on the last byte before the PROT_NONE page, still configures it.
+    let good = format!("hsmpool:{}\0", fx.config_arg());
+    let start = unsafe { guard_page.sub(good.len()) };
+    unsafe { ptr::copy_nonoverlapping(good.as_ptr(), start, good.len()) };
+    let mut args = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: start.cast(),
+    };
+    assert_eq!(
+        call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+        CKR_OK
+    );
+    assert_eq!(unsafe { libc::munmap(map, 2 * page) }, 0);
+}
+
 #[test]
 fn get_info_is_blank_padded_and_says_three_oh() {
     let fx = Fixture::new();

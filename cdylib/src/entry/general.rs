@@ -15,8 +15,8 @@ const INTERFACE_NAME_MAX_LEN: usize = 256;
 /// flag and `pReserved` rules) and starts the engine.
 ///
 /// # Safety
-/// `p_init_args` is NULL or points to a readable `CK_C_INITIALIZE_ARGS` whose `pReserved` is NULL
-/// or a readable NUL-terminated string.
+/// `p_init_args` is NULL or points to a readable `CK_C_INITIALIZE_ARGS`; its `pReserved` may hold
+/// any value (it is copied by the kernel, never dereferenced: see `guard::copy_caller_cstr`).
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
     guard!("C_Initialize", {
