@@ -900,6 +900,21 @@ impl Engine {
         Ok(())
     }
 
+    /// The `CKA_PRIVATE` default of a session object created by an application that has not
+    /// logged in: false. PKCS #11 3.0 (§4.4, Table 24) leaves the default to the token; ours is
+    /// true for private and secret keys, which such an application could not create at all
+    /// (`CKR_USER_NOT_LOGGED_IN`). A session object is seen only by the application that made
+    /// it and ends with its session, so nothing is exposed by letting it hand the token a key
+    /// to use: OpenSSL's pkcs11-provider imports keys read from files that way. A template
+    /// that says `CKA_PRIVATE`, or a token object, keeps the usual rules.
+    fn public_session_object(&self, mut template: Vec<Attr>, token: bool) -> Vec<Attr> {
+        let says = template.iter().any(|a| a.ty == CKA_PRIVATE);
+        if !token && !says && self.login_state() == LoginState::Public {
+            template.push(Attr::bool(CKA_PRIVATE, false));
+        }
+        template
+    }
+
     /// Whether a template asks for a token object (`CKA_TOKEN`, else `default`).
     fn wants_token(template: &[Attr], default: bool) -> bool {
         template
@@ -980,6 +995,7 @@ impl Engine {
         self.session(s)?;
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
         let (t, id) = Self::with_new_id(&template)?;
         Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
             b.create_object(ms, &t).map(|o| vec![o])
@@ -1242,6 +1258,7 @@ impl Engine {
         self.mech_row(&mech, CKF_GENERATE)?;
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
         let (t, id) = Self::with_new_id(&template)?;
         Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
             b.generate_key(ms, &mech, &t).map(|o| vec![o])
@@ -1274,6 +1291,7 @@ impl Engine {
         }
         let pt = Self::wants_token(&public, false);
         let kt = Self::wants_token(&private, false);
+        let private = self.public_session_object(private, kt);
         let (tp, ip) = Self::with_new_id(&public)?;
         let (tk, ik) = Self::with_new_id(&private)?;
         let cost = if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
@@ -1372,6 +1390,7 @@ impl Engine {
             .entry(unwrapping)
             .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
         let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
         let (t, id) = Self::with_new_id(&template)?;
         Self::one(self.make(s, u.route(), token, 10, &[id], |b, ms| {
             b.unwrap_key(ms, &mech, u.member_obj, wrapped, &t)
@@ -1410,6 +1429,7 @@ impl Engine {
         self.check_write(s, &template)?;
         let base = self.key_entry(base)?;
         let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
         let (t, id) = Self::with_new_id(&template)?;
         Self::one(self.make(s, base.route(), token, 10, &[id], |b, ms| {
             b.derive_key(ms, &mech, base.member_obj, &t)

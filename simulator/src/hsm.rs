@@ -1418,6 +1418,38 @@ impl Hsm {
         Ok(obj)
     }
 
+    /// Whether a blob wrapped under `w` could be decrypted by a key in this HSM: `w` itself (a
+    /// secret key that may decrypt), or, for a public key, any private key here with the same
+    /// public value that may decrypt, whoever owns it and whatever its `CKA_ID` (matched by
+    /// modulus and exponent, so a public key object made by hand for a token private key is
+    /// caught too). The usage attributes of sensitive keys can only be turned off
+    /// ([`object::modify`]), so a wrap allowed now cannot be decrypted later by turning
+    /// `CKA_DECRYPT` on.
+    fn could_decrypt_wrapped_by(&self, w: &Object) -> bool {
+        match w.class {
+            CKO_SECRET_KEY => w.flag(CKA_DECRYPT),
+            CKO_PUBLIC_KEY => {
+                let (Some(n), Some(e)) =
+                    (w.attrs.get(&CKA_MODULUS), w.attrs.get(&CKA_PUBLIC_EXPONENT))
+                else {
+                    return false;
+                };
+                let (n, e) = (strip_zeros(n), strip_zeros(e));
+                self.objects.iter().any(|o| {
+                    o.class == CKO_PRIVATE_KEY
+                        && o.flag(CKA_DECRYPT)
+                        && o.attrs
+                            .get(&CKA_MODULUS)
+                            .is_some_and(|m| strip_zeros(m) == n)
+                        && o.attrs
+                            .get(&CKA_PUBLIC_EXPONENT)
+                            .is_some_and(|x| strip_zeros(x) == e)
+                })
+            }
+            _ => false,
+        }
+    }
+
     fn key_of(obj: &Object) -> SimResult<&LoadedKey> {
         obj.key
             .as_deref()
@@ -1492,6 +1524,13 @@ impl Hsm {
         }
         if strength_bits(&w) < strength_bits(&k) {
             // A key is only as safe as the key it travels under.
+            return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
+        }
+        if k.flag(CKA_SENSITIVE) && self.could_decrypt_wrapped_by(&w) {
+            // The wrap/decrypt attack: the blob would decrypt, in this token, to the sensitive
+            // key in clear. Refused here, at the wrap, rather than in the key's template, so a
+            // client may make an RSA pair whose public half wraps and private half decrypts
+            // (pkcs11-provider's default): only wrapping sensitive keys under it is refused.
             return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE));
         }
         let bytes: Zeroizing<Vec<u8>> = match (k.class, loaded.material()) {
@@ -2077,9 +2116,11 @@ fn hkdf_output(base: &LoadedKey, param: &MechParam, len: usize) -> SimResult<Zer
     let KeyMaterial::Secret { value: ikm, .. } = base.material() else {
         return Err(SimError::Rv(CKR_KEY_TYPE_INCONSISTENT));
     };
-    let salt: &[u8] = match *salt_type {
-        CKF_HKDF_SALT_NULL => &[],
-        CKF_HKDF_SALT_DATA => salt,
+    // The salt only enters the extract step: an expand-only derivation (bExtract false) ignores
+    // ulSaltType, which callers leave 0 (pkcs11-provider's TLS 1.3 HKDF-Expand-Label does).
+    let salt: &[u8] = match (*extract, *salt_type) {
+        (false, _) | (true, CKF_HKDF_SALT_NULL) => &[],
+        (true, CKF_HKDF_SALT_DATA) => salt,
         _ => return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID)),
     };
     rv(crypto::hkdf(*prf, *extract, *expand, salt, ikm, info, len))

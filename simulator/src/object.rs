@@ -534,6 +534,17 @@ pub fn modify(
         let one_way_ok = match a.ty {
             CKA_SENSITIVE | CKA_WRAP_WITH_TRUSTED => to_true,
             CKA_EXTRACTABLE | CKA_COPYABLE => !to_true,
+            // A sensitive key's wrap and decrypt usages only ever shrink: otherwise a blob made
+            // while a key could not decrypt (the wrap was allowed) is decrypted after
+            // `CKA_DECRYPT` is turned on, and, for a secret key, bytes encrypted while it could
+            // not unwrap are unwrapped after `CKA_UNWRAP` is. A private key may gain
+            // `CKA_UNWRAP` (anyone may encrypt to its public key anyway). Checked against the
+            // key as it was, so a key made sensitive in the same template is held to it too.
+            CKA_WRAP | CKA_UNWRAP | CKA_ENCRYPT | CKA_DECRYPT
+                if a.ty == CKA_DECRYPT || obj.class == CKO_SECRET_KEY =>
+            {
+                !to_true || !(obj.flag(CKA_SENSITIVE) || template_sets_sensitive(template))
+            }
             _ => true,
         };
         if !one_way_ok {
@@ -553,11 +564,25 @@ pub fn modify(
     Ok(attrs)
 }
 
-/// The key-usage policy: no key may both wrap and decrypt, or both unwrap and encrypt (a
-/// secret key that can do both gives up any key it wraps: wrap it, then decrypt the blob), and
-/// no private key may both unwrap and decrypt (the same attack through the key pair: a blob
-/// wrapped under the public key decrypts to the key in clear). Applied to every object however
-/// it is made or changed: create, generate, copy, unwrap, derive, set.
+/// Whether a `C_SetAttributeValue` / `C_CopyObject` template makes the object sensitive.
+fn template_sets_sensitive(template: &[Attr]) -> bool {
+    template
+        .iter()
+        .any(|a| a.ty == CKA_SENSITIVE && a.value.as_slice() == [1])
+}
+
+/// The key-usage policy for secret keys: none may both wrap and decrypt, or both unwrap and
+/// encrypt (a secret key that can do both gives up any key it wraps: wrap it, then decrypt the
+/// blob; or encrypt a value of the attacker's choosing, then unwrap it into a key the attacker
+/// knows). Applied to every object however it is made or changed: create, generate, copy,
+/// unwrap, derive, set.
+///
+/// Key pairs are not held to it: the wrap/decrypt attack through a pair (wrap under the public
+/// key, decrypt with the private key) is refused at `C_WrapKey` instead, where the token can
+/// see both halves (`Hsm::could_decrypt_wrapped_by`), and unwrap-then-encrypt needs no token
+/// for a pair (anyone may encrypt to a public key), which is why an unwrapped key is never
+/// `CKA_LOCAL` nor "always sensitive". So a private key may decrypt and unwrap, as OpenSSL's
+/// pkcs11-provider asks of every RSA key it generates or imports.
 ///
 /// A key whose value can be read (`CKA_SENSITIVE` false) is exempt: whoever may use it may read
 /// it and decrypt a blob wrapped under it without the token, so refusing the pair protects
@@ -576,7 +601,6 @@ pub fn check_usage_conflicts(
     }
     let conflict = match class {
         CKO_SECRET_KEY => (on(CKA_WRAP) && on(CKA_DECRYPT)) || (on(CKA_UNWRAP) && on(CKA_ENCRYPT)),
-        CKO_PRIVATE_KEY => on(CKA_UNWRAP) && on(CKA_DECRYPT),
         _ => false,
     };
     if conflict {
@@ -599,6 +623,11 @@ mod tests {
         let wrap_decrypt = attrs(&[(CKA_WRAP, true), (CKA_DECRYPT, true)]);
         let unwrap_encrypt = attrs(&[(CKA_UNWRAP, true), (CKA_ENCRYPT, true)]);
         let unwrap_decrypt = attrs(&[(CKA_UNWRAP, true), (CKA_DECRYPT, true)]);
+        let with = |base: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, sensitive: bool| {
+            let mut a = base.clone();
+            a.insert(CKA_SENSITIVE, bool_bytes(sensitive));
+            a
+        };
         let kek = attrs(&[
             (CKA_WRAP, true),
             (CKA_UNWRAP, true),
@@ -614,9 +643,10 @@ mod tests {
             Err(CKR_TEMPLATE_INCONSISTENT)
         );
         assert_eq!(check_usage_conflicts(CKO_SECRET_KEY, &kek), Ok(()));
+        // A private key may decrypt and unwrap: the pair's attack is refused at C_WrapKey.
         assert_eq!(
-            check_usage_conflicts(CKO_PRIVATE_KEY, &unwrap_decrypt),
-            Err(CKR_TEMPLATE_INCONSISTENT)
+            check_usage_conflicts(CKO_PRIVATE_KEY, &with(&unwrap_decrypt, true)),
+            Ok(())
         );
         assert_eq!(
             check_usage_conflicts(
@@ -626,11 +656,6 @@ mod tests {
             Ok(())
         );
         // A readable key is exempt; a sensitive one, or one that does not say, is not.
-        let with = |base: &BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>, sensitive: bool| {
-            let mut a = base.clone();
-            a.insert(CKA_SENSITIVE, bool_bytes(sensitive));
-            a
-        };
         assert_eq!(
             check_usage_conflicts(CKO_SECRET_KEY, &with(&wrap_decrypt, false)),
             Ok(())

@@ -5,6 +5,9 @@
 use std::ffi::c_void;
 use std::ptr;
 
+#[path = "conformance/key_policy.rs"]
+mod key_policy;
+
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{

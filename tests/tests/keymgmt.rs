@@ -300,6 +300,14 @@ fn private_keys_wrap_as_pkcs8_and_aes_keys_under_rsa_oaep() {
         pSourceData: ptr::null_mut(),
         ulSourceDataLen: 0,
     };
+    // The unwrapped copy of the private key may decrypt (the default for an RSA private key
+    // not asked to unwrap): a blob wrapped under the public key would decrypt to the AES key
+    // in clear, so the wrap is refused until that copy is gone.
+    assert_eq!(
+        wrap(m, h, &mut mech_param(CKM_RSA_PKCS_OAEP, &mut oaep), p, key),
+        Err(CKR_KEY_NOT_WRAPPABLE)
+    );
+    assert_eq!(call!(m, C_DestroyObject, h, copy), CKR_OK);
     let wrapped =
         wrap(m, h, &mut mech_param(CKM_RSA_PKCS_OAEP, &mut oaep), p, key).expect("OAEP wrap");
     assert_eq!(wrapped.len(), 384);
@@ -449,6 +457,58 @@ fn ecdh_and_hkdf_derive_what_aws_lc_derives() {
     );
     assert_eq!(get(m, h, d, CKA_VALUE).expect("value"), okm.to_vec());
     assert_eq!(get(m, h, d, CKA_PRIVATE).expect("private"), vec![1]);
+    // Expand only, from RFC 5869 test case 1's PRK: the salt type is ignored (callers leave it
+    // 0, as pkcs11-provider's TLS 1.3 HKDF-Expand-Label does); extracting needs a real one.
+    let prk: [u8; 32] = [
+        0x07, 0x77, 0x09, 0x36, 0x2c, 0x2e, 0x32, 0xdf, 0x0d, 0xdc, 0x3f, 0x0d, 0xc4, 0x7b, 0xba,
+        0x63, 0x90, 0xb6, 0xc7, 0x3b, 0xb5, 0x0f, 0x9c, 0x31, 0x22, 0xec, 0x84, 0x4a, 0xd7, 0xc2,
+        0xb3, 0xe5,
+    ];
+    let prk_key = secret(m, h, CKK_GENERIC_SECRET, &prk, &[attr(CKA_DERIVE, &TRUE)]);
+    let mut expand_only = CK_HKDF_PARAMS {
+        bExtract: CK_FALSE,
+        bExpand: CK_TRUE,
+        prfHashMechanism: CKM_SHA256,
+        ulSaltType: 0,
+        pSalt: ptr::null_mut(),
+        ulSaltLen: 0,
+        hSaltKey: 0,
+        pInfo: info.as_ptr() as *mut u8,
+        ulInfoLen: info.len() as CK_ULONG,
+    };
+    let mut em = mech_param(CKM_HKDF_DERIVE, &mut expand_only);
+    let mut e = 0;
+    assert_eq!(
+        call!(
+            m,
+            C_DeriveKey,
+            h,
+            &mut em,
+            prk_key,
+            t.as_mut_ptr(),
+            5,
+            &mut e
+        ),
+        CKR_OK,
+        "HKDF expand only, ulSaltType 0"
+    );
+    assert_eq!(get(m, h, e, CKA_VALUE).expect("value"), okm.to_vec());
+    expand_only.bExtract = CK_TRUE;
+    let mut em = mech_param(CKM_HKDF_DERIVE, &mut expand_only);
+    assert_eq!(
+        call!(
+            m,
+            C_DeriveKey,
+            h,
+            &mut em,
+            prk_key,
+            t.as_mut_ptr(),
+            5,
+            &mut e
+        ),
+        CKR_MECHANISM_PARAM_INVALID,
+        "extracting with no salt type"
+    );
     // A base key without CKA_DERIVE is refused.
     let no_derive = secret(m, h, CKK_GENERIC_SECRET, &ikm, &[]);
     assert_eq!(
