@@ -8,6 +8,8 @@
 //! Output-length rule (PKCS #11 §5.2): asked with no buffer, or with a buffer that is too
 //! small, an operation computes its result once, keeps it, reports the length and stays
 //! active; the next call with a large enough buffer returns the kept result.
+//!
+//! Which calls may follow which, and what a refused one ends: see [`Form`].
 
 use cryptoki_sys::*;
 use hsmpool_sim::crypto::DigestCtx;
@@ -38,8 +40,8 @@ pub(crate) struct Op {
     pub(crate) cost: u64,
     hash: Option<DigestCtx>,
     buf: PartBuf,
-    /// An `*Update` was called: single-part calls are no longer allowed.
-    updated: bool,
+    /// The form the caller has chosen (single-part or multi-part), once it has.
+    form: Form,
     /// A computed result waiting for a large enough buffer.
     pending: Option<Output>,
     /// AES-CBC streaming: the chained IV.
@@ -47,6 +49,64 @@ pub(crate) struct Op {
     /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
     /// `C_Login(CKU_CONTEXT_SPECIFIC)` made since the `*Init`.
     always_authenticate: bool,
+}
+
+/// Which form of an operation the caller has chosen: single-part (`C_Encrypt`, `C_Decrypt`,
+/// `C_Digest`, `C_Sign`, `C_Verify`) or multi-part (the `*Update` calls and `C_DigestKey`, then
+/// a `*Final`).
+///
+/// PKCS #11 3.0 §5.8.2 (and §5.10.2, §5.12.2, §5.13.2, §5.15.2 for the other families): the
+/// single-part call "cannot be used to terminate a multi-part operation, and MUST be called
+/// after C_EncryptInit without intervening C_EncryptUpdate calls". The form is fixed by the
+/// first call after `*Init` that the token answers, a length query and `CKR_BUFFER_TOO_SMALL`
+/// included: the caller has then been told a length for one form's result. A later call of the
+/// other form is `CKR_OPERATION_ACTIVE` (an operation it cannot join is in progress).
+///
+/// What such a refusal ends is decided by the function refused, the same in every family:
+/// - a call that finishes operations (the single-part calls, the `*Final` calls) ends the
+///   operation: §5.8.2, §5.8.4 and their siblings say it "always terminates the active
+///   operation unless it returns CKR_BUFFER_TOO_SMALL or is a successful call ... to determine
+///   the length of the buffer needed", and a refusal is neither. So `C_DigestInit`,
+///   `C_DigestUpdate`, a `C_DigestFinal` length query, `C_Digest` (`CKR_OPERATION_ACTIVE`),
+///   then `C_DigestFinal` is `CKR_OPERATION_NOT_INITIALIZED`; likewise a `C_DigestFinal` after
+///   a `C_Digest` length query;
+/// - an update refused so ends nothing: it never joined the operation (as a refused
+///   `C_EncryptInit` leaves the active operation alone), and the caller can still finish the
+///   operation the way it began (`C_Encrypt` after a refused `C_EncryptUpdate`).
+///
+/// SoftHSMv2 (2.6.1, `src/lib/SoftHSM.cpp`) ends and keeps in the same places, with other
+/// answers: after a single-part or final call of the other form its operation is over too (it
+/// refuses `C_Sign`/`C_Verify` after an update with `CKR_OPERATION_NOT_INITIALIZED` and ends
+/// the operation, and accepts and finishes every other mix), and an update of the other form
+/// never ends it (it is accepted). Accepting joins the forms (`C_Encrypt` after
+/// `C_EncryptUpdate` goes on with the same cipher context; `C_SignFinal` after a `C_Sign`
+/// length query signs the empty message), which the strict suites of issue 11 refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Fresh from `*Init`: either form may follow.
+    Open,
+    /// A single-part call has answered a length.
+    Single,
+    /// An update or `C_DigestKey` has been answered (a length query included).
+    Multi,
+    /// A `*Final` call has answered a length: the result is computed and kept, so an update can
+    /// no longer join it; only the final call may follow.
+    Finishing,
+}
+
+impl Form {
+    /// Whether a single-part call may go on with an operation in this form.
+    fn admits_single(self) -> bool {
+        matches!(self, Form::Open | Form::Single)
+    }
+    /// Whether an update or `C_DigestKey` may.
+    fn admits_update(self) -> bool {
+        matches!(self, Form::Open | Form::Multi)
+    }
+    /// Whether a `*Final` call may.
+    fn admits_final(self) -> bool {
+        self != Form::Single
+    }
 }
 
 /// The buffered input of a multi-part operation, wiped when dropped as `Zeroizing` would, except
@@ -392,7 +452,7 @@ impl Engine {
             cost,
             hash,
             buf: PartBuf::default(),
-            updated: false,
+            form: Form::Open,
             pending: None,
             cbc_iv,
             always_authenticate: meta.always_authenticate,
@@ -428,7 +488,7 @@ impl Engine {
                 cost: 0,
                 hash: Some(ctx),
                 buf: PartBuf::default(),
-                updated: false,
+                form: Form::Open,
                 pending: None,
                 cbc_iv: None,
                 always_authenticate: false,
@@ -456,9 +516,9 @@ impl Engine {
             return Err(Error::General("verify has its own entry".into()));
         }
         let (sess, op) = self.take_op(s, kind)?;
-        if op.updated {
-            // A multi-part operation is under way; single-part calls end nothing.
-            self.put_op(&sess, kind, op);
+        if !op.form.admits_single() {
+            // A multi-part operation is under way: refused, and, as a call that finishes
+            // operations, this one ends it (see `Form`).
             return Err(Error::OperationActive);
         }
         if op.pending.is_none() {
@@ -466,7 +526,7 @@ impl Engine {
                 return self.produce_into(&sess, kind, op, data, n, out);
             }
         }
-        self.produce(&sess, kind, op, out, |e, op| {
+        self.produce(&sess, kind, op, out, Form::Single, |e, op| {
             e.compute_single(kind, op, data)
         })
     }
@@ -483,13 +543,15 @@ impl Engine {
         n: usize,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        let op = self.context_login_gate(sess, kind, op)?;
+        let mut op = self.context_login_gate(sess, kind, op)?;
         let buf = match out {
             None => {
+                op.form = Form::Single;
                 self.put_op(sess, kind, op);
                 return Ok(n);
             }
             Some(b) if b.len() < n => {
+                op.form = Form::Single;
                 self.put_op(sess, kind, op);
                 return Err(Error::BufferTooSmall { needed: n });
             }
@@ -520,13 +582,14 @@ impl Engine {
 
     /// The shared end of single-part and final calls: the `CKA_ALWAYS_AUTHENTICATE` gate (§4.9:
     /// the operation stays active for the login to come), the kept result or a new one, and the
-    /// output-length rule.
+    /// output-length rule; an operation kept for a larger buffer is then in form `kept`.
     fn produce(
         &self,
         sess: &Mutex<Session>,
         kind: OpKind,
         op: Box<Op>,
         out: Option<&mut [u8]>,
+        kept: Form,
         compute: impl FnOnce(&Self, &mut Op) -> Result<Output>,
     ) -> Result<usize> {
         let mut op = self.context_login_gate(sess, kind, op)?;
@@ -535,7 +598,8 @@ impl Engine {
             None => compute(self, &mut op)?,
         };
         let (back, outcome) = deliver(op, result, out);
-        if let Some(op) = back {
+        if let Some(mut op) = back {
+            op.form = kept;
             self.put_op(sess, kind, op);
         }
         outcome
@@ -584,19 +648,23 @@ impl Engine {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let (sess, mut op) = self.take_op(s, kind)?;
+        if !op.form.admits_update() {
+            // A single-part call has answered, or the final result is made: refused, and
+            // nothing ends (see `Form`).
+            self.put_op(&sess, kind, op);
+            return Err(Error::OperationActive);
+        }
         if !op.row.multipart && matches!(kind, OpKind::Encrypt | OpKind::Decrypt) {
             // Single-part only mechanisms (RSA encryption) end here, as the spec allows.
             return Err(Error::MechanismInvalid);
         }
         let r = self.update_inner(kind, &mut op, data, out);
         match r {
-            Ok(n) => {
+            // A length answered fixes the form as a part taken in does (see `Form`).
+            Ok(_) | Err(Error::BufferTooSmall { .. }) => {
+                op.form = Form::Multi;
                 self.put_op(&sess, kind, op);
-                Ok(n)
-            }
-            Err(Error::BufferTooSmall { needed }) => {
-                self.put_op(&sess, kind, op);
-                Err(Error::BufferTooSmall { needed })
+                r
             }
             Err(e) => Err(e),
         }
@@ -611,7 +679,6 @@ impl Engine {
     ) -> Result<usize> {
         match kind {
             OpKind::Digest | OpKind::Sign | OpKind::Verify => {
-                op.updated = true;
                 match op.hash.as_mut() {
                     Some(h) => h.update(data),
                     None => Self::buffer(op, data)?,
@@ -632,7 +699,6 @@ impl Engine {
                     Some(ref b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
                     _ => {}
                 }
-                op.updated = true;
                 let mut all = Zeroizing::new(Vec::with_capacity(total));
                 all.extend_from_slice(&op.buf);
                 all.extend_from_slice(data);
@@ -667,7 +733,6 @@ impl Engine {
                 Ok(n)
             }
             OpKind::Encrypt | OpKind::Decrypt => {
-                op.updated = true;
                 Self::buffer(op, data)?;
                 Ok(0)
             }
@@ -677,6 +742,11 @@ impl Engine {
     /// `C_DigestKey`.
     pub fn digest_key(&self, s: SessionHandle, key: ObjectHandle) -> Result<()> {
         let (sess, mut op) = self.take_op(s, OpKind::Digest)?;
+        if !op.form.admits_update() {
+            // As a refused `C_DigestUpdate`: nothing ends (see `Form`).
+            self.put_op(&sess, OpKind::Digest, op);
+            return Err(Error::OperationActive);
+        }
         let entry = match self.key_entry(key) {
             Ok(e) => e,
             Err(e) => {
@@ -687,7 +757,7 @@ impl Engine {
         let value = self.cluster.call(entry.route(), 1, |b, ms| {
             b.secret_for_digest(ms, entry.member_obj)
         })?;
-        op.updated = true;
+        op.form = Form::Multi;
         if let Some(h) = op.hash.as_mut() {
             h.update(&value);
         }
@@ -706,7 +776,14 @@ impl Engine {
             return Err(Error::General("verify has its own entry".into()));
         }
         let (sess, op) = self.take_op(s, kind)?;
-        self.produce(&sess, kind, op, out, |e, op| e.compute_final(kind, op))
+        if !op.form.admits_final() {
+            // A single-part call has answered a length: refused, and, as a call that finishes
+            // operations, this one ends it (see `Form`).
+            return Err(Error::OperationActive);
+        }
+        self.produce(&sess, kind, op, out, Form::Finishing, |e, op| {
+            e.compute_final(kind, op)
+        })
     }
 
     fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Output> {
@@ -781,9 +858,9 @@ impl Engine {
 
     /// `C_Verify`: single-part verification. The operation ends whatever the outcome.
     pub fn verify(&self, s: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        let (sess, op) = self.take_op(s, OpKind::Verify)?;
-        if op.updated {
-            self.put_op(&sess, OpKind::Verify, op);
+        let (_sess, op) = self.take_op(s, OpKind::Verify)?;
+        if !op.form.admits_single() {
+            // As `op_single`: refused, and the operation ends (see `Form`).
             return Err(Error::OperationActive);
         }
         self.cluster.call(op.route, op.cost, |b, ms| {
@@ -799,6 +876,8 @@ impl Engine {
 
     /// `C_VerifyFinal`.
     pub fn verify_final(&self, s: SessionHandle, signature: &[u8]) -> Result<()> {
+        // No form refuses it: `C_Verify` has no length query, so a verification never stays
+        // active in the single-part form (see `Form`).
         let (_sess, mut op) = self.take_op(s, OpKind::Verify)?;
         let key = Self::key_of(&op)?;
         match op.hash.take() {
