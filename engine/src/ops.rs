@@ -2,12 +2,15 @@
 //!
 //! Multi-part input is handled so that the member sees one call wherever possible (which is
 //! also what lets a later failover replay it): hash-and-sign mechanisms hash as data streams in
-//! and sign the digest once; AES-CBC streams block by block, chaining the IV; everything else
-//! (HMAC, GCM, raw RSA/ECDSA) is buffered up to [`MAX_BUFFERED`] and done once at the end.
+//! and sign the digest once; AES-ECB and AES-CBC send every whole block to the member at the
+//! update that completes it and return its output from that update (CBC chaining the IV);
+//! everything else (HMAC, GCM, CTR, raw RSA/ECDSA) is buffered up to [`MAX_BUFFERED`] and done
+//! once at the end.
 //!
 //! Output-length rule (PKCS #11 §5.2): asked with no buffer, or with a buffer that is too
 //! small, an operation computes its result once, keeps it, reports the length and stays
-//! active; the next call with a large enough buffer returns the kept result.
+//! active; the next call with a large enough buffer returns the kept result. An update reports
+//! its length before doing anything, so its query or short buffer takes no input in.
 //!
 //! Which calls may follow which, and what a refused one ends: see [`Form`].
 
@@ -44,8 +47,8 @@ pub(crate) struct Op {
     form: Form,
     /// A computed result waiting for a large enough buffer.
     pending: Option<Output>,
-    /// AES-CBC streaming: the chained IV.
-    cbc_iv: Option<[u8; AES_BLOCK]>,
+    /// AES-ECB / AES-CBC streaming state.
+    blocks: Option<BlockMode>,
     /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
     /// `C_Login(CKU_CONTEXT_SPECIFIC)` made since the `*Init`.
     always_authenticate: bool,
@@ -107,6 +110,19 @@ impl Form {
     fn admits_final(self) -> bool {
         self != Form::Single
     }
+}
+
+/// How multi-part AES input in a block mode streams: each update sends every whole block it
+/// completes to the member and returns their output at once (as SoftHSMv2 and OpenSSL's EVP
+/// interface do: a caller streaming a large input gets it back as it goes, and the engine holds
+/// at most a block); a partial block waits for more input.
+#[derive(Clone, Copy)]
+enum BlockMode {
+    /// AES-ECB: blocks are independent, nothing is carried from one update to the next.
+    Ecb,
+    /// AES-CBC and AES-CBC-PAD: the IV of the blocks still to come (the last ciphertext block
+    /// so far).
+    Cbc([u8; AES_BLOCK]),
 }
 
 /// The buffered input of a multi-part operation, wiped when dropped as `Zeroizing` would, except
@@ -213,10 +229,6 @@ fn op_cost(kind: OpKind, meta: &hsmpool_sim::hsm::KeyMeta) -> u64 {
         Some(CKK_EC_EDWARDS) => 4,
         _ => 1,
     }
-}
-
-fn is_cbc(mech: CK_MECHANISM_TYPE) -> bool {
-    matches!(mech, CKM_AES_CBC | CKM_AES_CBC_PAD)
 }
 
 fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
@@ -437,10 +449,10 @@ impl Engine {
             Some(h) => Some(digest_ctx(h)?),
             None => None,
         };
-        let cbc_iv = if is_cbc(mech.mech) {
-            Some(cbc_iv(&mech)?)
-        } else {
-            None
+        let blocks = match mech.mech {
+            CKM_AES_ECB => Some(BlockMode::Ecb),
+            CKM_AES_CBC | CKM_AES_CBC_PAD => Some(BlockMode::Cbc(cbc_iv(&mech)?)),
+            _ => None,
         };
         let cost = op_cost(kind, &meta);
         // Boxed once here; calls then move only the pointer (see `OpSlots::take`).
@@ -454,7 +466,7 @@ impl Engine {
             buf: PartBuf::default(),
             form: Form::Open,
             pending: None,
-            cbc_iv,
+            blocks,
             always_authenticate: meta.always_authenticate,
         });
         let mut g = sess.lock();
@@ -490,7 +502,7 @@ impl Engine {
                 buf: PartBuf::default(),
                 form: Form::Open,
                 pending: None,
-                cbc_iv: None,
+                blocks: None,
                 always_authenticate: false,
             }),
         );
@@ -685,58 +697,94 @@ impl Engine {
                 }
                 Ok(0)
             }
-            OpKind::Encrypt | OpKind::Decrypt if op.cbc_iv.is_some() => {
-                // Stream whole blocks; decryption with padding holds the last block back for
-                // the final unpadding.
-                let total = op.buf.len() + data.len();
-                let hold_back = kind == OpKind::Decrypt && op.mech.mech == CKM_AES_CBC_PAD;
-                let mut n = total / AES_BLOCK * AES_BLOCK;
-                if hold_back && n == total && n > 0 {
-                    n -= AES_BLOCK;
+            OpKind::Encrypt | OpKind::Decrypt => match op.blocks {
+                Some(mode) => self.update_blocks(kind, op, mode, data, out),
+                None => {
+                    // Done at the final call (GCM must check its tag before any plaintext
+                    // leaves): this update returns nothing, so a length query (no buffer) is
+                    // answered 0 and must not take the part in, or the real call that follows
+                    // would take it twice.
+                    if out.is_some() {
+                        Self::buffer(op, data)?;
+                    }
+                    Ok(0)
                 }
-                match out {
-                    None => return Ok(n),
-                    Some(ref b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
-                    _ => {}
-                }
-                let mut all = Zeroizing::new(Vec::with_capacity(total));
-                all.extend_from_slice(&op.buf);
-                all.extend_from_slice(data);
-                if n == 0 {
-                    op.buf = PartBuf(std::mem::take(&mut *all));
-                    return Ok(0);
-                }
-                let iv = op.cbc_iv.ok_or(Error::General("CBC without IV".into()))?;
-                let chunk = &all[..n];
-                let key = Self::key_of(op)?;
-                let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
-                    Zeroizing::new(self.cluster.call(op.route, op.cost, |b, ms| {
-                        b.encrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
-                    })?)
-                } else {
-                    self.cluster.call(op.route, op.cost, |b, ms| {
-                        b.decrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
-                    })?
-                };
-                let chain = if kind == OpKind::Encrypt {
-                    &result[n - AES_BLOCK..n]
-                } else {
-                    &chunk[n - AES_BLOCK..n]
-                };
-                let mut next = [0u8; AES_BLOCK];
-                next.copy_from_slice(chain);
-                op.cbc_iv = Some(next);
-                op.buf = PartBuf(all[n..].to_vec());
-                if let Some(b) = out {
-                    b[..n].copy_from_slice(&result[..n]);
-                }
-                Ok(n)
-            }
-            OpKind::Encrypt | OpKind::Decrypt => {
-                Self::buffer(op, data)?;
-                Ok(0)
-            }
+            },
         }
+    }
+
+    /// A block-mode update: every whole block goes to the member now and its output to the
+    /// caller from this call; a partial block waits, and CBC-PAD decryption also holds its last
+    /// whole block back, which may be the one whose padding `C_DecryptFinal` removes. The
+    /// output length is known before any work: a length query or a short buffer is answered
+    /// exactly and takes nothing in.
+    fn update_blocks(
+        &self,
+        kind: OpKind,
+        op: &mut Op,
+        mode: BlockMode,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let total = op.buf.len().saturating_add(data.len());
+        let mut n = total / AES_BLOCK * AES_BLOCK;
+        let hold_back = kind == OpKind::Decrypt && op.mech.mech == CKM_AES_CBC_PAD;
+        if hold_back && n == total && n > 0 {
+            n -= AES_BLOCK;
+        }
+        let out = match out {
+            None => return Ok(n),
+            Some(b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
+            Some(b) => b,
+        };
+        if n == 0 {
+            // Less than a block in all (or the one held back): nothing to send yet.
+            Self::buffer(op, data)?;
+            return Ok(0);
+        }
+        let mut all = Zeroizing::new(Vec::with_capacity(total));
+        all.extend_from_slice(&op.buf);
+        all.extend_from_slice(data);
+        let chunk = &all[..n];
+        let key = Self::key_of(op)?;
+        let cbc;
+        let mech = match mode {
+            BlockMode::Ecb => &op.mech,
+            BlockMode::Cbc(iv) => {
+                cbc = with_iv(CKM_AES_CBC, iv);
+                &cbc
+            }
+        };
+        let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
+            Zeroizing::new(
+                self.cluster
+                    .call(op.route, op.cost, |b, ms| b.encrypt(ms, mech, key, chunk))?,
+            )
+        } else {
+            self.cluster
+                .call(op.route, op.cost, |b, ms| b.decrypt(ms, mech, key, chunk))?
+        };
+        if result.len() != n {
+            return Err(Error::General(format!(
+                "a member returned {} bytes for {n} bytes of whole blocks",
+                result.len()
+            )));
+        }
+        if let BlockMode::Cbc(_) = mode {
+            // The next IV is the last ciphertext block: the output when encrypting, the input
+            // when decrypting.
+            let last = if kind == OpKind::Encrypt {
+                &result[n - AES_BLOCK..]
+            } else {
+                &chunk[n - AES_BLOCK..]
+            };
+            let mut next = [0u8; AES_BLOCK];
+            next.copy_from_slice(last);
+            op.blocks = Some(BlockMode::Cbc(next));
+        }
+        op.buf = PartBuf(all[n..].to_vec());
+        out[..n].copy_from_slice(&result);
+        Ok(n)
     }
 
     /// `C_DigestKey`.
@@ -812,21 +860,16 @@ impl Engine {
             }
             OpKind::Encrypt | OpKind::Decrypt => {
                 let key = Self::key_of(op)?;
-                if let Some(iv) = op.cbc_iv {
+                if let Some(mode) = op.blocks {
                     let rest = &op.buf[..];
-                    return match (kind, op.mech.mech) {
-                        (_, CKM_AES_CBC) if !rest.is_empty() => Err(if kind == OpKind::Encrypt {
-                            Error::DataLenRange
-                        } else {
-                            Error::EncryptedDataLenRange
-                        }),
-                        (_, CKM_AES_CBC) => Ok(Output::public(Vec::new())),
-                        (OpKind::Encrypt, _) => Ok(Output::public(self.cluster.call(
-                            op.route,
-                            op.cost,
-                            |b, ms| b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
-                        )?)),
-                        (_, _) => {
+                    return match (kind, op.mech.mech, mode) {
+                        (OpKind::Encrypt, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => Ok(
+                            Output::public(self.cluster.call(op.route, op.cost, |b, ms| {
+                                b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                            })?),
+                        ),
+                        (_, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => {
+                            // The block held back (see `update_blocks`), and nothing else.
                             if rest.len() != AES_BLOCK {
                                 return Err(Error::EncryptedDataLenRange);
                             }
@@ -836,6 +879,13 @@ impl Engine {
                                 |b, ms| b.decrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
                             )?))
                         }
+                        // ECB and CBC without padding: every whole block has gone out.
+                        _ if !rest.is_empty() => Err(if kind == OpKind::Encrypt {
+                            Error::DataLenRange
+                        } else {
+                            Error::EncryptedDataLenRange
+                        }),
+                        _ => Ok(Output::public(Vec::new())),
                     };
                 }
                 if kind == OpKind::Encrypt {

@@ -1,5 +1,5 @@
-//! Operation state (issue 11), for every operation family: which call may follow which, and what
-//! a refused call ends.
+//! Operation state (issue 11), for every operation family: which call may follow which, what a
+//! refused call ends, and what the block modes return from each update.
 //!
 //! The rule the engine implements (engine/src/ops.rs, `Form`): the first call after `*Init`
 //! that the token answers (a length query and `CKR_BUFFER_TOO_SMALL` included) fixes the form,
@@ -489,4 +489,179 @@ fn verify_has_no_length_query_and_ends_with_its_single_part_call() {
         fam.single(m, h, Out::Query).rv,
         CKR_OPERATION_NOT_INITIALIZED
     );
+}
+
+/// The AES modes whose updates these tests drive, with how many bytes make one input.
+fn aes_input(mt: CK_MECHANISM_TYPE) -> Vec<u8> {
+    let n = match mt {
+        // Whole blocks for the modes without padding.
+        CKM_AES_ECB | CKM_AES_CBC => 80,
+        _ => 75,
+    };
+    (0..n).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// Run one multi-part operation over `parts`, each update's output taken with the two-call
+/// length protocol (a query, a buffer one byte short that must not consume the part, then
+/// the exact buffer), and the final call likewise. Returns each update's output length and
+/// everything output.
+fn multi_part(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    mt: CK_MECHANISM_TYPE,
+    key: CK_OBJECT_HANDLE,
+    parts: &[&[u8]],
+) -> (Vec<usize>, Vec<u8>) {
+    let what = format!("{kind:?} {mt:#x}");
+    assert_eq!(init(m, h, kind, mt, key), CKR_OK, "{what}: *Init");
+    let mut lens = Vec::new();
+    let mut all = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let q = update(m, h, kind, part, Out::Query);
+        assert_eq!(q.rv, CKR_OK, "{what}: update {i} length query");
+        if q.len > 0 {
+            let short = update(m, h, kind, part, Out::Cap(q.len - 1));
+            assert_eq!(
+                short.rv, CKR_BUFFER_TOO_SMALL,
+                "{what}: update {i}, one byte short"
+            );
+            assert_eq!(short.len, q.len, "{what}: update {i}: the needed length");
+        }
+        let a = update(m, h, kind, part, Out::Cap(q.len));
+        assert_eq!(a.rv, CKR_OK, "{what}: update {i}");
+        assert_eq!(
+            a.bytes.len(),
+            q.len,
+            "{what}: update {i}: the query was exact"
+        );
+        lens.push(a.bytes.len());
+        all.extend_from_slice(&a.bytes);
+    }
+    let q = finish(m, h, kind, &[], Out::Query);
+    assert_eq!(q.rv, CKR_OK, "{what}: final length query");
+    if q.len > 0 {
+        let short = finish(m, h, kind, &[], Out::Cap(q.len - 1));
+        assert_eq!(
+            short.rv, CKR_BUFFER_TOO_SMALL,
+            "{what}: final, one byte short"
+        );
+    }
+    let f = finish(m, h, kind, &[], Out::Cap(q.len));
+    assert_eq!(f.rv, CKR_OK, "{what}: final");
+    assert_eq!(f.bytes.len(), q.len, "{what}: the final query was exact");
+    all.extend_from_slice(&f.bytes);
+    (lens, all)
+}
+
+/// Rule A.3: AES-ECB and AES-CBC updates return every whole block at once (holding back only
+/// a partial block), encrypting and decrypting, and the pieces put together are the
+/// single-part result.
+#[test]
+fn ecb_and_cbc_updates_return_every_whole_block_at_once() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let (aes, _) = keys(m, h);
+    for mt in [CKM_AES_ECB, CKM_AES_CBC] {
+        let plain = aes_input(mt);
+        let cipher = one_shot(m, h, Kind::Encrypt, mt, aes, &plain);
+        if mt == CKM_AES_ECB {
+            assert_eq!(cipher, aws_lc_ecb(&plain), "ECB as aws-lc computes it");
+        }
+        for (kind, input, expect) in [
+            (Kind::Encrypt, &plain, &cipher),
+            (Kind::Decrypt, &cipher, &plain),
+        ] {
+            // 20 bytes: one block out, 4 held; 12 more: the second block; 48: three at once.
+            let parts = [&input[..20], &input[20..32], &input[32..]];
+            let (lens, all) = multi_part(m, h, kind, mt, aes, &parts);
+            assert_eq!(
+                lens,
+                vec![16, 16, 48],
+                "{kind:?} {mt:#x}: whole blocks at each update"
+            );
+            assert_eq!(
+                &all, expect,
+                "{kind:?} {mt:#x}: equals the single-part result"
+            );
+        }
+    }
+}
+
+/// Rule A.3 with padding: CBC-PAD encryption returns every whole block from its updates (the
+/// padding block comes from the final call); decryption holds the last whole block back, for
+/// the final call to unpad.
+#[test]
+fn cbc_pad_decrypt_holds_the_last_block_back_and_encrypt_does_not() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let (aes, _) = keys(m, h);
+    for plain_len in [48usize, 40] {
+        let plain: Vec<u8> = (0..plain_len).map(|i| i as u8).collect();
+        let cipher = one_shot(m, h, Kind::Encrypt, CKM_AES_CBC_PAD, aes, &plain);
+        assert_eq!(cipher.len(), plain_len / 16 * 16 + 16);
+        let (lens, all) = multi_part(m, h, Kind::Encrypt, CKM_AES_CBC_PAD, aes, &[&plain]);
+        assert_eq!(
+            lens,
+            vec![plain_len / 16 * 16],
+            "encrypt: every whole block at the update"
+        );
+        assert_eq!(all, cipher);
+        // The whole ciphertext in one update: all but the last block come out.
+        let (lens, all) = multi_part(m, h, Kind::Decrypt, CKM_AES_CBC_PAD, aes, &[&cipher]);
+        assert_eq!(
+            lens,
+            vec![cipher.len() - 16],
+            "decrypt: the last block is held back"
+        );
+        assert_eq!(all, plain);
+        // One block, then the rest: the first block alone might be the last, so it waits, and
+        // comes out with the rest but for the new last block.
+        let (lens, all) = multi_part(
+            m,
+            h,
+            Kind::Decrypt,
+            CKM_AES_CBC_PAD,
+            aes,
+            &[&cipher[..16], &cipher[16..]],
+        );
+        assert_eq!(lens, vec![0, cipher.len() - 16]);
+        assert_eq!(all, plain);
+    }
+}
+
+/// The two-call length protocol on updates, in every AES mode (the streaming block modes and
+/// the buffered GCM and CTR): a query gives the exact length and consumes nothing, a buffer
+/// one byte short is `CKR_BUFFER_TOO_SMALL` and consumes nothing, and the pieces put together
+/// are the single-part result.
+#[test]
+fn an_update_length_query_is_exact_and_consumes_nothing() {
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let (aes, _) = keys(m, h);
+    for mt in [
+        CKM_AES_ECB,
+        CKM_AES_CBC,
+        CKM_AES_CBC_PAD,
+        CKM_AES_GCM,
+        CKM_AES_CTR,
+    ] {
+        let plain = aes_input(mt);
+        let cipher = one_shot(m, h, Kind::Encrypt, mt, aes, &plain);
+        for (kind, input, expect) in [
+            (Kind::Encrypt, &plain, &cipher),
+            (Kind::Decrypt, &cipher, &plain),
+        ] {
+            let cuts = [0, 5, 5, 32, 47, input.len()];
+            let parts: Vec<&[u8]> = cuts.windows(2).map(|w| &input[w[0]..w[1]]).collect();
+            let (_, all) = multi_part(m, h, kind, mt, aes, &parts);
+            assert_eq!(
+                &all, expect,
+                "{kind:?} {mt:#x}: the pieces equal the single-part result"
+            );
+        }
+    }
 }
