@@ -4,6 +4,8 @@
 
 #[path = "conformance/op_state.rs"]
 mod op_state;
+#[path = "conformance/templates.rs"]
+mod templates;
 
 use std::ffi::c_void;
 use std::ptr;
