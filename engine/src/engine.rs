@@ -892,7 +892,7 @@ impl Engine {
     }
 
     fn check_write(&self, s: SessionHandle, template: &[Attr]) -> Result<()> {
-        refuse_engine_attribute(template)?;
+        check_app_template(template)?;
         let token = template.iter().any(|a| a.ty == CKA_TOKEN && a.value == [1]);
         if token && !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
@@ -1117,7 +1117,7 @@ impl Engine {
         if !rw && e.home.is_none() {
             return Err(Error::SessionReadOnly);
         }
-        refuse_engine_attribute(&template)?;
+        check_app_template(&template)?;
         let _gate = self.cluster.gate.read();
         let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, ms| {
             b.set_attributes(ms, e.member_obj, &template)
@@ -1469,10 +1469,38 @@ impl Engine {
     }
 }
 
-/// `CKA_HSMPOOL_OBJECT_ID` is the engine's own attribute: application templates may not name it.
-fn refuse_engine_attribute(template: &[Attr]) -> Result<()> {
-    if template.iter().any(|a| a.ty == CKA_HSMPOOL_OBJECT_ID) {
-        return Err(Error::AttributeTypeInvalid(CKA_HSMPOOL_OBJECT_ID));
+/// Attributes only the token sets: PKCS #11 3.0 §4.2 footnotes 2, 4 and 6 (MUST NOT be given
+/// to `C_CreateObject`, `C_GenerateKey(Pair)` or `C_UnwrapKey`) on `CKA_UNIQUE_ID` (§4.4),
+/// `CKA_LOCAL` and `CKA_KEY_GEN_MECHANISM` (§4.7), `CKA_ALWAYS_SENSITIVE` and
+/// `CKA_NEVER_EXTRACTABLE` (§4.9, §4.10); none is modifiable (no footnote 8), so `C_CopyObject`
+/// and `C_SetAttributeValue` may not name them either, and a derived key is made by the token
+/// as a generated one is.
+const TOKEN_SET: [CK_ATTRIBUTE_TYPE; 5] = [
+    CKA_UNIQUE_ID,
+    CKA_LOCAL,
+    CKA_KEY_GEN_MECHANISM,
+    CKA_ALWAYS_SENSITIVE,
+    CKA_NEVER_EXTRACTABLE,
+];
+
+/// The one check of every template an application gives to make or change an object
+/// (`C_CreateObject`, `C_CopyObject`, `C_SetAttributeValue`, `C_GenerateKey`, both templates of
+/// `C_GenerateKeyPair`, `C_UnwrapKey`, `C_DeriveKey`): `CKA_HSMPOOL_OBJECT_ID` is the engine's
+/// own attribute (`CKR_ATTRIBUTE_TYPE_INVALID`), and a token-set attribute is
+/// `CKR_ATTRIBUTE_READ_ONLY` whatever its value and whatever the object's class: even a value
+/// equal to the token's is the application claiming to set it.
+///
+/// It is made here, on the application's templates, and not in the member: replication copies
+/// every attribute of a token object from one member to another (`export_clone` /
+/// `import_clone`), `CKA_LOCAL` and the rest included, and must keep doing so.
+fn check_app_template(template: &[Attr]) -> Result<()> {
+    for a in template {
+        if a.ty == CKA_HSMPOOL_OBJECT_ID {
+            return Err(Error::AttributeTypeInvalid(a.ty));
+        }
+        if TOKEN_SET.contains(&a.ty) {
+            return Err(Error::AttributeReadOnly(a.ty));
+        }
     }
     Ok(())
 }

@@ -2,12 +2,17 @@
 //!
 //! Multi-part input is handled so that the member sees one call wherever possible (which is
 //! also what lets a later failover replay it): hash-and-sign mechanisms hash as data streams in
-//! and sign the digest once; AES-CBC streams block by block, chaining the IV; everything else
-//! (HMAC, GCM, raw RSA/ECDSA) is buffered up to [`MAX_BUFFERED`] and done once at the end.
+//! and sign the digest once; AES-ECB and AES-CBC send every whole block to the member at the
+//! update that completes it and return its output from that update (CBC chaining the IV);
+//! everything else (HMAC, GCM, CTR, raw RSA/ECDSA) is buffered up to [`MAX_BUFFERED`] and done
+//! once at the end.
 //!
 //! Output-length rule (PKCS #11 §5.2): asked with no buffer, or with a buffer that is too
 //! small, an operation computes its result once, keeps it, reports the length and stays
-//! active; the next call with a large enough buffer returns the kept result.
+//! active; the next call with a large enough buffer returns the kept result. An update reports
+//! its length before doing anything, so its query or short buffer takes no input in.
+//!
+//! Which calls may follow which, and what a refused one ends: see [`Form`].
 
 use cryptoki_sys::*;
 use hsmpool_sim::crypto::DigestCtx;
@@ -38,15 +43,86 @@ pub(crate) struct Op {
     pub(crate) cost: u64,
     hash: Option<DigestCtx>,
     buf: PartBuf,
-    /// An `*Update` was called: single-part calls are no longer allowed.
-    updated: bool,
+    /// The form the caller has chosen (single-part or multi-part), once it has.
+    form: Form,
     /// A computed result waiting for a large enough buffer.
     pending: Option<Output>,
-    /// AES-CBC streaming: the chained IV.
-    cbc_iv: Option<[u8; AES_BLOCK]>,
+    /// AES-ECB / AES-CBC streaming state.
+    blocks: Option<BlockMode>,
     /// The key has `CKA_ALWAYS_AUTHENTICATE`: the result is only produced after a
     /// `C_Login(CKU_CONTEXT_SPECIFIC)` made since the `*Init`.
     always_authenticate: bool,
+}
+
+/// Which form of an operation the caller has chosen: single-part (`C_Encrypt`, `C_Decrypt`,
+/// `C_Digest`, `C_Sign`, `C_Verify`) or multi-part (the `*Update` calls and `C_DigestKey`, then
+/// a `*Final`).
+///
+/// PKCS #11 3.0 §5.8.2 (and §5.10.2, §5.12.2, §5.13.2, §5.15.2 for the other families): the
+/// single-part call "cannot be used to terminate a multi-part operation, and MUST be called
+/// after C_EncryptInit without intervening C_EncryptUpdate calls". The form is fixed by the
+/// first call after `*Init` that the token answers, a length query and `CKR_BUFFER_TOO_SMALL`
+/// included: the caller has then been told a length for one form's result. A later call of the
+/// other form is `CKR_OPERATION_ACTIVE` (an operation it cannot join is in progress).
+///
+/// What such a refusal ends is decided by the function refused, the same in every family:
+/// - a call that finishes operations (the single-part calls, the `*Final` calls) ends the
+///   operation: §5.8.2, §5.8.4 and their siblings say it "always terminates the active
+///   operation unless it returns CKR_BUFFER_TOO_SMALL or is a successful call ... to determine
+///   the length of the buffer needed", and a refusal is neither. So `C_DigestInit`,
+///   `C_DigestUpdate`, a `C_DigestFinal` length query, `C_Digest` (`CKR_OPERATION_ACTIVE`),
+///   then `C_DigestFinal` is `CKR_OPERATION_NOT_INITIALIZED`; likewise a `C_DigestFinal` after
+///   a `C_Digest` length query;
+/// - an update refused so ends nothing: it never joined the operation (as a refused
+///   `C_EncryptInit` leaves the active operation alone), and the caller can still finish the
+///   operation the way it began (`C_Encrypt` after a refused `C_EncryptUpdate`).
+///
+/// SoftHSMv2 (2.6.1, `src/lib/SoftHSM.cpp`) ends and keeps in the same places, with other
+/// answers: after a single-part or final call of the other form its operation is over too (it
+/// refuses `C_Sign`/`C_Verify` after an update with `CKR_OPERATION_NOT_INITIALIZED` and ends
+/// the operation, and accepts and finishes every other mix), and an update of the other form
+/// never ends it (it is accepted). Accepting joins the forms (`C_Encrypt` after
+/// `C_EncryptUpdate` goes on with the same cipher context; `C_SignFinal` after a `C_Sign`
+/// length query signs the empty message), which the strict suites of issue 11 refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Fresh from `*Init`: either form may follow.
+    Open,
+    /// A single-part call has answered a length.
+    Single,
+    /// An update or `C_DigestKey` has been answered (a length query included).
+    Multi,
+    /// A `*Final` call has answered a length: the result is computed and kept, so an update can
+    /// no longer join it; only the final call may follow.
+    Finishing,
+}
+
+impl Form {
+    /// Whether a single-part call may go on with an operation in this form.
+    fn admits_single(self) -> bool {
+        matches!(self, Form::Open | Form::Single)
+    }
+    /// Whether an update or `C_DigestKey` may.
+    fn admits_update(self) -> bool {
+        matches!(self, Form::Open | Form::Multi)
+    }
+    /// Whether a `*Final` call may.
+    fn admits_final(self) -> bool {
+        self != Form::Single
+    }
+}
+
+/// How multi-part AES input in a block mode streams: each update sends every whole block it
+/// completes to the member and returns their output at once (as SoftHSMv2 and OpenSSL's EVP
+/// interface do: a caller streaming a large input gets it back as it goes, and the engine holds
+/// at most a block); a partial block waits for more input.
+#[derive(Clone, Copy)]
+enum BlockMode {
+    /// AES-ECB: blocks are independent, nothing is carried from one update to the next.
+    Ecb,
+    /// AES-CBC and AES-CBC-PAD: the IV of the blocks still to come (the last ciphertext block
+    /// so far).
+    Cbc([u8; AES_BLOCK]),
 }
 
 /// The buffered input of a multi-part operation, wiped when dropped as `Zeroizing` would, except
@@ -153,10 +229,6 @@ fn op_cost(kind: OpKind, meta: &hsmpool_sim::hsm::KeyMeta) -> u64 {
         Some(CKK_EC_EDWARDS) => 4,
         _ => 1,
     }
-}
-
-fn is_cbc(mech: CK_MECHANISM_TYPE) -> bool {
-    matches!(mech, CKM_AES_CBC | CKM_AES_CBC_PAD)
 }
 
 fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
@@ -377,10 +449,10 @@ impl Engine {
             Some(h) => Some(digest_ctx(h)?),
             None => None,
         };
-        let cbc_iv = if is_cbc(mech.mech) {
-            Some(cbc_iv(&mech)?)
-        } else {
-            None
+        let blocks = match mech.mech {
+            CKM_AES_ECB => Some(BlockMode::Ecb),
+            CKM_AES_CBC | CKM_AES_CBC_PAD => Some(BlockMode::Cbc(cbc_iv(&mech)?)),
+            _ => None,
         };
         let cost = op_cost(kind, &meta);
         // Boxed once here; calls then move only the pointer (see `OpSlots::take`).
@@ -392,9 +464,9 @@ impl Engine {
             cost,
             hash,
             buf: PartBuf::default(),
-            updated: false,
+            form: Form::Open,
             pending: None,
-            cbc_iv,
+            blocks,
             always_authenticate: meta.always_authenticate,
         });
         let mut g = sess.lock();
@@ -428,9 +500,9 @@ impl Engine {
                 cost: 0,
                 hash: Some(ctx),
                 buf: PartBuf::default(),
-                updated: false,
+                form: Form::Open,
                 pending: None,
-                cbc_iv: None,
+                blocks: None,
                 always_authenticate: false,
             }),
         );
@@ -456,9 +528,9 @@ impl Engine {
             return Err(Error::General("verify has its own entry".into()));
         }
         let (sess, op) = self.take_op(s, kind)?;
-        if op.updated {
-            // A multi-part operation is under way; single-part calls end nothing.
-            self.put_op(&sess, kind, op);
+        if !op.form.admits_single() {
+            // A multi-part operation is under way: refused, and, as a call that finishes
+            // operations, this one ends it (see `Form`).
             return Err(Error::OperationActive);
         }
         if op.pending.is_none() {
@@ -466,7 +538,7 @@ impl Engine {
                 return self.produce_into(&sess, kind, op, data, n, out);
             }
         }
-        self.produce(&sess, kind, op, out, |e, op| {
+        self.produce(&sess, kind, op, out, Form::Single, |e, op| {
             e.compute_single(kind, op, data)
         })
     }
@@ -483,13 +555,15 @@ impl Engine {
         n: usize,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        let op = self.context_login_gate(sess, kind, op)?;
+        let mut op = self.context_login_gate(sess, kind, op)?;
         let buf = match out {
             None => {
+                op.form = Form::Single;
                 self.put_op(sess, kind, op);
                 return Ok(n);
             }
             Some(b) if b.len() < n => {
+                op.form = Form::Single;
                 self.put_op(sess, kind, op);
                 return Err(Error::BufferTooSmall { needed: n });
             }
@@ -520,13 +594,14 @@ impl Engine {
 
     /// The shared end of single-part and final calls: the `CKA_ALWAYS_AUTHENTICATE` gate (§4.9:
     /// the operation stays active for the login to come), the kept result or a new one, and the
-    /// output-length rule.
+    /// output-length rule; an operation kept for a larger buffer is then in form `kept`.
     fn produce(
         &self,
         sess: &Mutex<Session>,
         kind: OpKind,
         op: Box<Op>,
         out: Option<&mut [u8]>,
+        kept: Form,
         compute: impl FnOnce(&Self, &mut Op) -> Result<Output>,
     ) -> Result<usize> {
         let mut op = self.context_login_gate(sess, kind, op)?;
@@ -535,7 +610,8 @@ impl Engine {
             None => compute(self, &mut op)?,
         };
         let (back, outcome) = deliver(op, result, out);
-        if let Some(op) = back {
+        if let Some(mut op) = back {
+            op.form = kept;
             self.put_op(sess, kind, op);
         }
         outcome
@@ -584,19 +660,23 @@ impl Engine {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         let (sess, mut op) = self.take_op(s, kind)?;
+        if !op.form.admits_update() {
+            // A single-part call has answered, or the final result is made: refused, and
+            // nothing ends (see `Form`).
+            self.put_op(&sess, kind, op);
+            return Err(Error::OperationActive);
+        }
         if !op.row.multipart && matches!(kind, OpKind::Encrypt | OpKind::Decrypt) {
             // Single-part only mechanisms (RSA encryption) end here, as the spec allows.
             return Err(Error::MechanismInvalid);
         }
         let r = self.update_inner(kind, &mut op, data, out);
         match r {
-            Ok(n) => {
+            // A length answered fixes the form as a part taken in does (see `Form`).
+            Ok(_) | Err(Error::BufferTooSmall { .. }) => {
+                op.form = Form::Multi;
                 self.put_op(&sess, kind, op);
-                Ok(n)
-            }
-            Err(Error::BufferTooSmall { needed }) => {
-                self.put_op(&sess, kind, op);
-                Err(Error::BufferTooSmall { needed })
+                r
             }
             Err(e) => Err(e),
         }
@@ -611,72 +691,110 @@ impl Engine {
     ) -> Result<usize> {
         match kind {
             OpKind::Digest | OpKind::Sign | OpKind::Verify => {
-                op.updated = true;
                 match op.hash.as_mut() {
                     Some(h) => h.update(data),
                     None => Self::buffer(op, data)?,
                 }
                 Ok(0)
             }
-            OpKind::Encrypt | OpKind::Decrypt if op.cbc_iv.is_some() => {
-                // Stream whole blocks; decryption with padding holds the last block back for
-                // the final unpadding.
-                let total = op.buf.len() + data.len();
-                let hold_back = kind == OpKind::Decrypt && op.mech.mech == CKM_AES_CBC_PAD;
-                let mut n = total / AES_BLOCK * AES_BLOCK;
-                if hold_back && n == total && n > 0 {
-                    n -= AES_BLOCK;
+            OpKind::Encrypt | OpKind::Decrypt => match op.blocks {
+                Some(mode) => self.update_blocks(kind, op, mode, data, out),
+                None => {
+                    // Done at the final call (GCM must check its tag before any plaintext
+                    // leaves): this update returns nothing, so a length query (no buffer) is
+                    // answered 0 and must not take the part in, or the real call that follows
+                    // would take it twice.
+                    if out.is_some() {
+                        Self::buffer(op, data)?;
+                    }
+                    Ok(0)
                 }
-                match out {
-                    None => return Ok(n),
-                    Some(ref b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
-                    _ => {}
-                }
-                op.updated = true;
-                let mut all = Zeroizing::new(Vec::with_capacity(total));
-                all.extend_from_slice(&op.buf);
-                all.extend_from_slice(data);
-                if n == 0 {
-                    op.buf = PartBuf(std::mem::take(&mut *all));
-                    return Ok(0);
-                }
-                let iv = op.cbc_iv.ok_or(Error::General("CBC without IV".into()))?;
-                let chunk = &all[..n];
-                let key = Self::key_of(op)?;
-                let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
-                    Zeroizing::new(self.cluster.call(op.route, op.cost, |b, ms| {
-                        b.encrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
-                    })?)
-                } else {
-                    self.cluster.call(op.route, op.cost, |b, ms| {
-                        b.decrypt(ms, &with_iv(CKM_AES_CBC, iv), key, chunk)
-                    })?
-                };
-                let chain = if kind == OpKind::Encrypt {
-                    &result[n - AES_BLOCK..n]
-                } else {
-                    &chunk[n - AES_BLOCK..n]
-                };
-                let mut next = [0u8; AES_BLOCK];
-                next.copy_from_slice(chain);
-                op.cbc_iv = Some(next);
-                op.buf = PartBuf(all[n..].to_vec());
-                if let Some(b) = out {
-                    b[..n].copy_from_slice(&result[..n]);
-                }
-                Ok(n)
-            }
-            OpKind::Encrypt | OpKind::Decrypt => {
-                op.updated = true;
-                Self::buffer(op, data)?;
-                Ok(0)
-            }
+            },
         }
+    }
+
+    /// A block-mode update: every whole block goes to the member now and its output to the
+    /// caller from this call; a partial block waits, and CBC-PAD decryption also holds its last
+    /// whole block back, which may be the one whose padding `C_DecryptFinal` removes. The
+    /// output length is known before any work: a length query or a short buffer is answered
+    /// exactly and takes nothing in.
+    fn update_blocks(
+        &self,
+        kind: OpKind,
+        op: &mut Op,
+        mode: BlockMode,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let total = op.buf.len().saturating_add(data.len());
+        let mut n = total / AES_BLOCK * AES_BLOCK;
+        let hold_back = kind == OpKind::Decrypt && op.mech.mech == CKM_AES_CBC_PAD;
+        if hold_back && n == total && n > 0 {
+            n -= AES_BLOCK;
+        }
+        let out = match out {
+            None => return Ok(n),
+            Some(b) if b.len() < n => return Err(Error::BufferTooSmall { needed: n }),
+            Some(b) => b,
+        };
+        if n == 0 {
+            // Less than a block in all (or the one held back): nothing to send yet.
+            Self::buffer(op, data)?;
+            return Ok(0);
+        }
+        let mut all = Zeroizing::new(Vec::with_capacity(total));
+        all.extend_from_slice(&op.buf);
+        all.extend_from_slice(data);
+        let chunk = &all[..n];
+        let key = Self::key_of(op)?;
+        let cbc;
+        let mech = match mode {
+            BlockMode::Ecb => &op.mech,
+            BlockMode::Cbc(iv) => {
+                cbc = with_iv(CKM_AES_CBC, iv);
+                &cbc
+            }
+        };
+        let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
+            Zeroizing::new(
+                self.cluster
+                    .call(op.route, op.cost, |b, ms| b.encrypt(ms, mech, key, chunk))?,
+            )
+        } else {
+            self.cluster
+                .call(op.route, op.cost, |b, ms| b.decrypt(ms, mech, key, chunk))?
+        };
+        if result.len() != n {
+            return Err(Error::General(format!(
+                "a member returned {} bytes for {n} bytes of whole blocks",
+                result.len()
+            )));
+        }
+        if let BlockMode::Cbc(_) = mode {
+            // The next IV is the last ciphertext block: the output when encrypting, the input
+            // when decrypting.
+            let last = if kind == OpKind::Encrypt {
+                &result[n - AES_BLOCK..]
+            } else {
+                &chunk[n - AES_BLOCK..]
+            };
+            let mut next = [0u8; AES_BLOCK];
+            next.copy_from_slice(last);
+            op.blocks = Some(BlockMode::Cbc(next));
+        }
+        op.buf = PartBuf(all[n..].to_vec());
+        out[..n].copy_from_slice(&result);
+        Ok(n)
     }
 
     /// `C_DigestKey`.
     pub fn digest_key(&self, s: SessionHandle, key: ObjectHandle) -> Result<()> {
         let (sess, mut op) = self.take_op(s, OpKind::Digest)?;
+        if !op.form.admits_update() {
+            // As a refused `C_DigestUpdate`: nothing ends (see `Form`).
+            self.put_op(&sess, OpKind::Digest, op);
+            return Err(Error::OperationActive);
+        }
         let entry = match self.key_entry(key) {
             Ok(e) => e,
             Err(e) => {
@@ -687,7 +805,7 @@ impl Engine {
         let value = self.cluster.call(entry.route(), 1, |b, ms| {
             b.secret_for_digest(ms, entry.member_obj)
         })?;
-        op.updated = true;
+        op.form = Form::Multi;
         if let Some(h) = op.hash.as_mut() {
             h.update(&value);
         }
@@ -706,7 +824,14 @@ impl Engine {
             return Err(Error::General("verify has its own entry".into()));
         }
         let (sess, op) = self.take_op(s, kind)?;
-        self.produce(&sess, kind, op, out, |e, op| e.compute_final(kind, op))
+        if !op.form.admits_final() {
+            // A single-part call has answered a length: refused, and, as a call that finishes
+            // operations, this one ends it (see `Form`).
+            return Err(Error::OperationActive);
+        }
+        self.produce(&sess, kind, op, out, Form::Finishing, |e, op| {
+            e.compute_final(kind, op)
+        })
     }
 
     fn compute_final(&self, kind: OpKind, op: &mut Op) -> Result<Output> {
@@ -735,21 +860,16 @@ impl Engine {
             }
             OpKind::Encrypt | OpKind::Decrypt => {
                 let key = Self::key_of(op)?;
-                if let Some(iv) = op.cbc_iv {
+                if let Some(mode) = op.blocks {
                     let rest = &op.buf[..];
-                    return match (kind, op.mech.mech) {
-                        (_, CKM_AES_CBC) if !rest.is_empty() => Err(if kind == OpKind::Encrypt {
-                            Error::DataLenRange
-                        } else {
-                            Error::EncryptedDataLenRange
-                        }),
-                        (_, CKM_AES_CBC) => Ok(Output::public(Vec::new())),
-                        (OpKind::Encrypt, _) => Ok(Output::public(self.cluster.call(
-                            op.route,
-                            op.cost,
-                            |b, ms| b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
-                        )?)),
-                        (_, _) => {
+                    return match (kind, op.mech.mech, mode) {
+                        (OpKind::Encrypt, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => Ok(
+                            Output::public(self.cluster.call(op.route, op.cost, |b, ms| {
+                                b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                            })?),
+                        ),
+                        (_, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => {
+                            // The block held back (see `update_blocks`), and nothing else.
                             if rest.len() != AES_BLOCK {
                                 return Err(Error::EncryptedDataLenRange);
                             }
@@ -759,6 +879,13 @@ impl Engine {
                                 |b, ms| b.decrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
                             )?))
                         }
+                        // ECB and CBC without padding: every whole block has gone out.
+                        _ if !rest.is_empty() => Err(if kind == OpKind::Encrypt {
+                            Error::DataLenRange
+                        } else {
+                            Error::EncryptedDataLenRange
+                        }),
+                        _ => Ok(Output::public(Vec::new())),
                     };
                 }
                 if kind == OpKind::Encrypt {
@@ -781,9 +908,9 @@ impl Engine {
 
     /// `C_Verify`: single-part verification. The operation ends whatever the outcome.
     pub fn verify(&self, s: SessionHandle, data: &[u8], signature: &[u8]) -> Result<()> {
-        let (sess, op) = self.take_op(s, OpKind::Verify)?;
-        if op.updated {
-            self.put_op(&sess, OpKind::Verify, op);
+        let (_sess, op) = self.take_op(s, OpKind::Verify)?;
+        if !op.form.admits_single() {
+            // As `op_single`: refused, and the operation ends (see `Form`).
             return Err(Error::OperationActive);
         }
         self.cluster.call(op.route, op.cost, |b, ms| {
@@ -799,6 +926,8 @@ impl Engine {
 
     /// `C_VerifyFinal`.
     pub fn verify_final(&self, s: SessionHandle, signature: &[u8]) -> Result<()> {
+        // No form refuses it: `C_Verify` has no length query, so a verification never stays
+        // active in the single-part form (see `Form`).
         let (_sess, mut op) = self.take_op(s, OpKind::Verify)?;
         let key = Self::key_of(&op)?;
         match op.hash.take() {

@@ -16,7 +16,7 @@ use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrValue, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
-use hsmpool_sim::hsm::{HsmConfig, Role};
+use hsmpool_sim::hsm::{AttrAnswer, HsmConfig, Role};
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
@@ -535,4 +535,76 @@ fn finds_and_key_checks_are_served_from_the_cache_and_invalidated_by_changes() {
         .ck_rv(),
         CKR_ATTRIBUTE_TYPE_INVALID
     );
+}
+
+#[test]
+fn token_set_attributes_travel_with_every_replica_and_no_application_template_sets_them() {
+    let lab = lab("");
+    let e = &lab.engine;
+    wait_all_up(e);
+    let s = e
+        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.generate_key(
+        s,
+        Mechanism::plain(CKM_AES_KEY_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_VALUE_LEN, 32),
+            Attr::bytes(CKA_LABEL, b"replicated"),
+        ],
+    )
+    .unwrap();
+    // Replication copies every attribute: each member's copy says what the token set on the
+    // original (the refusal below is on the application's templates, not on this path).
+    let types = [
+        CKA_LOCAL,
+        CKA_KEY_GEN_MECHANISM,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_UNIQUE_ID,
+    ];
+    let copies: Vec<Vec<AttrAnswer>> = lab
+        .members
+        .iter()
+        .map(|m| {
+            let ms = m.hsm().open_session();
+            m.hsm().login(ms, Role::User, PIN).unwrap();
+            let ids = m
+                .hsm()
+                .find(ms, &[Attr::bytes(CKA_LABEL, b"replicated")])
+                .unwrap();
+            assert_eq!(ids.len(), 1, "one copy on each member");
+            let answers = m.hsm().get_attributes(ms, ids[0], &types).unwrap();
+            m.hsm().close_session(ms);
+            answers
+        })
+        .collect();
+    assert_eq!(copies[0][0], AttrAnswer::Value(vec![1]), "CKA_LOCAL");
+    assert_eq!(
+        copies[0][1],
+        AttrAnswer::Value(CKM_AES_KEY_GEN.to_ne_bytes().to_vec()),
+        "CKA_KEY_GEN_MECHANISM"
+    );
+    assert!(
+        copies.iter().all(|c| *c == copies[0]),
+        "every replica carries the same token-set attributes: {copies:?}"
+    );
+    // An application template naming one is refused, whatever the value.
+    for value in [true, false] {
+        let r = e.generate_key(
+            s,
+            Mechanism::plain(CKM_AES_KEY_GEN),
+            vec![
+                Attr::bool(CKA_TOKEN, true),
+                Attr::ulong(CKA_VALUE_LEN, 32),
+                Attr::bool(CKA_LOCAL, value),
+            ],
+        );
+        assert_eq!(
+            r.unwrap_err().ck_rv(),
+            CKR_ATTRIBUTE_READ_ONLY,
+            "CKA_LOCAL {value}"
+        );
+    }
 }

@@ -2,6 +2,11 @@
 //! with the exact CK_RV the PKCS #11 specification names.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
+#[path = "conformance/op_state.rs"]
+mod op_state;
+#[path = "conformance/templates.rs"]
+mod templates;
+
 use std::ffi::c_void;
 use std::ptr;
 
