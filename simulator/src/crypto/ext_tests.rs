@@ -1327,8 +1327,33 @@ fn rsa_generation_2304_bits() {
     let s = sign(&m(CKM_SHA256_RSA_PKCS), &key, SignInput::Message(b"x")).unwrap();
     assert_eq!(s.len(), 288);
     verify(&m(CKM_SHA256_RSA_PKCS), &key, SignInput::Message(b"x"), &s).unwrap();
-    for bad in [2047usize, 2304 + 128, 8448, 1024] {
+    for bad in [2047usize, 8193, 8448, 1024] {
         assert_eq!(generate_rsa(bad, None).map(|_| ()), Err(CKR_KEY_SIZE_RANGE));
+    }
+}
+
+/// Sizes aws-lc's generator would round down (not a multiple of 128 bits, not even of 8) come
+/// out exactly as asked, with a public exponent other than 65537 too, and sign and verify.
+#[test]
+fn rsa_generation_of_any_size_is_exact() {
+    for (bits, e) in [(3092usize, None), (2049, Some(&[3u8][..])), (2056, None)] {
+        let g = generate_rsa(bits, e).unwrap();
+        assert_eq!(be_bits(&g.modulus), bits, "{bits} bits");
+        assert_eq!(g.public_exponent, e.unwrap_or(&[1, 0, 1]).to_vec());
+        let key = LoadedKey::load(KeyMaterial::RsaPrivate { pkcs8: g.pkcs8 }).unwrap();
+        assert_eq!(key.key_bits(), bits);
+        let s = sign(&m(CKM_SHA256_RSA_PKCS), &key, SignInput::Message(b"x")).unwrap();
+        assert_eq!(s.len(), bits.div_ceil(8));
+        verify(&m(CKM_SHA256_RSA_PKCS), &key, SignInput::Message(b"x"), &s).unwrap();
+        let mut bad = s.clone();
+        bad[0] ^= 1;
+        assert!(verify(
+            &m(CKM_SHA256_RSA_PKCS),
+            &key,
+            SignInput::Message(b"x"),
+            &bad
+        )
+        .is_err());
     }
 }
 

@@ -549,6 +549,165 @@ pub(crate) fn rsa_generate(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
     pkey.to_pkcs8()
 }
 
+/// An owned `BN_CTX` (scratch space for BIGNUM arithmetic).
+struct BnCtx(NonNull<sys::BN_CTX>);
+
+impl Drop for BnCtx {
+    fn drop(&mut self) {
+        // SAFETY: we own the context.
+        unsafe { sys::BN_CTX_free(self.0.as_ptr()) };
+    }
+}
+
+impl Bn {
+    /// A new BIGNUM holding zero.
+    fn zero() -> Result<Self, Failed> {
+        // SAFETY: returns an owned BIGNUM or NULL.
+        NonNull::new(unsafe { sys::BN_new() })
+            .map(Bn)
+            .map_or_else(failed, Ok)
+    }
+
+    /// Its length in bits.
+    fn bits(&self) -> usize {
+        // SAFETY: a valid BIGNUM, only read.
+        usize::try_from(unsafe { sys::BN_num_bits(self.0.as_ptr()) }).unwrap_or(0)
+    }
+
+    /// `self - 1` as a new BIGNUM.
+    fn minus_one(&self) -> Result<Self, Failed> {
+        let r = Bn::zero()?;
+        // SAFETY: both valid; BN_copy writes `r`.
+        if unsafe { sys::BN_copy(r.0.as_ptr(), self.0.as_ptr()) }.is_null() {
+            return failed();
+        }
+        // SAFETY: `r` is valid and ours.
+        check(unsafe { sys::BN_sub_word(r.0.as_ptr(), 1) })?;
+        Ok(r)
+    }
+}
+
+/// One random probable prime of exactly `bits` bits (top bit set), from aws-lc's generator.
+fn random_prime(bits: usize) -> Result<Bn, Failed> {
+    let p = Bn::zero()?;
+    let bits = c_int::try_from(bits).or_else(|_| failed())?;
+    // SAFETY: `p` is valid and ours; not a safe prime; no add/rem constraint; no callback.
+    check(unsafe {
+        sys::BN_generate_prime_ex(
+            p.0.as_ptr(),
+            bits,
+            0,
+            ptr::null(),
+            ptr::null(),
+            ptr::null_mut(),
+        )
+    })?;
+    Ok(p)
+}
+
+/// Generates an RSA key whose modulus has exactly `bits` bits, for sizes aws-lc's own
+/// generator does not make (it rounds down to a multiple of 128 bits): two random probable
+/// primes of `ceil(bits/2)` and `floor(bits/2)` bits from `BN_generate_prime_ex` (Miller-Rabin
+/// rounds for the size), drawn again until the product has `bits` bits, the primes differ in
+/// their top 100 bits (FIPS 186-4 B.3.1 asks |p - q| > 2^(bits/2 - 100)) and `e` is prime to
+/// both `p - 1` and `q - 1`; then `d = e^-1 mod lcm(p - 1, q - 1)`, the CRT values, and
+/// `RSA_check_key` on the result. PKCS #8 out.
+pub(crate) fn rsa_generate_exact(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    if bits < 1024 {
+        return failed();
+    }
+    let e = Bn::from_be(e)?;
+    // SAFETY: returns an owned context or NULL.
+    let ctx = NonNull::new(unsafe { sys::BN_CTX_new() })
+        .map(BnCtx)
+        .map_or_else(failed, Ok)?;
+    let c = ctx.0.as_ptr();
+    let (p_bits, q_bits) = (bits.div_ceil(2), bits / 2);
+    // Each draw succeeds with probability about 0.6; 64 draws failing is a broken generator.
+    for _ in 0..64 {
+        let (p, q) = (random_prime(p_bits)?, random_prime(q_bits)?);
+        let n = Bn::zero()?;
+        // SAFETY: all valid; `n` is ours and distinct from the inputs.
+        check(unsafe { sys::BN_mul(n.0.as_ptr(), p.0.as_ptr(), q.0.as_ptr(), c) })?;
+        let diff = Bn::zero()?;
+        // SAFETY: all valid; `diff` is ours (BN_sub gives a signed result; only its size counts).
+        check(unsafe { sys::BN_sub(diff.0.as_ptr(), p.0.as_ptr(), q.0.as_ptr()) })?;
+        if n.bits() != bits || diff.bits() + 100 <= q_bits {
+            continue;
+        }
+        let (p1, q1) = (p.minus_one()?, q.minus_one()?);
+        let g = Bn::zero()?;
+        let coprime = |x: &Bn| -> Result<bool, Failed> {
+            // SAFETY: all valid; `g` is ours.
+            check(unsafe { sys::BN_gcd(g.0.as_ptr(), e.0.as_ptr(), x.0.as_ptr(), c) })?;
+            // SAFETY: `g` is valid.
+            Ok(unsafe { sys::BN_is_one(g.0.as_ptr()) } == 1)
+        };
+        if !coprime(&p1)? || !coprime(&q1)? {
+            continue;
+        }
+        // lcm(p - 1, q - 1) = (p - 1)(q - 1) / gcd(p - 1, q - 1).
+        let (phi, gpq, lambda, rem) = (Bn::zero()?, Bn::zero()?, Bn::zero()?, Bn::zero()?);
+        // SAFETY: all valid; each output is ours and distinct from its inputs.
+        unsafe {
+            check(sys::BN_mul(phi.0.as_ptr(), p1.0.as_ptr(), q1.0.as_ptr(), c))?;
+            check(sys::BN_gcd(gpq.0.as_ptr(), p1.0.as_ptr(), q1.0.as_ptr(), c))?;
+            check(sys::BN_div(
+                lambda.0.as_ptr(),
+                rem.0.as_ptr(),
+                phi.0.as_ptr(),
+                gpq.0.as_ptr(),
+                c,
+            ))?;
+        }
+        let (d, dmp1, dmq1, iqmp) = (Bn::zero()?, Bn::zero()?, Bn::zero()?, Bn::zero()?);
+        // SAFETY: all valid; the outputs are ours and distinct from the inputs; BN_mod_inverse
+        // returns its output or NULL.
+        unsafe {
+            if sys::BN_mod_inverse(d.0.as_ptr(), e.0.as_ptr(), lambda.0.as_ptr(), c).is_null() {
+                return failed();
+            }
+            check(sys::BN_nnmod(
+                dmp1.0.as_ptr(),
+                d.0.as_ptr(),
+                p1.0.as_ptr(),
+                c,
+            ))?;
+            check(sys::BN_nnmod(
+                dmq1.0.as_ptr(),
+                d.0.as_ptr(),
+                q1.0.as_ptr(),
+                c,
+            ))?;
+            if sys::BN_mod_inverse(iqmp.0.as_ptr(), q.0.as_ptr(), p.0.as_ptr(), c).is_null() {
+                return failed();
+            }
+        }
+        // SAFETY: every component is a valid BIGNUM; RSA_new_private_key copies them and
+        // returns an owned key or NULL.
+        let rsa = NonNull::new(unsafe {
+            sys::RSA_new_private_key(
+                n.0.as_ptr(),
+                e.0.as_ptr(),
+                d.0.as_ptr(),
+                p.0.as_ptr(),
+                q.0.as_ptr(),
+                dmp1.0.as_ptr(),
+                dmq1.0.as_ptr(),
+                iqmp.0.as_ptr(),
+            )
+        })
+        .map(Rsa)
+        .map_or_else(failed, Ok)?;
+        // SAFETY: a valid key, only read.
+        check(unsafe { sys::RSA_check_key(rsa.0.as_ptr()) })?;
+        let pkey = Pkey::assign(rsa.0, sys::EVP_PKEY_assign_RSA)?;
+        std::mem::forget(rsa); // now owned by `pkey`
+        return pkey.to_pkcs8();
+    }
+    failed()
+}
+
 /// An owned `EVP_AEAD_CTX`.
 struct AeadCtx(NonNull<sys::EVP_AEAD_CTX>);
 

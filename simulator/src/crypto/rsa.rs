@@ -42,11 +42,14 @@ impl std::fmt::Debug for RsaGenerated {
     }
 }
 
-/// Generates an RSA key of `bits` bits (a multiple of 256 from 2048 to 8192, else
-/// `CKR_KEY_SIZE_RANGE`) with the public exponent given big-endian (default 65537; it must be
-/// odd, at least 3 and at most 32 bits, else `CKR_TEMPLATE_INCONSISTENT`).
+/// Generates an RSA key of exactly `bits` bits (2048 to 8192, else `CKR_KEY_SIZE_RANGE`) with
+/// the public exponent given big-endian (default 65537; it must be odd, at least 3 and at most
+/// 32 bits, else `CKR_TEMPLATE_INCONSISTENT`). Multiples of 128 bits come from aws-lc's FIPS
+/// 186-4 generator; other sizes (pkcs11-provider's suites ask for 3092 bits, as SoftHSMv2 makes
+/// them) from [`raw::rsa_generate_exact`], because aws-lc rounds a size down to a multiple of
+/// 128 and the key must have the `CKA_MODULUS_BITS` it was asked for.
 pub fn generate_rsa(bits: usize, public_exponent: Option<&[u8]>) -> Result<RsaGenerated, Rv> {
-    if !(MIN_BITS..=MAX_BITS).contains(&bits) || bits % 256 != 0 {
+    if !(MIN_BITS..=MAX_BITS).contains(&bits) {
         return Err(CKR_KEY_SIZE_RANGE);
     }
     let e = strip_leading_zeros(public_exponent.unwrap_or(F4));
@@ -67,7 +70,8 @@ pub fn generate_rsa(bits: usize, public_exponent: Option<&[u8]>) -> Result<RsaGe
             let der = pair.as_der().map_err(|_| CKR_FUNCTION_FAILED)?;
             Zeroizing::new(der.as_ref().to_vec())
         }
-        _ => raw::rsa_generate(bits, e).map_err(|_| CKR_FUNCTION_FAILED)?,
+        _ if bits % 128 == 0 => raw::rsa_generate(bits, e).map_err(|_| CKR_FUNCTION_FAILED)?,
+        _ => raw::rsa_generate_exact(bits, e).map_err(|_| CKR_FUNCTION_FAILED)?,
     };
     let (modulus, public_exponent) = rsa_public_components(&pkcs8)?;
     Ok(RsaGenerated {
