@@ -58,6 +58,24 @@ fn all_params() -> Vec<MechParam> {
             info: b"info".to_vec(),
         },
         MechParam::Raw(vec![9, 8, 7]),
+        // CloudHSM's SP 800-108 KDF and its HSM-made-IV GCM (no IV on the way in).
+        MechParam::Sp800108 {
+            prf: CKM_SHA512_HMAC,
+            segments: vec![
+                KdfSegment::Bytes(vec![1, 0xab, 0xe1]),
+                KdfSegment::Counter { width_bits: 32 },
+                KdfSegment::Bytes(vec![]),
+                KdfSegment::DkmLength {
+                    method: 1,
+                    width_bits: 16,
+                },
+            ],
+        },
+        MechParam::Gcm {
+            iv: vec![],
+            aad: b"aad".to_vec(),
+            tag_bits: 128,
+        },
     ]
 }
 
