@@ -2,6 +2,9 @@
 //! with the exact CK_RV the PKCS #11 specification names.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
+#[path = "conformance/cloudhsm.rs"]
+mod cloudhsm;
+
 use std::ffi::c_void;
 use std::ptr;
 
