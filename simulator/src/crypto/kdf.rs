@@ -149,10 +149,10 @@ pub fn hkdf(
     Ok(out)
 }
 
-/// The PRF of an SP 800-108 KDF, keyed.
+/// The PRF of an SP 800-108 KDF, keyed (boxed: an HMAC key with its pads is over 1 KiB).
 enum Prf {
-    Hmac(hmac::Key, usize),
-    Cmac(cmac::Key),
+    Hmac(Box<hmac::Key>, usize),
+    Cmac(Box<cmac::Key>),
 }
 
 impl Prf {
@@ -235,7 +235,9 @@ pub fn sp800_108_counter(
                 32 => cmac::AES_256,
                 _ => return Err(CKR_KEY_SIZE_RANGE),
             };
-            Prf::Cmac(cmac::Key::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)?)
+            Prf::Cmac(Box::new(
+                cmac::Key::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)?,
+            ))
         }
         _ => {
             let hash = match prf {
@@ -246,7 +248,10 @@ pub fn sp800_108_counter(
                 CKM_SHA512_HMAC => Hash::Sha512,
                 _ => return Err(CKR_MECHANISM_PARAM_INVALID),
             };
-            Prf::Hmac(hmac::Key::new(sym::hmac_alg(hash), value), hash.len())
+            Prf::Hmac(
+                Box::new(hmac::Key::new(sym::hmac_alg(hash), value)),
+                hash.len(),
+            )
         }
     };
     if out_len == 0 || out_len > MAX_DERIVED {
