@@ -296,3 +296,31 @@ pub fn load_private_pkcs8(pkcs8: &[u8]) -> Result<(KeyMaterial, CK_KEY_TYPE), Rv
         _ => Err(CKR_WRAPPED_KEY_INVALID),
     }
 }
+
+#[cfg(test)]
+mod pkcs5_tests {
+    use super::*;
+
+    #[test]
+    fn pkcs5_padding_adds_one_to_eight_bytes_and_unpadding_checks_every_one() {
+        for len in 0..=17 {
+            let v: Vec<u8> = (0..len as u8).collect();
+            let p = pkcs5_pad(&v);
+            assert_eq!(p.len() % SEMIBLOCK, 0);
+            assert!((1..=SEMIBLOCK).contains(&(p.len() - v.len())));
+            assert_eq!(pkcs5_unpad(p).map(|u| u.to_vec()), Ok(v));
+        }
+        // A count of 0, over 8, longer than the data, or bytes that disagree with it.
+        for bad in [
+            &[1u8, 2, 3, 4, 5, 6, 7, 0][..],
+            &[9; 16],
+            &[3, 3],
+            &[1, 2, 3, 4, 5, 2, 3, 3],
+        ] {
+            assert!(
+                pkcs5_unpad(Zeroizing::new(bad.to_vec())).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
