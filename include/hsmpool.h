@@ -32,6 +32,46 @@
 #define CKA_HSMPOOL_OBJECT_ID (CKA_VENDOR_DEFINED | 0x48500001UL)
 
 /*
+ * AWS CloudHSM compatibility: the vendor mechanisms of CloudHSM's PKCS #11 library (Client SDK 5,
+ * cloudhsm_pkcs11_vendor_defs.h), with CloudHSM's values, so programs written for CloudHSM build
+ * and run unchanged. Guarded so that CloudHSM's own header may be included as well.
+ *
+ * CKM_CLOUDHSM_AES_GCM: AES-GCM whose 12-byte IV the token makes. CK_GCM_PARAMS.pIv must be NULL
+ *   (ulIvLen 0 or 12); C_Encrypt returns IV || ciphertext || tag, C_Decrypt takes the same.
+ *   Single-part only.
+ * CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD: RFC 3394 of the key bytes (a multiple of 8, 16 or more).
+ * CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD: RFC 3394 of the key bytes after PKCS #5 padding to 8.
+ * CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD: RFC 5649 (zero padding, length in the IV); no IV parameter.
+ *   The first two take no parameter or the 8-byte default IV A6A6A6A6A6A6A6A6. Private keys are
+ *   wrapped as PKCS #8 PrivateKeyInfo, secret keys as their value.
+ * CKM_CLOUDHSM_SP800_108_COUNTER_KDF: NIST SP 800-108 counter mode with HMAC (SHA-1, SHA-2) or
+ *   AES-CMAC as the PRF; the parameter is CloudHSM's CK_SP800_108_KDF_PARAMS (see below).
+ */
+#ifndef CKM_CLOUDHSM_AES_GCM
+#define CKM_CLOUDHSM_SP800_108_COUNTER_KDF 0x80000001UL
+#define CKM_CLOUDHSM_AES_GCM 0x80001087UL
+#define CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD 0x80002109UL
+#define CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD 0x8000210AUL
+#define CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD 0x8000216FUL
+
+/*
+ * The KDF's parameter is CloudHSM's own, declared by CloudHSM's header (not repeated here, since
+ * PKCS #11 3.0 headers such as p11-kit's declare different structs under the same names):
+ *
+ *   struct CK_SP800_108_KDF_PARAMS { CK_MECHANISM_TYPE prftype; CK_ULONG ulNumberOfDataParams;
+ *                                    CK_PRF_DATA_PARAM *pDataParams; }
+ *   struct CK_PRF_DATA_PARAM { CK_ULONG type; CK_VOID_PTR pValue; CK_ULONG ulValueLen; }
+ *
+ * prftype: CKM_SHA_1_HMAC .. CKM_SHA512_HMAC, or CKM_AES_CMAC. Data parameter types, Client SDK 5
+ * (placed in the PRF input in the order given): 1 the counter (pValue a CK_ULONG width, 16 or 32
+ * bits), 2 L (pValue { CK_ULONG dkmLengthMethod; CK_ULONG ulWidthInBits }, method 1 = the key's
+ * length, 2 = all PRF blocks' length; width 8, 16, 32 or 64), 3 bytes (label and/or context).
+ * Client SDK 3's types 4 (counter), 5 (label), 6 (context), 7 (L) are laid out as
+ * counter || label || 0x00 || context || L. Both big-endian.
+ */
+#endif /* CKM_CLOUDHSM_AES_GCM */
+
+/*
  * Cluster status. Exported by libhsmpool_pkcs11.so (look them up with dlsym); they follow the
  * PKCS #11 rules: CKR_CRYPTOKI_NOT_INITIALIZED before C_Initialize, CKR_SLOT_ID_INVALID for a
  * slot other than 0, CKR_ARGUMENTS_BAD for a NULL pointer, and the list-length rule of

@@ -15,10 +15,15 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 
 use cryptoki_sys::*;
+use hsmpool_engine::cloudhsm::{
+    CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_SP800_108_COUNTER_KDF, CK_SP800_108_BYTE_ARRAY,
+    CK_SP800_108_DKM_LENGTH, CK_SP800_108_ITERATION_VARIABLE, GCM_IV_LEN, SP800_108_COUNTER_FORMAT,
+    SP800_108_DKM_FORMAT, SP800_108_PRF_CONTEXT, SP800_108_PRF_LABEL,
+};
 use hsmpool_engine::types::AttrValue;
 use hsmpool_engine::{
-    decode_attr_array, encode_attr_array, is_array_attribute, Attr, Error, InitArgs, MechParam,
-    Mechanism,
+    decode_attr_array, encode_attr_array, is_array_attribute, Attr, Error, InitArgs, KdfSegment,
+    MechParam, Mechanism,
 };
 use zeroize::Zeroizing;
 
@@ -920,6 +925,10 @@ enum ParamKind {
     Ecdh,
     /// `CK_HKDF_PARAMS`.
     Hkdf,
+    /// AWS CloudHSM's `CKM_CLOUDHSM_AES_GCM`: a `CK_GCM_PARAMS` whose `pIv` must be NULL.
+    CloudHsmGcm,
+    /// AWS CloudHSM's `CK_SP800_108_KDF_PARAMS`.
+    CloudHsmKdf,
     /// Anything else: raw bytes for the engine to judge.
     Other,
 }
@@ -956,6 +965,8 @@ fn param_kind(mech: CK_MECHANISM_TYPE) -> ParamKind {
         | CKM_DES3_CMAC_GENERAL => ParamKind::Ulong,
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ParamKind::Ecdh,
         CKM_HKDF_DERIVE | CKM_HKDF_DATA => ParamKind::Hkdf,
+        CKM_CLOUDHSM_AES_GCM => ParamKind::CloudHsmGcm,
+        CKM_CLOUDHSM_SP800_108_COUNTER_KDF => ParamKind::CloudHsmKdf,
         _ => ParamKind::Other,
     }
 }
@@ -1053,6 +1064,26 @@ pub(crate) unsafe fn in_mechanism(ptr: *const CK_MECHANISM) -> Result<Mechanism>
                 info: unsafe { nested(h.pInfo, h.ulInfoLen) }?,
             }
         }
+        ParamKind::CloudHsmGcm => {
+            // SAFETY: relayed from this function's contract.
+            let g: CK_GCM_PARAMS = unsafe { param_struct(p, len) }?;
+            // CloudHSM's PKCS #11 mechanism notes: "the pIV variable in the CK_GCM_PARAMS struct
+            // must be set to NULL"; the HSM makes the IV and puts it before the ciphertext. A
+            // length of 0 or 12 (the IV it will make) is taken with it.
+            let no_iv = g.pIv.is_null()
+                && (g.ulIvLen == 0 || usize::try_from(g.ulIvLen).ok() == Some(GCM_IV_LEN));
+            if !no_iv {
+                return Err(Error::MechanismParamInvalid);
+            }
+            MechParam::Gcm {
+                iv: Vec::new(),
+                // SAFETY: the struct's pointers address their lengths (contract).
+                aad: unsafe { nested(g.pAAD, g.ulAADLen) }?,
+                tag_bits: g.ulTagBits,
+            }
+        }
+        // SAFETY: relayed from this function's contract.
+        ParamKind::CloudHsmKdf => unsafe { cloudhsm_kdf_param(p, len) }?,
         // SAFETY: relayed from this function's contract.
         ParamKind::Iv => MechParam::Iv(unsafe { in_bytes(p, len) }?.to_vec()),
         // SAFETY: relayed from this function's contract.
@@ -1061,6 +1092,118 @@ pub(crate) unsafe fn in_mechanism(ptr: *const CK_MECHANISM) -> Result<Mechanism>
     Ok(Mechanism {
         mech: m.mechanism,
         param,
+    })
+}
+
+/// AWS CloudHSM's `CK_SP800_108_KDF_PARAMS` (Client SDK 5, `cloudhsm_pkcs11_vendor_defs.h`):
+/// three fields, not PKCS #11 3.0's five.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CloudHsmKdfParams {
+    prftype: CK_MECHANISM_TYPE,
+    ul_number_of_data_params: CK_ULONG,
+    p_data_params: *const CK_PRF_DATA_PARAM,
+}
+
+/// The most data parameters a KDF parameter may list (CloudHSM's samples use four).
+const KDF_MAX_DATA_PARAMS: usize = 16;
+
+/// One `CK_ULONG` held in a KDF data parameter's value (`CK_SP800_108_COUNTER_FORMAT` is one).
+fn ulong_at(v: &[u8], i: usize) -> Option<CK_ULONG> {
+    let n = size_of::<CK_ULONG>();
+    let bytes = v.get(i * n..(i + 1) * n)?.try_into().ok()?;
+    Some(CK_ULONG::from_ne_bytes(bytes))
+}
+
+/// A `CK_SP800_108_COUNTER_FORMAT` (`{ ulWidthInBits }`) as a counter segment.
+fn counter_segment(v: &[u8]) -> Result<KdfSegment> {
+    match (v.len() == size_of::<CK_ULONG>(), ulong_at(v, 0)) {
+        (true, Some(width_bits)) => Ok(KdfSegment::Counter { width_bits }),
+        _ => Err(Error::MechanismParamInvalid),
+    }
+}
+
+/// A `CK_SP800_108_DKM_LENGTH_FORMAT` (`{ dkmLengthMethod, ulWidthInBits }`) as an `L` segment.
+fn dkm_segment(v: &[u8]) -> Result<KdfSegment> {
+    match (
+        v.len() == 2 * size_of::<CK_ULONG>(),
+        ulong_at(v, 0),
+        ulong_at(v, 1),
+    ) {
+        (true, Some(method), Some(width_bits)) => Ok(KdfSegment::DkmLength { method, width_bits }),
+        _ => Err(Error::MechanismParamInvalid),
+    }
+}
+
+/// CloudHSM's `CK_SP800_108_KDF_PARAMS` as the fixed input of each PRF call, in order.
+///
+/// Two forms are read. Client SDK 5's (the `aes_cmac_kdf` sample): `CK_SP800_108_ITERATION_VARIABLE`,
+/// `CK_SP800_108_DKM_LENGTH` and `CK_SP800_108_BYTE_ARRAY` entries placed in the order given.
+/// Client SDK 3's (the `hmac_kdf` sample): `SP800_108_COUNTER_FORMAT`, `SP800_108_DKM_FORMAT`,
+/// `SP800_108_PRF_LABEL` and `SP800_108_PRF_CONTEXT`, each at most once, laid out as SP 800-108
+/// §5.1 writes it: `counter || label || 0x00 || context || L`. Mixing the two, an unknown type, a
+/// value of the wrong size or more than 16 entries is `CKR_MECHANISM_PARAM_INVALID`; the widths
+/// and the PRF are the member's to judge.
+///
+/// # Safety
+/// A non-NULL `p` must address `len` readable bytes holding the struct, whose `pDataParams`
+/// addresses `ulNumberOfDataParams` entries whose `pValue`s address `ulValueLen` bytes each.
+unsafe fn cloudhsm_kdf_param(p: *const u8, len: CK_ULONG) -> Result<MechParam> {
+    // SAFETY: relayed from this function's contract.
+    let k: CloudHsmKdfParams = unsafe { param_struct(p, len) }?;
+    let n =
+        usize::try_from(k.ul_number_of_data_params).map_err(|_| Error::MechanismParamInvalid)?;
+    if n == 0 || n > KDF_MAX_DATA_PARAMS {
+        return Err(Error::MechanismParamInvalid);
+    }
+    // SAFETY: `pDataParams` addresses that many entries (contract).
+    let entries = unsafe { in_slice(k.p_data_params, k.ul_number_of_data_params) }
+        .map_err(|_| Error::MechanismParamInvalid)?;
+    let mut sdk5 = Vec::new();
+    let (mut counter, mut dkm, mut label, mut context) = (None, None, None, None);
+    for e in entries {
+        // SAFETY: each entry's value addresses its length (contract).
+        let v = unsafe { nested(e.pValue.cast::<u8>().cast_const(), e.ulValueLen) }?;
+        let slot = match e.type_ {
+            CK_SP800_108_ITERATION_VARIABLE => {
+                sdk5.push(counter_segment(&v)?);
+                continue;
+            }
+            CK_SP800_108_DKM_LENGTH => {
+                sdk5.push(dkm_segment(&v)?);
+                continue;
+            }
+            CK_SP800_108_BYTE_ARRAY => {
+                sdk5.push(KdfSegment::Bytes(v));
+                continue;
+            }
+            SP800_108_COUNTER_FORMAT => &mut counter,
+            SP800_108_DKM_FORMAT => &mut dkm,
+            SP800_108_PRF_LABEL => &mut label,
+            SP800_108_PRF_CONTEXT => &mut context,
+            _ => return Err(Error::MechanismParamInvalid),
+        };
+        if slot.replace(v).is_some() {
+            return Err(Error::MechanismParamInvalid);
+        }
+    }
+    let sdk3 = [&counter, &dkm, &label, &context]
+        .iter()
+        .any(|s| s.is_some());
+    let segments = match (sdk5.is_empty(), sdk3, counter, dkm) {
+        (true, true, Some(c), Some(d)) => vec![
+            counter_segment(&c)?,
+            KdfSegment::Bytes(label.unwrap_or_default()),
+            KdfSegment::Bytes(vec![0]),
+            KdfSegment::Bytes(context.unwrap_or_default()),
+            dkm_segment(&d)?,
+        ],
+        (false, false, _, _) => sdk5,
+        _ => return Err(Error::MechanismParamInvalid),
+    };
+    Ok(MechParam::Sp800108 {
+        prf: k.prftype,
+        segments,
     })
 }
 

@@ -1277,7 +1277,11 @@ impl Engine {
         let row = self.mech_row(&mech, CKF_GENERATE_KEY_PAIR)?;
         self.check_write(s, &public)?;
         self.check_write(s, &private)?;
-        if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
+        let rsa = matches!(
+            mech.mech,
+            CKM_RSA_PKCS_KEY_PAIR_GEN | CKM_RSA_X9_31_KEY_PAIR_GEN
+        );
+        if rsa {
             // Generation sizes are the table's (verification of larger imported keys is wider).
             if let Some(bits) = public
                 .iter()
@@ -1294,11 +1298,7 @@ impl Engine {
         let private = self.public_session_object(private, kt);
         let (tp, ip) = Self::with_new_id(&public)?;
         let (tk, ik) = Self::with_new_id(&private)?;
-        let cost = if mech.mech == CKM_RSA_PKCS_KEY_PAIR_GEN {
-            2000
-        } else {
-            20
-        };
+        let cost = if rsa { 2000 } else { 20 };
         let gen = |b: &dyn Backend, ms| {
             b.generate_key_pair(ms, &mech, &tp, &tk)
                 .map(|(p, k)| vec![p, k])

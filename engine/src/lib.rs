@@ -59,5 +59,6 @@ pub mod types;
 pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
 pub use error::{Error, Result};
 pub use hsmpool_sim::types::{
-    decode_attr_array, encode_attr_array, is_array_attribute, Attr, MechParam, Mechanism, SignInput,
+    cloudhsm, decode_attr_array, encode_attr_array, is_array_attribute, Attr, KdfSegment,
+    MechParam, Mechanism, SignInput,
 };

@@ -1,8 +1,16 @@
 //! The one mechanism table: what `C_GetMechanismList` lists, what `C_GetMechanismInfo` says,
 //! which functions each mechanism may start, which key types and sizes it takes, and which
 //! hash a hash-and-sign mechanism streams through. The README's table is checked against it.
+//!
+//! AWS CloudHSM's vendor mechanisms are rows too (under their `CKM_CLOUDHSM_*` names), so that
+//! programs written for CloudHSM's PKCS #11 library find them listed; what each does is in
+//! `hsmpool_sim::types::cloudhsm` and the simulator's crypto modules.
 
 use cryptoki_sys::*;
+use hsmpool_sim::types::cloudhsm::{
+    CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD,
+    CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, CKM_CLOUDHSM_SP800_108_COUNTER_KDF,
+};
 
 /// Units of a mechanism's key-size range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +53,7 @@ const EC: &[CK_KEY_TYPE] = &[CKK_EC];
 const EDWARDS: &[CK_KEY_TYPE] = &[CKK_EC_EDWARDS];
 const AES: &[CK_KEY_TYPE] = &[CKK_AES];
 const GENERIC: &[CK_KEY_TYPE] = &[CKK_GENERIC_SECRET];
+const SECRET: &[CK_KEY_TYPE] = &[CKK_AES, CKK_GENERIC_SECRET];
 const NONE: &[CK_KEY_TYPE] = &[];
 
 #[allow(clippy::too_many_arguments)] // a table row reads best as one call
@@ -78,6 +87,8 @@ use SizeUnit::{Bits, Bytes};
 #[rustfmt::skip]
 pub static MECHANISMS: &[MechRow] = &[
     row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 8192, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
+    // AWS CloudHSM's sizes: 2048 to 4096 bits in steps of 256 (FIPS 186-4 B.3.3 primes).
+    row(CKM_RSA_X9_31_KEY_PAIR_GEN, "CKM_RSA_X9_31_KEY_PAIR_GEN", 2048, 4096, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
     row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false),
     row(CKM_RSA_X_509, "CKM_RSA_X_509", 2048, 8192, Bits, SV | ED, RSA, None, false),
     row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
@@ -112,6 +123,11 @@ pub static MECHANISMS: &[MechRow] = &[
     row(CKM_AES_CMAC_GENERAL, "CKM_AES_CMAC_GENERAL", 16, 32, Bytes, SV, AES, None, true),
     row(CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP", 16, 32, Bytes, WU, AES, None, false),
     row(CKM_AES_KEY_WRAP_KWP, "CKM_AES_KEY_WRAP_KWP", 16, 32, Bytes, WU, AES, None, false),
+    // Single-part only: the IV is made per call and leads the output.
+    row(CKM_CLOUDHSM_AES_GCM, "CKM_CLOUDHSM_AES_GCM", 16, 32, Bytes, ED, AES, None, false),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD", 16, 32, Bytes, WU, AES, None, false),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD", 16, 32, Bytes, WU, AES, None, false),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD", 16, 32, Bytes, WU, AES, None, false),
     row(CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", 8, 4096, Bits, CKF_GENERATE, GENERIC, None, false),
     row(CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
     row(CKM_SHA_1_HMAC_GENERAL, "CKM_SHA_1_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
@@ -125,6 +141,7 @@ pub static MECHANISMS: &[MechRow] = &[
     row(CKM_SHA512_HMAC_GENERAL, "CKM_SHA512_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
     row(CKM_HKDF_DERIVE, "CKM_HKDF_DERIVE", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
     row(CKM_HKDF_DATA, "CKM_HKDF_DATA", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
+    row(CKM_CLOUDHSM_SP800_108_COUNTER_KDF, "CKM_CLOUDHSM_SP800_108_COUNTER_KDF", 1, 512, Bytes, CKF_DERIVE, SECRET, None, false),
     row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
     row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
     row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),

@@ -16,6 +16,7 @@
 
 use cryptoki_sys::*;
 use hsmpool_sim::crypto::DigestCtx;
+use hsmpool_sim::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
 use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
@@ -255,6 +256,11 @@ fn check_param(mech: &Mechanism) -> Result<()> {
             (1..=1024).contains(&iv.len()) && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
         }
         (CKM_AES_GCM, _) => false,
+        // CloudHSM's GCM: no IV from the caller (pIv NULL), the HSM makes it; tags as above.
+        (CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => {
+            iv.is_empty() && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
+        }
+        (CKM_CLOUDHSM_AES_GCM, _) => false,
         (m, p) if is_pss(m) => matches!(p, MechParam::Pss { .. }),
         (CKM_RSA_PKCS_OAEP, p) => matches!(p, MechParam::Oaep { .. }),
         // The `_GENERAL` MACs take their MAC length (CK_MAC_GENERAL_PARAMS), 1 to the full
@@ -347,6 +353,9 @@ fn known_output_len(kind: OpKind, mech: &Mechanism, data_len: usize) -> Option<u
         (OpKind::Encrypt, CKM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
             data_len.checked_add(usize::try_from(*tag_bits / 8).ok()?)
         }
+        (OpKind::Encrypt, CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => data_len
+            .checked_add(usize::try_from(*tag_bits / 8).ok()?)?
+            .checked_add(GCM_IV_LEN),
         (OpKind::Encrypt, CKM_AES_CBC_PAD, _) => (data_len / AES_BLOCK)
             .checked_add(1)?
             .checked_mul(AES_BLOCK),

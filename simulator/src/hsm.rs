@@ -26,6 +26,7 @@ use crate::fault::{FaultConfig, Faults};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::store::{Refused, Store};
 use crate::timing::{self, OpClass, TimingConfig, TimingModel};
+use crate::types::cloudhsm::CKM_CLOUDHSM_SP800_108_COUNTER_KDF;
 use crate::types::{Attr, IdHash, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
 
 /// The crypto officer that `C_InitToken` creates.
@@ -1119,14 +1120,18 @@ impl Hsm {
         }
         let is_so = Self::is_so(&login);
         let (key_type, pub_key, priv_key) = match mech.mech {
-            CKM_RSA_PKCS_KEY_PAIR_GEN => {
+            CKM_RSA_PKCS_KEY_PAIR_GEN | CKM_RSA_X9_31_KEY_PAIR_GEN => {
                 Self::check_class(public, CKO_PUBLIC_KEY, CKK_RSA)?;
                 Self::check_class(private, CKO_PRIVATE_KEY, CKK_RSA)?;
                 let bits = rv(find_ulong(public, CKA_MODULUS_BITS))?
                     .ok_or(SimError::Rv(CKR_TEMPLATE_INCOMPLETE))?;
                 let bits = usize::try_from(bits).map_err(|_| SimError::Rv(CKR_KEY_SIZE_RANGE))?;
                 let exp = find(public, CKA_PUBLIC_EXPONENT).map(|a| a.value.as_slice());
-                let g = rv(crypto::generate_rsa(bits, exp))?;
+                let g = if mech.mech == CKM_RSA_X9_31_KEY_PAIR_GEN {
+                    rv(crypto::generate_rsa_x931(bits, exp))?
+                } else {
+                    rv(crypto::generate_rsa(bits, exp))?
+                };
                 let pub_key = KeyMaterial::RsaPublic {
                     modulus: g.modulus,
                     public_exponent: g.public_exponent,
@@ -1721,7 +1726,10 @@ impl Hsm {
                 len,
             ))?,
             (&CKM_HKDF_DERIVE, p @ MechParam::Hkdf { .. }) => hkdf_output(base_key, p, len)?,
-            (&CKM_ECDH1_DERIVE | &CKM_HKDF_DERIVE, _) => {
+            (&CKM_CLOUDHSM_SP800_108_COUNTER_KDF, MechParam::Sp800108 { prf, segments }) => {
+                rv(crypto::sp800_108_counter(*prf, segments, base_key, len))?
+            }
+            (&CKM_ECDH1_DERIVE | &CKM_HKDF_DERIVE | &CKM_CLOUDHSM_SP800_108_COUNTER_KDF, _) => {
                 return Err(SimError::Rv(CKR_MECHANISM_PARAM_INVALID))
             }
             _ => return Err(SimError::Rv(CKR_MECHANISM_INVALID)),

@@ -334,7 +334,8 @@ fn mech_kind(mech: CK_MECHANISM_TYPE) -> MechKind {
         | CKM_SHA3_256_RSA_PKCS_PSS
         | CKM_SHA3_384_RSA_PKCS_PSS
         | CKM_SHA3_512_RSA_PKCS_PSS
-        | CKM_RSA_PKCS_KEY_PAIR_GEN => MechKind::Rsa,
+        | CKM_RSA_PKCS_KEY_PAIR_GEN
+        | CKM_RSA_X9_31_KEY_PAIR_GEN => MechKind::Rsa,
         CKM_ECDSA
         | CKM_ECDSA_SHA1
         | CKM_ECDSA_SHA224

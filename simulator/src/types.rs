@@ -15,6 +15,67 @@ use zeroize::Zeroize;
 pub const CKA_HSMPOOL_OBJECT_ID: cryptoki_sys::CK_ATTRIBUTE_TYPE =
     cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0001;
 
+/// AWS CloudHSM's vendor mechanisms (Client SDK 5, `cloudhsm_pkcs11_vendor_defs.h`), offered so
+/// that programs written for CloudHSM run unchanged; the C declarations are in
+/// `include/hsmpool.h`. This module is the one Rust place they are declared.
+pub mod cloudhsm {
+    use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
+
+    /// NIST SP 800-108 KDF in counter mode (PKCS #11 3.0's `CKM_SP800_108_COUNTER_KDF`, under a
+    /// vendor number and with CloudHSM's own parameter structs).
+    pub const CKM_CLOUDHSM_SP800_108_COUNTER_KDF: CK_MECHANISM_TYPE = 0x8000_0001;
+    /// AES-GCM whose 12-byte IV the HSM makes and prepends to the ciphertext.
+    pub const CKM_CLOUDHSM_AES_GCM: CK_MECHANISM_TYPE = 0x8000_1087;
+    /// AES key wrap (RFC 3394) of block-aligned key material, no padding.
+    pub const CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD: CK_MECHANISM_TYPE = 0x8000_2109;
+    /// AES key wrap (RFC 3394) of the key material with PKCS #5 padding to 8 bytes.
+    pub const CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD: CK_MECHANISM_TYPE = 0x8000_210A;
+    /// AES key wrap with padding (RFC 5649: zeros to 8 bytes, the length in the IV).
+    pub const CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD: CK_MECHANISM_TYPE = 0x8000_216F;
+
+    /// `CK_PRF_DATA_PARAM.type` (Client SDK 5): the counter, a `CK_SP800_108_COUNTER_FORMAT`
+    /// (`{ CK_ULONG ulWidthInBits }`), placed where it appears.
+    pub const CK_SP800_108_ITERATION_VARIABLE: CK_ULONG = 1;
+    /// The length of the derived keying material, a `CK_SP800_108_DKM_LENGTH_FORMAT`
+    /// (`{ CK_ULONG dkmLengthMethod; CK_ULONG ulWidthInBits }`), placed where it appears.
+    pub const CK_SP800_108_DKM_LENGTH: CK_ULONG = 2;
+    /// Bytes placed where they appear (label, context, or both).
+    pub const CK_SP800_108_BYTE_ARRAY: CK_ULONG = 3;
+    /// Client SDK 3's fixed layout `counter || label || 0x00 || context || L`: the counter format.
+    pub const SP800_108_COUNTER_FORMAT: CK_ULONG = 4;
+    /// Client SDK 3: the label.
+    pub const SP800_108_PRF_LABEL: CK_ULONG = 5;
+    /// Client SDK 3: the context.
+    pub const SP800_108_PRF_CONTEXT: CK_ULONG = 6;
+    /// Client SDK 3: the format of `L`, a `CK_SP800_108_DKM_LENGTH_FORMAT`.
+    pub const SP800_108_DKM_FORMAT: CK_ULONG = 7;
+    /// `dkmLengthMethod`: `L` is the length of the derived key.
+    pub const SP800_108_DKM_LENGTH_SUM_OF_KEYS: CK_ULONG = 1;
+    /// `dkmLengthMethod`: `L` is the length of all PRF output blocks.
+    pub const SP800_108_DKM_LENGTH_SUM_OF_SEGMENTS: CK_ULONG = 2;
+    /// The IV length of `CKM_CLOUDHSM_AES_GCM`, in bytes.
+    pub const GCM_IV_LEN: usize = 12;
+}
+
+/// One piece of the fixed input of an SP 800-108 counter-mode KDF, in the order the caller gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KdfSegment {
+    /// The iteration counter `i`, big-endian in `width_bits` bits.
+    Counter {
+        /// Its width in bits.
+        width_bits: CK_ULONG,
+    },
+    /// `L`, the length in bits of the derived keying material, big-endian in `width_bits` bits.
+    DkmLength {
+        /// `SP800_108_DKM_LENGTH_SUM_OF_KEYS` or `SP800_108_DKM_LENGTH_SUM_OF_SEGMENTS`.
+        method: CK_ULONG,
+        /// Its width in bits.
+        width_bits: CK_ULONG,
+    },
+    /// Bytes as given.
+    Bytes(Vec<u8>),
+}
+
 /// A PKCS #11 return value (`CK_RV`).
 pub type Rv = CK_RV;
 
@@ -136,6 +197,14 @@ pub enum MechParam {
         /// Context information for the expand step.
         info: Vec<u8>,
     },
+    /// An SP 800-108 counter-mode KDF (`CKM_CLOUDHSM_SP800_108_COUNTER_KDF`): the PRF and the
+    /// fixed input, in order (the C layer turns CloudHSM's `CK_SP800_108_KDF_PARAMS` into this).
+    Sp800108 {
+        /// `CKM_SHA*_HMAC` or `CKM_AES_CMAC`.
+        prf: CK_MECHANISM_TYPE,
+        /// The fixed input of each PRF call.
+        segments: Vec<KdfSegment>,
+    },
     /// Any other parameter, as raw bytes; the mechanism decides whether it is valid.
     Raw(Vec<u8>),
 }
@@ -171,6 +240,10 @@ impl std::fmt::Debug for MechParam {
                 salt.len(),
                 info.len()
             ),
+            // Segment bytes are labels and contexts, not secrets, but only their shape is shown.
+            MechParam::Sp800108 { prf, segments } => {
+                write!(f, "Sp800108(prf {prf:#x}, {} segments)", segments.len())
+            }
             MechParam::Raw(r) => write!(f, "Raw({} bytes)", r.len()),
         }
     }

@@ -58,7 +58,7 @@ use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE, CK_RV, CK_ULONG};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::hsm::{AttrAnswer, KeyMeta, Role, TokenStatus};
-use crate::types::{Attr, MechParam, Mechanism, SignInput};
+use crate::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
 
 pub mod link;
 
@@ -856,6 +856,31 @@ impl Writer {
                 self.u8(8)?;
                 self.bytes(r)
             }
+            MechParam::Sp800108 { prf, segments } => {
+                self.u8(9)?;
+                self.ulong(*prf)?;
+                let n = u32::try_from(segments.len())
+                    .map_err(|_| WireError::Malformed("too many KDF segments"))?;
+                self.u32(n)?;
+                for s in segments {
+                    match s {
+                        KdfSegment::Counter { width_bits } => {
+                            self.u8(0)?;
+                            self.ulong(*width_bits)?;
+                        }
+                        KdfSegment::DkmLength { method, width_bits } => {
+                            self.u8(1)?;
+                            self.ulong(*method)?;
+                            self.ulong(*width_bits)?;
+                        }
+                        KdfSegment::Bytes(b) => {
+                            self.u8(2)?;
+                            self.bytes(b)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1456,6 +1481,26 @@ impl<'a> Reader<'a> {
                 info: self.vec()?,
             },
             8 => MechParam::Raw(self.vec()?),
+            9 => {
+                let prf = self.ulong()?;
+                // The smallest segment is a tag and a 4-byte length.
+                let n = self.count(5)?;
+                let mut segments = Vec::with_capacity(n);
+                for _ in 0..n {
+                    segments.push(match self.u8()? {
+                        0 => KdfSegment::Counter {
+                            width_bits: self.ulong()?,
+                        },
+                        1 => KdfSegment::DkmLength {
+                            method: self.ulong()?,
+                            width_bits: self.ulong()?,
+                        },
+                        2 => KdfSegment::Bytes(self.vec()?),
+                        _ => return Err(WireError::Malformed("unknown KDF segment")),
+                    });
+                }
+                MechParam::Sp800108 { prf, segments }
+            }
             _ => return Err(WireError::Malformed("unknown mechanism parameter")),
         };
         Ok(Mechanism { mech, param })

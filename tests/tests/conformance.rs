@@ -2,6 +2,8 @@
 //! with the exact CK_RV the PKCS #11 specification names.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
+#[path = "conformance/cloudhsm.rs"]
+mod cloudhsm;
 #[path = "conformance/op_state.rs"]
 mod op_state;
 #[path = "conformance/templates.rs"]

@@ -64,6 +64,25 @@ enum RsaScheme {
     Oaep,
 }
 
+/// How an AES key wrap pads the key bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pad {
+    /// RFC 3394 of the bytes as they are.
+    None,
+    /// RFC 5649.
+    Kwp,
+    /// RFC 3394 of the bytes after PKCS #5 padding to 8 bytes (CloudHSM).
+    Pkcs5,
+}
+
+// AWS CloudHSM's vendor mechanisms (Client SDK 5 cloudhsm_pkcs11_vendor_defs.h), as a program
+// written for CloudHSM has them.
+const CKM_CLOUDHSM_SP800_108_COUNTER_KDF: CK_MECHANISM_TYPE = 0x8000_0001;
+const CKM_CLOUDHSM_AES_GCM: CK_MECHANISM_TYPE = 0x8000_1087;
+const CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD: CK_MECHANISM_TYPE = 0x8000_2109;
+const CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD: CK_MECHANISM_TYPE = 0x8000_210A;
+const CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD: CK_MECHANISM_TYPE = 0x8000_216F;
+
 /// AES block modes.
 #[derive(Clone, Copy, Debug)]
 enum AesMode {
@@ -97,8 +116,15 @@ enum Kind {
     Aes(AesMode),
     /// `CKM_AES_CMAC` / `CKM_AES_CMAC_GENERAL` (8-byte MAC).
     AesCmac { general: bool },
-    /// `CKM_AES_KEY_WRAP` / `CKM_AES_KEY_WRAP_KWP`.
-    AesWrap { padded: bool },
+    /// `CKM_AES_KEY_WRAP` / `CKM_AES_KEY_WRAP_KWP` and CloudHSM's three AES key wraps.
+    AesWrap(Pad),
+    /// CloudHSM's `CKM_RSA_X9_31_KEY_PAIR_GEN`; sizes are modulus bits.
+    RsaX931Gen,
+    /// CloudHSM's `CKM_CLOUDHSM_AES_GCM` (IV made by the module, in front of the output).
+    CloudHsmGcm,
+    /// CloudHSM's `CKM_CLOUDHSM_SP800_108_COUNTER_KDF` (HMAC-SHA-256, prefix, counter, suffix,
+    /// L); sizes are base key bytes.
+    CloudHsmKdf,
     /// `CKM_GENERIC_SECRET_KEY_GEN`; sizes are bits.
     GenericGen,
     /// `CKM_SHA*_HMAC` / `CKM_SHA*_HMAC_GENERAL` (16-byte MAC); sizes are key bytes.
@@ -136,6 +162,7 @@ use Kind::*;
 #[rustfmt::skip]
 const CASES: &[Case] = &[
     case!(CKM_RSA_PKCS_KEY_PAIR_GEN, RsaGen),
+    case!(CKM_RSA_X9_31_KEY_PAIR_GEN, RsaX931Gen),
     case!(CKM_RSA_PKCS, Rsa(RsaScheme::Pkcs1)),
     case!(CKM_RSA_X_509, Rsa(RsaScheme::X509)),
     case!(CKM_SHA1_RSA_PKCS, Rsa(RsaScheme::Pkcs1Hash(Sha1))),
@@ -168,8 +195,12 @@ const CASES: &[Case] = &[
     case!(CKM_AES_GCM, Aes(AesMode::Gcm)),
     case!(CKM_AES_CMAC, AesCmac { general: false }),
     case!(CKM_AES_CMAC_GENERAL, AesCmac { general: true }),
-    case!(CKM_AES_KEY_WRAP, AesWrap { padded: false }),
-    case!(CKM_AES_KEY_WRAP_KWP, AesWrap { padded: true }),
+    case!(CKM_AES_KEY_WRAP, AesWrap(Pad::None)),
+    case!(CKM_AES_KEY_WRAP_KWP, AesWrap(Pad::Kwp)),
+    case!(CKM_CLOUDHSM_AES_GCM, CloudHsmGcm),
+    case!(CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, AesWrap(Pad::None)),
+    case!(CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD, AesWrap(Pad::Pkcs5)),
+    case!(CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, AesWrap(Pad::Kwp)),
     case!(CKM_GENERIC_SECRET_KEY_GEN, GenericGen),
     case!(CKM_SHA_1_HMAC, Hmac { hash: Sha1, general: false }),
     case!(CKM_SHA_1_HMAC_GENERAL, Hmac { hash: Sha1, general: true }),
@@ -183,6 +214,7 @@ const CASES: &[Case] = &[
     case!(CKM_SHA512_HMAC_GENERAL, Hmac { hash: Sha512, general: true }),
     case!(CKM_HKDF_DERIVE, Hkdf { data: false }),
     case!(CKM_HKDF_DATA, Hkdf { data: true }),
+    case!(CKM_CLOUDHSM_SP800_108_COUNTER_KDF, CloudHsmKdf),
     case!(CKM_SHA_1, Digest(Sha1)),
     case!(CKM_SHA224, Digest(Sha224)),
     case!(CKM_SHA256, Digest(Sha256)),
@@ -223,10 +255,17 @@ impl Kind {
     /// The unit of the sizes the module reports for this mechanism (for the output lines).
     fn unit(self) -> &'static str {
         match self {
-            RsaGen | Rsa(_) | EcGen | Ecdsa(_) | Ecdh | EdGen | EdDsa | GenericGen => "bits",
-            AesGen | Aes(_) | AesCmac { .. } | AesWrap { .. } | Hmac { .. } | Hkdf { .. } => {
-                "bytes"
+            RsaGen | RsaX931Gen | Rsa(_) | EcGen | Ecdsa(_) | Ecdh | EdGen | EdDsa | GenericGen => {
+                "bits"
             }
+            AesGen
+            | Aes(_)
+            | AesCmac { .. }
+            | AesWrap(_)
+            | Hmac { .. }
+            | Hkdf { .. }
+            | CloudHsmGcm
+            | CloudHsmKdf => "bytes",
             Digest(_) => "",
         }
     }
@@ -1761,7 +1800,16 @@ fn exercise(ctx: &mut Ctx<'_>, c: Case, flag: CK_FLAGS, fname: &str, size: CK_UL
                 _ => no_case(fname),
             }
         }
-        AesWrap { padded } => aes_wrap_row(ctx, c.mech, padded, flag, fname, size),
+        AesWrap(pad) => aes_wrap_row(ctx, c.mech, pad, flag, fname, size),
+        RsaX931Gen => match flag {
+            CKF_GENERATE_KEY_PAIR => rsa_x931_gen(ctx, size),
+            _ => no_case(fname),
+        },
+        CloudHsmGcm => cloudhsm_gcm_row(ctx, flag, fname, size),
+        CloudHsmKdf => match flag {
+            CKF_DERIVE => cloudhsm_kdf_row(ctx, size),
+            _ => no_case(fname),
+        },
         GenericGen => match flag {
             CKF_GENERATE => generic_gen(ctx, size),
             _ => no_case(fname),
@@ -2217,20 +2265,37 @@ fn aes_row(
     }
 }
 
+fn pkcs5_pad(v: &[u8]) -> Vec<u8> {
+    let n = 8 - v.len() % 8;
+    let mut out = v.to_vec();
+    out.extend(std::iter::repeat_n(n as u8, n));
+    out
+}
+
 fn aes_wrap_row(
     ctx: &mut Ctx<'_>,
     mech_ty: CK_MECHANISM_TYPE,
-    padded: bool,
+    pad: Pad,
     flag: CK_FLAGS,
     fname: &str,
     size: CK_ULONG,
 ) -> R<String> {
     let (kek_h, kek_value) = ctx.secret(CKK_AES, size as usize, KEK)?;
-    // KW wraps an AES-128 key (a multiple of 8 bytes); KWP a 13-byte secret, to need padding.
-    let (kt, len) = if padded {
-        (CKK_GENERIC_SECRET, 13)
-    } else {
+    let padded = pad == Pad::Kwp;
+    // KW wraps an AES-128 key (a multiple of 8 bytes); KWP and PKCS #5 padding a 13-byte
+    // secret, to need padding.
+    let (kt, len) = if pad == Pad::None {
         (CKK_AES, 16)
+    } else {
+        (CKK_GENERIC_SECRET, 13)
+    };
+    // What RFC 3394 / 5649 wraps: the key bytes, PKCS #5-padded for CloudHSM's PKCS5_PAD.
+    let wrapped_bytes = |v: &[u8]| {
+        if pad == Pad::Pkcs5 {
+            pkcs5_pad(v)
+        } else {
+            v.to_vec()
+        }
     };
     let independent = kek(&kek_value).is_ok();
     match flag {
@@ -2241,7 +2306,7 @@ fn aes_wrap_row(
                 expect_eq(
                     "aws-lc unwrap of the wrapped key",
                     &kw_unwrap(&kek_value, &wrapped, padded)?,
-                    &value,
+                    &wrapped_bytes(&value),
                 )?;
                 Ok(format!(
                     "aws-lc unwraps the {}-byte blob to the key's value",
@@ -2261,7 +2326,7 @@ fn aes_wrap_row(
         CKF_UNWRAP => {
             let value = random(len);
             let wrapped = if independent {
-                kw_wrap(&kek_value, &value, padded)?
+                kw_wrap(&kek_value, &wrapped_bytes(&value), padded)?
             } else {
                 let t = secret_template(kt).bytes(CKA_VALUE, &value);
                 let target = ctx.p.create(&t)?;
@@ -2282,6 +2347,137 @@ fn aes_wrap_row(
         }
         _ => no_case(fname),
     }
+}
+
+/// `CKM_RSA_X9_31_KEY_PAIR_GEN`: the modulus size asked for, a signature aws-lc verifies.
+fn rsa_x931_gen(ctx: &mut Ctx<'_>, bits: CK_ULONG) -> R<String> {
+    let public = Tpl::default()
+        .flags(SESSION_KEY)
+        .u(CKA_MODULUS_BITS, bits)
+        .bytes(CKA_PUBLIC_EXPONENT, &[0x01, 0x00, 0x01])
+        .b(CKA_VERIFY, true);
+    let private = Tpl::default().flags(SESSION_KEY).b(CKA_SIGN, true);
+    let (pub_h, priv_h) = ctx.p.generate_pair(
+        &mut Mech::plain(CKM_RSA_X9_31_KEY_PAIR_GEN),
+        &public,
+        &private,
+    )?;
+    let n = ctx.p.get(pub_h, CKA_MODULUS)?;
+    let n = n[n.iter().position(|b| *b != 0).unwrap_or(n.len())..].to_vec();
+    let e = ctx.p.get(pub_h, CKA_PUBLIC_EXPONENT)?;
+    let n_bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if n_bits as CK_ULONG != bits {
+        return Err(format!("modulus has {n_bits} bits, asked for {bits}"));
+    }
+    let sig = ctx
+        .p
+        .sign(&mut Mech::plain(CKM_SHA256_RSA_PKCS), priv_h, MSG)?;
+    aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e }
+        .verify(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, MSG, &sig)
+        .map_err(|_| "aws-lc rejects a signature of the X9.31 pair".to_string())?;
+    Ok(format!(
+        "{n_bits}-bit modulus; a SHA256-RSA-PKCS signature verifies in aws-lc"
+    ))
+}
+
+/// `CKM_CLOUDHSM_AES_GCM`: `pIv` NULL; the output is `IV || ciphertext || tag`.
+fn cloudhsm_gcm_mech(aad: &[u8]) -> Mech {
+    let keep = vec![aad.to_vec()];
+    let p = CK_GCM_PARAMS {
+        pIv: ptr::null_mut(),
+        ulIvLen: 12,
+        ulIvBits: 0,
+        pAAD: keep[0].as_ptr() as *mut u8,
+        ulAADLen: keep[0].len() as CK_ULONG,
+        ulTagBits: 128,
+    };
+    Mech {
+        ty: CKM_CLOUDHSM_AES_GCM,
+        param: bytes_of(&p),
+        _keep: keep,
+    }
+}
+
+fn cloudhsm_gcm_row(ctx: &mut Ctx<'_>, flag: CK_FLAGS, fname: &str, size: CK_ULONG) -> R<String> {
+    let (k, value) = ctx.secret(CKK_AES, size as usize, CIPHER)?;
+    let (aad, pt) = (random(20), random(37));
+    match flag {
+        CKF_ENCRYPT => {
+            let got = ctx.p.encrypt(&mut cloudhsm_gcm_mech(&aad), k, &pt)?;
+            if got.len() != 12 + pt.len() + 16 {
+                return Err(format!("{} bytes out, not IV + data + tag", got.len()));
+            }
+            let (iv, _) = got.split_at(12);
+            let want = aes_reference(AesMode::Gcm, &value, iv, &aad, &pt)?;
+            expect_eq("ciphertext after the IV vs aws-lc", &got[12..], &want)?;
+            Ok("IV || ciphertext || tag; aws-lc with that IV gives the same".into())
+        }
+        CKF_DECRYPT => {
+            let iv = random(12);
+            let mut ct = iv.clone();
+            ct.extend(aes_reference(AesMode::Gcm, &value, &iv, &aad, &pt)?);
+            let got = ctx.p.decrypt(&mut cloudhsm_gcm_mech(&aad), k, &ct)?;
+            expect_eq("plaintext of aws-lc's IV || ciphertext", &got, &pt)?;
+            Ok(format!(
+                "decrypts aws-lc's {}-byte IV || ciphertext",
+                ct.len()
+            ))
+        }
+        _ => no_case(fname),
+    }
+}
+
+/// `CKM_CLOUDHSM_SP800_108_COUNTER_KDF` with HMAC-SHA-256 over a generic secret of `size`
+/// bytes, in Client SDK 5's layout, against the KDF computed here with aws-lc HMAC.
+fn cloudhsm_kdf_row(ctx: &mut Ctx<'_>, size: CK_ULONG) -> R<String> {
+    use aws_lc_rs::hmac;
+    let (base, ki) = ctx.secret(CKK_GENERIC_SECRET, size as usize, DERIVE)?;
+    let (prefix, suffix) = (b"matrix label".to_vec(), b"matrix context".to_vec());
+    let counter: CK_ULONG = 32;
+    let dkm: [CK_ULONG; 2] = [1, 16];
+    let keep = vec![
+        prefix.clone(),
+        bytes_of(&counter),
+        suffix.clone(),
+        bytes_of(&dkm),
+    ];
+    let entries: Vec<CK_PRF_DATA_PARAM> = [3, 1, 3, 2]
+        .iter()
+        .zip(&keep)
+        .map(|(ty, v)| CK_PRF_DATA_PARAM {
+            type_: *ty,
+            pValue: v.as_ptr() as *mut c_void,
+            ulValueLen: v.len() as CK_ULONG,
+        })
+        .collect();
+    let params: [usize; 3] = [
+        CKM_SHA256_HMAC as usize,
+        entries.len(),
+        entries.as_ptr() as usize,
+    ];
+    let mut mech = Mech::raw(CKM_CLOUDHSM_SP800_108_COUNTER_KDF, &bytes_of(&params));
+    let out_len = 40usize;
+    let t = secret_template(CKK_GENERIC_SECRET).u(CKA_VALUE_LEN, out_len as CK_ULONG);
+    let derived = ctx.p.derive(&mut mech, base, &t)?;
+    drop((keep, entries));
+    let got = ctx.p.get(derived, CKA_VALUE)?;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &ki);
+    let mut want = Vec::new();
+    for i in 1u32..=2 {
+        let input = [
+            &prefix[..],
+            &i.to_be_bytes(),
+            &suffix,
+            &((out_len * 8) as u16).to_be_bytes(),
+        ]
+        .concat();
+        want.extend_from_slice(hmac::sign(&key, &input).as_ref());
+    }
+    want.truncate(out_len);
+    expect_eq("derived value vs SP 800-108 over aws-lc HMAC", &got, &want)?;
+    Ok(format!(
+        "{out_len}-byte output equals SP 800-108 counter mode over aws-lc HMAC-SHA256"
+    ))
 }
 
 fn hkdf_row(ctx: &mut Ctx<'_>, size: CK_ULONG, data: bool) -> R<String> {

@@ -50,6 +50,7 @@ use aws_lc_rs::digest;
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use crate::types::cloudhsm::CKM_CLOUDHSM_AES_GCM;
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
 
 pub use ec::{ec_point_from_attr, ec_point_to_attr, ec_private_from_scalar, generate_ec};
@@ -57,9 +58,12 @@ pub use ed::{
     ed25519_params, ed25519_point_from_attr, ed25519_public_from_seed, generate_ed25519,
     ED25519_OID_DER,
 };
-pub use kdf::{ecdh_derive, hkdf};
+pub use kdf::{ecdh_derive, hkdf, sp800_108_counter};
 pub use material::KeyMaterial;
-pub use rsa::{generate_rsa, rsa_private_from_components, rsa_public_components, RsaGenerated};
+pub use rsa::{
+    generate_rsa, generate_rsa_x931, rsa_private_from_components, rsa_public_components,
+    RsaGenerated,
+};
 pub use wrap::{load_private_pkcs8, private_key_pkcs8, unwrap, wrap};
 
 /// The SHA-2 family hashes (and SHA-1) the mechanisms use.
@@ -547,9 +551,8 @@ fn family(mech: CK_MECHANISM_TYPE) -> Option<Family> {
         | CKM_SHA512_HMAC_GENERAL => Some(Family::Hmac),
         CKM_EDDSA => Some(Family::Eddsa),
         CKM_AES_CMAC | CKM_AES_CMAC_GENERAL => Some(Family::Cmac),
-        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM | CKM_AES_CTR => {
-            Some(Family::Aes)
-        }
+        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM | CKM_AES_CTR
+        | CKM_CLOUDHSM_AES_GCM => Some(Family::Aes),
         _ => None,
     }
 }

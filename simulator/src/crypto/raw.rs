@@ -708,6 +708,31 @@ pub(crate) fn rsa_generate_exact(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<
     failed()
 }
 
+/// Generates an RSA key for `CKM_RSA_X9_31_KEY_PAIR_GEN`: FIPS 186-4 appendix B.3.3 probable
+/// primes (aws-lc's generator, with |p - q| > 2^(nlen/2 - 100) and d > 2^(nlen/2)), then
+/// `RSA_check_fips`: SP 800-89 §5.3.3 partial public-key validation (e odd and 2^16 < e < 2^256,
+/// n odd, no small factor, composite) and a pairwise consistency test. PKCS #8 out.
+///
+/// `RSA_generate_key_fips` would do the same but only for e = 65537; this keeps any exponent the
+/// caller may choose within those bounds.
+pub(crate) fn rsa_generate_checked(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    let bits = c_int::try_from(bits).or_else(|_| failed())?;
+    let e = Bn::from_be(e)?;
+    // SAFETY: returns an owned, empty RSA or NULL.
+    let rsa = NonNull::new(unsafe { sys::RSA_new() })
+        .map(Rsa)
+        .map_or_else(failed, Ok)?;
+    // SAFETY: valid RSA and exponent; no callback.
+    check(unsafe {
+        sys::RSA_generate_key_ex(rsa.0.as_ptr(), bits, e.0.as_ptr(), ptr::null_mut())
+    })?;
+    // SAFETY: a complete private key generated just above, owned by `rsa`.
+    check(unsafe { sys::RSA_check_fips(rsa.0.as_ptr()) })?;
+    let pkey = Pkey::assign(rsa.0, sys::EVP_PKEY_assign_RSA)?;
+    std::mem::forget(rsa); // now owned by `pkey`
+    pkey.to_pkcs8()
+}
+
 /// An owned `EVP_AEAD_CTX`.
 struct AeadCtx(NonNull<sys::EVP_AEAD_CTX>);
 

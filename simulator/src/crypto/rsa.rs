@@ -81,6 +81,39 @@ pub fn generate_rsa(bits: usize, public_exponent: Option<&[u8]>) -> Result<RsaGe
     })
 }
 
+/// The modulus sizes `CKM_RSA_X9_31_KEY_PAIR_GEN` makes: AWS CloudHSM's (2048 to 4096 bits in
+/// steps of 256), which also meet ANSI X9.31's rule (a multiple of 256 bits, 1024 or more).
+const X931_MIN_BITS: usize = 2048;
+const X931_MAX_BITS: usize = 4096;
+
+/// Generates an RSA key pair for `CKM_RSA_X9_31_KEY_PAIR_GEN`.
+///
+/// X9.31's own prime generation (auxiliary primes p1, p2 of 101+ bits) was superseded by FIPS
+/// 186-4 appendix B.3, which allows either construction; aws-lc implements B.3.3 (probable
+/// primes), so the key is made that way and then checked as FIPS requires (see
+/// [`raw::rsa_generate_checked`]). What X9.31 and CloudHSM demand of the inputs is enforced:
+/// `bits` 2048..=4096 and a multiple of 256 (else `CKR_KEY_SIZE_RANGE`); the public exponent
+/// (default 65537) odd and at least 65537, and at most 32 bits as aws-lc's generator allows
+/// (else `CKR_TEMPLATE_INCONSISTENT`, as [`generate_rsa`] answers a bad exponent).
+pub fn generate_rsa_x931(bits: usize, public_exponent: Option<&[u8]>) -> Result<RsaGenerated, Rv> {
+    if !(X931_MIN_BITS..=X931_MAX_BITS).contains(&bits) || bits % 256 != 0 {
+        return Err(CKR_KEY_SIZE_RANGE);
+    }
+    let e = strip_leading_zeros(public_exponent.unwrap_or(F4));
+    let odd = e.last().is_some_and(|b| b & 1 == 1);
+    // At least 65537 = 2^16 + 1: 17 bits or more (FIPS 186-4 §B.3.1 wants e > 2^16).
+    if !odd || be_bits(e) < 17 || e.len() > 4 {
+        return Err(CKR_TEMPLATE_INCONSISTENT);
+    }
+    let pkcs8 = raw::rsa_generate_checked(bits, e).map_err(|_| CKR_FUNCTION_FAILED)?;
+    let (modulus, public_exponent) = rsa_public_components(&pkcs8)?;
+    Ok(RsaGenerated {
+        pkcs8,
+        modulus,
+        public_exponent,
+    })
+}
+
 /// Builds the PKCS #8 DER of an RSA private key from its big-endian components.
 ///
 /// `n`, `e` and `d` are required; the CRT components (`p`, `q`, `dp`, `dq`, `qinv`) may be absent

@@ -2,7 +2,8 @@
 //! `CKM_AES_CMAC_GENERAL`) and AES (GCM, CBC with PKCS #7 padding, CBC, ECB, CTR).
 //!
 //! AES-GCM with a 12-byte IV and a 16-byte tag runs on `aws_lc_rs::aead`; other IV and tag
-//! lengths use aws-lc's EVP_AEAD through [`raw`].
+//! lengths use aws-lc's EVP_AEAD through [`raw`]. AWS CloudHSM's `CKM_CLOUDHSM_AES_GCM` is
+//! AES-GCM with an IV this HSM makes, carried in front of the ciphertext.
 
 use std::sync::OnceLock;
 
@@ -16,6 +17,7 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::{no_param, raw, Hash};
+use crate::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
 
 /// The AES block length.
@@ -344,6 +346,27 @@ fn gcm_params(param: &MechParam) -> Result<(&[u8], &[u8], usize), Rv> {
     Ok((iv, aad, tag_len))
 }
 
+/// `CKM_CLOUDHSM_AES_GCM`'s parameter: a `CK_GCM_PARAMS` without IV (the CloudHSM PKCS #11
+/// mechanism notes: "the pIV variable in the CK_GCM_PARAMS struct must be set to NULL"). Returns
+/// the standard `CKM_AES_GCM` mechanism with `iv` and the caller's AAD and tag length.
+fn cloudhsm_gcm(param: &MechParam, iv: &[u8]) -> Result<Mechanism, Rv> {
+    match param {
+        MechParam::Gcm {
+            iv: given,
+            aad,
+            tag_bits,
+        } if given.is_empty() => Ok(Mechanism {
+            mech: CKM_AES_GCM,
+            param: MechParam::Gcm {
+                iv: iv.to_vec(),
+                aad: aad.clone(),
+                tag_bits: *tag_bits,
+            },
+        }),
+        _ => Err(CKR_MECHANISM_PARAM_INVALID),
+    }
+}
+
 /// The aws-lc-rs AES-GCM key for the standard case.
 fn gcm_key(value: &[u8]) -> Result<LessSafeKey, Rv> {
     let alg = match value.len() {
@@ -394,6 +417,18 @@ pub(crate) fn aes_encrypt(
 ) -> Result<Vec<u8>, Rv> {
     // Check the mechanism and its parameter before the key, as the spec orders the errors.
     match mech.mech {
+        CKM_CLOUDHSM_AES_GCM => {
+            // The HSM makes the IV (a fresh random 96-bit IV per call, SP 800-38D §8.2.2) and
+            // hands it back as the first 12 bytes of the output: IV || ciphertext || tag.
+            let mut iv = [0u8; GCM_IV_LEN];
+            aws_lc_rs::rand::fill(&mut iv).map_err(|_| CKR_FUNCTION_FAILED)?;
+            let inner = cloudhsm_gcm(&mech.param, &iv)?;
+            let ct = aes_encrypt(sk, &inner, key_type, value, data)?;
+            let mut out = Vec::with_capacity(GCM_IV_LEN + ct.len());
+            out.extend_from_slice(&iv);
+            out.extend_from_slice(&ct);
+            Ok(out)
+        }
         CKM_AES_GCM => {
             let (iv, aad, tag_len) = gcm_params(&mech.param)?;
             aes_key(key_type, value)?;
@@ -464,6 +499,15 @@ pub(crate) fn aes_decrypt(
     data: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, Rv> {
     match mech.mech {
+        CKM_CLOUDHSM_AES_GCM => {
+            // The input is what encryption gave: IV || ciphertext || tag.
+            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            if data.len() < GCM_IV_LEN + tag_len {
+                return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+            }
+            let (iv, rest) = data.split_at(GCM_IV_LEN);
+            aes_decrypt(sk, &cloudhsm_gcm(&mech.param, iv)?, key_type, value, rest)
+        }
         CKM_AES_GCM => {
             let (iv, aad, tag_len) = gcm_params(&mech.param)?;
             aes_key(key_type, value)?;
@@ -532,6 +576,10 @@ pub(crate) fn aes_decrypt(
 /// The exact output length of AES encryption of `data_len` bytes.
 pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
     match mech.mech {
+        CKM_CLOUDHSM_AES_GCM => {
+            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            Ok(data_len.saturating_add(GCM_IV_LEN + tag_len))
+        }
         CKM_AES_GCM => Ok(data_len.saturating_add(gcm_params(&mech.param)?.2)),
         CKM_AES_CBC_PAD => Ok((data_len / BLOCK + 1).saturating_mul(BLOCK)),
         CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
@@ -546,6 +594,10 @@ pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize
 /// An upper bound on the output length of AES decryption of `data_len` bytes.
 pub(crate) fn aes_decrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
     match mech.mech {
+        CKM_CLOUDHSM_AES_GCM => {
+            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            Ok(data_len.saturating_sub(GCM_IV_LEN + tag_len))
+        }
         CKM_AES_GCM => Ok(data_len.saturating_sub(gcm_params(&mech.param)?.2)),
         CKM_AES_CBC_PAD | CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
         CKM_AES_CTR => {

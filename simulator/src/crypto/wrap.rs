@@ -2,6 +2,13 @@
 //! (RFC 5649, `CKM_AES_KEY_WRAP_KWP`) and RSA-OAEP (`CKM_RSA_PKCS_OAEP`), plus the PKCS #8
 //! encoding of private keys that wrapping a private key needs.
 //!
+//! AWS CloudHSM's three AES key wraps ("AES key wrapping in AWS CloudHSM", Client SDK 5) are the
+//! same two constructions over the key bytes: `CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD` is RFC 3394 of
+//! block-aligned bytes, `CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD` is RFC 3394 of the bytes with
+//! PKCS #5 padding to 8 bytes (1 to 8 bytes added), `CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD` is
+//! RFC 5649 (zeros to 8 bytes, the length in the alternative IV, so unwrap needs no
+//! `CKA_VALUE_LEN`). The first two take no IV or the default `A6A6A6A6A6A6A6A6`; the last no IV.
+//!
 //! AES-128 and AES-256 key wrap run on `aws_lc_rs::key_wrap`; AES-192 (which it does not offer)
 //! runs on aws-lc's `AES_wrap_key` through [`raw`].
 
@@ -11,6 +18,10 @@ use zeroize::Zeroizing;
 
 use super::raw::{self, Pkey};
 use super::{ec, ed, rsa, Curve, KeyMaterial, LoadedKey, Parsed};
+use crate::types::cloudhsm::{
+    CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD,
+    CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD,
+};
 use crate::types::{MechParam, Mechanism, Rv};
 
 /// The RFC 3394 default IV.
@@ -27,6 +38,56 @@ fn kw_param(param: &MechParam, padded: bool) -> Result<(), Rv> {
         MechParam::Raw(v) | MechParam::Iv(v) if v.is_empty() || v.as_slice() == default => Ok(()),
         _ => Err(CKR_MECHANISM_PARAM_INVALID),
     }
+}
+
+/// How a key-wrap mechanism treats the key bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KwShape {
+    /// RFC 3394 over the bytes as they are (a multiple of 8, 16 or more).
+    Plain,
+    /// RFC 5649.
+    Padded,
+    /// RFC 3394 over the bytes with PKCS #5 padding to 8 bytes.
+    Pkcs5,
+}
+
+/// The AES key-wrap mechanisms: their shape, and whether an IV parameter may be given.
+fn kw_shape(mech: CK_MECHANISM_TYPE) -> Option<(KwShape, bool)> {
+    match mech {
+        CKM_AES_KEY_WRAP | CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD => Some((KwShape::Plain, true)),
+        CKM_AES_KEY_WRAP_KWP => Some((KwShape::Padded, true)),
+        // CloudHSM: "Explicit IV: not allowed" for zero padding.
+        CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD => Some((KwShape::Padded, false)),
+        CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD => Some((KwShape::Pkcs5, true)),
+        _ => None,
+    }
+}
+
+/// The RFC 3394 semiblock, the unit of PKCS #5 padding here.
+const SEMIBLOCK: usize = 8;
+
+/// `data` with PKCS #5 padding to a multiple of 8 bytes (1 to 8 bytes, each their count).
+fn pkcs5_pad(data: &[u8]) -> Zeroizing<Vec<u8>> {
+    let n = SEMIBLOCK - data.len() % SEMIBLOCK;
+    let mut out = Zeroizing::new(Vec::with_capacity(data.len() + n));
+    out.extend_from_slice(data);
+    // `n` is 1..=8, so it fits a byte.
+    out.extend(std::iter::repeat_n(n as u8, n));
+    out
+}
+
+/// Removes PKCS #5 padding; `Err` when it is malformed.
+fn pkcs5_unpad(mut data: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, ()> {
+    let n = usize::from(*data.last().ok_or(())?);
+    if n == 0 || n > SEMIBLOCK || n > data.len() {
+        return Err(());
+    }
+    let keep = data.len() - n;
+    if data[keep..].iter().any(|b| usize::from(*b) != n) {
+        return Err(());
+    }
+    data.truncate(keep);
+    Ok(data)
 }
 
 /// The value of an AES wrapping key, or `type_err` / `size_err`.
@@ -87,6 +148,9 @@ fn kw_unwrap(kek: &[u8], data: &[u8], padded: bool) -> Result<Zeroizing<Vec<u8>>
 /// - `CKM_AES_KEY_WRAP` (RFC 3394; `key_bytes` a multiple of 8 and at least 16 bytes) and
 ///   `CKM_AES_KEY_WRAP_KWP` (RFC 5649; 1 byte or more) with an AES key; any IV parameter but the
 ///   default is `CKR_MECHANISM_PARAM_INVALID`;
+/// - CloudHSM's `CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD` (as `CKM_AES_KEY_WRAP`),
+///   `CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD` (RFC 3394 after PKCS #5 padding; any length) and
+///   `CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD` (as `CKM_AES_KEY_WRAP_KWP`, but no IV parameter at all);
 /// - `CKM_RSA_PKCS_OAEP` with an RSA public (or private) key.
 ///
 /// Errors: `CKR_MECHANISM_INVALID` (another mechanism), `CKR_MECHANISM_PARAM_INVALID`,
@@ -94,26 +158,37 @@ fn kw_unwrap(kek: &[u8], data: &[u8], padded: bool) -> Result<Zeroizing<Vec<u8>>
 /// (AES key not 16/24/32 bytes), `CKR_KEY_SIZE_RANGE` (`key_bytes` of a length the mechanism
 /// cannot wrap), `CKR_FUNCTION_FAILED`.
 pub fn wrap(mech: &Mechanism, wrapping: &LoadedKey, key_bytes: &[u8]) -> Result<Vec<u8>, Rv> {
-    match mech.mech {
-        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_KWP => {
-            let padded = mech.mech == CKM_AES_KEY_WRAP_KWP;
+    if let Some((shape, iv_allowed)) = kw_shape(mech.mech) {
+        let padded = shape == KwShape::Padded;
+        if iv_allowed {
             kw_param(&mech.param, padded)?;
-            let kek = aes_value(
-                wrapping,
-                CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
-                CKR_WRAPPING_KEY_SIZE_RANGE,
-            )?;
-            let len_ok = if padded {
-                // RFC 5649 caps the input at 2^32 - 1 bytes.
-                !key_bytes.is_empty() && u32::try_from(key_bytes.len()).is_ok()
-            } else {
-                key_bytes.len() >= 16 && key_bytes.len() % 8 == 0
-            };
-            if !len_ok {
-                return Err(CKR_KEY_SIZE_RANGE);
-            }
-            kw_wrap(kek, key_bytes, padded).map_err(|()| CKR_FUNCTION_FAILED)
+        } else {
+            super::no_param(&mech.param)?;
         }
+        let kek = aes_value(
+            wrapping,
+            CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+            CKR_WRAPPING_KEY_SIZE_RANGE,
+        )?;
+        let padded_bytes;
+        let input = if shape == KwShape::Pkcs5 {
+            padded_bytes = pkcs5_pad(key_bytes);
+            padded_bytes.as_slice()
+        } else {
+            key_bytes
+        };
+        let len_ok = if padded {
+            // RFC 5649 caps the input at 2^32 - 1 bytes.
+            !input.is_empty() && u32::try_from(input.len()).is_ok()
+        } else {
+            input.len() >= 16 && input.len() % SEMIBLOCK == 0
+        };
+        if !len_ok {
+            return Err(CKR_KEY_SIZE_RANGE);
+        }
+        return kw_wrap(kek, input, padded).map_err(|()| CKR_FUNCTION_FAILED);
+    }
+    match mech.mech {
         CKM_RSA_PKCS_OAEP => {
             let key = wrapping
                 .rsa_public_op()
@@ -140,21 +215,30 @@ pub fn unwrap(
     unwrapping: &LoadedKey,
     wrapped: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, Rv> {
-    match mech.mech {
-        CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_KWP => {
-            let padded = mech.mech == CKM_AES_KEY_WRAP_KWP;
+    if let Some((shape, iv_allowed)) = kw_shape(mech.mech) {
+        let padded = shape == KwShape::Padded;
+        if iv_allowed {
             kw_param(&mech.param, padded)?;
-            let kek = aes_value(
-                unwrapping,
-                CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
-                CKR_UNWRAPPING_KEY_SIZE_RANGE,
-            )?;
-            let min = if padded { 16 } else { 24 };
-            if wrapped.len() < min || wrapped.len() % 8 != 0 {
-                return Err(CKR_WRAPPED_KEY_LEN_RANGE);
-            }
-            kw_unwrap(kek, wrapped, padded).map_err(|()| CKR_WRAPPED_KEY_INVALID)
+        } else {
+            super::no_param(&mech.param)?;
         }
+        let kek = aes_value(
+            unwrapping,
+            CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+            CKR_UNWRAPPING_KEY_SIZE_RANGE,
+        )?;
+        let min = if padded { 16 } else { 24 };
+        if wrapped.len() < min || wrapped.len() % SEMIBLOCK != 0 {
+            return Err(CKR_WRAPPED_KEY_LEN_RANGE);
+        }
+        let bytes = kw_unwrap(kek, wrapped, padded).map_err(|()| CKR_WRAPPED_KEY_INVALID)?;
+        return if shape == KwShape::Pkcs5 {
+            pkcs5_unpad(bytes).map_err(|()| CKR_WRAPPED_KEY_INVALID)
+        } else {
+            Ok(bytes)
+        };
+    }
+    match mech.mech {
         CKM_RSA_PKCS_OAEP => {
             let key = unwrapping
                 .rsa_private()
@@ -210,5 +294,33 @@ pub fn load_private_pkcs8(pkcs8: &[u8]) -> Result<(KeyMaterial, CK_KEY_TYPE), Rv
             Ok((KeyMaterial::EdPrivate { seed }, CKK_EC_EDWARDS))
         }
         _ => Err(CKR_WRAPPED_KEY_INVALID),
+    }
+}
+
+#[cfg(test)]
+mod pkcs5_tests {
+    use super::*;
+
+    #[test]
+    fn pkcs5_padding_adds_one_to_eight_bytes_and_unpadding_checks_every_one() {
+        for len in 0..=17 {
+            let v: Vec<u8> = (0..len as u8).collect();
+            let p = pkcs5_pad(&v);
+            assert_eq!(p.len() % SEMIBLOCK, 0);
+            assert!((1..=SEMIBLOCK).contains(&(p.len() - v.len())));
+            assert_eq!(pkcs5_unpad(p).map(|u| u.to_vec()), Ok(v));
+        }
+        // A count of 0, over 8, longer than the data, or bytes that disagree with it.
+        for bad in [
+            &[1u8, 2, 3, 4, 5, 6, 7, 0][..],
+            &[9; 16],
+            &[3, 3],
+            &[1, 2, 3, 4, 5, 2, 3, 3],
+        ] {
+            assert!(
+                pkcs5_unpad(Zeroizing::new(bad.to_vec())).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -58,6 +58,24 @@ fn all_params() -> Vec<MechParam> {
             info: b"info".to_vec(),
         },
         MechParam::Raw(vec![9, 8, 7]),
+        // CloudHSM's SP 800-108 KDF and its HSM-made-IV GCM (no IV on the way in).
+        MechParam::Sp800108 {
+            prf: CKM_SHA512_HMAC,
+            segments: vec![
+                KdfSegment::Bytes(vec![1, 0xab, 0xe1]),
+                KdfSegment::Counter { width_bits: 32 },
+                KdfSegment::Bytes(vec![]),
+                KdfSegment::DkmLength {
+                    method: 1,
+                    width_bits: 16,
+                },
+            ],
+        },
+        MechParam::Gcm {
+            iv: vec![],
+            aad: b"aad".to_vec(),
+            tag_bits: 128,
+        },
     ]
 }
 
@@ -687,7 +705,8 @@ fn unknown_kinds_and_bad_tags() {
     assert!(decode_request(&login(1, b"bob")).is_ok());
     assert!(malformed(&login(1, b"\xff\xfe")));
     assert!(malformed(&login(2, b"bob")));
-    // An HKDF bool of 2; an unknown MechParam tag; an unknown sign input kind.
+    // An HKDF bool of 2; an unknown MechParam tag; an unknown sign input kind; an unknown KDF
+    // segment.
     let sign = |param: &[u8], input: u8| {
         let mut p = vec![kind::SIGN];
         p.extend_from_slice(&1u64.to_be_bytes());
@@ -700,7 +719,14 @@ fn unknown_kinds_and_bad_tags() {
     };
     assert!(decode_request(&sign(&[0], 1)).is_ok());
     assert!(malformed(&sign(&[0], 2)));
-    assert!(malformed(&sign(&[9], 0)));
+    // Tag 9 is the SP 800-108 KDF parameter now; 10 is unknown, as is a KDF segment kind 3.
+    assert!(malformed(&sign(&[10], 0)));
+    let mut kdf = vec![9];
+    kdf.extend_from_slice(&CKM_SHA256_HMAC.to_be_bytes());
+    kdf.extend_from_slice(&1u32.to_be_bytes());
+    kdf.push(3);
+    kdf.extend_from_slice(&[0; 8]);
+    assert!(malformed(&sign(&kdf, 0)));
     let mut hkdf = vec![7, 1, 2];
     hkdf.extend_from_slice(&[0; 24]);
     assert!(malformed(&sign(&hkdf, 0)));
