@@ -38,14 +38,14 @@
 //! with the EC_POINT `pkcs11-tool --list-objects` prints.
 
 mod common;
+mod tls;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::{ensure, Kind, Run, Setup, Tally, TOKEN_LABEL, USER_PIN};
 use hsmpool_tests::require_tool;
+use tls::{handshake, s_client, Server};
 
 /// Where Debian's libengine-pkcs11-openssl installs the engine.
 const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
@@ -54,8 +54,6 @@ const RSA_LABEL: &str = "ossl-rsa";
 const RSA_ID: &str = "0a01";
 const EC_LABEL: &str = "ossl-ec";
 const EC_ID: &str = "0a02";
-/// A TLS server must be listening, and a TLS client done, within this.
-const TLS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// RFC 7512 URI of a token object by label.
 fn uri(label: &str, ty: &str) -> String {
@@ -195,161 +193,6 @@ fn verdict(r: &Run, yes: &str, no: &str) -> bool {
     } else {
         panic!("plain openssl neither verified nor rejected the signature{r}")
     }
-}
-
-/// An `openssl s_server` on 127.0.0.1 with the engine, killed (and reaped) when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    stderr: PathBuf,
-}
-
-impl Server {
-    /// Start `s_server ARGS` on a free port: a port the kernel hands out for port 0 is
-    /// released and given to `s_server`; if another process took it meanwhile, try again.
-    /// Waits (bounded) for `ACCEPT`.
-    fn start(ossl: &Ossl, args: &str, name: &str) -> Server {
-        let mut last = String::new();
-        for attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a loopback port can be bound")
-                .port();
-            let mut c = ossl.engine("s_server", args);
-            c.arg("-accept").arg(format!("127.0.0.1:{port}"));
-            let stdout = ossl.setup.dir().join(format!("{name}-{attempt}.stdout"));
-            let stderr = ossl.setup.dir().join(format!("{name}-{attempt}.stderr"));
-            c.stdin(Stdio::null())
-                .stdout(File::create(&stdout).expect("the scratch dir is writable"))
-                .stderr(File::create(&stderr).expect("the scratch dir is writable"));
-            let child = c
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start openssl s_server: {e}"));
-            let mut server = Server {
-                child,
-                port,
-                stderr,
-            };
-            let start = Instant::now();
-            loop {
-                let out = read_lossy(&stdout);
-                if out.contains("ACCEPT") {
-                    return server;
-                }
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    last = format!(
-                        "s_server exited ({status}) before listening: {c:?}\n--- stdout ---\n{out}\n--- stderr ---\n{}",
-                        server.err()
-                    );
-                    break;
-                }
-                assert!(
-                    start.elapsed() < TLS_TIMEOUT,
-                    "s_server did not listen within {TLS_TIMEOUT:?}: {c:?}\n{out}\n{}",
-                    server.err()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !server.err().contains("in use") {
-                break;
-            }
-        }
-        panic!("{last}");
-    }
-
-    fn err(&self) -> String {
-        read_lossy(&self.stderr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_lossy(p: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
-}
-
-/// Plain `openssl s_client ARGS` against `server`, an HTTP GET on its stdin (`-ign_eof`: it
-/// reads the answer until the server closes), killed after [`TLS_TIMEOUT`].
-fn s_client(ossl: &Ossl, server: &Server, args: &str, name: &str) -> Run {
-    let request = ossl.write(&format!("{name}.request"), b"GET / HTTP/1.0\r\n\r\n");
-    let mut c = ossl.plain(&format!(
-        "s_client -connect 127.0.0.1:{} -ign_eof {args}",
-        server.port
-    ));
-    let cmd = format!("{c:?} < {request}");
-    let stdout = ossl.setup.dir().join(format!("{name}.stdout"));
-    let stderr = ossl.setup.dir().join(format!("{name}.stderr"));
-    c.stdin(File::open(&request).expect("the request was written"))
-        .stdout(File::create(&stdout).expect("the scratch dir is writable"))
-        .stderr(File::create(&stderr).expect("the scratch dir is writable"));
-    let mut child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start openssl s_client: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for s_client") {
-            break status;
-        }
-        if start.elapsed() > TLS_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "s_client timed out after {TLS_TIMEOUT:?} (killed): {cmd}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- server stderr ---\n{}",
-                read_lossy(&stdout),
-                read_lossy(&stderr),
-                server.err()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        cmd,
-        status,
-        stdout: read_lossy(&stdout),
-        stderr: read_lossy(&stderr),
-    }
-}
-
-/// One TLS handshake: `proto` with `cipher` negotiated, the server's signature of type
-/// `sig_type` (made in the token) accepted, its certificate verified against `ca`, and the
-/// GET answered with the server's own view of the same protocol and cipher.
-fn handshake(
-    ossl: &Ossl,
-    server: &Server,
-    ca: &str,
-    (proto, cipher, sig_type): (&str, &str, &str),
-    name: &str,
-) -> Result<(), String> {
-    let pin = match proto {
-        "TLSv1.3" => format!("-tls1_3 -ciphersuites {cipher}"),
-        // In TLS 1.2 OpenSSL prefers RSA-PSS for RSA keys too; offer only PKCS #1 v1.5 (and
-        // ECDSA) so both RSA paddings cross a handshake.
-        _ => format!("-tls1_2 -cipher {cipher} -sigalgs RSA+SHA256:ECDSA+SHA256"),
-    };
-    let r = s_client(
-        ossl,
-        server,
-        &format!("{pin} -CAfile {ca} -verify_return_error -verify_ip 127.0.0.1"),
-        name,
-    );
-    r.ok()
-        .stdout_has(&format!("New, {proto}, Cipher is {cipher}"))
-        .stdout_has(&format!("Peer signature type: {sig_type}\n"))
-        .stdout_has("Verify return code: 0 (ok)")
-        .stdout_has("HTTP/1.0 200 ok");
-    // After the status line comes the page s_server wrote into the connection: its view of
-    // the session, which must be the same.
-    let page = r.stdout.split("HTTP/1.0 200 ok").nth(1).unwrap_or_default();
-    ensure(
-        page.contains(&format!("Protocol  : {proto}"))
-            && page.contains(&format!("Cipher    : {cipher}")),
-        format!("the server's page does not show {proto} / {cipher}{r}"),
-    )
 }
 
 fn suite(kind: Kind) {
@@ -717,7 +560,11 @@ fn suite(kind: Kind) {
             &format!("s_server starts with its {alg} key in the token"),
             || {
                 let args = format!("-keyform engine -key {key} -cert {crt} -www");
-                server = Some(Server::start(&ossl, &args, &format!("s_server-{alg}")));
+                server = Some(Server::start(
+                    setup.dir(),
+                    &format!("s_server-{alg}"),
+                    || ossl.engine("s_server", &args),
+                ));
                 Ok(())
             },
         );
@@ -727,7 +574,8 @@ fn suite(kind: Kind) {
                 &format!("s_client: {proto} {cipher}, {alg} key in the token, GET answered"),
                 || {
                     let server = server.as_ref().ok_or("the server did not start")?;
-                    handshake(&ossl, server, crt, hs, &format!("s_client-{alg}-{proto}"))
+                    let name = format!("s_client-{alg}-{proto}");
+                    handshake(ossl.plain(""), server, setup.dir(), crt, hs, &name)
                 },
             );
         }
@@ -736,8 +584,8 @@ fn suite(kind: Kind) {
                 "s_client fails against the RSA server when it trusts only the EC certificate",
                 || {
                     let server = server.as_ref().ok_or("the server did not start")?;
-                    let args = format!("-CAfile {ec_crt} -verify_return_error");
-                    s_client(&ossl, server, &args, "s_client-untrusted")
+                    let c = ossl.plain(&format!("s_client -CAfile {ec_crt} -verify_return_error"));
+                    s_client(c, server, setup.dir(), "s_client-untrusted")
                         .failed()
                         .has("certificate verify failed")
                         .lacks("HTTP/1.0 200 ok");
