@@ -283,6 +283,74 @@ pub fn attr_value(
     Ok(buf)
 }
 
+/// `C_WrapKey` with the length query first: the wrapped bytes, or the CK_RV of either call.
+pub fn wrap_key(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+) -> Result<Vec<u8>, CK_RV> {
+    let mut len: CK_ULONG = 0;
+    let rv = call!(
+        m,
+        C_WrapKey,
+        h,
+        mm,
+        wrapping,
+        key,
+        ptr::null_mut(),
+        &mut len
+    );
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut out = vec![0u8; len as usize];
+    match call!(
+        m,
+        C_WrapKey,
+        h,
+        mm,
+        wrapping,
+        key,
+        out.as_mut_ptr(),
+        &mut len
+    ) {
+        CKR_OK => {
+            out.truncate(len as usize);
+            Ok(out)
+        }
+        rv => Err(rv),
+    }
+}
+
+/// `C_UnwrapKey` of `wrapped` under `unwrapping` with template `t`: the new handle or the CK_RV.
+pub fn unwrap_key(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    mm: &mut CK_MECHANISM,
+    unwrapping: CK_OBJECT_HANDLE,
+    wrapped: &[u8],
+    t: &mut [CK_ATTRIBUTE],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut o = 0;
+    match call!(
+        m,
+        C_UnwrapKey,
+        h,
+        mm,
+        unwrapping,
+        wrapped.as_ptr() as *mut u8,
+        wrapped.len() as CK_ULONG,
+        t.as_mut_ptr(),
+        t.len() as CK_ULONG,
+        &mut o
+    ) {
+        CKR_OK => Ok(o),
+        rv => Err(rv),
+    }
+}
+
 /// `C_SignInit` + `C_Sign` with the length query first; panics on any error.
 pub fn sign(
     m: &Module,

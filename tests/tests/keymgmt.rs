@@ -8,7 +8,8 @@ use std::ptr;
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, create_secret, mech, mech_param, Fixture, Module, FALSE, TRUE,
+    attr, attr_bytes, attr_value as get, create_secret, mech, mech_param, unwrap_key as unwrap,
+    wrap_key as wrap, Fixture, Module, FALSE, TRUE,
 };
 
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -21,74 +22,6 @@ fn secret(
     extra: &[CK_ATTRIBUTE],
 ) -> CK_OBJECT_HANDLE {
     create_secret(m, h, kt, value, extra).expect("create secret key")
-}
-
-fn get(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    o: CK_OBJECT_HANDLE,
-    ty: CK_ATTRIBUTE_TYPE,
-) -> Result<Vec<u8>, CK_RV> {
-    let mut a = CK_ATTRIBUTE {
-        type_: ty,
-        pValue: ptr::null_mut(),
-        ulValueLen: 0,
-    };
-    let rv = call!(m, C_GetAttributeValue, h, o, &mut a, 1);
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    let mut buf = vec![0u8; a.ulValueLen as usize];
-    a.pValue = buf.as_mut_ptr() as *mut c_void;
-    assert_eq!(call!(m, C_GetAttributeValue, h, o, &mut a, 1), CKR_OK);
-    Ok(buf)
-}
-
-fn wrap(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    w: CK_OBJECT_HANDLE,
-    k: CK_OBJECT_HANDLE,
-) -> Result<Vec<u8>, CK_RV> {
-    let mut len: CK_ULONG = 0;
-    let rv = call!(m, C_WrapKey, h, mm, w, k, ptr::null_mut(), &mut len);
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    let mut out = vec![0u8; len as usize];
-    assert_eq!(
-        call!(m, C_WrapKey, h, mm, w, k, out.as_mut_ptr(), &mut len),
-        CKR_OK
-    );
-    out.truncate(len as usize);
-    Ok(out)
-}
-
-fn unwrap(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    u: CK_OBJECT_HANDLE,
-    wrapped: &[u8],
-    t: &mut [CK_ATTRIBUTE],
-) -> Result<CK_OBJECT_HANDLE, CK_RV> {
-    let mut o = 0;
-    match call!(
-        m,
-        C_UnwrapKey,
-        h,
-        mm,
-        u,
-        wrapped.as_ptr() as *mut u8,
-        wrapped.len() as CK_ULONG,
-        t.as_mut_ptr(),
-        t.len() as CK_ULONG,
-        &mut o
-    ) {
-        CKR_OK => Ok(o),
-        rv => Err(rv),
-    }
 }
 
 fn ecb(m: &Module, h: CK_SESSION_HANDLE, k: CK_OBJECT_HANDLE) -> Vec<u8> {

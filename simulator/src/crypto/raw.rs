@@ -534,6 +534,12 @@ impl Pkey {
 
 /// Generates an RSA key of `bits` bits with the public exponent `e` (big-endian); PKCS #8 out.
 pub(crate) fn rsa_generate(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failed> {
+    rsa_pkcs8(rsa_generate_key(bits, e)?)
+}
+
+/// aws-lc's RSA key generation (FIPS 186-4 B.3.3 probable primes; `bits` rounded down to a
+/// multiple of 128).
+fn rsa_generate_key(bits: usize, e: &[u8]) -> Result<Rsa, Failed> {
     let bits = c_int::try_from(bits).or_else(|_| failed())?;
     let e = Bn::from_be(e)?;
     // SAFETY: returns an owned, empty RSA or NULL.
@@ -544,6 +550,11 @@ pub(crate) fn rsa_generate(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
     check(unsafe {
         sys::RSA_generate_key_ex(rsa.0.as_ptr(), bits, e.0.as_ptr(), ptr::null_mut())
     })?;
+    Ok(rsa)
+}
+
+/// An RSA key as PKCS #8 (the key moves into an `EVP_PKEY` and is freed with it).
+fn rsa_pkcs8(rsa: Rsa) -> Result<Zeroizing<Vec<u8>>, Failed> {
     let pkey = Pkey::assign(rsa.0, sys::EVP_PKEY_assign_RSA)?;
     std::mem::forget(rsa); // now owned by `pkey`
     pkey.to_pkcs8()
@@ -701,9 +712,7 @@ pub(crate) fn rsa_generate_exact(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<
         .map_or_else(failed, Ok)?;
         // SAFETY: a valid key, only read.
         check(unsafe { sys::RSA_check_key(rsa.0.as_ptr()) })?;
-        let pkey = Pkey::assign(rsa.0, sys::EVP_PKEY_assign_RSA)?;
-        std::mem::forget(rsa); // now owned by `pkey`
-        return pkey.to_pkcs8();
+        return rsa_pkcs8(rsa);
     }
     failed()
 }
@@ -716,21 +725,10 @@ pub(crate) fn rsa_generate_exact(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<
 /// `RSA_generate_key_fips` would do the same but only for e = 65537; this keeps any exponent the
 /// caller may choose within those bounds.
 pub(crate) fn rsa_generate_checked(bits: usize, e: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failed> {
-    let bits = c_int::try_from(bits).or_else(|_| failed())?;
-    let e = Bn::from_be(e)?;
-    // SAFETY: returns an owned, empty RSA or NULL.
-    let rsa = NonNull::new(unsafe { sys::RSA_new() })
-        .map(Rsa)
-        .map_or_else(failed, Ok)?;
-    // SAFETY: valid RSA and exponent; no callback.
-    check(unsafe {
-        sys::RSA_generate_key_ex(rsa.0.as_ptr(), bits, e.0.as_ptr(), ptr::null_mut())
-    })?;
+    let rsa = rsa_generate_key(bits, e)?;
     // SAFETY: a complete private key generated just above, owned by `rsa`.
     check(unsafe { sys::RSA_check_fips(rsa.0.as_ptr()) })?;
-    let pkey = Pkey::assign(rsa.0, sys::EVP_PKEY_assign_RSA)?;
-    std::mem::forget(rsa); // now owned by `pkey`
-    pkey.to_pkcs8()
+    rsa_pkcs8(rsa)
 }
 
 /// An owned `EVP_AEAD_CTX`.

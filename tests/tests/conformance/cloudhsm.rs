@@ -16,8 +16,9 @@ use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::daemons::DaemonCluster;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, attr_value, create_secret, generate_pair, mech, mech_param, sign, verify,
-    Fixture, Module, FALSE, P256_PARAMS, TRUE, USER_PIN,
+    attr, attr_bytes, attr_value, create_secret, generate_pair, mech, mech_param, sign,
+    unwrap_key as unwrap, verify, wrap_key as wrap, Fixture, Module, FALSE, P256_PARAMS, TRUE,
+    USER_PIN,
 };
 
 // cloudhsm_pkcs11_vendor_defs.h (Client SDK 5).
@@ -116,54 +117,6 @@ fn crypt(
             out.truncate(len as usize);
             Ok(out)
         }
-        rv => Err(rv),
-    }
-}
-
-fn wrap(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    kek: CK_OBJECT_HANDLE,
-    k: CK_OBJECT_HANDLE,
-) -> Result<Vec<u8>, CK_RV> {
-    let mut len: CK_ULONG = 0;
-    let rv = call!(m, C_WrapKey, h, mm, kek, k, ptr::null_mut(), &mut len);
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    let mut out = vec![0u8; len as usize];
-    match call!(m, C_WrapKey, h, mm, kek, k, out.as_mut_ptr(), &mut len) {
-        CKR_OK => {
-            out.truncate(len as usize);
-            Ok(out)
-        }
-        rv => Err(rv),
-    }
-}
-
-fn unwrap(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    mm: &mut CK_MECHANISM,
-    kek: CK_OBJECT_HANDLE,
-    wrapped: &[u8],
-    t: &mut [CK_ATTRIBUTE],
-) -> Result<CK_OBJECT_HANDLE, CK_RV> {
-    let mut o = 0;
-    match call!(
-        m,
-        C_UnwrapKey,
-        h,
-        mm,
-        kek,
-        wrapped.as_ptr() as *mut u8,
-        wrapped.len() as CK_ULONG,
-        t.as_mut_ptr(),
-        t.len() as CK_ULONG,
-        &mut o
-    ) {
-        CKR_OK => Ok(o),
         rv => Err(rv),
     }
 }

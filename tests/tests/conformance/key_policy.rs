@@ -10,8 +10,8 @@ use std::ptr;
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, create, create_secret, generate_pair, mech, mech_param, Fixture, Module,
-    FALSE, TRUE,
+    attr, attr_bytes, create, create_secret, generate_pair, mech, mech_param, wrap_key, Fixture,
+    Module, FALSE, TRUE,
 };
 
 fn oaep() -> CK_RSA_PKCS_OAEP_PARAMS {
@@ -32,16 +32,7 @@ fn wrap_oaep(
     k: CK_OBJECT_HANDLE,
 ) -> Result<Vec<u8>, CK_RV> {
     let mut p = oaep();
-    let mut mm = mech_param(CKM_RSA_PKCS_OAEP, &mut p);
-    let mut out = vec![0u8; 1024];
-    let mut len = out.len() as CK_ULONG;
-    match call!(m, C_WrapKey, h, &mut mm, w, k, out.as_mut_ptr(), &mut len) {
-        CKR_OK => {
-            out.truncate(len as usize);
-            Ok(out)
-        }
-        rv => Err(rv),
-    }
+    wrap_key(m, h, &mut mech_param(CKM_RSA_PKCS_OAEP, &mut p), w, k)
 }
 
 /// `C_Decrypt` under RSA-OAEP: the plaintext or the CK_RV.
