@@ -328,4 +328,241 @@ mod tests {
         assert_eq!(lost.ck_rv(), CKR_SESSION_HANDLE_INVALID);
         assert!(!lost.is_retryable());
     }
+
+    /// The position of a variant in [`Error`]: the match has no `_` arm, so a new variant does
+    /// not compile until it is given a row in [`every_variant_is_pinned_to_its_ck_rv_and_retry_class`].
+    fn variant_index(e: &Error) -> usize {
+        match e {
+            Error::NotInitialized => 0,
+            Error::AlreadyInitialized => 1,
+            Error::ArgumentsBad(_) => 2,
+            Error::CantLock => 3,
+            Error::Config(_) => 4,
+            Error::BufferTooSmall { .. } => 5,
+            Error::SlotIdInvalid => 6,
+            Error::SessionHandleInvalid => 7,
+            Error::SessionParallelNotSupported => 8,
+            Error::SessionReadOnly => 9,
+            Error::SessionReadOnlyExists => 10,
+            Error::SessionReadWriteSoExists => 11,
+            Error::SessionExists => 12,
+            Error::ObjectHandleInvalid => 13,
+            Error::KeyHandleInvalid => 14,
+            Error::WrappingKeyHandleInvalid => 15,
+            Error::UnwrappingKeyHandleInvalid => 16,
+            Error::KeyTypeInconsistent => 17,
+            Error::KeyFunctionNotPermitted => 18,
+            Error::KeySizeRange => 19,
+            Error::MechanismInvalid => 20,
+            Error::MechanismParamInvalid => 21,
+            Error::OperationActive => 22,
+            Error::OperationNotInitialized => 23,
+            Error::AttributeTypeInvalid(_) => 24,
+            Error::AttributeValueInvalid(_) => 25,
+            Error::AttributeReadOnly(_) => 26,
+            Error::ActionProhibited => 27,
+            Error::TemplateIncomplete => 28,
+            Error::TemplateInconsistent => 29,
+            Error::UserNotLoggedIn => 30,
+            Error::UserAlreadyLoggedIn => 31,
+            Error::UserAnotherAlreadyLoggedIn => 32,
+            Error::UserTypeInvalid => 33,
+            Error::UserPinNotInitialized => 34,
+            Error::TokenNotRecognized => 35,
+            Error::PinIncorrect => 36,
+            Error::PinLenRange => 37,
+            Error::PinLocked => 38,
+            Error::DataLenRange => 39,
+            Error::DataInvalid => 40,
+            Error::EncryptedDataLenRange => 41,
+            Error::EncryptedDataInvalid => 42,
+            Error::SignatureInvalid => 43,
+            Error::SignatureLenRange => 44,
+            Error::FunctionNotSupported => 45,
+            Error::RandomSeedNotSupported => 46,
+            Error::TokenWriteProtected => 47,
+            Error::Hsm { .. } => 48,
+            Error::DeviceError(_) => 49,
+            Error::MemberUnreachable { .. } => 50,
+            Error::HostMemory => 51,
+            Error::General(_) => 52,
+        }
+    }
+
+    /// Every variant with its `CK_RV` and whether a call failing with it is retried on another
+    /// member. `Error::Hsm` carries a member's own `CK_RV`: its rows are the device-level codes
+    /// (retried) and a sample of the rest (not).
+    #[test]
+    fn every_variant_is_pinned_to_its_ck_rv_and_retry_class() {
+        let hsm = |rv| Error::Hsm { member: 0, rv };
+        let table: Vec<(Error, CK_RV, bool)> = vec![
+            (Error::NotInitialized, CKR_CRYPTOKI_NOT_INITIALIZED, false),
+            (
+                Error::AlreadyInitialized,
+                CKR_CRYPTOKI_ALREADY_INITIALIZED,
+                false,
+            ),
+            (Error::ArgumentsBad("x"), CKR_ARGUMENTS_BAD, false),
+            (Error::CantLock, CKR_CANT_LOCK, false),
+            (Error::Config("x".into()), CKR_GENERAL_ERROR, false),
+            (
+                Error::BufferTooSmall { needed: 1 },
+                CKR_BUFFER_TOO_SMALL,
+                false,
+            ),
+            (Error::SlotIdInvalid, CKR_SLOT_ID_INVALID, false),
+            (
+                Error::SessionHandleInvalid,
+                CKR_SESSION_HANDLE_INVALID,
+                false,
+            ),
+            (
+                Error::SessionParallelNotSupported,
+                CKR_SESSION_PARALLEL_NOT_SUPPORTED,
+                false,
+            ),
+            (Error::SessionReadOnly, CKR_SESSION_READ_ONLY, false),
+            (
+                Error::SessionReadOnlyExists,
+                CKR_SESSION_READ_ONLY_EXISTS,
+                false,
+            ),
+            (
+                Error::SessionReadWriteSoExists,
+                CKR_SESSION_READ_WRITE_SO_EXISTS,
+                false,
+            ),
+            (Error::SessionExists, CKR_SESSION_EXISTS, false),
+            (Error::ObjectHandleInvalid, CKR_OBJECT_HANDLE_INVALID, false),
+            (Error::KeyHandleInvalid, CKR_KEY_HANDLE_INVALID, false),
+            (
+                Error::WrappingKeyHandleInvalid,
+                CKR_WRAPPING_KEY_HANDLE_INVALID,
+                false,
+            ),
+            (
+                Error::UnwrappingKeyHandleInvalid,
+                CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+                false,
+            ),
+            (Error::KeyTypeInconsistent, CKR_KEY_TYPE_INCONSISTENT, false),
+            (
+                Error::KeyFunctionNotPermitted,
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                false,
+            ),
+            (Error::KeySizeRange, CKR_KEY_SIZE_RANGE, false),
+            (Error::MechanismInvalid, CKR_MECHANISM_INVALID, false),
+            (
+                Error::MechanismParamInvalid,
+                CKR_MECHANISM_PARAM_INVALID,
+                false,
+            ),
+            (Error::OperationActive, CKR_OPERATION_ACTIVE, false),
+            (
+                Error::OperationNotInitialized,
+                CKR_OPERATION_NOT_INITIALIZED,
+                false,
+            ),
+            (
+                Error::AttributeTypeInvalid(CKA_VALUE),
+                CKR_ATTRIBUTE_TYPE_INVALID,
+                false,
+            ),
+            (
+                Error::AttributeValueInvalid(CKA_VALUE),
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                false,
+            ),
+            (
+                Error::AttributeReadOnly(CKA_LOCAL),
+                CKR_ATTRIBUTE_READ_ONLY,
+                false,
+            ),
+            (Error::ActionProhibited, CKR_ACTION_PROHIBITED, false),
+            (Error::TemplateIncomplete, CKR_TEMPLATE_INCOMPLETE, false),
+            (
+                Error::TemplateInconsistent,
+                CKR_TEMPLATE_INCONSISTENT,
+                false,
+            ),
+            (Error::UserNotLoggedIn, CKR_USER_NOT_LOGGED_IN, false),
+            (
+                Error::UserAlreadyLoggedIn,
+                CKR_USER_ALREADY_LOGGED_IN,
+                false,
+            ),
+            (
+                Error::UserAnotherAlreadyLoggedIn,
+                CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+                false,
+            ),
+            (Error::UserTypeInvalid, CKR_USER_TYPE_INVALID, false),
+            (
+                Error::UserPinNotInitialized,
+                CKR_USER_PIN_NOT_INITIALIZED,
+                false,
+            ),
+            (Error::TokenNotRecognized, CKR_TOKEN_NOT_RECOGNIZED, false),
+            (Error::PinIncorrect, CKR_PIN_INCORRECT, false),
+            (Error::PinLenRange, CKR_PIN_LEN_RANGE, false),
+            (Error::PinLocked, CKR_PIN_LOCKED, false),
+            (Error::DataLenRange, CKR_DATA_LEN_RANGE, false),
+            (Error::DataInvalid, CKR_DATA_INVALID, false),
+            (
+                Error::EncryptedDataLenRange,
+                CKR_ENCRYPTED_DATA_LEN_RANGE,
+                false,
+            ),
+            (
+                Error::EncryptedDataInvalid,
+                CKR_ENCRYPTED_DATA_INVALID,
+                false,
+            ),
+            (Error::SignatureInvalid, CKR_SIGNATURE_INVALID, false),
+            (Error::SignatureLenRange, CKR_SIGNATURE_LEN_RANGE, false),
+            (
+                Error::FunctionNotSupported,
+                CKR_FUNCTION_NOT_SUPPORTED,
+                false,
+            ),
+            (
+                Error::RandomSeedNotSupported,
+                CKR_RANDOM_SEED_NOT_SUPPORTED,
+                false,
+            ),
+            (Error::TokenWriteProtected, CKR_TOKEN_WRITE_PROTECTED, false),
+            (Error::DeviceError("x".into()), CKR_DEVICE_ERROR, true),
+            (
+                Error::MemberUnreachable {
+                    member: 1,
+                    reason: "x".into(),
+                },
+                CKR_DEVICE_REMOVED,
+                true,
+            ),
+            (Error::HostMemory, CKR_HOST_MEMORY, false),
+            (Error::General("x".into()), CKR_GENERAL_ERROR, false),
+            (hsm(CKR_DEVICE_ERROR), CKR_DEVICE_ERROR, true),
+            (hsm(CKR_DEVICE_REMOVED), CKR_DEVICE_REMOVED, true),
+            (hsm(CKR_DEVICE_MEMORY), CKR_DEVICE_MEMORY, true),
+            (hsm(CKR_SESSION_CLOSED), CKR_SESSION_CLOSED, true),
+            (
+                hsm(CKR_SESSION_HANDLE_INVALID),
+                CKR_SESSION_HANDLE_INVALID,
+                false,
+            ),
+            (hsm(CKR_KEY_HANDLE_INVALID), CKR_KEY_HANDLE_INVALID, false),
+            (hsm(CKR_PIN_INCORRECT), CKR_PIN_INCORRECT, false),
+            (hsm(CKR_GENERAL_ERROR), CKR_GENERAL_ERROR, false),
+        ];
+        let mut seen = [false; 53];
+        for (e, rv, retry) in &table {
+            assert_eq!(e.ck_rv(), *rv, "{e:?}");
+            assert_eq!(e.is_retryable(), *retry, "{e:?}");
+            seen[variant_index(e)] = true;
+        }
+        let missing: Vec<usize> = (0..seen.len()).filter(|i| !seen[*i]).collect();
+        assert!(missing.is_empty(), "variants without a row: {missing:?}");
+    }
 }
