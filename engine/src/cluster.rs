@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use cryptoki_sys::*;
-use hsmpool_sim::hsm::Role;
+use hsmpool_member::Role;
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use cryptoki_sys::*;
 use dashmap::DashMap;
-use hsmpool_sim::hsm::{AttrAnswer, HsmConfig, Role};
-use hsmpool_sim::types::{Attr, Mechanism};
+use hsmpool_member::types::{Attr, Mechanism};
+use hsmpool_member::{AttrAnswer, Role};
+use hsmpool_sim::hsm::HsmConfig;
 use parking_lot::Mutex;
 
 use crate::backend::inproc::InProcess;
@@ -19,8 +20,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::{Op, OpSlots};
 use crate::types::*;
-use hsmpool_sim::hsm::KeyMeta;
-use hsmpool_sim::types::{IdHash, CKA_HSMPOOL_OBJECT_ID};
+use hsmpool_member::types::{IdHash, CKA_HSMPOOL_OBJECT_ID};
+use hsmpool_member::KeyMeta;
 
 /// Arguments of `C_Initialize` that reach the engine.
 #[derive(Clone, Debug, Default)]
@@ -1154,7 +1155,7 @@ impl Engine {
     /// objects of ours.
     fn find_handles(&self, template: &[Attr]) -> Result<Arc<Vec<ObjectHandle>>> {
         let key = (
-            hsmpool_sim::types::encode_attr_array(template),
+            hsmpool_member::types::encode_attr_array(template),
             self.login_state() as u8,
         );
         let gen = self.cache_gen();

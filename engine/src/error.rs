@@ -1,7 +1,7 @@
 //! The engine's one error type, its one mapping to `CK_RV`, and its retry classification.
 
 use cryptoki_sys::*;
-use hsmpool_sim::types::Rv;
+use hsmpool_member::types::Rv;
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -58,7 +58,7 @@ pub mod types;
 
 pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
 pub use error::{Error, Result};
-pub use hsmpool_sim::types::{
+pub use hsmpool_member::types::{
     cloudhsm, decode_attr_array, encode_attr_array, is_array_attribute, Attr, KdfSegment,
     MechParam, Mechanism, SignInput,
 };

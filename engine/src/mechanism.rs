@@ -4,10 +4,10 @@
 //!
 //! AWS CloudHSM's vendor mechanisms are rows too (under their `CKM_CLOUDHSM_*` names), so that
 //! programs written for CloudHSM's PKCS #11 library find them listed; what each does is in
-//! `hsmpool_sim::types::cloudhsm` and the simulator's crypto modules.
+//! `hsmpool_member::types::cloudhsm` and the simulator's crypto modules.
 
 use cryptoki_sys::*;
-use hsmpool_sim::types::cloudhsm::{
+use hsmpool_member::types::cloudhsm::{
     CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD,
     CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, CKM_CLOUDHSM_SP800_108_COUNTER_KDF,
 };

@@ -15,9 +15,9 @@
 //! Which calls may follow which, and what a refused one ends: see [`Form`].
 
 use cryptoki_sys::*;
+use hsmpool_member::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
+use hsmpool_member::types::{MechParam, Mechanism, SignInput};
 use hsmpool_sim::crypto::DigestCtx;
-use hsmpool_sim::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
-use hsmpool_sim::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
 use crate::backend::MemberObject;
@@ -212,7 +212,7 @@ fn usage_attr(kind: OpKind) -> CK_ATTRIBUTE_TYPE {
 
 /// Balancing weight of one call: roughly relative HSM service time (an RSA-2048 signature is
 /// 40 times an AES or HMAC call, RSA-4096 about 8 times RSA-2048).
-fn op_cost(kind: OpKind, meta: &hsmpool_sim::hsm::KeyMeta) -> u64 {
+fn op_cost(kind: OpKind, meta: &hsmpool_member::KeyMeta) -> u64 {
     let private_side = matches!(kind, OpKind::Sign | OpKind::Decrypt);
     match meta.key_type {
         Some(CKK_RSA) if private_side => {

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cryptoki_sys::*;
-use hsmpool_sim::hsm::AttrAnswer;
-use hsmpool_sim::types::{Attr, MechParam, Mechanism, SignInput};
+use hsmpool_member::types::{Attr, MechParam, Mechanism, SignInput};
+use hsmpool_member::AttrAnswer;
 use parking_lot::Mutex;
 
 use crate::backend::MemberObject;
@@ -93,9 +93,9 @@ struct Presented {
 /// The engine's state for the option (present only when it is on).
 pub(crate) struct SelfSigned {
     /// Made so far, by key; pruned of keys a refresh no longer finds.
-    by_key: dashmap::DashMap<MemberObject, Arc<SelfSignedCert>, hsmpool_sim::types::IdHash>,
+    by_key: dashmap::DashMap<MemberObject, Arc<SelfSignedCert>, hsmpool_member::types::IdHash>,
     /// Keys that could not sign their certificate, with the id and label they had then.
-    refused: dashmap::DashMap<MemberObject, (Vec<u8>, Vec<u8>), hsmpool_sim::types::IdHash>,
+    refused: dashmap::DashMap<MemberObject, (Vec<u8>, Vec<u8>), hsmpool_member::types::IdHash>,
     /// The current set. Its mutex is held across the member calls of a refresh (so 32 threads
     /// asking at once cause one refresh); it is taken with no other engine lock held.
     current: Mutex<Option<Presented>>,
@@ -104,8 +104,8 @@ pub(crate) struct SelfSigned {
 impl SelfSigned {
     pub(crate) fn new() -> Self {
         SelfSigned {
-            by_key: dashmap::DashMap::with_hasher(hsmpool_sim::types::IdHash),
-            refused: dashmap::DashMap::with_hasher(hsmpool_sim::types::IdHash),
+            by_key: dashmap::DashMap::with_hasher(hsmpool_member::types::IdHash),
+            refused: dashmap::DashMap::with_hasher(hsmpool_member::types::IdHash),
             current: Mutex::new(None),
         }
     }

@@ -15,8 +15,9 @@ use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrValue, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
+use hsmpool_member::{AttrAnswer, Role};
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
-use hsmpool_sim::hsm::{AttrAnswer, HsmConfig, Role};
+use hsmpool_sim::hsm::HsmConfig;
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
@@ -528,7 +529,7 @@ fn finds_and_key_checks_are_served_from_the_cache_and_invalidated_by_changes() {
             Mechanism::plain(CKM_AES_KEY_GEN),
             vec![
                 Attr::ulong(CKA_VALUE_LEN, 32),
-                Attr::ulong(hsmpool_sim::types::CKA_HSMPOOL_OBJECT_ID, 5)
+                Attr::ulong(hsmpool_member::types::CKA_HSMPOOL_OBJECT_ID, 5)
             ],
         )
         .unwrap_err()

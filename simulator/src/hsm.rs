@@ -7,6 +7,7 @@
 //! `RwLock`s that only management calls (login, PIN changes, token init) take. Store writes are
 //! serialised by the store's connection mutex.
 
+pub use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,31 +65,6 @@ impl HsmConfig {
             max_login_failures: 10,
             timing: None,
             faults: None,
-        }
-    }
-}
-
-/// A user's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Crypto officer (PKCS #11 SO).
-    Officer,
-    /// Crypto user (PKCS #11 user).
-    User,
-}
-
-impl Role {
-    fn code(self) -> u8 {
-        match self {
-            Role::Officer => 0,
-            Role::User => 1,
-        }
-    }
-    fn from_code(c: u8) -> Option<Role> {
-        match c {
-            0 => Some(Role::Officer),
-            1 => Some(Role::User),
-            _ => None,
         }
     }
 }
@@ -165,53 +141,6 @@ struct SimSession {
 struct TokenMeta {
     initialized: bool,
     label: [u8; 32],
-}
-
-/// What `C_GetTokenInfo` needs from an HSM.
-#[derive(Clone, Debug)]
-pub struct TokenStatus {
-    /// Token initialised.
-    pub initialized: bool,
-    /// The default user has a PIN.
-    pub user_pin_initialized: bool,
-    /// The label, blank padded.
-    pub label: [u8; 32],
-    /// Failed logins of the default user so far.
-    pub user_failures: u32,
-    /// Failed logins of the default SO so far.
-    pub so_failures: u32,
-    /// Failures that lock.
-    pub max_failures: u32,
-    /// Objects held.
-    pub object_count: usize,
-}
-
-/// One answer of a get-attributes call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttrAnswer {
-    /// The value.
-    Value(Vec<u8>),
-    /// Secret and not readable.
-    Sensitive,
-    /// The object has no such attribute.
-    Invalid,
-}
-
-/// What the engine keeps about a key to route and check operations without asking again.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyMeta {
-    /// `CKA_CLASS`.
-    pub class: CK_OBJECT_CLASS,
-    /// `CKA_KEY_TYPE`, when a key.
-    pub key_type: Option<CK_KEY_TYPE>,
-    /// Key size in bits (modulus, curve order, secret length).
-    pub key_bits: usize,
-    /// `CKA_TOKEN`.
-    pub token: bool,
-    /// `CKA_PRIVATE`.
-    pub private: bool,
-    /// `CKA_ALWAYS_AUTHENTICATE`: every operation needs a context-specific login first.
-    pub always_authenticate: bool,
 }
 
 /// One simulated HSM.

@@ -14,5 +14,7 @@ pub mod hsm;
 pub mod object;
 pub mod store;
 pub mod timing;
-pub mod types;
 pub mod wire;
+
+/// The member vocabulary (attributes, mechanisms, sign inputs), owned by `hsmpool-member`.
+pub use hsmpool_member::types;

@@ -2,9 +2,10 @@
 //! [`hsmpool_sim::hsm::Hsm`] in this process.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
+use hsmpool_member::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use hsmpool_sim::error::SimError;
-use hsmpool_sim::hsm::{AttrAnswer, Hsm, HsmConfig, KeyMeta, Role, TokenStatus};
-use hsmpool_sim::types::{Attr, Mechanism, SignInput};
+use hsmpool_sim::hsm::{Hsm, HsmConfig};
 use zeroize::Zeroizing;
 
 use super::{member_error, Backend, MemberId, MemberObject, MemberSession};

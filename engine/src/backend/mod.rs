@@ -8,8 +8,8 @@ pub mod inproc;
 pub mod remote;
 
 use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_RV};
-use hsmpool_sim::hsm::{AttrAnswer, KeyMeta, Role, TokenStatus};
-use hsmpool_sim::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, RecvTimeoutError, Sender};
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use dashmap::DashMap;
-use hsmpool_sim::hsm::{AttrAnswer, KeyMeta, Role, TokenStatus};
-use hsmpool_sim::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use hsmpool_sim::wire::link::{self, Link, LinkReader, Side};
 use hsmpool_sim::wire::{
     decode_response, encode_request, InputKind, Request, Response, Secret, WireError, MAX_RANDOM,

@@ -1,4 +1,4 @@
-//! Plain data shared by the simulator and the engine: attributes, mechanisms, return values.
+//! Plain data every member and the engine share: attributes, mechanisms, return values.
 //!
 //! Attribute values are kept in the PKCS #11 native layout of this platform (a `CK_BBOOL` is one
 //! byte, a `CK_ULONG` is eight little-endian bytes on x86_64), so a value read from a caller's
