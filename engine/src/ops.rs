@@ -245,20 +245,25 @@ fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
 }
 
 /// Check a mechanism's parameter shape before anything reaches a member.
+/// GCM tags of 96 to 128 bits in whole bytes (SP 800-38D: shorter tags only under usage limits
+/// this token cannot enforce, so they are refused), for `CKM_AES_GCM` and CloudHSM's GCM alike.
+fn gcm_tag_bits_ok(tag_bits: CK_ULONG) -> bool {
+    (96..=128).contains(&tag_bits) && tag_bits % 8 == 0
+}
+
 fn check_param(mech: &Mechanism) -> Result<()> {
     let ok = match (mech.mech, &mech.param) {
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Iv(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, MechParam::Raw(iv)) => iv.len() == AES_BLOCK,
         (CKM_AES_CBC | CKM_AES_CBC_PAD, _) => false,
-        // IVs of 1 to 1024 bytes; tags of 96 to 128 bits (SP 800-38D: shorter tags only under
-        // usage limits this token cannot enforce, so they are refused).
+        // IVs of 1 to 1024 bytes.
         (CKM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => {
-            (1..=1024).contains(&iv.len()) && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
+            (1..=1024).contains(&iv.len()) && gcm_tag_bits_ok(*tag_bits)
         }
         (CKM_AES_GCM, _) => false,
-        // CloudHSM's GCM: no IV from the caller (pIv NULL), the HSM makes it; tags as above.
+        // CloudHSM's GCM: no IV from the caller (pIv NULL), the HSM makes it.
         (CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { iv, tag_bits, .. }) => {
-            iv.is_empty() && (96..=128).contains(tag_bits) && *tag_bits % 8 == 0
+            iv.is_empty() && gcm_tag_bits_ok(*tag_bits)
         }
         (CKM_CLOUDHSM_AES_GCM, _) => false,
         (m, p) if is_pss(m) => matches!(p, MechParam::Pss { .. }),
@@ -350,12 +355,17 @@ impl Drop for Output {
 /// Parameters were checked at `*Init`.
 fn known_output_len(kind: OpKind, mech: &Mechanism, data_len: usize) -> Option<usize> {
     match (kind, mech.mech, &mech.param) {
-        (OpKind::Encrypt, CKM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
-            data_len.checked_add(usize::try_from(*tag_bits / 8).ok()?)
+        (OpKind::Encrypt, CKM_AES_GCM | CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
+            // CloudHSM's GCM puts the IV it makes in front of ciphertext and tag.
+            let iv_len = if mech.mech == CKM_CLOUDHSM_AES_GCM {
+                GCM_IV_LEN
+            } else {
+                0
+            };
+            data_len
+                .checked_add(usize::try_from(*tag_bits / 8).ok()?)?
+                .checked_add(iv_len)
         }
-        (OpKind::Encrypt, CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => data_len
-            .checked_add(usize::try_from(*tag_bits / 8).ok()?)?
-            .checked_add(GCM_IV_LEN),
         (OpKind::Encrypt, CKM_AES_CBC_PAD, _) => (data_len / AES_BLOCK)
             .checked_add(1)?
             .checked_mul(AES_BLOCK),

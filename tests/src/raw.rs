@@ -283,6 +283,47 @@ pub fn attr_value(
     Ok(buf)
 }
 
+/// `C_EncryptInit` + `C_Encrypt` (or the decrypt pair) with the length query first: the output,
+/// or the CK_RV of the first call that failed.
+pub fn crypt(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    encrypt: bool,
+    mm: &mut CK_MECHANISM,
+    k: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> Result<Vec<u8>, CK_RV> {
+    let rv = if encrypt {
+        call!(m, C_EncryptInit, h, mm, k)
+    } else {
+        call!(m, C_DecryptInit, h, mm, k)
+    };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let run = |out: *mut u8, len: &mut CK_ULONG| {
+        let (d, n) = (data.as_ptr() as *mut u8, data.len() as CK_ULONG);
+        if encrypt {
+            call!(m, C_Encrypt, h, d, n, out, len)
+        } else {
+            call!(m, C_Decrypt, h, d, n, out, len)
+        }
+    };
+    let mut len: CK_ULONG = 0;
+    match run(ptr::null_mut(), &mut len) {
+        CKR_OK => {}
+        rv => return Err(rv),
+    }
+    let mut out = vec![0u8; len as usize];
+    match run(out.as_mut_ptr(), &mut len) {
+        CKR_OK => {
+            out.truncate(len as usize);
+            Ok(out)
+        }
+        rv => Err(rv),
+    }
+}
+
 /// `C_WrapKey` with the length query first: the wrapped bytes, or the CK_RV of either call.
 pub fn wrap_key(
     m: &Module,

@@ -346,6 +346,12 @@ fn gcm_params(param: &MechParam) -> Result<(&[u8], &[u8], usize), Rv> {
     Ok((iv, aad, tag_len))
 }
 
+/// The tag length of a `CKM_CLOUDHSM_AES_GCM` parameter, checked as [`gcm_params`] checks a
+/// standard one (a placeholder IV stands in for the one the HSM makes).
+fn cloudhsm_gcm_tag_len(param: &MechParam) -> Result<usize, Rv> {
+    Ok(gcm_params(&cloudhsm_gcm(param, &[0; GCM_IV_LEN])?.param)?.2)
+}
+
 /// `CKM_CLOUDHSM_AES_GCM`'s parameter: a `CK_GCM_PARAMS` without IV (the CloudHSM PKCS #11
 /// mechanism notes: "the pIV variable in the CK_GCM_PARAMS struct must be set to NULL"). Returns
 /// the standard `CKM_AES_GCM` mechanism with `iv` and the caller's AAD and tag length.
@@ -501,7 +507,7 @@ pub(crate) fn aes_decrypt(
     match mech.mech {
         CKM_CLOUDHSM_AES_GCM => {
             // The input is what encryption gave: IV || ciphertext || tag.
-            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            let tag_len = cloudhsm_gcm_tag_len(&mech.param)?;
             if data.len() < GCM_IV_LEN + tag_len {
                 return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
             }
@@ -577,7 +583,7 @@ pub(crate) fn aes_decrypt(
 pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
     match mech.mech {
         CKM_CLOUDHSM_AES_GCM => {
-            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            let tag_len = cloudhsm_gcm_tag_len(&mech.param)?;
             Ok(data_len.saturating_add(GCM_IV_LEN + tag_len))
         }
         CKM_AES_GCM => Ok(data_len.saturating_add(gcm_params(&mech.param)?.2)),
@@ -595,7 +601,7 @@ pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize
 pub(crate) fn aes_decrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
     match mech.mech {
         CKM_CLOUDHSM_AES_GCM => {
-            let tag_len = gcm_params(&cloudhsm_gcm(&mech.param, &[0; GCM_IV_LEN])?.param)?.2;
+            let tag_len = cloudhsm_gcm_tag_len(&mech.param)?;
             Ok(data_len.saturating_sub(GCM_IV_LEN + tag_len))
         }
         CKM_AES_GCM => Ok(data_len.saturating_sub(gcm_params(&mech.param)?.2)),

@@ -16,7 +16,7 @@ use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::daemons::DaemonCluster;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, attr_value, create_secret, generate_pair, mech, mech_param, sign,
+    attr, attr_bytes, attr_value, create_secret, crypt, generate_pair, mech, mech_param, sign,
     unwrap_key as unwrap, verify, wrap_key as wrap, Fixture, Module, FALSE, P256_PARAMS, TRUE,
     USER_PIN,
 };
@@ -79,46 +79,6 @@ fn mech_info(m: &Module, ty: CK_MECHANISM_TYPE) -> (CK_RV, CK_MECHANISM_INFO) {
 
 fn ulong_of(v: &[u8]) -> CK_ULONG {
     CK_ULONG::from_ne_bytes(v.try_into().expect("a CK_ULONG attribute"))
-}
-
-/// `C_*Init` then the one-call operation with a length query first: the output or the CK_RV.
-fn crypt(
-    m: &Module,
-    h: CK_SESSION_HANDLE,
-    encrypt: bool,
-    mm: &mut CK_MECHANISM,
-    k: CK_OBJECT_HANDLE,
-    data: &[u8],
-) -> Result<Vec<u8>, CK_RV> {
-    let rv = if encrypt {
-        call!(m, C_EncryptInit, h, mm, k)
-    } else {
-        call!(m, C_DecryptInit, h, mm, k)
-    };
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    let run = |out: *mut u8, len: &mut CK_ULONG| {
-        let (d, n) = (data.as_ptr() as *mut u8, data.len() as CK_ULONG);
-        if encrypt {
-            call!(m, C_Encrypt, h, d, n, out, len)
-        } else {
-            call!(m, C_Decrypt, h, d, n, out, len)
-        }
-    };
-    let mut len: CK_ULONG = 0;
-    match run(ptr::null_mut(), &mut len) {
-        CKR_OK => {}
-        rv => return Err(rv),
-    }
-    let mut out = vec![0u8; len as usize];
-    match run(out.as_mut_ptr(), &mut len) {
-        CKR_OK => {
-            out.truncate(len as usize);
-            Ok(out)
-        }
-        rv => Err(rv),
-    }
 }
 
 fn derive(

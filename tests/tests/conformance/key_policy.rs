@@ -10,8 +10,8 @@ use std::ptr;
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, create, create_secret, generate_pair, mech, mech_param, wrap_key, Fixture,
-    Module, FALSE, TRUE,
+    attr, attr_bytes, create, create_secret, crypt, generate_pair, mech, mech_param, wrap_key,
+    Fixture, Module, FALSE, TRUE,
 };
 
 fn oaep() -> CK_RSA_PKCS_OAEP_PARAMS {
@@ -43,28 +43,14 @@ fn decrypt_oaep(
     blob: &[u8],
 ) -> Result<Vec<u8>, CK_RV> {
     let mut p = oaep();
-    let mut mm = mech_param(CKM_RSA_PKCS_OAEP, &mut p);
-    let rv = call!(m, C_DecryptInit, h, &mut mm, k);
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    let mut out = vec![0u8; 512];
-    let mut len = out.len() as CK_ULONG;
-    match call!(
+    crypt(
         m,
-        C_Decrypt,
         h,
-        blob.as_ptr() as *mut u8,
-        blob.len() as CK_ULONG,
-        out.as_mut_ptr(),
-        &mut len
-    ) {
-        CKR_OK => {
-            out.truncate(len as usize);
-            Ok(out)
-        }
-        rv => Err(rv),
-    }
+        false,
+        &mut mech_param(CKM_RSA_PKCS_OAEP, &mut p),
+        k,
+        blob,
+    )
 }
 
 fn set_bool(
