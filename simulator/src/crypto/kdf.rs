@@ -229,15 +229,7 @@ pub fn sp800_108_counter(
             if key_type != CKK_AES {
                 return Err(CKR_KEY_TYPE_INCONSISTENT);
             }
-            let alg = match value.len() {
-                16 => cmac::AES_128,
-                24 => cmac::AES_192,
-                32 => cmac::AES_256,
-                _ => return Err(CKR_KEY_SIZE_RANGE),
-            };
-            Prf::Cmac(Box::new(
-                cmac::Key::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)?,
-            ))
+            Prf::Cmac(Box::new(sym::aes_cmac_key(value)?))
         }
         _ => {
             let hash = match prf {

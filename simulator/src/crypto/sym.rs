@@ -38,6 +38,17 @@ pub(crate) struct SecretKey {
     cmac: OnceLock<Option<Box<cmac::Key>>>,
 }
 
+/// An AES-CMAC key for a 16, 24 or 32 byte AES key value (else `CKR_KEY_SIZE_RANGE`).
+pub(crate) fn aes_cmac_key(value: &[u8]) -> Result<cmac::Key, Rv> {
+    let alg = match value.len() {
+        16 => cmac::AES_128,
+        24 => cmac::AES_192,
+        32 => cmac::AES_256,
+        _ => return Err(CKR_KEY_SIZE_RANGE),
+    };
+    cmac::Key::new(alg, value).map_err(|_| CKR_KEY_SIZE_RANGE)
+}
+
 impl SecretKey {
     /// A secret key of `_len` bytes (the value stays in the key material).
     pub(crate) fn new(_len: usize) -> Self {
@@ -52,15 +63,7 @@ impl SecretKey {
     /// The AES-CMAC key, built once.
     fn cmac_key(&self, value: &[u8]) -> Result<&cmac::Key, Rv> {
         self.cmac
-            .get_or_init(|| {
-                let alg = match value.len() {
-                    16 => cmac::AES_128,
-                    24 => cmac::AES_192,
-                    32 => cmac::AES_256,
-                    _ => return None,
-                };
-                cmac::Key::new(alg, value).ok().map(Box::new)
-            })
+            .get_or_init(|| aes_cmac_key(value).ok().map(Box::new))
             .as_deref()
             .ok_or(CKR_KEY_SIZE_RANGE)
     }
