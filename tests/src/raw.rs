@@ -72,15 +72,21 @@ impl Module {
     pub fn initialize_with(&self, cfg: Option<&str>) -> CK_RV {
         let cstr =
             cfg.map(|c| std::ffi::CString::new(format!("hsmpool:{c}")).expect("no NUL in config"));
+        self.initialize_reserved(
+            cstr.as_ref()
+                .map_or(ptr::null_mut(), |c| c.as_ptr() as *mut c_void),
+        )
+    }
+
+    /// `C_Initialize` with OS locking and this `pReserved`, whatever it points at.
+    pub fn initialize_reserved(&self, reserved: *mut c_void) -> CK_RV {
         let mut args = CK_C_INITIALIZE_ARGS {
             CreateMutex: None,
             DestroyMutex: None,
             LockMutex: None,
             UnlockMutex: None,
             flags: CKF_OS_LOCKING_OK,
-            pReserved: cstr
-                .as_ref()
-                .map_or(ptr::null_mut(), |c| c.as_ptr() as *mut c_void),
+            pReserved: reserved,
         };
         call!(self, C_Initialize, &mut args as *mut _ as *mut c_void)
     }

@@ -392,16 +392,8 @@ fn initialize_never_follows_an_unreadable_reserved_pointer() {
         ),
     ];
     for (reserved, what) in bad {
-        let mut args = CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags: CKF_OS_LOCKING_OK,
-            pReserved: reserved,
-        };
         assert_eq!(
-            call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
+            m.initialize_reserved(reserved),
             CKR_ARGUMENTS_BAD,
             "pReserved = {what}"
         );
@@ -416,18 +408,7 @@ fn initialize_never_follows_an_unreadable_reserved_pointer() {
     let good = format!("hsmpool:{}\0", fx.config_arg());
     let start = unsafe { guard_page.sub(good.len()) };
     unsafe { ptr::copy_nonoverlapping(good.as_ptr(), start, good.len()) };
-    let mut args = CK_C_INITIALIZE_ARGS {
-        CreateMutex: None,
-        DestroyMutex: None,
-        LockMutex: None,
-        UnlockMutex: None,
-        flags: CKF_OS_LOCKING_OK,
-        pReserved: start.cast(),
-    };
-    assert_eq!(
-        call!(m, C_Initialize, &mut args as *mut _ as *mut c_void),
-        CKR_OK
-    );
+    assert_eq!(m.initialize_reserved(start.cast()), CKR_OK);
     assert_eq!(unsafe { libc::munmap(map, 2 * page) }, 0);
 }
 
