@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use hsmpool_engine::backend::inproc::InProcess;
 use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::cluster::{Cluster, Settings};
 use hsmpool_sim::hsm::HsmConfig;
+use hsmpool_sim::member::SimMember;
 
 /// Member counts compared.
 const MEMBERS: [usize; 2] = [1, 3];
@@ -33,7 +33,7 @@ fn cluster(dir: &std::path::Path, n: usize) -> Arc<Cluster> {
             let mut cfg = HsmConfig::new(d.clone());
             cfg.pin_iterations = 1000;
             let id = MemberId(u32::try_from(i).expect("a handful of members"));
-            Arc::new(InProcess::open(id, cfg).expect("the simulated HSM opens")) as Arc<dyn Backend>
+            Arc::new(SimMember::open(id, cfg).expect("the simulated HSM opens")) as Arc<dyn Backend>
         })
         .collect();
     Cluster::new(backends, Settings::default())

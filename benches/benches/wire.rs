@@ -1,4 +1,4 @@
-//! The daemon protocol's cost per call (`hsmpool_sim::wire`): encoding a request frame, and
+//! The daemon protocol's cost per call (`hsmpool_wire`): encoding a request frame, and
 //! reading it back as the daemon does (push the bytes into a [`FrameReader`], take the frame,
 //! decode the request), for a signature over a 64-byte message and an AES-GCM encryption of
 //! 4 KiB; and the answer's round trip (encode, frame, decode) for each.
@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoki_sys::{CKM_AES_GCM, CKM_ECDSA_SHA256};
 use hsmpool_sim::types::{MechParam, Mechanism};
-use hsmpool_sim::wire::{
+use hsmpool_wire::{
     decode_request, decode_response, encode_request, encode_response, FrameReader, InputKind,
     Request, Response, Secret,
 };

@@ -79,12 +79,12 @@ fn print_embedded(hsm: &Hsm, indent: &str) {
 /// counters. Exits 1 when a member cannot be reached. (An application's per-member counters,
 /// retries and failovers live in its process: `HSMPOOL_GetMemberStats`, include/hsmpool.h.)
 fn cluster_status(cfg: &Config) -> Result<ExitCode, String> {
-    use hsmpool_engine::backend::remote::{admin_request, RemoteConfig};
-    use hsmpool_sim::wire::{Request, Response};
+    use hsmpool_engine::backend::remote::{admin_request, remote_config};
+    use hsmpool_wire::{Request, Response};
     let mut unreachable = 0;
     for (i, m) in cfg.members().iter().enumerate() {
         if m.kind == "daemon" {
-            let rc = RemoteConfig::from_member(m).map_err(|e| e.to_string())?;
+            let rc = remote_config(m).map_err(|e| e.to_string())?;
             println!("member {i}: daemon {}", rc.address);
             let token = admin_request(&rc, &Request::TokenStatus);
             match token {

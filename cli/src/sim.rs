@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use cryptoki_sys::{CKR_ARGUMENTS_BAD, CKR_FUNCTION_NOT_SUPPORTED, CK_RV};
 use hsmpool_engine::backend::remote::{admin_request, RemoteConfig, DEFAULT_TIMEOUT_MS};
-use hsmpool_sim::wire::{Request, Response};
+use hsmpool_wire::{Request, Response};
 
 /// The `sim` part of the usage text.
 pub const USAGE: &str =

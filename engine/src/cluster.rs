@@ -46,7 +46,7 @@ use hsmpool_member::Role;
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
-use crate::backend::{Backend, MemberObject, MemberSession};
+use crate::backend::{replication, Backend, MemberError, MemberObject, MemberSession};
 use crate::error::{Error, Result};
 
 /// Tunables (config `[cluster]`).
@@ -603,7 +603,7 @@ impl Cluster {
                 }
                 match m.backend.login(*ms, role, pin, username) {
                     Ok(())
-                    | Err(Error::Hsm {
+                    | Err(MemberError::Rv {
                         rv: CKR_USER_ALREADY_LOGGED_IN,
                         ..
                     }) => {}
@@ -696,22 +696,22 @@ impl Cluster {
 
     /// Run `f` on a member with a session, retrying as the error class allows (see the module
     /// documentation). `cost` weighs the call for balancing.
-    pub(crate) fn call<T>(
+    pub(crate) fn call<T, E: Into<Error>>(
         &self,
         route: Route,
         cost: u64,
-        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<T>,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<T, E>,
     ) -> Result<T> {
         self.call_full(route, cost, |b, s| f(b, s))
             .map(|(_, _, v)| v)
     }
 
     /// As [`Cluster::call`], also saying which member answered and its pool epoch.
-    pub(crate) fn call_full<T>(
+    pub(crate) fn call_full<T, E: Into<Error>>(
         &self,
         route: Route,
         cost: u64,
-        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<T>,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<T, E>,
     ) -> Result<(usize, u64, T)> {
         // The clock is read only where it is needed: by the balancer (slow start, stall
         // detection) when there is more than one member, for the latency histogram on one call
@@ -786,7 +786,9 @@ impl Cluster {
                     }
                     let hot = m.hot(slot);
                     hot.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let r = f(m.backend.as_ref(), s).map(|v| (epoch, v));
+                    let r = f(m.backend.as_ref(), s)
+                        .map(|v| (epoch, v))
+                        .map_err(Into::into);
                     hot.in_flight.fetch_sub(1, Ordering::Relaxed);
                     if balancing {
                         m.outstanding.fetch_sub(cost, Ordering::Relaxed);
@@ -926,7 +928,7 @@ impl Cluster {
     /// circuit opened.
     fn probe(&self, i: usize) {
         let m = &self.members[i];
-        let ok = m.backend.ping();
+        let ok = m.backend.ping().map_err(Error::from);
         match (m.health.load(Ordering::Acquire), ok) {
             (HEALTH_UP, Err(e)) => {
                 self.note_failure(m, &e);
@@ -956,7 +958,7 @@ impl Cluster {
         // A find that matches nothing, answered from the label index: cheap, and it fails
         // with CKR_SESSION_HANDLE_INVALID when the member lost its sessions.
         let probe = [crate::Attr::bytes(CKA_LABEL, b"\0hsmpool session probe")];
-        match m.backend.find(s, &probe) {
+        match m.backend.find(s, &probe).map_err(Error::from) {
             Ok(_) if m.pool.load().authed == self.logged_in() => Ok(()),
             Ok(_) => self.establish(m, Some(epoch)).map(|_| ()),
             Err(e) if classify(&e, self.logged_in()) == Class::SessionLost => {
@@ -1003,8 +1005,8 @@ impl Cluster {
     /// be behind).
     fn level(&self, source: &Member, target: &Member, exact: bool) -> Result<usize> {
         let (src, dst) = (Route::Member(source.index), Route::Member(target.index));
-        let want = self.call(src, 5, |b, s| b.object_digests(s))?;
-        let have = self.call(dst, 5, |b, s| b.object_digests(s))?;
+        let want = self.call(src, 5, |b, s| replication(b)?.object_digests(s))?;
+        let have = self.call(dst, 5, |b, s| replication(b)?.object_digests(s))?;
         let have_map: std::collections::HashMap<MemberObject, [u8; 32]> =
             have.iter().copied().collect();
         let want_ids: std::collections::HashSet<MemberObject> =
@@ -1025,13 +1027,13 @@ impl Cluster {
         // Each object is a round trip or two: a member that missed thousands of creates is
         // brought level by several workers at once.
         parallel_each(&copy, LEVEL_WORKERS, |id| {
-            let blob = self.call(src, 5, |b, s| b.export_clone(s, id))?;
-            self.call(dst, 5, |b, s| b.import_clone(s, &blob))?;
+            let blob = self.call(src, 5, |b, s| replication(b)?.export_clone(s, id))?;
+            self.call(dst, 5, |b, s| replication(b)?.import_clone(s, &blob))?;
             target.stats.replicated.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
         parallel_each(&drop, LEVEL_WORKERS, |id| {
-            self.call(dst, 5, |b, s| b.drop_replica(s, id))?;
+            self.call(dst, 5, |b, s| replication(b)?.drop_replica(s, id))?;
             target.stats.dropped.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
@@ -1086,7 +1088,11 @@ impl Cluster {
         for src in holders.iter() {
             let exported: Result<Vec<Vec<u8>>> = ids
                 .iter()
-                .map(|id| self.call(Route::Member(*src), 5, |b, s| b.export_clone(s, *id)))
+                .map(|id| {
+                    self.call(Route::Member(*src), 5, |b, s| {
+                        replication(b)?.export_clone(s, *id)
+                    })
+                })
                 .collect();
             match exported {
                 Ok(b) => {
@@ -1101,8 +1107,10 @@ impl Cluster {
         let got = Mutex::new(Vec::new());
         let _ = parallel_each(&targets, targets.len(), |t| {
             let copied: Result<()> = blobs.iter().try_for_each(|blob| {
-                self.call(Route::Member(t), 5, |b, s| b.import_clone(s, blob))
-                    .map(|_| ())
+                self.call(Route::Member(t), 5, |b, s| {
+                    replication(b)?.import_clone(s, blob)
+                })
+                .map(|_| ())
             });
             match copied {
                 Ok(()) => {
@@ -1143,7 +1151,9 @@ impl Cluster {
             .filter(|m| m.is_up() && Some(m.index) != except)
         {
             for id in ids {
-                match self.call(Route::Member(m.index), 1, |b, s| b.drop_replica(s, *id)) {
+                match self.call(Route::Member(m.index), 1, |b, s| {
+                    replication(b)?.drop_replica(s, *id)
+                }) {
                     Ok(()) => {
                         m.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1198,9 +1208,9 @@ impl Cluster {
     /// Run a management call on every up member (token init, PINs, destroy of token objects,
     /// attribute changes): the first decides (its error is returned), the others follow; a
     /// member that fails to follow is taken out and brought level when it returns.
-    pub(crate) fn on_all(
+    pub(crate) fn on_all<E: Into<Error>>(
         &self,
-        mut f: impl FnMut(&dyn Backend, MemberSession) -> Result<()>,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
     ) -> Result<()> {
         let (first, _, ()) = self.call_full(Route::Any, 1, &mut f)?;
         for m in self.others(first) {

@@ -148,6 +148,34 @@ pub struct MemberConfig {
     pub timeout_ms: Option<u64>,
 }
 
+/// The kinds of member, one per backend feature (`embedded`, `daemon`; a vendor module next).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberKind {
+    /// The in-process simulator (feature `embedded`).
+    #[cfg(feature = "embedded")]
+    Embedded,
+    /// An `hsmpool-hsmd` over mutual TLS (feature `daemon`).
+    #[cfg(feature = "daemon")]
+    Daemon,
+}
+
+impl MemberKind {
+    /// Every kind a configuration may name, built into this module or not.
+    pub const NAMES: [&'static str; 2] = ["embedded", "daemon"];
+
+    /// The kind a configuration names: `Ok(None)` for a known kind this build leaves out.
+    fn from_name(name: &str) -> std::result::Result<Option<MemberKind>, ()> {
+        match name {
+            #[cfg(feature = "embedded")]
+            "embedded" => Ok(Some(MemberKind::Embedded)),
+            #[cfg(feature = "daemon")]
+            "daemon" => Ok(Some(MemberKind::Daemon)),
+            n if Self::NAMES.contains(&n) => Ok(None),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Keys only an embedded member takes.
 const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
 /// Keys only a daemon member takes.
@@ -162,6 +190,21 @@ const DAEMON_KEYS: [&str; 7] = [
 ];
 
 impl MemberConfig {
+    /// This member's kind (checked when the configuration was parsed).
+    pub fn kind(&self) -> Result<MemberKind> {
+        match MemberKind::from_name(&self.kind) {
+            Ok(Some(k)) => Ok(k),
+            Ok(None) => Err(Error::Config(format!(
+                "member kind {:?} is not built into this module (Cargo feature {:?})",
+                self.kind, self.kind
+            ))),
+            Err(()) => Err(Error::Config(format!(
+                "unknown member kind {:?} (\"embedded\" or \"daemon\")",
+                self.kind
+            ))),
+        }
+    }
+
     /// Which of `keys` this member sets.
     fn set_keys(&self) -> Vec<&'static str> {
         let set = [
@@ -184,19 +227,20 @@ impl MemberConfig {
     }
 
     /// Check a `daemon` member: `what` prefixes every message (`file: member[i]`).
+    #[cfg(feature = "daemon")]
     fn validate_daemon(&self, what: &str) -> Result<()> {
         let err = |key: &str, msg: String| Error::Config(format!("{what}.{key}: {msg}"));
         let address = self
             .address
             .as_deref()
             .ok_or_else(|| err("address", "required for kind \"daemon\" (host:port)".into()))?;
-        hsmpool_sim::wire::link::host_of(address).map_err(|m| err("address", m))?;
+        hsmpool_wire::link::host_of(address).map_err(|m| err("address", m))?;
         for (key, v) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
             if v.is_none() {
                 return Err(err(key, "required for kind \"daemon\" (a PEM file)".into()));
             }
         }
-        hsmpool_sim::wire::link::server_name(address, self.server_name.as_deref())
+        hsmpool_wire::link::server_name(address, self.server_name.as_deref())
             .map_err(|m| err("server_name", m))?;
         if let Some(n) = self.connections {
             if !(1..=64).contains(&n) {
@@ -230,6 +274,12 @@ impl Config {
         let cfg: Config = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
         for (i, m) in cfg.member.iter().enumerate() {
+            if let Ok(None) = MemberKind::from_name(&m.kind) {
+                return Err(Error::Config(format!(
+                    "{origin}: member[{i}].kind: {:?} is not built into this module (Cargo feature {:?})",
+                    m.kind, m.kind
+                )));
+            }
             let foreign: &[&str] = match m.kind.as_str() {
                 "embedded" => &DAEMON_KEYS,
                 "daemon" => &EMBEDDED_KEYS,
@@ -246,6 +296,7 @@ impl Config {
                     m.kind
                 )));
             }
+            #[cfg(feature = "daemon")]
             if m.kind == "daemon" {
                 m.validate_daemon(&format!("{origin}: member[{i}]"))?;
             }

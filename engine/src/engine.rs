@@ -9,12 +9,9 @@ use cryptoki_sys::*;
 use dashmap::DashMap;
 use hsmpool_member::types::{Attr, Mechanism};
 use hsmpool_member::{AttrAnswer, Role};
-use hsmpool_sim::hsm::HsmConfig;
 use parking_lot::Mutex;
 
-use crate::backend::inproc::InProcess;
-use crate::backend::remote::{Remote, RemoteConfig};
-use crate::backend::{Backend, MemberId, MemberObject, MemberSession};
+use crate::backend::{Backend, MemberObject, MemberSession};
 use crate::cluster::{Cluster, MemberStatus, Route};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -312,44 +309,7 @@ pub fn engine() -> Result<EngineRef> {
 impl Engine {
     /// Build an engine from a configuration (opens every member).
     pub fn new(cfg: Config) -> Result<Engine> {
-        let members = cfg.members();
-        if members.is_empty() {
-            return Err(Error::Config("no member configured".into()));
-        }
-        let embedded: Vec<std::path::PathBuf> = (0..members.len())
-            .filter(|i| members[*i].kind == "embedded")
-            .map(|i| cfg.member_data_dir(i))
-            .collect();
-        if members.len() > 1 && !embedded.is_empty() {
-            // Members of one cluster share a clone key (see hsmpool_sim::cluster).
-            hsmpool_sim::cluster::provision(&embedded).map_err(|e| Error::Config(e.to_string()))?;
-        }
-        let mut backends: Vec<Arc<dyn Backend>> = Vec::with_capacity(members.len());
-        for (i, m) in members.iter().enumerate() {
-            let id = MemberId(i as u32);
-            let b: Arc<dyn Backend> = if m.kind == "daemon" {
-                Arc::new(Remote::connect(id, &RemoteConfig::from_member(m)?)?)
-            } else {
-                {
-                    let mut hcfg = HsmConfig::new(cfg.member_data_dir(i));
-                    if let Some(n) = m.pin_iterations {
-                        hcfg.pin_iterations = n;
-                    }
-                    if let Some(f) = m.max_login_failures {
-                        hcfg.max_login_failures = f;
-                    }
-                    hcfg.timing = match m.timing.as_deref() {
-                        Some("hsm2m.medium") => Some(hsmpool_sim::timing::TimingConfig::default()),
-                        Some("hsm1.medium") => {
-                            Some(hsmpool_sim::timing::TimingConfig::cloudhsm_hsm1_medium())
-                        }
-                        _ => None,
-                    };
-                    Arc::new(InProcess::open(id, hcfg)?)
-                }
-            };
-            backends.push(b);
-        }
+        let backends = crate::backend::open_members(&cfg)?;
         Engine::with_backends(cfg, backends)
     }
 
@@ -653,8 +613,8 @@ impl Engine {
             session_count: count,
             max_rw_session_count: CK_EFFECTIVELY_INFINITE,
             rw_session_count: rw,
-            max_pin_len: hsmpool_sim::hsm::MAX_PIN_LEN as CK_ULONG,
-            min_pin_len: hsmpool_sim::hsm::MIN_PIN_LEN as CK_ULONG,
+            max_pin_len: hsmpool_member::MAX_PIN_LEN as CK_ULONG,
+            min_pin_len: hsmpool_member::MIN_PIN_LEN as CK_ULONG,
             total_public_memory: CK_UNAVAILABLE_INFORMATION,
             free_public_memory: CK_UNAVAILABLE_INFORMATION,
             total_private_memory: CK_UNAVAILABLE_INFORMATION,
@@ -930,7 +890,7 @@ impl Engine {
     /// member, and the idempotency token that makes a retried create return the first one.
     fn with_new_id(template: &[Attr]) -> Result<(Vec<Attr>, MemberObject)> {
         let mut b = [0u8; 8];
-        hsmpool_sim::crypto::random(&mut b).map_err(|_| Error::DeviceError("random".into()))?;
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::DeviceError("random".into()))?;
         let id = (u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1);
         let mut t = template.to_vec();
         t.push(Attr::ulong(CKA_HSMPOOL_OBJECT_ID, id as CK_ULONG));
@@ -942,14 +902,14 @@ impl Engine {
     /// those are then copied to every up member and must reach `min_replicas` of them, else
     /// they are removed everywhere and the caller gets `CKR_DEVICE_ERROR`; session objects stay
     /// on the member that made them.
-    fn make(
+    fn make<E: Into<Error>>(
         &self,
         s: SessionHandle,
         route: Route,
         token: bool,
         cost: u64,
         ids: &[MemberObject],
-        f: impl FnMut(&dyn Backend, MemberSession) -> Result<Vec<MemberObject>>,
+        f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<Vec<MemberObject>, E>,
     ) -> Result<Vec<ObjectHandle>> {
         let route = match (route, token) {
             // A new session object lives in pool session 0 of the member that makes it.

@@ -2,6 +2,7 @@
 
 use cryptoki_sys::*;
 use hsmpool_member::types::Rv;
+use hsmpool_member::MemberError;
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -183,6 +184,28 @@ pub enum Error {
 
 /// Shorthand.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A member's error, one to one: nothing is flattened on the way to the caller.
+impl From<MemberError> for Error {
+    fn from(e: MemberError) -> Error {
+        match e {
+            MemberError::Rv { member, rv } => Error::Hsm {
+                member: member.0,
+                rv,
+            },
+            MemberError::Unreachable { member, reason } => Error::MemberUnreachable {
+                member: member.0,
+                reason,
+            },
+            MemberError::Device(reason) => Error::DeviceError(reason),
+            MemberError::Config(reason) => Error::Config(reason),
+            MemberError::BufferTooSmall { needed } => Error::BufferTooSmall { needed },
+            MemberError::DataLenRange => Error::DataLenRange,
+            MemberError::Unsupported { .. } => Error::FunctionNotSupported,
+            MemberError::Internal(reason) => Error::General(reason),
+        }
+    }
+}
 
 impl Error {
     /// The `CK_RV` the PKCS #11 specification names for this error.
@@ -564,5 +587,66 @@ mod tests {
         }
         let missing: Vec<usize> = (0..seen.len()).filter(|i| !seen[*i]).collect();
         assert!(missing.is_empty(), "variants without a row: {missing:?}");
+    }
+
+    /// A member's error becomes the engine's one to one, and the `CK_RV` the member would
+    /// answer with over the wire is the one the engine gives the application.
+    #[test]
+    fn member_errors_keep_their_code_and_retry_class() {
+        use hsmpool_member::MemberId;
+        let m = MemberId(2);
+        let rows: Vec<(MemberError, CK_RV, bool)> = vec![
+            (
+                MemberError::Rv {
+                    member: m,
+                    rv: CKR_KEY_HANDLE_INVALID,
+                },
+                CKR_KEY_HANDLE_INVALID,
+                false,
+            ),
+            (
+                MemberError::Rv {
+                    member: m,
+                    rv: CKR_DEVICE_ERROR,
+                },
+                CKR_DEVICE_ERROR,
+                true,
+            ),
+            (
+                MemberError::Unreachable {
+                    member: m,
+                    reason: "gone".into(),
+                },
+                CKR_DEVICE_REMOVED,
+                true,
+            ),
+            (MemberError::Device("store".into()), CKR_DEVICE_ERROR, true),
+            (MemberError::Config("pem".into()), CKR_GENERAL_ERROR, false),
+            (
+                MemberError::BufferTooSmall { needed: 3 },
+                CKR_BUFFER_TOO_SMALL,
+                false,
+            ),
+            (MemberError::DataLenRange, CKR_DATA_LEN_RANGE, false),
+            (
+                MemberError::Unsupported {
+                    member: m,
+                    what: "clone",
+                },
+                CKR_FUNCTION_NOT_SUPPORTED,
+                false,
+            ),
+            (
+                MemberError::Internal("bug".into()),
+                CKR_GENERAL_ERROR,
+                false,
+            ),
+        ];
+        for (e, rv, retry) in rows {
+            assert_eq!(e.rv(), rv, "{e:?}");
+            let engine = Error::from(e.clone());
+            assert_eq!(engine.ck_rv(), rv, "{e:?}");
+            assert_eq!(engine.is_retryable(), retry, "{e:?}");
+        }
     }
 }

@@ -49,12 +49,15 @@
 pub mod backend;
 pub mod cluster;
 pub mod config;
+mod digest;
 pub mod engine;
 pub mod error;
-pub mod mechanism;
 mod ops;
 mod selfsigned;
+mod sha3;
 pub mod types;
+
+pub use hsmpool_member::mechanism;
 
 pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
 pub use error::{Error, Result};

@@ -17,11 +17,11 @@
 use cryptoki_sys::*;
 use hsmpool_member::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
 use hsmpool_member::types::{MechParam, Mechanism, SignInput};
-use hsmpool_sim::crypto::DigestCtx;
 use zeroize::Zeroizing;
 
 use crate::backend::MemberObject;
 use crate::cluster::Route;
+use crate::digest::DigestCtx;
 use crate::engine::{Engine, KeyMemo, Session};
 use crate::error::{Error, Result};
 use crate::mechanism::MechRow;
@@ -188,7 +188,7 @@ impl OpSlots {
 
 /// A streaming digest of `mech` (SHA-1, SHA-2, SHA-3).
 fn digest_ctx(mech: CK_MECHANISM_TYPE) -> Result<DigestCtx> {
-    DigestCtx::new(mech).map_err(|_| Error::MechanismInvalid)
+    DigestCtx::new(mech)
 }
 
 fn function_flag(kind: OpKind) -> CK_FLAGS {
@@ -456,12 +456,12 @@ impl Engine {
         // and §5.13.2 / §5.15.2 do not list it for C_Sign / C_Verify. (libp11 0.4.12 passes
         // OpenSSL 3's "maximum salt", -3, as sLen = 2^64 - 3, and falls back on this error.)
         if is_pss(mech.mech) {
-            hsmpool_sim::crypto::check_rsa_pss_param(&mech, meta.key_bits)
+            crate::mechanism::check_rsa_pss_param(&mech, meta.key_bits)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
         // OAEP likewise (§5.8.1 / §5.10.1 for C_EncryptInit / C_DecryptInit).
         if mech.mech == CKM_RSA_PKCS_OAEP {
-            hsmpool_sim::crypto::check_rsa_oaep_param(&mech)
+            crate::mechanism::check_rsa_oaep_param(&mech)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
         let hash = match row.hash {
@@ -638,25 +638,34 @@ impl Engine {
 
     fn compute_single(&self, kind: OpKind, op: &Op, data: &[u8]) -> Result<Output> {
         match kind {
-            OpKind::Sign => Ok(Output::public(self.cluster.call(
-                op.route,
-                op.cost,
-                |b, ms| b.sign(ms, &op.mech, Self::key_of(op)?, SignInput::Message(data)),
-            )?)),
-            OpKind::Encrypt => Ok(Output::public(self.cluster.call(
-                op.route,
-                op.cost,
-                |b, ms| b.encrypt(ms, &op.mech, Self::key_of(op)?, data),
-            )?)),
-            OpKind::Decrypt => Ok(Output::secret(self.cluster.call(
-                op.route,
-                op.cost,
-                |b, ms| b.decrypt(ms, &op.mech, Self::key_of(op)?, data),
-            )?)),
-            OpKind::Digest => Ok(Output::secret(Zeroizing::new(
-                hsmpool_sim::crypto::digest(op.mech.mech, data)
-                    .map_err(|_| Error::MechanismInvalid)?,
-            ))),
+            OpKind::Sign => {
+                let key = Self::key_of(op)?;
+                Ok(Output::public(self.cluster.call(
+                    op.route,
+                    op.cost,
+                    |b, ms| b.sign(ms, &op.mech, key, SignInput::Message(data)),
+                )?))
+            }
+            OpKind::Encrypt => {
+                let key = Self::key_of(op)?;
+                Ok(Output::public(self.cluster.call(
+                    op.route,
+                    op.cost,
+                    |b, ms| b.encrypt(ms, &op.mech, key, data),
+                )?))
+            }
+            OpKind::Decrypt => {
+                let key = Self::key_of(op)?;
+                Ok(Output::secret(self.cluster.call(
+                    op.route,
+                    op.cost,
+                    |b, ms| b.decrypt(ms, &op.mech, key, data),
+                )?))
+            }
+            OpKind::Digest => Ok(Output::secret(Zeroizing::new(crate::digest::digest(
+                op.mech.mech,
+                data,
+            )?))),
             OpKind::Verify => Err(Error::General("verify has its own entry".into())),
         }
     }
@@ -822,7 +831,7 @@ impl Engine {
             }
         };
         let value = self.cluster.call(entry.route(), 1, |b, ms| {
-            b.secret_for_digest(ms, entry.member_obj)
+            b.secret_value_for_digest(ms, entry.member_obj)
         })?;
         op.form = Form::Multi;
         if let Some(h) = op.hash.as_mut() {
@@ -932,14 +941,9 @@ impl Engine {
             // As `op_single`: refused, and the operation ends (see `Form`).
             return Err(Error::OperationActive);
         }
+        let key = Self::key_of(&op)?;
         self.cluster.call(op.route, op.cost, |b, ms| {
-            b.verify(
-                ms,
-                &op.mech,
-                Self::key_of(&op)?,
-                SignInput::Message(data),
-                signature,
-            )
+            b.verify(ms, &op.mech, key, SignInput::Message(data), signature)
         })
     }
 

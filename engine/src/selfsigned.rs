@@ -365,18 +365,17 @@ enum Curve {
 }
 
 impl Curve {
-    /// The curve of a key's `CKA_EC_PARAMS`, read by the simulator's own parsers (which accept
-    /// the named-curve OIDs, and for Ed25519 also the PrintableString "edwards25519").
+    /// The curve of a key's `CKA_EC_PARAMS`: the named-curve OIDs, and for Ed25519 also the
+    /// PrintableString "edwards25519" (the forms a member accepts; see `hsmpool_member::curves`).
     fn from_params(kt: CK_KEY_TYPE, params: &[u8]) -> Option<Curve> {
-        use hsmpool_sim::crypto::{ed25519_params, Curve as SimCurve};
-        match kt {
-            CKK_EC => match SimCurve::from_ec_params(params).ok()? {
-                SimCurve::P256 => Some(Curve::P256),
-                SimCurve::P384 => Some(Curve::P384),
-                SimCurve::P521 => Some(Curve::P521),
-                SimCurve::Secp256k1 => None,
-            },
-            CKK_EC_EDWARDS => ed25519_params(params).ok().map(|_| Curve::Ed25519),
+        use hsmpool_member::curves::*;
+        match (kt, params) {
+            (CKK_EC, p) if p == P256_OID_DER => Some(Curve::P256),
+            (CKK_EC, p) if p == P384_OID_DER => Some(Curve::P384),
+            (CKK_EC, p) if p == P521_OID_DER => Some(Curve::P521),
+            (CKK_EC_EDWARDS, p) if p == ED25519_OID_DER || p == ED25519_NAME_DER => {
+                Some(Curve::Ed25519)
+            }
             _ => None,
         }
     }

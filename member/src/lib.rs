@@ -1,14 +1,21 @@
 //! hsmpool-member: what every member of an hsmpool cluster speaks, whatever kind of HSM it is
 //! (the in-process simulator, an `hsmpool-hsmd` daemon, and next a vendor's PKCS #11 module):
 //! attributes and their codec, mechanisms and their parameters, sign inputs, key metadata,
-//! roles and token status.
+//! roles and token status, and the [`Backend`] trait every member kind implements with its
+//! optional capabilities ([`Replication`]).
 //!
 //! It owns plain data and the encodings of it, and must never do I/O, cryptography or anything
 //! that depends on one kind of HSM: the engine and every member kind depend on it, and it on
 //! nothing of theirs.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod curves;
+pub mod mechanism;
 pub mod meta;
 pub mod types;
 
-pub use meta::{AttrAnswer, KeyMeta, Role, TokenStatus};
+pub use backend::{
+    Backend, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Replication,
+};
+pub use meta::{AttrAnswer, KeyMeta, Role, TokenStatus, MAX_PIN_LEN, MIN_PIN_LEN};

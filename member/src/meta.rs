@@ -3,6 +3,11 @@
 
 use cryptoki_sys::{CK_KEY_TYPE, CK_OBJECT_CLASS};
 
+/// Shortest PIN a member accepts (the token's `ulMinPinLen`).
+pub const MIN_PIN_LEN: usize = 4;
+/// Longest PIN a member accepts, `name:password` included (the token's `ulMaxPinLen`).
+pub const MAX_PIN_LEN: usize = 255;
+
 /// A user's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -31,7 +36,7 @@ impl Role {
 }
 
 /// What `C_GetTokenInfo` needs from an HSM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenStatus {
     /// Token initialised.
     pub initialized: bool,
@@ -61,7 +66,7 @@ pub enum AttrAnswer {
 }
 
 /// What the engine keeps about a key to route and check operations without asking again.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyMeta {
     /// `CKA_CLASS`.
     pub class: CK_OBJECT_CLASS,

@@ -1,4 +1,4 @@
-//! `hsmpool-hsmd`: one simulated HSM served over mutual TLS, speaking the [`crate::wire`]
+//! `hsmpool-hsmd`: one simulated HSM served over mutual TLS, speaking the `hsmpool_wire`
 //! protocol. The engine's `Remote` backend is its client; `hsmpool sim fault|stats` its
 //! administration tool.
 //!
@@ -24,11 +24,11 @@
 //!   in completion order: a slow RSA key generation does not hold up the signatures behind it.
 //! - **Per connection, a writer thread** owned by the [`Link`]: answers are encrypted under the
 //!   link's mutex and written to the socket by that thread, never under the mutex (see
-//!   [`crate::wire::link`] for why this cannot deadlock).
+//!   `hsmpool_wire::link` for why this cannot deadlock).
 //!
 //! # Failures
 //! A malformed frame (bad magic or version, oversized, or a body that does not decode) closes
-//! that connection with a warning naming the peer and the [`crate::wire::WireError`]; the HSM
+//! that connection with a warning naming the peer and the `hsmpool_wire::WireError`; the HSM
 //! never sees it. A request that decodes but fails is answered `Err(CK_RV)`; a store failure is
 //! logged and answered `CKR_DEVICE_ERROR`; a panic in a worker is caught, logged and answered
 //! `CKR_GENERAL_ERROR`.
@@ -62,12 +62,13 @@ use parking_lot::Mutex;
 use rustls::ServerConfig;
 use zeroize::Zeroizing;
 
-use crate::error::{SimError, SimResult};
 use crate::fault::{FaultConfig, FaultSeed, FaultVerb};
 use crate::hsm::{Hsm, HsmConfig};
 use crate::timing::TimingConfig;
-use crate::wire::link::{self, Link, Side};
-use crate::wire::{decode_request, encode_response, DaemonStats, Request, Response, Secret};
+use hsmpool_wire::link::{self, Link, Side};
+use hsmpool_wire::{decode_request, encode_response, DaemonStats, Request, Response, Served};
+
+use crate::member::SimMember;
 
 /// The command line.
 pub const USAGE: &str = "usage: hsmpool-hsmd --data DIR --cert PEM --key PEM --ca PEM [options]
@@ -296,9 +297,9 @@ fn bump(c: &AtomicU64) {
 
 /// What every thread of the daemon shares.
 struct Shared {
-    hsm: Hsm,
-    /// XORed into session handles on the wire (see the module doc).
-    session_mask: u64,
+    /// The HSM as a member, handing out session handles under a per-process mask (see the
+    /// module doc).
+    member: SimMember,
     /// Open client connections, by connection number.
     links: Mutex<HashMap<u64, Arc<Link>>>,
     next_link: AtomicU64,
@@ -332,8 +333,7 @@ impl Daemon {
         let listener =
             TcpListener::bind(&cfg.listen).map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
         let shared = Arc::new(Shared {
-            hsm,
-            session_mask,
+            member: SimMember::serving(hsm, session_mask),
             links: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(1),
             connection_threads: AtomicUsize::new(0),
@@ -480,7 +480,7 @@ impl Shared {
                 Err(e) => {
                     let wire = e
                         .get_ref()
-                        .and_then(|i| i.downcast_ref::<crate::wire::WireError>());
+                        .and_then(|i| i.downcast_ref::<hsmpool_wire::WireError>());
                     match wire {
                         Some(w) => {
                             bump(&self.counters.frames_refused);
@@ -506,7 +506,7 @@ impl Shared {
         match req {
             Request::Stats => self.reply(link, id, &Response::Stats(self.stats())),
             Request::Fault { verb } => {
-                let Some(faults) = self.hsm.faults() else {
+                let Some(faults) = self.member.hsm().faults() else {
                     tracing::warn!(
                         "fault request from {} refused: the daemon runs without --fault-seed",
                         link.peer()
@@ -563,7 +563,7 @@ impl Shared {
             requests_served: get(&c.requests_served),
             requests_failed: get(&c.requests_failed),
             frames_refused: get(&c.frames_refused),
-            faults_injected: self.hsm.faults().map_or(0, |f| f.injected()),
+            faults_injected: self.member.hsm().faults().map_or(0, |f| f.injected()),
         }
     }
 
@@ -600,174 +600,16 @@ impl Shared {
         }
     }
 
-    /// Run one request on the HSM.
+    /// Run one request on the member (the dispatch is the wire crate's, generated from its
+    /// request table); the administration requests that reach here are `Stats` (answered) and
+    /// `Fault`, which only the connection thread applies.
     fn run(&self, req: Request) -> Response {
-        let r = self.run_hsm(req);
-        match r {
-            Ok(resp) => resp,
-            Err(SimError::Rv(rv)) => Response::Err(rv),
-            Err(SimError::Store(msg)) => {
-                tracing::error!("store failure: {msg}");
-                Response::Err(CKR_DEVICE_ERROR)
-            }
+        match hsmpool_wire::serve(&self.member, req) {
+            Served::Answer(Ok(resp)) => resp,
+            Served::Answer(Err(e)) => Response::Err(e.rv()),
+            Served::Admin(Request::Stats) => Response::Stats(self.stats()),
+            Served::Admin(_) => Response::Err(CKR_FUNCTION_NOT_SUPPORTED),
         }
-    }
-
-    fn run_hsm(&self, req: Request) -> SimResult<Response> {
-        let hsm = &self.hsm;
-        let mask = self.session_mask;
-        let s = |session: u64| session ^ mask;
-        let ok = |()| Response::Ok;
-        Ok(match req {
-            Request::Ping => hsm.ping().map(ok)?,
-            Request::Stats => Response::Stats(self.stats()),
-            // Faults are applied on the connection thread (`admin`), never here.
-            Request::Fault { .. } => Response::Err(CKR_FUNCTION_NOT_SUPPORTED),
-            Request::OpenSession => Response::Handle(hsm.open_session() ^ mask),
-            Request::CloseSession { session } => {
-                hsm.close_session(s(session));
-                Response::Ok
-            }
-            Request::Login {
-                session,
-                role,
-                pin,
-                username,
-            } => match username {
-                Some(name) => hsm.login_named(s(session), role, &name, &pin),
-                None => hsm.login(s(session), role, &pin),
-            }
-            .map(ok)?,
-            Request::Logout { session } => hsm.logout(s(session)).map(ok)?,
-            Request::InitToken { so_pin, label } => hsm.init_token(&so_pin, &label).map(ok)?,
-            Request::InitPin { session, pin } => hsm.init_pin(s(session), &pin).map(ok)?,
-            Request::SetPin { session, old, new } => hsm.set_pin(s(session), &old, &new).map(ok)?,
-            Request::TokenStatus => Response::TokenStatus(hsm.token_status()),
-            Request::CreateObject { session, template } => {
-                Response::Handle(hsm.create_object(s(session), &template)?)
-            }
-            Request::CopyObject {
-                session,
-                object,
-                template,
-            } => Response::Handle(hsm.copy_object(s(session), object, &template)?),
-            Request::DestroyObject { session, object } => {
-                hsm.destroy_object(s(session), object).map(ok)?
-            }
-            Request::GetAttributes {
-                session,
-                object,
-                types,
-            } => Response::Attributes(hsm.get_attributes(s(session), object, &types)?),
-            Request::SetAttributes {
-                session,
-                object,
-                template,
-            } => hsm.set_attributes(s(session), object, &template).map(ok)?,
-            Request::ObjectSize { session, object } => {
-                Response::Size(hsm.object_size(s(session), object)?)
-            }
-            Request::Find { session, template } => {
-                Response::Handles(hsm.find(s(session), &template)?)
-            }
-            Request::KeyMeta { session, object } => {
-                Response::KeyMeta(hsm.key_meta(s(session), object)?)
-            }
-            Request::CheckKey {
-                session,
-                usage,
-                mech,
-                object,
-            } => Response::KeyMeta(hsm.check_key(s(session), usage, &mech, object)?),
-            Request::GenerateKey {
-                session,
-                mech,
-                template,
-            } => Response::Handle(hsm.generate_key(s(session), &mech, &template)?),
-            Request::GenerateKeyPair {
-                session,
-                mech,
-                public,
-                private,
-            } => {
-                let (p, k) = hsm.generate_key_pair(s(session), &mech, &public, &private)?;
-                Response::KeyPair(p, k)
-            }
-            Request::WrapKey {
-                session,
-                mech,
-                wrapping,
-                key,
-            } => Response::Bytes(hsm.wrap_key(s(session), &mech, wrapping, key)?),
-            Request::UnwrapKey {
-                session,
-                mech,
-                unwrapping,
-                wrapped,
-                template,
-            } => Response::Handle(hsm.unwrap_key(
-                s(session),
-                &mech,
-                unwrapping,
-                &wrapped,
-                &template,
-            )?),
-            Request::DeriveKey {
-                session,
-                mech,
-                base,
-                template,
-            } => Response::Handle(hsm.derive_key(s(session), &mech, base, &template)?),
-            Request::Sign {
-                session,
-                mech,
-                key,
-                input,
-                data,
-            } => Response::Bytes(hsm.sign(s(session), &mech, key, input.with(&data))?),
-            Request::Verify {
-                session,
-                mech,
-                key,
-                input,
-                data,
-                signature,
-            } => hsm
-                .verify(s(session), &mech, key, input.with(&data), &signature)
-                .map(ok)?,
-            Request::Encrypt {
-                session,
-                mech,
-                key,
-                data,
-            } => Response::Bytes(hsm.encrypt(s(session), &mech, key, &data)?),
-            Request::Decrypt {
-                session,
-                mech,
-                key,
-                data,
-            } => Response::Secret(Secret(hsm.decrypt(s(session), &mech, key, &data)?)),
-            Request::SecretForDigest { session, key } => {
-                Response::Secret(Secret(hsm.secret_value_for_digest(s(session), key)?))
-            }
-            Request::Random { len } => {
-                let mut buf = Zeroizing::new(vec![0u8; len as usize]);
-                hsm.random(&mut buf)?;
-                Response::Secret(Secret(buf))
-            }
-            Request::ExportClone { session, object } => {
-                Response::Bytes(hsm.export_clone(s(session), object)?)
-            }
-            Request::ImportClone { session, blob } => {
-                Response::Handle(hsm.import_clone(s(session), &blob)?)
-            }
-            Request::ObjectDigests { session } => {
-                Response::Digests(hsm.object_digests(s(session))?)
-            }
-            Request::DropReplica { session, object } => {
-                hsm.drop_replica(s(session), object).map(ok)?
-            }
-        })
     }
 }
 

@@ -11,10 +11,10 @@ pub mod daemon;
 pub mod error;
 pub mod fault;
 pub mod hsm;
+pub mod member;
 pub mod object;
 pub mod store;
 pub mod timing;
-pub mod wire;
 
 /// The member vocabulary (attributes, mechanisms, sign inputs), owned by `hsmpool-member`.
 pub use hsmpool_member::types;

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use cryptoki_sys::*;
 use hsmpool_engine::backend::remote::{admin_request, Remote, RemoteConfig};
-use hsmpool_engine::backend::{Backend, MemberId, MemberObject, MemberSession};
+use hsmpool_engine::backend::{Backend, MemberError, MemberId, MemberObject, MemberSession};
 use hsmpool_engine::Error;
 use hsmpool_sim::hsm::{AttrAnswer, Role};
 use hsmpool_sim::types::{Attr, MechParam, Mechanism, SignInput};
-use hsmpool_sim::wire::link;
-use hsmpool_sim::wire::{decode_response, encode_request, Request, Response};
 use hsmpool_tests::hsmd::Hsmd;
 use hsmpool_tests::pki::{Identity, Pki};
+use hsmpool_wire::link;
+use hsmpool_wire::{decode_response, encode_request, Request, Response};
 
 const SO_PIN: &[u8] = b"so-pin-1234";
 const USER_PIN: &[u8] = b"user-pin-1234";
@@ -161,6 +161,7 @@ fn ecdsa_sign(
         key,
         SignInput::Message(msg),
     )
+    .map_err(Error::from)
 }
 
 fn ecdsa_verifies(point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
@@ -169,14 +170,14 @@ fn ecdsa_verifies(point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         .is_ok()
 }
 
-fn unreachable_reason(e: &Error) -> &str {
-    match e {
+fn unreachable_reason<E: Clone + Into<Error>>(e: &E) -> String {
+    match e.clone().into() {
         Error::MemberUnreachable { reason, .. } => reason,
         other => panic!("expected MemberUnreachable, got {other:?}"),
     }
 }
 
-fn stats(w: &World, d: &Hsmd) -> hsmpool_sim::wire::DaemonStats {
+fn stats(w: &World, d: &Hsmd) -> hsmpool_wire::DaemonStats {
     match admin_request(&w.config(d), &Request::Stats).expect("stats") {
         Response::Stats(st) => st,
         other => panic!("stats: {other:?}"),
@@ -238,9 +239,11 @@ fn a_remote_member_does_the_whole_round_trip() {
     let mut bad = sig.clone();
     bad[0] ^= 1;
     assert_eq!(
-        r.verify(s, &sha256_rsa, rsa_pub, SignInput::Message(msg), &bad)
-            .unwrap_err()
-            .ck_rv(),
+        Error::from(
+            r.verify(s, &sha256_rsa, rsa_pub, SignInput::Message(msg), &bad)
+                .unwrap_err()
+        )
+        .ck_rv(),
         CKR_SIGNATURE_INVALID
     );
 
@@ -286,7 +289,7 @@ fn a_remote_member_does_the_whole_round_trip() {
     let mut tampered = ct.clone();
     *tampered.last_mut().unwrap() ^= 1;
     assert_eq!(
-        r.decrypt(s, &gcm, aes, &tampered).unwrap_err().ck_rv(),
+        Error::from(r.decrypt(s, &gcm, aes, &tampered).unwrap_err()).ck_rv(),
         CKR_ENCRYPTED_DATA_INVALID
     );
 
@@ -316,8 +319,8 @@ fn a_remote_member_does_the_whole_round_trip() {
     // An HSM error comes back as the member's CK_RV.
     assert_eq!(
         r.destroy_object(s, MemberObject(0x1234_5678)).unwrap_err(),
-        Error::Hsm {
-            member: 0,
+        MemberError::Rv {
+            member: MemberId(0),
             rv: CKR_OBJECT_HANDLE_INVALID
         }
     );
@@ -403,7 +406,7 @@ fn wrong_ca_and_missing_certificates_are_refused_and_named() {
     cfg.key = rogue.key.clone();
     let r = Remote::connect(MemberId(0), &cfg).unwrap();
     let e = r.open_session().unwrap_err();
-    assert_eq!(e.ck_rv(), CKR_DEVICE_REMOVED);
+    assert_eq!(Error::from(e.clone()).ck_rv(), CKR_DEVICE_REMOVED);
     assert!(
         unreachable_reason(&e).contains("server refused our client certificate"),
         "{e}"
@@ -605,7 +608,7 @@ fn kill_nine_under_load_then_restart() {
     );
     // Down: calls fail (fast, with the same error), they do not hang.
     let e = r.ping().unwrap_err();
-    assert_eq!(e.ck_rv(), CKR_DEVICE_REMOVED);
+    assert_eq!(Error::from(e).ck_rv(), CKR_DEVICE_REMOVED);
 
     d.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -645,10 +648,10 @@ fn stat_line(out: &str, name: &str) -> u64 {
 }
 
 /// Call `f` until it stops failing for want of a connection (bounded).
-fn through<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+fn through<T, E: Into<Error>>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, Error> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match f() {
+        match f().map_err(Into::into) {
             Err(Error::MemberUnreachable { reason, .. }) if Instant::now() < deadline => {
                 let _ = reason;
                 std::thread::sleep(Duration::from_millis(50));
@@ -765,7 +768,8 @@ fn a_held_member_times_out_and_release_still_gets_through() {
     assert!(ok, "{out}{err}");
     let e = r.ping().unwrap_err();
     assert!(
-        unreachable_reason(&e).contains("no answer to Ping") && e.is_retryable(),
+        unreachable_reason(&e).contains("no answer to Ping")
+            && Error::from(e.clone()).is_retryable(),
         "{e}"
     );
     // The held operations occupy workers, not the connection threads: this gets through.

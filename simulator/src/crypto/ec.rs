@@ -18,7 +18,7 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::raw::{self, Pkey};
-use super::{der, no_param, Curve, Hash};
+use super::{der, no_param, Curve, Hash, HashAlg};
 use crate::types::{Mechanism, Rv, SignInput};
 
 impl Curve {

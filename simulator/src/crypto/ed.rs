@@ -11,11 +11,8 @@ use zeroize::Zeroizing;
 use super::der;
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
 
-/// The `CKA_EC_PARAMS` of Ed25519 keys this module returns: the DER OID 1.3.101.112 (RFC 8410).
-pub const ED25519_OID_DER: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-
-/// The other accepted form: the DER PrintableString "edwards25519" (PKCS #11 3.0).
-const ED25519_NAME_DER: &[u8] = b"\x13\x0cedwards25519";
+use hsmpool_member::curves::ED25519_NAME_DER;
+pub use hsmpool_member::curves::ED25519_OID_DER;
 
 /// The length of a seed, of a public key, and half of a signature.
 const LEN: usize = 32;

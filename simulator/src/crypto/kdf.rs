@@ -6,7 +6,7 @@ use aws_lc_rs::{cmac, digest, hmac};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use super::{sym, Hash, LoadedKey, Parsed};
+use super::{sym, Hash, HashAlg, LoadedKey, Parsed};
 use crate::types::cloudhsm::{
     SP800_108_DKM_LENGTH_SUM_OF_KEYS, SP800_108_DKM_LENGTH_SUM_OF_SEGMENTS,
 };

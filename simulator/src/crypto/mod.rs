@@ -40,7 +40,6 @@ mod kdf;
 mod material;
 mod raw;
 mod rsa;
-mod sha3;
 mod sym;
 mod wrap;
 
@@ -66,74 +65,21 @@ pub use rsa::{
 };
 pub use wrap::{load_private_pkcs8, private_key_pkcs8, unwrap, wrap};
 
-/// The SHA-2 family hashes (and SHA-1) the mechanisms use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Hash {
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
+use hsmpool_member::curves::{P256_OID_DER, P384_OID_DER, P521_OID_DER, SECP256K1_OID_DER};
+pub use hsmpool_member::mechanism::{check_rsa_oaep_param, check_rsa_pss_param};
+/// The hashes the mechanisms name: the member contract's (one table for every side).
+pub(crate) use hsmpool_member::mechanism::{hash_of_hash_and_sign, Hash};
+
+/// A [`Hash`] on `aws-lc-rs`.
+pub(crate) trait HashAlg {
+    /// The `aws-lc-rs` digest algorithm.
+    fn alg(self) -> &'static digest::Algorithm;
+    /// Hashes `data`.
+    fn digest(self, data: &[u8]) -> digest::Digest;
 }
 
-impl Hash {
-    /// Every hash, shortest first.
-    pub(crate) const ALL: [Hash; 5] = [
-        Hash::Sha1,
-        Hash::Sha224,
-        Hash::Sha256,
-        Hash::Sha384,
-        Hash::Sha512,
-    ];
-
-    /// The hash of a `CKM_SHA*` digest mechanism.
-    pub(crate) fn from_ckm(mech: CK_MECHANISM_TYPE) -> Option<Self> {
-        match mech {
-            CKM_SHA_1 => Some(Hash::Sha1),
-            CKM_SHA224 => Some(Hash::Sha224),
-            CKM_SHA256 => Some(Hash::Sha256),
-            CKM_SHA384 => Some(Hash::Sha384),
-            CKM_SHA512 => Some(Hash::Sha512),
-            _ => None,
-        }
-    }
-
-    /// The hash of a `CKG_MGF1_SHA*` mask generation function.
-    pub(crate) fn from_mgf(mgf: CK_ULONG) -> Option<Self> {
-        match mgf {
-            CKG_MGF1_SHA1 => Some(Hash::Sha1),
-            CKG_MGF1_SHA224 => Some(Hash::Sha224),
-            CKG_MGF1_SHA256 => Some(Hash::Sha256),
-            CKG_MGF1_SHA384 => Some(Hash::Sha384),
-            CKG_MGF1_SHA512 => Some(Hash::Sha512),
-            _ => None,
-        }
-    }
-
-    /// The `CKM_SHA*` digest mechanism of this hash.
-    pub(crate) fn ckm(self) -> CK_MECHANISM_TYPE {
-        match self {
-            Hash::Sha1 => CKM_SHA_1,
-            Hash::Sha224 => CKM_SHA224,
-            Hash::Sha256 => CKM_SHA256,
-            Hash::Sha384 => CKM_SHA384,
-            Hash::Sha512 => CKM_SHA512,
-        }
-    }
-
-    /// The digest length in bytes.
-    pub(crate) fn len(self) -> usize {
-        match self {
-            Hash::Sha1 => 20,
-            Hash::Sha224 => 28,
-            Hash::Sha256 => 32,
-            Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
-        }
-    }
-
-    /// The `aws-lc-rs` digest algorithm.
-    pub(crate) fn alg(self) -> &'static digest::Algorithm {
+impl HashAlg for Hash {
+    fn alg(self) -> &'static digest::Algorithm {
         match self {
             Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
             Hash::Sha224 => &digest::SHA224,
@@ -142,9 +88,7 @@ impl Hash {
             Hash::Sha512 => &digest::SHA512,
         }
     }
-
-    /// Hashes `data`.
-    pub(crate) fn digest(self, data: &[u8]) -> digest::Digest {
+    fn digest(self, data: &[u8]) -> digest::Digest {
         digest::digest(self.alg(), data)
     }
 }
@@ -163,12 +107,6 @@ pub enum Curve {
     /// secp256k1 (SEC 2).
     Secp256k1,
 }
-
-/// DER `namedCurve` OIDs (RFC 5480).
-const P256_OID_DER: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const P384_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-const P521_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
-const SECP256K1_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 
 impl Curve {
     /// Every supported curve.
@@ -398,115 +336,6 @@ pub fn random(out: &mut [u8]) -> Result<(), Rv> {
 /// with [`SignInput::Prehashed`]. `None` for every other mechanism (HMAC included).
 pub fn is_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
     hash_of_hash_and_sign(mech).map(Hash::ckm)
-}
-
-/// Checks the `CK_RSA_PKCS_PSS_PARAMS` of an RSA-PSS mechanism (`CKM_RSA_PKCS_PSS` or a
-/// `CKM_SHA*_RSA_PKCS_PSS`) against a key of `key_bits`, exactly as signing and verifying
-/// will: a known hash and MGF1 hash, the mechanism's own hash where it names one, a salt the
-/// key's encoding has room for. `Err(CKR_MECHANISM_PARAM_INVALID)` otherwise. For a caller
-/// that must refuse the parameter at `C_SignInit` / `C_VerifyInit`, the only functions for
-/// which PKCS #11 lists CKR_MECHANISM_PARAM_INVALID.
-pub fn check_rsa_pss_param(mech: &Mechanism, key_bits: usize) -> Result<(), Rv> {
-    rsa::pss_param(&mech.param, hash_of_hash_and_sign(mech.mech), key_bits).map(|_| ())
-}
-
-/// Checks `CK_RSA_PKCS_OAEP_PARAMS` as encryption, decryption and wrapping will (a supported
-/// hash and MGF1), so a caller can refuse bad parameters at `*Init`.
-pub fn check_rsa_oaep_param(mech: &Mechanism) -> Result<(), Rv> {
-    rsa::oaep_param(&mech.param).map(|_| ())
-}
-
-/// The hash of a hash-and-sign mechanism.
-pub(crate) fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
-    match mech {
-        CKM_SHA1_RSA_PKCS | CKM_SHA1_RSA_PKCS_PSS | CKM_ECDSA_SHA1 => Some(Hash::Sha1),
-        CKM_SHA224_RSA_PKCS | CKM_SHA224_RSA_PKCS_PSS | CKM_ECDSA_SHA224 => Some(Hash::Sha224),
-        CKM_SHA256_RSA_PKCS | CKM_SHA256_RSA_PKCS_PSS | CKM_ECDSA_SHA256 => Some(Hash::Sha256),
-        CKM_SHA384_RSA_PKCS | CKM_SHA384_RSA_PKCS_PSS | CKM_ECDSA_SHA384 => Some(Hash::Sha384),
-        CKM_SHA512_RSA_PKCS | CKM_SHA512_RSA_PKCS_PSS | CKM_ECDSA_SHA512 => Some(Hash::Sha512),
-        _ => None,
-    }
-}
-
-/// The digest of `data` with `CKM_SHA_1`, `CKM_SHA224`, `CKM_SHA256`, `CKM_SHA384`,
-/// `CKM_SHA512`, `CKM_SHA3_224`, `CKM_SHA3_256`, `CKM_SHA3_384` or `CKM_SHA3_512` (else
-/// `CKR_MECHANISM_INVALID`).
-pub fn digest(mech: CK_MECHANISM_TYPE, data: &[u8]) -> Result<Vec<u8>, Rv> {
-    let mut ctx = DigestCtx::new(mech)?;
-    ctx.update(data);
-    Ok(ctx.finish())
-}
-
-/// The `aws-lc-rs` SHA-3 digest of a `CKM_SHA3_*` mechanism (SHA3-224 is [`sha3`]'s).
-fn sha3_alg(mech: CK_MECHANISM_TYPE) -> Option<&'static digest::Algorithm> {
-    match mech {
-        CKM_SHA3_256 => Some(&digest::SHA3_256),
-        CKM_SHA3_384 => Some(&digest::SHA3_384),
-        CKM_SHA3_512 => Some(&digest::SHA3_512),
-        _ => None,
-    }
-}
-
-/// A streaming digest (`C_DigestInit` / `C_DigestUpdate` / `C_DigestFinal`); cloning it forks
-/// the running state.
-#[derive(Clone)]
-pub struct DigestCtx(DigestState);
-
-/// The running state of a [`DigestCtx`].
-#[derive(Clone)]
-enum DigestState {
-    /// SHA-1, SHA-2, SHA3-256/384/512 on aws-lc-rs.
-    Lc(digest::Context),
-    /// SHA3-224.
-    Sha3(sha3::Sha3),
-}
-
-impl std::fmt::Debug for DigestCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            DigestState::Lc(c) => write!(f, "DigestCtx({:?})", c.algorithm()),
-            DigestState::Sha3(_) => write!(f, "DigestCtx(SHA3-224)"),
-        }
-    }
-}
-
-impl DigestCtx {
-    /// Starts a digest with a `CKM_SHA*` or `CKM_SHA3_*` mechanism (else
-    /// `CKR_MECHANISM_INVALID`).
-    pub fn new(mech: CK_MECHANISM_TYPE) -> Result<Self, Rv> {
-        if mech == CKM_SHA3_224 {
-            return Ok(DigestCtx(DigestState::Sha3(sha3::Sha3::sha3_224())));
-        }
-        let alg = match Hash::from_ckm(mech) {
-            Some(h) => h.alg(),
-            None => sha3_alg(mech).ok_or(CKR_MECHANISM_INVALID)?,
-        };
-        Ok(DigestCtx(DigestState::Lc(digest::Context::new(alg))))
-    }
-
-    /// Feeds more data.
-    pub fn update(&mut self, data: &[u8]) {
-        match &mut self.0 {
-            DigestState::Lc(c) => c.update(data),
-            DigestState::Sha3(c) => c.update(data),
-        }
-    }
-
-    /// The length of the digest this context produces.
-    pub fn output_len(&self) -> usize {
-        match &self.0 {
-            DigestState::Lc(c) => c.algorithm().output_len(),
-            DigestState::Sha3(c) => c.output_len(),
-        }
-    }
-
-    /// Finishes and returns the digest.
-    pub fn finish(self) -> Vec<u8> {
-        match self.0 {
-            DigestState::Lc(c) => c.finish().as_ref().to_vec(),
-            DigestState::Sha3(c) => c.finish(),
-        }
-    }
 }
 
 /// The mechanism families, for dispatch.

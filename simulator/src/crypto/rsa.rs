@@ -15,8 +15,10 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::raw::{self, Pkey, RsaPad};
-use super::{be_bits, der, no_param, strip_leading_zeros, Hash};
-use crate::types::{MechParam, Mechanism, Rv, SignInput};
+use hsmpool_member::mechanism::{oaep_param, pss_param};
+
+use super::{be_bits, der, no_param, strip_leading_zeros, Hash, HashAlg};
+use crate::types::{Mechanism, Rv, SignInput};
 
 /// The smallest and largest modulus this module creates or accepts for private keys (what
 /// `aws-lc-rs` supports).
@@ -402,35 +404,6 @@ fn plan<'a>(
     }
 }
 
-/// Checks a `CK_RSA_PKCS_PSS_PARAMS`: known hash and MGF1 hash, hash equal to the mechanism's
-/// when it has one, salt no longer than the key allows.
-pub(crate) fn pss_param(
-    param: &MechParam,
-    mech_hash: Option<Hash>,
-    key_bits: usize,
-) -> Result<(Hash, Hash, usize), Rv> {
-    let MechParam::Pss {
-        hash,
-        mgf,
-        salt_len,
-    } = param
-    else {
-        return Err(CKR_MECHANISM_PARAM_INVALID);
-    };
-    let hash = Hash::from_ckm(*hash).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-    let mgf1 = Hash::from_mgf(*mgf).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-    if mech_hash.is_some_and(|h| h != hash) {
-        return Err(CKR_MECHANISM_PARAM_INVALID);
-    }
-    let salt_len = usize::try_from(*salt_len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
-    // RFC 8017 9.1.1: emLen = ceil((modBits - 1) / 8) >= hLen + sLen + 2.
-    let em_len = key_bits.saturating_sub(1).div_ceil(8);
-    if em_len < hash.len() + 2 || salt_len > em_len - hash.len() - 2 {
-        return Err(CKR_MECHANISM_PARAM_INVALID);
-    }
-    Ok((hash, mgf1, salt_len))
-}
-
 /// Signs with an RSA private key.
 pub(crate) fn sign(
     mech: &Mechanism,
@@ -558,16 +531,6 @@ pub(crate) fn verify(
         Ok(false) => Err(CKR_SIGNATURE_INVALID),
         Err(_) => Err(CKR_FUNCTION_FAILED),
     }
-}
-
-/// Checks a `CK_RSA_PKCS_OAEP_PARAMS`: known hash and MGF1 hash.
-pub(crate) fn oaep_param(param: &MechParam) -> Result<(Hash, Hash, &[u8]), Rv> {
-    let MechParam::Oaep { hash, mgf, label } = param else {
-        return Err(CKR_MECHANISM_PARAM_INVALID);
-    };
-    let hash = Hash::from_ckm(*hash).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-    let mgf1 = Hash::from_mgf(*mgf).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-    Ok((hash, mgf1, label))
 }
 
 /// Encrypts with an RSA public (or private) key.

@@ -97,32 +97,6 @@ fn loaded_key_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<LoadedKey>();
     check::<KeyMaterial>();
-    check::<DigestCtx>();
-}
-
-// ---- digests ----
-
-#[test]
-fn digests_match_known_answers() {
-    assert_eq!(
-        digest(CKM_SHA256, b"abc").unwrap(),
-        hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-    );
-    assert_eq!(
-        digest(CKM_SHA_1, b"abc").unwrap(),
-        hex("a9993e364706816aba3e25717850c26c9cd0d89d")
-    );
-    for h in Hash::ALL {
-        let mut ctx = DigestCtx::new(h.ckm()).unwrap();
-        ctx.update(b"a");
-        let fork = ctx.clone();
-        ctx.update(b"bc");
-        assert_eq!(ctx.output_len(), h.len());
-        assert_eq!(ctx.finish(), digest(h.ckm(), b"abc").unwrap());
-        assert_eq!(fork.finish(), digest(h.ckm(), b"a").unwrap());
-    }
-    assert_eq!(digest(CKM_MD5, b"abc"), Err(CKR_MECHANISM_INVALID));
-    assert!(DigestCtx::new(CKM_SHA256_HMAC).is_err());
 }
 
 #[test]

@@ -372,7 +372,7 @@ fn ecdsa_p521_p1363() {
         )
         .is_ok();
         // The same through CKM_ECDSA over the digest, and through the prehashed input.
-        let d = digest(CKM_SHA512, &msg).expect("sha512");
+        let d = Hash::Sha512.digest(&msg).as_ref().to_vec();
         let raw = verify(
             &Mechanism::plain(CKM_ECDSA),
             &key,

@@ -1,7 +1,7 @@
 use super::*;
 use crate::hsm::Role;
 use crate::types::{Attr, Mechanism};
-use crate::wire::InputKind;
+use hsmpool_wire::{InputKind, Secret};
 
 const SO_PIN: &[u8] = b"so-pin-1234";
 const USER_PIN: &[u8] = b"user-pin-1234";
@@ -75,14 +75,17 @@ fn shared(faults: bool) -> (tempfile::TempDir, Shared) {
 }
 
 fn shared_in(dir: &Path, faults: bool) -> Shared {
+    shared_masked(dir, faults, 0x5a5a_0000_0000_0000)
+}
+
+fn shared_masked(dir: &Path, faults: bool, mask: u64) -> Shared {
     let mut cfg = HsmConfig::new(dir.to_path_buf());
     cfg.pin_iterations = 1;
     if faults {
         cfg.faults = Some(FaultConfig::new(FaultSeed(7), 0));
     }
     Shared {
-        hsm: Hsm::open(cfg).unwrap(),
-        session_mask: 0x5a5a_0000_0000_0000,
+        member: SimMember::serving(Hsm::open(cfg).unwrap(), mask),
         links: Mutex::new(HashMap::new()),
         next_link: AtomicU64::new(1),
         connection_threads: AtomicUsize::new(0),
@@ -174,8 +177,8 @@ fn session_handles_are_masked_so_a_restart_invalidates_them() {
     let (_dir, d) = shared(false);
     let ms = user_session(&d);
     // On the wire the handle carries the mask; the HSM's own number does not work.
-    assert_eq!(ms & 0xffff_ffff_0000_0000, d.session_mask);
-    let unmasked = ms ^ d.session_mask;
+    assert_eq!(ms & 0xffff_ffff_0000_0000, d.member.session_mask());
+    let unmasked = ms ^ d.member.session_mask();
     assert_eq!(
         d.run(Request::Find {
             session: unmasked,
@@ -185,8 +188,8 @@ fn session_handles_are_masked_so_a_restart_invalidates_them() {
     );
     // A daemon process with another mask does not know this handle, even though the HSM
     // numbers its sessions the same way.
-    let (_dir2, mut other) = shared(false);
-    other.session_mask = 0x1234_0000_0000_0000;
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = shared_masked(dir2.path(), false, 0x1234_0000_0000_0000);
     user_session(&other);
     assert_eq!(
         other.run(Request::Find {
@@ -209,7 +212,7 @@ fn stats_count_what_was_served() {
     let (_dir, d) = shared(true);
     let st = d.stats();
     assert_eq!(st, DaemonStats::default());
-    d.hsm.faults().unwrap().crash();
+    d.member.hsm().faults().unwrap().crash();
     assert_eq!(
         d.run(Request::Random { len: 4 }),
         Response::Err(CKR_DEVICE_REMOVED)

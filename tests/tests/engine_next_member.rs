@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use hsmpool_engine::backend::inproc::InProcess;
 use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::cluster::{Cluster, Settings};
 use hsmpool_sim::hsm::HsmConfig;
+use hsmpool_sim::member::SimMember;
 
 #[test]
 fn next_member_names_only_members_that_take_traffic() {
@@ -19,7 +19,7 @@ fn next_member_names_only_members_that_take_traffic() {
         .map(|(i, d)| {
             let mut cfg = HsmConfig::new(d.clone());
             cfg.pin_iterations = 1000;
-            Arc::new(InProcess::open(MemberId(i as u32), cfg).unwrap()) as Arc<dyn Backend>
+            Arc::new(SimMember::open(MemberId(i as u32), cfg).unwrap()) as Arc<dyn Backend>
         })
         .collect();
     let cluster = Cluster::new(backends, Settings::default());

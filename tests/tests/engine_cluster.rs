@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use hsmpool_engine::backend::inproc::InProcess;
 use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrValue, ObjectHandle, OpKind, SessionHandle, SlotId};
@@ -18,6 +17,7 @@ use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_member::{AttrAnswer, Role};
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
 use hsmpool_sim::hsm::HsmConfig;
+use hsmpool_sim::member::SimMember;
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
@@ -25,7 +25,7 @@ const SLOT: SlotId = SlotId(0);
 
 struct Lab {
     _dir: tempfile::TempDir,
-    members: Vec<Arc<InProcess>>,
+    members: Vec<Arc<SimMember>>,
     engine: Engine,
     seed: u64,
 }
@@ -48,7 +48,7 @@ fn lab(toml: &str) -> Lab {
     println!("fault seed {seed} (HSMPOOL_FAULT_SEED={seed} replays the fault decisions)");
     let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("hsm{i}"))).collect();
     hsmpool_sim::cluster::provision(&dirs).unwrap();
-    let members: Vec<Arc<InProcess>> = dirs
+    let members: Vec<Arc<SimMember>> = dirs
         .iter()
         .enumerate()
         .map(|(i, d)| {
@@ -57,7 +57,7 @@ fn lab(toml: &str) -> Lab {
             let mut f = FaultConfig::new(FaultSeed(seed), i as u64);
             f.max_hold = Duration::from_secs(5);
             c.faults = Some(f);
-            Arc::new(InProcess::open(MemberId(i as u32), c).unwrap())
+            Arc::new(SimMember::open(MemberId(i as u32), c).unwrap())
         })
         .collect();
     let cfg = Config::parse(
@@ -147,7 +147,7 @@ fn ec_point(e: &Engine, s: SessionHandle, p: ObjectHandle) -> Vec<u8> {
 }
 
 /// A logged-in session on a member directly (to compare what members hold).
-fn member_digests(m: &InProcess) -> Vec<(u64, [u8; 32])> {
+fn member_digests(m: &SimMember) -> Vec<(u64, [u8; 32])> {
     let ms = m.hsm().open_session();
     m.hsm().login(ms, Role::User, PIN).unwrap();
     let d = m.hsm().object_digests(ms).unwrap();

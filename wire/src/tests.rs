@@ -2,6 +2,11 @@ use std::collections::BTreeSet;
 
 use cryptoki_sys::*;
 
+use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
+
+use zeroize::Zeroizing;
+
 use super::*;
 
 /// Seeded xorshift64*: deterministic, no crate.
@@ -221,7 +226,7 @@ fn sample_requests() -> Vec<Request> {
             key: 14,
             data: vec![3; 48],
         },
-        Request::SecretForDigest {
+        Request::SecretValueForDigest {
             session: 2,
             key: 14,
         },
@@ -360,7 +365,7 @@ fn one_frame(frame: &[u8]) -> (u64, Vec<u8>) {
 #[test]
 fn every_request_round_trips() {
     let samples = sample_requests();
-    let kinds: BTreeSet<u8> = samples.iter().map(request_kind).collect();
+    let kinds: BTreeSet<u8> = samples.iter().map(Request::kind).collect();
     assert_eq!(kinds, (kind::PING..=kind::LAST_REQUEST).collect());
     for (i, r) in samples.iter().enumerate() {
         let id = (i as u64) << 40 | 0xabc;
@@ -384,7 +389,7 @@ fn every_request_round_trips() {
 #[test]
 fn every_response_round_trips() {
     let samples = sample_responses();
-    let kinds: BTreeSet<u8> = samples.iter().map(response_kind).collect();
+    let kinds: BTreeSet<u8> = samples.iter().map(Response::kind).collect();
     assert_eq!(kinds, (kind::R_OK..=kind::LAST_RESPONSE).collect());
     for (i, r) in samples.iter().enumerate() {
         let frame = encode_response(i as u64, r).unwrap();

@@ -100,11 +100,6 @@ impl Sha3 {
         }
     }
 
-    /// The digest length.
-    pub(crate) fn output_len(&self) -> usize {
-        self.out_len
-    }
-
     fn xor_byte(&mut self, pos: usize, b: u8) {
         self.st[pos / 8] ^= u64::from(b) << (8 * (pos % 8));
     }

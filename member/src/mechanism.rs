@@ -1,16 +1,156 @@
 //! The one mechanism table: what `C_GetMechanismList` lists, what `C_GetMechanismInfo` says,
 //! which functions each mechanism may start, which key types and sizes it takes, and which
 //! hash a hash-and-sign mechanism streams through. The README's table is checked against it.
+//! The engine, the C guard, the simulator's crypto dispatch and its timing model all read it.
+//!
+//! Beside it, the hashes the mechanisms name ([`Hash`]) and the checks of the RSA parameters
+//! that name them ([`pss_param`], [`oaep_param`]), so that every side refuses the same ones.
 //!
 //! AWS CloudHSM's vendor mechanisms are rows too (under their `CKM_CLOUDHSM_*` names), so that
 //! programs written for CloudHSM's PKCS #11 library find them listed; what each does is in
-//! `hsmpool_member::types::cloudhsm` and the simulator's crypto modules.
+//! [`crate::types::cloudhsm`] and the simulator's crypto modules.
 
 use cryptoki_sys::*;
-use hsmpool_member::types::cloudhsm::{
+
+use crate::types::cloudhsm::{
     CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD,
     CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, CKM_CLOUDHSM_SP800_108_COUNTER_KDF,
 };
+use crate::types::{MechParam, Mechanism, Rv};
+
+/// The SHA-1 and SHA-2 hashes the mechanisms name (hash-and-sign, MGF1, OAEP, HMAC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hash {
+    /// SHA-1.
+    Sha1,
+    /// SHA-224.
+    Sha224,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Hash {
+    /// Every hash, shortest first.
+    pub const ALL: [Hash; 5] = [
+        Hash::Sha1,
+        Hash::Sha224,
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+    ];
+
+    /// The hash of a `CKM_SHA*` digest mechanism.
+    pub fn from_ckm(mech: CK_MECHANISM_TYPE) -> Option<Self> {
+        match mech {
+            CKM_SHA_1 => Some(Hash::Sha1),
+            CKM_SHA224 => Some(Hash::Sha224),
+            CKM_SHA256 => Some(Hash::Sha256),
+            CKM_SHA384 => Some(Hash::Sha384),
+            CKM_SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    /// The hash of a `CKG_MGF1_SHA*` mask generation function.
+    pub fn from_mgf(mgf: CK_ULONG) -> Option<Self> {
+        match mgf {
+            CKG_MGF1_SHA1 => Some(Hash::Sha1),
+            CKG_MGF1_SHA224 => Some(Hash::Sha224),
+            CKG_MGF1_SHA256 => Some(Hash::Sha256),
+            CKG_MGF1_SHA384 => Some(Hash::Sha384),
+            CKG_MGF1_SHA512 => Some(Hash::Sha512),
+            _ => None,
+        }
+    }
+
+    /// The `CKM_SHA*` digest mechanism of this hash.
+    pub fn ckm(self) -> CK_MECHANISM_TYPE {
+        match self {
+            Hash::Sha1 => CKM_SHA_1,
+            Hash::Sha224 => CKM_SHA224,
+            Hash::Sha256 => CKM_SHA256,
+            Hash::Sha384 => CKM_SHA384,
+            Hash::Sha512 => CKM_SHA512,
+        }
+    }
+
+    /// The digest length in bytes.
+    #[allow(clippy::len_without_is_empty)] // a digest length, not a container
+    pub fn len(self) -> usize {
+        match self {
+            Hash::Sha1 => 20,
+            Hash::Sha224 => 28,
+            Hash::Sha256 => 32,
+            Hash::Sha384 => 48,
+            Hash::Sha512 => 64,
+        }
+    }
+}
+
+/// The hash of a hash-and-sign mechanism (`CKM_SHA256_RSA_PKCS`, `CKM_ECDSA_SHA384`, ...);
+/// `None` for every other mechanism (HMAC included).
+pub fn hash_of_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
+    lookup(mech).and_then(|r| r.hash).and_then(Hash::from_ckm)
+}
+
+/// The `CK_RSA_PKCS_PSS_PARAMS` of an RSA-PSS mechanism checked against a key of `key_bits`:
+/// a known hash and MGF1 hash, the mechanism's own hash where it names one (`mech_hash`), a
+/// salt the key's encoding has room for. Returns (hash, MGF1 hash, salt length), else
+/// `CKR_MECHANISM_PARAM_INVALID`.
+pub fn pss_param(
+    param: &MechParam,
+    mech_hash: Option<Hash>,
+    key_bits: usize,
+) -> Result<(Hash, Hash, usize), Rv> {
+    let MechParam::Pss {
+        hash,
+        mgf,
+        salt_len,
+    } = param
+    else {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    };
+    let hash = Hash::from_ckm(*hash).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    let mgf1 = Hash::from_mgf(*mgf).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    if mech_hash.is_some_and(|h| h != hash) {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let salt_len = usize::try_from(*salt_len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+    // RFC 8017 9.1.1: emLen = ceil((modBits - 1) / 8) >= hLen + sLen + 2.
+    let em_len = key_bits.saturating_sub(1).div_ceil(8);
+    if em_len < hash.len() + 2 || salt_len > em_len - hash.len() - 2 {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    Ok((hash, mgf1, salt_len))
+}
+
+/// The `CK_RSA_PKCS_OAEP_PARAMS` of `CKM_RSA_PKCS_OAEP`: (hash, MGF1 hash, label), else
+/// `CKR_MECHANISM_PARAM_INVALID`.
+pub fn oaep_param(param: &MechParam) -> Result<(Hash, Hash, &[u8]), Rv> {
+    let MechParam::Oaep { hash, mgf, label } = param else {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    };
+    let hash = Hash::from_ckm(*hash).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    let mgf1 = Hash::from_mgf(*mgf).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    Ok((hash, mgf1, label))
+}
+
+/// Checks the PSS parameters of an RSA-PSS mechanism (`CKM_RSA_PKCS_PSS` or a
+/// `CKM_SHA*_RSA_PKCS_PSS`) as signing and verifying will, so a caller can refuse them at
+/// `C_SignInit` / `C_VerifyInit`, the only functions for which PKCS #11 lists
+/// `CKR_MECHANISM_PARAM_INVALID`.
+pub fn check_rsa_pss_param(mech: &Mechanism, key_bits: usize) -> Result<(), Rv> {
+    pss_param(&mech.param, hash_of_hash_and_sign(mech.mech), key_bits).map(|_| ())
+}
+
+/// Checks `CK_RSA_PKCS_OAEP_PARAMS` as encryption, decryption and wrapping will.
+pub fn check_rsa_oaep_param(mech: &Mechanism) -> Result<(), Rv> {
+    oaep_param(&mech.param).map(|_| ())
+}
 
 /// Units of a mechanism's key-size range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +408,6 @@ mod readme {
         let end = readme
             .find("<!-- mechanisms:end -->")
             .expect("table end marker");
-        assert_eq!(&readme[begin..end], table(), "README mechanism table differs from engine/src/mechanism.rs; replace it with the right side");
+        assert_eq!(&readme[begin..end], table(), "README mechanism table differs from member/src/mechanism.rs; replace it with the right side");
     }
 }

@@ -1,0 +1,705 @@
+//! The body codec: how each kind of value is written and read ([`Field`]), on a [`Writer`]
+//! that wipes what it outgrows and a [`Reader`] that checks every length against what remains.
+
+use std::fmt;
+use std::ops::Deref;
+
+use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
+use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::frame::{HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
+
+/// Everything that can go wrong reading or writing the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame does not start with `HPW`.
+    #[error("bad frame magic")]
+    BadMagic,
+    /// A protocol version other than [`VERSION`].
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    /// A payload larger than [`MAX_PAYLOAD`] (announced by a peer, or about to be encoded; when
+    /// encoding, `len` is the size reached when the cap was hit).
+    #[error("payload of {len} bytes exceeds the cap of {MAX_PAYLOAD}")]
+    TooLarge {
+        /// The length.
+        len: u64,
+    },
+    /// The bytes end before the frame or message does.
+    #[error("truncated frame or message")]
+    Truncated,
+    /// A kind byte this side does not know.
+    #[error("unknown message kind {0:#04x}")]
+    UnknownKind(u8),
+    /// Bytes that do not form a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, WireError>;
+
+/// A secret byte string: zeroized on drop, redacted in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// A secret from bytes (copied).
+    pub fn from_slice(b: &[u8]) -> Self {
+        Secret(Zeroizing::new(b.to_vec()))
+    }
+    /// The zeroizing buffer.
+    pub fn into_inner(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+impl Deref for Secret {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(v: Vec<u8>) -> Self {
+        Secret(Zeroizing::new(v))
+    }
+}
+
+impl From<Zeroizing<Vec<u8>>> for Secret {
+    fn from(v: Zeroizing<Vec<u8>>) -> Self {
+        Secret(v)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What the data of a [`Request::Sign`] or [`Request::Verify`] is: an owned [`SignInput`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// [`SignInput::Message`].
+    Message,
+    /// [`SignInput::Prehashed`].
+    Prehashed,
+}
+
+impl InputKind {
+    /// Split a [`SignInput`] into its kind and data.
+    pub fn split(input: SignInput<'_>) -> (InputKind, &[u8]) {
+        match input {
+            SignInput::Message(d) => (InputKind::Message, d),
+            SignInput::Prehashed(d) => (InputKind::Prehashed, d),
+        }
+    }
+    /// The [`SignInput`] of this kind over `data`.
+    pub fn with(self, data: &[u8]) -> SignInput<'_> {
+        match self {
+            InputKind::Message => SignInput::Message(data),
+            InputKind::Prehashed => SignInput::Prehashed(data),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// An output frame under construction. It grows by hand so that an outgrown buffer (which may
+/// hold a PIN) is wiped rather than freed as is, and it refuses to pass the payload cap.
+pub(crate) struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
+}
+
+// `CK_ULONG` is 64 bits here but 32 on some platforms: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
+fn ulong_to_wire(v: CK_ULONG) -> u64 {
+    u64::from(v)
+}
+
+#[allow(clippy::useless_conversion)]
+fn ulong_from_wire(v: u64) -> Result<CK_ULONG> {
+    CK_ULONG::try_from(v).map_err(|_| WireError::Malformed("CK_ULONG out of range"))
+}
+
+impl Writer {
+    pub(crate) fn frame(id: u64, kind: u8) -> Writer {
+        let mut w = Writer {
+            buf: Vec::with_capacity(256),
+        };
+        w.buf.extend_from_slice(&MAGIC);
+        w.buf.push(VERSION);
+        w.buf.extend_from_slice(&[0; 4]);
+        w.buf.extend_from_slice(&id.to_be_bytes());
+        w.buf.push(kind);
+        w
+    }
+
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        let limit = HEADER_LEN + MAX_PAYLOAD as usize;
+        let need = self.buf.len().saturating_add(n);
+        if need > limit {
+            return Err(WireError::TooLarge {
+                len: (need - HEADER_LEN) as u64,
+            });
+        }
+        if self.buf.capacity() < need {
+            let cap = need.max(self.buf.capacity().saturating_mul(2)).min(limit);
+            let mut grown = Vec::with_capacity(cap);
+            grown.extend_from_slice(&self.buf);
+            self.buf.zeroize();
+            self.buf = grown;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.reserve(b.len())?;
+        self.buf.extend_from_slice(b);
+        Ok(())
+    }
+    pub(crate) fn u8(&mut self, v: u8) -> Result<()> {
+        self.put(&[v])
+    }
+    fn bool(&mut self, v: bool) -> Result<()> {
+        self.u8(u8::from(v))
+    }
+    fn u32(&mut self, v: u32) -> Result<()> {
+        self.put(&v.to_be_bytes())
+    }
+    pub(crate) fn u64(&mut self, v: u64) -> Result<()> {
+        self.put(&v.to_be_bytes())
+    }
+    fn ulong(&mut self, v: CK_ULONG) -> Result<()> {
+        self.u64(ulong_to_wire(v))
+    }
+    fn len(&mut self, n: usize) -> Result<()> {
+        let n = u32::try_from(n).map_err(|_| WireError::TooLarge { len: n as u64 })?;
+        self.u32(n)
+    }
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.reserve(4usize.saturating_add(b.len()))?;
+        self.len(b.len())?;
+        self.put(b)
+    }
+    fn attrs(&mut self, attrs: &[Attr]) -> Result<()> {
+        self.len(attrs.len())?;
+        for a in attrs {
+            self.ulong(a.ty)?;
+            self.bytes(&a.value)?;
+        }
+        Ok(())
+    }
+    fn u64s(&mut self, v: &[u64]) -> Result<()> {
+        self.len(v.len())?;
+        v.iter().try_for_each(|&x| self.u64(x))
+    }
+    fn input(&mut self, k: InputKind) -> Result<()> {
+        self.u8(match k {
+            InputKind::Message => 0,
+            InputKind::Prehashed => 1,
+        })
+    }
+    fn mech(&mut self, m: &Mechanism) -> Result<()> {
+        self.ulong(m.mech)?;
+        match &m.param {
+            MechParam::None => self.u8(0),
+            MechParam::Iv(iv) => {
+                self.u8(1)?;
+                self.bytes(iv)
+            }
+            MechParam::Gcm { iv, aad, tag_bits } => {
+                self.u8(2)?;
+                self.bytes(iv)?;
+                self.bytes(aad)?;
+                self.ulong(*tag_bits)
+            }
+            MechParam::Pss {
+                hash,
+                mgf,
+                salt_len,
+            } => {
+                self.u8(3)?;
+                self.ulong(*hash)?;
+                self.ulong(*mgf)?;
+                self.ulong(*salt_len)
+            }
+            MechParam::Oaep { hash, mgf, label } => {
+                self.u8(4)?;
+                self.ulong(*hash)?;
+                self.ulong(*mgf)?;
+                self.bytes(label)
+            }
+            MechParam::Ulong(v) => {
+                self.u8(5)?;
+                self.ulong(*v)
+            }
+            MechParam::Ecdh {
+                kdf,
+                shared_data,
+                public_data,
+            } => {
+                self.u8(6)?;
+                self.ulong(*kdf)?;
+                self.bytes(shared_data)?;
+                self.bytes(public_data)
+            }
+            MechParam::Hkdf {
+                extract,
+                expand,
+                prf,
+                salt_type,
+                salt,
+                info,
+            } => {
+                self.u8(7)?;
+                self.bool(*extract)?;
+                self.bool(*expand)?;
+                self.ulong(*prf)?;
+                self.ulong(*salt_type)?;
+                self.bytes(salt)?;
+                self.bytes(info)
+            }
+            MechParam::Raw(r) => {
+                self.u8(8)?;
+                self.bytes(r)
+            }
+            MechParam::Sp800108 { prf, segments } => {
+                self.u8(9)?;
+                self.ulong(*prf)?;
+                let n = u32::try_from(segments.len())
+                    .map_err(|_| WireError::Malformed("too many KDF segments"))?;
+                self.u32(n)?;
+                for s in segments {
+                    match s {
+                        KdfSegment::Counter { width_bits } => {
+                            self.u8(0)?;
+                            self.ulong(*width_bits)?;
+                        }
+                        KdfSegment::DkmLength { method, width_bits } => {
+                            self.u8(1)?;
+                            self.ulong(*method)?;
+                            self.ulong(*width_bits)?;
+                        }
+                        KdfSegment::Bytes(b) => {
+                            self.u8(2)?;
+                            self.bytes(b)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Patch the payload length in and hand the frame over.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        let len = (self.buf.len() - HEADER_LEN) as u32; // `reserve` kept it under the cap
+        self.buf[4..8].copy_from_slice(&len.to_be_bytes());
+        std::mem::take(&mut self.buf)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// Reads a message body; every read checks what remains first.
+pub(crate) struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over a payload (from its kind byte on).
+    pub(crate) fn new(b: &'a [u8]) -> Self {
+        Reader { b }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.b.len() {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        self.take(N)?.try_into().map_err(|_| WireError::Truncated)
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn bool(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Malformed("bool not 0 or 1")),
+        }
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn ulong(&mut self) -> Result<CK_ULONG> {
+        ulong_from_wire(self.u64()?)
+    }
+    fn usize(&mut self) -> Result<usize> {
+        usize::try_from(self.u64()?).map_err(|_| WireError::Malformed("size out of range"))
+    }
+    pub(crate) fn slice(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn vec(&mut self) -> Result<Vec<u8>> {
+        Ok(self.slice()?.to_vec())
+    }
+    fn secret(&mut self) -> Result<Secret> {
+        Ok(Secret::from_slice(self.slice()?))
+    }
+    /// A list count, refused if the remaining bytes cannot hold that many `min_size` elements.
+    pub(crate) fn count(&mut self, min_size: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n > self.b.len() / min_size {
+            return Err(WireError::Truncated);
+        }
+        Ok(n)
+    }
+    fn attrs(&mut self) -> Result<Vec<Attr>> {
+        let n = self.count(12)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ty = self.ulong()?;
+            let value = self.vec()?;
+            out.push(Attr { ty, value });
+        }
+        Ok(out)
+    }
+    fn u64s(&mut self) -> Result<Vec<u64>> {
+        let n = self.count(8)?;
+        (0..n).map(|_| self.u64()).collect()
+    }
+    fn input(&mut self) -> Result<InputKind> {
+        match self.u8()? {
+            0 => Ok(InputKind::Message),
+            1 => Ok(InputKind::Prehashed),
+            _ => Err(WireError::Malformed("unknown sign input kind")),
+        }
+    }
+    fn mech(&mut self) -> Result<Mechanism> {
+        let mech: CK_MECHANISM_TYPE = self.ulong()?;
+        let param = match self.u8()? {
+            0 => MechParam::None,
+            1 => MechParam::Iv(self.vec()?),
+            2 => MechParam::Gcm {
+                iv: self.vec()?,
+                aad: self.vec()?,
+                tag_bits: self.ulong()?,
+            },
+            3 => MechParam::Pss {
+                hash: self.ulong()?,
+                mgf: self.ulong()?,
+                salt_len: self.ulong()?,
+            },
+            4 => MechParam::Oaep {
+                hash: self.ulong()?,
+                mgf: self.ulong()?,
+                label: self.vec()?,
+            },
+            5 => MechParam::Ulong(self.ulong()?),
+            6 => MechParam::Ecdh {
+                kdf: self.ulong()?,
+                shared_data: self.vec()?,
+                public_data: self.vec()?,
+            },
+            7 => MechParam::Hkdf {
+                extract: self.bool()?,
+                expand: self.bool()?,
+                prf: self.ulong()?,
+                salt_type: self.ulong()?,
+                salt: self.vec()?,
+                info: self.vec()?,
+            },
+            8 => MechParam::Raw(self.vec()?),
+            9 => {
+                let prf = self.ulong()?;
+                // The smallest segment is a tag and a 4-byte length.
+                let n = self.count(5)?;
+                let mut segments = Vec::with_capacity(n);
+                for _ in 0..n {
+                    segments.push(match self.u8()? {
+                        0 => KdfSegment::Counter {
+                            width_bits: self.ulong()?,
+                        },
+                        1 => KdfSegment::DkmLength {
+                            method: self.ulong()?,
+                            width_bits: self.ulong()?,
+                        },
+                        2 => KdfSegment::Bytes(self.vec()?),
+                        _ => return Err(WireError::Malformed("unknown KDF segment")),
+                    });
+                }
+                MechParam::Sp800108 { prf, segments }
+            }
+            _ => return Err(WireError::Malformed("unknown mechanism parameter")),
+        };
+        Ok(Mechanism { mech, param })
+    }
+    pub(crate) fn end(&self) -> Result<()> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Malformed("trailing bytes"))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fields
+
+/// A value that travels in a message body, written and read the one way the protocol says.
+/// Every request and response field has one; the tables in `request.rs` and `response.rs`
+/// name only the types.
+pub(crate) trait Field: Sized {
+    /// Append the value.
+    fn put(&self, w: &mut Writer) -> Result<()>;
+    /// Read a value (checked against the bytes that remain).
+    fn take(r: &mut Reader<'_>) -> Result<Self>;
+}
+
+impl Field for u64 {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u64(*self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.u64()
+    }
+}
+
+impl Field for u32 {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u32(*self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.u32()
+    }
+}
+
+impl Field for bool {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bool(*self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.bool()
+    }
+}
+
+impl Field for Vec<u8> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bytes(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.vec()
+    }
+}
+
+impl Field for Secret {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bytes(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.secret()
+    }
+}
+
+/// A fixed-size array travels bare (its size is the protocol's).
+impl<const N: usize> Field for [u8; N] {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.put(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.array()
+    }
+}
+
+/// A UTF-8 string (a fault verb, a version).
+impl Field for String {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bytes(self.as_bytes())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(std::str::from_utf8(r.slice()?)
+            .map_err(|_| WireError::Malformed("string not UTF-8"))?
+            .to_owned())
+    }
+}
+
+/// A 0/1 tag, then the value.
+impl<T: Field> Field for Option<T> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        match self {
+            None => w.u8(0),
+            Some(v) => {
+                w.u8(1)?;
+                v.put(w)
+            }
+        }
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        match r.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(T::take(r)?)),
+            _ => Err(WireError::Malformed("bad option tag")),
+        }
+    }
+}
+
+impl Field for Role {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u8(self.code())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        Role::from_code(r.u8()?).ok_or(WireError::Malformed("unknown role"))
+    }
+}
+
+impl Field for InputKind {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.input(*self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.input()
+    }
+}
+
+impl Field for Mechanism {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.mech(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.mech()
+    }
+}
+
+impl Field for Vec<Attr> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.attrs(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.attrs()
+    }
+}
+
+/// Attribute types, object handles: a count, then 8 bytes each.
+impl Field for Vec<u64> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u64s(self)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        r.u64s()
+    }
+}
+
+impl Field for TokenStatus {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bool(self.initialized)?;
+        w.bool(self.user_pin_initialized)?;
+        w.put(&self.label)?;
+        w.u32(self.user_failures)?;
+        w.u32(self.so_failures)?;
+        w.u32(self.max_failures)?;
+        w.u64(self.object_count as u64)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(TokenStatus {
+            initialized: r.bool()?,
+            user_pin_initialized: r.bool()?,
+            label: r.array()?,
+            user_failures: r.u32()?,
+            so_failures: r.u32()?,
+            max_failures: r.u32()?,
+            object_count: r.usize()?,
+        })
+    }
+}
+
+impl Field for Vec<AttrAnswer> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.len(self.len())?;
+        for a in self {
+            match a {
+                AttrAnswer::Value(v) => {
+                    w.u8(0)?;
+                    w.bytes(v)?;
+                }
+                AttrAnswer::Sensitive => w.u8(1)?,
+                AttrAnswer::Invalid => w.u8(2)?,
+            }
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let n = r.count(1)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(match r.u8()? {
+                0 => AttrAnswer::Value(r.vec()?),
+                1 => AttrAnswer::Sensitive,
+                2 => AttrAnswer::Invalid,
+                _ => return Err(WireError::Malformed("unknown attribute answer")),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Field for KeyMeta {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.ulong(self.class)?;
+        self.key_type.put(w)?;
+        w.u64(self.key_bits as u64)?;
+        w.bool(self.token)?;
+        w.bool(self.private)?;
+        w.bool(self.always_authenticate)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(KeyMeta {
+            class: r.ulong()?,
+            key_type: <Option<CK_ULONG> as Field>::take(r)?,
+            key_bits: r.usize()?,
+            token: r.bool()?,
+            private: r.bool()?,
+            always_authenticate: r.bool()?,
+        })
+    }
+}
+
+/// (object, SHA-256 digest) pairs.
+impl Field for Vec<(u64, [u8; 32])> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.len(self.len())?;
+        for (id, digest) in self {
+            w.u64(*id)?;
+            w.put(digest)?;
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let n = r.count(40)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((r.u64()?, r.array()?));
+        }
+        Ok(out)
+    }
+}
