@@ -16,7 +16,8 @@ const INTERFACE_NAME_MAX_LEN: usize = 256;
 ///
 /// # Safety
 /// `p_init_args` is NULL or points to a readable `CK_C_INITIALIZE_ARGS`; its `pReserved` may hold
-/// any value (it is copied by the kernel, never dereferenced: see `guard::copy_caller_cstr`).
+/// any value (it is copied by the kernel, never dereferenced: see `copy_caller_cstr` in
+/// `guard/init.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
     guard!("C_Initialize", {
