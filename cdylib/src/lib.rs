@@ -15,8 +15,8 @@
 //!
 //! Every `C_*` function is exported by name (`#[no_mangle]`) for callers that link statically or
 //! look functions up with `dlsym`; `C_GetFunctionList`, `C_GetInterfaceList` and
-//! `C_GetInterface` hand out [`table`]'s lists, which point at the same functions. The C caller's
-//! side of the contract is in `cdylib/README.md`.
+//! `C_GetInterface`, which live in [`table`], hand out its lists, which point at the same
+//! functions. The C caller's side of the contract is in `cdylib/README.md`.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -38,3 +38,4 @@ pub use entry::session::*;
 pub use entry::sign::*;
 pub use entry::slot::*;
 pub use entry::verify::*;
+pub use table::{C_GetFunctionList, C_GetInterface, C_GetInterfaceList};

@@ -1,4 +1,8 @@
-//! The function lists as plain static data, every slot filled, and the interface lookup rules.
+//! The function lists as plain static data, every slot filled, the interface lookup rules, and
+//! the three entry points that hand them out: `C_GetFunctionList`, `C_GetInterfaceList` and
+//! `C_GetInterface` (§5.4.4 to §5.4.6). Those live here, not in `entry::general`, because the
+//! lists point at every entry point, themselves included: with them here the table imports the
+//! entry modules and no entry module imports the table.
 //!
 //! Two lists point at the same functions: `CK_FUNCTION_LIST` (version 2.40, for
 //! `C_GetFunctionList` and 2.x callers) and `CK_FUNCTION_LIST_3_0` (version 3.0, the default
@@ -24,7 +28,10 @@ use crate::entry::session::*;
 use crate::entry::sign::*;
 use crate::entry::slot::*;
 use crate::entry::verify::*;
-use crate::guard::Result;
+use crate::guard::{guard, in_cstr, in_opt, out_ref, OutBuf, Result};
+
+/// The longest interface name we read; ours is far shorter, so a longer one matches nothing.
+const INTERFACE_NAME_MAX_LEN: usize = 256;
 
 /// The name of the standard interface (§5.4.5).
 pub const INTERFACE_NAME: &std::ffi::CStr = c"PKCS 11";
@@ -277,6 +284,62 @@ pub(crate) fn find_interface(
             "no interface matches the name, version and flags",
         ))?;
     Ok(RECORDS.0.get().cast::<CK_INTERFACE>().wrapping_add(i))
+}
+
+/// §5.4.4 C_GetFunctionList: the 2.40 function list. Callable before `C_Initialize`.
+///
+/// # Safety
+/// `pp_function_list` is NULL or points to writable memory for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(pp_function_list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    guard!("C_GetFunctionList", {
+        // SAFETY: relayed from this function's contract.
+        unsafe { out_ref(pp_function_list) }?.set(function_list_ptr());
+        Ok(CKR_OK)
+    })
+}
+
+/// §5.4.5 C_GetInterfaceList: the 3.0 then the 2.40 interface, both named "PKCS 11", under the
+/// variable-length output rule (§5.2). Callable before `C_Initialize`.
+///
+/// # Safety
+/// `pul_count` is NULL or points to a readable and writable `CK_ULONG`; a non-NULL
+/// `p_interfaces_list` points to `*pul_count` writable `CK_INTERFACE`s.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterfaceList(
+    p_interfaces_list: *mut CK_INTERFACE,
+    pul_count: *mut CK_ULONG,
+) -> CK_RV {
+    guard!("C_GetInterfaceList", {
+        // SAFETY: relayed from this function's contract.
+        unsafe { OutBuf::new(p_interfaces_list, pul_count) }?.put(interfaces())
+    })
+}
+
+/// §5.4.6 C_GetInterface: the interface matching a name, version and flags (NULL name or version
+/// matches any; see `find_interface`). Callable before `C_Initialize`.
+///
+/// # Safety
+/// `p_interface_name` is NULL or a readable NUL-terminated string; `p_version` is NULL or points
+/// to a readable `CK_VERSION`; `pp_interface` is NULL or points to writable memory for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterface(
+    p_interface_name: *mut CK_UTF8CHAR,
+    p_version: *mut CK_VERSION,
+    pp_interface: *mut *mut CK_INTERFACE,
+    flags: CK_FLAGS,
+) -> CK_RV {
+    guard!("C_GetInterface", {
+        // SAFETY: relayed from this function's contract.
+        let out = unsafe { out_ref(pp_interface) }?;
+        // SAFETY: relayed from this function's contract.
+        let name = unsafe { in_cstr(p_interface_name, INTERFACE_NAME_MAX_LEN) }
+            .map_err(|_| Error::ArgumentsBad("unknown interface name"))?;
+        // SAFETY: relayed from this function's contract.
+        let version = unsafe { in_opt(p_version.cast_const()) }?;
+        out.set(find_interface(name, version, flags)?);
+        Ok(CKR_OK)
+    })
 }
 
 #[cfg(test)]

@@ -1,22 +1,21 @@
-//! §5.4 General-purpose functions.
+//! §5.4 General-purpose functions: `C_Initialize`, `C_Finalize` and `C_GetInfo`. The other three,
+//! `C_GetFunctionList`, `C_GetInterfaceList` and `C_GetInterface`, are in `crate::table`, next to
+//! the lists they hand out.
 
 use std::ffi::c_void;
 
 use cryptoki_sys::*;
 use hsmpool_engine::{engine, Error};
 
-use crate::guard::{guard, in_cstr, in_opt, init_args, out_ref, pad, version, OutBuf};
-use crate::table;
-
-/// The longest interface name we read; ours is far shorter, so a longer one matches nothing.
-const INTERFACE_NAME_MAX_LEN: usize = 256;
+use crate::guard::{guard, init_args, out_ref, pad, version};
 
 /// §5.4.1 C_Initialize: reads `CK_C_INITIALIZE_ARGS` (see `cdylib/README.md` for the mutex,
 /// flag and `pReserved` rules) and starts the engine.
 ///
 /// # Safety
 /// `p_init_args` is NULL or points to a readable `CK_C_INITIALIZE_ARGS`; its `pReserved` may hold
-/// any value (it is copied by the kernel, never dereferenced: see `guard::copy_caller_cstr`).
+/// any value (it is copied by the kernel, never dereferenced: see `copy_caller_cstr` in
+/// `guard/init.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
     guard!("C_Initialize", {
@@ -85,62 +84,6 @@ pub unsafe extern "C" fn C_GetInfo(p_info: *mut CK_INFO) -> CK_RV {
             libraryDescription: pad(&info.description),
             libraryVersion: version(info.version),
         });
-        Ok(CKR_OK)
-    })
-}
-
-/// §5.4.4 C_GetFunctionList: the 2.40 function list. Callable before `C_Initialize`.
-///
-/// # Safety
-/// `pp_function_list` is NULL or points to writable memory for one pointer.
-#[no_mangle]
-pub unsafe extern "C" fn C_GetFunctionList(pp_function_list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
-    guard!("C_GetFunctionList", {
-        // SAFETY: relayed from this function's contract.
-        unsafe { out_ref(pp_function_list) }?.set(table::function_list_ptr());
-        Ok(CKR_OK)
-    })
-}
-
-/// §5.4.5 C_GetInterfaceList: the 3.0 then the 2.40 interface, both named "PKCS 11", under the
-/// variable-length output rule (§5.2). Callable before `C_Initialize`.
-///
-/// # Safety
-/// `pul_count` is NULL or points to a readable and writable `CK_ULONG`; a non-NULL
-/// `p_interfaces_list` points to `*pul_count` writable `CK_INTERFACE`s.
-#[no_mangle]
-pub unsafe extern "C" fn C_GetInterfaceList(
-    p_interfaces_list: *mut CK_INTERFACE,
-    pul_count: *mut CK_ULONG,
-) -> CK_RV {
-    guard!("C_GetInterfaceList", {
-        // SAFETY: relayed from this function's contract.
-        unsafe { OutBuf::new(p_interfaces_list, pul_count) }?.put(table::interfaces())
-    })
-}
-
-/// §5.4.6 C_GetInterface: the interface matching a name, version and flags (NULL name or version
-/// matches any; see `table::find_interface`). Callable before `C_Initialize`.
-///
-/// # Safety
-/// `p_interface_name` is NULL or a readable NUL-terminated string; `p_version` is NULL or points
-/// to a readable `CK_VERSION`; `pp_interface` is NULL or points to writable memory for a pointer.
-#[no_mangle]
-pub unsafe extern "C" fn C_GetInterface(
-    p_interface_name: *mut CK_UTF8CHAR,
-    p_version: *mut CK_VERSION,
-    pp_interface: *mut *mut CK_INTERFACE,
-    flags: CK_FLAGS,
-) -> CK_RV {
-    guard!("C_GetInterface", {
-        // SAFETY: relayed from this function's contract.
-        let out = unsafe { out_ref(pp_interface) }?;
-        // SAFETY: relayed from this function's contract.
-        let name = unsafe { in_cstr(p_interface_name, INTERFACE_NAME_MAX_LEN) }
-            .map_err(|_| Error::ArgumentsBad("unknown interface name"))?;
-        // SAFETY: relayed from this function's contract.
-        let version = unsafe { in_opt(p_version.cast_const()) }?;
-        out.set(table::find_interface(name, version, flags)?);
         Ok(CKR_OK)
     })
 }

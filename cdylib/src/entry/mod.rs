@@ -1,6 +1,7 @@
 //! The `C_*` entry points, grouped as chapter 5 of the PKCS #11 3.0 base specification groups
 //! them. Each body is one `guard!` call; pointers are turned into values by
-//! the helpers in `guard.rs` only.
+//! the helpers in `guard` (`guard/*.rs`) only. `C_GetFunctionList`, `C_GetInterfaceList` and
+//! `C_GetInterface` are in `crate::table`, with the lists they hand out.
 
 // The exported names are the specification's (`C_Sign`), and so are the parameters, in snake case.
 #![allow(non_snake_case)]
