@@ -313,13 +313,18 @@ impl Remote {
     /// Send one request and wait for its answer (an `Err(CK_RV)` answer is returned as such;
     /// see [`admin_request`] for the administration requests).
     pub fn request(&self, req: &Request) -> MemberResult<Response> {
+        let conn = self.connection()?;
+        self.request_on(&conn, req)
+    }
+
+    /// [`Remote::request`] on one connection.
+    fn request_on(&self, conn: &Conn, req: &Request) -> MemberResult<Response> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // May hold a PIN or plaintext: wiped once sent.
         let frame = Zeroizing::new(encode_request(id, req).map_err(|e| match e {
             WireError::TooLarge { .. } => MemberError::DataLenRange,
             other => MemberError::Internal(format!("encoding {}: {other}", req.name())),
         })?);
-        let conn = self.connection()?;
         let (tx, rx) = channel::bounded(1);
         conn.pending.insert(id, tx);
         if conn.is_dead() {
