@@ -66,7 +66,9 @@ use crate::fault::{FaultConfig, FaultSeed, FaultVerb};
 use crate::hsm::{Hsm, HsmConfig};
 use crate::timing::TimingConfig;
 use hsmpool_wire::link::{self, Link, Side};
-use hsmpool_wire::{decode_request, encode_response, DaemonStats, Request, Response, Served};
+use hsmpool_wire::{
+    decode_request, encode_response, DaemonStats, Request, Response, Served, VersionInfo, PROTOCOL,
+};
 
 use crate::member::SimMember;
 
@@ -567,6 +569,23 @@ impl Shared {
         }
     }
 
+    /// The handshake: who this daemon is, or a refusal for a client of another protocol.
+    fn version(&self, protocol: u32) -> Response {
+        let daemon = concat!("hsmpool-hsmd ", env!("CARGO_PKG_VERSION")).to_owned();
+        if protocol != PROTOCOL {
+            tracing::warn!(
+                "{daemon} speaks protocol {PROTOCOL}; refused a client of protocol {protocol}"
+            );
+            return Response::Err(CKR_DEVICE_ERROR);
+        }
+        let faults = self.member.hsm().faults().is_some();
+        Response::Version(VersionInfo {
+            daemon,
+            protocol,
+            capabilities: VersionInfo::REPLICATION | if faults { VersionInfo::FAULTS } else { 0 },
+        })
+    }
+
     /// Send `resp` to request `id` on `link` (dropped if the link has closed meanwhile).
     fn reply(&self, link: &Link, id: u64, resp: &Response) {
         bump(&self.counters.requests_served);
@@ -608,6 +627,7 @@ impl Shared {
             Served::Answer(Ok(resp)) => resp,
             Served::Answer(Err(e)) => Response::Err(e.rv()),
             Served::Admin(Request::Stats) => Response::Stats(self.stats()),
+            Served::Admin(Request::Version { protocol }) => self.version(protocol),
             Served::Admin(_) => Response::Err(CKR_FUNCTION_NOT_SUPPORTED),
         }
     }

@@ -50,7 +50,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::WireError;
 use crate::link::{self, Link, LinkReader, Side};
-use crate::{decode_response, encode_request, Request, Response};
+use crate::{decode_response, encode_request, Request, Response, PROTOCOL};
 
 /// Connections per member unless configured.
 pub const DEFAULT_CONNECTIONS: usize = 4;
@@ -283,11 +283,12 @@ impl Remote {
                     .name(format!("hsmpool-m{}-c{i}", self.id.0))
                     .spawn(move || read_loop(&c, reader))
                     .map_err(|e| self.unreachable(format!("no reader thread: {e}")))?;
+                let daemon = self.handshake(&conn)?;
                 *slot = Some(Arc::clone(&conn));
                 tracing::debug!(
                     member = self.id.0,
                     slot = i,
-                    "connected to {}",
+                    "connected to {daemon} at {}",
                     self.address
                 );
                 Ok(conn)
@@ -307,6 +308,27 @@ impl Remote {
                 *last = Some((Instant::now(), reason.clone()));
                 Err(self.unreachable(reason))
             }
+        }
+    }
+
+    /// The first exchange on a new connection: the daemon must speak our [`PROTOCOL`], or the
+    /// connection is closed and the member is unreachable with a reason that says so.
+    fn handshake(&self, conn: &Conn) -> MemberResult<String> {
+        let refuse = |why: String| {
+            conn.fail(why.clone(), false);
+            Err(self.unreachable(why))
+        };
+        match self.request_on(conn, &Request::Version { protocol: PROTOCOL })? {
+            Response::Version(v) if v.protocol == PROTOCOL => Ok(v.daemon),
+            Response::Version(v) => refuse(format!(
+                "{} at {} speaks protocol {}, this module {PROTOCOL}",
+                v.daemon, self.address, v.protocol
+            )),
+            Response::Err(rv) => refuse(format!(
+                "{} refused the handshake for protocol {PROTOCOL} ({rv:#x}): another version of hsmpool-hsmd",
+                self.address
+            )),
+            other => refuse(format!("{} answered the handshake with {}", self.address, other.name())),
         }
     }
 

@@ -175,7 +175,7 @@ impl Writer {
     fn bool(&mut self, v: bool) -> Result<()> {
         self.u8(u8::from(v))
     }
-    fn u32(&mut self, v: u32) -> Result<()> {
+    pub(crate) fn u32(&mut self, v: u32) -> Result<()> {
         self.put(&v.to_be_bytes())
     }
     pub(crate) fn u64(&mut self, v: u64) -> Result<()> {
@@ -345,7 +345,7 @@ impl<'a> Reader<'a> {
             _ => Err(WireError::Malformed("bool not 0 or 1")),
         }
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_be_bytes(self.array()?))
     }
     pub(crate) fn u64(&mut self) -> Result<u64> {

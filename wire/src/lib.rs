@@ -75,7 +75,8 @@ pub use request::{
     decode_request, encode_request, request_kind, serve, Request, Served, LAST_REQUEST,
 };
 pub use response::{
-    decode_response, encode_response, response_kind, DaemonStats, Response, LAST_RESPONSE,
+    decode_response, encode_response, response_kind, DaemonStats, Response, VersionInfo,
+    LAST_RESPONSE, PROTOCOL,
 };
 
 /// Every kind byte, requests and responses.

@@ -402,6 +402,10 @@ requests! {
         client Replication fn object_digests(s: MemberSession) -> Vec<(MemberObject, [u8; 32])> {
             Request::ObjectDigests { session: s.0 }
         } Response::Digests(v) => v.into_iter().map(|(o, d)| (MemberObject(o), d)).collect();
+    /// The handshake, first on every connection: the client's protocol → [`Response::Version`]
+    /// (the daemon's name and version, protocol and capabilities); refused with
+    /// `Err(CKR_DEVICE_ERROR)` by a daemon that speaks another protocol.
+    VERSION = 0x24, Version { protocol: u32 } => admin "who the daemon is, not a member call";
     /// `drop_replica` → [`Response::Ok`].
     DROP_REPLICA = 0x23, DropReplica { session: u64, object: u64 }
         => serve |b| replication(b)?.drop_replica(ms(session), mo(object)).map(|()| Response::Ok),

@@ -112,6 +112,45 @@ responses! {
     R_STATS = 0x8b, Stats(s: DaemonStats);
     /// (object, SHA-256 digest) pairs.
     R_DIGESTS = 0x8c, Digests(v: Vec<(u64, [u8; 32])>);
+    /// Who the daemon is (the answer to the handshake).
+    R_VERSION = 0x8d, Version(v: VersionInfo);
+}
+
+/// The protocol this build speaks: the set of messages and their bodies (the frame header's
+/// version byte is the framing's). Raised whenever a message changes.
+pub const PROTOCOL: u32 = 2;
+
+/// What a daemon says of itself in the handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The daemon and its version (`hsmpool-hsmd 0.1.0`).
+    pub daemon: String,
+    /// The protocol it speaks ([`PROTOCOL`]).
+    pub protocol: u32,
+    /// What its member can do beyond the contract ([`VersionInfo::REPLICATION`], ...).
+    pub capabilities: u64,
+}
+
+impl VersionInfo {
+    /// The member has the clone path (`Replication`).
+    pub const REPLICATION: u64 = 1;
+    /// The daemon takes `Fault` requests (it runs with `--fault-seed`).
+    pub const FAULTS: u64 = 1 << 1;
+}
+
+impl Field for VersionInfo {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        self.daemon.put(w)?;
+        w.u32(self.protocol)?;
+        w.u64(self.capabilities)
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(VersionInfo {
+            daemon: String::take(r)?,
+            protocol: r.u32()?,
+            capabilities: r.u64()?,
+        })
+    }
 }
 
 /// The last response kind (for the tests' unknown-kind checks).

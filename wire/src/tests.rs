@@ -252,6 +252,7 @@ fn sample_requests() -> Vec<Request> {
             blob: vec![],
         },
         Request::ObjectDigests { session: 2 },
+        Request::Version { protocol: PROTOCOL },
         Request::DropReplica {
             session: 2,
             object: 17,
@@ -333,6 +334,11 @@ fn sample_responses() -> Vec<Response> {
         }),
         Response::Digests(vec![]),
         Response::Digests(vec![(1, [0xd1; 32]), (u64::MAX, [0; 32])]),
+        Response::Version(VersionInfo {
+            daemon: "hsmpool-hsmd 9.8.7".into(),
+            protocol: PROTOCOL,
+            capabilities: VersionInfo::REPLICATION | VersionInfo::FAULTS,
+        }),
     ]
 }
 
@@ -675,10 +681,12 @@ fn bad_magic_and_version() {
 #[test]
 fn unknown_kinds_and_bad_tags() {
     assert_eq!(decode_request(&[0x00]), Err(WireError::UnknownKind(0)));
-    assert_eq!(decode_request(&[0x24]), Err(WireError::UnknownKind(0x24)));
+    let next = kind::LAST_REQUEST + 1;
+    assert_eq!(decode_request(&[next]), Err(WireError::UnknownKind(next)));
     assert_eq!(decode_request(&[0xee]), Err(WireError::UnknownKind(0xee)));
     assert_eq!(decode_response(&[0x7f]), Err(WireError::UnknownKind(0x7f)));
-    assert_eq!(decode_response(&[0x8d]), Err(WireError::UnknownKind(0x8d)));
+    let next = kind::LAST_RESPONSE + 1;
+    assert_eq!(decode_response(&[next]), Err(WireError::UnknownKind(next)));
     assert_eq!(decode_request(&[]), Err(WireError::Truncated));
     assert_eq!(decode_response(&[]), Err(WireError::Truncated));
 

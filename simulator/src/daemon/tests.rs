@@ -1,7 +1,7 @@
 use super::*;
 use crate::hsm::Role;
 use crate::types::{Attr, Mechanism};
-use hsmpool_wire::{InputKind, Secret};
+use hsmpool_wire::{InputKind, Secret, VersionInfo, PROTOCOL};
 
 const SO_PIN: &[u8] = b"so-pin-1234";
 const USER_PIN: &[u8] = b"user-pin-1234";
@@ -275,5 +275,35 @@ fn the_clone_path_goes_through() {
             blob: bad,
         }),
         Response::Err(_)
+    ));
+}
+
+#[test]
+fn the_handshake_names_the_daemon_and_refuses_another_protocol() {
+    let (_dir, d) = shared(true);
+    match d.run(Request::Version { protocol: PROTOCOL }) {
+        Response::Version(v) => {
+            assert!(v.daemon.starts_with("hsmpool-hsmd "), "{v:?}");
+            assert_eq!(v.protocol, PROTOCOL);
+            assert_eq!(
+                v.capabilities,
+                VersionInfo::REPLICATION | VersionInfo::FAULTS
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        d.run(Request::Version {
+            protocol: PROTOCOL + 1
+        }),
+        Response::Err(CKR_DEVICE_ERROR)
+    );
+    let (_dir, quiet) = shared(false);
+    assert!(matches!(
+        quiet.run(Request::Version { protocol: PROTOCOL }),
+        Response::Version(VersionInfo {
+            capabilities: VersionInfo::REPLICATION,
+            ..
+        })
     ));
 }
