@@ -11,7 +11,7 @@ use crate::error::{SimError, SimResult};
 use crate::object::{self, Object};
 use crate::timing::OpClass;
 
-use super::rv;
+use super::common::rv;
 use super::Hsm;
 
 impl Hsm {

@@ -14,7 +14,7 @@ use crate::timing::{self, OpClass};
 use crate::types::cloudhsm::CKM_CLOUDHSM_SP800_108_COUNTER_KDF;
 use crate::types::{Attr, MechParam, Mechanism};
 
-use super::{bit_len, rv, strip_zeros};
+use super::common::{bit_len, rv, strip_zeros};
 use super::{Hsm, Role};
 
 impl Hsm {

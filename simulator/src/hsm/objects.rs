@@ -14,7 +14,7 @@ use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::timing::{self, OpClass};
 use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID};
 
-use super::{bit_len, random_id, rv, strip_zeros};
+use super::common::{bit_len, random_id, rv, strip_zeros};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
 
 impl Hsm {

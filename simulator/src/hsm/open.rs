@@ -19,7 +19,7 @@ use crate::store::{Refused, Store};
 use crate::timing::TimingModel;
 use crate::types::IdHash;
 
-use super::random_id;
+use super::common::random_id;
 use super::{Hsm, HsmConfig, Role, TokenMeta, TokenStatus, User, DEFAULT_SO, DEFAULT_USER};
 
 /// How often finds and logins look for other processes' writes to a shared store.

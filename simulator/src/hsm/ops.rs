@@ -9,7 +9,7 @@ use crate::error::{SimError, SimResult};
 use crate::timing::OpClass;
 use crate::types::{Mechanism, SignInput};
 
-use super::rv;
+use super::common::rv;
 use super::Hsm;
 
 impl Hsm {
