@@ -1,5 +1,22 @@
 //! One simulated HSM: token state, users, sessions, objects and their index, over the store.
 //!
+//! # Layout
+//! [`Hsm`] and its fields are declared here; its methods live in rooms, one `impl Hsm` each:
+//! - `open`: opening the HSM over its store, catching up with other processes' writes to it,
+//!   the token's status;
+//! - `users`: users, PINs and lockout, `C_InitToken`, the login state of member sessions;
+//! - `objects`: create, copy, destroy, find, attributes, object size, key metadata,
+//!   `check_key`;
+//! - `keys`: generate (a key, a key pair), wrap, unwrap, derive;
+//! - `ops`: sign, verify, encrypt, decrypt, a key's value for `C_DigestKey`, random;
+//! - `clone`: the cluster clone path and the health probe;
+//! - `common`: what several rooms share: the timing and fault hooks, opening and closing
+//!   member sessions, keeping the object map, its index and the store together, small helpers.
+//!
+//! A room calls only the rooms before it in the order `common`, `open`, `users`, `objects`,
+//! then any of `keys`, `ops` and `clone` (which call none of each other); what a later room
+//! calls is `pub(super)`.
+//!
 //! # Concurrency
 //! Objects live in a `DashMap` of `Arc<Object>`: an operation clones the `Arc` and releases the
 //! shard before doing any cryptography, so signing never holds a map lock. A change builds a
@@ -72,6 +89,9 @@ impl HsmConfig {
     }
 }
 
+/// A user: its role, PIN hash and failed-login count. Its stored form (`record`,
+/// `from_record`) is here because `open` reads it and `users` writes it; making and checking
+/// a PIN hash is in `users`.
 struct User {
     role: Role,
     salt: Vec<u8>,
@@ -117,6 +137,42 @@ struct TokenMeta {
 }
 
 /// One simulated HSM.
+///
+/// # Invariants
+/// What holds between its fields whenever no change is in flight (how a change in flight may
+/// be seen is said where it matters):
+/// - **Object map.** `objects` maps each id to the object with that id. A token object
+///   (`token`) has no `session`; a session object has `session == Some(ms)` for the member
+///   session `ms` that made it, and `close_session` drops it with the session. A private
+///   object has an owner, the crypto user who made it, and only sessions logged in as that
+///   user see it.
+/// - **Index vs object map.** `index` lists under `(ty, value)`, for `ty` in `INDEXED`
+///   (`CKA_LABEL`, `CKA_ID`), exactly the ids of the objects in `objects` whose `attrs` hold
+///   that value, and holds no empty list. Every change goes through `insert` (which indexes
+///   an object before publishing it) and `unindex` (which every removal and replacement
+///   calls first), or clears both maps together (`init_token`). A find running beside a
+///   change may meet an entry whose object has just gone or changed (`find` re-reads every
+///   candidate from `objects` and matches it again) or miss an object whose attributes are
+///   being replaced (`set_attributes` unindexes the old one before inserting the new).
+/// - **Store vs memory.** The store is written first: a token object, a user or the token
+///   state is put into (or deleted from) the store before memory shows it, so a failed store
+///   write leaves memory as it was. Every token object in `objects` has its row in the store
+///   (same id, owner, attributes and key material); session objects never reach the store.
+///   The one exception to store-first: `login_named` sets a user's failed-login count in
+///   memory, then in the store. Memory may lag the store when another process writes to it,
+///   until `catch_up` (on finds, logins and `object_digests`, when `seen_version` differs
+///   from the store's data version, at most every `CATCH_UP_INTERVAL_MS`) re-reads objects,
+///   users and token state.
+/// - **Sessions vs users.** A session's `login` is `Some((role, name))` only after
+///   `login_named` checked `name`'s PIN for `role` on that very session, and `logout` clears
+///   it; it is not checked again, so a session stays logged in when its user's PIN is reset
+///   or the token is re-initialised. A user whose `failures` reached `cfg.max_login_failures`
+///   cannot log in until a crypto officer sets a new PIN for it (`add_user`, `init_pin`),
+///   which sets `failures` to 0.
+/// - **Session ids.** They come from `next_session`, which only grows from a random start, so
+///   an id never names two sessions of one `Hsm`.
+/// - **Fixed at open.** `cfg`, `refused` (what failed its integrity check when the store was
+///   opened), `timing`, `faults` and `clone_key` never change afterwards.
 pub struct Hsm {
     cfg: HsmConfig,
     store: Store,
@@ -141,4 +197,5 @@ pub struct Hsm {
     opened: std::time::Instant,
 }
 
+/// The attributes `Hsm::index` is kept for.
 const INDEXED: [CK_ATTRIBUTE_TYPE; 2] = [CKA_LABEL, CKA_ID];
