@@ -1,0 +1,192 @@
+//! What several rooms share: the timing and fault hooks every operation starts with, member
+//! sessions (opened and closed here, since the fault hook closes the sessions a crash or a
+//! connection drop invalidated), the object map and its index kept together (`insert`,
+//! `unindex`) and in step with the store (`persist`, `remove`), and small helpers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use cryptoki_sys::*;
+
+use crate::error::{SimError, SimResult};
+use crate::fault::Faults;
+use crate::object::{self, Object};
+use crate::timing::{self, OpClass, TimingModel};
+
+use super::{Hsm, SimSession, INDEXED};
+
+impl Hsm {
+    /// The timing model, when on.
+    pub fn timing(&self) -> Option<&TimingModel> {
+        self.timing.as_ref()
+    }
+
+    /// timing hook: start a request; `op` gives its class and whether it creates a persistent
+    /// (token) object, and is only called with the model on (off, this is one branch). The
+    /// returned timer, held until the operation's end, applies the reply delay when dropped.
+    #[inline]
+    pub(super) fn timed(
+        &self,
+        op: impl FnOnce() -> (OpClass, bool),
+    ) -> Option<timing::OpTimer<'_>> {
+        self.timing.as_ref().map(|t| {
+            let (class, token) = op();
+            t.begin_op(class, token)
+        })
+    }
+
+    /// The fault controller, when on. See [`crate::fault`].
+    pub fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    /// fault hook: at the start of an operation, the injected error, if any (after any hold
+    /// and delay). Off, or on with no fault active, this is one branch and one atomic load.
+    #[inline]
+    pub(super) fn fault_check(&self) -> SimResult<()> {
+        match &self.faults {
+            Some(f) if f.is_active() => self.fault_slow(f),
+            _ => Ok(()),
+        }
+    }
+
+    /// fault hook: the slow path: drop sessions a crash or connection drop invalidated, then
+    /// ask the controller.
+    #[cold]
+    fn fault_slow(&self, f: &Faults) -> SimResult<()> {
+        if let Some(generation) = f.take_purge() {
+            let stale: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|s| s.generation < generation)
+                .map(|s| *s.key())
+                .collect();
+            for ms in stale {
+                self.close_session(ms);
+            }
+        }
+        f.before_op().map_err(SimError::Rv)
+    }
+
+    pub(super) fn insert(&self, obj: Arc<Object>) {
+        for ty in INDEXED {
+            if let Some(v) = obj.attrs.get(&ty) {
+                self.index.entry((ty, v.clone())).or_default().push(obj.id);
+            }
+        }
+        self.objects.insert(obj.id, obj);
+    }
+
+    pub(super) fn unindex(&self, obj: &Object) {
+        for ty in INDEXED {
+            if let Some(v) = obj.attrs.get(&ty) {
+                let key = (ty, v.clone());
+                let empty = match self.index.get_mut(&key) {
+                    Some(mut ids) => {
+                        ids.retain(|i| *i != obj.id);
+                        ids.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.index.remove_if(&key, |_, ids| ids.is_empty());
+                }
+            }
+        }
+    }
+
+    pub(super) fn persist(&self, obj: &Object) -> SimResult<()> {
+        if !obj.token {
+            return Ok(());
+        }
+        let secret = obj
+            .key
+            .as_ref()
+            .map(|k| k.material().to_bytes())
+            .unwrap_or_default();
+        self.store.put_object(
+            obj.id,
+            obj.owner.as_deref(),
+            &object::encode_attrs(&obj.attrs),
+            &secret,
+        )
+    }
+
+    pub(super) fn remove(&self, obj: &Object) -> SimResult<()> {
+        if obj.token {
+            self.store.delete_object(obj.id)?;
+        }
+        self.unindex(obj);
+        self.objects.remove(&obj.id);
+        Ok(())
+    }
+
+    /// Open a member session (an authentication context).
+    pub fn open_session(&self) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        // fault hook: this cannot return an error: an injected one leaves the session
+        // unregistered, so its first use fails.
+        let generation = match &self.faults {
+            None => 0,
+            Some(f) => {
+                if self.fault_check().is_err() {
+                    return id;
+                }
+                f.generation()
+            }
+        };
+        self.sessions.insert(
+            id,
+            SimSession {
+                generation,
+                ..SimSession::default()
+            },
+        );
+        // fault hook: a crash or connection drop that raced this open invalidates it too.
+        if self.faults().is_some_and(|f| f.generation() != generation) {
+            self.sessions.remove(&id);
+        }
+        id
+    }
+
+    /// Close a member session and destroy its session objects.
+    pub fn close_session(&self, ms: u64) {
+        self.sessions.remove(&ms);
+        let doomed: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.session == Some(ms))
+            .map(|o| o.value().clone())
+            .collect();
+        for o in doomed {
+            self.unindex(&o);
+            self.objects.remove(&o.id);
+        }
+    }
+}
+
+pub(super) fn rv<T>(r: Result<T, CK_RV>) -> SimResult<T> {
+    r.map_err(SimError::Rv)
+}
+
+pub(super) fn random_id() -> SimResult<u64> {
+    let mut b = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+    Ok((u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1))
+}
+
+pub(super) fn strip_zeros(b: &[u8]) -> Vec<u8> {
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    b[first..].to_vec()
+}
+
+pub(super) fn bit_len(b: &[u8]) -> usize {
+    let b = &b[b.iter().position(|x| *x != 0).unwrap_or(b.len())..];
+    match b.first() {
+        Some(f) => b.len() * 8 - f.leading_zeros() as usize,
+        None => 0,
+    }
+}
