@@ -54,10 +54,8 @@ mod users;
 pub const DEFAULT_SO: &str = "admin";
 /// The crypto user that `C_InitPIN` creates.
 pub const DEFAULT_USER: &str = "user";
-/// Shortest PIN accepted.
-pub const MIN_PIN_LEN: usize = 4;
-/// Longest PIN accepted (`name:password` included).
-pub const MAX_PIN_LEN: usize = 255;
+/// The PIN length bounds every member kind shares (the token's `ulMinPinLen`/`ulMaxPinLen`).
+pub use hsmpool_member::{MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// How a simulated HSM is set up.
 #[derive(Clone, Debug)]
