@@ -37,11 +37,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 use cryptoki_sys::*;
+use hsmpool_member::clock::{Clock, RealClock};
 use hsmpool_member::Role;
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
@@ -69,6 +70,12 @@ pub struct Settings {
     /// How long a token create waits for enough members to hold the new object (members
     /// coming back) before it is rolled back.
     pub replicate_wait: Duration,
+    /// Where time is read and slept: the real clock, or a virtual one on which a test runs the
+    /// cluster (no probe threads then: the owner calls [`Cluster::tick`]; see
+    /// `hsmpool_member::clock`).
+    pub clock: Arc<dyn Clock>,
+    /// The seed of the retry jitter; `None`: drawn from the operating system.
+    pub seed: Option<u64>,
 }
 
 impl Default for Settings {
@@ -82,6 +89,8 @@ impl Default for Settings {
             stall: Duration::from_millis(750),
             breaker_failures: 3,
             replicate_wait: Duration::from_secs(3),
+            clock: Arc::new(RealClock::new()),
+            seed: None,
         }
     }
 }
@@ -132,6 +141,11 @@ fn classify(e: &Error, logged_in: bool) -> Class {
 const HEALTH_UP: u8 = 0;
 const HEALTH_DOWN: u8 = 1;
 const HEALTH_SYNCING: u8 = 2;
+
+/// Milliseconds of a clock time.
+fn ms_at(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Latency histogram buckets: bucket i counts calls under 2^i µs (the last is open).
 pub const LATENCY_BUCKETS: usize = 24;
@@ -259,7 +273,10 @@ pub struct Cluster {
     budget: AtomicI64,
     /// Creates (shared) against the final pass of a resynchronisation (exclusive).
     pub(crate) gate: RwLock<()>,
-    started: Instant,
+    /// `settings.clock`, at hand.
+    clock: Arc<dyn Clock>,
+    /// The retry jitter's xorshift state (never zero).
+    rng: AtomicU64,
     stop: Arc<AtomicBool>,
     /// Counted by the engine: finds answered from its cache, key checks answered from its cache.
     pub(crate) find_cache_hits: SlotCounter,
@@ -278,7 +295,7 @@ fn parallel_each<T: Copy + Send + Sync>(
     workers: usize,
     f: impl Fn(T) -> Result<()> + Sync,
 ) -> Result<()> {
-    if items.len() <= 1 {
+    if items.len() <= 1 || workers <= 1 {
         return items.iter().try_for_each(|i| f(*i));
     }
     let next = AtomicU64::new(0);
@@ -334,34 +351,31 @@ fn sample_latency() -> bool {
     })
 }
 
-/// Full-jitter backoff for attempt `n` (0-based): uniform in [0, min(cap, base·2^n)].
-fn backoff(n: u32) -> Duration {
+/// Full-jitter backoff for attempt `n` (0-based): uniform in [0, min(cap, base·2^n)], drawn
+/// from `rng` (an xorshift state shared by the cluster's threads: jitter needs no crypto, and
+/// a seeded cluster draws the same pauses run after run).
+fn backoff(n: u32, rng: &AtomicU64) -> Duration {
     let cap_us = 100_000u64;
     let ceiling = (1_000u64 << n.min(10)).min(cap_us);
-    Duration::from_micros(jitter(ceiling))
-}
-
-fn jitter(ceiling: u64) -> u64 {
-    // A per-thread xorshift seeded from the clock and the thread slot: jitter needs no crypto.
-    thread_local! {
-        static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-    RNG.with(|r| {
-        let mut x = r.get();
-        if x == 0 {
-            x = (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                ^ ((thread_slot() as u64) << 32))
-                | 1;
-        }
+    let step = |mut x: u64| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        r.set(x);
-        x % (ceiling + 1)
-    })
+        x
+    };
+    let prev = rng
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
+        .unwrap_or_else(|x| x);
+    Duration::from_micros(step(prev) % (ceiling + 1))
+}
+
+/// A jitter seed from the operating system's clock (never zero).
+fn os_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1
 }
 
 impl Member {
@@ -439,13 +453,16 @@ impl Cluster {
             .enumerate()
             .map(|(i, b)| Arc::new(Member::new(i, b)))
             .collect();
+        let clock = Arc::clone(&settings.clock);
+        let rng = AtomicU64::new(settings.seed.map_or_else(os_seed, |s| s | 1));
         let c = Arc::new(Cluster {
             members,
             settings,
             creds: RwLock::new(None),
             budget: AtomicI64::new(BUDGET_MAX),
             gate: RwLock::new(()),
-            started: Instant::now(),
+            clock,
+            rng,
             stop: Arc::new(AtomicBool::new(false)),
             find_cache_hits: SlotCounter::default(),
             key_cache_hits: SlotCounter::default(),
@@ -457,19 +474,45 @@ impl Cluster {
                 tracing::warn!(member = m.index, describe = %m.backend.describe(), "member unreachable at start; it joins when it answers");
             }
         }
-        if c.members.len() > 1 {
+        if c.members.len() > 1 && !c.clock.is_virtual() {
             Cluster::spawn_probes(&c);
         }
         c
     }
 
     fn now_ms(&self) -> u64 {
-        self.ms_at(Instant::now())
+        ms_at(self.clock.now())
     }
 
-    /// Milliseconds from the cluster's start to `t`.
-    fn ms_at(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    /// The clock this cluster reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// One health probe of every member, in order: what the probe threads do every
+    /// `probe_interval` on the real clock. On a virtual clock there are no such threads, and
+    /// the owner calls this as time passes.
+    pub fn tick(&self) {
+        if self.members.len() > 1 {
+            for m in &self.members {
+                self.probe(m.index);
+            }
+        }
+    }
+
+    /// Threads for `n`-way parallel work: one on a virtual clock, whose run must be a
+    /// function of its seed (no thread interleaving to replay).
+    fn workers(&self, n: usize) -> usize {
+        if self.clock.is_virtual() {
+            1
+        } else {
+            n
+        }
+    }
+
+    /// A backoff pause for attempt `n` (see [`backoff`]).
+    fn backoff(&self, n: u32) -> Duration {
+        backoff(n, &self.rng)
     }
 
     /// Stop the probe threads, forget the credentials, close the pools (`C_Finalize`).
@@ -654,14 +697,14 @@ impl Cluster {
     /// The member to use: up, not drained, circuit closed, not stalled, not in `avoid`; least
     /// outstanding weighted work per unit of weight.
     /// `now` is the call's start; `None` with a single member, whose choice needs no clock.
-    fn pick(&self, avoid: &[usize], cost: u64, now: Option<Instant>) -> Option<&Arc<Member>> {
+    fn pick(&self, avoid: &[usize], cost: u64, now: Option<Duration>) -> Option<&Arc<Member>> {
         let Some(now) = now else {
             return self
                 .members
                 .iter()
                 .find(|m| m.takes_traffic() && !avoid.contains(&m.index));
         };
-        let now = self.ms_at(now);
+        let now = ms_at(now);
         let stall = self.settings.stall.as_millis() as u64;
         let ramp = self.settings.slow_start.as_millis().max(1) as u64;
         let mut best: Option<(&Arc<Member>, u64)> = None;
@@ -721,10 +764,11 @@ impl Cluster {
         let balancing = self.members.len() > 1;
         let sampled = sample_latency();
         let timed = balancing || sampled;
-        let mut t0 = timed.then(Instant::now);
-        let mut deadline: Option<Instant> = None;
+        let clock = &*self.clock;
+        let mut t0 = timed.then(|| clock.now());
+        let mut deadline: Option<Duration> = None;
         let call_deadline = self.settings.call_deadline;
-        let mut deadline_at = |now: Instant| *deadline.get_or_insert(now + call_deadline);
+        let mut deadline_at = |now: Duration| *deadline.get_or_insert(now + call_deadline);
         let slot = thread_slot();
         let mut avoid: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
@@ -760,15 +804,15 @@ impl Cluster {
                 }) {
                     Some(m) => m,
                     None => {
-                        let now = Instant::now();
+                        let now = clock.now();
                         if now >= deadline_at(now) {
                             return Err(last.unwrap_or_else(|| {
                                 Error::DeviceError("no member of the cluster is reachable".into())
                             }));
                         }
-                        std::thread::sleep(backoff(attempt).max(Duration::from_millis(5)));
+                        clock.sleep(self.backoff(attempt).max(Duration::from_millis(5)));
                         attempt += 1;
-                        t0 = timed.then(Instant::now);
+                        t0 = timed.then(|| clock.now());
                         continue;
                     }
                 },
@@ -795,14 +839,14 @@ impl Cluster {
                     }
                     if let Some(t0) = t0 {
                         // One clock read serves the latency and the stall detector.
-                        let end = Instant::now();
+                        let end = clock.now();
                         if sampled {
-                            m.record_latency(slot, end.saturating_duration_since(t0));
+                            m.record_latency(slot, end.saturating_sub(t0));
                         }
                         if balancing {
                             // Written only when the millisecond changed: at a million calls a
                             // second an unconditional store would bounce the line between cores.
-                            let done_ms = self.ms_at(end);
+                            let done_ms = ms_at(end);
                             if m.last_done_ms.load(Ordering::Relaxed) != done_ms {
                                 m.last_done_ms.store(done_ms, Ordering::Relaxed);
                             }
@@ -865,7 +909,7 @@ impl Cluster {
                     m.stats.failovers.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let now = Instant::now();
+            let now = clock.now();
             let deadline = deadline_at(now);
             if now >= deadline {
                 tracing::warn!(member = m.index, "call deadline passed: {e}");
@@ -877,11 +921,11 @@ impl Cluster {
                 return Err(e);
             }
             m.stats.retries.fetch_add(1, Ordering::Relaxed);
-            let pause = backoff(attempt);
+            let pause = self.backoff(attempt);
             attempt += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            std::thread::sleep(pause.min(left));
-            t0 = timed.then(Instant::now);
+            let left = deadline.saturating_sub(clock.now());
+            clock.sleep(pause.min(left));
+            t0 = timed.then(|| clock.now());
             last = Some(e);
         }
     }
@@ -907,10 +951,11 @@ impl Cluster {
             let stop = c.stop.clone();
             let index = m.index;
             let period = c.settings.probe_interval;
+            let clock = Arc::clone(&c.clock);
             let spawned = std::thread::Builder::new()
                 .name(format!("hsmpool-probe-{index}"))
                 .spawn(move || loop {
-                    std::thread::sleep(period);
+                    clock.sleep(period);
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
@@ -1026,13 +1071,13 @@ impl Cluster {
         };
         // Each object is a round trip or two: a member that missed thousands of creates is
         // brought level by several workers at once.
-        parallel_each(&copy, LEVEL_WORKERS, |id| {
+        parallel_each(&copy, self.workers(LEVEL_WORKERS), |id| {
             let blob = self.call(src, 5, |b, s| replication(b)?.export_clone(s, id))?;
             self.call(dst, 5, |b, s| replication(b)?.import_clone(s, &blob))?;
             target.stats.replicated.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
-        parallel_each(&drop, LEVEL_WORKERS, |id| {
+        parallel_each(&drop, self.workers(LEVEL_WORKERS), |id| {
             self.call(dst, 5, |b, s| replication(b)?.drop_replica(s, id))?;
             target.stats.dropped.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -1105,7 +1150,7 @@ impl Cluster {
         let Some(blobs) = blobs else { return };
         // The members copy at once (each copy is a token-object creation on that HSM).
         let got = Mutex::new(Vec::new());
-        let _ = parallel_each(&targets, targets.len(), |t| {
+        let _ = parallel_each(&targets, self.workers(targets.len()), |t| {
             let copied: Result<()> = blobs.iter().try_for_each(|blob| {
                 self.call(Route::Member(t), 5, |b, s| {
                     replication(b)?.import_clone(s, blob)
@@ -1177,7 +1222,7 @@ impl Cluster {
         gate: &mut parking_lot::RwLockReadGuard<'_, ()>,
     ) -> Result<()> {
         let needed = self.settings.min_replicas;
-        let until = Instant::now() + self.settings.replicate_wait;
+        let until = self.clock.now() + self.settings.replicate_wait;
         let mut holders = vec![from];
         let mut pause = 0u32;
         loop {
@@ -1185,11 +1230,12 @@ impl Cluster {
             if holders.len() >= needed {
                 return Ok(());
             }
-            if Instant::now() >= until {
+            if self.clock.now() >= until {
                 break;
             }
             parking_lot::RwLockReadGuard::unlocked(gate, || {
-                std::thread::sleep(backoff(pause + 4).max(Duration::from_millis(5)));
+                self.clock
+                    .sleep(self.backoff(pause + 4).max(Duration::from_millis(5)));
             });
             pause += 1;
         }
@@ -1280,7 +1326,8 @@ impl Cluster {
     /// `None` when no member takes traffic; for diagnostics and benchmarks. Nothing is recorded:
     /// the member's outstanding work is unchanged.
     pub fn next_member(&self, cost: u64) -> Option<usize> {
-        self.pick(&[], cost, Some(Instant::now())).map(|m| m.index)
+        self.pick(&[], cost, Some(self.clock.now()))
+            .map(|m| m.index)
     }
 }
 
@@ -1290,14 +1337,15 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_grows() {
+        let rng = AtomicU64::new(os_seed());
         for n in 0..40 {
             let cap = (1_000u64 << n.min(10)).min(100_000);
             for _ in 0..50 {
-                assert!(backoff(n) <= Duration::from_micros(cap));
+                assert!(backoff(n, &rng) <= Duration::from_micros(cap));
             }
         }
         // Full jitter: over many draws at a high attempt, some are large and some small.
-        let draws: Vec<u128> = (0..500).map(|_| backoff(12).as_micros()).collect();
+        let draws: Vec<u128> = (0..500).map(|_| backoff(12, &rng).as_micros()).collect();
         assert!(draws.iter().any(|d| *d > 50_000));
         assert!(draws.iter().any(|d| *d < 50_000));
     }

@@ -381,6 +381,7 @@ impl Config {
             replicate_wait: c
                 .replicate_wait_ms
                 .map_or(d.replicate_wait, Duration::from_millis),
+            ..d
         }
     }
 

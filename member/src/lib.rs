@@ -4,12 +4,13 @@
 //! roles and token status, and the [`Backend`] trait every member kind implements with its
 //! optional capabilities ([`Replication`]).
 //!
-//! It owns plain data and the encodings of it, and must never do I/O, cryptography or anything
-//! that depends on one kind of HSM: the engine and every member kind depend on it, and it on
+//! It owns plain data and the encodings of it, and must never do I/O (reading the clock and
+//! sleeping aside: [`clock`]), cryptography or anything that depends on one kind of HSM: the engine and every member kind depend on it, and it on
 //! nothing of theirs.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod clock;
 pub mod curves;
 pub mod mechanism;
 pub mod meta;

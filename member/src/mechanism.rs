@@ -182,6 +182,78 @@ pub struct MechRow {
     pub hash: Option<CK_MECHANISM_TYPE>,
     /// Multi-part (`*Update`) allowed.
     pub multipart: bool,
+    /// How its `CK_MECHANISM` parameter is laid out (the C guard parses it so).
+    pub param: ParamKind,
+    /// The kind of key and algorithm: what the simulator dispatches on and what its timing
+    /// model classifies.
+    pub family: Family,
+}
+
+/// How a mechanism's `pParameter` is laid out, for the C layer to parse it into a
+/// [`MechParam`](crate::types::MechParam).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `CK_GCM_PARAMS` (3.0 layout, with `ulIvBits`).
+    Gcm,
+    /// `CK_RSA_PKCS_PSS_PARAMS`.
+    Pss,
+    /// `CK_RSA_PKCS_OAEP_PARAMS`.
+    Oaep,
+    /// An IV as raw bytes.
+    Iv,
+    /// A `CK_MAC_GENERAL_PARAMS` (one `CK_ULONG`).
+    Ulong,
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh,
+    /// `CK_HKDF_PARAMS`.
+    Hkdf,
+    /// AWS CloudHSM's `CKM_CLOUDHSM_AES_GCM`: a `CK_GCM_PARAMS` whose `pIv` must be NULL.
+    CloudHsmGcm,
+    /// AWS CloudHSM's `CK_SP800_108_KDF_PARAMS`.
+    CloudHsmKdf,
+    /// No parameter of a known layout: raw bytes for the member to judge (none at all for
+    /// most; `CK_AES_CTR_PARAMS`, `CK_EDDSA_PARAMS` are parsed by the member).
+    Other,
+}
+
+impl ParamKind {
+    /// The layout of `mech`'s parameter: [`ParamKind::Other`] for a mechanism not in the
+    /// table (which every function then refuses as `CKR_MECHANISM_INVALID`).
+    pub fn of(mech: CK_MECHANISM_TYPE) -> ParamKind {
+        lookup(mech).map_or(ParamKind::Other, |r| r.param)
+    }
+}
+
+/// The kind of key and algorithm of a mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// RSA (`CKK_RSA`): PKCS #1 v1.5, PSS, OAEP, raw, key pair generation.
+    Rsa,
+    /// Weierstrass curves (`CKK_EC`): ECDSA, ECDH, key pair generation.
+    Ec,
+    /// Edwards curves (`CKK_EC_EDWARDS`): EdDSA, key pair generation.
+    Ed,
+    /// AES encryption modes and key generation.
+    Aes,
+    /// AES key wrapping (RFC 3394, 5649 and CloudHSM's).
+    AesWrap,
+    /// HMAC over a hash.
+    Hmac,
+    /// AES-CMAC.
+    Cmac,
+    /// Key derivation from a secret (HKDF, SP 800-108).
+    Kdf,
+    /// A digest.
+    Digest,
+    /// Generic secret generation.
+    Secret,
+}
+
+impl Family {
+    /// The family of `mech`, `None` for a mechanism not in the table.
+    pub fn of(mech: CK_MECHANISM_TYPE) -> Option<Family> {
+        lookup(mech).map(|r| r.family)
+    }
 }
 
 const SV: CK_FLAGS = CKF_SIGN | CKF_VERIFY;
@@ -207,6 +279,8 @@ const fn row(
     key_types: &'static [CK_KEY_TYPE],
     hash: Option<CK_MECHANISM_TYPE>,
     multipart: bool,
+    param: ParamKind,
+    family: Family,
 ) -> MechRow {
     MechRow {
         mech,
@@ -218,79 +292,83 @@ const fn row(
         key_types,
         hash,
         multipart,
+        param,
+        family,
     }
 }
 
+use Family::{Aes, AesWrap, Cmac, Digest, Ec, Ed, Hmac, Kdf, Rsa, Secret};
+use ParamKind::{CloudHsmGcm, CloudHsmKdf, Ecdh, Gcm, Hkdf, Iv, Oaep, Other, Pss, Ulong};
 use SizeUnit::{Bits, Bytes};
 
 /// Every mechanism the engine offers.
 #[rustfmt::skip]
 pub static MECHANISMS: &[MechRow] = &[
-    row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 8192, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
+    row(CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", 2048, 8192, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false, Other, Rsa),
     // AWS CloudHSM's sizes: 2048 to 4096 bits in steps of 256 (FIPS 186-4 B.3.3 primes).
-    row(CKM_RSA_X9_31_KEY_PAIR_GEN, "CKM_RSA_X9_31_KEY_PAIR_GEN", 2048, 4096, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false),
-    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false),
-    row(CKM_RSA_X_509, "CKM_RSA_X_509", 2048, 8192, Bits, SV | ED, RSA, None, false),
-    row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
-    row(CKM_SHA224_RSA_PKCS, "CKM_SHA224_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
-    row(CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
-    row(CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
-    row(CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
-    row(CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, None, false),
-    row(CKM_SHA1_RSA_PKCS_PSS, "CKM_SHA1_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true),
-    row(CKM_SHA224_RSA_PKCS_PSS, "CKM_SHA224_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true),
-    row(CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true),
-    row(CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true),
-    row(CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true),
-    row(CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", 2048, 8192, Bits, ED | WU, RSA, None, false),
-    row(CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", 256, 521, Bits, CKF_GENERATE_KEY_PAIR | EC_FLAGS, EC, None, false),
-    row(CKM_ECDSA, "CKM_ECDSA", 256, 521, Bits, SV | EC_FLAGS, EC, None, false),
-    row(CKM_ECDSA_SHA1, "CKM_ECDSA_SHA1", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA_1), true),
-    row(CKM_ECDSA_SHA224, "CKM_ECDSA_SHA224", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA224), true),
-    row(CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA256), true),
-    row(CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA384), true),
-    row(CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA512), true),
-    row(CKM_EC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN", 255, 255, Bits, CKF_GENERATE_KEY_PAIR, EDWARDS, None, false),
-    row(CKM_EDDSA, "CKM_EDDSA", 255, 255, Bits, SV, EDWARDS, None, true),
-    row(CKM_ECDH1_DERIVE, "CKM_ECDH1_DERIVE", 256, 521, Bits, CKF_DERIVE | EC_FLAGS, EC, None, false),
-    row(CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", 16, 32, Bytes, CKF_GENERATE, AES, None, false),
-    row(CKM_AES_ECB, "CKM_AES_ECB", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_CBC, "CKM_AES_CBC", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_CBC_PAD, "CKM_AES_CBC_PAD", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_CTR, "CKM_AES_CTR", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_GCM, "CKM_AES_GCM", 16, 32, Bytes, ED, AES, None, true),
-    row(CKM_AES_CMAC, "CKM_AES_CMAC", 16, 32, Bytes, SV, AES, None, true),
-    row(CKM_AES_CMAC_GENERAL, "CKM_AES_CMAC_GENERAL", 16, 32, Bytes, SV, AES, None, true),
-    row(CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP", 16, 32, Bytes, WU, AES, None, false),
-    row(CKM_AES_KEY_WRAP_KWP, "CKM_AES_KEY_WRAP_KWP", 16, 32, Bytes, WU, AES, None, false),
+    row(CKM_RSA_X9_31_KEY_PAIR_GEN, "CKM_RSA_X9_31_KEY_PAIR_GEN", 2048, 4096, Bits, CKF_GENERATE_KEY_PAIR, RSA, None, false, Other, Rsa),
+    row(CKM_RSA_PKCS, "CKM_RSA_PKCS", 2048, 8192, Bits, SV | ED, RSA, None, false, Other, Rsa),
+    row(CKM_RSA_X_509, "CKM_RSA_X_509", 2048, 8192, Bits, SV | ED, RSA, None, false, Other, Rsa),
+    row(CKM_SHA1_RSA_PKCS, "CKM_SHA1_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true, Other, Rsa),
+    row(CKM_SHA224_RSA_PKCS, "CKM_SHA224_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true, Other, Rsa),
+    row(CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true, Other, Rsa),
+    row(CKM_SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true, Other, Rsa),
+    row(CKM_SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true, Other, Rsa),
+    row(CKM_RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, None, false, Pss, Rsa),
+    row(CKM_SHA1_RSA_PKCS_PSS, "CKM_SHA1_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA_1), true, Pss, Rsa),
+    row(CKM_SHA224_RSA_PKCS_PSS, "CKM_SHA224_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA224), true, Pss, Rsa),
+    row(CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA256), true, Pss, Rsa),
+    row(CKM_SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA384), true, Pss, Rsa),
+    row(CKM_SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", 2048, 8192, Bits, SV, RSA, Some(CKM_SHA512), true, Pss, Rsa),
+    row(CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", 2048, 8192, Bits, ED | WU, RSA, None, false, Oaep, Rsa),
+    row(CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", 256, 521, Bits, CKF_GENERATE_KEY_PAIR | EC_FLAGS, EC, None, false, Other, Ec),
+    row(CKM_ECDSA, "CKM_ECDSA", 256, 521, Bits, SV | EC_FLAGS, EC, None, false, Other, Ec),
+    row(CKM_ECDSA_SHA1, "CKM_ECDSA_SHA1", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA_1), true, Other, Ec),
+    row(CKM_ECDSA_SHA224, "CKM_ECDSA_SHA224", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA224), true, Other, Ec),
+    row(CKM_ECDSA_SHA256, "CKM_ECDSA_SHA256", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA256), true, Other, Ec),
+    row(CKM_ECDSA_SHA384, "CKM_ECDSA_SHA384", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA384), true, Other, Ec),
+    row(CKM_ECDSA_SHA512, "CKM_ECDSA_SHA512", 256, 521, Bits, SV | EC_FLAGS, EC, Some(CKM_SHA512), true, Other, Ec),
+    row(CKM_EC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN", 255, 255, Bits, CKF_GENERATE_KEY_PAIR, EDWARDS, None, false, Other, Ed),
+    row(CKM_EDDSA, "CKM_EDDSA", 255, 255, Bits, SV, EDWARDS, None, true, Other, Ed),
+    row(CKM_ECDH1_DERIVE, "CKM_ECDH1_DERIVE", 256, 521, Bits, CKF_DERIVE | EC_FLAGS, EC, None, false, Ecdh, Ec),
+    row(CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", 16, 32, Bytes, CKF_GENERATE, AES, None, false, Other, Aes),
+    row(CKM_AES_ECB, "CKM_AES_ECB", 16, 32, Bytes, ED, AES, None, true, Other, Aes),
+    row(CKM_AES_CBC, "CKM_AES_CBC", 16, 32, Bytes, ED, AES, None, true, Iv, Aes),
+    row(CKM_AES_CBC_PAD, "CKM_AES_CBC_PAD", 16, 32, Bytes, ED, AES, None, true, Iv, Aes),
+    row(CKM_AES_CTR, "CKM_AES_CTR", 16, 32, Bytes, ED, AES, None, true, Other, Aes),
+    row(CKM_AES_GCM, "CKM_AES_GCM", 16, 32, Bytes, ED, AES, None, true, Gcm, Aes),
+    row(CKM_AES_CMAC, "CKM_AES_CMAC", 16, 32, Bytes, SV, AES, None, true, Other, Cmac),
+    row(CKM_AES_CMAC_GENERAL, "CKM_AES_CMAC_GENERAL", 16, 32, Bytes, SV, AES, None, true, Ulong, Cmac),
+    row(CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP", 16, 32, Bytes, WU, AES, None, false, Other, AesWrap),
+    row(CKM_AES_KEY_WRAP_KWP, "CKM_AES_KEY_WRAP_KWP", 16, 32, Bytes, WU, AES, None, false, Other, AesWrap),
     // Single-part only: the IV is made per call and leads the output.
-    row(CKM_CLOUDHSM_AES_GCM, "CKM_CLOUDHSM_AES_GCM", 16, 32, Bytes, ED, AES, None, false),
-    row(CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD", 16, 32, Bytes, WU, AES, None, false),
-    row(CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD", 16, 32, Bytes, WU, AES, None, false),
-    row(CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD", 16, 32, Bytes, WU, AES, None, false),
-    row(CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", 8, 4096, Bits, CKF_GENERATE, GENERIC, None, false),
-    row(CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA_1_HMAC_GENERAL, "CKM_SHA_1_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA224_HMAC, "CKM_SHA224_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA224_HMAC_GENERAL, "CKM_SHA224_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA256_HMAC, "CKM_SHA256_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA256_HMAC_GENERAL, "CKM_SHA256_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA384_HMAC, "CKM_SHA384_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA384_HMAC_GENERAL, "CKM_SHA384_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA512_HMAC, "CKM_SHA512_HMAC", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_SHA512_HMAC_GENERAL, "CKM_SHA512_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true),
-    row(CKM_HKDF_DERIVE, "CKM_HKDF_DERIVE", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
-    row(CKM_HKDF_DATA, "CKM_HKDF_DATA", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false),
-    row(CKM_CLOUDHSM_SP800_108_COUNTER_KDF, "CKM_CLOUDHSM_SP800_108_COUNTER_KDF", 1, 512, Bytes, CKF_DERIVE, SECRET, None, false),
-    row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA384, "CKM_SHA384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA512, "CKM_SHA512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA3_224, "CKM_SHA3_224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA3_256, "CKM_SHA3_256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA3_384, "CKM_SHA3_384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
-    row(CKM_SHA3_512, "CKM_SHA3_512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true),
+    row(CKM_CLOUDHSM_AES_GCM, "CKM_CLOUDHSM_AES_GCM", 16, 32, Bytes, ED, AES, None, false, CloudHsmGcm, Aes),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_NO_PAD", 16, 32, Bytes, WU, AES, None, false, Other, AesWrap),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_PKCS5_PAD", 16, 32, Bytes, WU, AES, None, false, Other, AesWrap),
+    row(CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD", 16, 32, Bytes, WU, AES, None, false, Other, AesWrap),
+    row(CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN", 8, 4096, Bits, CKF_GENERATE, GENERIC, None, false, Other, Secret),
+    row(CKM_SHA_1_HMAC, "CKM_SHA_1_HMAC", 1, 512, Bytes, SV, GENERIC, None, true, Other, Hmac),
+    row(CKM_SHA_1_HMAC_GENERAL, "CKM_SHA_1_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true, Ulong, Hmac),
+    row(CKM_SHA224_HMAC, "CKM_SHA224_HMAC", 1, 512, Bytes, SV, GENERIC, None, true, Other, Hmac),
+    row(CKM_SHA224_HMAC_GENERAL, "CKM_SHA224_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true, Ulong, Hmac),
+    row(CKM_SHA256_HMAC, "CKM_SHA256_HMAC", 1, 512, Bytes, SV, GENERIC, None, true, Other, Hmac),
+    row(CKM_SHA256_HMAC_GENERAL, "CKM_SHA256_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true, Ulong, Hmac),
+    row(CKM_SHA384_HMAC, "CKM_SHA384_HMAC", 1, 512, Bytes, SV, GENERIC, None, true, Other, Hmac),
+    row(CKM_SHA384_HMAC_GENERAL, "CKM_SHA384_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true, Ulong, Hmac),
+    row(CKM_SHA512_HMAC, "CKM_SHA512_HMAC", 1, 512, Bytes, SV, GENERIC, None, true, Other, Hmac),
+    row(CKM_SHA512_HMAC_GENERAL, "CKM_SHA512_HMAC_GENERAL", 1, 512, Bytes, SV, GENERIC, None, true, Ulong, Hmac),
+    row(CKM_HKDF_DERIVE, "CKM_HKDF_DERIVE", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false, Hkdf, Kdf),
+    row(CKM_HKDF_DATA, "CKM_HKDF_DATA", 1, 512, Bytes, CKF_DERIVE, GENERIC, None, false, Hkdf, Kdf),
+    row(CKM_CLOUDHSM_SP800_108_COUNTER_KDF, "CKM_CLOUDHSM_SP800_108_COUNTER_KDF", 1, 512, Bytes, CKF_DERIVE, SECRET, None, false, CloudHsmKdf, Kdf),
+    row(CKM_SHA_1, "CKM_SHA_1", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA224, "CKM_SHA224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA256, "CKM_SHA256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA384, "CKM_SHA384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA512, "CKM_SHA512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA3_224, "CKM_SHA3_224", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA3_256, "CKM_SHA3_256", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA3_384, "CKM_SHA3_384", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
+    row(CKM_SHA3_512, "CKM_SHA3_512", 0, 0, Bytes, CKF_DIGEST, NONE, None, true, Other, Digest),
 ];
 
 /// The row of a mechanism.

@@ -58,11 +58,13 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Condvar, Mutex};
 
+use crate::timing::{Clock, RealClock};
 use crate::types::Rv;
 
 /// How long a held operation waits for [`Faults::release`] before failing, by default.
@@ -168,11 +170,19 @@ pub struct Faults {
     injected: AtomicU64,
     state: Mutex<FaultState>,
     wake: Condvar,
+    /// Where `delay` sleeps (a hold waits on the real clock: releasing one takes another
+    /// thread, which a virtual-time run does not have).
+    clock: Arc<dyn Clock>,
 }
 
 impl Faults {
-    /// A controller with no fault active.
+    /// A controller with no fault active, on the real clock.
     pub fn new(cfg: &FaultConfig) -> Self {
+        Faults::with_clock(cfg, Arc::new(RealClock::new()))
+    }
+
+    /// A controller with no fault active whose delays sleep on `clock`.
+    pub fn with_clock(cfg: &FaultConfig, clock: Arc<dyn Clock>) -> Self {
         Faults {
             seed: cfg.seed,
             member: cfg.member,
@@ -192,6 +202,7 @@ impl Faults {
                 purge_pending: false,
             }),
             wake: Condvar::new(),
+            clock,
         }
     }
 
@@ -402,7 +413,7 @@ impl Faults {
         };
         drop(s);
         if delay > 0 {
-            std::thread::sleep(Duration::from_micros(delay));
+            self.clock.sleep(Duration::from_micros(delay));
         }
         fail.map_or(Ok(()), Err)
     }

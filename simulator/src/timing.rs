@@ -44,7 +44,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -310,42 +310,13 @@ enum MechKind {
     Other,
 }
 
+/// A mechanism's kind, read from the member contract's mechanism table (a mechanism the
+/// table does not have costs what a symmetric one does).
 fn mech_kind(mech: CK_MECHANISM_TYPE) -> MechKind {
-    match mech {
-        CKM_RSA_PKCS
-        | CKM_RSA_X_509
-        | CKM_RSA_PKCS_OAEP
-        | CKM_RSA_PKCS_PSS
-        | CKM_SHA1_RSA_PKCS
-        | CKM_SHA224_RSA_PKCS
-        | CKM_SHA256_RSA_PKCS
-        | CKM_SHA384_RSA_PKCS
-        | CKM_SHA512_RSA_PKCS
-        | CKM_SHA1_RSA_PKCS_PSS
-        | CKM_SHA224_RSA_PKCS_PSS
-        | CKM_SHA256_RSA_PKCS_PSS
-        | CKM_SHA384_RSA_PKCS_PSS
-        | CKM_SHA512_RSA_PKCS_PSS
-        | CKM_SHA3_224_RSA_PKCS
-        | CKM_SHA3_256_RSA_PKCS
-        | CKM_SHA3_384_RSA_PKCS
-        | CKM_SHA3_512_RSA_PKCS
-        | CKM_SHA3_224_RSA_PKCS_PSS
-        | CKM_SHA3_256_RSA_PKCS_PSS
-        | CKM_SHA3_384_RSA_PKCS_PSS
-        | CKM_SHA3_512_RSA_PKCS_PSS
-        | CKM_RSA_PKCS_KEY_PAIR_GEN
-        | CKM_RSA_X9_31_KEY_PAIR_GEN => MechKind::Rsa,
-        CKM_ECDSA
-        | CKM_ECDSA_SHA1
-        | CKM_ECDSA_SHA224
-        | CKM_ECDSA_SHA256
-        | CKM_ECDSA_SHA384
-        | CKM_ECDSA_SHA512
-        | CKM_ECDH1_DERIVE
-        | CKM_ECDH1_COFACTOR_DERIVE
-        | CKM_EC_KEY_PAIR_GEN => MechKind::Ecdsa,
-        CKM_EDDSA | CKM_EC_EDWARDS_KEY_PAIR_GEN => MechKind::Eddsa,
+    match Family::of(mech) {
+        Some(Family::Rsa) => MechKind::Rsa,
+        Some(Family::Ec) => MechKind::Ecdsa,
+        Some(Family::Ed) => MechKind::Eddsa,
         _ => MechKind::Other,
     }
 }
@@ -443,109 +414,8 @@ pub fn token_in(template: &[Attr]) -> Option<bool> {
 
 // ----- clocks ----------------------------------------------------------------------------------
 
-/// Where the model reads the time and sleeps: real, or virtual for tests. Times are offsets
-/// from the clock's own epoch.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// The time now.
-    fn now(&self) -> Duration;
-    /// Return at or after `deadline` (at once when it has passed).
-    fn sleep_until(&self, deadline: Duration);
-}
-
-/// The real clock: `Instant` and `std::thread::sleep`.
-#[derive(Debug)]
-pub struct RealClock {
-    epoch: Instant,
-}
-
-impl RealClock {
-    /// A clock whose epoch is now.
-    pub fn new() -> Self {
-        RealClock {
-            epoch: Instant::now(),
-        }
-    }
-}
-
-impl Default for RealClock {
-    fn default() -> Self {
-        RealClock::new()
-    }
-}
-
-impl Clock for RealClock {
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-    fn sleep_until(&self, deadline: Duration) {
-        // `thread::sleep` never returns early; the loop only guards against the clock's
-        // coarseness (sleeping less than asked is never allowed here).
-        loop {
-            let now = self.now();
-            if now >= deadline {
-                return;
-            }
-            std::thread::sleep(deadline - now);
-        }
-    }
-}
-
-/// A virtual clock for tests: time moves only when told ([`VirtualClock::advance`],
-/// [`VirtualClock::set`]) or, if built [`VirtualClock::auto_advancing`], when a sleep asks to
-/// (as if that sleep happened). Every requested deadline is recorded; nothing really sleeps.
-#[derive(Debug, Default)]
-pub struct VirtualClock {
-    inner: Mutex<VirtualState>,
-}
-
-#[derive(Debug, Default)]
-struct VirtualState {
-    now: Duration,
-    auto_advance: bool,
-    sleeps: Vec<Duration>,
-}
-
-impl VirtualClock {
-    /// A clock at zero that moves only when told.
-    pub fn new() -> Self {
-        VirtualClock::default()
-    }
-    /// A clock at zero that jumps to each deadline a sleep asks for (one caller's timeline).
-    pub fn auto_advancing() -> Self {
-        VirtualClock {
-            inner: Mutex::new(VirtualState {
-                auto_advance: true,
-                ..VirtualState::default()
-            }),
-        }
-    }
-    /// Move time forward.
-    pub fn advance(&self, d: Duration) {
-        self.inner.lock().now += d;
-    }
-    /// Set the time (never backwards).
-    pub fn set(&self, t: Duration) {
-        let mut s = self.inner.lock();
-        s.now = s.now.max(t);
-    }
-    /// The deadlines asked of [`Clock::sleep_until`] so far, in call order.
-    pub fn sleeps(&self) -> Vec<Duration> {
-        self.inner.lock().sleeps.clone()
-    }
-}
-
-impl Clock for VirtualClock {
-    fn now(&self) -> Duration {
-        self.inner.lock().now
-    }
-    fn sleep_until(&self, deadline: Duration) {
-        let mut s = self.inner.lock();
-        s.sleeps.push(deadline);
-        if s.auto_advance {
-            s.now = s.now.max(deadline);
-        }
-    }
-}
+pub use hsmpool_member::clock::{Clock, RealClock, VirtualClock};
+use hsmpool_member::mechanism::Family;
 
 // ----- the model -------------------------------------------------------------------------------
 
@@ -754,6 +624,7 @@ impl Drop for OpTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     const MS: Duration = Duration::from_millis(1);
 

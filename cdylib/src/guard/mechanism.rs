@@ -5,76 +5,13 @@ use std::mem::size_of;
 
 use cryptoki_sys::*;
 use hsmpool_engine::cloudhsm::{
-    CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_SP800_108_COUNTER_KDF, CK_SP800_108_BYTE_ARRAY,
-    CK_SP800_108_DKM_LENGTH, CK_SP800_108_ITERATION_VARIABLE, GCM_IV_LEN, SP800_108_COUNTER_FORMAT,
-    SP800_108_DKM_FORMAT, SP800_108_PRF_CONTEXT, SP800_108_PRF_LABEL,
+    CK_SP800_108_BYTE_ARRAY, CK_SP800_108_DKM_LENGTH, CK_SP800_108_ITERATION_VARIABLE, GCM_IV_LEN,
+    SP800_108_COUNTER_FORMAT, SP800_108_DKM_FORMAT, SP800_108_PRF_CONTEXT, SP800_108_PRF_LABEL,
 };
+use hsmpool_engine::mechanism::ParamKind;
 use hsmpool_engine::{Error, KdfSegment, MechParam, Mechanism, Result};
 
 use super::pointer::{in_bytes, in_opt, in_slice};
-
-/// How a mechanism's `pParameter` is laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ParamKind {
-    /// `CK_GCM_PARAMS` (3.0 layout, with `ulIvBits`).
-    Gcm,
-    /// `CK_RSA_PKCS_PSS_PARAMS`.
-    Pss,
-    /// `CK_RSA_PKCS_OAEP_PARAMS`.
-    Oaep,
-    /// An IV as raw bytes.
-    Iv,
-    /// A `CK_MAC_GENERAL_PARAMS` (one `CK_ULONG`).
-    Ulong,
-    /// `CK_ECDH1_DERIVE_PARAMS`.
-    Ecdh,
-    /// `CK_HKDF_PARAMS`.
-    Hkdf,
-    /// AWS CloudHSM's `CKM_CLOUDHSM_AES_GCM`: a `CK_GCM_PARAMS` whose `pIv` must be NULL.
-    CloudHsmGcm,
-    /// AWS CloudHSM's `CK_SP800_108_KDF_PARAMS`.
-    CloudHsmKdf,
-    /// Anything else: raw bytes for the engine to judge.
-    Other,
-}
-
-fn param_kind(mech: CK_MECHANISM_TYPE) -> ParamKind {
-    match mech {
-        CKM_AES_GCM => ParamKind::Gcm,
-        CKM_RSA_PKCS_PSS
-        | CKM_SHA1_RSA_PKCS_PSS
-        | CKM_SHA224_RSA_PKCS_PSS
-        | CKM_SHA256_RSA_PKCS_PSS
-        | CKM_SHA384_RSA_PKCS_PSS
-        | CKM_SHA512_RSA_PKCS_PSS
-        | CKM_SHA3_224_RSA_PKCS_PSS
-        | CKM_SHA3_256_RSA_PKCS_PSS
-        | CKM_SHA3_384_RSA_PKCS_PSS
-        | CKM_SHA3_512_RSA_PKCS_PSS => ParamKind::Pss,
-        CKM_RSA_PKCS_OAEP => ParamKind::Oaep,
-        CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_DES3_CBC | CKM_DES3_CBC_PAD | CKM_DES_CBC
-        | CKM_DES_CBC_PAD => ParamKind::Iv,
-        CKM_SHA_1_HMAC_GENERAL
-        | CKM_SHA224_HMAC_GENERAL
-        | CKM_SHA256_HMAC_GENERAL
-        | CKM_SHA384_HMAC_GENERAL
-        | CKM_SHA512_HMAC_GENERAL
-        | CKM_SHA3_224_HMAC_GENERAL
-        | CKM_SHA3_256_HMAC_GENERAL
-        | CKM_SHA3_384_HMAC_GENERAL
-        | CKM_SHA3_512_HMAC_GENERAL
-        | CKM_MD5_HMAC_GENERAL
-        | CKM_AES_MAC_GENERAL
-        | CKM_AES_CMAC_GENERAL
-        | CKM_DES3_MAC_GENERAL
-        | CKM_DES3_CMAC_GENERAL => ParamKind::Ulong,
-        CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ParamKind::Ecdh,
-        CKM_HKDF_DERIVE | CKM_HKDF_DATA => ParamKind::Hkdf,
-        CKM_CLOUDHSM_AES_GCM => ParamKind::CloudHsmGcm,
-        CKM_CLOUDHSM_SP800_108_COUNTER_KDF => ParamKind::CloudHsmKdf,
-        _ => ParamKind::Other,
-    }
-}
 
 /// Reads a `CK_MECHANISM` and parses its parameter (NULL `pMechanism` is `CKR_ARGUMENTS_BAD`).
 ///
@@ -100,7 +37,7 @@ pub(crate) unsafe fn in_mechanism(ptr: *const CK_MECHANISM) -> Result<Mechanism>
     if len == 0 {
         return Ok(Mechanism::plain(m.mechanism));
     }
-    let param = match param_kind(m.mechanism) {
+    let param = match ParamKind::of(m.mechanism) {
         ParamKind::Gcm => {
             // SAFETY: relayed from this function's contract.
             let g: CK_GCM_PARAMS = unsafe { param_struct(p, len) }?;

@@ -49,7 +49,6 @@ use aws_lc_rs::digest;
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-use crate::types::cloudhsm::CKM_CLOUDHSM_AES_GCM;
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
 
 pub use ec::{ec_point_from_attr, ec_point_to_attr, ec_private_from_scalar, generate_ec};
@@ -69,6 +68,7 @@ use hsmpool_member::curves::{P256_OID_DER, P384_OID_DER, P521_OID_DER, SECP256K1
 pub use hsmpool_member::mechanism::{check_rsa_oaep_param, check_rsa_pss_param};
 /// The hashes the mechanisms name: the member contract's (one table for every side).
 pub(crate) use hsmpool_member::mechanism::{hash_of_hash_and_sign, Hash};
+use hsmpool_member::mechanism::{lookup, Family};
 
 /// A [`Hash`] on `aws-lc-rs`.
 pub(crate) trait HashAlg {
@@ -338,52 +338,12 @@ pub fn is_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
     hash_of_hash_and_sign(mech).map(Hash::ckm)
 }
 
-/// The mechanism families, for dispatch.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Rsa,
-    Ecdsa,
-    Eddsa,
-    Hmac,
-    Cmac,
-    Aes,
-}
-
-/// The family of a mechanism this module knows.
-fn family(mech: CK_MECHANISM_TYPE) -> Option<Family> {
-    match mech {
-        CKM_RSA_PKCS
-        | CKM_RSA_X_509
-        | CKM_RSA_PKCS_OAEP
-        | CKM_RSA_PKCS_PSS
-        | CKM_SHA1_RSA_PKCS
-        | CKM_SHA224_RSA_PKCS
-        | CKM_SHA256_RSA_PKCS
-        | CKM_SHA384_RSA_PKCS
-        | CKM_SHA512_RSA_PKCS
-        | CKM_SHA1_RSA_PKCS_PSS
-        | CKM_SHA224_RSA_PKCS_PSS
-        | CKM_SHA256_RSA_PKCS_PSS
-        | CKM_SHA384_RSA_PKCS_PSS
-        | CKM_SHA512_RSA_PKCS_PSS => Some(Family::Rsa),
-        CKM_ECDSA | CKM_ECDSA_SHA1 | CKM_ECDSA_SHA224 | CKM_ECDSA_SHA256 | CKM_ECDSA_SHA384
-        | CKM_ECDSA_SHA512 => Some(Family::Ecdsa),
-        CKM_SHA_1_HMAC
-        | CKM_SHA224_HMAC
-        | CKM_SHA256_HMAC
-        | CKM_SHA384_HMAC
-        | CKM_SHA512_HMAC
-        | CKM_SHA_1_HMAC_GENERAL
-        | CKM_SHA224_HMAC_GENERAL
-        | CKM_SHA256_HMAC_GENERAL
-        | CKM_SHA384_HMAC_GENERAL
-        | CKM_SHA512_HMAC_GENERAL => Some(Family::Hmac),
-        CKM_EDDSA => Some(Family::Eddsa),
-        CKM_AES_CMAC | CKM_AES_CMAC_GENERAL => Some(Family::Cmac),
-        CKM_AES_ECB | CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_GCM | CKM_AES_CTR
-        | CKM_CLOUDHSM_AES_GCM => Some(Family::Aes),
-        _ => None,
-    }
+/// The family of a mechanism that may do `function` (`CKF_SIGN`, ...), read from the member
+/// contract's mechanism table: what the operations below dispatch on.
+fn family(mech: CK_MECHANISM_TYPE, function: CK_FLAGS) -> Option<Family> {
+    lookup(mech)
+        .filter(|r| r.flags & function != 0)
+        .map(|r| r.family)
 }
 
 /// Checks that a mechanism takes no parameter (`None`, or an empty raw parameter).
@@ -407,10 +367,10 @@ pub(crate) fn no_param(param: &MechParam) -> Result<(), Rv> {
 /// false and no context (else `CKR_MECHANISM_PARAM_INVALID`). `CKM_ECDSA` takes a digest of any
 /// length (truncated to the order's bit length, as ECDSA specifies).
 pub fn sign(mech: &Mechanism, key: &LoadedKey, input: SignInput<'_>) -> Result<Vec<u8>, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_SIGN).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::sign(mech, key.rsa_private()?, input),
-        Family::Ecdsa => ec::sign(mech, key.ec_private()?, input),
-        Family::Eddsa => ed::sign(mech, key.ed_private()?, input),
+        Family::Ec => ec::sign(mech, key.ec_private()?, input),
+        Family::Ed => ed::sign(mech, key.ed_private()?, input),
         Family::Hmac => {
             let (s, _, value) = key.secret()?;
             sym::hmac_sign(mech, s, value, input)
@@ -419,7 +379,7 @@ pub fn sign(mech: &Mechanism, key: &LoadedKey, input: SignInput<'_>) -> Result<V
             let (s, key_type, value) = key.secret()?;
             sym::cmac_sign(mech, s, key_type, value, input)
         }
-        Family::Aes => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -431,10 +391,10 @@ pub fn verify(
     input: SignInput<'_>,
     signature: &[u8],
 ) -> Result<(), Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_VERIFY).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::verify(mech, key.rsa_public_op()?, input, signature),
-        Family::Ecdsa => ec::verify(mech, key.ec_public_op()?, input, signature),
-        Family::Eddsa => ed::verify(mech, key.ed_public_op()?, input, signature),
+        Family::Ec => ec::verify(mech, key.ec_public_op()?, input, signature),
+        Family::Ed => ed::verify(mech, key.ed_public_op()?, input, signature),
         Family::Hmac => {
             let (s, _, value) = key.secret()?;
             sym::hmac_verify(mech, s, value, input, signature)
@@ -443,17 +403,16 @@ pub fn verify(
             let (s, key_type, value) = key.secret()?;
             sym::cmac_verify(mech, s, key_type, value, input, signature)
         }
-        Family::Aes => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
 /// The length of the signature [`sign`] would produce with this mechanism and key.
 pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
-        Family::Rsa if mech.mech == CKM_RSA_PKCS_OAEP => Err(CKR_MECHANISM_INVALID),
+    match family(mech.mech, CKF_SIGN).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => Ok(key.rsa_public_op()?.modulus_len()),
-        Family::Ecdsa => Ok(2 * key.ec_public_op()?.curve().field_bytes()),
-        Family::Eddsa => {
+        Family::Ec => Ok(2 * key.ec_public_op()?.curve().field_bytes()),
+        Family::Ed => {
             key.ed_public_op()?;
             Ok(ed::SIG_LEN)
         }
@@ -465,7 +424,7 @@ pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
             key.secret()?;
             sym::cmac_len(mech)
         }
-        Family::Aes => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -478,13 +437,13 @@ pub fn signature_len(mech: &Mechanism, key: &LoadedKey) -> Result<usize, Rv> {
 /// `ulCounterBits` bits of the counter is `CKR_DATA_LEN_RANGE` (`CKR_ENCRYPTED_DATA_LEN_RANGE`
 /// when decrypting).
 pub fn encrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Vec<u8>, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_ENCRYPT).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::encrypt(mech, key.rsa_public_op()?, data),
         Family::Aes => {
             let (sk, key_type, value) = key.secret()?;
             sym::aes_encrypt(sk, mech, key_type, value, data)
         }
-        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
@@ -497,7 +456,7 @@ pub fn encrypt_into(
     data: &[u8],
     out: &mut [u8],
 ) -> Result<usize, Rv> {
-    if matches!(family(mech.mech), Some(Family::Aes)) {
+    if matches!(family(mech.mech, CKF_ENCRYPT), Some(Family::Aes)) {
         let (sk, key_type, value) = key.secret()?;
         if let Some(n) = sym::aes_gcm_seal_into(sk, mech, key_type, value, data, out)? {
             return Ok(n);
@@ -512,38 +471,38 @@ pub fn encrypt_into(
 /// Decrypts `data` with `key` (the mechanisms of [`encrypt`]; RSA needs the private key). Any
 /// failure to decrypt well-sized data is `CKR_ENCRYPTED_DATA_INVALID`, uniformly.
 pub fn decrypt(mech: &Mechanism, key: &LoadedKey, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_DECRYPT).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => rsa::decrypt(mech, key.rsa_private()?, data),
         Family::Aes => {
             let (sk, key_type, value) = key.secret()?;
             sym::aes_decrypt(sk, mech, key_type, value, data)
         }
-        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
 /// An upper bound on the output of [`encrypt`] for `data_len` bytes of input (exact for every
 /// mechanism here).
 pub fn encrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result<usize, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_ENCRYPT).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => Ok(key.rsa_public_op()?.modulus_len()),
         Family::Aes => {
             key.secret()?;
             sym::aes_encrypt_len(mech, data_len)
         }
-        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 
 /// An upper bound on the output of [`decrypt`] for `data_len` bytes of input.
 pub fn decrypt_len(mech: &Mechanism, key: &LoadedKey, data_len: usize) -> Result<usize, Rv> {
-    match family(mech.mech).ok_or(CKR_MECHANISM_INVALID)? {
+    match family(mech.mech, CKF_DECRYPT).ok_or(CKR_MECHANISM_INVALID)? {
         Family::Rsa => Ok(key.rsa_private()?.modulus_len()),
         Family::Aes => {
             key.secret()?;
             sym::aes_decrypt_len(mech, data_len)
         }
-        Family::Ecdsa | Family::Eddsa | Family::Hmac | Family::Cmac => Err(CKR_MECHANISM_INVALID),
+        _ => Err(CKR_MECHANISM_INVALID),
     }
 }
 

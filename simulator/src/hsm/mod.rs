@@ -39,7 +39,7 @@ use crate::cluster::CloneKey;
 use crate::fault::{FaultConfig, Faults};
 use crate::object::Object;
 use crate::store::{Refused, Store};
-use crate::timing::{TimingConfig, TimingModel};
+use crate::timing::{Clock, TimingConfig, TimingModel};
 use crate::types::IdHash;
 
 mod clone;
@@ -72,6 +72,9 @@ pub struct HsmConfig {
     /// fault hook: seeded fault injection (crash, partition, hold, delay, random failures);
     /// `None` (the default) is off. See [`crate::fault`].
     pub faults: Option<FaultConfig>,
+    /// The clock the timing model and fault delays read and sleep on; `None` (the default)
+    /// is the real one. A cluster run on virtual time gives every member the same clock.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl HsmConfig {
@@ -83,6 +86,7 @@ impl HsmConfig {
             max_login_failures: 10,
             timing: None,
             faults: None,
+            clock: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::SimResult;
 use crate::fault::Faults;
 use crate::object::{self, Object};
 use crate::store::{Refused, Store};
-use crate::timing::TimingModel;
+use crate::timing::{Clock, RealClock, TimingModel};
 use crate::types::IdHash;
 
 use super::common::random_id;
@@ -33,8 +33,18 @@ impl Hsm {
         let mut refused = Refused::default();
         let token = read_token_meta(&store)?;
         let users = read_users(&store, &mut refused)?;
-        let timing = cfg.timing.clone().map(TimingModel::new); // timing hook
-        let faults = cfg.faults.as_ref().map(Faults::new); // fault hook
+        let clock: Arc<dyn Clock> = match &cfg.clock {
+            Some(c) => Arc::clone(c),
+            None => Arc::new(RealClock::new()),
+        };
+        let timing = cfg
+            .timing
+            .clone()
+            .map(|t| TimingModel::with_clock(t, Arc::clone(&clock))); // timing hook
+        let faults = cfg
+            .faults
+            .as_ref()
+            .map(|f| Faults::with_clock(f, Arc::clone(&clock))); // fault hook
         let clone_key = CloneKey::load(&cfg.data_dir)?;
         let hsm = Hsm {
             cfg,
