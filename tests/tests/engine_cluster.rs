@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use hsmpool_engine::backend::{Backend, MemberId};
+use hsmpool_engine::cluster::Health;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrValue, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
@@ -157,7 +158,7 @@ fn member_digests(m: &SimMember) -> Vec<(u64, [u8; 32])> {
 
 fn wait_all_up(e: &Engine) {
     let t0 = Instant::now();
-    while e.member_status().iter().any(|m| m.health != "up") {
+    while e.member_status().iter().any(|m| m.health != Health::Up) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "members not back: {:?}",
@@ -427,7 +428,7 @@ fn a_member_that_missed_creates_and_destroys_is_brought_level_before_taking_traf
     f.partition();
     // Let the probe open its circuit.
     let t0 = Instant::now();
-    while e.member_status()[2].health == "up" {
+    while e.member_status()[2].health == Health::Up {
         assert!(t0.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -459,7 +460,7 @@ fn a_token_create_that_reaches_too_few_members_is_rolled_back_everywhere() {
     while e
         .member_status()
         .iter()
-        .filter(|m| m.health == "up")
+        .filter(|m| m.health == Health::Up)
         .count()
         > 1
     {

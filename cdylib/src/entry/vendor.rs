@@ -4,6 +4,7 @@
 //! `CKR_ARGUMENTS_BAD`, and lists follow the §5.2 length rule.
 
 use cryptoki_sys::*;
+use hsmpool_engine::cluster::Health;
 use hsmpool_engine::cluster::LATENCY_BUCKETS;
 use hsmpool_engine::engine;
 use hsmpool_engine::engine::SLOT;
@@ -11,14 +12,15 @@ use hsmpool_engine::Error;
 
 use crate::guard::{guard, out_ref, u64_to_ck, OutBuf};
 
-/// `HSMPOOL_MEMBER_UP` and friends: a member's health.
-pub const HSMPOOL_MEMBER_UP: CK_ULONG = 0;
+/// `HSMPOOL_MEMBER_UP` and friends: a member's health, the codes of the engine's
+/// [`Health`] (one enum from the engine to the header).
+pub const HSMPOOL_MEMBER_UP: CK_ULONG = Health::Up as CK_ULONG;
 /// Down: circuit open, or unreachable.
-pub const HSMPOOL_MEMBER_DOWN: CK_ULONG = 1;
+pub const HSMPOOL_MEMBER_DOWN: CK_ULONG = Health::Down as CK_ULONG;
 /// Answering again, being brought level before it takes traffic.
-pub const HSMPOOL_MEMBER_SYNCING: CK_ULONG = 2;
+pub const HSMPOOL_MEMBER_SYNCING: CK_ULONG = Health::Syncing as CK_ULONG;
 /// Drained: healthy, receives replication, takes no balanced traffic.
-pub const HSMPOOL_MEMBER_DRAINED: CK_ULONG = 3;
+pub const HSMPOOL_MEMBER_DRAINED: CK_ULONG = Health::Drained as CK_ULONG;
 
 /// One member's status and counters; the layout of `HSMPOOL_MEMBER_STATS` in hsmpool.h.
 #[repr(C)]
@@ -82,12 +84,7 @@ pub unsafe extern "C" fn HSMPOOL_GetMemberStats(
                 }
                 Ok(HSMPOOL_MEMBER_STATS {
                     index: u64_to_ck(m.index as u64)?,
-                    health: match m.health {
-                        "up" => HSMPOOL_MEMBER_UP,
-                        "syncing" => HSMPOOL_MEMBER_SYNCING,
-                        "drained" => HSMPOOL_MEMBER_DRAINED,
-                        _ => HSMPOOL_MEMBER_DOWN,
-                    },
+                    health: u64_to_ck(m.health.code())?,
                     epoch: u64_to_ck(m.epoch)?,
                     in_flight: u64_to_ck(m.in_flight)?,
                     pool_sessions: u64_to_ck(m.pool_sessions as u64)?,

@@ -1,0 +1,152 @@
+//! Member session pools, and the application's login on every member.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+use hsmpool_member::Role;
+use zeroize::Zeroizing;
+
+use super::{Cluster, Credentials, Member, Pool, Route, HEALTH_DOWN};
+use crate::backend::{MemberError, MemberSession};
+use crate::error::{Error, Result};
+
+impl Cluster {
+    /// (Re-)establish a member's pool: open its sessions and log them in with the credentials,
+    /// if any. `seen` is the epoch the caller saw fail: if the pool has moved on since, another
+    /// thread did the work. Returns the current epoch.
+    pub(super) fn establish(&self, m: &Member, seen: Option<u64>) -> Result<u64> {
+        let _one = m.reauth.lock();
+        let current = Pool::clone(&m.pool.load());
+        let creds = self.creds.read().clone();
+        if let Some(seen) = seen {
+            if current.epoch != seen && !current.sessions.is_empty() {
+                return Ok(current.epoch);
+            }
+        } else if !current.sessions.is_empty() && (current.authed || creds.is_none()) {
+            return Ok(current.epoch);
+        }
+        let mut sessions = Vec::with_capacity(self.settings.sessions_per_member);
+        let opened = (|| -> Result<()> {
+            for _ in 0..self.settings.sessions_per_member {
+                let s = m.backend.open_session()?;
+                sessions.push(s);
+                if let Some(c) = &creds {
+                    m.backend
+                        .login(s, c.role, &c.pin, c.username.as_ref().map(|u| u.as_str()))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = opened {
+            for s in sessions {
+                m.backend.close_session(s);
+            }
+            return Err(e);
+        }
+        let old = m.update_pool(|p| {
+            let old = std::mem::replace(&mut p.sessions, sessions);
+            p.epoch += 1;
+            p.authed = creds.is_some();
+            old
+        });
+        for s in old {
+            m.backend.close_session(s);
+        }
+        m.stats.reauths.fetch_add(1, Ordering::Relaxed);
+        let epoch = m.epoch();
+        tracing::info!(
+            member = m.index,
+            epoch,
+            authenticated = creds.is_some(),
+            "member session pool established"
+        );
+        Ok(epoch)
+    }
+
+    pub(super) fn session_for(&self, m: &Member, slot: usize) -> Result<(MemberSession, u64)> {
+        {
+            let p = m.pool.load();
+            if !p.sessions.is_empty() {
+                return Ok((p.sessions[slot % p.sessions.len()], p.epoch));
+            }
+        }
+        self.establish(m, None)?;
+        let p = m.pool.load();
+        match p.sessions.get(slot % p.sessions.len().max(1)) {
+            Some(s) => Ok((*s, p.epoch)),
+            None => Err(Error::DeviceError("member has no sessions".into())),
+        }
+    }
+
+    /// Log the application in: first on one member (which decides whether the PIN is right, so
+    /// a wrong PIN counts once, not once per member), then every other pool. Credentials are
+    /// kept for re-authentication.
+    pub(crate) fn login(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
+        let creds = Arc::new(Credentials {
+            role,
+            pin: Zeroizing::new(pin.to_vec()),
+            username: username.map(|u| Zeroizing::new(u.to_string())),
+        });
+        // One member decides, in its pool session 0; a member that fails for a device reason
+        // is skipped like any other call.
+        let (first, _, ()) =
+            self.call_full(Route::AnyHome, 1, |b, s| b.login(s, role, pin, username))?;
+        *self.creds.write() = Some(creds);
+        for m in &self.members {
+            // Log in the pool sessions as they are (re-opening them would lose the session
+            // objects they hold); a member whose sessions are gone is re-established.
+            let p = Pool::clone(&m.pool.load());
+            let mut done = !p.sessions.is_empty();
+            for (i, ms) in p.sessions.iter().enumerate() {
+                if m.index == first && i == 0 {
+                    continue;
+                }
+                match m.backend.login(*ms, role, pin, username) {
+                    Ok(())
+                    | Err(MemberError::Rv {
+                        rv: CKR_USER_ALREADY_LOGGED_IN,
+                        ..
+                    }) => {}
+                    Err(_) => {
+                        done = false;
+                        break;
+                    }
+                }
+            }
+            if done {
+                m.update_pool(|w| {
+                    if w.epoch == p.epoch {
+                        w.authed = true;
+                    }
+                });
+                continue;
+            }
+            if let Err(e) = self.establish(m, Some(p.epoch)) {
+                tracing::warn!(
+                    member = m.index,
+                    "member not logged in now ({e}); it will be when it answers"
+                );
+                m.health.store(HEALTH_DOWN, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// A context-specific re-authentication: checked by one member.
+    pub(crate) fn check_pin(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
+        self.call(Route::Any, 1, |b, s| b.login(s, role, pin, username))
+    }
+
+    /// Log every pool out and forget the credentials.
+    pub(crate) fn logout(&self) {
+        *self.creds.write() = None;
+        for m in &self.members {
+            let sessions = m.pool.load().sessions.clone();
+            for s in sessions {
+                let _ = m.backend.logout(s);
+            }
+            m.update_pool(|p| p.authed = false);
+        }
+    }
+}
