@@ -152,6 +152,27 @@ pub fn check_rsa_oaep_param(mech: &Mechanism) -> Result<(), Rv> {
     oaep_param(&mech.param).map(|_| ())
 }
 
+/// The ciphertext length of an AES mechanism for `data_len` bytes of plaintext: the one rule
+/// the engine (to answer a length query without a member call) and the simulator (to size its
+/// output) share. `None` for a mechanism whose output depends on the key (RSA) or is not an
+/// encryption, and for a GCM mechanism without a GCM parameter; the parameter's values are not
+/// judged here (the member refuses a bad one).
+pub fn encrypt_output_len(mech: &Mechanism, data_len: usize) -> Option<usize> {
+    const BLOCK: usize = 16;
+    match (mech.mech, &mech.param) {
+        (CKM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
+            data_len.checked_add(usize::try_from(*tag_bits / 8).ok()?)
+        }
+        // CloudHSM's GCM puts the IV it makes in front of ciphertext and tag.
+        (CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => data_len
+            .checked_add(usize::try_from(*tag_bits / 8).ok()?)?
+            .checked_add(crate::types::cloudhsm::GCM_IV_LEN),
+        (CKM_AES_CBC_PAD, _) => (data_len / BLOCK).checked_add(1)?.checked_mul(BLOCK),
+        (CKM_AES_CBC | CKM_AES_ECB | CKM_AES_CTR, _) => Some(data_len),
+        _ => None,
+    }
+}
+
 /// Units of a mechanism's key-size range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeUnit {

@@ -16,6 +16,8 @@ use aws_lc_rs::{cmac, constant_time, hmac};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
+use hsmpool_member::mechanism::encrypt_output_len;
+
 use super::{no_param, raw, Hash};
 use crate::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
 use crate::types::{MechParam, Mechanism, Rv, SignInput};
@@ -584,20 +586,18 @@ pub(crate) fn aes_decrypt(
 
 /// The exact output length of AES encryption of `data_len` bytes.
 pub(crate) fn aes_encrypt_len(mech: &Mechanism, data_len: usize) -> Result<usize, Rv> {
+    // The parameter is checked as encryption will check it; the length is the contract's rule.
     match mech.mech {
         CKM_CLOUDHSM_AES_GCM => {
-            let tag_len = cloudhsm_gcm_tag_len(&mech.param)?;
-            Ok(data_len.saturating_add(GCM_IV_LEN + tag_len))
+            cloudhsm_gcm_tag_len(&mech.param)?;
         }
-        CKM_AES_GCM => Ok(data_len.saturating_add(gcm_params(&mech.param)?.2)),
-        CKM_AES_CBC_PAD => Ok((data_len / BLOCK + 1).saturating_mul(BLOCK)),
-        CKM_AES_CBC | CKM_AES_ECB => Ok(data_len),
-        CKM_AES_CTR => {
-            ctr_params(&mech.param)?;
-            Ok(data_len)
+        CKM_AES_GCM => {
+            gcm_params(&mech.param)?;
         }
-        _ => Err(CKR_MECHANISM_INVALID),
+        CKM_AES_CTR => ctr_params(&mech.param).map(|_| ())?,
+        _ => {}
     }
+    encrypt_output_len(mech, data_len).ok_or(CKR_MECHANISM_INVALID)
 }
 
 /// An upper bound on the output length of AES decryption of `data_len` bytes.
