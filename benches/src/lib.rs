@@ -11,7 +11,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
-pub mod font;
 pub mod keys;
 pub mod lab;
 pub mod plot;

@@ -1,21 +1,18 @@
 //! Line charts with `plotters`: one panel per operation (or whatever the caller groups by), one
 //! line per series, written as SVG and PNG.
 //!
-//! The SVG keeps its text as text. The PNG is drawn on [`Canvas`], a plain RGB buffer that
-//! draws text with the harness's own pixel font ([`crate::font`]) and is encoded with `png`,
-//! so neither file depends on fonts installed on the machine.
+//! The same drawing goes to plotters' SVG backend (text kept as text) and to its bitmap backend
+//! (text drawn with ab_glyph from the TrueType font [`register_font`] loads), as the lab's plot
+//! does.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters_backend::{
-    text_anchor::{HPos, Pos, VPos},
-    BackendColor, BackendCoord, BackendTextStyle, DrawingErrorKind,
-};
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::{font, Context, Error, Result};
+use crate::{Error, Result};
 
 /// One line of a panel.
 #[derive(Clone, Debug, PartialEq)]
@@ -120,18 +117,10 @@ impl Chart {
 pub fn plot_lines(chart: &Chart, svg: &Path, png: &Path) -> Result<()> {
     register_font()?;
     let size = chart.size();
-    {
-        let root = SVGBackend::new(svg, size).into_drawing_area();
-        draw(chart, &root).map_err(|e| Error(format!("drawing {}: {e}", svg.display())))?;
-        root.present()
-            .map_err(|e| Error(format!("writing {}: {e}", svg.display())))?;
-    }
-    let mut canvas = Canvas::new(size);
-    {
-        let root = (&mut canvas).into_drawing_area();
-        draw(chart, &root).map_err(|e| Error(format!("drawing {}: {e}", png.display())))?;
-    }
-    canvas.write_png(png)
+    draw(chart, SVGBackend::new(svg, size).into_drawing_area())
+        .map_err(|e| Error(format!("drawing {}: {e}", svg.display())))?;
+    draw(chart, BitMapBackend::new(png, size).into_drawing_area())
+        .map_err(|e| Error(format!("drawing {}: {e}", png.display())))
 }
 
 /// Tick label for a count: 950, 1.2k, 45k, 1.1M.
@@ -171,10 +160,10 @@ pub fn log_tick(v: f64) -> String {
     }
 }
 
-/// Draw the whole figure on `root`.
+/// Draw the whole figure on `root` and write it out.
 fn draw<DB: DrawingBackend>(
     chart: &Chart,
-    root: &DrawingArea<DB, Shift>,
+    root: DrawingArea<DB, Shift>,
 ) -> std::result::Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
@@ -185,7 +174,10 @@ fn draw<DB: DrawingBackend>(
     } else {
         36
     };
+    // plotters' bitmap backend draws text about a quarter of its size above where the SVG has it, so
+    // the title starts 8 pixels down: otherwise its tallest letters lose their tops in the PNG.
     let body = root
+        .margin(8, 0, 0, 0)
         .titled(&chart.title, ("sans-serif", size).into_font().color(&BLACK))
         .map_err(e)?;
     let (legend, grid) = body.split_vertically(44);
@@ -195,7 +187,7 @@ fn draw<DB: DrawingBackend>(
     for (panel, area) in chart.panels.iter().zip(areas.iter()) {
         draw_panel(chart, panel, area)?;
     }
-    Ok(())
+    root.present().map_err(e)
 }
 
 /// One legend for the whole figure, centred under the title: a series keeps its colour in
@@ -382,119 +374,6 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// An RGB pixel buffer that plotters draws on, with text in the harness's pixel font.
-pub struct Canvas {
-    size: (u32, u32),
-    rgb: Vec<u8>,
-}
-
-impl Canvas {
-    /// A white canvas of `size` pixels.
-    pub fn new(size: (u32, u32)) -> Canvas {
-        Canvas {
-            size,
-            rgb: vec![255; size.0 as usize * size.1 as usize * 3],
-        }
-    }
-
-    /// The colour at (`x`, `y`).
-    pub fn pixel(&self, x: u32, y: u32) -> Option<(u8, u8, u8)> {
-        if x >= self.size.0 || y >= self.size.1 {
-            return None;
-        }
-        let i = (y as usize * self.size.0 as usize + x as usize) * 3;
-        Some((self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]))
-    }
-
-    /// Encode as an 8-bit RGB PNG.
-    pub fn write_png(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path).context(&format!("creating {}", path.display()))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), self.size.0, self.size.1);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc
-            .write_header()
-            .context(&format!("writing {}", path.display()))?;
-        w.write_image_data(&self.rgb)
-            .context(&format!("writing {}", path.display()))?;
-        w.finish().context(&format!("writing {}", path.display()))
-    }
-}
-
-// Implemented on `&mut Canvas`: plotters takes its backend by value, and the pixels are still
-// needed after drawing (to encode them).
-impl DrawingBackend for &mut Canvas {
-    type ErrorType = std::convert::Infallible;
-
-    fn get_size(&self) -> (u32, u32) {
-        self.size
-    }
-
-    fn ensure_prepared(&mut self) -> std::result::Result<(), DrawingErrorKind<Self::ErrorType>> {
-        Ok(())
-    }
-
-    fn present(&mut self) -> std::result::Result<(), DrawingErrorKind<Self::ErrorType>> {
-        Ok(())
-    }
-
-    fn draw_pixel(
-        &mut self,
-        (x, y): BackendCoord,
-        color: BackendColor,
-    ) -> std::result::Result<(), DrawingErrorKind<Self::ErrorType>> {
-        let (w, h) = self.size;
-        if x < 0 || y < 0 || x as u32 >= w || y as u32 >= h || color.alpha <= 0.0 {
-            return Ok(());
-        }
-        let i = (y as usize * w as usize + x as usize) * 3;
-        let a = color.alpha.min(1.0);
-        let (r, g, b) = color.rgb;
-        for (k, c) in [r, g, b].into_iter().enumerate() {
-            let old = self.rgb[i + k] as f64;
-            self.rgb[i + k] = (old * (1.0 - a) + c as f64 * a).round() as u8;
-        }
-        Ok(())
-    }
-
-    fn draw_text<TStyle: BackendTextStyle>(
-        &mut self,
-        text: &str,
-        style: &TStyle,
-        pos: BackendCoord,
-    ) -> std::result::Result<(), DrawingErrorKind<Self::ErrorType>> {
-        let color = style.color();
-        let scale = font::scale(style.size());
-        let (w, h) = font::text_size(text, scale);
-        let (w, h) = (w as i32, h as i32);
-        let anchor = style.anchor();
-        let dx = match anchor.h_pos {
-            HPos::Left => 0,
-            HPos::Center => -w / 2,
-            HPos::Right => -w,
-        };
-        let dy = match anchor.v_pos {
-            VPos::Top => 0,
-            VPos::Center => -h / 2,
-            VPos::Bottom => -h,
-        };
-        let transform = style.transform();
-        for (x, y) in font::pixels(text, scale) {
-            let (x, y) = transform.transform(x + dx, y + dy);
-            self.draw_pixel((pos.0 + x, pos.1 + y), color)?;
-        }
-        Ok(())
-    }
-
-    fn estimate_text_size<TStyle: BackendTextStyle>(
-        &self,
-        text: &str,
-        style: &TStyle,
-    ) -> std::result::Result<(u32, u32), DrawingErrorKind<Self::ErrorType>> {
-        Ok(font::text_size(text, font::scale(style.size())))
-    }
-}
-
 /// Where a TrueType font for the plots' text may be: `HSMPOOL_BENCH_FONT`, then Debian's
 /// fonts-dejavu-core and its usual places elsewhere.
 fn font_candidates() -> Vec<PathBuf> {
@@ -515,9 +394,9 @@ fn font_candidates() -> Vec<PathBuf> {
     v
 }
 
-/// Register the first font found as "sans-serif", once per process. plotters measures text
-/// through its font registry (the `ab_glyph` feature the lab's PNG needs), so every chart
-/// registers one before drawing.
+/// Register the first font found as "sans-serif", once per process. With plotters' `ab_glyph`
+/// feature both backends measure text, and the bitmap backend draws it, through this font
+/// registry, so every chart registers one before drawing.
 pub fn register_font() -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -598,28 +477,35 @@ mod tests {
         ] {
             assert!(text.contains(needle), "the SVG lacks {needle:?}");
         }
+        // The signature, then the IHDR chunk: its width and height.
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        let reader = decoder.read_info().unwrap();
-        let info = reader.info();
-        assert_eq!((info.width, info.height), c.size());
+        assert_eq!(&bytes[12..16], b"IHDR");
+        let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+        assert_eq!((be(&bytes[16..20]), be(&bytes[20..24])), c.size());
     }
 
     #[test]
     fn the_png_has_dark_text_pixels_and_coloured_lines() {
+        register_font().unwrap();
         let c = chart();
-        let mut canvas = Canvas::new(c.size());
-        {
-            let root = (&mut canvas).into_drawing_area();
-            draw(&c, &root).unwrap();
-        }
         let (w, h) = c.size();
+        // The PNG's pixels before encoding: the bitmap backend drawing into an RGB buffer.
+        let mut rgb = vec![0u8; w as usize * h as usize * 3];
+        draw(
+            &c,
+            BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area(),
+        )
+        .unwrap();
+        let pixel = |x: u32, y: u32| {
+            let i = (y as usize * w as usize + x as usize) * 3;
+            (rgb[i], rgb[i + 1], rgb[i + 2])
+        };
         let mut dark = 0;
         let mut first_colour = 0;
         for y in 0..h {
             for x in 0..w {
-                let p = canvas.pixel(x, y).unwrap();
+                let p = pixel(x, y);
                 if p == (0, 0, 0) {
                     dark += 1;
                 }
@@ -635,7 +521,7 @@ mod tests {
             "{first_colour} pixels of the first series"
         );
         // Above the title's top row everything is white.
-        assert!((0..w).all(|x| canvas.pixel(x, 0) == Some((255, 255, 255))));
+        assert!((0..w).all(|x| pixel(x, 0) == (255, 255, 255)));
     }
 
     #[test]
