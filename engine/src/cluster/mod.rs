@@ -276,7 +276,7 @@ pub(crate) struct Member {
     outstanding: AtomicU64,
     /// Calls, calls in flight and latency, by thread slot.
     hot: Box<[CachePadded<HotShard>]>,
-    /// ms since the cluster started: last completion, and when it last came up.
+    /// Readings of the cluster's clock, in ms: last completion, and when it last came up.
     last_done_ms: AtomicU64,
     up_since_ms: AtomicU64,
     fails: AtomicU32,

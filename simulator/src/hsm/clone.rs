@@ -33,8 +33,8 @@ impl Hsm {
     }
 
     /// A logged-in session (either role): the clone path is never open to the public.
-    fn require_login(&self, ms: u64) -> SimResult<()> {
-        match self.login_of(ms)? {
+    fn require_login(&self, sess: u64) -> SimResult<()> {
+        match self.login_of(sess)? {
             Some(_) => Ok(()),
             None => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
@@ -50,10 +50,10 @@ impl Hsm {
     }
 
     /// Seal token object `id` for another member of this cluster.
-    pub fn export_clone(&self, ms: u64, id: u64) -> SimResult<Vec<u8>> {
+    pub fn export_clone(&self, sess: u64, id: u64) -> SimResult<Vec<u8>> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
-        self.require_login(ms)?;
+        self.require_login(sess)?;
         let key = self.clone_key()?;
         let obj = self.token_object(id)?;
         key.seal(&CloneRecord {
@@ -71,10 +71,10 @@ impl Hsm {
     /// Store an object from another member's clone blob under its own id. Idempotent: an equal
     /// object already here is left alone; a different one with that id (changed while this
     /// member was away) is replaced.
-    pub fn import_clone(&self, ms: u64, blob: &[u8]) -> SimResult<u64> {
+    pub fn import_clone(&self, sess: u64, blob: &[u8]) -> SimResult<u64> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
-        self.require_login(ms)?;
+        self.require_login(sess)?;
         let key = self.clone_key()?;
         let rec = key.open(blob).inspect_err(|_| {
             tracing::warn!("clone blob refused: malformed, changed, or from another cluster");
@@ -109,10 +109,10 @@ impl Hsm {
     }
 
     /// (id, digest) of every token object, by id: what a member holds, for resynchronisation.
-    pub fn object_digests(&self, ms: u64) -> SimResult<Vec<(u64, [u8; 32])>> {
+    pub fn object_digests(&self, sess: u64) -> SimResult<Vec<(u64, [u8; 32])>> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
-        self.require_login(ms)?;
+        self.require_login(sess)?;
         self.catch_up();
         let key = self.clone_key()?;
         let objs: Vec<Arc<Object>> = self
@@ -132,10 +132,10 @@ impl Hsm {
     /// Remove token object `id` whatever its owner or `CKA_DESTROYABLE`: the resynchronisation
     /// of a member that missed a destroy, or the roll-back of a create that did not reach enough
     /// members. Absent already is success.
-    pub fn drop_replica(&self, ms: u64, id: u64) -> SimResult<()> {
+    pub fn drop_replica(&self, sess: u64, id: u64) -> SimResult<()> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
-        self.require_login(ms)?;
+        self.require_login(sess)?;
         match self.token_object(id) {
             Ok(obj) => self.remove(&obj),
             Err(_) => Ok(()),

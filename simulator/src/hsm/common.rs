@@ -62,8 +62,8 @@ impl Hsm {
                 .filter(|s| s.generation < generation)
                 .map(|s| *s.key())
                 .collect();
-            for ms in stale {
-                self.close_session(ms);
+            for sess in stale {
+                self.close_session(sess);
             }
         }
         f.before_op().map_err(SimError::Rv)
@@ -151,12 +151,12 @@ impl Hsm {
     }
 
     /// Close a member session and destroy its session objects.
-    pub fn close_session(&self, ms: u64) {
-        self.sessions.remove(&ms);
+    pub fn close_session(&self, sess: u64) {
+        self.sessions.remove(&sess);
         let doomed: Vec<Arc<Object>> = self
             .objects
             .iter()
-            .filter(|o| o.session == Some(ms))
+            .filter(|o| o.session == Some(sess))
             .map(|o| o.value().clone())
             .collect();
         for o in doomed {

@@ -40,7 +40,7 @@ impl Hsm {
     }
 
     /// `C_GenerateKey`: AES and generic secret keys.
-    pub fn generate_key(&self, ms: u64, mech: &Mechanism, template: &[Attr]) -> SimResult<u64> {
+    pub fn generate_key(&self, sess: u64, mech: &Mechanism, template: &[Attr]) -> SimResult<u64> {
         self.fault_check()?; // fault hook
                              // timing hook
         let _timing = self.timed(|| {
@@ -49,7 +49,7 @@ impl Hsm {
                 timing::token_in(template) == Some(true),
             )
         });
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         if let Some(id) = self.already_made(template)? {
             return Ok(id);
         }
@@ -95,14 +95,21 @@ impl Hsm {
             value,
         }))?);
         Ok(self
-            .finish_new(ms, &login, CKO_SECRET_KEY, Some(key_type), attrs, Some(key))?
+            .finish_new(
+                sess,
+                &login,
+                CKO_SECRET_KEY,
+                Some(key_type),
+                attrs,
+                Some(key),
+            )?
             .id)
     }
 
     /// `C_GenerateKeyPair`: RSA and EC. Returns (public, private).
     pub fn generate_key_pair(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         public: &[Attr],
         private: &[Attr],
@@ -115,7 +122,7 @@ impl Hsm {
                 .any(|t| timing::token_in(t) == Some(true));
             (OpClass::from_key_pair_template(mech.mech, public), token)
         });
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         match (self.already_made(public)?, self.already_made(private)?) {
             (Some(p), Some(k)) => return Ok((p, k)),
             // Half of a pair from an attempt cut short: make the pair again, whole.
@@ -208,7 +215,7 @@ impl Hsm {
             Self::owner_for(&login, attrs.get(&CKA_PRIVATE).is_some_and(|v| v == &[1]))?;
         }
         let p = self.finish_new(
-            ms,
+            sess,
             &login,
             CKO_PUBLIC_KEY,
             Some(key_type),
@@ -216,7 +223,7 @@ impl Hsm {
             Some(pub_loaded),
         )?;
         match self.finish_new(
-            ms,
+            sess,
             &login,
             CKO_PRIVATE_KEY,
             Some(key_type),
@@ -268,14 +275,14 @@ impl Hsm {
     /// trusted wrapping key.
     pub fn wrap_key(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         wrapping: u64,
         key: u64,
     ) -> SimResult<Vec<u8>> {
         self.fault_check()?; // fault hook
         let w = self
-            .usable(ms, wrapping, CKA_WRAP, mech.mech)
+            .usable(sess, wrapping, CKA_WRAP, mech.mech)
             .map_err(|e| match e {
                 SimError::Rv(CKR_KEY_HANDLE_INVALID) => {
                     SimError::Rv(CKR_WRAPPING_KEY_HANDLE_INVALID)
@@ -293,7 +300,7 @@ impl Hsm {
             let bits = w.key.as_ref().map_or(0, |k| k.key_bits());
             (OpClass::from_encrypt(mech.mech, bits), false)
         });
-        let k = self.get_visible(ms, key).map_err(|e| match e {
+        let k = self.get_visible(sess, key).map_err(|e| match e {
             SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
             e => e,
         })?;
@@ -339,19 +346,19 @@ impl Hsm {
     /// "always sensitive" or "never extractable": its value has been outside this HSM.
     pub fn unwrap_key(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         unwrapping: u64,
         wrapped: &[u8],
         template: &[Attr],
     ) -> SimResult<u64> {
         self.fault_check()?; // fault hook
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         if let Some(id) = self.already_made(template)? {
             return Ok(id);
         }
         let u = self
-            .usable(ms, unwrapping, CKA_UNWRAP, mech.mech)
+            .usable(sess, unwrapping, CKA_UNWRAP, mech.mech)
             .map_err(|e| match e {
                 SimError::Rv(CKR_KEY_HANDLE_INVALID) => {
                     SimError::Rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID)
@@ -447,7 +454,7 @@ impl Hsm {
         attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(false));
         let key = Arc::new(rv(LoadedKey::load(material))?);
         Ok(self
-            .finish_new(ms, &login, class, Some(key_type), attrs, Some(key))?
+            .finish_new(sess, &login, class, Some(key_type), attrs, Some(key))?
             .id)
     }
 
@@ -456,17 +463,17 @@ impl Hsm {
     /// unextractable "always" only if the base key was.
     pub fn derive_key(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         base: u64,
         template: &[Attr],
     ) -> SimResult<u64> {
         self.fault_check()?; // fault hook
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         if let Some(id) = self.already_made(template)? {
             return Ok(id);
         }
-        let b = self.usable(ms, base, CKA_DERIVE, mech.mech)?;
+        let b = self.usable(sess, base, CKA_DERIVE, mech.mech)?;
         // timing hook
         let _timing = self.timed(|| {
             let bits = b.key.as_ref().map_or(0, |k| k.key_bits());
@@ -474,7 +481,7 @@ impl Hsm {
             (OpClass::from_derive(mech.mech, bits), token)
         });
         if mech.mech == CKM_HKDF_DATA {
-            return self.derive_data(ms, &login, mech, &b, template);
+            return self.derive_data(sess, &login, mech, &b, template);
         }
         if rv(find_ulong(template, CKA_CLASS))?.is_some_and(|c| c != CKO_SECRET_KEY) {
             return Err(SimError::Rv(CKR_TEMPLATE_INCONSISTENT));
@@ -561,7 +568,7 @@ impl Hsm {
             value,
         }))?);
         Ok(self
-            .finish_new(ms, &login, CKO_SECRET_KEY, Some(kt), attrs, Some(key))?
+            .finish_new(sess, &login, CKO_SECRET_KEY, Some(kt), attrs, Some(key))?
             .id)
     }
 
@@ -569,7 +576,7 @@ impl Hsm {
     /// otherwise: it is key material by another name).
     fn derive_data(
         &self,
-        ms: u64,
+        sess: u64,
         login: &Option<(Role, String)>,
         mech: &Mechanism,
         base: &Object,
@@ -605,7 +612,9 @@ impl Hsm {
             Self::is_so(login),
             vec![(CKA_VALUE, value.to_vec())],
         ))?;
-        Ok(self.finish_new(ms, login, CKO_DATA, None, attrs, None)?.id)
+        Ok(self
+            .finish_new(sess, login, CKO_DATA, None, attrs, None)?
+            .id)
     }
 }
 

@@ -144,8 +144,8 @@ struct TokenMeta {
 /// What holds between its fields whenever no change is in flight (how a change in flight may
 /// be seen is said where it matters):
 /// - **Object map.** `objects` maps each id to the object with that id. A token object
-///   (`token`) has no `session`; a session object has `session == Some(ms)` for the member
-///   session `ms` that made it, and `close_session` drops it with the session. A private
+///   (`token`) has no `session`; a session object has `session == Some(sess)` for the member
+///   session `sess` that made it, and `close_session` drops it with the session. A private
 ///   object has an owner, the crypto user who made it, and only sessions logged in as that
 ///   user see it.
 /// - **Index vs object map.** `index` lists under `(ty, value)`, for `ty` in `INDEXED`

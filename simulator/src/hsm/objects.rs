@@ -18,9 +18,9 @@ use super::common::{bit_len, random_id, rv, strip_zeros};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
 
 impl Hsm {
-    fn visible(login: &Option<(Role, String)>, ms: u64, o: &Object) -> bool {
+    fn visible(login: &Option<(Role, String)>, sess: u64, o: &Object) -> bool {
         if let Some(s) = o.session {
-            if s != ms {
+            if s != sess {
                 return false;
             }
         }
@@ -32,14 +32,14 @@ impl Hsm {
 
     /// The object, if the session may see it. The hot path of every operation: it reads the
     /// session's login in place (no copy of the user name) and clones only the object's `Arc`.
-    pub(super) fn get_visible(&self, ms: u64, id: u64) -> SimResult<Arc<Object>> {
+    pub(super) fn get_visible(&self, sess: u64, id: u64) -> SimResult<Arc<Object>> {
         let obj = self
             .objects
             .get(&id)
             .map(|o| o.value().clone())
             .ok_or(SimError::Rv(CKR_OBJECT_HANDLE_INVALID))?;
-        let visible = match self.sessions.get(&ms) {
-            Some(sess) => Self::visible(&sess.login, ms, &obj),
+        let visible = match self.sessions.get(&sess) {
+            Some(state) => Self::visible(&state.login, sess, &obj),
             None => return Err(SimError::Rv(CKR_SESSION_HANDLE_INVALID)),
         };
         if !visible {
@@ -69,7 +69,7 @@ impl Hsm {
 
     pub(super) fn finish_new(
         &self,
-        ms: u64,
+        sess: u64,
         login: &Option<(Role, String)>,
         class: CK_OBJECT_CLASS,
         key_type: Option<CK_KEY_TYPE>,
@@ -99,7 +99,7 @@ impl Hsm {
         let obj = Arc::new(Object {
             id,
             owner,
-            session: if token { None } else { Some(ms) },
+            session: if token { None } else { Some(sess) },
             class,
             key_type,
             token,
@@ -117,7 +117,7 @@ impl Hsm {
     }
 
     /// `C_CreateObject`.
-    pub fn create_object(&self, ms: u64, template: &[Attr]) -> SimResult<u64> {
+    pub fn create_object(&self, sess: u64, template: &[Attr]) -> SimResult<u64> {
         self.fault_check()?; // fault hook
                              // timing hook
         let _timing = self.timed(|| {
@@ -126,7 +126,7 @@ impl Hsm {
                 timing::token_in(template) == Some(true),
             )
         });
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         if let Some(id) = self.already_made(template)? {
             return Ok(id);
         }
@@ -291,14 +291,16 @@ impl Hsm {
             Some(m) => Some(Arc::new(rv(LoadedKey::load(m))?)),
             None => None,
         };
-        Ok(self.finish_new(ms, &login, class, key_type, attrs, key)?.id)
+        Ok(self
+            .finish_new(sess, &login, class, key_type, attrs, key)?
+            .id)
     }
 
     /// `C_DestroyObject`.
-    pub fn destroy_object(&self, ms: u64, id: u64) -> SimResult<()> {
+    pub fn destroy_object(&self, sess: u64, id: u64) -> SimResult<()> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
-        let obj = self.get_visible(ms, id)?;
+        let obj = self.get_visible(sess, id)?;
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -306,13 +308,13 @@ impl Hsm {
     }
 
     /// `C_CopyObject`.
-    pub fn copy_object(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
+    pub fn copy_object(&self, sess: u64, id: u64, template: &[Attr]) -> SimResult<u64> {
         self.fault_check()?; // fault hook
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         if let Some(made) = self.already_made(template)? {
             return Ok(made);
         }
-        let obj = self.get_visible(ms, id)?;
+        let obj = self.get_visible(sess, id)?;
         let _timing = self.timed(|| {
             (
                 OpClass::Management,
@@ -325,16 +327,23 @@ impl Hsm {
         let mut attrs = rv(object::modify(&obj, template, true, Self::is_so(&login)))?;
         attrs.remove(&CKA_UNIQUE_ID);
         Ok(self
-            .finish_new(ms, &login, obj.class, obj.key_type, attrs, obj.key.clone())?
+            .finish_new(
+                sess,
+                &login,
+                obj.class,
+                obj.key_type,
+                attrs,
+                obj.key.clone(),
+            )?
             .id)
     }
 
     /// `C_SetAttributeValue`.
-    pub fn set_attributes(&self, ms: u64, id: u64, template: &[Attr]) -> SimResult<()> {
+    pub fn set_attributes(&self, sess: u64, id: u64, template: &[Attr]) -> SimResult<()> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
-        let login = self.login_of(ms)?;
-        let obj = self.get_visible(ms, id)?;
+        let login = self.login_of(sess)?;
+        let obj = self.get_visible(sess, id)?;
         if !obj.flag(CKA_MODIFIABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -360,13 +369,13 @@ impl Hsm {
     /// `C_GetAttributeValue`: one answer per type.
     pub fn get_attributes(
         &self,
-        ms: u64,
+        sess: u64,
         id: u64,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> SimResult<Vec<AttrAnswer>> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
-        let obj = self.get_visible(ms, id)?;
+        let obj = self.get_visible(sess, id)?;
         let tables = obj.tables();
         Ok(types
             .iter()
@@ -394,20 +403,20 @@ impl Hsm {
     }
 
     /// `C_GetObjectSize`.
-    pub fn object_size(&self, ms: u64, id: u64) -> SimResult<u64> {
+    pub fn object_size(&self, sess: u64, id: u64) -> SimResult<u64> {
         self.fault_check()?; // fault hook
-        Ok(self.get_visible(ms, id)?.size())
+        Ok(self.get_visible(sess, id)?.size())
     }
 
     /// What the engine caches about a key.
-    pub fn key_meta(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
+    pub fn key_meta(&self, sess: u64, id: u64) -> SimResult<KeyMeta> {
         self.fault_check()?; // fault hook
-        self.meta_of(ms, id)
+        self.meta_of(sess, id)
     }
 
     /// fault hook: the body of `key_meta`, without the fault check (`check_key` has made it).
-    fn meta_of(&self, ms: u64, id: u64) -> SimResult<KeyMeta> {
-        Ok(Self::meta(&*self.get_visible(ms, id)?))
+    fn meta_of(&self, sess: u64, id: u64) -> SimResult<KeyMeta> {
+        Ok(Self::meta(&*self.get_visible(sess, id)?))
     }
 
     /// What the engine keeps about an object, read off it.
@@ -424,11 +433,11 @@ impl Hsm {
 
     /// `C_FindObjects*`: every visible object matching the template. A template naming
     /// `CKA_LABEL` or `CKA_ID` is answered from the index.
-    pub fn find(&self, ms: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
+    pub fn find(&self, sess: u64, template: &[Attr]) -> SimResult<Vec<u64>> {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         self.catch_up();
-        let login = self.login_of(ms)?;
+        let login = self.login_of(sess)?;
         let keyed = template.iter().find(|a| INDEXED.contains(&a.ty));
         let candidates: Vec<Arc<Object>> = match keyed {
             Some(a) => {
@@ -445,7 +454,7 @@ impl Hsm {
         };
         let mut out: Vec<u64> = candidates
             .iter()
-            .filter(|o| Self::visible(&login, ms, o) && o.matches(template))
+            .filter(|o| Self::visible(&login, sess, o) && o.matches(template))
             .map(|o| o.id)
             .collect();
         out.sort_unstable();
@@ -454,12 +463,12 @@ impl Hsm {
 
     pub(super) fn usable(
         &self,
-        ms: u64,
+        sess: u64,
         id: u64,
         usage: CK_ATTRIBUTE_TYPE,
         mech: CK_MECHANISM_TYPE,
     ) -> SimResult<Arc<Object>> {
-        let obj = self.get_visible(ms, id).map_err(|e| match e {
+        let obj = self.get_visible(sess, id).map_err(|e| match e {
             SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
             e => e,
         })?;
@@ -494,13 +503,13 @@ impl Hsm {
     /// `CKA_VERIFY`, `CKA_ENCRYPT` or `CKA_DECRYPT`.
     pub fn check_key(
         &self,
-        ms: u64,
+        sess: u64,
         usage: CK_ATTRIBUTE_TYPE,
         mech: &Mechanism,
         id: u64,
     ) -> SimResult<KeyMeta> {
         self.fault_check()?; // fault hook
                              // One lookup: the object `usable` checked is the one described.
-        Ok(Self::meta(&*self.usable(ms, id, usage, mech.mech)?))
+        Ok(Self::meta(&*self.usable(sess, id, usage, mech.mech)?))
     }
 }

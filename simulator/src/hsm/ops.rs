@@ -16,13 +16,13 @@ impl Hsm {
     /// Sign.
     pub fn sign(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         key: u64,
         input: SignInput,
     ) -> SimResult<Vec<u8>> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_SIGN, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
         let _timing = self.timed(|| (OpClass::from_sign(mech.mech, k.key_bits()), false));
@@ -30,23 +30,23 @@ impl Hsm {
     }
 
     /// The length a signature will have.
-    pub fn signature_len(&self, ms: u64, mech: &Mechanism, key: u64) -> SimResult<usize> {
+    pub fn signature_len(&self, sess: u64, mech: &Mechanism, key: u64) -> SimResult<usize> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_SIGN, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_SIGN, mech.mech)?;
         rv(crypto::signature_len(mech, Self::key_of(&obj)?))
     }
 
     /// Verify.
     pub fn verify(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         key: u64,
         input: SignInput,
         sig: &[u8],
     ) -> SimResult<()> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_VERIFY, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_VERIFY, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
         let _timing = self.timed(|| (OpClass::from_verify(mech.mech, k.key_bits()), false));
@@ -54,9 +54,15 @@ impl Hsm {
     }
 
     /// Encrypt.
-    pub fn encrypt(&self, ms: u64, mech: &Mechanism, key: u64, data: &[u8]) -> SimResult<Vec<u8>> {
+    pub fn encrypt(
+        &self,
+        sess: u64,
+        mech: &Mechanism,
+        key: u64,
+        data: &[u8],
+    ) -> SimResult<Vec<u8>> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_ENCRYPT, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
         let _timing = self.timed(|| (OpClass::from_encrypt(mech.mech, k.key_bits()), false));
@@ -66,14 +72,14 @@ impl Hsm {
     /// Encrypt into `out` (see [`crypto::encrypt_into`]); returns the length written.
     pub fn encrypt_into(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         key: u64,
         data: &[u8],
         out: &mut [u8],
     ) -> SimResult<usize> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_ENCRYPT, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_ENCRYPT, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
         let _timing = self.timed(|| (OpClass::from_encrypt(mech.mech, k.key_bits()), false));
@@ -83,13 +89,13 @@ impl Hsm {
     /// Decrypt.
     pub fn decrypt(
         &self,
-        ms: u64,
+        sess: u64,
         mech: &Mechanism,
         key: u64,
         data: &[u8],
     ) -> SimResult<Zeroizing<Vec<u8>>> {
         self.fault_check()?; // fault hook
-        let obj = self.usable(ms, key, CKA_DECRYPT, mech.mech)?;
+        let obj = self.usable(sess, key, CKA_DECRYPT, mech.mech)?;
         let k = Self::key_of(&obj)?;
         // timing hook
         let _timing = self.timed(|| (OpClass::from_decrypt(mech.mech, k.key_bits()), false));
@@ -97,10 +103,10 @@ impl Hsm {
     }
 
     /// The value of a secret key, for `C_DigestKey` (which never returns it to the caller).
-    pub fn secret_value_for_digest(&self, ms: u64, key: u64) -> SimResult<Zeroizing<Vec<u8>>> {
+    pub fn secret_value_for_digest(&self, sess: u64, key: u64) -> SimResult<Zeroizing<Vec<u8>>> {
         self.fault_check()?; // fault hook
         let obj = self
-            .get_visible(ms, key)
+            .get_visible(sess, key)
             .map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
         match obj.key.as_ref().map(|k| k.material()) {
             Some(KeyMaterial::Secret { value, .. }) => Ok(value.clone()),

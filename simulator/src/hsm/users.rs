@@ -45,23 +45,23 @@ impl User {
 }
 
 impl Hsm {
-    pub(super) fn login_of(&self, ms: u64) -> SimResult<Option<(Role, String)>> {
+    pub(super) fn login_of(&self, sess: u64) -> SimResult<Option<(Role, String)>> {
         self.sessions
-            .get(&ms)
+            .get(&sess)
             .map(|s| s.login.clone())
             .ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))
     }
 
     /// Log a member session in. A PIN `name:password` names the user when such a user of that
     /// role exists; otherwise the whole PIN is the default user's (or default SO's).
-    pub fn login(&self, ms: u64, role: Role, pin: &[u8]) -> SimResult<()> {
+    pub fn login(&self, sess: u64, role: Role, pin: &[u8]) -> SimResult<()> {
         // fault hook: in `login_named`, which every path of `login` reaches.
         self.catch_up();
         if let Some(pos) = pin.iter().position(|b| *b == b':') {
             if let Ok(name) = std::str::from_utf8(&pin[..pos]) {
                 let named = self.users.read().get(name).is_some_and(|u| u.role == role);
                 if named {
-                    return self.login_named(ms, role, name, &pin[pos + 1..]);
+                    return self.login_named(sess, role, name, &pin[pos + 1..]);
                 }
             }
         }
@@ -69,17 +69,17 @@ impl Hsm {
             Role::Officer => DEFAULT_SO,
             Role::User => DEFAULT_USER,
         };
-        self.login_named(ms, role, default, pin)
+        self.login_named(sess, role, default, pin)
     }
 
     /// Log a member session in as a named user.
-    pub fn login_named(&self, ms: u64, role: Role, name: &str, pin: &[u8]) -> SimResult<()> {
+    pub fn login_named(&self, sess: u64, role: Role, name: &str, pin: &[u8]) -> SimResult<()> {
         self.fault_check()?; // fault hook
         self.catch_up();
         if !self.token.read().initialized {
             return Err(SimError::Rv(CKR_USER_PIN_NOT_INITIALIZED));
         }
-        if !self.sessions.contains_key(&ms) {
+        if !self.sessions.contains_key(&sess) {
             return Err(SimError::Rv(CKR_SESSION_HANDLE_INVALID));
         }
         let (ok, failures) = {
@@ -108,18 +108,18 @@ impl Hsm {
         if !ok {
             return Err(SimError::Rv(CKR_PIN_INCORRECT));
         }
-        if let Some(mut s) = self.sessions.get_mut(&ms) {
+        if let Some(mut s) = self.sessions.get_mut(&sess) {
             s.login = Some((role, name.to_string()));
         }
         Ok(())
     }
 
     /// Log a member session out.
-    pub fn logout(&self, ms: u64) -> SimResult<()> {
+    pub fn logout(&self, sess: u64) -> SimResult<()> {
         self.fault_check()?; // fault hook
         let mut s = self
             .sessions
-            .get_mut(&ms)
+            .get_mut(&sess)
             .ok_or(SimError::Rv(CKR_SESSION_HANDLE_INVALID))?;
         s.login = None;
         Ok(())
@@ -138,9 +138,9 @@ impl Hsm {
         Self::check_pin_len(so_pin)?;
         let initialized = self.token.read().initialized;
         if initialized {
-            let ms = self.open_session();
-            let r = self.login_named(ms, Role::Officer, DEFAULT_SO, so_pin);
-            self.sessions.remove(&ms);
+            let sess = self.open_session();
+            let r = self.login_named(sess, Role::Officer, DEFAULT_SO, so_pin);
+            self.sessions.remove(&sess);
             r?;
         }
         let so = User::new(Role::Officer, so_pin, self.cfg.pin_iterations)?;
@@ -163,19 +163,19 @@ impl Hsm {
     }
 
     /// `C_InitPIN`: the SO sets the default user's PIN (creating the user, unlocking it).
-    pub fn init_pin(&self, ms: u64, pin: &[u8]) -> SimResult<()> {
+    pub fn init_pin(&self, sess: u64, pin: &[u8]) -> SimResult<()> {
         self.fault_check()?; // fault hook
-        match self.login_of(ms)? {
+        match self.login_of(sess)? {
             Some((Role::Officer, _)) => {}
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
         self.create_user(DEFAULT_USER, Role::User, pin)
     }
 
-    /// A crypto officer logged in on `ms` adds (or resets) a named user.
-    pub fn add_user(&self, ms: u64, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
+    /// A crypto officer logged in on `sess` adds (or resets) a named user.
+    pub fn add_user(&self, sess: u64, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
         self.fault_check()?; // fault hook
-        match self.login_of(ms)? {
+        match self.login_of(sess)? {
             Some((Role::Officer, _)) => self.create_user(name, role, pin),
             _ => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
@@ -205,9 +205,9 @@ impl Hsm {
     }
 
     /// `C_SetPIN`: the logged-in user (or, not logged in, the default user) changes its PIN.
-    pub fn set_pin(&self, ms: u64, old: &[u8], new: &[u8]) -> SimResult<()> {
+    pub fn set_pin(&self, sess: u64, old: &[u8], new: &[u8]) -> SimResult<()> {
         Self::check_pin_len(new)?;
-        let (role, name) = match self.login_of(ms)? {
+        let (role, name) = match self.login_of(sess)? {
             Some(l) => l,
             None => (Role::User, DEFAULT_USER.to_string()),
         };
