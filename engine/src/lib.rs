@@ -55,6 +55,7 @@ pub mod error;
 mod ops;
 mod selfsigned;
 mod sha3;
+mod state;
 pub mod types;
 
 pub use hsmpool_member::mechanism;
