@@ -44,6 +44,9 @@
 //! An EC key's public point is read from the token public key with the same `CKA_ID` (a private
 //! key does not carry it); an EC key without one gets no certificate, nor does a key whose
 //! `CKA_ALLOWED_MECHANISMS` exclude the mechanism above. Session keys get none.
+//!
+//! The option is built in with the Cargo feature `compat-selfsigned` (on by default); a module
+//! built without it refuses `self_signed_certificates = true` (a configuration error).
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +82,22 @@ pub struct CompatConfig {
     /// SunPKCS11 `KeyStore`, which lists only private keys with a certificate).
     #[serde(default)]
     pub self_signed_certificates: bool,
+}
+
+impl CompatConfig {
+    /// Refuse an option whose Cargo feature this build leaves out: the message of the
+    /// configuration error (without the origin).
+    pub(crate) fn check_built_in(&self) -> std::result::Result<(), String> {
+        #[cfg(not(feature = "compat-selfsigned"))]
+        if self.self_signed_certificates {
+            return Err(
+                "compat.self_signed_certificates: not built into this module \
+                 (Cargo feature \"compat-selfsigned\")"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[cluster]`: every key optional; see [`crate::cluster::Settings`] for the defaults.
@@ -313,6 +332,9 @@ impl Config {
                 )));
             }
         }
+        cfg.compat
+            .check_built_in()
+            .map_err(|m| Error::Config(format!("{origin}: {m}")))?;
         Ok(cfg)
     }
 
@@ -499,9 +521,24 @@ mod tests {
 
     #[test]
     fn compat_self_signed_certificates_parses_and_typos_are_refused() {
-        let c = Config::parse("[compat]\nself_signed_certificates = true\n", "f")
-            .expect("the option parses");
-        assert!(c.compat.self_signed_certificates);
+        let parsed = Config::parse("[compat]\nself_signed_certificates = true\n", "f");
+        #[cfg(feature = "compat-selfsigned")]
+        assert!(
+            parsed
+                .expect("the option parses")
+                .compat
+                .self_signed_certificates
+        );
+        #[cfg(not(feature = "compat-selfsigned"))]
+        {
+            // Built without the feature: refused, saying which feature it needs.
+            let e = parsed.unwrap_err().to_string();
+            assert!(
+                e.contains("f: compat.self_signed_certificates: not built into this module")
+                    && e.contains("compat-selfsigned"),
+                "{e}"
+            );
+        }
         let e = Config::parse("[compat]\nself_signed_certificate = true\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("self_signed_certificate"), "{e}");
         let e =

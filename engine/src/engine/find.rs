@@ -85,14 +85,7 @@ impl Engine {
                     .unwrap_or_else(|| self.handle_for(mo, None, None))
             })
             .collect();
-        if self.self_signed.is_some() && crate::selfsigned::could_match(template) {
-            results.extend(
-                self.self_signed_certs(true)?
-                    .iter()
-                    .filter(|c| c.matches(template))
-                    .map(|c| c.handle),
-            );
-        }
+        results.extend(self.compat.find(self, template)?);
         let results = Arc::new(results);
         if self.find_cache.len() > CACHE_MAX {
             self.find_cache.clear();

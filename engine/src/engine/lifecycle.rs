@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use crate::backend::{Backend, MemberObject};
 use crate::cluster::{Cluster, MemberStatus};
+use crate::compat::{Compat, Host};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state::{FindHit, FindKey, LoginCell, LoginState, ObjEntry, Session};
@@ -81,8 +82,9 @@ pub struct Engine {
     /// Key checks of `*Init` answered without a round trip: (object, usage, mechanism) → meta.
     pub(super) key_cache:
         DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta), IdHash>,
-    /// `[compat] self_signed_certificates`: the certificates presented for keys without one.
-    pub(crate) self_signed: Option<crate::selfsigned::SelfSigned>,
+    /// The `[compat]` features: objects the engine presents that no member holds (the
+    /// certificates of `[compat] self_signed_certificates`).
+    pub(super) compat: Compat,
 }
 
 /// Cached finds and key checks are dropped wholesale past this many entries.
@@ -216,17 +218,15 @@ impl Engine {
         if backends.is_empty() {
             return Err(Error::Config("no member configured".into()));
         }
+        // Before the cluster starts: a `[compat]` option this build leaves out is refused.
+        let compat = Compat::new(&cfg.compat)?;
         let n = backends.len();
         let find_ttl =
             std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
         let cluster = Cluster::new(backends, cfg.cluster_settings());
-        let self_signed = cfg
-            .compat
-            .self_signed_certificates
-            .then(crate::selfsigned::SelfSigned::new);
         tracing::info!(
             members = n,
-            self_signed_certificates = self_signed.is_some(),
+            self_signed_certificates = cfg.compat.self_signed_certificates,
             "engine ready"
         );
         Ok(Engine {
@@ -243,7 +243,7 @@ impl Engine {
             find_cache: DashMap::new(),
             find_ttl,
             key_cache: DashMap::with_hasher(IdHash),
-            self_signed,
+            compat,
         })
     }
 
@@ -278,28 +278,32 @@ impl Engine {
         self.generation.load(Ordering::Acquire) + self.cluster.changes()
     }
 
-    /// The cache generation, for caches kept outside this file.
-    pub(crate) fn cache_generation(&self) -> u64 {
-        self.cache_gen()
-    }
-
-    /// How long a find result may be served.
-    pub(crate) fn find_ttl(&self) -> std::time::Duration {
-        self.find_ttl
-    }
-
-    /// Whether the application is logged in as the normal user.
-    pub(crate) fn user_logged_in(&self) -> bool {
-        self.login.get() == LoginState::User
-    }
-
-    /// A fresh application object handle for an object the engine itself presents.
-    pub(crate) fn new_object_handle(&self) -> ObjectHandle {
-        ObjectHandle(self.next_object.fetch_add(1, Ordering::Relaxed))
-    }
-
     /// Something changed objects or visibility: cached finds and key checks are stale.
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What the `compat` room sees of the engine (see `crate::compat`): the accessors it used
+/// as `Engine` methods before it moved there.
+impl Host for Engine {
+    fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    fn user_logged_in(&self) -> bool {
+        self.login.get() == LoginState::User
+    }
+
+    fn cache_generation(&self) -> u64 {
+        self.cache_gen()
+    }
+
+    fn find_ttl(&self) -> std::time::Duration {
+        self.find_ttl
+    }
+
+    fn new_object_handle(&self) -> ObjectHandle {
+        ObjectHandle(self.next_object.fetch_add(1, Ordering::Relaxed))
     }
 }

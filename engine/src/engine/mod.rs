@@ -22,9 +22,10 @@
 //! also uses `token` (for [`SLOT`]). No room uses this file, and `lifecycle` uses no room. The
 //! data the rooms keep (sessions, object entries, the login state, cached finds) is in
 //! `crate::state`, below both these rooms and `crate::ops`. Methods of one room call those of
-//! another through `self`: they are all methods of the one [`Engine`]. The certificates of
-//! `[compat] self_signed_certificates` are still `crate::selfsigned`, an `impl Engine` block
-//! that `lifecycle`, `objects` and `find` call into: the one circle left.
+//! another through `self`: they are all methods of the one [`Engine`]. The `[compat]` features
+//! are in `crate::compat`, which `lifecycle` (the [`Engine`] holds a `Compat`, and implements
+//! `compat::Host` for it) and `objects` use, and which uses no file of the engine: it sees the
+//! engine only through `compat::Host`.
 
 mod find;
 mod keys;

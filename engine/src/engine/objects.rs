@@ -1,7 +1,7 @@
 //! Objects: application handles for member objects (the `objects` and `by_member` maps),
 //! making objects on the members and adopting them, create, copy, destroy, attribute reads and
-//! writes, and object size. A handle no member object has may be a certificate the engine
-//! presents (`[compat] self_signed_certificates`): it is answered, or its change refused.
+//! writes, and object size. A handle no member object has may be an object the `compat` room
+//! presents (a read-only certificate): it is answered, or its change refused, through that room.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use hsmpool_member::AttrAnswer;
 use super::lifecycle::Engine;
 use crate::backend::{Backend, MemberObject, MemberSession};
 use crate::cluster::Route;
+use crate::compat::PresentedObject;
 use crate::error::{Error, Result};
 use crate::state::{LoginState, ObjEntry};
 use crate::types::{AttrValue, ObjectHandle, SessionHandle};
@@ -63,10 +64,12 @@ impl Engine {
         self.invalidate();
     }
 
-    /// A certificate the engine presents (`[compat] self_signed_certificates`) for a handle
+    /// An object the engine presents (`[compat]`: a self-signed certificate) for a handle
     /// that is no member object; else `ObjectHandleInvalid`.
-    fn presented(&self, o: ObjectHandle) -> Result<Arc<crate::selfsigned::SelfSignedCert>> {
-        self.self_signed_cert(o)?.ok_or(Error::ObjectHandleInvalid)
+    fn presented(&self, o: ObjectHandle) -> Result<Arc<dyn PresentedObject>> {
+        self.compat
+            .object(self, o)?
+            .ok_or(Error::ObjectHandleInvalid)
     }
 
     pub(super) fn check_write(&self, s: SessionHandle, template: &[Attr]) -> Result<()> {

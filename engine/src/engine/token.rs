@@ -159,9 +159,7 @@ impl Engine {
         self.cluster.on_all(|b, _| b.init_token(so_pin, label))?;
         self.objects.clear();
         self.by_member.clear();
-        if let Some(ss) = &self.self_signed {
-            ss.clear();
-        }
+        self.compat.clear();
         self.invalidate();
         Ok(())
     }
