@@ -101,6 +101,9 @@ impl CompatConfig {
 }
 
 /// `[cluster]`: every key optional; see [`crate::cluster::Settings`] for the defaults.
+/// `Config::cluster_settings`, which fills them in, is in `engine/lifecycle.rs` (where the
+/// cluster is built): this file names no other file of the crate but `error.rs`, since
+/// `cluster.rs` and `backend/` use it.
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -381,29 +384,6 @@ impl Config {
             .get(i)
             .and_then(|m| m.data_dir.clone())
             .unwrap_or_else(|| default_data_dir().join(format!("hsm{i}")))
-    }
-
-    /// The cluster settings, defaults filled in.
-    pub fn cluster_settings(&self) -> crate::cluster::Settings {
-        use std::time::Duration;
-        let c = &self.cluster;
-        let d = crate::cluster::Settings::default();
-        crate::cluster::Settings {
-            sessions_per_member: c.sessions_per_member.unwrap_or(d.sessions_per_member),
-            min_replicas: c.min_replicas.unwrap_or(d.min_replicas),
-            call_deadline: c
-                .call_deadline_ms
-                .map_or(d.call_deadline, Duration::from_millis),
-            probe_interval: c
-                .probe_interval_ms
-                .map_or(d.probe_interval, Duration::from_millis),
-            slow_start: c.slow_start_ms.map_or(d.slow_start, Duration::from_millis),
-            stall: c.stall_ms.map_or(d.stall, Duration::from_millis),
-            breaker_failures: c.breaker_failures.unwrap_or(d.breaker_failures),
-            replicate_wait: c
-                .replicate_wait_ms
-                .map_or(d.replicate_wait, Duration::from_millis),
-        }
     }
 
     /// The members, with the embedded default filled in when none is configured.

@@ -13,7 +13,7 @@ use hsmpool_member::KeyMeta;
 use parking_lot::Mutex;
 
 use crate::backend::{Backend, MemberObject};
-use crate::cluster::{Cluster, MemberStatus};
+use crate::cluster::{Cluster, MemberStatus, Settings};
 use crate::compat::{Compat, Host};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -281,6 +281,33 @@ impl Engine {
     /// Something changed objects or visibility: cached finds and key checks are stale.
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+// Here rather than in config.rs, which backend/ uses: config.rs naming cluster.rs (which uses
+// backend/) made a circle.
+impl Config {
+    /// The cluster settings, defaults filled in.
+    pub fn cluster_settings(&self) -> Settings {
+        use std::time::Duration;
+        let c = &self.cluster;
+        let d = Settings::default();
+        Settings {
+            sessions_per_member: c.sessions_per_member.unwrap_or(d.sessions_per_member),
+            min_replicas: c.min_replicas.unwrap_or(d.min_replicas),
+            call_deadline: c
+                .call_deadline_ms
+                .map_or(d.call_deadline, Duration::from_millis),
+            probe_interval: c
+                .probe_interval_ms
+                .map_or(d.probe_interval, Duration::from_millis),
+            slow_start: c.slow_start_ms.map_or(d.slow_start, Duration::from_millis),
+            stall: c.stall_ms.map_or(d.stall, Duration::from_millis),
+            breaker_failures: c.breaker_failures.unwrap_or(d.breaker_failures),
+            replicate_wait: c
+                .replicate_wait_ms
+                .map_or(d.replicate_wait, Duration::from_millis),
+        }
     }
 }
 
