@@ -44,6 +44,9 @@
 //! An EC key's public point is read from the token public key with the same `CKA_ID` (a private
 //! key does not carry it); an EC key without one gets no certificate, nor does a key whose
 //! `CKA_ALLOWED_MECHANISMS` exclude the mechanism above. Session keys get none.
+//!
+//! The option is built in with the Cargo feature `compat-selfsigned` (on by default); a module
+//! built without it refuses `self_signed_certificates = true` (a configuration error).
 
 use std::path::{Path, PathBuf};
 
@@ -81,7 +84,26 @@ pub struct CompatConfig {
     pub self_signed_certificates: bool,
 }
 
+impl CompatConfig {
+    /// Refuse an option whose Cargo feature this build leaves out: the message of the
+    /// configuration error (without the origin).
+    pub(crate) fn check_built_in(&self) -> std::result::Result<(), String> {
+        #[cfg(not(feature = "compat-selfsigned"))]
+        if self.self_signed_certificates {
+            return Err(
+                "compat.self_signed_certificates: not built into this module \
+                 (Cargo feature \"compat-selfsigned\")"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `[cluster]`: every key optional; see [`crate::cluster::Settings`] for the defaults.
+/// `Config::cluster_settings`, which fills them in, is in `engine/lifecycle.rs` (where the
+/// cluster is built): this file names no other file of the crate but `error.rs`, since
+/// `cluster.rs` and `backend/` use it.
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -313,6 +335,9 @@ impl Config {
                 )));
             }
         }
+        cfg.compat
+            .check_built_in()
+            .map_err(|m| Error::Config(format!("{origin}: {m}")))?;
         Ok(cfg)
     }
 
@@ -359,30 +384,6 @@ impl Config {
             .get(i)
             .and_then(|m| m.data_dir.clone())
             .unwrap_or_else(|| default_data_dir().join(format!("hsm{i}")))
-    }
-
-    /// The cluster settings, defaults filled in.
-    pub fn cluster_settings(&self) -> crate::cluster::Settings {
-        use std::time::Duration;
-        let c = &self.cluster;
-        let d = crate::cluster::Settings::default();
-        crate::cluster::Settings {
-            sessions_per_member: c.sessions_per_member.unwrap_or(d.sessions_per_member),
-            min_replicas: c.min_replicas.unwrap_or(d.min_replicas),
-            call_deadline: c
-                .call_deadline_ms
-                .map_or(d.call_deadline, Duration::from_millis),
-            probe_interval: c
-                .probe_interval_ms
-                .map_or(d.probe_interval, Duration::from_millis),
-            slow_start: c.slow_start_ms.map_or(d.slow_start, Duration::from_millis),
-            stall: c.stall_ms.map_or(d.stall, Duration::from_millis),
-            breaker_failures: c.breaker_failures.unwrap_or(d.breaker_failures),
-            replicate_wait: c
-                .replicate_wait_ms
-                .map_or(d.replicate_wait, Duration::from_millis),
-            ..d
-        }
     }
 
     /// The members, with the embedded default filled in when none is configured.
@@ -500,9 +501,24 @@ mod tests {
 
     #[test]
     fn compat_self_signed_certificates_parses_and_typos_are_refused() {
-        let c = Config::parse("[compat]\nself_signed_certificates = true\n", "f")
-            .expect("the option parses");
-        assert!(c.compat.self_signed_certificates);
+        let parsed = Config::parse("[compat]\nself_signed_certificates = true\n", "f");
+        #[cfg(feature = "compat-selfsigned")]
+        assert!(
+            parsed
+                .expect("the option parses")
+                .compat
+                .self_signed_certificates
+        );
+        #[cfg(not(feature = "compat-selfsigned"))]
+        {
+            // Built without the feature: refused, saying which feature it needs.
+            let e = parsed.unwrap_err().to_string();
+            assert!(
+                e.contains("f: compat.self_signed_certificates: not built into this module")
+                    && e.contains("compat-selfsigned"),
+                "{e}"
+            );
+        }
         let e = Config::parse("[compat]\nself_signed_certificate = true\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("self_signed_certificate"), "{e}");
         let e =

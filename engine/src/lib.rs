@@ -26,8 +26,8 @@
 //! 5. one member's `reauth` mutex, then its `pool` lock (never two members' at once)
 //!
 //! The mutex of the presented self-signed certificates (`[compat] self_signed_certificates`,
-//! `selfsigned::SelfSigned::current`) is taken with none of these held, and held across the
-//! member calls of one refresh (finds, attribute reads, the signatures of new certificates).
+//! `compat::selfsigned::SelfSigned::current`) is taken with none of these held, and held across
+//! the member calls of one refresh (finds, attribute reads, the signatures of new certificates).
 //!
 //! Map guards (`sessions`, `objects`, `by_member`, the caches) are never held while taking any
 //! of these or calling a backend. Locks held across backend calls: the login mutex, around
@@ -48,13 +48,14 @@
 
 pub mod backend;
 pub mod cluster;
+mod compat;
 pub mod config;
 mod digest;
 pub mod engine;
 pub mod error;
 mod ops;
-mod selfsigned;
 mod sha3;
+mod state;
 pub mod types;
 
 pub use hsmpool_member::mechanism;

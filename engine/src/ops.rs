@@ -22,11 +22,13 @@ use zeroize::Zeroizing;
 use crate::backend::MemberObject;
 use crate::cluster::Route;
 use crate::digest::DigestCtx;
-use crate::engine::{Engine, KeyMemo, Session};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::mechanism::MechRow;
+use crate::state::{KeyMemo, OpTable, Ops, Session};
 use crate::types::{ObjectHandle, OpKind, SessionHandle};
 use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// Largest multi-part input buffered for a single member call.
 pub const MAX_BUFFERED: usize = 64 << 20;
@@ -183,6 +185,32 @@ impl OpSlots {
     }
     fn clear(&mut self, kind: OpKind) {
         self.slots[index(kind)] = None;
+    }
+}
+
+/// A session keeps its operations in [`OpSlots`] (see `crate::state::OpTable`).
+impl OpTable for Ops {
+    type Slots = OpSlots;
+}
+
+impl Engine {
+    /// Take an operation out of its slot (it is put back by the caller if it stays active).
+    pub(crate) fn take_op(
+        &self,
+        s: SessionHandle,
+        kind: OpKind,
+    ) -> Result<(Arc<Mutex<Session>>, Box<Op>)> {
+        let sess = self.session(s)?;
+        let op = sess
+            .lock()
+            .ops
+            .take(kind)
+            .ok_or(Error::OperationNotInitialized)?;
+        Ok((sess, op))
+    }
+
+    pub(crate) fn put_op(&self, sess: &Mutex<Session>, kind: OpKind, op: Box<Op>) {
+        sess.lock().ops.put(kind, op);
     }
 }
 

@@ -24,6 +24,10 @@
 //! used, and the engine's cache generation moved (any create, destroy, attribute change or login
 //! through this engine) or the find-cache TTL passed. A key's certificate is made once and kept
 //! (same handle, same bytes) while its `CKA_ID` and `CKA_LABEL` stay the same.
+//!
+//! # Through
+//! The engine's [`Host`] view only: finds, attribute reads and signatures on any member
+//! (`Route::Any`), the login state, the cache generation and find-cache TTL, and fresh handles.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,16 +38,16 @@ use hsmpool_member::types::{Attr, MechParam, Mechanism, SignInput};
 use hsmpool_member::AttrAnswer;
 use parking_lot::Mutex;
 
+use super::{Host, PresentedObject};
 use crate::backend::MemberObject;
 use crate::cluster::Route;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::types::{AttrValue, ObjectHandle};
 
 /// A certificate the engine presents.
-pub(crate) struct SelfSignedCert {
+pub(super) struct SelfSignedCert {
     /// Its application handle.
-    pub(crate) handle: ObjectHandle,
+    pub(super) handle: ObjectHandle,
     /// The key's `CKA_ID` and `CKA_LABEL` when it was made.
     id: Vec<u8>,
     label: Vec<u8>,
@@ -60,14 +64,16 @@ impl SelfSignedCert {
     }
 
     /// Whether every attribute of a find template has this value here.
-    pub(crate) fn matches(&self, template: &[Attr]) -> bool {
+    pub(super) fn matches(&self, template: &[Attr]) -> bool {
         template
             .iter()
             .all(|a| self.get(a.ty) == Some(a.value.as_slice()))
     }
+}
 
+impl PresentedObject for SelfSignedCert {
     /// The answers of `C_GetAttributeValue`.
-    pub(crate) fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrValue> {
+    fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrValue> {
         types
             .iter()
             .map(|t| match self.get(*t) {
@@ -78,7 +84,7 @@ impl SelfSignedCert {
     }
 
     /// `C_GetObjectSize`: the bytes of its attribute values.
-    pub(crate) fn size(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.attrs.iter().map(|(_, v)| v.len() as u64).sum()
     }
 }
@@ -91,7 +97,7 @@ struct Presented {
 }
 
 /// The engine's state for the option (present only when it is on).
-pub(crate) struct SelfSigned {
+pub(super) struct SelfSigned {
     /// Made so far, by key; pruned of keys a refresh no longer finds.
     by_key: dashmap::DashMap<MemberObject, Arc<SelfSignedCert>, hsmpool_member::types::IdHash>,
     /// Keys that could not sign their certificate, with the id and label they had then.
@@ -102,7 +108,7 @@ pub(crate) struct SelfSigned {
 }
 
 impl SelfSigned {
-    pub(crate) fn new() -> Self {
+    pub(super) fn new() -> Self {
         SelfSigned {
             by_key: dashmap::DashMap::with_hasher(hsmpool_member::types::IdHash),
             refused: dashmap::DashMap::with_hasher(hsmpool_member::types::IdHash),
@@ -111,7 +117,7 @@ impl SelfSigned {
     }
 
     /// Forget everything (`C_InitToken`).
-    pub(crate) fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.by_key.clear();
         self.refused.clear();
         *self.current.lock() = None;
@@ -120,7 +126,7 @@ impl SelfSigned {
 
 /// Whether a find template could match a presented certificate at all (saves the refresh for
 /// the finds of keys, the hot ones).
-pub(crate) fn could_match(template: &[Attr]) -> bool {
+pub(super) fn could_match(template: &[Attr]) -> bool {
     template.iter().all(|a| match a.ty {
         CKA_CLASS => a.as_ulong() == Some(CKO_CERTIFICATE),
         CKA_TOKEN => a.as_bool() == Some(true),
@@ -130,30 +136,28 @@ pub(crate) fn could_match(template: &[Attr]) -> bool {
     })
 }
 
-impl Engine {
-    /// The certificates presented now: none unless the option is on and the user is logged in.
+impl SelfSigned {
+    /// The certificates presented now: none unless the user is logged in.
     /// A find (`for_find`) takes a set at most the find-cache TTL old, like the find cache (the
     /// TTL bounds how long another process's change goes unseen); a use of a presented handle
     /// takes any set of the current cache generation, so reading a large set's attributes one
     /// by one does not work it out again every TTL.
-    pub(crate) fn self_signed_certs(
+    pub(super) fn certs(
         &self,
+        host: &dyn Host,
         for_find: bool,
     ) -> Result<Arc<Vec<Arc<SelfSignedCert>>>> {
-        let Some(ss) = self.self_signed.as_ref() else {
-            return Ok(Arc::new(Vec::new()));
-        };
-        if !self.user_logged_in() {
+        if !host.user_logged_in() {
             return Ok(Arc::new(Vec::new()));
         }
-        let mut cur = ss.current.lock();
-        let gen = self.cache_generation();
+        let mut cur = self.current.lock();
+        let gen = host.cache_generation();
         if let Some(p) = cur.as_ref() {
-            if p.gen == gen && (!for_find || p.at.elapsed() < self.find_ttl()) {
+            if p.gen == gen && (!for_find || p.at.elapsed() < host.find_ttl()) {
                 return Ok(p.certs.clone());
             }
         }
-        let certs = Arc::new(self.refresh_self_signed(ss)?);
+        let certs = Arc::new(self.refresh(host)?);
         *cur = Some(Presented {
             gen,
             at: Instant::now(),
@@ -163,15 +167,16 @@ impl Engine {
     }
 
     /// The presented certificate with this handle, if it is one.
-    pub(crate) fn self_signed_cert(&self, o: ObjectHandle) -> Result<Option<Arc<SelfSignedCert>>> {
-        let Some(ss) = self.self_signed.as_ref() else {
-            return Ok(None);
-        };
-        if !ss.by_key.iter().any(|c| c.handle == o) {
+    pub(super) fn cert(
+        &self,
+        host: &dyn Host,
+        o: ObjectHandle,
+    ) -> Result<Option<Arc<SelfSignedCert>>> {
+        if !self.by_key.iter().any(|c| c.handle == o) {
             return Ok(None);
         }
         Ok(self
-            .self_signed_certs(false)?
+            .certs(host, false)?
             .iter()
             .find(|c| c.handle == o)
             .cloned())
@@ -179,8 +184,8 @@ impl Engine {
 
     /// Work out the set: the token's private keys, its certificates' ids, and a certificate for
     /// every key that qualifies (made now if it has none yet).
-    fn refresh_self_signed(&self, ss: &SelfSigned) -> Result<Vec<Arc<SelfSignedCert>>> {
-        let find = |t: Vec<Attr>| self.cluster.call(Route::Any, 2, |b, ms| b.find(ms, &t));
+    fn refresh(&self, host: &dyn Host) -> Result<Vec<Arc<SelfSignedCert>>> {
+        let find = |t: Vec<Attr>| host.cluster().call(Route::Any, 2, |b, ms| b.find(ms, &t));
         let keys = find(vec![
             Attr::ulong(CKA_CLASS, CKO_PRIVATE_KEY),
             Attr::bool(CKA_TOKEN, true),
@@ -190,7 +195,7 @@ impl Engine {
             Attr::ulong(CKA_CLASS, CKO_CERTIFICATE),
             Attr::bool(CKA_TOKEN, true),
         ])? {
-            if let Some(id) = self.read_attrs(c, &[CKA_ID])?.pop().flatten() {
+            if let Some(id) = Self::read_attrs(host, c, &[CKA_ID])?.pop().flatten() {
                 cert_ids.insert(id);
             }
         }
@@ -198,7 +203,7 @@ impl Engine {
         let mut seen = HashSet::new();
         for k in keys {
             seen.insert(k);
-            match self.self_signed_for(ss, k, &cert_ids) {
+            match self.cert_for(host, k, &cert_ids) {
                 Ok(Some(c)) => out.push(c),
                 Ok(None) => {}
                 Err(e) => {
@@ -209,20 +214,20 @@ impl Engine {
                 }
             }
         }
-        ss.by_key.retain(|k, _| seen.contains(k));
-        ss.refused.retain(|k, _| seen.contains(k));
+        self.by_key.retain(|k, _| seen.contains(k));
+        self.refused.retain(|k, _| seen.contains(k));
         tracing::debug!(presented = out.len(), "self-signed certificates refreshed");
         Ok(out)
     }
 
     /// Attribute values of a member object; `None` where it has none (or it is sensitive).
     fn read_attrs(
-        &self,
+        host: &dyn Host,
         o: MemberObject,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let answers = self
-            .cluster
+        let answers = host
+            .cluster()
             .call(Route::Any, 1, |b, ms| b.get_attributes(ms, o, types))?;
         Ok(answers
             .into_iter()
@@ -235,13 +240,14 @@ impl Engine {
 
     /// The certificate for key `k`, if it qualifies: the one made before while its id and
     /// label are unchanged, else a new one (with the old handle, if there was one).
-    fn self_signed_for(
+    fn cert_for(
         &self,
-        ss: &SelfSigned,
+        host: &dyn Host,
         k: MemberObject,
         cert_ids: &HashSet<Vec<u8>>,
     ) -> Result<Option<Arc<SelfSignedCert>>> {
-        let v = self.read_attrs(
+        let v = Self::read_attrs(
+            host,
             k,
             &[
                 CKA_ID,
@@ -259,7 +265,7 @@ impl Engine {
         if id.is_empty() || cert_ids.contains(&id) || !flag(&sign) || flag(&always) {
             return Ok(None);
         }
-        if let Some(c) = ss.by_key.get(&k) {
+        if let Some(c) = self.by_key.get(&k) {
             if c.id == id && c.label == label {
                 return Ok(Some(c.clone()));
             }
@@ -267,32 +273,32 @@ impl Engine {
         let kt = kt
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(CK_ULONG::from_ne_bytes);
-        let Some(public) = self.public_key_of(k, kt, &id)? else {
+        let Some(public) = Self::public_key_of(host, k, kt, &id)? else {
             return Ok(None);
         };
-        if ss
+        if self
             .refused
             .get(&k)
             .is_some_and(|r| r.0 == id && r.1 == label)
         {
             return Ok(None);
         }
-        let handle = match ss.by_key.get(&k) {
+        let handle = match self.by_key.get(&k) {
             Some(c) => c.handle,
-            None => self.new_object_handle(),
+            None => host.new_object_handle(),
         };
-        let cert = match make_cert(self, handle, k, id.clone(), label.clone(), &public) {
+        let cert = match make_cert(host, handle, k, id.clone(), label.clone(), &public) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 if !e.is_retryable() {
                     // The key will not sign it (a mechanism it does not allow, a public key
                     // that is not its own): not asked again until its id or label changes.
-                    ss.refused.insert(k, (id, label));
+                    self.refused.insert(k, (id, label));
                 }
                 return Err(e);
             }
         };
-        ss.by_key.insert(k, cert.clone());
+        self.by_key.insert(k, cert.clone());
         tracing::info!(
             key = k.0,
             handle = handle.0,
@@ -304,14 +310,14 @@ impl Engine {
     /// The public half of private key `k`: RSA from its modulus and exponent, EC and Ed25519
     /// from the token public key with the same `CKA_ID` (a private key holds no point).
     fn public_key_of(
-        &self,
+        host: &dyn Host,
         k: MemberObject,
         kt: Option<CK_KEY_TYPE>,
         id: &[u8],
     ) -> Result<Option<PublicKey>> {
         match kt {
             Some(CKK_RSA) => {
-                let v = self.read_attrs(k, &[CKA_MODULUS, CKA_PUBLIC_EXPONENT])?;
+                let v = Self::read_attrs(host, k, &[CKA_MODULUS, CKA_PUBLIC_EXPONENT])?;
                 match (&v[0], &v[1]) {
                     (Some(n), Some(e)) if !n.is_empty() && !e.is_empty() => {
                         Ok(Some(PublicKey::rsa(n, e)))
@@ -320,14 +326,14 @@ impl Engine {
                 }
             }
             Some(kt @ (CKK_EC | CKK_EC_EDWARDS)) => {
-                let params = self.read_attrs(k, &[CKA_EC_PARAMS])?.pop().flatten();
+                let params = Self::read_attrs(host, k, &[CKA_EC_PARAMS])?.pop().flatten();
                 let Some(params) = params else {
                     return Ok(None);
                 };
                 let Some(curve) = Curve::from_params(kt, &params) else {
                     return Ok(None);
                 };
-                let publics = self.cluster.call(Route::Any, 2, |b, ms| {
+                let publics = host.cluster().call(Route::Any, 2, |b, ms| {
                     b.find(
                         ms,
                         &[
@@ -338,7 +344,7 @@ impl Engine {
                     )
                 })?;
                 for p in publics {
-                    let v = self.read_attrs(p, &[CKA_EC_PARAMS, CKA_EC_POINT])?;
+                    let v = Self::read_attrs(host, p, &[CKA_EC_PARAMS, CKA_EC_POINT])?;
                     if v[0].as_deref() != Some(params.as_slice()) {
                         continue;
                     }
@@ -462,7 +468,7 @@ impl PublicKey {
 /// is checked against the public key before it is used (a public key found by `CKA_ID` that
 /// does not belong to the private key gives no certificate).
 struct TokenSigner<'a> {
-    engine: &'a Engine,
+    host: &'a dyn Host,
     key: MemberObject,
     public: &'a PublicKey,
     error: Mutex<Option<Error>>,
@@ -489,8 +495,8 @@ impl rcgen::SigningKey for TokenSigner<'_> {
             rcgen::Error::RemoteKeyError
         };
         let sig = self
-            .engine
-            .cluster
+            .host
+            .cluster()
             .call(Route::Any, 40, |b, ms| {
                 b.sign(ms, &mech, self.key, SignInput::Message(msg))
             })
@@ -522,7 +528,7 @@ const NOT_AFTER: i64 = 253_402_300_799;
 
 /// Make, sign and describe the certificate of key `k`.
 fn make_cert(
-    engine: &Engine,
+    host: &dyn Host,
     handle: ObjectHandle,
     key: MemberObject,
     id: Vec<u8>,
@@ -558,7 +564,7 @@ fn make_cert(
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     let signer = TokenSigner {
-        engine,
+        host,
         key,
         public,
         error: Mutex::new(None),

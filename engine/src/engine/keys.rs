@@ -1,0 +1,226 @@
+//! Keys: generate a key or a key pair, wrap, unwrap and derive, and the key-check cache of
+//! `*Init` (`key_cache`; a session's own memo of its last key is `Session::last_key`).
+
+use cryptoki_sys::*;
+use hsmpool_member::types::{Attr, Mechanism};
+use hsmpool_member::KeyMeta;
+
+use super::lifecycle::{Engine, CACHE_MAX};
+use crate::backend::Backend;
+use crate::cluster::Route;
+use crate::error::{Error, Result};
+use crate::state::ObjEntry;
+use crate::types::{ObjectHandle, SessionHandle};
+
+impl Engine {
+    /// The key check of an `*Init`, from the cache when this generation has seen it.
+    pub(crate) fn checked_key(
+        &self,
+        entry: &ObjEntry,
+        usage: CK_ATTRIBUTE_TYPE,
+        mech: &Mechanism,
+    ) -> Result<KeyMeta> {
+        let key = (entry.member_obj, usage, mech.mech);
+        let gen = self.cache_gen();
+        if let Some(hit) = self.key_cache.get(&key) {
+            if hit.0 == gen {
+                self.cluster.key_cache_hits.add(1);
+                return Ok(hit.1);
+            }
+        }
+        let meta = self
+            .cluster
+            .call(entry.route(), 1, |b, ms| {
+                b.check_key(ms, usage, mech, entry.member_obj)
+            })
+            .map_err(|e| match e {
+                Error::Hsm {
+                    rv: CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                } => Error::KeyHandleInvalid,
+                e => e,
+            })?;
+        if self.key_cache.len() > CACHE_MAX {
+            self.key_cache.clear();
+        }
+        self.key_cache.insert(key, (gen, meta));
+        Ok(meta)
+    }
+
+    /// `C_GenerateKey`.
+    pub fn generate_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_GENERATE)?;
+        self.check_write(s, &template)?;
+        let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
+            b.generate_key(ms, &mech, &t).map(|o| vec![o])
+        })?)
+    }
+
+    /// `C_GenerateKeyPair`: (public, private).
+    pub fn generate_key_pair(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        public: Vec<Attr>,
+        private: Vec<Attr>,
+    ) -> Result<(ObjectHandle, ObjectHandle)> {
+        self.session(s)?;
+        let row = self.mech_row(&mech, CKF_GENERATE_KEY_PAIR)?;
+        self.check_write(s, &public)?;
+        self.check_write(s, &private)?;
+        let rsa = matches!(
+            mech.mech,
+            CKM_RSA_PKCS_KEY_PAIR_GEN | CKM_RSA_X9_31_KEY_PAIR_GEN
+        );
+        if rsa {
+            // Generation sizes are the table's (verification of larger imported keys is wider).
+            if let Some(bits) = public
+                .iter()
+                .find(|a| a.ty == CKA_MODULUS_BITS)
+                .and_then(|a| a.as_ulong())
+            {
+                if bits < row.min || bits > row.max {
+                    return Err(Error::KeySizeRange);
+                }
+            }
+        }
+        let pt = Self::wants_token(&public, false);
+        let kt = Self::wants_token(&private, false);
+        let private = self.public_session_object(private, kt);
+        let (tp, ip) = Self::with_new_id(&public)?;
+        let (tk, ik) = Self::with_new_id(&private)?;
+        let cost = if rsa { 2000 } else { 20 };
+        let gen = |b: &dyn Backend, ms| {
+            b.generate_key_pair(ms, &mech, &tp, &tk)
+                .map(|(p, k)| vec![p, k])
+        };
+        if pt == kt {
+            let v = self.make(s, Route::Any, pt, cost, &[ip, ik], gen)?;
+            return match v[..] {
+                [p, k] => Ok((p, k)),
+                _ => Err(Error::General("key pair generation made no pair".into())),
+            };
+        }
+        // One half a token object, the other a session object: make the pair as session
+        // objects' member does, then spread the token half.
+        let mut gate = self.cluster.gate.read();
+        let (member, epoch, made) = self.cluster.call_full(Route::AnyHome, cost, gen)?;
+        self.invalidate();
+        let (p, k) = match made[..] {
+            [p, k] => (p, k),
+            _ => return Err(Error::General("key pair generation made no pair".into())),
+        };
+        let token_half = if pt { p } else { k };
+        if let Err(e) = self.cluster.spread(member, &[token_half], &mut gate) {
+            let _ = self.cluster.call(Route::On(member, epoch), 1, |b, ms| {
+                b.destroy_object(ms, if pt { k } else { p })
+            });
+            return Err(e);
+        }
+        let home = Some((member, epoch));
+        Ok((
+            self.adopt(s, p, if pt { None } else { home }),
+            self.adopt(s, k, if kt { None } else { home }),
+        ))
+    }
+
+    /// `C_WrapKey`: the wrapped bytes (the C layer applies the output-length rule).
+    pub fn wrap_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+    ) -> Result<Vec<u8>> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_WRAP)?;
+        let w = self
+            .entry(wrapping)
+            .map_err(|_| Error::WrappingKeyHandleInvalid)?;
+        let k = self.key_entry(key)?;
+        let route = Self::route_of(&[w, k])?;
+        self.cluster
+            .call(route, 5, |b, ms| {
+                b.wrap_key(ms, &mech, w.member_obj, k.member_obj)
+            })
+            .map_err(|e| match e {
+                Error::Hsm {
+                    rv: CKR_OBJECT_HANDLE_INVALID,
+                    ..
+                } => Error::KeyHandleInvalid,
+                e => e,
+            })
+    }
+
+    /// `C_UnwrapKey`.
+    pub fn unwrap_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        unwrapping: ObjectHandle,
+        wrapped: &[u8],
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_UNWRAP)?;
+        self.check_write(s, &template)?;
+        let u = self
+            .entry(unwrapping)
+            .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
+        let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, u.route(), token, 10, &[id], |b, ms| {
+            b.unwrap_key(ms, &mech, u.member_obj, wrapped, &t)
+                .map(|o| vec![o])
+        })?)
+    }
+
+    /// The route of a call using several objects: pinned if any is a session object (all such
+    /// must share a member), else any member.
+    fn route_of(entries: &[ObjEntry]) -> Result<Route> {
+        let mut route = Route::Any;
+        for e in entries {
+            match (route, e.route()) {
+                (_, Route::Any) => {}
+                (Route::Any, r) => route = r,
+                (a, b) if a == b => {}
+                _ => {
+                    tracing::warn!("session objects on different members used together");
+                    return Err(Error::KeyHandleInvalid);
+                }
+            }
+        }
+        Ok(route)
+    }
+
+    /// `C_DeriveKey`.
+    pub fn derive_key(
+        &self,
+        s: SessionHandle,
+        mech: Mechanism,
+        base: ObjectHandle,
+        template: Vec<Attr>,
+    ) -> Result<ObjectHandle> {
+        self.session(s)?;
+        self.mech_row(&mech, CKF_DERIVE)?;
+        self.check_write(s, &template)?;
+        let base = self.key_entry(base)?;
+        let token = Self::wants_token(&template, false);
+        let template = self.public_session_object(template, token);
+        let (t, id) = Self::with_new_id(&template)?;
+        Self::one(self.make(s, base.route(), token, 10, &[id], |b, ms| {
+            b.derive_key(ms, &mech, base.member_obj, &t)
+                .map(|o| vec![o])
+        })?)
+    }
+}
