@@ -438,7 +438,7 @@ impl Engine {
         let usage = usage_attr(kind);
         // The generation is read before anything it guards, so a change after this point
         // makes the memo written below stale rather than wrong.
-        let gen = self.cache_gen();
+        let gen = self.cache_generation();
         let memo = {
             let g = sess.lock();
             if g.ops.active(kind) {
@@ -618,8 +618,8 @@ impl Engine {
         };
         // Success or failure, the operation ends here (it was taken out of the session).
         let key = Self::key_of(&op)?;
-        self.cluster.call(op.route, op.cost, |b, ms| {
-            b.encrypt_into(ms, &op.mech, key, data, &mut *buf)
+        self.cluster.call(op.route, op.cost, |b, msess| {
+            b.encrypt_into(msess, &op.mech, key, data, &mut *buf)
         })
     }
 
@@ -671,7 +671,7 @@ impl Engine {
                 Ok(Output::public(self.cluster.call(
                     op.route,
                     op.cost,
-                    |b, ms| b.sign(ms, &op.mech, key, SignInput::Message(data)),
+                    |b, msess| b.sign(msess, &op.mech, key, SignInput::Message(data)),
                 )?))
             }
             OpKind::Encrypt => {
@@ -679,7 +679,7 @@ impl Engine {
                 Ok(Output::public(self.cluster.call(
                     op.route,
                     op.cost,
-                    |b, ms| b.encrypt(ms, &op.mech, key, data),
+                    |b, msess| b.encrypt(msess, &op.mech, key, data),
                 )?))
             }
             OpKind::Decrypt => {
@@ -687,7 +687,7 @@ impl Engine {
                 Ok(Output::secret(self.cluster.call(
                     op.route,
                     op.cost,
-                    |b, ms| b.decrypt(ms, &op.mech, key, data),
+                    |b, msess| b.decrypt(msess, &op.mech, key, data),
                 )?))
             }
             OpKind::Digest => Ok(Output::secret(Zeroizing::new(crate::digest::digest(
@@ -812,13 +812,13 @@ impl Engine {
             }
         };
         let result: Zeroizing<Vec<u8>> = if kind == OpKind::Encrypt {
-            Zeroizing::new(
-                self.cluster
-                    .call(op.route, op.cost, |b, ms| b.encrypt(ms, mech, key, chunk))?,
-            )
+            Zeroizing::new(self.cluster.call(op.route, op.cost, |b, msess| {
+                b.encrypt(msess, mech, key, chunk)
+            })?)
         } else {
-            self.cluster
-                .call(op.route, op.cost, |b, ms| b.decrypt(ms, mech, key, chunk))?
+            self.cluster.call(op.route, op.cost, |b, msess| {
+                b.decrypt(msess, mech, key, chunk)
+            })?
         };
         if result.len() != n {
             return Err(Error::General(format!(
@@ -858,8 +858,8 @@ impl Engine {
                 return Err(e);
             }
         };
-        let value = self.cluster.call(entry.route(), 1, |b, ms| {
-            b.secret_value_for_digest(ms, entry.member_obj)
+        let value = self.cluster.call(entry.route(), 1, |b, msess| {
+            b.secret_value_for_digest(msess, entry.member_obj)
         })?;
         op.form = Form::Multi;
         if let Some(h) = op.hash.as_mut() {
@@ -904,12 +904,12 @@ impl Engine {
                 let sig = match op.hash.take() {
                     Some(h) => {
                         let d = h.finish();
-                        self.cluster.call(op.route, op.cost, |b, ms| {
-                            b.sign(ms, &op.mech, key, SignInput::Prehashed(d.as_ref()))
+                        self.cluster.call(op.route, op.cost, |b, msess| {
+                            b.sign(msess, &op.mech, key, SignInput::Prehashed(d.as_ref()))
                         })?
                     }
-                    None => self.cluster.call(op.route, op.cost, |b, ms| {
-                        b.sign(ms, &op.mech, key, SignInput::Message(&op.buf))
+                    None => self.cluster.call(op.route, op.cost, |b, msess| {
+                        b.sign(msess, &op.mech, key, SignInput::Message(&op.buf))
                     })?,
                 };
                 Ok(Output::public(sig))
@@ -920,8 +920,8 @@ impl Engine {
                     let rest = &op.buf[..];
                     return match (kind, op.mech.mech, mode) {
                         (OpKind::Encrypt, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => Ok(
-                            Output::public(self.cluster.call(op.route, op.cost, |b, ms| {
-                                b.encrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                            Output::public(self.cluster.call(op.route, op.cost, |b, msess| {
+                                b.encrypt(msess, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
                             })?),
                         ),
                         (_, CKM_AES_CBC_PAD, BlockMode::Cbc(iv)) => {
@@ -932,7 +932,9 @@ impl Engine {
                             Ok(Output::secret(self.cluster.call(
                                 op.route,
                                 op.cost,
-                                |b, ms| b.decrypt(ms, &with_iv(CKM_AES_CBC_PAD, iv), key, rest),
+                                |b, msess| {
+                                    b.decrypt(msess, &with_iv(CKM_AES_CBC_PAD, iv), key, rest)
+                                },
                             )?))
                         }
                         // ECB and CBC without padding: every whole block has gone out.
@@ -948,13 +950,13 @@ impl Engine {
                     Ok(Output::public(self.cluster.call(
                         op.route,
                         op.cost,
-                        |b, ms| b.encrypt(ms, &op.mech, key, &op.buf),
+                        |b, msess| b.encrypt(msess, &op.mech, key, &op.buf),
                     )?))
                 } else {
                     Ok(Output::secret(self.cluster.call(
                         op.route,
                         op.cost,
-                        |b, ms| b.decrypt(ms, &op.mech, key, &op.buf),
+                        |b, msess| b.decrypt(msess, &op.mech, key, &op.buf),
                     )?))
                 }
             }
@@ -970,8 +972,8 @@ impl Engine {
             return Err(Error::OperationActive);
         }
         let key = Self::key_of(&op)?;
-        self.cluster.call(op.route, op.cost, |b, ms| {
-            b.verify(ms, &op.mech, key, SignInput::Message(data), signature)
+        self.cluster.call(op.route, op.cost, |b, msess| {
+            b.verify(msess, &op.mech, key, SignInput::Message(data), signature)
         })
     }
 
@@ -984,9 +986,9 @@ impl Engine {
         match op.hash.take() {
             Some(h) => {
                 let d = h.finish();
-                self.cluster.call(op.route, op.cost, |b, ms| {
+                self.cluster.call(op.route, op.cost, |b, msess| {
                     b.verify(
-                        ms,
+                        msess,
                         &op.mech,
                         key,
                         SignInput::Prehashed(d.as_ref()),
@@ -994,8 +996,8 @@ impl Engine {
                     )
                 })
             }
-            None => self.cluster.call(op.route, op.cost, |b, ms| {
-                b.verify(ms, &op.mech, key, SignInput::Message(&op.buf), signature)
+            None => self.cluster.call(op.route, op.cost, |b, msess| {
+                b.verify(msess, &op.mech, key, SignInput::Message(&op.buf), signature)
             }),
         }
     }

@@ -149,6 +149,7 @@ pub(crate) type FindKey = (Vec<u8>, u8);
 /// A cached find result: its cache generation, when it was made, the handles.
 pub(crate) struct FindHit {
     pub(crate) gen: u64,
-    pub(crate) at: std::time::Instant,
+    /// The cluster clock's reading.
+    pub(crate) at: std::time::Duration,
     pub(crate) handles: Arc<Vec<ObjectHandle>>,
 }

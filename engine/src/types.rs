@@ -105,26 +105,8 @@ pub struct SessionInfo {
     pub device_error: CK_ULONG,
 }
 
-/// One answer of `C_GetAttributeValue`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum AttrValue {
-    /// The value, native layout.
-    Value(Vec<u8>),
-    /// The attribute is sensitive or unextractable: `CKR_ATTRIBUTE_SENSITIVE`.
-    Sensitive,
-    /// The object has no such attribute: `CKR_ATTRIBUTE_TYPE_INVALID`.
-    Invalid,
-}
-
-impl std::fmt::Debug for AttrValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttrValue::Value(v) => write!(f, "Value({} bytes)", v.len()),
-            AttrValue::Sensitive => write!(f, "Sensitive"),
-            AttrValue::Invalid => write!(f, "Invalid"),
-        }
-    }
-}
+/// One answer of `C_GetAttributeValue`: the member contract's.
+pub use hsmpool_member::AttrAnswer;
 
 /// The kind of a cryptographic operation; a session has at most one active of each kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

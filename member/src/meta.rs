@@ -54,15 +54,26 @@ pub struct TokenStatus {
     pub object_count: usize,
 }
 
-/// One answer of a get-attributes call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One answer of a get-attributes call (`C_GetAttributeValue`, and a member's answer to it).
+/// Its `Debug` never prints a value.
+#[derive(Clone, PartialEq, Eq)]
 pub enum AttrAnswer {
-    /// The value.
+    /// The value, native layout.
     Value(Vec<u8>),
-    /// Secret and not readable.
+    /// The attribute is sensitive or unextractable: `CKR_ATTRIBUTE_SENSITIVE`.
     Sensitive,
-    /// The object has no such attribute.
+    /// The object has no such attribute: `CKR_ATTRIBUTE_TYPE_INVALID`.
     Invalid,
+}
+
+impl std::fmt::Debug for AttrAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttrAnswer::Value(v) => write!(f, "Value({} bytes)", v.len()),
+            AttrAnswer::Sensitive => write!(f, "Sensitive"),
+            AttrAnswer::Invalid => write!(f, "Invalid"),
+        }
+    }
 }
 
 /// What the engine keeps about a key to route and check operations without asking again.

@@ -13,9 +13,9 @@ use cryptoki_sys::*;
 use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::cluster::Health;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{AttrValue, ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_member::{AttrAnswer, Role};
+use hsmpool_member::Role;
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
 use hsmpool_sim::hsm::HsmConfig;
 use hsmpool_sim::member::SimMember;
@@ -142,7 +142,7 @@ fn verify(
 /// The EC point of a public key, read back, for an independent check with aws-lc.
 fn ec_point(e: &Engine, s: SessionHandle, p: ObjectHandle) -> Vec<u8> {
     match &e.get_attribute_value(s, p, &[CKA_EC_POINT]).unwrap()[0] {
-        AttrValue::Value(v) => v[2..].to_vec(), // DER OCTET STRING of 65 bytes
+        AttrAnswer::Value(v) => v[2..].to_vec(), // DER OCTET STRING of 65 bytes
         other => panic!("no EC point: {other:?}"),
     }
 }

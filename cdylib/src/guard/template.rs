@@ -6,7 +6,7 @@ use std::mem::size_of;
 use std::ptr;
 
 use cryptoki_sys::*;
-use hsmpool_engine::types::AttrValue;
+use hsmpool_engine::types::AttrAnswer;
 use hsmpool_engine::{
     decode_attr_array, encode_attr_array, is_array_attribute, Attr, Error, Result,
 };
@@ -110,7 +110,7 @@ impl<'a> OutTemplate<'a> {
     /// the length; a value that fits is copied; a sensitive or invalid attribute, or a buffer too
     /// small, gets `CK_UNAVAILABLE_INFORMATION`. Returns `CKR_OK`, or the error of the first
     /// attribute that had one (the spec lets us return any of them).
-    pub(crate) fn fill(self, answers: &[AttrValue]) -> Result<CK_RV> {
+    pub(crate) fn fill(self, answers: &[AttrAnswer]) -> Result<CK_RV> {
         if answers.len() != self.attrs.len() {
             return Err(Error::General(format!(
                 "engine answered {} of {} attributes",
@@ -126,7 +126,7 @@ impl<'a> OutTemplate<'a> {
         };
         for (attr, answer) in self.attrs.iter_mut().zip(answers) {
             match answer {
-                AttrValue::Value(v) if is_array_attribute(attr.type_) => {
+                AttrAnswer::Value(v) if is_array_attribute(attr.type_) => {
                     let nested = decode_attr_array(v).ok_or_else(|| {
                         Error::General("stored attribute array is malformed".into())
                     })?;
@@ -134,7 +134,7 @@ impl<'a> OutTemplate<'a> {
                         remember(e);
                     }
                 }
-                AttrValue::Value(v) => {
+                AttrAnswer::Value(v) => {
                     let len = len_to_ck(v.len())?;
                     if attr.pValue.is_null() {
                         attr.ulValueLen = len;
@@ -150,11 +150,11 @@ impl<'a> OutTemplate<'a> {
                         remember(CKR_BUFFER_TOO_SMALL);
                     }
                 }
-                AttrValue::Sensitive => {
+                AttrAnswer::Sensitive => {
                     attr.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     remember(CKR_ATTRIBUTE_SENSITIVE);
                 }
-                AttrValue::Invalid => {
+                AttrAnswer::Invalid => {
                     attr.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     remember(CKR_ATTRIBUTE_TYPE_INVALID);
                 }
@@ -283,11 +283,11 @@ mod tests {
             vec![CKA_LABEL, CKA_ID, CKA_VALUE, 0x8000_1234, CKA_SUBJECT]
         );
         let answers = [
-            AttrValue::Value(b"label".to_vec()),
-            AttrValue::Value(b"too long".to_vec()),
-            AttrValue::Sensitive,
-            AttrValue::Invalid,
-            AttrValue::Value(b"subj".to_vec()),
+            AttrAnswer::Value(b"label".to_vec()),
+            AttrAnswer::Value(b"too long".to_vec()),
+            AttrAnswer::Sensitive,
+            AttrAnswer::Invalid,
+            AttrAnswer::Value(b"subj".to_vec()),
         ];
         // The first error in template order is the one returned.
         assert_eq!(t.fill(&answers).unwrap(), CKR_BUFFER_TOO_SMALL);

@@ -66,6 +66,7 @@ use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, MemberSession};
+use crate::error::{Error, Result};
 
 /// Tunables (config `[cluster]`).
 #[derive(Clone, Debug)]
@@ -350,6 +351,8 @@ pub struct Cluster {
     clock: Arc<dyn Clock>,
     /// The retry jitter's xorshift state (never zero).
     rng: AtomicU64,
+    /// A seeded cluster's object-id counter (`None`: ids come from the OS generator).
+    ids: Option<AtomicU64>,
     stop: Arc<AtomicBool>,
     /// Counted by the engine: finds answered from its cache, key checks answered from its cache.
     pub(crate) find_cache_hits: SlotCounter,
@@ -494,6 +497,7 @@ impl Cluster {
             .collect();
         let clock = Arc::clone(&settings.clock);
         let rng = AtomicU64::new(settings.seed.map_or_else(os_seed, |s| s | 1));
+        let ids = settings.seed.map(AtomicU64::new);
         let c = Arc::new(Cluster {
             members,
             settings,
@@ -502,6 +506,7 @@ impl Cluster {
             gate: RwLock::new(()),
             clock,
             rng,
+            ids,
             stop: Arc::new(AtomicBool::new(false)),
             find_cache_hits: SlotCounter::default(),
             key_cache_hits: SlotCounter::default(),
@@ -536,6 +541,27 @@ impl Cluster {
         } else {
             n
         }
+    }
+
+    /// A fresh cluster-wide object id (63 bits, never 0): from the operating system's random
+    /// generator, or, for a seeded cluster, from the seed (a seeded run names its objects the
+    /// same way every time).
+    pub(crate) fn new_object_id(&self) -> Result<u64> {
+        let raw = match &self.ids {
+            None => {
+                let mut b = [0u8; 8];
+                aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::DeviceError("random".into()))?;
+                u64::from_be_bytes(b)
+            }
+            Some(ids) => {
+                // splitmix64: distinct outputs for the successive states of a counter.
+                let mut z = ids.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            }
+        };
+        Ok((raw & 0x7fff_ffff_ffff_ffff).max(1))
     }
 
     /// A backoff pause for attempt `n` (see [`backoff`]).

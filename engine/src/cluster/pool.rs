@@ -98,11 +98,11 @@ impl Cluster {
             // objects they hold); a member whose sessions are gone is re-established.
             let p = Pool::clone(&m.pool.load());
             let mut done = !p.sessions.is_empty();
-            for (i, ms) in p.sessions.iter().enumerate() {
+            for (i, msess) in p.sessions.iter().enumerate() {
                 if m.index == first && i == 0 {
                     continue;
                 }
-                match m.backend.login(*ms, role, pin, username) {
+                match m.backend.login(*msess, role, pin, username) {
                     Ok(())
                     | Err(MemberError::Rv {
                         rv: CKR_USER_ALREADY_LOGGED_IN,

@@ -33,7 +33,7 @@ use hsmpool_member::types::Attr;
 use crate::cluster::Cluster;
 use crate::config::CompatConfig;
 use crate::error::{Error, Result};
-use crate::types::{AttrValue, ObjectHandle};
+use crate::types::{AttrAnswer, ObjectHandle};
 
 /// What compat code sees of the engine (implemented by `Engine`).
 // With no compat feature built in, nothing calls it.
@@ -54,7 +54,7 @@ pub(crate) trait Host: Sync {
 /// An object the engine presents that no member holds: read-only, answered from here.
 pub(crate) trait PresentedObject: Send + Sync {
     /// `C_GetAttributeValue`: one answer per requested type, in order.
-    fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrValue>;
+    fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrAnswer>;
     /// `C_GetObjectSize`.
     fn size(&self) -> u64;
 }

@@ -31,7 +31,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use cryptoki_sys::*;
 use hsmpool_member::types::{Attr, MechParam, Mechanism, SignInput};
@@ -42,7 +42,7 @@ use super::{Host, PresentedObject};
 use crate::backend::MemberObject;
 use crate::cluster::Route;
 use crate::error::{Error, Result};
-use crate::types::{AttrValue, ObjectHandle};
+use crate::types::ObjectHandle;
 
 /// A certificate the engine presents.
 pub(super) struct SelfSignedCert {
@@ -73,12 +73,12 @@ impl SelfSignedCert {
 
 impl PresentedObject for SelfSignedCert {
     /// The answers of `C_GetAttributeValue`.
-    fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrValue> {
+    fn answer(&self, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrAnswer> {
         types
             .iter()
             .map(|t| match self.get(*t) {
-                Some(v) => AttrValue::Value(v.to_vec()),
-                None => AttrValue::Invalid,
+                Some(v) => AttrAnswer::Value(v.to_vec()),
+                None => AttrAnswer::Invalid,
             })
             .collect()
     }
@@ -92,7 +92,8 @@ impl PresentedObject for SelfSignedCert {
 /// The certificates presented for one cache generation.
 struct Presented {
     gen: u64,
-    at: Instant,
+    /// The cluster clock's reading.
+    at: Duration,
     certs: Arc<Vec<Arc<SelfSignedCert>>>,
 }
 
@@ -152,15 +153,16 @@ impl SelfSigned {
         }
         let mut cur = self.current.lock();
         let gen = host.cache_generation();
+        let now = host.cluster().clock().now();
         if let Some(p) = cur.as_ref() {
-            if p.gen == gen && (!for_find || p.at.elapsed() < host.find_ttl()) {
+            if p.gen == gen && (!for_find || now.saturating_sub(p.at) < host.find_ttl()) {
                 return Ok(p.certs.clone());
             }
         }
         let certs = Arc::new(self.refresh(host)?);
         *cur = Some(Presented {
             gen,
-            at: Instant::now(),
+            at: now,
             certs: certs.clone(),
         });
         Ok(certs)
@@ -185,7 +187,10 @@ impl SelfSigned {
     /// Work out the set: the token's private keys, its certificates' ids, and a certificate for
     /// every key that qualifies (made now if it has none yet).
     fn refresh(&self, host: &dyn Host) -> Result<Vec<Arc<SelfSignedCert>>> {
-        let find = |t: Vec<Attr>| host.cluster().call(Route::Any, 2, |b, ms| b.find(ms, &t));
+        let find = |t: Vec<Attr>| {
+            host.cluster()
+                .call(Route::Any, 2, |b, msess| b.find(msess, &t))
+        };
         let keys = find(vec![
             Attr::ulong(CKA_CLASS, CKO_PRIVATE_KEY),
             Attr::bool(CKA_TOKEN, true),
@@ -228,7 +233,7 @@ impl SelfSigned {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let answers = host
             .cluster()
-            .call(Route::Any, 1, |b, ms| b.get_attributes(ms, o, types))?;
+            .call(Route::Any, 1, |b, msess| b.get_attributes(msess, o, types))?;
         Ok(answers
             .into_iter()
             .map(|a| match a {
@@ -333,9 +338,9 @@ impl SelfSigned {
                 let Some(curve) = Curve::from_params(kt, &params) else {
                     return Ok(None);
                 };
-                let publics = host.cluster().call(Route::Any, 2, |b, ms| {
+                let publics = host.cluster().call(Route::Any, 2, |b, msess| {
                     b.find(
-                        ms,
+                        msess,
                         &[
                             Attr::ulong(CKA_CLASS, CKO_PUBLIC_KEY),
                             Attr::ulong(CKA_KEY_TYPE, kt),
@@ -497,8 +502,8 @@ impl rcgen::SigningKey for TokenSigner<'_> {
         let sig = self
             .host
             .cluster()
-            .call(Route::Any, 40, |b, ms| {
-                b.sign(ms, &mech, self.key, SignInput::Message(msg))
+            .call(Route::Any, 40, |b, msess| {
+                b.sign(msess, &mech, self.key, SignInput::Message(msg))
             })
             .map_err(fail)?;
         let sig = match self.public.ecdsa_field {

@@ -39,9 +39,10 @@ impl Engine {
             hsmpool_member::types::encode_attr_array(template),
             self.login_state() as u8,
         );
-        let gen = self.cache_gen();
+        let gen = self.cache_generation();
+        let now = self.cluster.clock().now();
         if let Some(hit) = self.find_cache.get(&key) {
-            if hit.gen == gen && hit.at.elapsed() < self.find_ttl {
+            if hit.gen == gen && now.saturating_sub(hit.at) < self.find_ttl {
                 self.cluster.find_cache_hits.add(1);
                 return Ok(hit.handles.clone());
             }
@@ -53,7 +54,7 @@ impl Engine {
         if homes.is_empty() {
             found = self
                 .cluster
-                .call(Route::Any, 2, |b, ms| b.find(ms, template))?;
+                .call(Route::Any, 2, |b, msess| b.find(msess, template))?;
         } else {
             // Pool session 0 of each member holding our session objects sees them and every
             // token object; a member that is gone took its session objects with it.
@@ -62,7 +63,7 @@ impl Engine {
                 let epoch = self.cluster.members[i].epoch();
                 if let Ok(v) = self
                     .cluster
-                    .call(Route::On(i, epoch), 2, |b, ms| b.find(ms, template))
+                    .call(Route::On(i, epoch), 2, |b, msess| b.find(msess, template))
                 {
                     found.extend(v);
                     any = true;
@@ -71,7 +72,7 @@ impl Engine {
             if !any {
                 found = self
                     .cluster
-                    .call(Route::Any, 2, |b, ms| b.find(ms, template))?;
+                    .call(Route::Any, 2, |b, msess| b.find(msess, template))?;
             }
             found.sort_unstable();
             found.dedup();
@@ -94,7 +95,7 @@ impl Engine {
             key,
             FindHit {
                 gen,
-                at: std::time::Instant::now(),
+                at: now,
                 handles: results.clone(),
             },
         );

@@ -21,7 +21,7 @@ impl Engine {
         mech: &Mechanism,
     ) -> Result<KeyMeta> {
         let key = (entry.member_obj, usage, mech.mech);
-        let gen = self.cache_gen();
+        let gen = self.cache_generation();
         if let Some(hit) = self.key_cache.get(&key) {
             if hit.0 == gen {
                 self.cluster.key_cache_hits.add(1);
@@ -30,8 +30,8 @@ impl Engine {
         }
         let meta = self
             .cluster
-            .call(entry.route(), 1, |b, ms| {
-                b.check_key(ms, usage, mech, entry.member_obj)
+            .call(entry.route(), 1, |b, msess| {
+                b.check_key(msess, usage, mech, entry.member_obj)
             })
             .map_err(|e| match e {
                 Error::Hsm {
@@ -59,9 +59,9 @@ impl Engine {
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
-        let (t, id) = Self::with_new_id(&template)?;
-        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
-            b.generate_key(ms, &mech, &t).map(|o| vec![o])
+        let (t, id) = self.with_new_id(&template)?;
+        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, msess| {
+            b.generate_key(msess, &mech, &t).map(|o| vec![o])
         })?)
     }
 
@@ -96,11 +96,11 @@ impl Engine {
         let pt = Self::wants_token(&public, false);
         let kt = Self::wants_token(&private, false);
         let private = self.public_session_object(private, kt);
-        let (tp, ip) = Self::with_new_id(&public)?;
-        let (tk, ik) = Self::with_new_id(&private)?;
+        let (tp, ip) = self.with_new_id(&public)?;
+        let (tk, ik) = self.with_new_id(&private)?;
         let cost = if rsa { 2000 } else { 20 };
-        let gen = |b: &dyn Backend, ms| {
-            b.generate_key_pair(ms, &mech, &tp, &tk)
+        let gen = |b: &dyn Backend, msess| {
+            b.generate_key_pair(msess, &mech, &tp, &tk)
                 .map(|(p, k)| vec![p, k])
         };
         if pt == kt {
@@ -121,8 +121,8 @@ impl Engine {
         };
         let token_half = if pt { p } else { k };
         if let Err(e) = self.cluster.spread(member, &[token_half], &mut gate) {
-            let _ = self.cluster.call(Route::On(member, epoch), 1, |b, ms| {
-                b.destroy_object(ms, if pt { k } else { p })
+            let _ = self.cluster.call(Route::On(member, epoch), 1, |b, msess| {
+                b.destroy_object(msess, if pt { k } else { p })
             });
             return Err(e);
         }
@@ -149,8 +149,8 @@ impl Engine {
         let k = self.key_entry(key)?;
         let route = Self::route_of(&[w, k])?;
         self.cluster
-            .call(route, 5, |b, ms| {
-                b.wrap_key(ms, &mech, w.member_obj, k.member_obj)
+            .call(route, 5, |b, msess| {
+                b.wrap_key(msess, &mech, w.member_obj, k.member_obj)
             })
             .map_err(|e| match e {
                 Error::Hsm {
@@ -178,9 +178,9 @@ impl Engine {
             .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
-        let (t, id) = Self::with_new_id(&template)?;
-        Self::one(self.make(s, u.route(), token, 10, &[id], |b, ms| {
-            b.unwrap_key(ms, &mech, u.member_obj, wrapped, &t)
+        let (t, id) = self.with_new_id(&template)?;
+        Self::one(self.make(s, u.route(), token, 10, &[id], |b, msess| {
+            b.unwrap_key(msess, &mech, u.member_obj, wrapped, &t)
                 .map(|o| vec![o])
         })?)
     }
@@ -217,9 +217,9 @@ impl Engine {
         let base = self.key_entry(base)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
-        let (t, id) = Self::with_new_id(&template)?;
-        Self::one(self.make(s, base.route(), token, 10, &[id], |b, ms| {
-            b.derive_key(ms, &mech, base.member_obj, &t)
+        let (t, id) = self.with_new_id(&template)?;
+        Self::one(self.make(s, base.route(), token, 10, &[id], |b, msess| {
+            b.derive_key(msess, &mech, base.member_obj, &t)
                 .map(|o| vec![o])
         })?)
     }

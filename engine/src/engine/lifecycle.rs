@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE};
 use dashmap::DashMap;
+use hsmpool_member::clock::Clock;
 use hsmpool_member::types::IdHash;
 use hsmpool_member::KeyMeta;
 use parking_lot::Mutex;
@@ -47,7 +48,7 @@ pub struct InitArgs {
 ///   (`CK_INVALID_HANDLE`) and never given twice. The certificates presented under
 ///   `[compat] self_signed_certificates` draw their handles from `next_object` too, and are
 ///   never in `objects` or `by_member`.
-/// - The cache generation (`cache_gen`: `generation` plus the cluster's
+/// - The cache generation (`cache_generation`: `generation` plus the cluster's
 ///   resynchronisations) only grows. `generation` is bumped by every change made through this
 ///   engine to objects (create, copy, generate, unwrap, derive, destroy, attribute change,
 ///   `C_InitToken`) and to the login state (login, logout, the close of the last session). A
@@ -215,6 +216,38 @@ impl Engine {
     /// Build an engine over members made elsewhere (tests drive their faults; an embedding
     /// application may bring its own backends). Member `i` of `cfg` is `backends[i]`.
     pub fn with_backends(cfg: Config, backends: Vec<Arc<dyn Backend>>) -> Result<Engine> {
+        let settings = cfg.cluster_settings();
+        Engine::with_settings(cfg, backends, settings)
+    }
+
+    /// As [`Engine::with_backends`], with the cluster on `clock` and its random choices (retry
+    /// jitter, new object ids) drawn from `seed`: how a test runs a whole in-process cluster
+    /// on a [`VirtualClock`](hsmpool_member::clock::VirtualClock), replayable from its seed.
+    /// On a virtual clock no probe thread runs: call [`Engine::tick`] as time passes.
+    pub fn with_backends_on(
+        cfg: Config,
+        backends: Vec<Arc<dyn Backend>>,
+        clock: Arc<dyn Clock>,
+        seed: u64,
+    ) -> Result<Engine> {
+        let settings = Settings {
+            clock,
+            seed: Some(seed),
+            ..cfg.cluster_settings()
+        };
+        Engine::with_settings(cfg, backends, settings)
+    }
+
+    /// One round of the cluster's health probes (what the probe threads do on the real clock).
+    pub fn tick(&self) {
+        self.cluster.tick();
+    }
+
+    fn with_settings(
+        cfg: Config,
+        backends: Vec<Arc<dyn Backend>>,
+        settings: Settings,
+    ) -> Result<Engine> {
         if backends.is_empty() {
             return Err(Error::Config("no member configured".into()));
         }
@@ -223,7 +256,7 @@ impl Engine {
         let n = backends.len();
         let find_ttl =
             std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
-        let cluster = Cluster::new(backends, cfg.cluster_settings());
+        let cluster = Cluster::new(backends, settings);
         tracing::info!(
             members = n,
             self_signed_certificates = cfg.compat.self_signed_certificates,
@@ -274,7 +307,7 @@ impl Engine {
     }
 
     /// The cache generation: the engine's own changes plus the cluster's resynchronisations.
-    pub(crate) fn cache_gen(&self) -> u64 {
+    pub(crate) fn cache_generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire) + self.cluster.changes()
     }
 
@@ -324,7 +357,7 @@ impl Host for Engine {
     }
 
     fn cache_generation(&self) -> u64 {
-        self.cache_gen()
+        Engine::cache_generation(self)
     }
 
     fn find_ttl(&self) -> std::time::Duration {

@@ -16,7 +16,7 @@ use crate::cluster::Route;
 use crate::compat::PresentedObject;
 use crate::error::{Error, Result};
 use crate::state::{LoginState, ObjEntry};
-use crate::types::{AttrValue, ObjectHandle, SessionHandle};
+use crate::types::{ObjectHandle, SessionHandle};
 
 impl Engine {
     pub(crate) fn entry(&self, o: ObjectHandle) -> Result<ObjEntry> {
@@ -108,10 +108,8 @@ impl Engine {
 
     /// A template with a fresh cluster-wide object id: where the object will be known on every
     /// member, and the idempotency token that makes a retried create return the first one.
-    pub(super) fn with_new_id(template: &[Attr]) -> Result<(Vec<Attr>, MemberObject)> {
-        let mut b = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::DeviceError("random".into()))?;
-        let id = (u64::from_be_bytes(b) & 0x7fff_ffff_ffff_ffff).max(1);
+    pub(super) fn with_new_id(&self, template: &[Attr]) -> Result<(Vec<Attr>, MemberObject)> {
+        let id = self.cluster.new_object_id()?;
         let mut t = template.to_vec();
         t.push(Attr::ulong(CKA_HSMPOOL_OBJECT_ID, id as CK_ULONG));
         Ok((t, MemberObject(id)))
@@ -177,9 +175,9 @@ impl Engine {
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
-        let (t, id) = Self::with_new_id(&template)?;
-        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, ms| {
-            b.create_object(ms, &t).map(|o| vec![o])
+        let (t, id) = self.with_new_id(&template)?;
+        Self::one(self.make(s, Route::Any, token, 5, &[id], |b, msess| {
+            b.create_object(msess, &t).map(|o| vec![o])
         })?)
     }
 
@@ -201,9 +199,9 @@ impl Engine {
             }
         };
         let token = Self::wants_token(&template, e.home.is_none());
-        let (t, id) = Self::with_new_id(&template)?;
-        Self::one(self.make(s, e.route(), token, 5, &[id], |b, ms| {
-            b.copy_object(ms, e.member_obj, &t).map(|o| vec![o])
+        let (t, id) = self.with_new_id(&template)?;
+        Self::one(self.make(s, e.route(), token, 5, &[id], |b, msess| {
+            b.copy_object(msess, e.member_obj, &t).map(|o| vec![o])
         })?)
     }
 
@@ -220,9 +218,9 @@ impl Engine {
         }
         // Ordered against the last pass of a resynchronisation, like a create.
         let _gate = self.cluster.gate.read();
-        let (first, _, ()) = self
-            .cluster
-            .call_full(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj))?;
+        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, msess| {
+            b.destroy_object(msess, e.member_obj)
+        })?;
         if e.home.is_none() {
             self.cluster.drop_replicas(Some(first), &[e.member_obj]);
         }
@@ -255,7 +253,7 @@ impl Engine {
             Err(err) => return Ok(self.presented(o).map_err(|_| err)?.size()),
         };
         self.cluster
-            .call(e.route(), 1, |b, ms| b.object_size(ms, e.member_obj))
+            .call(e.route(), 1, |b, msess| b.object_size(msess, e.member_obj))
     }
 
     /// `C_GetAttributeValue`: one answer per requested type, in order.
@@ -264,21 +262,21 @@ impl Engine {
         s: SessionHandle,
         o: ObjectHandle,
         types: &[CK_ATTRIBUTE_TYPE],
-    ) -> Result<Vec<AttrValue>> {
+    ) -> Result<Vec<AttrAnswer>> {
         self.session(s)?;
         let e = match self.entry(o) {
             Ok(e) => e,
             Err(err) => return Ok(self.presented(o).map_err(|_| err)?.answer(types)),
         };
-        let answers = self.cluster.call(e.route(), 1, |b, ms| {
-            b.get_attributes(ms, e.member_obj, types)
+        let answers = self.cluster.call(e.route(), 1, |b, msess| {
+            b.get_attributes(msess, e.member_obj, types)
         })?;
         Ok(answers
             .into_iter()
             .map(|a| match a {
-                AttrAnswer::Value(v) => AttrValue::Value(v),
-                AttrAnswer::Sensitive => AttrValue::Sensitive,
-                AttrAnswer::Invalid => AttrValue::Invalid,
+                AttrAnswer::Value(v) => AttrAnswer::Value(v),
+                AttrAnswer::Sensitive => AttrAnswer::Sensitive,
+                AttrAnswer::Invalid => AttrAnswer::Invalid,
             })
             .collect())
     }
@@ -300,8 +298,8 @@ impl Engine {
         }
         check_app_template(&template)?;
         let _gate = self.cluster.gate.read();
-        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, ms| {
-            b.set_attributes(ms, e.member_obj, &template)
+        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, msess| {
+            b.set_attributes(msess, e.member_obj, &template)
         })?;
         self.invalidate();
         if e.home.is_none() {

@@ -77,9 +77,9 @@ impl Engine {
         let objects = std::mem::take(&mut sess.lock().objects);
         for h in objects {
             if let Ok(e) = self.entry(h) {
-                let _ = self
-                    .cluster
-                    .call(e.route(), 1, |b, ms| b.destroy_object(ms, e.member_obj));
+                let _ = self.cluster.call(e.route(), 1, |b, msess| {
+                    b.destroy_object(msess, e.member_obj)
+                });
             }
             self.forget_object(h);
         }

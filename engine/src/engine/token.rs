@@ -173,7 +173,7 @@ impl Engine {
         if !rw {
             return Err(Error::SessionReadOnly);
         }
-        self.cluster.on_all(|b, ms| b.init_pin(ms, pin))
+        self.cluster.on_all(|b, msess| b.init_pin(msess, pin))
     }
 
     /// `C_SetPIN`.
@@ -181,7 +181,7 @@ impl Engine {
         if !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
         }
-        self.cluster.on_all(|b, ms| b.set_pin(ms, old, new))?;
+        self.cluster.on_all(|b, msess| b.set_pin(msess, old, new))?;
         if self.login_state() != LoginState::Public {
             self.cluster.new_pin(new);
         }
