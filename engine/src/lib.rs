@@ -1,9 +1,18 @@
 //! hsmpool engine: all behaviour behind the C ABI.
 //!
 //! # What it owns
-//! Application sessions and their operations, the application's login, object handles, the
-//! mechanism table, configuration, and the [`backend::Backend`] seam to HSMs. It never reads a
-//! raw pointer (the C ABI crate does that) and never holds a lock across a backend call.
+//! Application sessions and their operations, the application's login, object handles, finds
+//! and key checks and their caches, digests, configuration, the cluster, and the factory of
+//! member backends (the [`backend::Backend`] contract and the mechanism table are the member
+//! crate's). It never reads a raw pointer (the C ABI crate does that). On the hot path
+//! (operations, finds, attribute reads) it holds no lock across a backend call; the management
+//! paths that do are listed under LOCK ORDER.
+//!
+//! # Rooms
+//! `engine/` the [`Engine`] and its rooms (lifecycle, sessions, objects, find, keys, token) over
+//! `state.rs` (the data they share); `ops.rs` operations; `digest.rs` digests; `cluster/` the
+//! members; `backend/` the member kinds; `compat/` compatibility features (feature
+//! `compat-selfsigned`); `config.rs`, `error.rs`, `types.rs`. See ARCHITECTURE.md.
 //!
 //! # Data path
 //! C caller → cdylib guard → [`Engine`] method → session / operation state → cluster (member
@@ -23,18 +32,23 @@
 //! 3. one session's `Mutex`
 //! 4. the cluster's create gate (`Cluster::gate`: creates shared, the last pass of a
 //!    resynchronisation exclusive)
-//! 5. one member's `reauth` mutex, then its `pool` lock (never two members' at once)
+//! 5. one member's `reauth` mutex, then its `pool_write` mutex (never two members' at once;
+//!    the pool itself is an `ArcSwap`, read without a lock)
 //!
 //! The mutex of the presented self-signed certificates (`[compat] self_signed_certificates`,
 //! `compat::selfsigned::SelfSigned::current`) is taken with none of these held, and held across
 //! the member calls of one refresh (finds, attribute reads, the signatures of new certificates).
 //!
 //! Map guards (`sessions`, `objects`, `by_member`, the caches) are never held while taking any
-//! of these or calling a backend. Locks held across backend calls: the login mutex, around
-//! logging the member pools in and out (two application threads logging in at once must not
-//! both succeed; a management path, never the hot one); the create gate (shared) around a
-//! create and its replication; a member's `reauth` around re-opening its pool; the
-//! self-signed certificates' mutex around a refresh (option on only; finds of keys never take it).
+//! of these locks or calling a backend (`handle_for` holds a `by_member` shard while it inserts
+//! into `objects`: always in that order, so two map guards never wait on each other in a
+//! circle).
+//!
+//! Locks held across backend calls, all off the hot path: the login mutex, around logging the
+//! member pools in and out (two application threads logging in at once must not both succeed);
+//! the create gate (shared) around a create and its replication; a member's `reauth` around
+//! re-opening its pool; the self-signed certificates' mutex around a refresh (option on only;
+//! finds of keys never take it).
 //!
 //! # The cluster
 //! [`cluster::Cluster`] drives the members: session pools, balancing, health, retries,

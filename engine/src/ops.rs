@@ -15,7 +15,7 @@
 //! Which calls may follow which, and what a refused one ends: see [`Form`].
 
 use cryptoki_sys::*;
-use hsmpool_member::types::cloudhsm::{CKM_CLOUDHSM_AES_GCM, GCM_IV_LEN};
+use hsmpool_member::types::cloudhsm::CKM_CLOUDHSM_AES_GCM;
 use hsmpool_member::types::{MechParam, Mechanism, SignInput};
 use zeroize::Zeroizing;
 
@@ -261,15 +261,7 @@ fn op_cost(kind: OpKind, meta: &hsmpool_member::KeyMeta) -> u64 {
 }
 
 fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
-    matches!(
-        mech,
-        CKM_RSA_PKCS_PSS
-            | CKM_SHA1_RSA_PKCS_PSS
-            | CKM_SHA224_RSA_PKCS_PSS
-            | CKM_SHA256_RSA_PKCS_PSS
-            | CKM_SHA384_RSA_PKCS_PSS
-            | CKM_SHA512_RSA_PKCS_PSS
-    )
+    crate::mechanism::ParamKind::of(mech) == crate::mechanism::ParamKind::Pss
 }
 
 /// Check a mechanism's parameter shape before anything reaches a member.
@@ -378,25 +370,14 @@ impl Drop for Output {
     }
 }
 
-/// The exact output length of a single-part call when the mechanism fixes it from the input
-/// length alone (AES-GCM: input + tag; AES-CBC-PAD: the input padded to the next whole block).
-/// Parameters were checked at `*Init`.
+/// The output length of a single-part operation where the mechanism fixes it whatever the data
+/// (a length query then needs no member call): AES-GCM (CloudHSM's too) and AES-CBC-PAD
+/// encryption, by the member contract's one rule (`mechanism::encrypt_output_len`).
 fn known_output_len(kind: OpKind, mech: &Mechanism, data_len: usize) -> Option<usize> {
-    match (kind, mech.mech, &mech.param) {
-        (OpKind::Encrypt, CKM_AES_GCM | CKM_CLOUDHSM_AES_GCM, MechParam::Gcm { tag_bits, .. }) => {
-            // CloudHSM's GCM puts the IV it makes in front of ciphertext and tag.
-            let iv_len = if mech.mech == CKM_CLOUDHSM_AES_GCM {
-                GCM_IV_LEN
-            } else {
-                0
-            };
-            data_len
-                .checked_add(usize::try_from(*tag_bits / 8).ok()?)?
-                .checked_add(iv_len)
+    match (kind, mech.mech) {
+        (OpKind::Encrypt, CKM_AES_GCM | CKM_CLOUDHSM_AES_GCM | CKM_AES_CBC_PAD) => {
+            crate::mechanism::encrypt_output_len(mech, data_len)
         }
-        (OpKind::Encrypt, CKM_AES_CBC_PAD, _) => (data_len / AES_BLOCK)
-            .checked_add(1)?
-            .checked_mul(AES_BLOCK),
         _ => None,
     }
 }
