@@ -418,6 +418,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "embedded")]
     fn timing_models_are_named() {
         assert!(Config::parse(
             "[[member]]\nkind = \"embedded\"\ntiming = \"hsm2m.medium\"\n",
@@ -435,9 +436,11 @@ mod tests {
         assert!(e.to_string().contains("member[0].kind"), "{e}");
     }
 
+    #[cfg(feature = "daemon")]
     const DAEMON: &str = "[[member]]\nkind = \"daemon\"\naddress = \"127.0.0.1:2225\"\nca = \"/etc/ca.pem\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/c.key\"\n";
 
     #[test]
+    #[cfg(feature = "daemon")]
     fn a_daemon_member_parses() {
         let c = Config::parse(
             &format!("{DAEMON}server_name = \"hsm1.example\"\nconnections = 2\ntimeout_ms = 500\n"),
@@ -452,6 +455,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "embedded", feature = "daemon"))]
     fn daemon_members_are_validated_key_by_key() {
         let cases = [
             ("[[member]]\nkind = \"daemon\"\n", "member[0].address"),
@@ -488,6 +492,25 @@ mod tests {
         for (text, key) in cases {
             let e = Config::parse(text, "f.toml").unwrap_err().to_string();
             assert!(e.contains("f.toml") && e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    #[cfg(not(all(feature = "embedded", feature = "daemon")))]
+    fn a_kind_left_out_of_the_build_is_refused_naming_its_feature() {
+        for kind in MemberKind::NAMES {
+            let text = format!("[[member]]\nkind = \"{kind}\"\n");
+            match MemberKind::from_name(kind) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let e = Config::parse(&text, "f.toml").unwrap_err().to_string();
+                    assert!(
+                        e.contains("member[0].kind") && e.contains("Cargo feature"),
+                        "{e}"
+                    );
+                }
+                Err(()) => panic!("{kind} is a kind"),
+            }
         }
     }
 
