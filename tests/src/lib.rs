@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod daemons;
+pub mod engine;
 pub mod hsmd;
 pub mod pki;
 pub mod raw;
@@ -73,4 +74,18 @@ pub fn write_test_config(dir: &Path) -> PathBuf {
     );
     std::fs::write(&conf, text).expect("the temp dir is writable");
     conf
+}
+
+/// The seed of a fault test: `HSMPOOL_FAULT_SEED` when set (to replay a run), else one drawn
+/// from the clock. The test prints it.
+pub fn fault_seed() -> u64 {
+    std::env::var("HSMPOOL_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        })
 }

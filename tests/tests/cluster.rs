@@ -27,15 +27,7 @@ use hsmpool_tests::{call, require_tool};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn seed() -> u64 {
-    std::env::var("HSMPOOL_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(11)
-        })
+    hsmpool_tests::fault_seed()
 }
 
 /// splitmix64: the fault script's choices, replayable from the seed.

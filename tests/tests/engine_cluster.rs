@@ -19,6 +19,7 @@ use hsmpool_member::Role;
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
 use hsmpool_sim::hsm::HsmConfig;
 use hsmpool_sim::member::SimMember;
+use hsmpool_tests::engine::ec_pair;
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
@@ -32,15 +33,7 @@ struct Lab {
 }
 
 fn seed() -> u64 {
-    std::env::var("HSMPOOL_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        })
+    hsmpool_tests::fault_seed()
 }
 
 fn lab(toml: &str) -> Lab {
@@ -87,32 +80,6 @@ fn lab(toml: &str) -> Lab {
         engine,
         seed,
     }
-}
-
-const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-fn ec_pair(
-    e: &Engine,
-    s: SessionHandle,
-    label: &[u8],
-    token: bool,
-) -> (ObjectHandle, ObjectHandle) {
-    e.generate_key_pair(
-        s,
-        Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
-        vec![
-            Attr::bool(CKA_TOKEN, token),
-            Attr::bytes(CKA_EC_PARAMS, &P256),
-            Attr::bool(CKA_VERIFY, true),
-            Attr::bytes(CKA_LABEL, label),
-        ],
-        vec![
-            Attr::bool(CKA_TOKEN, token),
-            Attr::bool(CKA_SIGN, true),
-            Attr::bytes(CKA_LABEL, label),
-        ],
-    )
-    .unwrap()
 }
 
 fn sign(

@@ -25,11 +25,11 @@ use hsmpool_sim::fault::{FaultConfig, FaultSeed};
 use hsmpool_sim::hsm::HsmConfig;
 use hsmpool_sim::member::SimMember;
 use hsmpool_sim::timing::TimingConfig;
+use hsmpool_tests::engine::ec_pair;
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
 const SLOT: SlotId = SlotId(0);
-const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// Application steps in one run.
 const STEPS: usize = 600;
 /// Virtual time between two rounds of health probes.
@@ -48,15 +48,7 @@ struct Transcript {
 }
 
 fn seed() -> u64 {
-    std::env::var("HSMPOOL_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        })
+    hsmpool_tests::fault_seed()
 }
 
 fn outcome<T>(r: &hsmpool_engine::Result<T>) -> String {
@@ -64,25 +56,6 @@ fn outcome<T>(r: &hsmpool_engine::Result<T>) -> String {
         Ok(_) => "ok".into(),
         Err(e) => format!("{:#x}", e.ck_rv()),
     }
-}
-
-fn ec_pair(e: &Engine, s: SessionHandle, label: &[u8]) -> (ObjectHandle, ObjectHandle) {
-    e.generate_key_pair(
-        s,
-        Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
-        vec![
-            Attr::bool(CKA_TOKEN, true),
-            Attr::bytes(CKA_EC_PARAMS, &P256),
-            Attr::bool(CKA_VERIFY, true),
-            Attr::bytes(CKA_LABEL, label),
-        ],
-        vec![
-            Attr::bool(CKA_TOKEN, true),
-            Attr::bool(CKA_SIGN, true),
-            Attr::bytes(CKA_LABEL, label),
-        ],
-    )
-    .expect("the first key pair is made before any fault")
 }
 
 fn sign(e: &Engine, s: SessionHandle, k: ObjectHandle, msg: &[u8]) -> hsmpool_engine::Result<()> {
@@ -145,7 +118,7 @@ fn run(seed: u64) -> Transcript {
     e.init_pin(s, PIN).unwrap();
     e.logout(s).unwrap();
     e.login(s, CKU_USER, PIN, None).unwrap();
-    let (_, private) = ec_pair(&e, s, b"replay signer");
+    let (_, private) = ec_pair(&e, s, b"replay signer", true);
 
     let mut outcomes = Vec::new();
     let mut next_probe = clock.now() + PROBE_EVERY;
