@@ -41,14 +41,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, RecvTimeoutError, Sender};
+use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use dashmap::DashMap;
-use hsmpool_member::{MemberError, MemberId, MemberResult};
+use hsmpool_member::types::{Attr, Mechanism, SignInput};
+use hsmpool_member::{
+    AttrAnswer, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Role,
+    TokenStatus,
+};
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use zeroize::Zeroizing;
 
-use crate::codec::WireError;
+use crate::codec::{InputKind, Secret};
+use crate::error::WireError;
 use crate::link::{self, Link, LinkReader, Side};
 use crate::{decode_response, encode_request, Request, Response, PROTOCOL};
 
@@ -415,6 +421,54 @@ pub fn admin_request(cfg: &RemoteConfig, req: &Request) -> MemberResult<Response
     Remote::connect(MemberId(0), &one)?.request(req)
 }
 
+/// Sorts the generated client methods into the two trait impls (the `Backend` methods that
+/// are not one request each come from [`client_backend_rest!`]).
+macro_rules! client_impls {
+    (@go [$($bk:tt)*] [$($rp:tt)*]) => {
+        impl hsmpool_member::Backend for Remote {
+            $($bk)*
+            client_backend_rest!();
+        }
+        impl hsmpool_member::Replication for Remote {
+            $($rp)*
+        }
+    };
+    (@go [$($bk:tt)*] [$($rp:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] $($rest)*);
+    };
+    (@go [$($bk:tt)*] [$($rp:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] $($rest)*);
+    };
+}
+
+/// The client's generator for `request_table!` (in `request.rs`): for each entry with a
+/// `client` clause, the method that builds the request, sends it, and reads the answer.
+macro_rules! client_methods {
+    ($(
+        $(#[doc = $doc:literal])*
+        $KIND:ident = $code:literal, $name:ident $({ $($f:ident : $t:ty),* $(,)? })?
+        $(check $check:block)?
+        => $(admin $why:literal)? $(serve |$b:ident| $serve:expr)?
+        $(, client $tr:ident fn $m:ident($($a:ident : $at:ty),* $(,)?) -> $ret:ty
+            $make:block $rpat:pat => $rval:expr)?
+        ;
+    )*) => {
+        client_impls!(@go [] []
+            $($(
+                $tr {
+                    fn $m(&self, $($a: $at),*) -> MemberResult<$ret> {
+                        let req: Request = $make;
+                        match self.call(&req)? {
+                            $rpat => Ok($rval),
+                            other => Err(self.unexpected(&req, &other)),
+                        }
+                    }
+                }
+            )?)*
+        );
+    };
+}
+
 /// The `Backend` methods that are not one request each: closing a session (it cannot fail),
 /// random bytes (asked in pieces of at most [`crate::MAX_RANDOM`]), and who the member is.
 macro_rules! client_backend_rest {
@@ -436,6 +490,8 @@ macro_rules! client_backend_rest {
         }
     };
 }
+
+request_table!(client_methods);
 
 impl Remote {
     pub(crate) fn member_id(&self) -> MemberId {

@@ -9,37 +9,8 @@ use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
 use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::error::{Result, WireError};
 use crate::frame::{HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
-
-/// Everything that can go wrong reading or writing the protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    /// The frame does not start with `HPW`.
-    #[error("bad frame magic")]
-    BadMagic,
-    /// A protocol version other than [`VERSION`].
-    #[error("unsupported protocol version {0}")]
-    BadVersion(u8),
-    /// A payload larger than [`MAX_PAYLOAD`] (announced by a peer, or about to be encoded; when
-    /// encoding, `len` is the size reached when the cap was hit).
-    #[error("payload of {len} bytes exceeds the cap of {MAX_PAYLOAD}")]
-    TooLarge {
-        /// The length.
-        len: u64,
-    },
-    /// The bytes end before the frame or message does.
-    #[error("truncated frame or message")]
-    Truncated,
-    /// A kind byte this side does not know.
-    #[error("unknown message kind {0:#04x}")]
-    UnknownKind(u8),
-    /// Bytes that do not form a valid message.
-    #[error("malformed message: {0}")]
-    Malformed(&'static str),
-}
-
-/// Shorthand.
-pub type Result<T> = std::result::Result<T, WireError>;
 
 /// A secret byte string: zeroized on drop, redacted in `Debug`.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::fmt;
 
 use zeroize::Zeroize;
 
-use crate::codec::{Result, WireError};
+use crate::error::{Result, WireError};
 
 /// The first three bytes of every frame.
 pub const MAGIC: [u8; 3] = *b"HPW";

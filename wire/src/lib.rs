@@ -61,15 +61,18 @@
 
 #![forbid(unsafe_code)]
 
-#[macro_use]
-pub mod client;
 mod codec;
+mod error;
 mod frame;
 pub mod link;
+// Before `client`: its table macro is what the client's methods are generated from.
+#[macro_use]
 mod request;
+pub mod client;
 mod response;
 
-pub use codec::{InputKind, Secret, WireError};
+pub use codec::{InputKind, Secret};
+pub use error::WireError;
 pub use frame::{FrameReader, HEADER_LEN, MAGIC, MAX_PAYLOAD, MAX_RANDOM, VERSION};
 pub use request::{
     decode_request, encode_request, request_kind, serve, Request, Served, LAST_REQUEST,

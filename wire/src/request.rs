@@ -5,19 +5,19 @@
 //! or `admin`: answered by the daemon itself), and for a member call, the client method that
 //! sends it and how it reads the answer. From it [`requests!`] generates the [`Request`] enum,
 //! its kind bytes and names, the encoder and decoder, [`serve`] (the daemon's dispatch onto any
-//! [`Backend`]) and the client's `Backend` / `Replication` methods (see `client.rs`).
+//! [`Backend`]); `client.rs` hands the same table to its own generator for the client's
+//! `Backend` / `Replication` methods, so this file names nothing of the client.
 //!
 //! So a new member request is one entry here, its method on the trait (`hsmpool-member`), and
 //! its implementation in each member kind that has it.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
-use hsmpool_member::types::{Attr, Mechanism, SignInput};
-use hsmpool_member::{
-    AttrAnswer, Backend, KeyMeta, MemberObject, MemberResult, MemberSession, Role, TokenStatus,
-};
+use hsmpool_member::types::{Attr, Mechanism};
+use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role};
 use zeroize::Zeroizing;
 
-use crate::codec::{Field, InputKind, Reader, Result, Secret, WireError, Writer};
+use crate::codec::{Field, InputKind, Reader, Secret, Writer};
+use crate::error::{Result, WireError};
 use crate::frame::MAX_RANDOM;
 use crate::response::Response;
 
@@ -129,19 +129,6 @@ macro_rules! requests {
             }
         }
 
-        client_impls!(@go [] []
-            $($(
-                $tr {
-                    fn $m(&self, $($a: $at),*) -> MemberResult<$ret> {
-                        let req: Request = $make;
-                        match self.call(&req)? {
-                            $rpat => Ok($rval),
-                            other => Err(self.unexpected(&req, &other)),
-                        }
-                    }
-                }
-            )?)*
-        );
     };
 }
 
@@ -153,26 +140,6 @@ macro_rules! serve_arm {
     }};
     ($backend:ident, $rebuild:expr, admin $why:literal) => {
         Served::Admin($rebuild)
-    };
-}
-
-/// Sorts the generated client methods into the two trait impls (the hand-written methods of
-/// each come from `client.rs`'s `client_backend_rest!` and `client_replication_rest!`).
-macro_rules! client_impls {
-    (@go [$($bk:tt)*] [$($rp:tt)*]) => {
-        impl hsmpool_member::Backend for crate::client::Remote {
-            $($bk)*
-            client_backend_rest!();
-        }
-        impl hsmpool_member::Replication for crate::client::Remote {
-            $($rp)*
-        }
-    };
-    (@go [$($bk:tt)*] [$($rp:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] $($rest)*);
-    };
-    (@go [$($bk:tt)*] [$($rp:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] $($rest)*);
     };
 }
 
@@ -200,219 +167,228 @@ fn mo(object: u64) -> MemberObject {
     MemberObject(object)
 }
 
+/// The table: every request, once. `request_table!(gen)` hands it to the generator `gen`:
+/// [`requests!`] here (the enum, kind bytes, names, codec and dispatch) and `client_methods!`
+/// in `client.rs` (the client's `Backend` and `Replication` methods).
 #[rustfmt::skip]
-requests! {
-    /// Liveness check; answered with [`Response::Ok`].
-    PING = 0x01, Ping
-        => serve |b| b.ping().map(|()| Response::Ok),
-        client Backend fn ping() -> () { Request::Ping } Response::Ok => ();
-    /// `open_session` → [`Response::Handle`].
-    OPEN_SESSION = 0x02, OpenSession
-        => serve |b| b.open_session().map(|s| Response::Handle(s.0)),
-        client Backend fn open_session() -> MemberSession { Request::OpenSession }
-            Response::Handle(h) => MemberSession(h);
-    /// `close_session` → [`Response::Ok`] (the client's is in `client.rs`: it cannot fail).
-    CLOSE_SESSION = 0x03, CloseSession { session: u64 }
-        => serve |b| { b.close_session(sess(session)); Ok(Response::Ok) };
-    /// `login` → [`Response::Ok`]; `username` is given by `C_LoginUser`.
-    LOGIN = 0x04, Login { session: u64, role: Role, pin: Secret, username: Option<String> }
-        => serve |b| b.login(sess(session), role, &pin, username.as_deref()).map(|()| Response::Ok),
-        client Backend fn login(s: MemberSession, role: Role, pin: &[u8], username: Option<&str>) -> () {
-            Request::Login { session: s.0, role, pin: Secret::from_slice(pin), username: username.map(str::to_owned) }
-        } Response::Ok => ();
-    /// `logout` → [`Response::Ok`].
-    LOGOUT = 0x05, Logout { session: u64 }
-        => serve |b| b.logout(sess(session)).map(|()| Response::Ok),
-        client Backend fn logout(s: MemberSession) -> () { Request::Logout { session: s.0 } }
-            Response::Ok => ();
-    /// `init_token` → [`Response::Ok`].
-    INIT_TOKEN = 0x06, InitToken { so_pin: Secret, label: [u8; 32] }
-        => serve |b| b.init_token(&so_pin, &label).map(|()| Response::Ok),
-        client Backend fn init_token(so_pin: &[u8], label: &[u8; 32]) -> () {
-            Request::InitToken { so_pin: Secret::from_slice(so_pin), label: *label }
-        } Response::Ok => ();
-    /// `init_pin` → [`Response::Ok`].
-    INIT_PIN = 0x07, InitPin { session: u64, pin: Secret }
-        => serve |b| b.init_pin(sess(session), &pin).map(|()| Response::Ok),
-        client Backend fn init_pin(s: MemberSession, pin: &[u8]) -> () {
-            Request::InitPin { session: s.0, pin: Secret::from_slice(pin) }
-        } Response::Ok => ();
-    /// `set_pin` → [`Response::Ok`].
-    SET_PIN = 0x08, SetPin { session: u64, old: Secret, new: Secret }
-        => serve |b| b.set_pin(sess(session), &old, &new).map(|()| Response::Ok),
-        client Backend fn set_pin(s: MemberSession, old: &[u8], new: &[u8]) -> () {
-            Request::SetPin { session: s.0, old: Secret::from_slice(old), new: Secret::from_slice(new) }
-        } Response::Ok => ();
-    /// `token_status` → [`Response::TokenStatus`].
-    TOKEN_STATUS = 0x09, TokenStatus
-        => serve |b| b.token_status().map(Response::TokenStatus),
-        client Backend fn token_status() -> TokenStatus { Request::TokenStatus }
-            Response::TokenStatus(t) => t;
-    /// `create_object` → [`Response::Handle`].
-    CREATE_OBJECT = 0x0a, CreateObject { session: u64, template: Vec<Attr> }
-        => serve |b| b.create_object(sess(session), &template).map(|o| Response::Handle(o.0)),
-        client Backend fn create_object(s: MemberSession, template: &[Attr]) -> MemberObject {
-            Request::CreateObject { session: s.0, template: template.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `copy_object` → [`Response::Handle`].
-    COPY_OBJECT = 0x0b, CopyObject { session: u64, object: u64, template: Vec<Attr> }
-        => serve |b| b.copy_object(sess(session), mo(object), &template).map(|o| Response::Handle(o.0)),
-        client Backend fn copy_object(s: MemberSession, o: MemberObject, template: &[Attr]) -> MemberObject {
-            Request::CopyObject { session: s.0, object: o.0, template: template.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `destroy_object` → [`Response::Ok`].
-    DESTROY_OBJECT = 0x0c, DestroyObject { session: u64, object: u64 }
-        => serve |b| b.destroy_object(sess(session), mo(object)).map(|()| Response::Ok),
-        client Backend fn destroy_object(s: MemberSession, o: MemberObject) -> () {
-            Request::DestroyObject { session: s.0, object: o.0 }
-        } Response::Ok => ();
-    /// `get_attributes` → [`Response::Attributes`].
-    GET_ATTRIBUTES = 0x0d, GetAttributes { session: u64, object: u64, types: Vec<CK_ATTRIBUTE_TYPE> }
-        => serve |b| b.get_attributes(sess(session), mo(object), &types).map(Response::Attributes),
-        client Backend fn get_attributes(s: MemberSession, o: MemberObject, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrAnswer> {
-            Request::GetAttributes { session: s.0, object: o.0, types: types.to_vec() }
-        } Response::Attributes(a) => a;
-    /// `set_attributes` → [`Response::Ok`].
-    SET_ATTRIBUTES = 0x0e, SetAttributes { session: u64, object: u64, template: Vec<Attr> }
-        => serve |b| b.set_attributes(sess(session), mo(object), &template).map(|()| Response::Ok),
-        client Backend fn set_attributes(s: MemberSession, o: MemberObject, template: &[Attr]) -> () {
-            Request::SetAttributes { session: s.0, object: o.0, template: template.to_vec() }
-        } Response::Ok => ();
-    /// `object_size` → [`Response::Size`].
-    OBJECT_SIZE = 0x0f, ObjectSize { session: u64, object: u64 }
-        => serve |b| b.object_size(sess(session), mo(object)).map(Response::Size),
-        client Backend fn object_size(s: MemberSession, o: MemberObject) -> u64 {
-            Request::ObjectSize { session: s.0, object: o.0 }
-        } Response::Size(n) => n;
-    /// `find` → [`Response::Handles`].
-    FIND = 0x10, Find { session: u64, template: Vec<Attr> }
-        => serve |b| b.find(sess(session), &template).map(|v| Response::Handles(v.into_iter().map(|o| o.0).collect())),
-        client Backend fn find(s: MemberSession, template: &[Attr]) -> Vec<MemberObject> {
-            Request::Find { session: s.0, template: template.to_vec() }
-        } Response::Handles(v) => v.into_iter().map(MemberObject).collect();
-    /// `key_meta` → [`Response::KeyMeta`].
-    KEY_META = 0x11, KeyMeta { session: u64, object: u64 }
-        => serve |b| b.key_meta(sess(session), mo(object)).map(Response::KeyMeta),
-        client Backend fn key_meta(s: MemberSession, o: MemberObject) -> KeyMeta {
-            Request::KeyMeta { session: s.0, object: o.0 }
-        } Response::KeyMeta(m) => m;
-    /// `check_key` → [`Response::KeyMeta`].
-    CHECK_KEY = 0x12, CheckKey { session: u64, usage: CK_ATTRIBUTE_TYPE, mech: Mechanism, object: u64 }
-        => serve |b| b.check_key(sess(session), usage, &mech, mo(object)).map(Response::KeyMeta),
-        client Backend fn check_key(s: MemberSession, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, o: MemberObject) -> KeyMeta {
-            Request::CheckKey { session: s.0, usage, mech: mech.clone(), object: o.0 }
-        } Response::KeyMeta(m) => m;
-    /// `generate_key` → [`Response::Handle`].
-    GENERATE_KEY = 0x13, GenerateKey { session: u64, mech: Mechanism, template: Vec<Attr> }
-        => serve |b| b.generate_key(sess(session), &mech, &template).map(|o| Response::Handle(o.0)),
-        client Backend fn generate_key(s: MemberSession, mech: &Mechanism, template: &[Attr]) -> MemberObject {
-            Request::GenerateKey { session: s.0, mech: mech.clone(), template: template.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `generate_key_pair` → [`Response::KeyPair`].
-    GENERATE_KEY_PAIR = 0x14, GenerateKeyPair { session: u64, mech: Mechanism, public: Vec<Attr>, private: Vec<Attr> }
-        => serve |b| b.generate_key_pair(sess(session), &mech, &public, &private)
-            .map(|(p, k)| Response::KeyPair(p.0, k.0)),
-        client Backend fn generate_key_pair(s: MemberSession, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> (MemberObject, MemberObject) {
-            Request::GenerateKeyPair { session: s.0, mech: mech.clone(), public: public.to_vec(), private: private.to_vec() }
-        } Response::KeyPair(p, k) => (MemberObject(p), MemberObject(k));
-    /// `wrap_key` → [`Response::Bytes`].
-    WRAP_KEY = 0x15, WrapKey { session: u64, mech: Mechanism, wrapping: u64, key: u64 }
-        => serve |b| b.wrap_key(sess(session), &mech, mo(wrapping), mo(key)).map(Response::Bytes),
-        client Backend fn wrap_key(s: MemberSession, mech: &Mechanism, wrapping: MemberObject, key: MemberObject) -> Vec<u8> {
-            Request::WrapKey { session: s.0, mech: mech.clone(), wrapping: wrapping.0, key: key.0 }
-        } Response::Bytes(b) => b;
-    /// `unwrap_key` → [`Response::Handle`].
-    UNWRAP_KEY = 0x16, UnwrapKey { session: u64, mech: Mechanism, unwrapping: u64, wrapped: Vec<u8>, template: Vec<Attr> }
-        => serve |b| b.unwrap_key(sess(session), &mech, mo(unwrapping), &wrapped, &template)
-            .map(|o| Response::Handle(o.0)),
-        client Backend fn unwrap_key(s: MemberSession, mech: &Mechanism, unwrapping: MemberObject, wrapped: &[u8], template: &[Attr]) -> MemberObject {
-            Request::UnwrapKey { session: s.0, mech: mech.clone(), unwrapping: unwrapping.0, wrapped: wrapped.to_vec(), template: template.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `derive_key` → [`Response::Handle`].
-    DERIVE_KEY = 0x17, DeriveKey { session: u64, mech: Mechanism, base: u64, template: Vec<Attr> }
-        => serve |b| b.derive_key(sess(session), &mech, mo(base), &template).map(|o| Response::Handle(o.0)),
-        client Backend fn derive_key(s: MemberSession, mech: &Mechanism, base: MemberObject, template: &[Attr]) -> MemberObject {
-            Request::DeriveKey { session: s.0, mech: mech.clone(), base: base.0, template: template.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `sign` → [`Response::Bytes`]; `input` says whether `data` is the message or its digest.
-    SIGN = 0x18, Sign { session: u64, mech: Mechanism, key: u64, input: InputKind, data: Vec<u8> }
-        => serve |b| b.sign(sess(session), &mech, mo(key), input.with(&data)).map(Response::Bytes),
-        client Backend fn sign(s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput<'_>) -> Vec<u8> {
-            let (input, data) = InputKind::split(input);
-            Request::Sign { session: s.0, mech: mech.clone(), key: key.0, input, data: data.to_vec() }
-        } Response::Bytes(b) => b;
-    /// `verify` → [`Response::Ok`].
-    VERIFY = 0x19, Verify { session: u64, mech: Mechanism, key: u64, input: InputKind, data: Vec<u8>, signature: Vec<u8> }
-        => serve |b| b.verify(sess(session), &mech, mo(key), input.with(&data), &signature).map(|()| Response::Ok),
-        client Backend fn verify(s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput<'_>, signature: &[u8]) -> () {
-            let (input, data) = InputKind::split(input);
-            Request::Verify { session: s.0, mech: mech.clone(), key: key.0, input, data: data.to_vec(), signature: signature.to_vec() }
-        } Response::Ok => ();
-    /// `encrypt` → [`Response::Bytes`] (the plaintext travels as a [`Secret`]).
-    ENCRYPT = 0x1a, Encrypt { session: u64, mech: Mechanism, key: u64, data: Secret }
-        => serve |b| b.encrypt(sess(session), &mech, mo(key), &data).map(Response::Bytes),
-        client Backend fn encrypt(s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Vec<u8> {
-            Request::Encrypt { session: s.0, mech: mech.clone(), key: key.0, data: Secret::from_slice(data) }
-        } Response::Bytes(b) => b;
-    /// `decrypt` → [`Response::Secret`].
-    DECRYPT = 0x1b, Decrypt { session: u64, mech: Mechanism, key: u64, data: Vec<u8> }
-        => serve |b| b.decrypt(sess(session), &mech, mo(key), &data).map(|p| Response::Secret(Secret(p))),
-        client Backend fn decrypt(s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Zeroizing<Vec<u8>> {
-            Request::Decrypt { session: s.0, mech: mech.clone(), key: key.0, data: data.to_vec() }
-        } Response::Secret(p) => p.into_inner();
-    /// `secret_value_for_digest` → [`Response::Secret`].
-    SECRET_VALUE_FOR_DIGEST = 0x1c, SecretValueForDigest { session: u64, key: u64 }
-        => serve |b| b.secret_value_for_digest(sess(session), mo(key)).map(|v| Response::Secret(Secret(v))),
-        client Backend fn secret_value_for_digest(s: MemberSession, key: MemberObject) -> Zeroizing<Vec<u8>> {
-            Request::SecretValueForDigest { session: s.0, key: key.0 }
-        } Response::Secret(v) => v.into_inner();
-    /// `random` → [`Response::Secret`] of `len` bytes, at most [`MAX_RANDOM`] (the client,
-    /// in `client.rs`, asks in pieces).
-    RANDOM = 0x1d, Random { len: u32 }
-        check {
-            if len > MAX_RANDOM {
-                return Err(WireError::Malformed("random length over MAX_RANDOM"));
-            }
+macro_rules! request_table {
+    ($gen:ident) => {
+        $gen! {
+            /// Liveness check; answered with [`Response::Ok`].
+            PING = 0x01, Ping
+                => serve |b| b.ping().map(|()| Response::Ok),
+                client Backend fn ping() -> () { Request::Ping } Response::Ok => ();
+            /// `open_session` → [`Response::Handle`].
+            OPEN_SESSION = 0x02, OpenSession
+                => serve |b| b.open_session().map(|s| Response::Handle(s.0)),
+                client Backend fn open_session() -> MemberSession { Request::OpenSession }
+                    Response::Handle(h) => MemberSession(h);
+            /// `close_session` → [`Response::Ok`] (the client's is in `client.rs`: it cannot fail).
+            CLOSE_SESSION = 0x03, CloseSession { session: u64 }
+                => serve |b| { b.close_session(sess(session)); Ok(Response::Ok) };
+            /// `login` → [`Response::Ok`]; `username` is given by `C_LoginUser`.
+            LOGIN = 0x04, Login { session: u64, role: Role, pin: Secret, username: Option<String> }
+                => serve |b| b.login(sess(session), role, &pin, username.as_deref()).map(|()| Response::Ok),
+                client Backend fn login(s: MemberSession, role: Role, pin: &[u8], username: Option<&str>) -> () {
+                    Request::Login { session: s.0, role, pin: Secret::from_slice(pin), username: username.map(str::to_owned) }
+                } Response::Ok => ();
+            /// `logout` → [`Response::Ok`].
+            LOGOUT = 0x05, Logout { session: u64 }
+                => serve |b| b.logout(sess(session)).map(|()| Response::Ok),
+                client Backend fn logout(s: MemberSession) -> () { Request::Logout { session: s.0 } }
+                    Response::Ok => ();
+            /// `init_token` → [`Response::Ok`].
+            INIT_TOKEN = 0x06, InitToken { so_pin: Secret, label: [u8; 32] }
+                => serve |b| b.init_token(&so_pin, &label).map(|()| Response::Ok),
+                client Backend fn init_token(so_pin: &[u8], label: &[u8; 32]) -> () {
+                    Request::InitToken { so_pin: Secret::from_slice(so_pin), label: *label }
+                } Response::Ok => ();
+            /// `init_pin` → [`Response::Ok`].
+            INIT_PIN = 0x07, InitPin { session: u64, pin: Secret }
+                => serve |b| b.init_pin(sess(session), &pin).map(|()| Response::Ok),
+                client Backend fn init_pin(s: MemberSession, pin: &[u8]) -> () {
+                    Request::InitPin { session: s.0, pin: Secret::from_slice(pin) }
+                } Response::Ok => ();
+            /// `set_pin` → [`Response::Ok`].
+            SET_PIN = 0x08, SetPin { session: u64, old: Secret, new: Secret }
+                => serve |b| b.set_pin(sess(session), &old, &new).map(|()| Response::Ok),
+                client Backend fn set_pin(s: MemberSession, old: &[u8], new: &[u8]) -> () {
+                    Request::SetPin { session: s.0, old: Secret::from_slice(old), new: Secret::from_slice(new) }
+                } Response::Ok => ();
+            /// `token_status` → [`Response::TokenStatus`].
+            TOKEN_STATUS = 0x09, TokenStatus
+                => serve |b| b.token_status().map(Response::TokenStatus),
+                client Backend fn token_status() -> TokenStatus { Request::TokenStatus }
+                    Response::TokenStatus(t) => t;
+            /// `create_object` → [`Response::Handle`].
+            CREATE_OBJECT = 0x0a, CreateObject { session: u64, template: Vec<Attr> }
+                => serve |b| b.create_object(sess(session), &template).map(|o| Response::Handle(o.0)),
+                client Backend fn create_object(s: MemberSession, template: &[Attr]) -> MemberObject {
+                    Request::CreateObject { session: s.0, template: template.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `copy_object` → [`Response::Handle`].
+            COPY_OBJECT = 0x0b, CopyObject { session: u64, object: u64, template: Vec<Attr> }
+                => serve |b| b.copy_object(sess(session), mo(object), &template).map(|o| Response::Handle(o.0)),
+                client Backend fn copy_object(s: MemberSession, o: MemberObject, template: &[Attr]) -> MemberObject {
+                    Request::CopyObject { session: s.0, object: o.0, template: template.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `destroy_object` → [`Response::Ok`].
+            DESTROY_OBJECT = 0x0c, DestroyObject { session: u64, object: u64 }
+                => serve |b| b.destroy_object(sess(session), mo(object)).map(|()| Response::Ok),
+                client Backend fn destroy_object(s: MemberSession, o: MemberObject) -> () {
+                    Request::DestroyObject { session: s.0, object: o.0 }
+                } Response::Ok => ();
+            /// `get_attributes` → [`Response::Attributes`].
+            GET_ATTRIBUTES = 0x0d, GetAttributes { session: u64, object: u64, types: Vec<CK_ATTRIBUTE_TYPE> }
+                => serve |b| b.get_attributes(sess(session), mo(object), &types).map(Response::Attributes),
+                client Backend fn get_attributes(s: MemberSession, o: MemberObject, types: &[CK_ATTRIBUTE_TYPE]) -> Vec<AttrAnswer> {
+                    Request::GetAttributes { session: s.0, object: o.0, types: types.to_vec() }
+                } Response::Attributes(a) => a;
+            /// `set_attributes` → [`Response::Ok`].
+            SET_ATTRIBUTES = 0x0e, SetAttributes { session: u64, object: u64, template: Vec<Attr> }
+                => serve |b| b.set_attributes(sess(session), mo(object), &template).map(|()| Response::Ok),
+                client Backend fn set_attributes(s: MemberSession, o: MemberObject, template: &[Attr]) -> () {
+                    Request::SetAttributes { session: s.0, object: o.0, template: template.to_vec() }
+                } Response::Ok => ();
+            /// `object_size` → [`Response::Size`].
+            OBJECT_SIZE = 0x0f, ObjectSize { session: u64, object: u64 }
+                => serve |b| b.object_size(sess(session), mo(object)).map(Response::Size),
+                client Backend fn object_size(s: MemberSession, o: MemberObject) -> u64 {
+                    Request::ObjectSize { session: s.0, object: o.0 }
+                } Response::Size(n) => n;
+            /// `find` → [`Response::Handles`].
+            FIND = 0x10, Find { session: u64, template: Vec<Attr> }
+                => serve |b| b.find(sess(session), &template).map(|v| Response::Handles(v.into_iter().map(|o| o.0).collect())),
+                client Backend fn find(s: MemberSession, template: &[Attr]) -> Vec<MemberObject> {
+                    Request::Find { session: s.0, template: template.to_vec() }
+                } Response::Handles(v) => v.into_iter().map(MemberObject).collect();
+            /// `key_meta` → [`Response::KeyMeta`].
+            KEY_META = 0x11, KeyMeta { session: u64, object: u64 }
+                => serve |b| b.key_meta(sess(session), mo(object)).map(Response::KeyMeta),
+                client Backend fn key_meta(s: MemberSession, o: MemberObject) -> KeyMeta {
+                    Request::KeyMeta { session: s.0, object: o.0 }
+                } Response::KeyMeta(m) => m;
+            /// `check_key` → [`Response::KeyMeta`].
+            CHECK_KEY = 0x12, CheckKey { session: u64, usage: CK_ATTRIBUTE_TYPE, mech: Mechanism, object: u64 }
+                => serve |b| b.check_key(sess(session), usage, &mech, mo(object)).map(Response::KeyMeta),
+                client Backend fn check_key(s: MemberSession, usage: CK_ATTRIBUTE_TYPE, mech: &Mechanism, o: MemberObject) -> KeyMeta {
+                    Request::CheckKey { session: s.0, usage, mech: mech.clone(), object: o.0 }
+                } Response::KeyMeta(m) => m;
+            /// `generate_key` → [`Response::Handle`].
+            GENERATE_KEY = 0x13, GenerateKey { session: u64, mech: Mechanism, template: Vec<Attr> }
+                => serve |b| b.generate_key(sess(session), &mech, &template).map(|o| Response::Handle(o.0)),
+                client Backend fn generate_key(s: MemberSession, mech: &Mechanism, template: &[Attr]) -> MemberObject {
+                    Request::GenerateKey { session: s.0, mech: mech.clone(), template: template.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `generate_key_pair` → [`Response::KeyPair`].
+            GENERATE_KEY_PAIR = 0x14, GenerateKeyPair { session: u64, mech: Mechanism, public: Vec<Attr>, private: Vec<Attr> }
+                => serve |b| b.generate_key_pair(sess(session), &mech, &public, &private)
+                    .map(|(p, k)| Response::KeyPair(p.0, k.0)),
+                client Backend fn generate_key_pair(s: MemberSession, mech: &Mechanism, public: &[Attr], private: &[Attr]) -> (MemberObject, MemberObject) {
+                    Request::GenerateKeyPair { session: s.0, mech: mech.clone(), public: public.to_vec(), private: private.to_vec() }
+                } Response::KeyPair(p, k) => (MemberObject(p), MemberObject(k));
+            /// `wrap_key` → [`Response::Bytes`].
+            WRAP_KEY = 0x15, WrapKey { session: u64, mech: Mechanism, wrapping: u64, key: u64 }
+                => serve |b| b.wrap_key(sess(session), &mech, mo(wrapping), mo(key)).map(Response::Bytes),
+                client Backend fn wrap_key(s: MemberSession, mech: &Mechanism, wrapping: MemberObject, key: MemberObject) -> Vec<u8> {
+                    Request::WrapKey { session: s.0, mech: mech.clone(), wrapping: wrapping.0, key: key.0 }
+                } Response::Bytes(b) => b;
+            /// `unwrap_key` → [`Response::Handle`].
+            UNWRAP_KEY = 0x16, UnwrapKey { session: u64, mech: Mechanism, unwrapping: u64, wrapped: Vec<u8>, template: Vec<Attr> }
+                => serve |b| b.unwrap_key(sess(session), &mech, mo(unwrapping), &wrapped, &template)
+                    .map(|o| Response::Handle(o.0)),
+                client Backend fn unwrap_key(s: MemberSession, mech: &Mechanism, unwrapping: MemberObject, wrapped: &[u8], template: &[Attr]) -> MemberObject {
+                    Request::UnwrapKey { session: s.0, mech: mech.clone(), unwrapping: unwrapping.0, wrapped: wrapped.to_vec(), template: template.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `derive_key` → [`Response::Handle`].
+            DERIVE_KEY = 0x17, DeriveKey { session: u64, mech: Mechanism, base: u64, template: Vec<Attr> }
+                => serve |b| b.derive_key(sess(session), &mech, mo(base), &template).map(|o| Response::Handle(o.0)),
+                client Backend fn derive_key(s: MemberSession, mech: &Mechanism, base: MemberObject, template: &[Attr]) -> MemberObject {
+                    Request::DeriveKey { session: s.0, mech: mech.clone(), base: base.0, template: template.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `sign` → [`Response::Bytes`]; `input` says whether `data` is the message or its digest.
+            SIGN = 0x18, Sign { session: u64, mech: Mechanism, key: u64, input: InputKind, data: Vec<u8> }
+                => serve |b| b.sign(sess(session), &mech, mo(key), input.with(&data)).map(Response::Bytes),
+                client Backend fn sign(s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput<'_>) -> Vec<u8> {
+                    let (input, data) = InputKind::split(input);
+                    Request::Sign { session: s.0, mech: mech.clone(), key: key.0, input, data: data.to_vec() }
+                } Response::Bytes(b) => b;
+            /// `verify` → [`Response::Ok`].
+            VERIFY = 0x19, Verify { session: u64, mech: Mechanism, key: u64, input: InputKind, data: Vec<u8>, signature: Vec<u8> }
+                => serve |b| b.verify(sess(session), &mech, mo(key), input.with(&data), &signature).map(|()| Response::Ok),
+                client Backend fn verify(s: MemberSession, mech: &Mechanism, key: MemberObject, input: SignInput<'_>, signature: &[u8]) -> () {
+                    let (input, data) = InputKind::split(input);
+                    Request::Verify { session: s.0, mech: mech.clone(), key: key.0, input, data: data.to_vec(), signature: signature.to_vec() }
+                } Response::Ok => ();
+            /// `encrypt` → [`Response::Bytes`] (the plaintext travels as a [`Secret`]).
+            ENCRYPT = 0x1a, Encrypt { session: u64, mech: Mechanism, key: u64, data: Secret }
+                => serve |b| b.encrypt(sess(session), &mech, mo(key), &data).map(Response::Bytes),
+                client Backend fn encrypt(s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Vec<u8> {
+                    Request::Encrypt { session: s.0, mech: mech.clone(), key: key.0, data: Secret::from_slice(data) }
+                } Response::Bytes(b) => b;
+            /// `decrypt` → [`Response::Secret`].
+            DECRYPT = 0x1b, Decrypt { session: u64, mech: Mechanism, key: u64, data: Vec<u8> }
+                => serve |b| b.decrypt(sess(session), &mech, mo(key), &data).map(|p| Response::Secret(Secret(p))),
+                client Backend fn decrypt(s: MemberSession, mech: &Mechanism, key: MemberObject, data: &[u8]) -> Zeroizing<Vec<u8>> {
+                    Request::Decrypt { session: s.0, mech: mech.clone(), key: key.0, data: data.to_vec() }
+                } Response::Secret(p) => p.into_inner();
+            /// `secret_value_for_digest` → [`Response::Secret`].
+            SECRET_VALUE_FOR_DIGEST = 0x1c, SecretValueForDigest { session: u64, key: u64 }
+                => serve |b| b.secret_value_for_digest(sess(session), mo(key)).map(|v| Response::Secret(Secret(v))),
+                client Backend fn secret_value_for_digest(s: MemberSession, key: MemberObject) -> Zeroizing<Vec<u8>> {
+                    Request::SecretValueForDigest { session: s.0, key: key.0 }
+                } Response::Secret(v) => v.into_inner();
+            /// `random` → [`Response::Secret`] of `len` bytes, at most [`MAX_RANDOM`] (the client,
+            /// in `client.rs`, asks in pieces).
+            RANDOM = 0x1d, Random { len: u32 }
+                check {
+                    if len > MAX_RANDOM {
+                        return Err(WireError::Malformed("random length over MAX_RANDOM"));
+                    }
+                }
+                => serve |b| {
+                    let mut out = Zeroizing::new(vec![0u8; len as usize]);
+                    b.random(&mut out).map(|()| Response::Secret(Secret(out)))
+                };
+            /// Daemon administration: apply one fault verb (`crash`, `delay 5ms`, ...: the syntax of
+            /// the simulator's `FaultVerb`) → [`Response::Ok`].
+            FAULT = 0x1e, Fault { verb: String } => admin "a fault is applied by the daemon, not a member";
+            /// Daemon administration: its counters → [`Response::Stats`].
+            STATS = 0x1f, Stats => admin "the daemon's own counters";
+            /// `export_clone` → [`Response::Bytes`].
+            EXPORT_CLONE = 0x20, ExportClone { session: u64, object: u64 }
+                => serve |b| replication(b)?.export_clone(sess(session), mo(object)).map(Response::Bytes),
+                client Replication fn export_clone(s: MemberSession, o: MemberObject) -> Vec<u8> {
+                    Request::ExportClone { session: s.0, object: o.0 }
+                } Response::Bytes(b) => b;
+            /// `import_clone` → [`Response::Handle`].
+            IMPORT_CLONE = 0x21, ImportClone { session: u64, blob: Vec<u8> }
+                => serve |b| replication(b)?.import_clone(sess(session), &blob).map(|o| Response::Handle(o.0)),
+                client Replication fn import_clone(s: MemberSession, blob: &[u8]) -> MemberObject {
+                    Request::ImportClone { session: s.0, blob: blob.to_vec() }
+                } Response::Handle(h) => MemberObject(h);
+            /// `object_digests`: (object, digest) of every token object → [`Response::Digests`].
+            OBJECT_DIGESTS = 0x22, ObjectDigests { session: u64 }
+                => serve |b| replication(b)?.object_digests(sess(session))
+                    .map(|v| Response::Digests(v.into_iter().map(|(o, d)| (o.0, d)).collect())),
+                client Replication fn object_digests(s: MemberSession) -> Vec<(MemberObject, [u8; 32])> {
+                    Request::ObjectDigests { session: s.0 }
+                } Response::Digests(v) => v.into_iter().map(|(o, d)| (MemberObject(o), d)).collect();
+            /// The handshake, first on every connection: the client's protocol → [`Response::Version`]
+            /// (the daemon's name and version, protocol and capabilities); refused with
+            /// `Err(CKR_DEVICE_ERROR)` by a daemon that speaks another protocol.
+            VERSION = 0x24, Version { protocol: u32 } => admin "who the daemon is, not a member call";
+            /// `drop_replica` → [`Response::Ok`].
+            DROP_REPLICA = 0x23, DropReplica { session: u64, object: u64 }
+                => serve |b| replication(b)?.drop_replica(sess(session), mo(object)).map(|()| Response::Ok),
+                client Replication fn drop_replica(s: MemberSession, o: MemberObject) -> () {
+                    Request::DropReplica { session: s.0, object: o.0 }
+                } Response::Ok => ();
         }
-        => serve |b| {
-            let mut out = Zeroizing::new(vec![0u8; len as usize]);
-            b.random(&mut out).map(|()| Response::Secret(Secret(out)))
-        };
-    /// Daemon administration: apply one fault verb (`crash`, `delay 5ms`, ...: the syntax of
-    /// the simulator's `FaultVerb`) → [`Response::Ok`].
-    FAULT = 0x1e, Fault { verb: String } => admin "a fault is applied by the daemon, not a member";
-    /// Daemon administration: its counters → [`Response::Stats`].
-    STATS = 0x1f, Stats => admin "the daemon's own counters";
-    /// `export_clone` → [`Response::Bytes`].
-    EXPORT_CLONE = 0x20, ExportClone { session: u64, object: u64 }
-        => serve |b| replication(b)?.export_clone(sess(session), mo(object)).map(Response::Bytes),
-        client Replication fn export_clone(s: MemberSession, o: MemberObject) -> Vec<u8> {
-            Request::ExportClone { session: s.0, object: o.0 }
-        } Response::Bytes(b) => b;
-    /// `import_clone` → [`Response::Handle`].
-    IMPORT_CLONE = 0x21, ImportClone { session: u64, blob: Vec<u8> }
-        => serve |b| replication(b)?.import_clone(sess(session), &blob).map(|o| Response::Handle(o.0)),
-        client Replication fn import_clone(s: MemberSession, blob: &[u8]) -> MemberObject {
-            Request::ImportClone { session: s.0, blob: blob.to_vec() }
-        } Response::Handle(h) => MemberObject(h);
-    /// `object_digests`: (object, digest) of every token object → [`Response::Digests`].
-    OBJECT_DIGESTS = 0x22, ObjectDigests { session: u64 }
-        => serve |b| replication(b)?.object_digests(sess(session))
-            .map(|v| Response::Digests(v.into_iter().map(|(o, d)| (o.0, d)).collect())),
-        client Replication fn object_digests(s: MemberSession) -> Vec<(MemberObject, [u8; 32])> {
-            Request::ObjectDigests { session: s.0 }
-        } Response::Digests(v) => v.into_iter().map(|(o, d)| (MemberObject(o), d)).collect();
-    /// The handshake, first on every connection: the client's protocol → [`Response::Version`]
-    /// (the daemon's name and version, protocol and capabilities); refused with
-    /// `Err(CKR_DEVICE_ERROR)` by a daemon that speaks another protocol.
-    VERSION = 0x24, Version { protocol: u32 } => admin "who the daemon is, not a member call";
-    /// `drop_replica` → [`Response::Ok`].
-    DROP_REPLICA = 0x23, DropReplica { session: u64, object: u64 }
-        => serve |b| replication(b)?.drop_replica(sess(session), mo(object)).map(|()| Response::Ok),
-        client Replication fn drop_replica(s: MemberSession, o: MemberObject) -> () {
-            Request::DropReplica { session: s.0, object: o.0 }
-        } Response::Ok => ();
+    };
 }
+
+request_table!(requests);
 
 /// A member's clone path, or `CKR_FUNCTION_NOT_SUPPORTED` for a kind that has none.
 fn replication(b: &dyn Backend) -> MemberResult<&dyn hsmpool_member::Replication> {

@@ -5,7 +5,8 @@
 use cryptoki_sys::CK_RV;
 use hsmpool_member::{AttrAnswer, KeyMeta, TokenStatus};
 
-use crate::codec::{Field, Reader, Result, Secret, WireError, Writer};
+use crate::codec::{Field, Reader, Secret, Writer};
+use crate::error::{Result, WireError};
 
 /// Generates the response side from the table. An entry:
 /// ```text
