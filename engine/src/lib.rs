@@ -72,7 +72,7 @@ mod sha3;
 mod state;
 pub mod types;
 
-pub use hsmpool_member::mechanism;
+pub use hsmpool_member::{ck, mechanism};
 
 pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod ck;
 pub mod clock;
 pub mod curves;
 pub mod mechanism;

@@ -875,5 +875,8 @@ fn fuzz_never_panics() {
 #[test]
 fn the_too_large_message_names_the_frame_cap() {
     let msg = WireError::TooLarge { len: 1 }.to_string();
-    assert!(msg.contains(&format!("({} MiB)", MAX_PAYLOAD >> 20)), "{msg}");
+    assert!(
+        msg.contains(&format!("({} MiB)", MAX_PAYLOAD >> 20)),
+        "{msg}"
+    );
 }

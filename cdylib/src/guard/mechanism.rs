@@ -472,4 +472,94 @@ mod tests {
         let rv = unsafe { in_mechanism(ptr::null()) }.unwrap_err().ck_rv();
         assert_eq!(rv, CKR_ARGUMENTS_BAD);
     }
+
+    /// The member contract's C builder (`hsmpool_member::ck`, what a vendor-module member
+    /// hands its library) and this reader agree on every parameter layout: what one writes,
+    /// the other reads back unchanged.
+    #[test]
+    fn the_member_contract_writes_what_the_guard_reads() {
+        use hsmpool_engine::ck::CkMechanism;
+        use hsmpool_engine::cloudhsm::{CKM_CLOUDHSM_AES_GCM, CKM_CLOUDHSM_SP800_108_COUNTER_KDF};
+        let m = |mech, param| Mechanism { mech, param };
+        let cases = [
+            m(CKM_ECDSA, MechParam::None),
+            m(
+                CKM_AES_GCM,
+                MechParam::Gcm {
+                    iv: vec![1; 12],
+                    aad: vec![2; 5],
+                    tag_bits: 128,
+                },
+            ),
+            m(
+                CKM_CLOUDHSM_AES_GCM,
+                MechParam::Gcm {
+                    iv: vec![],
+                    aad: vec![3; 4],
+                    tag_bits: 96,
+                },
+            ),
+            m(
+                CKM_SHA256_RSA_PKCS_PSS,
+                MechParam::Pss {
+                    hash: CKM_SHA256,
+                    mgf: CKG_MGF1_SHA256,
+                    salt_len: 32,
+                },
+            ),
+            m(
+                CKM_RSA_PKCS_OAEP,
+                MechParam::Oaep {
+                    hash: CKM_SHA256,
+                    mgf: CKG_MGF1_SHA256,
+                    label: b"label".to_vec(),
+                },
+            ),
+            m(
+                CKM_RSA_PKCS_OAEP,
+                MechParam::Oaep {
+                    hash: CKM_SHA_1,
+                    mgf: CKG_MGF1_SHA1,
+                    label: vec![],
+                },
+            ),
+            m(CKM_SHA256_HMAC_GENERAL, MechParam::Ulong(16)),
+            m(
+                CKM_ECDH1_DERIVE,
+                MechParam::Ecdh {
+                    kdf: CKD_NULL,
+                    shared_data: vec![],
+                    public_data: vec![4; 65],
+                },
+            ),
+            m(
+                CKM_HKDF_DERIVE,
+                MechParam::Hkdf {
+                    extract: true,
+                    expand: false,
+                    prf: CKM_SHA384,
+                    salt_type: CKF_HKDF_SALT_DATA,
+                    salt: vec![5; 9],
+                    info: vec![6; 3],
+                },
+            ),
+            m(CKM_AES_CBC_PAD, MechParam::Iv(vec![7; 16])),
+            m(CKM_AES_CTR, MechParam::Raw(vec![8; 24])),
+        ];
+        for want in cases {
+            let ck = CkMechanism::new(&want).unwrap();
+            // SAFETY: `ck` is a well-formed CK_MECHANISM whose pointers address its own storage
+            // and `want`'s buffers, both alive for this call.
+            let got = unsafe { in_mechanism(ck.as_raw()) }.unwrap();
+            assert_eq!(got, want);
+        }
+        let sp800108 = m(
+            CKM_CLOUDHSM_SP800_108_COUNTER_KDF,
+            MechParam::Sp800108 {
+                prf: 1,
+                segments: vec![],
+            },
+        );
+        assert!(CkMechanism::new(&sp800108).is_err(), "not carried yet");
+    }
 }

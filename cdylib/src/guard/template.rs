@@ -306,4 +306,28 @@ mod tests {
         let r = unsafe { OutTemplate::new(ptr::null_mut(), 1) };
         assert_eq!(r.err().unwrap().ck_rv(), CKR_ARGUMENTS_BAD);
     }
+
+    /// As for mechanisms: the member contract's `CkTemplate` and this reader agree, nested
+    /// attribute arrays included.
+    #[test]
+    fn the_member_contract_writes_what_the_guard_reads() {
+        use hsmpool_engine::ck::CkTemplate;
+        use hsmpool_engine::encode_attr_array;
+        let inner = vec![Attr::bool(CKA_SIGN, true), Attr::bytes(CKA_LABEL, b"inner")];
+        let want = vec![
+            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attr::bytes(CKA_LABEL, b"outer"),
+            Attr::bytes(CKA_ID, b""),
+            Attr {
+                ty: CKA_UNWRAP_TEMPLATE,
+                value: encode_attr_array(&inner),
+            },
+        ];
+        let ck = CkTemplate::new(&want).unwrap();
+        let raw = ck.as_slice();
+        // SAFETY: `raw` holds well-formed attributes whose pointers address `want`'s values and
+        // `ck`'s nested arrays, all alive for this call.
+        let got = unsafe { in_template(raw.as_ptr(), raw.len() as CK_ULONG) }.unwrap();
+        assert_eq!(got, want);
+    }
 }
