@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hsmpool_engine::config::Config;
+use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
 mod sim;
@@ -83,7 +83,7 @@ fn cluster_status(cfg: &Config) -> Result<ExitCode, String> {
     use hsmpool_wire::{Request, Response};
     let mut unreachable = 0;
     for (i, m) in cfg.members().iter().enumerate() {
-        if m.kind == "daemon" {
+        if matches!(m.kind(), Ok(MemberKind::Daemon)) {
             let rc = remote_config(m).map_err(|e| e.to_string())?;
             println!("member {i}: daemon {}", rc.address);
             let token = admin_request(&rc, &Request::TokenStatus);
@@ -150,7 +150,12 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     }
     if data.is_none() && args.len() == 1 && args[0] == "status" {
         let cfg = Config::resolve(None).map_err(|e| e.to_string())?;
-        if cfg.members().len() > 1 || cfg.members().iter().any(|m| m.kind == "daemon") {
+        if cfg.members().len() > 1
+            || cfg
+                .members()
+                .iter()
+                .any(|m| matches!(m.kind(), Ok(MemberKind::Daemon)))
+        {
             return cluster_status(&cfg);
         }
     }

@@ -185,6 +185,24 @@ impl MemberKind {
     /// Every kind a configuration may name, built into this module or not.
     pub const NAMES: [&'static str; 2] = ["embedded", "daemon"];
 
+    /// The name a configuration gives it.
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "embedded")]
+            MemberKind::Embedded => "embedded",
+            #[cfg(feature = "daemon")]
+            MemberKind::Daemon => "daemon",
+        }
+    }
+
+    /// Whether `key` belongs to another kind (whether or not this build has it): a member of
+    /// this kind that sets one is refused.
+    fn is_foreign_key(self, key: &str) -> bool {
+        KIND_KEYS
+            .iter()
+            .any(|(kind, keys)| *kind != self.name() && keys.contains(&key))
+    }
+
     /// The kind a configuration names: `Ok(None)` for a known kind this build leaves out.
     fn from_name(name: &str) -> std::result::Result<Option<MemberKind>, ()> {
         match name {
@@ -197,6 +215,9 @@ impl MemberKind {
         }
     }
 }
+
+/// The keys only one kind of member takes, by kind.
+const KIND_KEYS: [(&str, &[&str]); 2] = [("embedded", &EMBEDDED_KEYS), ("daemon", &DAEMON_KEYS)];
 
 /// Keys only an embedded member takes.
 const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
@@ -296,30 +317,29 @@ impl Config {
         let cfg: Config = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim())))?;
         for (i, m) in cfg.member.iter().enumerate() {
-            if let Ok(None) = MemberKind::from_name(&m.kind) {
-                return Err(Error::Config(format!(
-                    "{origin}: member[{i}].kind: {:?} is not built into this module (Cargo feature {:?})",
-                    m.kind, m.kind
-                )));
-            }
-            let foreign: &[&str] = match m.kind.as_str() {
-                "embedded" => &DAEMON_KEYS,
-                "daemon" => &EMBEDDED_KEYS,
-                _ => {
+            let kind = match MemberKind::from_name(&m.kind) {
+                Ok(Some(k)) => k,
+                Ok(None) => {
                     return Err(Error::Config(format!(
-                    "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\" or \"daemon\")",
-                    m.kind
-                )))
+                        "{origin}: member[{i}].kind: {:?} is not built into this module (Cargo feature {:?})",
+                        m.kind, m.kind
+                    )))
+                }
+                Err(()) => {
+                    return Err(Error::Config(format!(
+                        "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\" or \"daemon\")",
+                        m.kind
+                    )))
                 }
             };
-            if let Some(k) = m.set_keys().into_iter().find(|k| foreign.contains(k)) {
+            if let Some(k) = m.set_keys().into_iter().find(|k| kind.is_foreign_key(k)) {
                 return Err(Error::Config(format!(
                     "{origin}: member[{i}].{k}: not a key of kind {:?}",
                     m.kind
                 )));
             }
             #[cfg(feature = "daemon")]
-            if m.kind == "daemon" {
+            if kind == MemberKind::Daemon {
                 m.validate_daemon(&format!("{origin}: member[{i}]"))?;
             }
             if let Some(t) = &m.timing {
