@@ -24,9 +24,9 @@ use crate::cluster::Route;
 use crate::digest::DigestCtx;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::mechanism::MechRow;
 use crate::state::{KeyMemo, OpTable, Ops, Session};
 use crate::types::{ObjectHandle, OpKind, SessionHandle};
+use hsmpool_member::mechanism::MechRow;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -261,7 +261,7 @@ fn op_cost(kind: OpKind, meta: &hsmpool_member::KeyMeta) -> u64 {
 }
 
 fn is_pss(mech: CK_MECHANISM_TYPE) -> bool {
-    crate::mechanism::ParamKind::of(mech) == crate::mechanism::ParamKind::Pss
+    hsmpool_member::mechanism::ParamKind::of(mech) == hsmpool_member::mechanism::ParamKind::Pss
 }
 
 /// Check a mechanism's parameter shape before anything reaches a member.
@@ -376,7 +376,7 @@ impl Drop for Output {
 fn known_output_len(kind: OpKind, mech: &Mechanism, data_len: usize) -> Option<usize> {
     match (kind, mech.mech) {
         (OpKind::Encrypt, CKM_AES_GCM | CKM_CLOUDHSM_AES_GCM | CKM_AES_CBC_PAD) => {
-            crate::mechanism::encrypt_output_len(mech, data_len)
+            hsmpool_member::mechanism::encrypt_output_len(mech, data_len)
         }
         _ => None,
     }
@@ -465,12 +465,12 @@ impl Engine {
         // and §5.13.2 / §5.15.2 do not list it for C_Sign / C_Verify. (libp11 0.4.12 passes
         // OpenSSL 3's "maximum salt", -3, as sLen = 2^64 - 3, and falls back on this error.)
         if is_pss(mech.mech) {
-            crate::mechanism::check_rsa_pss_param(&mech, meta.key_bits)
+            hsmpool_member::mechanism::check_rsa_pss_param(&mech, meta.key_bits)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
         // OAEP likewise (§5.8.1 / §5.10.1 for C_EncryptInit / C_DecryptInit).
         if mech.mech == CKM_RSA_PKCS_OAEP {
-            crate::mechanism::check_rsa_oaep_param(&mech)
+            hsmpool_member::mechanism::check_rsa_oaep_param(&mech)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
         let hash = match row.hash {

@@ -78,7 +78,10 @@ impl Cluster {
         let (s, epoch) = self.session_for(m, 0)?;
         // A find that matches nothing, answered from the label index: cheap, and it fails
         // with CKR_SESSION_HANDLE_INVALID when the member lost its sessions.
-        let probe = [crate::Attr::bytes(CKA_LABEL, b"\0hsmpool session probe")];
+        let probe = [hsmpool_member::types::Attr::bytes(
+            CKA_LABEL,
+            b"\0hsmpool session probe",
+        )];
         match m.backend.find(s, &probe).map_err(Error::from) {
             Ok(_) if m.pool.load().authed == self.logged_in() => Ok(()),
             Ok(_) => self.establish(m, Some(epoch)).map(|_| ()),

@@ -127,7 +127,7 @@ impl Engine {
     /// `C_GetMechanismList`.
     pub fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
         self.check_slot(slot)?;
-        Ok(crate::mechanism::MECHANISMS
+        Ok(hsmpool_member::mechanism::MECHANISMS
             .iter()
             .map(|r| r.mech)
             .collect())
@@ -136,7 +136,7 @@ impl Engine {
     /// `C_GetMechanismInfo`.
     pub fn mechanism_info(&self, slot: SlotId, mech: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
         self.check_slot(slot)?;
-        let r = crate::mechanism::lookup(mech).ok_or(Error::MechanismInvalid)?;
+        let r = hsmpool_member::mechanism::lookup(mech).ok_or(Error::MechanismInvalid)?;
         // CKF_HW: keyed operations are performed by the HSM (the simulator stands for one);
         // digests are computed in this process, so they do not claim it.
         let hw = if r.flags & CKF_DIGEST != 0 { 0 } else { CKF_HW };
@@ -193,8 +193,8 @@ impl Engine {
         &self,
         mech: &Mechanism,
         flag: CK_FLAGS,
-    ) -> Result<&'static crate::mechanism::MechRow> {
-        let row = crate::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
+    ) -> Result<&'static hsmpool_member::mechanism::MechRow> {
+        let row = hsmpool_member::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
         if row.flags & flag == 0 {
             return Err(Error::MechanismInvalid);
         }
