@@ -22,6 +22,12 @@
 //!                              # (default: the host of `address`; an IP is matched to IP SANs)
 //! connections = 4              # optional: TLS connections to the daemon (1 to 64)
 //! timeout_ms = 10000           # optional: longest wait for one answer
+//! [[member]]
+//! kind = "module"              # a vendor's PKCS #11 library (first step of issue 13: one
+//!                              # such member, or with members of its own kind; see README)
+//! path = "/usr/lib/softhsm/libsofthsm2.so"
+//! token_label = "hsm-a"        # optional: the token to use (default: the first)
+//! init_reserved = "..."        # optional: pReserved of its C_Initialize (NSS softokn's string)
 //! [compat]
 //! self_signed_certificates = false  # true: present a self-signed X.509 certificate for every
 //!                              # token private key that has none (see below)
@@ -168,9 +174,15 @@ pub struct MemberConfig {
     pub connections: Option<usize>,
     /// A daemon member: longest wait for one answer, ms (default 10000).
     pub timeout_ms: Option<u64>,
+    /// A module member: the vendor's PKCS #11 library.
+    pub path: Option<PathBuf>,
+    /// A module member: the label of its token (default: the first token).
+    pub token_label: Option<String>,
+    /// A module member: a string passed as `pReserved` of its `C_Initialize`.
+    pub init_reserved: Option<String>,
 }
 
-/// The kinds of member, one per backend feature (`embedded`, `daemon`; a vendor module next).
+/// The kinds of member, one per backend feature (`embedded`, `daemon`, `module`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberKind {
     /// The in-process simulator (feature `embedded`).
@@ -179,11 +191,14 @@ pub enum MemberKind {
     /// An `hsmpool-hsmd` over mutual TLS (feature `daemon`).
     #[cfg(feature = "daemon")]
     Daemon,
+    /// A vendor's PKCS #11 library (feature `module`).
+    #[cfg(feature = "module")]
+    Module,
 }
 
 impl MemberKind {
     /// Every kind a configuration may name, built into this module or not.
-    pub const NAMES: [&'static str; 2] = ["embedded", "daemon"];
+    pub const NAMES: [&'static str; 3] = ["embedded", "daemon", "module"];
 
     /// The name a configuration gives it.
     fn name(self) -> &'static str {
@@ -192,6 +207,8 @@ impl MemberKind {
             MemberKind::Embedded => "embedded",
             #[cfg(feature = "daemon")]
             MemberKind::Daemon => "daemon",
+            #[cfg(feature = "module")]
+            MemberKind::Module => "module",
         }
     }
 
@@ -210,6 +227,8 @@ impl MemberKind {
             "embedded" => Ok(Some(MemberKind::Embedded)),
             #[cfg(feature = "daemon")]
             "daemon" => Ok(Some(MemberKind::Daemon)),
+            #[cfg(feature = "module")]
+            "module" => Ok(Some(MemberKind::Module)),
             n if Self::NAMES.contains(&n) => Ok(None),
             _ => Err(()),
         }
@@ -217,7 +236,14 @@ impl MemberKind {
 }
 
 /// The keys only one kind of member takes, by kind.
-const KIND_KEYS: [(&str, &[&str]); 2] = [("embedded", &EMBEDDED_KEYS), ("daemon", &DAEMON_KEYS)];
+const KIND_KEYS: [(&str, &[&str]); 3] = [
+    ("embedded", &EMBEDDED_KEYS),
+    ("daemon", &DAEMON_KEYS),
+    ("module", &MODULE_KEYS),
+];
+
+/// Keys only a module member takes.
+const MODULE_KEYS: [&str; 3] = ["path", "token_label", "init_reserved"];
 
 /// Keys only an embedded member takes.
 const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
@@ -242,7 +268,7 @@ impl MemberConfig {
                 self.kind, self.kind
             ))),
             Err(()) => Err(Error::Config(format!(
-                "unknown member kind {:?} (\"embedded\" or \"daemon\")",
+                "unknown member kind {:?} (\"embedded\", \"daemon\" or \"module\")",
                 self.kind
             ))),
         }
@@ -262,6 +288,9 @@ impl MemberConfig {
             ("server_name", self.server_name.is_some()),
             ("connections", self.connections.is_some()),
             ("timeout_ms", self.timeout_ms.is_some()),
+            ("path", self.path.is_some()),
+            ("token_label", self.token_label.is_some()),
+            ("init_reserved", self.init_reserved.is_some()),
         ];
         set.into_iter()
             .filter(|(_, s)| *s)
@@ -327,7 +356,7 @@ impl Config {
                 }
                 Err(()) => {
                     return Err(Error::Config(format!(
-                        "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\" or \"daemon\")",
+                        "{origin}: member[{i}].kind: unknown kind {:?} (\"embedded\", \"daemon\" or \"module\")",
                         m.kind
                     )))
                 }
@@ -341,6 +370,12 @@ impl Config {
             #[cfg(feature = "daemon")]
             if kind == MemberKind::Daemon {
                 m.validate_daemon(&format!("{origin}: member[{i}]"))?;
+            }
+            #[cfg(feature = "module")]
+            if kind == MemberKind::Module && m.path.is_none() {
+                return Err(Error::Config(format!(
+                    "{origin}: member[{i}].path: required for kind \"module\" (the vendor's PKCS #11 library)"
+                )));
             }
             if let Some(t) = &m.timing {
                 if !matches!(t.as_str(), "off" | "hsm2m.medium" | "hsm1.medium") {

@@ -11,7 +11,8 @@
 //! # Rooms
 //! `engine/` the [`Engine`] and its rooms (lifecycle, sessions, objects, find, keys, token) over
 //! `state.rs` (the data they share); `ops.rs` operations; `digest.rs` digests; `cluster/` the
-//! members; `backend/` the member kinds; `compat/` compatibility features (feature
+//! members; `backend/` the member kinds (`module.rs`, a vendor's library, holds the engine's
+//! only `unsafe`); `compat/` compatibility features (feature
 //! `compat-selfsigned`); `config.rs`, `error.rs`, `types.rs`. See ARCHITECTURE.md.
 //!
 //! # Data path
@@ -58,6 +59,8 @@
 //! # Panic consistency
 //! `parking_lot` locks do not poison. State changes are computed first and swapped in last, so
 //! a panic (caught at the FFI boundary) leaves the previous state intact.
+// Unsafe code is allowed in one place only: `backend/module.rs`, the calls into a vendor's
+// PKCS #11 library.
 #![deny(unsafe_code)]
 
 pub mod backend;

@@ -14,3 +14,15 @@ pub const SECP256K1_OID_DER: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a]
 pub const ED25519_OID_DER: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// The other accepted form for Ed25519: the DER PrintableString "edwards25519" (PKCS #11 3.0).
 pub const ED25519_NAME_DER: &[u8] = b"\x13\x0cedwards25519";
+
+/// The size PKCS #11 reports for a key on the curve named by `CKA_EC_PARAMS` `der` (the group
+/// order's bits; 255 for Ed25519), `None` for a curve not named here.
+pub fn order_bits(der: &[u8]) -> Option<usize> {
+    match der {
+        d if d == P256_OID_DER || d == SECP256K1_OID_DER => Some(256),
+        d if d == P384_OID_DER => Some(384),
+        d if d == P521_OID_DER => Some(521),
+        d if d == ED25519_OID_DER || d == ED25519_NAME_DER => Some(255),
+        _ => None,
+    }
+}

@@ -4,12 +4,15 @@
 //! Each kind sits behind a Cargo feature, all on by default:
 //! - `embedded`: the in-process simulator (`hsmpool_sim::member::SimMember`);
 //! - `daemon`: an `hsmpool-hsmd` over mutual TLS (`hsmpool_wire::client::Remote`);
-//! - room for `module`: a vendor's PKCS #11 module (the next issue).
+//! - `module`: a vendor's PKCS #11 library ([`module::Module`]).
 //!
 //! The rest of the engine sees only `dyn Backend`: nothing outside this directory names a kind.
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "module")]
+#[allow(unsafe_code)] // the engine's only unsafe code: calls into a vendor's library
+pub mod module;
 #[cfg(feature = "daemon")]
 pub mod remote;
 
@@ -47,7 +50,7 @@ pub fn open_members(cfg: &Config) -> Result<Vec<Arc<dyn Backend>>> {
 
 /// Open member `i` of `cfg`, of kind `kind`: the one place that names each kind.
 #[cfg_attr(
-    not(any(feature = "embedded", feature = "daemon")),
+    not(any(feature = "embedded", feature = "daemon", feature = "module")),
     allow(unused_variables)
 )]
 fn open_one(cfg: &Config, i: usize, kind: MemberKind) -> Result<Arc<dyn Backend>> {
@@ -60,6 +63,18 @@ fn open_one(cfg: &Config, i: usize, kind: MemberKind) -> Result<Arc<dyn Backend>
             id,
             &remote::remote_config(&cfg.members()[i])?,
         )?),
+        #[cfg(feature = "module")]
+        MemberKind::Module => {
+            let m = &cfg.members()[i];
+            Arc::new(module::Module::open(
+                id,
+                &module::ModuleConfig {
+                    path: m.path.clone().unwrap_or_default(),
+                    token_label: m.token_label.clone(),
+                    init_reserved: m.init_reserved.clone(),
+                },
+            )?)
+        }
     };
     #[allow(unreachable_code)] // with no kind built in, `kind` has no value to match
     Ok(b)

@@ -1,0 +1,912 @@
+//! The module kind: a vendor's PKCS #11 library as a member (feature `module`; SoftHSMv2 stands
+//! in for the vendors in the tests). The engine's only `unsafe` is here: every call into the
+//! library goes through its function list, each pointer checked before it is called, each block
+//! with a `// SAFETY:` comment.
+//!
+//! # What it speaks
+//! - **Loading**: the library is loaded once per path and process and initialised once, with
+//!   `CKF_OS_LOCKING_OK` and an optional initialisation string as `pReserved` (as p11-kit's
+//!   `x-init-reserved`); a library another part of the process initialised already
+//!   (`CKR_CRYPTOKI_ALREADY_INITIALIZED`) is used as it is.
+//! - **The token**: the slot whose token has the configured label (else the first slot with a
+//!   token).
+//! - **Handles**: the engine names token objects by cluster-wide ids (`CKA_HSMPOOL_OBJECT_ID`),
+//!   which a vendor module does not know: the attribute is taken out of every template and the
+//!   id mapped to the module's own handle; an object found that we did not make gets a local
+//!   id (from `2^62` up). Rebuilding the map after the module restarts, idempotent creates by
+//!   `CKA_ID` tags, and replication by wrapping under a trusted cluster key are the next steps
+//!   (issue 13); `Backend::replication` is `None`.
+//! - **Its dialect**: attributes are read one at a time in two calls (length, then value);
+//!   variable-length outputs in two calls too. A pre-hashed signature input goes to the
+//!   module's raw mechanism (`CKM_RSA_PKCS` over a DigestInfo, `CKM_ECDSA` over the digest,
+//!   `CKM_RSA_PKCS_PSS` with the same parameters).
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+use dashmap::DashMap;
+use hsmpool_member::ck::{CkMechanism, CkTemplate};
+use hsmpool_member::mechanism::{hash_of_hash_and_sign, Family};
+use hsmpool_member::types::{Attr, IdHash, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
+use hsmpool_member::{
+    AttrAnswer, Backend, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
+    Role, TokenStatus,
+};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use zeroize::Zeroizing;
+
+/// How to reach one vendor module's token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleConfig {
+    /// The vendor's PKCS #11 library.
+    pub path: PathBuf,
+    /// The label of the token to use (blank padding ignored); `None`: the first token.
+    pub token_label: Option<String>,
+    /// A string passed as `pReserved` of `C_Initialize` (NSS softokn's parameters, ...).
+    pub init_reserved: Option<String>,
+}
+
+/// A loaded, initialised library.
+struct Library {
+    /// Keeps the code the function list points into mapped.
+    _lib: libloading::Library,
+    fl: *const CK_FUNCTION_LIST,
+    /// The `pReserved` string, kept for the library's lifetime.
+    _init: Option<CString>,
+}
+
+// SAFETY: the function list is the library's static table of function pointers, never written
+// after C_GetFunctionList; the library was initialised with CKF_OS_LOCKING_OK, which obliges it
+// to be safe to call from many threads at once.
+unsafe impl Send for Library {}
+// SAFETY: as for Send.
+unsafe impl Sync for Library {}
+
+impl Library {
+    fn functions(&self) -> &CK_FUNCTION_LIST {
+        // SAFETY: `fl` came non-NULL from C_GetFunctionList and addresses the library's static
+        // function list, which lives as long as the library stays loaded (`_lib`).
+        unsafe { &*self.fl }
+    }
+}
+
+/// Libraries by path: loaded and initialised once per process.
+static LIBRARIES: Lazy<Mutex<HashMap<PathBuf, Arc<Library>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+
+fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
+    let mut libs = LIBRARIES.lock();
+    if let Some(l) = libs.get(path) {
+        return Ok(Arc::clone(l));
+    }
+    let config = |m: String| MemberError::Config(format!("module {}: {m}", path.display()));
+    // SAFETY: loading runs the library's initialisers; the path is the operator's configured
+    // PKCS #11 module, which is trusted to be one.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| config(e.to_string()))?;
+    // SAFETY: C_GetFunctionList has this signature in every PKCS #11 module (section 5.2).
+    let get: libloading::Symbol<'_, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| config(e.to_string()))?;
+    let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: `fl` is a valid place for the pointer the function writes.
+    let rv = unsafe { get(&mut fl) };
+    if rv != CKR_OK || fl.is_null() {
+        return Err(config(format!("C_GetFunctionList failed ({rv:#x})")));
+    }
+    let init = init
+        .map(CString::new)
+        .transpose()
+        .map_err(|_| config("init_reserved holds a NUL byte".into()))?;
+    let library = Library {
+        _lib: lib,
+        fl,
+        _init: init,
+    };
+    let mut args = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: library._init.as_ref().map_or(std::ptr::null_mut(), |c| {
+            c.as_ptr().cast_mut().cast::<c_void>()
+        }),
+    };
+    let initialize = library
+        .functions()
+        .C_Initialize
+        .ok_or_else(|| config("no C_Initialize".into()))?;
+    // SAFETY: `args` is a valid CK_C_INITIALIZE_ARGS for the call; its pReserved string lives
+    // in `library` for as long as the library.
+    let rv = unsafe { initialize(std::ptr::from_mut(&mut args).cast::<c_void>()) };
+    if rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED {
+        return Err(config(format!("C_Initialize failed ({rv:#x})")));
+    }
+    let library = Arc::new(library);
+    libs.insert(path.to_path_buf(), Arc::clone(&library));
+    Ok(library)
+}
+
+/// The first id given to an object found on the module that we did not make.
+const LOCAL_IDS: u64 = 1 << 62;
+
+/// A vendor module's token, as a member.
+pub struct Module {
+    id: MemberId,
+    lib: Arc<Library>,
+    slot: CK_SLOT_ID,
+    describe: String,
+    /// Cluster-wide id → the module's handle, and back.
+    handles: DashMap<u64, CK_OBJECT_HANDLE, IdHash>,
+    ids: DashMap<CK_OBJECT_HANDLE, u64, IdHash>,
+    next_local: AtomicU64,
+    /// The mechanisms the token offers (`C_GetMechanismList`).
+    offered: std::collections::HashSet<CK_MECHANISM_TYPE>,
+}
+
+/// Calls one function of the library's list: `Err(CKR_FUNCTION_NOT_SUPPORTED)` for a NULL entry.
+macro_rules! call {
+    ($self:ident, $f:ident ( $($arg:expr),* $(,)? )) => {{
+        match $self.lib.functions().$f {
+            None => Err($self.rv(CKR_FUNCTION_NOT_SUPPORTED)),
+            Some(f) => {
+                // SAFETY: every pointer argument addresses a live value of the type and length
+                // the function's PKCS #11 signature says (built just above each call), and the
+                // library was initialised for use from any thread.
+                let rv = unsafe { f($($arg),*) };
+                $self.ok(rv)
+            }
+        }
+    }};
+}
+
+impl Module {
+    /// Load (once) and initialise (once) the library, and find the token.
+    pub fn open(id: MemberId, cfg: &ModuleConfig) -> MemberResult<Module> {
+        let lib = load(&cfg.path, cfg.init_reserved.as_deref())?;
+        let mut m = Module {
+            id,
+            lib,
+            slot: 0,
+            describe: String::new(),
+            handles: DashMap::with_hasher(IdHash),
+            ids: DashMap::with_hasher(IdHash),
+            next_local: AtomicU64::new(LOCAL_IDS),
+            offered: Default::default(),
+        };
+        let mut n: CK_ULONG = 0;
+        call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
+        let mut slots = vec![0 as CK_SLOT_ID; n as usize];
+        call!(m, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n))?;
+        slots.truncate(n as usize);
+        let want = cfg.token_label.as_deref().map(str::trim_end);
+        let mut found = None;
+        for s in slots {
+            let info = m.token_info(s)?;
+            let label = String::from_utf8_lossy(&info.label).trim_end().to_owned();
+            if want.is_none_or(|w| w == label) {
+                found = Some((s, label));
+                break;
+            }
+        }
+        let (slot, label) = found.ok_or_else(|| {
+            MemberError::Config(format!(
+                "module {}: no token labelled {:?}",
+                cfg.path.display(),
+                cfg.token_label.as_deref().unwrap_or("(any)")
+            ))
+        })?;
+        m.slot = slot;
+        let mut n: CK_ULONG = 0;
+        call!(m, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n))?;
+        let mut mechs = vec![0 as CK_MECHANISM_TYPE; n as usize];
+        call!(m, C_GetMechanismList(slot, mechs.as_mut_ptr(), &mut n))?;
+        mechs.truncate(n as usize);
+        m.offered = mechs.into_iter().collect();
+        m.describe = format!(
+            "PKCS #11 module {} slot {slot} token {label:?}",
+            cfg.path.display()
+        );
+        Ok(m)
+    }
+
+    fn rv(&self, rv: CK_RV) -> MemberError {
+        MemberError::Rv {
+            member: self.id,
+            rv,
+        }
+    }
+
+    fn ok(&self, rv: CK_RV) -> MemberResult<()> {
+        if rv == CKR_OK {
+            Ok(())
+        } else {
+            Err(self.rv(rv))
+        }
+    }
+
+    fn token_info(&self, slot: CK_SLOT_ID) -> MemberResult<CK_TOKEN_INFO> {
+        // SAFETY: CK_TOKEN_INFO is plain data (integers and byte arrays): all zeroes is a value.
+        let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        call!(self, C_GetTokenInfo(slot, &mut info))?;
+        Ok(info)
+    }
+
+    /// The module's handle of a member object.
+    fn handle(&self, o: MemberObject) -> MemberResult<CK_OBJECT_HANDLE> {
+        self.handles
+            .get(&o.0)
+            .map(|h| *h)
+            .ok_or_else(|| self.rv(CKR_OBJECT_HANDLE_INVALID))
+    }
+
+    /// The member object of a module handle: `id` when we chose one, else the one it already
+    /// has, else a new local one.
+    fn adopt(&self, h: CK_OBJECT_HANDLE, id: Option<u64>) -> MemberObject {
+        let id = match id {
+            Some(id) => id,
+            None => match self.ids.get(&h) {
+                Some(id) => *id,
+                None => self.next_local.fetch_add(1, Ordering::Relaxed),
+            },
+        };
+        self.handles.insert(id, h);
+        self.ids.insert(h, id);
+        MemberObject(id)
+    }
+
+    fn forget(&self, h: CK_OBJECT_HANDLE) {
+        if let Some((_, id)) = self.ids.remove(&h) {
+            self.handles.remove(&id);
+        }
+    }
+
+    /// A template without our id attribute, and the id it carried.
+    fn strip(template: &[Attr]) -> (Vec<Attr>, Option<u64>) {
+        let mut id = None;
+        let t = template
+            .iter()
+            .filter(|a| {
+                if a.ty == CKA_HSMPOOL_OBJECT_ID {
+                    // `CK_ULONG` is 64 bits here but 32 on some platforms.
+                    #[allow(clippy::useless_conversion)]
+                    let v = a.as_ulong().map(u64::from);
+                    id = v;
+                    false
+                } else {
+                    true
+                }
+            })
+            .cloned()
+            .collect();
+        (t, id)
+    }
+
+    /// One attribute's value, in two calls: `Ok(None)` for one the object does not have or keeps
+    /// secret (with the answer to give).
+    fn attribute(
+        &self,
+        s: MemberSession,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> MemberResult<AttrAnswer> {
+        let mut a = CK_ATTRIBUTE {
+            type_: ty,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        match call!(
+            self,
+            C_GetAttributeValue(s.0 as CK_SESSION_HANDLE, h, &mut a, 1)
+        ) {
+            Ok(()) if a.ulValueLen != CK_UNAVAILABLE_INFORMATION => {}
+            Ok(()) => return Ok(AttrAnswer::Invalid),
+            Err(MemberError::Rv {
+                rv: CKR_ATTRIBUTE_SENSITIVE,
+                ..
+            }) => return Ok(AttrAnswer::Sensitive),
+            Err(MemberError::Rv {
+                rv: CKR_ATTRIBUTE_TYPE_INVALID,
+                ..
+            }) => return Ok(AttrAnswer::Invalid),
+            Err(e) => return Err(e),
+        }
+        let mut value = vec![0u8; a.ulValueLen as usize];
+        a.pValue = value.as_mut_ptr().cast::<c_void>();
+        call!(
+            self,
+            C_GetAttributeValue(s.0 as CK_SESSION_HANDLE, h, &mut a, 1)
+        )?;
+        value.truncate(a.ulValueLen as usize);
+        Ok(AttrAnswer::Value(value))
+    }
+
+    fn ulong(&self, s: MemberSession, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Option<u64> {
+        match self.attribute(s, h, ty) {
+            #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
+            Ok(AttrAnswer::Value(v)) => Attr { ty, value: v }.as_ulong().map(u64::from),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, s: MemberSession, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> bool {
+        matches!(self.attribute(s, h, ty), Ok(AttrAnswer::Value(v)) if v.first() == Some(&1))
+    }
+
+    /// The mechanism and data the module is given for a signature input: a pre-hashed input,
+    /// or a whole message for a hash-and-sign mechanism the module does not offer (hashed here,
+    /// on aws-lc-rs), goes to its raw mechanism.
+    fn sign_form(
+        &self,
+        mech: &Mechanism,
+        input: SignInput<'_>,
+    ) -> MemberResult<(Mechanism, Vec<u8>)> {
+        let hash = hash_of_hash_and_sign(mech.mech);
+        let digest = match (input, hash) {
+            (SignInput::Prehashed(d), Some(_)) => d.to_vec(),
+            (SignInput::Message(m), Some(h)) if !self.offered.contains(&mech.mech) => {
+                crate::digest::digest(h.ckm(), m).map_err(|_| self.rv(CKR_MECHANISM_INVALID))?
+            }
+            (SignInput::Message(d) | SignInput::Prehashed(d), _) => {
+                return Ok((mech.clone(), d.to_vec()))
+            }
+        };
+        let Some(hash) = hash else {
+            return Err(self.rv(CKR_MECHANISM_INVALID));
+        };
+        Ok(match (Family::of(mech.mech), &mech.param) {
+            (Some(Family::Ec), _) => (Mechanism::plain(CKM_ECDSA), digest),
+            (Some(Family::Rsa), MechParam::Pss { .. }) => (
+                Mechanism {
+                    mech: CKM_RSA_PKCS_PSS,
+                    param: mech.param.clone(),
+                },
+                digest,
+            ),
+            _ => {
+                let mut di = hash.digest_info_prefix().to_vec();
+                di.extend_from_slice(&digest);
+                (Mechanism::plain(CKM_RSA_PKCS), di)
+            }
+        })
+    }
+
+    /// A two-call output (`C_Sign`, `C_Encrypt`, ...): `f(buffer, &mut len)` asked first for
+    /// the length, then for the value.
+    fn two_call(
+        &self,
+        mut f: impl FnMut(*mut u8, &mut CK_ULONG) -> MemberResult<()>,
+    ) -> MemberResult<Vec<u8>> {
+        let mut len: CK_ULONG = 0;
+        f(std::ptr::null_mut(), &mut len)?;
+        let mut out = vec![0u8; len as usize];
+        f(out.as_mut_ptr(), &mut len)?;
+        out.truncate(len as usize);
+        Ok(out)
+    }
+
+    fn new_object(
+        &self,
+        template: &[Attr],
+        make: impl FnOnce(&CkTemplate<'_>, &mut CK_OBJECT_HANDLE) -> MemberResult<()>,
+    ) -> MemberResult<MemberObject> {
+        let (t, id) = Self::strip(template);
+        let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
+        let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        make(&ck, &mut h)?;
+        Ok(self.adopt(h, id))
+    }
+}
+
+fn ck_len(n: usize) -> CK_ULONG {
+    n as CK_ULONG
+}
+
+/// The bit length of a big-endian unsigned integer (an RSA modulus).
+fn be_bits(v: &[u8]) -> usize {
+    match v.iter().position(|b| *b != 0) {
+        None => 0,
+        Some(i) => (v.len() - i - 1) * 8 + (8 - v[i].leading_zeros() as usize),
+    }
+}
+
+impl Backend for Module {
+    fn id(&self) -> MemberId {
+        self.id
+    }
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+    fn open_session(&self) -> MemberResult<MemberSession> {
+        let mut s: CK_SESSION_HANDLE = 0;
+        call!(
+            self,
+            C_OpenSession(
+                self.slot,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                std::ptr::null_mut(),
+                None,
+                &mut s
+            )
+        )?;
+        Ok(MemberSession(s as u64))
+    }
+    fn close_session(&self, s: MemberSession) {
+        if let Err(e) = call!(self, C_CloseSession(s.0 as CK_SESSION_HANDLE)) {
+            tracing::debug!(member = self.id.0, "close_session: {e}");
+        }
+    }
+    fn login(
+        &self,
+        s: MemberSession,
+        role: Role,
+        pin: &[u8],
+        username: Option<&str>,
+    ) -> MemberResult<()> {
+        if username.is_some() {
+            return Err(self.rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        let user = match role {
+            Role::Officer => CKU_SO,
+            Role::User => CKU_USER,
+        };
+        call!(
+            self,
+            C_Login(
+                s.0 as CK_SESSION_HANDLE,
+                user,
+                pin.as_ptr().cast_mut(),
+                ck_len(pin.len())
+            )
+        )
+    }
+    fn logout(&self, s: MemberSession) -> MemberResult<()> {
+        call!(self, C_Logout(s.0 as CK_SESSION_HANDLE))
+    }
+    fn init_token(&self, so_pin: &[u8], label: &[u8; 32]) -> MemberResult<()> {
+        call!(
+            self,
+            C_InitToken(
+                self.slot,
+                so_pin.as_ptr().cast_mut(),
+                ck_len(so_pin.len()),
+                label.as_ptr().cast_mut()
+            )
+        )
+    }
+    fn init_pin(&self, s: MemberSession, pin: &[u8]) -> MemberResult<()> {
+        call!(
+            self,
+            C_InitPIN(
+                s.0 as CK_SESSION_HANDLE,
+                pin.as_ptr().cast_mut(),
+                ck_len(pin.len())
+            )
+        )
+    }
+    fn set_pin(&self, s: MemberSession, old: &[u8], new: &[u8]) -> MemberResult<()> {
+        call!(
+            self,
+            C_SetPIN(
+                s.0 as CK_SESSION_HANDLE,
+                old.as_ptr().cast_mut(),
+                ck_len(old.len()),
+                new.as_ptr().cast_mut(),
+                ck_len(new.len())
+            )
+        )
+    }
+    fn token_status(&self) -> MemberResult<TokenStatus> {
+        let info = self.token_info(self.slot)?;
+        Ok(TokenStatus {
+            initialized: info.flags & CKF_TOKEN_INITIALIZED != 0,
+            user_pin_initialized: info.flags & CKF_USER_PIN_INITIALIZED != 0,
+            label: info.label,
+            user_failures: 0,
+            so_failures: 0,
+            max_failures: 0,
+            object_count: 0,
+        })
+    }
+    fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
+        self.new_object(template, |t, h| {
+            let raw = t.as_slice();
+            call!(
+                self,
+                C_CreateObject(
+                    s.0 as CK_SESSION_HANDLE,
+                    raw.as_ptr().cast_mut(),
+                    ck_len(raw.len()),
+                    h
+                )
+            )
+        })
+    }
+    fn copy_object(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        template: &[Attr],
+    ) -> MemberResult<MemberObject> {
+        let from = self.handle(o)?;
+        self.new_object(template, |t, h| {
+            let raw = t.as_slice();
+            call!(
+                self,
+                C_CopyObject(
+                    s.0 as CK_SESSION_HANDLE,
+                    from,
+                    raw.as_ptr().cast_mut(),
+                    ck_len(raw.len()),
+                    h
+                )
+            )
+        })
+    }
+    fn destroy_object(&self, s: MemberSession, o: MemberObject) -> MemberResult<()> {
+        let h = self.handle(o)?;
+        call!(self, C_DestroyObject(s.0 as CK_SESSION_HANDLE, h))?;
+        self.forget(h);
+        Ok(())
+    }
+    fn get_attributes(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> MemberResult<Vec<AttrAnswer>> {
+        let h = self.handle(o)?;
+        types
+            .iter()
+            .map(|&ty| match ty {
+                CKA_HSMPOOL_OBJECT_ID => Ok(AttrAnswer::Value(
+                    Attr::ulong(ty, o.0 as CK_ULONG).value.to_vec(),
+                )),
+                // Nested templates are read in the next step (issue 13).
+                ty if hsmpool_member::types::is_array_attribute(ty) => Ok(AttrAnswer::Invalid),
+                ty => self.attribute(s, h, ty),
+            })
+            .collect()
+    }
+    fn set_attributes(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        template: &[Attr],
+    ) -> MemberResult<()> {
+        let h = self.handle(o)?;
+        let (t, _) = Self::strip(template);
+        let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
+        let raw = ck.as_slice();
+        call!(
+            self,
+            C_SetAttributeValue(
+                s.0 as CK_SESSION_HANDLE,
+                h,
+                raw.as_ptr().cast_mut(),
+                ck_len(raw.len())
+            )
+        )
+    }
+    fn object_size(&self, s: MemberSession, o: MemberObject) -> MemberResult<u64> {
+        let h = self.handle(o)?;
+        let mut n: CK_ULONG = 0;
+        call!(self, C_GetObjectSize(s.0 as CK_SESSION_HANDLE, h, &mut n))?;
+        Ok(n as u64)
+    }
+    fn find(&self, s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
+        let (t, id) = Self::strip(template);
+        let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
+        let raw = ck.as_slice();
+        let sh = s.0 as CK_SESSION_HANDLE;
+        call!(
+            self,
+            C_FindObjectsInit(sh, raw.as_ptr().cast_mut(), ck_len(raw.len()))
+        )?;
+        let mut found = Vec::new();
+        let mut batch = [CK_INVALID_HANDLE; 64];
+        let done = loop {
+            let mut n: CK_ULONG = 0;
+            if let Err(e) = call!(
+                self,
+                C_FindObjects(sh, batch.as_mut_ptr(), ck_len(batch.len()), &mut n)
+            ) {
+                break Err(e);
+            }
+            if n == 0 {
+                break Ok(());
+            }
+            found.extend_from_slice(&batch[..n as usize]);
+        };
+        call!(self, C_FindObjectsFinal(sh))?;
+        done?;
+        Ok(found
+            .into_iter()
+            .map(|h| self.adopt(h, None))
+            .filter(|o| id.is_none_or(|id| o.0 == id))
+            .collect())
+    }
+    fn key_meta(&self, s: MemberSession, o: MemberObject) -> MemberResult<KeyMeta> {
+        let h = self.handle(o)?;
+        let class =
+            self.ulong(s, h, CKA_CLASS)
+                .ok_or_else(|| self.rv(CKR_OBJECT_HANDLE_INVALID))? as CK_OBJECT_CLASS;
+        let key_type = self.ulong(s, h, CKA_KEY_TYPE).map(|t| t as CK_KEY_TYPE);
+        let key_bits = match key_type {
+            Some(CKK_RSA) => match self.attribute(s, h, CKA_MODULUS)? {
+                AttrAnswer::Value(m) => be_bits(&m),
+                _ => 0,
+            },
+            Some(CKK_EC) | Some(CKK_EC_EDWARDS) => match self.attribute(s, h, CKA_EC_PARAMS)? {
+                AttrAnswer::Value(p) => hsmpool_member::curves::order_bits(&p).unwrap_or(0),
+                _ => 0,
+            },
+            Some(_) => self.ulong(s, h, CKA_VALUE_LEN).unwrap_or(0) as usize * 8,
+            None => 0,
+        };
+        Ok(KeyMeta {
+            class,
+            key_type,
+            key_bits,
+            token: self.flag(s, h, CKA_TOKEN),
+            private: self.flag(s, h, CKA_PRIVATE),
+            always_authenticate: self.flag(s, h, CKA_ALWAYS_AUTHENTICATE),
+        })
+    }
+    fn check_key(
+        &self,
+        s: MemberSession,
+        usage: CK_ATTRIBUTE_TYPE,
+        _mech: &Mechanism,
+        o: MemberObject,
+    ) -> MemberResult<KeyMeta> {
+        let meta = self.key_meta(s, o)?;
+        if !self.flag(s, self.handle(o)?, usage) {
+            return Err(self.rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        Ok(meta)
+    }
+    fn generate_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        template: &[Attr],
+    ) -> MemberResult<MemberObject> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        self.new_object(template, |t, h| {
+            let raw = t.as_slice();
+            call!(
+                self,
+                C_GenerateKey(
+                    s.0 as CK_SESSION_HANDLE,
+                    std::ptr::from_ref(m.as_raw()).cast_mut(),
+                    raw.as_ptr().cast_mut(),
+                    ck_len(raw.len()),
+                    h
+                )
+            )
+        })
+    }
+    fn generate_key_pair(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        public: &[Attr],
+        private: &[Attr],
+    ) -> MemberResult<(MemberObject, MemberObject)> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let (pt, pid) = Self::strip(public);
+        let (kt, kid) = Self::strip(private);
+        let pck = CkTemplate::new(&pt).map_err(|rv| self.rv(rv))?;
+        let kck = CkTemplate::new(&kt).map_err(|rv| self.rv(rv))?;
+        let (praw, kraw) = (pck.as_slice(), kck.as_slice());
+        let (mut ph, mut kh) = (CK_INVALID_HANDLE, CK_INVALID_HANDLE);
+        call!(
+            self,
+            C_GenerateKeyPair(
+                s.0 as CK_SESSION_HANDLE,
+                std::ptr::from_ref(m.as_raw()).cast_mut(),
+                praw.as_ptr().cast_mut(),
+                ck_len(praw.len()),
+                kraw.as_ptr().cast_mut(),
+                ck_len(kraw.len()),
+                &mut ph,
+                &mut kh
+            )
+        )?;
+        Ok((self.adopt(ph, pid), self.adopt(kh, kid)))
+    }
+    fn wrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        wrapping: MemberObject,
+        key: MemberObject,
+    ) -> MemberResult<Vec<u8>> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let (wh, kh) = (self.handle(wrapping)?, self.handle(key)?);
+        self.two_call(|out, len| {
+            call!(
+                self,
+                C_WrapKey(
+                    s.0 as CK_SESSION_HANDLE,
+                    std::ptr::from_ref(m.as_raw()).cast_mut(),
+                    wh,
+                    kh,
+                    out,
+                    len
+                )
+            )
+        })
+    }
+    fn unwrap_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        unwrapping: MemberObject,
+        wrapped: &[u8],
+        template: &[Attr],
+    ) -> MemberResult<MemberObject> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let uh = self.handle(unwrapping)?;
+        self.new_object(template, |t, h| {
+            let raw = t.as_slice();
+            call!(
+                self,
+                C_UnwrapKey(
+                    s.0 as CK_SESSION_HANDLE,
+                    std::ptr::from_ref(m.as_raw()).cast_mut(),
+                    uh,
+                    wrapped.as_ptr().cast_mut(),
+                    ck_len(wrapped.len()),
+                    raw.as_ptr().cast_mut(),
+                    ck_len(raw.len()),
+                    h
+                )
+            )
+        })
+    }
+    fn derive_key(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        base: MemberObject,
+        template: &[Attr],
+    ) -> MemberResult<MemberObject> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let bh = self.handle(base)?;
+        self.new_object(template, |t, h| {
+            let raw = t.as_slice();
+            call!(
+                self,
+                C_DeriveKey(
+                    s.0 as CK_SESSION_HANDLE,
+                    std::ptr::from_ref(m.as_raw()).cast_mut(),
+                    bh,
+                    raw.as_ptr().cast_mut(),
+                    ck_len(raw.len()),
+                    h
+                )
+            )
+        })
+    }
+    fn sign(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+    ) -> MemberResult<Vec<u8>> {
+        let (mech, data) = self.sign_form(mech, input)?;
+        let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
+        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
+        call!(
+            self,
+            C_SignInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
+        )?;
+        self.two_call(|out, len| {
+            call!(
+                self,
+                C_Sign(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
+            )
+        })
+    }
+    fn verify(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        input: SignInput,
+        signature: &[u8],
+    ) -> MemberResult<()> {
+        let (mech, data) = self.sign_form(mech, input)?;
+        let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
+        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
+        call!(
+            self,
+            C_VerifyInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
+        )?;
+        call!(
+            self,
+            C_Verify(
+                sh,
+                data.as_ptr().cast_mut(),
+                ck_len(data.len()),
+                signature.as_ptr().cast_mut(),
+                ck_len(signature.len())
+            )
+        )
+    }
+    fn encrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> MemberResult<Vec<u8>> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
+        call!(
+            self,
+            C_EncryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
+        )?;
+        self.two_call(|out, len| {
+            call!(
+                self,
+                C_Encrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
+            )
+        })
+    }
+    fn decrypt(
+        &self,
+        s: MemberSession,
+        mech: &Mechanism,
+        key: MemberObject,
+        data: &[u8],
+    ) -> MemberResult<Zeroizing<Vec<u8>>> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
+        call!(
+            self,
+            C_DecryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
+        )?;
+        self.two_call(|out, len| {
+            call!(
+                self,
+                C_Decrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
+            )
+        })
+        .map(Zeroizing::new)
+    }
+    fn secret_value_for_digest(
+        &self,
+        s: MemberSession,
+        key: MemberObject,
+    ) -> MemberResult<Zeroizing<Vec<u8>>> {
+        match self.attribute(s, self.handle(key)?, CKA_VALUE)? {
+            AttrAnswer::Value(v) => Ok(Zeroizing::new(v)),
+            AttrAnswer::Sensitive => Err(self.rv(CKR_KEY_INDIGESTIBLE)),
+            AttrAnswer::Invalid => Err(self.rv(CKR_KEY_HANDLE_INVALID)),
+        }
+    }
+    fn random(&self, out: &mut [u8]) -> MemberResult<()> {
+        let s = self.open_session()?;
+        let r = call!(
+            self,
+            C_GenerateRandom(
+                s.0 as CK_SESSION_HANDLE,
+                out.as_mut_ptr(),
+                ck_len(out.len())
+            )
+        );
+        self.close_session(s);
+        r
+    }
+    fn ping(&self) -> MemberResult<()> {
+        self.token_info(self.slot).map(|_| ())
+    }
+}
