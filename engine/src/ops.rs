@@ -38,7 +38,7 @@ const AES_BLOCK: usize = 16;
 /// One active operation.
 pub(crate) struct Op {
     mech: Mechanism,
-    row: &'static MechRow,
+    row: MechRow,
     key: Option<MemberObject>,
     /// Where the key is: any member (token keys), or its one member (session keys).
     pub(crate) route: Route,

@@ -11,6 +11,7 @@ use cryptoki_sys::{
 };
 use zeroize::Zeroizing;
 
+use crate::mechanism::MechRow;
 use crate::meta::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use crate::types::{Attr, Mechanism, SignInput};
 
@@ -265,6 +266,13 @@ pub trait Backend: Send + Sync {
     fn random(&self, out: &mut [u8]) -> MemberResult<()>;
     /// A cheap health probe: `Ok` when the member answers.
     fn ping(&self) -> MemberResult<()>;
+
+    /// The mechanisms this member can do, as rows of the mechanism table narrowed to it (its
+    /// functions and key sizes); `None`, the default, is the whole table (the simulator's
+    /// members). The token offers what every member offers.
+    fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
+        Ok(None)
+    }
 
     /// The clone path, if this kind of member has one (see [`Replication`]). A member that
     /// cannot clone (a vendor module) answers `None` and the engine replicates through it

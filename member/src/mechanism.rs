@@ -425,6 +425,46 @@ pub fn lookup(mech: CK_MECHANISM_TYPE) -> Option<&'static MechRow> {
 }
 
 impl MechRow {
+    /// This row narrowed to what another list offers for the same mechanism (`other`): the
+    /// functions both have, the key sizes both take; `None` when nothing is left.
+    pub fn narrowed(&self, other: &MechRow) -> Option<MechRow> {
+        const FUNCTIONS: CK_FLAGS = CKF_ENCRYPT
+            | CKF_DECRYPT
+            | CKF_DIGEST
+            | CKF_SIGN
+            | CKF_VERIFY
+            | CKF_GENERATE
+            | CKF_GENERATE_KEY_PAIR
+            | CKF_WRAP
+            | CKF_UNWRAP
+            | CKF_DERIVE;
+        let functions = self.flags & other.flags & FUNCTIONS;
+        let (min, max) = (self.min.max(other.min), self.max.min(other.max));
+        (functions != 0 && min <= max).then_some(MechRow {
+            flags: (self.flags & !FUNCTIONS) | functions,
+            min,
+            max,
+            ..*self
+        })
+    }
+
+    /// The mechanisms every list offers (each `None` is the whole table), narrowed row by row;
+    /// digests, which the engine computes itself, stay whatever the members say.
+    pub fn common(lists: &[Option<Vec<MechRow>>]) -> Vec<MechRow> {
+        MECHANISMS
+            .iter()
+            .filter_map(|row| {
+                if row.family == Family::Digest {
+                    return Some(*row);
+                }
+                lists.iter().try_fold(*row, |acc, list| match list {
+                    None => Some(acc),
+                    Some(l) => l.iter().find(|r| r.mech == acc.mech)?.narrowed(&acc),
+                })
+            })
+            .collect()
+    }
+
     /// Whether a key of `bits` bits fits the size range.
     pub fn size_ok(&self, bits: usize) -> bool {
         let size = match self.unit {
@@ -465,6 +505,29 @@ mod tests {
             );
             assert!(r.min <= r.max, "{} has an empty size range", r.name);
         }
+    }
+
+    #[test]
+    fn the_common_list_narrows_functions_and_sizes_and_keeps_digests() {
+        let rsa = *lookup(CKM_RSA_PKCS).unwrap();
+        let member = vec![MechRow {
+            flags: CKF_SIGN | CKF_VERIFY,
+            min: 3072,
+            max: 16384,
+            ..rsa
+        }];
+        let common = MechRow::common(&[None, Some(member)]);
+        let r = common.iter().find(|r| r.mech == CKM_RSA_PKCS).unwrap();
+        assert_eq!((r.min, r.max), (3072, 8192));
+        assert_eq!(r.flags, CKF_SIGN | CKF_VERIFY);
+        assert!(common
+            .iter()
+            .all(|r| r.mech == CKM_RSA_PKCS || r.family == Family::Digest));
+        assert_eq!(MechRow::common(&[None, None]).len(), MECHANISMS.len());
+        let none = vec![MechRow { min: 9000, ..rsa }];
+        assert!(MechRow::common(&[Some(none)])
+            .iter()
+            .all(|r| r.mech != CKM_RSA_PKCS));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use cryptoki_sys::*;
+use hsmpool_engine::cloudhsm::CKM_CLOUDHSM_AES_GCM;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
@@ -100,6 +101,27 @@ fn a_softhsm2_token_is_a_member_keys_made_through_us_live_on_it() {
         .unwrap();
     e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
 
+    // The token offers what the member can do: SoftHSMv2's own mechanisms, and the
+    // hash-and-sign ones whose raw mechanism it has (we hash); not AWS CloudHSM's vendor ones.
+    let list = e.mechanism_list(SlotId(0)).unwrap();
+    for m in [
+        CKM_ECDSA_SHA256,
+        CKM_SHA256_RSA_PKCS,
+        CKM_RSA_PKCS_PSS,
+        CKM_AES_GCM,
+        CKM_SHA256,
+    ] {
+        assert!(list.contains(&m), "{m:#x} offered");
+    }
+    assert!(!list.contains(&CKM_CLOUDHSM_AES_GCM));
+    let rsa_sizes = e
+        .mechanism_info(SlotId(0), CKM_RSA_PKCS_KEY_PAIR_GEN)
+        .unwrap();
+    assert_eq!(
+        (rsa_sizes.min_key_size, rsa_sizes.max_key_size),
+        (2048, 8192)
+    );
+
     // ECDSA P-256: single-part (CKM_ECDSA_SHA256 on the module) and multi-part (CKM_ECDSA over
     // the digest the engine made), both checked with aws-lc-rs.
     let (ec_pub, ec_priv) = ec_pair(&e, s, b"module ec", true);
@@ -145,6 +167,29 @@ fn a_softhsm2_token_is_a_member_keys_made_through_us_live_on_it() {
             &sig,
         )
         .unwrap();
+
+    // A mechanism the member cannot do is refused before it is asked.
+    let aes = e
+        .generate_key(
+            s,
+            Mechanism::plain(CKM_AES_KEY_GEN),
+            vec![
+                Attr::ulong(CKA_VALUE_LEN, 32),
+                Attr::bool(CKA_ENCRYPT, true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        e.op_init(
+            s,
+            OpKind::Encrypt,
+            Mechanism::plain(CKM_CLOUDHSM_AES_GCM),
+            aes
+        )
+        .unwrap_err()
+        .ck_rv(),
+        CKR_MECHANISM_INVALID
+    );
 
     // A find by label answers from the module's objects.
     e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, b"module rsa")])

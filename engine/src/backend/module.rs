@@ -30,7 +30,7 @@ use std::sync::Arc;
 use cryptoki_sys::*;
 use dashmap::DashMap;
 use hsmpool_member::ck::{CkMechanism, CkTemplate};
-use hsmpool_member::mechanism::{hash_of_hash_and_sign, Family};
+use hsmpool_member::mechanism::{hash_of_hash_and_sign, Family, MechRow, ParamKind, MECHANISMS};
 use hsmpool_member::types::{Attr, IdHash, MechParam, Mechanism, SignInput, CKA_HSMPOOL_OBJECT_ID};
 use hsmpool_member::{
     AttrAnswer, Backend, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
@@ -146,6 +146,8 @@ pub struct Module {
     next_local: AtomicU64,
     /// The mechanisms the token offers (`C_GetMechanismList`).
     offered: std::collections::HashSet<CK_MECHANISM_TYPE>,
+    /// The table's rows narrowed to what the token can do through us.
+    rows: Vec<MechRow>,
 }
 
 /// Calls one function of the library's list: `Err(CKR_FUNCTION_NOT_SUPPORTED)` for a NULL entry.
@@ -177,6 +179,7 @@ impl Module {
             ids: DashMap::with_hasher(IdHash),
             next_local: AtomicU64::new(LOCAL_IDS),
             offered: Default::default(),
+            rows: Vec::new(),
         };
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
@@ -206,7 +209,16 @@ impl Module {
         let mut mechs = vec![0 as CK_MECHANISM_TYPE; n as usize];
         call!(m, C_GetMechanismList(slot, mechs.as_mut_ptr(), &mut n))?;
         mechs.truncate(n as usize);
-        m.offered = mechs.into_iter().collect();
+        m.offered = mechs.iter().copied().collect();
+        let mut infos = HashMap::new();
+        for mech in mechs {
+            // SAFETY: CK_MECHANISM_INFO is plain data: all zeroes is a value.
+            let mut info: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
+            if call!(m, C_GetMechanismInfo(slot, mech, &mut info)).is_ok() {
+                infos.insert(mech, info);
+            }
+        }
+        m.rows = Module::rows(&infos);
         m.describe = format!(
             "PKCS #11 module {} slot {slot} token {label:?}",
             cfg.path.display()
@@ -335,6 +347,34 @@ impl Module {
 
     fn flag(&self, s: MemberSession, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> bool {
         matches!(self.attribute(s, h, ty), Ok(AttrAnswer::Value(v)) if v.first() == Some(&1))
+    }
+
+    /// The table's rows as this token can do them through us: the ones it offers, narrowed to
+    /// its functions and key sizes, and the hash-and-sign ones whose raw mechanism it offers
+    /// (we hash; see [`Module::sign_form`]).
+    fn rows(infos: &HashMap<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>) -> Vec<MechRow> {
+        let as_row = |table: &MechRow, info: &CK_MECHANISM_INFO| MechRow {
+            min: info.ulMinKeySize,
+            max: info.ulMaxKeySize,
+            flags: info.flags,
+            ..*table
+        };
+        MECHANISMS
+            .iter()
+            .filter_map(|row| {
+                if let Some(info) = infos.get(&row.mech) {
+                    return as_row(row, info).narrowed(row);
+                }
+                let raw = match (row.hash, row.family, row.param) {
+                    (None, ..) => return None,
+                    (Some(_), Family::Ec, _) => CKM_ECDSA,
+                    (Some(_), Family::Rsa, ParamKind::Pss) => CKM_RSA_PKCS_PSS,
+                    (Some(_), Family::Rsa, _) => CKM_RSA_PKCS,
+                    _ => return None,
+                };
+                as_row(row, infos.get(&raw)?).narrowed(row)
+            })
+            .collect()
     }
 
     /// The mechanism and data the module is given for a signature input: a pre-hashed input,
@@ -908,5 +948,8 @@ impl Backend for Module {
     }
     fn ping(&self) -> MemberResult<()> {
         self.token_info(self.slot).map(|_| ())
+    }
+    fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
+        Ok(Some(self.rows.clone()))
     }
 }

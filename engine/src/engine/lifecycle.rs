@@ -9,6 +9,7 @@ use arc_swap::ArcSwapOption;
 use cryptoki_sys::{CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE};
 use dashmap::DashMap;
 use hsmpool_member::clock::Clock;
+use hsmpool_member::mechanism::MechRow;
 use hsmpool_member::types::IdHash;
 use hsmpool_member::KeyMeta;
 use parking_lot::Mutex;
@@ -86,6 +87,9 @@ pub struct Engine {
     /// The `[compat]` features: objects the engine presents that no member holds (the
     /// certificates of `[compat] self_signed_certificates`).
     pub(super) compat: Compat,
+    /// The mechanism table as this token offers it: the rows every member can do, narrowed
+    /// to the functions and key sizes they all take (`MechRow::common`).
+    pub(crate) mechanisms: Vec<MechRow>,
 }
 
 /// Cached finds and key checks are dropped wholesale past this many entries.
@@ -256,6 +260,13 @@ impl Engine {
         let n = backends.len();
         let find_ttl =
             std::time::Duration::from_millis(cfg.cluster.find_cache_ttl_ms.unwrap_or(100));
+        // The token offers what every member offers (a member that is down at start and says
+        // nothing, as a daemon does before it answers, offers the whole table).
+        let lists = backends
+            .iter()
+            .map(|b| b.mechanisms())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mechanisms = MechRow::common(&lists);
         let cluster = Cluster::new(backends, settings);
         tracing::info!(
             members = n,
@@ -277,6 +288,7 @@ impl Engine {
             find_ttl,
             key_cache: DashMap::with_hasher(IdHash),
             compat,
+            mechanisms,
         })
     }
 

@@ -127,16 +127,17 @@ impl Engine {
     /// `C_GetMechanismList`.
     pub fn mechanism_list(&self, slot: SlotId) -> Result<Vec<CK_MECHANISM_TYPE>> {
         self.check_slot(slot)?;
-        Ok(hsmpool_member::mechanism::MECHANISMS
-            .iter()
-            .map(|r| r.mech)
-            .collect())
+        Ok(self.mechanisms.iter().map(|r| r.mech).collect())
     }
 
     /// `C_GetMechanismInfo`.
     pub fn mechanism_info(&self, slot: SlotId, mech: CK_MECHANISM_TYPE) -> Result<MechanismInfo> {
         self.check_slot(slot)?;
-        let r = hsmpool_member::mechanism::lookup(mech).ok_or(Error::MechanismInvalid)?;
+        let r = self
+            .mechanisms
+            .iter()
+            .find(|r| r.mech == mech)
+            .ok_or(Error::MechanismInvalid)?;
         // CKF_HW: keyed operations are performed by the HSM (the simulator stands for one);
         // digests are computed in this process, so they do not claim it.
         let hw = if r.flags & CKF_DIGEST != 0 { 0 } else { CKF_HW };
@@ -188,13 +189,18 @@ impl Engine {
         Ok(())
     }
 
-    /// The table row of a mechanism that offers `flag`, else `MechanismInvalid`.
+    /// The row of a mechanism this token offers with `flag`, else `MechanismInvalid` (before
+    /// any member is asked).
     pub(crate) fn mech_row(
         &self,
         mech: &Mechanism,
         flag: CK_FLAGS,
-    ) -> Result<&'static hsmpool_member::mechanism::MechRow> {
-        let row = hsmpool_member::mechanism::lookup(mech.mech).ok_or(Error::MechanismInvalid)?;
+    ) -> Result<hsmpool_member::mechanism::MechRow> {
+        let row = *self
+            .mechanisms
+            .iter()
+            .find(|r| r.mech == mech.mech)
+            .ok_or(Error::MechanismInvalid)?;
         if row.flags & flag == 0 {
             return Err(Error::MechanismInvalid);
         }
