@@ -282,6 +282,15 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// `b`'s clone path, or [`MemberError::Unsupported`] for a kind that has none: what the engine's
+/// replication and the daemon's dispatch both call before a clone request.
+pub fn replication(b: &dyn Backend) -> MemberResult<&dyn Replication> {
+    b.replication().ok_or(MemberError::Unsupported {
+        member: b.id(),
+        what: "clone objects (no replication capability)",
+    })
+}
+
 /// Optional capability: copying token objects between members of one cluster as sealed blobs
 /// only members can open (the simulator's clone key; CloudHSM's cluster key). Room is left
 /// beside it for users, audit and backups as traits of their own.

@@ -12,6 +12,7 @@
 //! its implementation in each member kind that has it.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
+use hsmpool_member::backend::replication;
 use hsmpool_member::types::{Attr, Mechanism};
 use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role};
 use zeroize::Zeroizing;
@@ -389,15 +390,6 @@ macro_rules! request_table {
 }
 
 request_table!(requests);
-
-/// A member's clone path, or `CKR_FUNCTION_NOT_SUPPORTED` for a kind that has none.
-fn replication(b: &dyn Backend) -> MemberResult<&dyn hsmpool_member::Replication> {
-    b.replication()
-        .ok_or(hsmpool_member::MemberError::Unsupported {
-            member: b.id(),
-            what: "clone objects",
-        })
-}
 
 /// The kind of every request, and the last one (for the tests' unknown-kind checks).
 pub const LAST_REQUEST: u8 = {

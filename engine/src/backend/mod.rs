@@ -18,20 +18,13 @@ pub mod remote;
 
 use std::sync::Arc;
 
+pub use hsmpool_member::backend::replication;
 pub use hsmpool_member::{
     Backend, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Replication,
 };
 
 use crate::config::{Config, MemberKind};
 use crate::error::{Error, Result};
-
-/// A member's clone path, or [`MemberError::Unsupported`] for a kind that has none.
-pub fn replication(b: &dyn Backend) -> MemberResult<&dyn Replication> {
-    b.replication().ok_or(MemberError::Unsupported {
-        member: b.id(),
-        what: "clone objects (no replication capability)",
-    })
-}
 
 /// Open every member `cfg` names, in order (member `i` gets `MemberId(i)`).
 pub fn open_members(cfg: &Config) -> Result<Vec<Arc<dyn Backend>>> {
