@@ -421,13 +421,42 @@ pub fn admin_request(cfg: &RemoteConfig, req: &Request) -> MemberResult<Response
     Remote::connect(MemberId(0), &one)?.request(req)
 }
 
-/// Sorts the generated client methods into the two trait impls (the `Backend` methods that
-/// are not one request each come from [`client_backend_rest!`]).
+/// Sorts the generated client methods into the two trait impls, with the `Backend` methods
+/// that are not one request each written here: who the member is, closing a session (it cannot
+/// fail), random bytes (asked in pieces of at most [`crate::MAX_RANDOM`]).
 macro_rules! client_impls {
     (@go [$($bk:tt)*] [$($rp:tt)*]) => {
         impl hsmpool_member::Backend for Remote {
             $($bk)*
-            client_backend_rest!();
+            fn id(&self) -> MemberId {
+                self.id
+            }
+            fn describe(&self) -> String {
+                self.describe.clone()
+            }
+            fn close_session(&self, s: hsmpool_member::MemberSession) {
+                if let Err(e) = self.call(&Request::CloseSession { session: s.0 }) {
+                    // A daemon that is down has lost the session anyway.
+                    tracing::debug!(member = self.id.0, "close_session: {e}");
+                }
+            }
+            fn random(&self, out: &mut [u8]) -> MemberResult<()> {
+                // One frame carries at most MAX_RANDOM bytes: ask in pieces.
+                for chunk in out.chunks_mut(crate::MAX_RANDOM as usize) {
+                    let len = u32::try_from(chunk.len()).map_err(|_| MemberError::DataLenRange)?;
+                    let req = Request::Random { len };
+                    match self.call(&req)? {
+                        Response::Secret(bytes) if bytes.len() == chunk.len() => {
+                            chunk.copy_from_slice(&bytes)
+                        }
+                        other => return Err(self.unexpected(&req, &other)),
+                    }
+                }
+                Ok(())
+            }
+            fn replication(&self) -> Option<&dyn hsmpool_member::Replication> {
+                Some(self)
+            }
         }
         impl hsmpool_member::Replication for Remote {
             $($rp)*
@@ -469,61 +498,8 @@ macro_rules! client_methods {
     };
 }
 
-/// The `Backend` methods that are not one request each: closing a session (it cannot fail),
-/// random bytes (asked in pieces of at most [`crate::MAX_RANDOM`]), and who the member is.
-macro_rules! client_backend_rest {
-    () => {
-        fn id(&self) -> hsmpool_member::MemberId {
-            self.member_id()
-        }
-        fn describe(&self) -> String {
-            self.description()
-        }
-        fn close_session(&self, s: hsmpool_member::MemberSession) {
-            self.close_member_session(s)
-        }
-        fn random(&self, out: &mut [u8]) -> hsmpool_member::MemberResult<()> {
-            self.random_into(out)
-        }
-        fn replication(&self) -> Option<&dyn hsmpool_member::Replication> {
-            Some(self)
-        }
-    };
-}
-
 request_table!(client_methods);
 
-impl Remote {
-    pub(crate) fn member_id(&self) -> MemberId {
-        self.id
-    }
-
-    pub(crate) fn description(&self) -> String {
-        self.describe.clone()
-    }
-
-    pub(crate) fn close_member_session(&self, s: hsmpool_member::MemberSession) {
-        if let Err(e) = self.call(&Request::CloseSession { session: s.0 }) {
-            // A daemon that is down has lost the session anyway.
-            tracing::debug!(member = self.id.0, "close_session: {e}");
-        }
-    }
-
-    pub(crate) fn random_into(&self, out: &mut [u8]) -> MemberResult<()> {
-        // One frame carries at most MAX_RANDOM bytes: ask in pieces.
-        for chunk in out.chunks_mut(crate::MAX_RANDOM as usize) {
-            let len = u32::try_from(chunk.len()).map_err(|_| MemberError::DataLenRange)?;
-            let req = Request::Random { len };
-            match self.call(&req)? {
-                Response::Secret(bytes) if bytes.len() == chunk.len() => {
-                    chunk.copy_from_slice(&bytes)
-                }
-                other => return Err(self.unexpected(&req, &other)),
-            }
-        }
-        Ok(())
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
