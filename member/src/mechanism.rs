@@ -531,6 +531,17 @@ mod tests {
     }
 
     #[test]
+    fn hash_and_sign_table() {
+        let his = |m| hash_of_hash_and_sign(m).map(Hash::ckm);
+        assert_eq!(his(CKM_SHA256_RSA_PKCS), Some(CKM_SHA256));
+        assert_eq!(his(CKM_SHA1_RSA_PKCS_PSS), Some(CKM_SHA_1));
+        assert_eq!(his(CKM_ECDSA_SHA384), Some(CKM_SHA384));
+        assert_eq!(his(CKM_ECDSA), None);
+        assert_eq!(his(CKM_RSA_PKCS), None);
+        assert_eq!(his(CKM_SHA256_HMAC), None);
+    }
+
+    #[test]
     fn sizes_are_checked_in_the_row_unit() {
         let aes = lookup(CKM_AES_GCM).expect("AES-GCM is in the table");
         assert!(aes.size_ok(256) && aes.size_ok(128) && !aes.size_ok(64));

@@ -13,7 +13,8 @@
 //! - Every failure is a `CK_RV` chosen as PKCS #11 3.0 says; no input makes this module panic.
 //!
 //! Operations are single-shot: the engine buffers multi-part input, or hashes it itself for a
-//! hash-and-sign mechanism (see [`is_hash_and_sign`] and [`SignInput::Prehashed`]).
+//! hash-and-sign mechanism (the member contract's `mechanism::hash_of_hash_and_sign` says which
+//! hash, and [`SignInput::Prehashed`] carries the digest).
 //!
 //! # What is here
 //! - Keys: RSA (2048..=8192 bits), EC on P-256, P-384, P-521 and secp256k1 ([`Curve`]),
@@ -65,7 +66,6 @@ pub use rsa::{
 pub use wrap::{load_private_pkcs8, private_key_pkcs8, unwrap, wrap};
 
 use hsmpool_member::curves::{P256_OID_DER, P384_OID_DER, P521_OID_DER, SECP256K1_OID_DER};
-pub use hsmpool_member::mechanism::{check_rsa_oaep_param, check_rsa_pss_param};
 /// The hashes the mechanisms name: the member contract's (one table for every side).
 pub(crate) use hsmpool_member::mechanism::{hash_of_hash_and_sign, Hash};
 use hsmpool_member::mechanism::{lookup, Family};
@@ -329,13 +329,6 @@ pub fn generate_secret(len_bytes: usize) -> Result<Zeroizing<Vec<u8>>, Rv> {
 /// Fills `out` with random bytes from aws-lc's DRBG.
 pub fn random(out: &mut [u8]) -> Result<(), Rv> {
     aws_lc_rs::rand::fill(out).map_err(|_| CKR_FUNCTION_FAILED)
-}
-
-/// For a hash-and-sign mechanism (`CKM_SHA256_RSA_PKCS`, `CKM_ECDSA_SHA384`, ...), the digest
-/// mechanism the engine should hash multi-part input with before calling [`sign`] or [`verify`]
-/// with [`SignInput::Prehashed`]. `None` for every other mechanism (HMAC included).
-pub fn is_hash_and_sign(mech: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
-    hash_of_hash_and_sign(mech).map(Hash::ckm)
 }
 
 /// The family of a mechanism that may do `function` (`CKF_SIGN`, ...), read from the member

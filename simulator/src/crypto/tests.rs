@@ -99,16 +99,6 @@ fn loaded_key_is_send_sync() {
     check::<KeyMaterial>();
 }
 
-#[test]
-fn hash_and_sign_table() {
-    assert_eq!(is_hash_and_sign(CKM_SHA256_RSA_PKCS), Some(CKM_SHA256));
-    assert_eq!(is_hash_and_sign(CKM_SHA1_RSA_PKCS_PSS), Some(CKM_SHA_1));
-    assert_eq!(is_hash_and_sign(CKM_ECDSA_SHA384), Some(CKM_SHA384));
-    assert_eq!(is_hash_and_sign(CKM_ECDSA), None);
-    assert_eq!(is_hash_and_sign(CKM_RSA_PKCS), None);
-    assert_eq!(is_hash_and_sign(CKM_SHA256_HMAC), None);
-}
-
 // ---- RSA ----
 
 const RSA_HASH_MECHS: [(CK_MECHANISM_TYPE, Hash); 5] = [
