@@ -24,7 +24,6 @@
 //!   any length, `CKM_ECDSA_SHA1` .. `CKM_ECDSA_SHA512`); `CKM_EDDSA` (pure Ed25519); HMAC over
 //!   SHA-1/SHA-2 and their `_GENERAL` forms; `CKM_AES_CMAC` and `CKM_AES_CMAC_GENERAL`.
 //! - [`encrypt`] / [`decrypt`]: RSA PKCS #1 v1.5, OAEP and raw; AES GCM, CBC, CBC_PAD, ECB, CTR.
-//! - [`digest()`] / [`DigestCtx`]: SHA-1, SHA-2 and SHA-3 (`CKM_SHA3_224` .. `CKM_SHA3_512`).
 //! - [`wrap`] / [`unwrap`]: `CKM_AES_KEY_WRAP` (RFC 3394), `CKM_AES_KEY_WRAP_KWP` (RFC 5649),
 //!   `CKM_RSA_PKCS_OAEP`; a private key travels as PKCS #8 ([`private_key_pkcs8`],
 //!   [`load_private_pkcs8`]).
