@@ -5,7 +5,7 @@ use hsmpool_sim::member::SimMember;
 use hsmpool_sim::timing::TimingConfig;
 
 use super::MemberId;
-use crate::config::{Config, MemberKind};
+use crate::config::{Config, MemberConfig, MemberKind};
 use crate::error::{Error, Result};
 
 /// Before the members open: embedded members of one cluster share a clone key (see
@@ -22,9 +22,8 @@ pub(super) fn prepare(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Open embedded member `i` of `cfg`.
-pub(super) fn open(id: MemberId, cfg: &Config, i: usize) -> Result<SimMember> {
-    let m = &cfg.members()[i];
+/// Open embedded member `i` of `cfg` (`m`).
+pub(super) fn open(id: MemberId, cfg: &Config, i: usize, m: &MemberConfig) -> Result<SimMember> {
     let mut hcfg = HsmConfig::new(cfg.member_data_dir(i));
     if let Some(n) = m.pin_iterations {
         hcfg.pin_iterations = n;

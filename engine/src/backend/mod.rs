@@ -23,7 +23,9 @@ pub use hsmpool_member::{
     Backend, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Replication,
 };
 
-use crate::config::{Config, MemberKind};
+#[cfg(any(feature = "embedded", feature = "daemon", feature = "module"))]
+use crate::config::MemberKind;
+use crate::config::{Config, MemberConfig};
 use crate::error::{Error, Result};
 
 /// Open every member `cfg` names, in order (member `i` gets `MemberId(i)`).
@@ -37,37 +39,28 @@ pub fn open_members(cfg: &Config) -> Result<Vec<Arc<dyn Backend>>> {
     members
         .iter()
         .enumerate()
-        .map(|(i, m)| open_one(cfg, i, m.kind()?))
+        .map(|(i, m)| open_one(cfg, i, m))
         .collect()
 }
 
-/// Open member `i` of `cfg`, of kind `kind`: the one place that names each kind.
-#[cfg_attr(
-    not(any(feature = "embedded", feature = "daemon", feature = "module")),
-    allow(unused_variables)
-)]
-fn open_one(cfg: &Config, i: usize, kind: MemberKind) -> Result<Arc<dyn Backend>> {
+/// Open member `i` of `cfg` (`m`): the one place that names each kind.
+#[cfg_attr(not(feature = "embedded"), allow(unused_variables))] // `cfg`: the data directory
+fn open_one(cfg: &Config, i: usize, m: &MemberConfig) -> Result<Arc<dyn Backend>> {
     let id = MemberId(i as u32);
-    let b: Arc<dyn Backend> = match kind {
+    let b: Arc<dyn Backend> = match m.kind()? {
         #[cfg(feature = "embedded")]
-        MemberKind::Embedded => Arc::new(embedded::open(id, cfg, i)?),
+        MemberKind::Embedded => Arc::new(embedded::open(id, cfg, i, m)?),
         #[cfg(feature = "daemon")]
-        MemberKind::Daemon => Arc::new(remote::Remote::connect(
-            id,
-            &remote::remote_config(&cfg.members()[i])?,
-        )?),
+        MemberKind::Daemon => Arc::new(remote::Remote::connect(id, &remote::remote_config(m)?)?),
         #[cfg(feature = "module")]
-        MemberKind::Module => {
-            let m = &cfg.members()[i];
-            Arc::new(module::Module::open(
-                id,
-                &module::ModuleConfig {
-                    path: m.path.clone().unwrap_or_default(),
-                    token_label: m.token_label.clone(),
-                    init_reserved: m.init_reserved.clone(),
-                },
-            )?)
-        }
+        MemberKind::Module => Arc::new(module::Module::open(
+            id,
+            &module::ModuleConfig {
+                path: m.path.clone().unwrap_or_default(),
+                token_label: m.token_label.clone(),
+                init_reserved: m.init_reserved.clone(),
+            },
+        )?),
     };
     #[allow(unreachable_code)] // with no kind built in, `kind` has no value to match
     Ok(b)
