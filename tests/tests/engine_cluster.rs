@@ -10,16 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::cluster::Health;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_member::Role;
-use hsmpool_sim::fault::{FaultConfig, FaultSeed};
-use hsmpool_sim::hsm::HsmConfig;
 use hsmpool_sim::member::SimMember;
-use hsmpool_tests::engine::ec_pair;
+use hsmpool_tests::engine::{backends, ec_pair, init_and_login_user, sim_members};
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
@@ -40,40 +37,18 @@ fn lab(toml: &str) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed();
     println!("fault seed {seed} (HSMPOOL_FAULT_SEED={seed} replays the fault decisions)");
-    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("hsm{i}"))).collect();
-    hsmpool_sim::cluster::provision(&dirs).unwrap();
-    let members: Vec<Arc<SimMember>> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut c = HsmConfig::new(d.clone());
-            c.pin_iterations = 1000;
-            let mut f = FaultConfig::new(FaultSeed(seed), i as u64);
+    let members = sim_members(dir.path(), seed, |c| {
+        if let Some(f) = c.faults.as_mut() {
             f.max_hold = Duration::from_secs(5);
-            c.faults = Some(f);
-            Arc::new(SimMember::open(MemberId(i as u32), c).unwrap())
-        })
-        .collect();
+        }
+    });
     let cfg = Config::parse(
         &format!("[cluster]\nprobe_interval_ms = 50\nslow_start_ms = 300\n{toml}\n"),
         "test",
     )
     .unwrap();
-    let backends: Vec<Arc<dyn Backend>> = members
-        .iter()
-        .map(|m| m.clone() as Arc<dyn Backend>)
-        .collect();
-    let engine = Engine::with_backends(cfg, backends).unwrap();
-    let mut label = [b' '; 32];
-    label[..4].copy_from_slice(b"labs");
-    engine.init_token(SLOT, SO, &label).unwrap();
-    let s = engine
-        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
-        .unwrap();
-    engine.login(s, CKU_SO, SO, None).unwrap();
-    engine.init_pin(s, PIN).unwrap();
-    engine.logout(s).unwrap();
-    engine.login(s, CKU_USER, PIN, None).unwrap();
+    let engine = Engine::with_backends(cfg, backends(&members)).unwrap();
+    init_and_login_user(&engine, b"labs", SO, PIN);
     Lab {
         _dir: dir,
         members,

@@ -16,20 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use hsmpool_engine::backend::{Backend, MemberId};
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle};
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_member::clock::{Clock, VirtualClock};
-use hsmpool_sim::fault::{FaultConfig, FaultSeed};
-use hsmpool_sim::hsm::HsmConfig;
-use hsmpool_sim::member::SimMember;
 use hsmpool_sim::timing::TimingConfig;
-use hsmpool_tests::engine::ec_pair;
+use hsmpool_tests::engine::{backends, ec_pair, init_and_login_user, sim_members};
 
 const SO: &[u8] = b"so-pin-1234";
 const PIN: &[u8] = b"user-pin-1234";
-const SLOT: SlotId = SlotId(0);
 /// Application steps in one run.
 const STEPS: usize = 600;
 /// Virtual time between two rounds of health probes.
@@ -82,20 +77,10 @@ fn aes_key(e: &Engine, s: SessionHandle, n: usize) -> hsmpool_engine::Result<Obj
 fn run(seed: u64) -> Transcript {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(VirtualClock::auto_advancing());
-    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("hsm{i}"))).collect();
-    hsmpool_sim::cluster::provision(&dirs).unwrap();
-    let members: Vec<Arc<SimMember>> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut c = HsmConfig::new(d.clone());
-            c.pin_iterations = 1000;
-            c.timing = Some(TimingConfig::default());
-            c.faults = Some(FaultConfig::new(FaultSeed(seed), i as u64));
-            c.clock = Some(clock.clone() as Arc<dyn Clock>);
-            Arc::new(SimMember::open(MemberId(i as u32), c).unwrap())
-        })
-        .collect();
+    let members = sim_members(dir.path(), seed, |c| {
+        c.timing = Some(TimingConfig::default());
+        c.clock = Some(clock.clone() as Arc<dyn Clock>);
+    });
     let faults = |i: usize| members[i].hsm().faults().expect("faults are configured");
     let cfg = Config::parse(
         "[cluster]\nprobe_interval_ms = 50\nslow_start_ms = 300\nreplicate_wait_ms = 500\n\
@@ -103,21 +88,8 @@ fn run(seed: u64) -> Transcript {
         "replay",
     )
     .unwrap();
-    let backends: Vec<Arc<dyn Backend>> = members
-        .iter()
-        .map(|m| m.clone() as Arc<dyn Backend>)
-        .collect();
-    let e = Engine::with_backends_on(cfg, backends, clock.clone(), seed).unwrap();
-    let mut label = [b' '; 32];
-    label[..6].copy_from_slice(b"replay");
-    e.init_token(SLOT, SO, &label).unwrap();
-    let s = e
-        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
-        .unwrap();
-    e.login(s, CKU_SO, SO, None).unwrap();
-    e.init_pin(s, PIN).unwrap();
-    e.logout(s).unwrap();
-    e.login(s, CKU_USER, PIN, None).unwrap();
+    let e = Engine::with_backends_on(cfg, backends(&members), clock.clone(), seed).unwrap();
+    let s = init_and_login_user(&e, b"replay", SO, PIN);
     let (_, private) = ec_pair(&e, s, b"replay signer", true);
 
     let mut outcomes = Vec::new();
