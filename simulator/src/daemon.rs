@@ -12,10 +12,11 @@
 //! - **The acceptor** accepts TCP connections and starts a connection thread for each (at most
 //!   `--max-connections` at once; more are closed at once, with a warning).
 //! - **A connection thread** runs the TLS handshake (bounded by a timeout, so a silent peer
-//!   cannot hold it), then reads frames. Administration requests (`Fault`, `Stats`) are
-//!   answered right there, so they never queue behind HSM work: a `release` must reach an HSM
-//!   whose operations are all held. Every other request (`Ping` too: it is the HSM's health
-//!   probe, and fails or waits as an operation would) becomes a job on the worker pool's
+//!   cannot hold it), then reads frames. Administration requests (the request table's `admin`
+//!   entries: `Fault`, `Stats`, the `Version` handshake) are answered right there, so they
+//!   never queue behind HSM work: a `release` must reach an HSM whose operations are all held.
+//!   Every other request (`Ping` too: it is the HSM's health probe, and fails or waits as an
+//!   operation would) becomes a job on the worker pool's
 //!   bounded queue; when the queue is full the connection thread waits, which stops reading
 //!   that connection (back-pressure on the client, not unbounded memory here).
 //! - **Workers** (a fixed pool, `--workers`, default 64: with the timing model on, operations
@@ -420,11 +421,6 @@ impl Daemon {
     }
 }
 
-/// Whether a request is answered by the connection thread itself (see the module doc).
-fn is_admin(req: &Request) -> bool {
-    matches!(req, Request::Fault { .. } | Request::Stats)
-}
-
 impl Shared {
     /// One connection, from handshake to close.
     fn serve(&self, sock: TcpStream, peer: SocketAddr, tls: Arc<ServerConfig>, jobs: &Sender<Job>) {
@@ -458,7 +454,7 @@ impl Shared {
                     };
                     drop(payload);
                     tracing::debug!(connection = n, id, request = req.name());
-                    if is_admin(&req) {
+                    if req.is_admin() {
                         self.admin(req, id, &link);
                     } else if jobs
                         .send(Job {
@@ -531,7 +527,7 @@ impl Shared {
                 }
             }
             other => {
-                // `is_admin` sends nothing else here.
+                // `Request::is_admin` (the request table's `admin` entries): `Version`.
                 let resp = self.run_caught(other);
                 self.reply(link, id, &resp);
             }
