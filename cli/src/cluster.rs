@@ -654,6 +654,12 @@ pub const USAGE: &str = "  cluster init --dir DIR [--name NAME] [--force]
                               the one some of them already share, else a new one), so token
                               objects can be cloned between them; run it on each HSM's
                               directory before the daemons start
+  cluster wrap-key [--label LABEL]
+                              put one trusted AES-256 wrapping key on every configured member
+                              (HSMPOOL_CONF), by which token keys are copied between members
+                              that have no clone path (vendor modules, mixed clusters); the
+                              crypto officer's PIN (the same on every member) comes from
+                              HSMPOOL_SO_PIN. LABEL defaults to [cluster] wrap_key_label.
 ";
 
 #[derive(Default)]
@@ -755,6 +761,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "wrap-key" => wrap_key(rest),
         "init" => {
             let o = parse_opts(
                 rest,
@@ -839,6 +846,40 @@ pub fn command(args: &[String]) -> Result<(), String> {
         }
         _ => Err(format!("unknown cluster command {verb:?}\n{USAGE}")),
     }
+}
+
+/// `cluster wrap-key`: the ceremony over every configured member.
+fn wrap_key(rest: &[String]) -> Result<(), String> {
+    let label = match rest {
+        [] => None,
+        [flag, label] if flag == "--label" => Some(label.clone()),
+        _ => {
+            return Err(format!(
+                "cluster wrap-key takes only --label LABEL\n{USAGE}"
+            ))
+        }
+    };
+    let cfg = hsmpool_engine::config::Config::resolve(None).map_err(|e| e.to_string())?;
+    let label = label
+        .or_else(|| cfg.cluster.wrap_key_label.clone())
+        .unwrap_or_else(|| hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL.to_owned());
+    let so_pin = zeroize::Zeroizing::new(
+        std::env::var("HSMPOOL_SO_PIN")
+            .map_err(|_| "HSMPOOL_SO_PIN is not set".to_string())?
+            .into_bytes(),
+    );
+    let members = hsmpool_engine::backend::open_members(&cfg).map_err(|e| e.to_string())?;
+    let done = crate::wrapkey::ceremony(&members, &label, &so_pin)?;
+    for (b, d) in members.iter().zip(done) {
+        let what = match d {
+            crate::wrapkey::Done::Kept => "held it already",
+            crate::wrapkey::Done::Made => "made it",
+            crate::wrapkey::Done::Copied => "received it",
+        };
+        println!("{}: {what}", b.describe());
+    }
+    println!("wrapping key {label:?}: the same on every member, trusted, not extractable");
+    Ok(())
 }
 
 fn print_init(init: &Init) {

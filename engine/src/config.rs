@@ -135,6 +135,14 @@ pub struct ClusterConfig {
     /// How long a token create waits for `min_replicas` members before it is rolled back, in
     /// ms (default 3000).
     pub replicate_wait_ms: Option<u64>,
+    /// The label of the cluster wrapping key (`hsmpool cluster wrap-key`), by which members
+    /// without a clone path (vendor modules, mixed clusters) copy token keys to each other
+    /// (default `"hsmpool cluster wrap key"`).
+    pub wrap_key_label: Option<String>,
+    /// Whether a token key that cannot be copied to the other members (not extractable, or
+    /// the vendor refuses) is kept on the member that made it rather than refused (default
+    /// false).
+    pub single_member_keys: Option<bool>,
 }
 
 /// How the token presents itself.

@@ -7,7 +7,7 @@
 
 use cryptoki_sys::{
     CKR_BUFFER_TOO_SMALL, CKR_DATA_LEN_RANGE, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
-    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CK_ATTRIBUTE_TYPE, CK_RV,
+    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE, CK_RV,
 };
 use zeroize::Zeroizing;
 
@@ -272,6 +272,14 @@ pub trait Backend: Send + Sync {
     /// members). The token offers what every member offers.
     fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
         Ok(None)
+    }
+
+    /// The mechanism that does RFC 5649 AES key wrap with padding on this member, by which
+    /// token keys travel between members without a clone path (see the engine's
+    /// `cluster::wrap`): `CKM_AES_KEY_WRAP_KWP` unless the member's module numbers it otherwise
+    /// (SoftHSMv2 offers it as `CKM_AES_KEY_WRAP_PAD`).
+    fn cluster_wrap_mechanism(&self) -> CK_MECHANISM_TYPE {
+        cryptoki_sys::CKM_AES_KEY_WRAP_KWP
     }
 
     /// The clone path, if this kind of member has one (see [`Replication`]). A member that

@@ -12,10 +12,14 @@
 //!   token).
 //! - **Handles**: the engine names token objects by cluster-wide ids (`CKA_HSMPOOL_OBJECT_ID`),
 //!   which a vendor module does not know: the attribute is taken out of every template and the
-//!   id mapped to the module's own handle; an object found that we did not make gets a local
-//!   id (from `2^62` up). Rebuilding the map after the module restarts, idempotent creates by
-//!   `CKA_ID` tags, and replication by wrapping under a trusted cluster key are the next steps
-//!   (issue 13); `Backend::replication` is `None`.
+//!   id mapped to the module's own handle. An object we did not make in this process (an
+//!   earlier process made it, another host, or someone directly on the HSM) gets an id from its
+//!   content ([`Module::content_id`]), the same on every member holding a copy, so members are
+//!   compared object by object after a restart with nothing of ours stored on the token.
+//! - **Copies**: a module has no clone path (`Backend::replication` is `None`); token keys
+//!   travel between members by wrapping under the cluster wrapping key (the engine's
+//!   `cluster::wrap`), with the RFC 5649 mechanism this module offers
+//!   ([`Backend::cluster_wrap_mechanism`]).
 //! - **Its dialect**: attributes are read one at a time in two calls (length, then value);
 //!   variable-length outputs in two calls too. A pre-hashed signature input goes to the
 //!   module's raw mechanism (`CKM_RSA_PKCS` over a DigestInfo, `CKM_ECDSA` over the digest,
@@ -24,7 +28,6 @@
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cryptoki_sys::*;
@@ -131,7 +134,9 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
     Ok(library)
 }
 
-/// The first id given to an object found on the module that we did not make.
+/// The bit set in every id given to an object found on the module that we did not make (ids we
+/// choose are random below it or above: a clash is as unlikely as two random 62-bit numbers
+/// meeting, and is checked).
 const LOCAL_IDS: u64 = 1 << 62;
 
 /// A vendor module's token, as a member.
@@ -143,7 +148,6 @@ pub struct Module {
     /// Cluster-wide id → the module's handle, and back.
     handles: DashMap<u64, CK_OBJECT_HANDLE, IdHash>,
     ids: DashMap<CK_OBJECT_HANDLE, u64, IdHash>,
-    next_local: AtomicU64,
     /// The mechanisms the token offers (`C_GetMechanismList`).
     offered: std::collections::HashSet<CK_MECHANISM_TYPE>,
     /// The table's rows narrowed to what the token can do through us.
@@ -177,7 +181,6 @@ impl Module {
             describe: String::new(),
             handles: DashMap::with_hasher(IdHash),
             ids: DashMap::with_hasher(IdHash),
-            next_local: AtomicU64::new(LOCAL_IDS),
             offered: Default::default(),
             rows: Vec::new(),
         };
@@ -257,18 +260,64 @@ impl Module {
     }
 
     /// The member object of a module handle: `id` when we chose one, else the one it already
-    /// has, else a new local one.
-    fn adopt(&self, h: CK_OBJECT_HANDLE, id: Option<u64>) -> MemberObject {
+    /// has, else the id its content gives it (see [`Module::content_id`]).
+    fn adopt(&self, s: MemberSession, h: CK_OBJECT_HANDLE, id: Option<u64>) -> MemberObject {
         let id = match id {
             Some(id) => id,
             None => match self.ids.get(&h) {
                 Some(id) => *id,
-                None => self.next_local.fetch_add(1, Ordering::Relaxed),
+                None => {
+                    let mut id = self.content_id(s, h);
+                    // Two objects alike in everything read: the next free id.
+                    while self.handles.get(&id).is_some_and(|o| *o != h) {
+                        id = LOCAL_IDS | (id.wrapping_add(1) & (LOCAL_IDS - 1));
+                    }
+                    id
+                }
             },
         };
         self.handles.insert(id, h);
         self.ids.insert(h, id);
         MemberObject(id)
+    }
+
+    /// The id of an object we did not make in this process (made by an earlier one, by another
+    /// host, or directly on the HSM): a digest of what identifies it, the same on every member
+    /// holding a copy of it, so that members are compared object by object after a restart
+    /// without anything of ours stored on the vendor's token. What is read: class, key type,
+    /// `CKA_ID`, `CKA_LABEL`, and the public part that tells keys apart (modulus, EC point or
+    /// parameters; the value of a certificate or data object, never a key's). Not
+    /// `CKA_CHECK_VALUE`, `CKA_PUBLIC_KEY_INFO` or `CKA_VALUE_LEN`: SoftHSMv2 fills them in for a
+    /// key it generates and leaves them empty (or 0) for the same key unwrapped. Objects alike in all of these take the
+    /// next ids in the order the module lists them (see README: vendor modules).
+    fn content_id(&self, s: MemberSession, h: CK_OBJECT_HANDLE) -> u64 {
+        let class = self.ulong(s, h, CKA_CLASS).map(|c| c as CK_OBJECT_CLASS);
+        let mut types = vec![
+            CKA_CLASS,
+            CKA_KEY_TYPE,
+            CKA_ID,
+            CKA_LABEL,
+            CKA_MODULUS,
+            CKA_EC_PARAMS,
+            CKA_EC_POINT,
+        ];
+        if matches!(class, Some(CKO_CERTIFICATE | CKO_DATA)) {
+            types.extend([CKA_VALUE, CKA_APPLICATION, CKA_OBJECT_ID]);
+        }
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for ty in types {
+            if let Ok(AttrAnswer::Value(v)) = self.attribute(s, h, ty) {
+                #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
+                let ty = u64::from(ty);
+                ctx.update(&ty.to_be_bytes());
+                ctx.update(&(v.len() as u64).to_be_bytes());
+                ctx.update(&v);
+            }
+        }
+        let d = ctx.finish();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d.as_ref()[..8]);
+        LOCAL_IDS | (u64::from_be_bytes(first) & (LOCAL_IDS - 1))
     }
 
     fn forget(&self, h: CK_OBJECT_HANDLE) {
@@ -431,6 +480,7 @@ impl Module {
 
     fn new_object(
         &self,
+        s: MemberSession,
         template: &[Attr],
         make: impl FnOnce(&CkTemplate<'_>, &mut CK_OBJECT_HANDLE) -> MemberResult<()>,
     ) -> MemberResult<MemberObject> {
@@ -438,7 +488,7 @@ impl Module {
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
         make(&ck, &mut h)?;
-        Ok(self.adopt(h, id))
+        Ok(self.adopt(s, h, id))
     }
 }
 
@@ -553,7 +603,7 @@ impl Backend for Module {
         })
     }
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
-        self.new_object(template, |t, h| {
+        self.new_object(s, template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -573,7 +623,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let from = self.handle(o)?;
-        self.new_object(template, |t, h| {
+        self.new_object(s, template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -666,7 +716,7 @@ impl Backend for Module {
         done?;
         Ok(found
             .into_iter()
-            .map(|h| self.adopt(h, None))
+            .map(|h| self.adopt(s, h, None))
             .filter(|o| id.is_none_or(|id| o.0 == id))
             .collect())
     }
@@ -717,7 +767,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        self.new_object(template, |t, h| {
+        self.new_object(s, template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -758,7 +808,7 @@ impl Backend for Module {
                 &mut kh
             )
         )?;
-        Ok((self.adopt(ph, pid), self.adopt(kh, kid)))
+        Ok((self.adopt(s, ph, pid), self.adopt(s, kh, kid)))
     }
     fn wrap_key(
         &self,
@@ -793,7 +843,7 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let uh = self.handle(unwrapping)?;
-        self.new_object(template, |t, h| {
+        self.new_object(s, template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -819,7 +869,7 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let bh = self.handle(base)?;
-        self.new_object(template, |t, h| {
+        self.new_object(s, template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -951,5 +1001,16 @@ impl Backend for Module {
     }
     fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
         Ok(Some(self.rows.clone()))
+    }
+    fn cluster_wrap_mechanism(&self) -> CK_MECHANISM_TYPE {
+        // RFC 5649 goes by two numbers: PKCS #11 3.0's own, and the older one SoftHSMv2 gives
+        // it (OpenSSL's wrap with padding behind `CKM_AES_KEY_WRAP_PAD`).
+        if self.offered.contains(&CKM_AES_KEY_WRAP_KWP)
+            || !self.offered.contains(&CKM_AES_KEY_WRAP_PAD)
+        {
+            CKM_AES_KEY_WRAP_KWP
+        } else {
+            CKM_AES_KEY_WRAP_PAD
+        }
     }
 }

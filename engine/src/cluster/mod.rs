@@ -43,7 +43,9 @@
 //! - `balance.rs`: which member takes a call (weights, slow start, stalls, drained members);
 //! - `call.rs`: running a call with retries, the error classes, the retry budget;
 //! - `health.rs`: probes, the circuit breaker's way back, draining;
-//! - `replication.rs`: replicated creates, roll-back, resynchronisation of a member.
+//! - `replication.rs`: replicated creates, roll-back, resynchronisation of a member;
+//! - `wrap.rs`: how an object travels (the members' clone path, or wrapping under the cluster
+//!   wrapping key) and how members' objects are compared.
 //!
 //! Rooms call each other through `Cluster` methods; each imports only from this file, and
 //! `call.rs` from `balance.rs` (the thread slot), so the imports between files have no circle.
@@ -53,6 +55,10 @@ mod call;
 mod health;
 mod pool;
 mod replication;
+mod wrap;
+
+pub(crate) use wrap::not_copyable;
+pub use wrap::CopyPath;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -67,6 +73,9 @@ use zeroize::Zeroizing;
 
 use crate::backend::{Backend, MemberSession};
 use crate::error::{Error, Result};
+
+/// The cluster wrapping key's label unless the configuration names another.
+pub const DEFAULT_WRAP_KEY_LABEL: &str = "hsmpool cluster wrap key";
 
 /// Tunables (config `[cluster]`).
 #[derive(Clone, Debug)]
@@ -94,6 +103,11 @@ pub struct Settings {
     pub clock: Arc<dyn Clock>,
     /// The seed of the retry jitter; `None`: drawn from the operating system.
     pub seed: Option<u64>,
+    /// The label of the cluster wrapping key, found on each member when token keys are copied
+    /// by wrapping (see `cluster::wrap`).
+    pub wrap_key_label: String,
+    /// Keep a token key that cannot be copied on the member that made it, rather than refuse it.
+    pub single_member_keys: bool,
 }
 
 impl Default for Settings {
@@ -109,6 +123,8 @@ impl Default for Settings {
             replicate_wait: Duration::from_secs(3),
             clock: Arc::new(RealClock::new()),
             seed: None,
+            wrap_key_label: DEFAULT_WRAP_KEY_LABEL.to_owned(),
+            single_member_keys: false,
         }
     }
 }
@@ -282,6 +298,8 @@ pub(crate) struct Member {
     up_since_ms: AtomicU64,
     fails: AtomicU32,
     pub(crate) stats: Stats,
+    /// The cluster wrapping key on this member, once found (copies by wrapping).
+    wrap_key: Mutex<Option<crate::backend::MemberObject>>,
 }
 
 #[derive(Clone)]
@@ -343,6 +361,8 @@ pub struct MemberStatus {
 pub struct Cluster {
     pub(crate) members: Vec<Arc<Member>>,
     pub(crate) settings: Settings,
+    /// How token objects travel between members (fixed by the member kinds).
+    pub(crate) copy_path: CopyPath,
     creds: RwLock<Option<Arc<Credentials>>>,
     budget: AtomicI64,
     /// Creates (shared) against the final pass of a resynchronisation (exclusive).
@@ -440,6 +460,7 @@ impl Member {
             up_since_ms: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             stats: Stats::default(),
+            wrap_key: Mutex::new(None),
         }
     }
 
@@ -490,6 +511,7 @@ impl Cluster {
     pub fn new(backends: Vec<Arc<dyn Backend>>, mut settings: Settings) -> Arc<Cluster> {
         settings.sessions_per_member = settings.sessions_per_member.max(1);
         settings.min_replicas = settings.min_replicas.clamp(1, backends.len().max(1));
+        let copy_path = CopyPath::of(&backends);
         let members = backends
             .into_iter()
             .enumerate()
@@ -501,6 +523,7 @@ impl Cluster {
         let c = Arc::new(Cluster {
             members,
             settings,
+            copy_path,
             creds: RwLock::new(None),
             budget: AtomicI64::new(BUDGET_MAX),
             gate: RwLock::new(()),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{Cluster, Member, Route, HEALTH_DOWN, HEALTH_UP};
-use crate::backend::{replication, MemberObject};
+use super::{not_copyable, Cluster, Member, HEALTH_DOWN, HEALTH_UP};
+use crate::backend::MemberObject;
 use crate::error::{Error, Result};
 
 /// Workers that copy objects to a member being brought level.
@@ -76,9 +76,9 @@ impl Cluster {
     /// from `target`; without, they are kept (a union, used at login when no member is known to
     /// be behind).
     pub(super) fn level(&self, source: &Member, target: &Member, exact: bool) -> Result<usize> {
-        let (src, dst) = (Route::Member(source.index), Route::Member(target.index));
-        let want = self.call(src, 5, |b, s| replication(b)?.object_digests(s))?;
-        let have = self.call(dst, 5, |b, s| replication(b)?.object_digests(s))?;
+        let (src, dst) = (source.index, target.index);
+        let want = self.object_digests(src)?;
+        let have = self.object_digests(dst)?;
         let have_map: std::collections::HashMap<MemberObject, [u8; 32]> =
             have.iter().copied().collect();
         let want_ids: std::collections::HashSet<MemberObject> =
@@ -99,13 +99,22 @@ impl Cluster {
         // Each object is a round trip or two: a member that missed thousands of creates is
         // brought level by several workers at once.
         parallel_each(&copy, self.workers(LEVEL_WORKERS), |id| {
-            let blob = self.call(src, 5, |b, s| replication(b)?.export_clone(s, id))?;
-            self.call(dst, 5, |b, s| replication(b)?.import_clone(s, &blob))?;
+            let blob = match self.export_object(src, id) {
+                Ok(b) => b,
+                // An object that cannot leave its member (not extractable, made by someone
+                // else directly on that HSM) stays where it is; it does not keep the member out.
+                Err(e) if not_copyable(&e) => {
+                    tracing::warn!(member = src, object = id.0, "object not copied: {e}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            self.import_object(dst, &blob)?;
             target.stats.replicated.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
         parallel_each(&drop, self.workers(LEVEL_WORKERS), |id| {
-            self.call(dst, 5, |b, s| replication(b)?.drop_replica(s, id))?;
+            self.drop_object(dst, id, 5)?;
             target.stats.dropped.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
@@ -158,14 +167,8 @@ impl Cluster {
         }
         let mut blobs = None;
         for src in holders.iter() {
-            let exported: Result<Vec<Vec<u8>>> = ids
-                .iter()
-                .map(|id| {
-                    self.call(Route::Member(*src), 5, |b, s| {
-                        replication(b)?.export_clone(s, *id)
-                    })
-                })
-                .collect();
+            let exported: Result<Vec<Vec<u8>>> =
+                ids.iter().map(|id| self.export_object(*src, *id)).collect();
             match exported {
                 Ok(b) => {
                     blobs = Some(b);
@@ -178,12 +181,9 @@ impl Cluster {
         // The members copy at once (each copy is a token-object creation on that HSM).
         let got = Mutex::new(Vec::new());
         let _ = parallel_each(&targets, self.workers(targets.len()), |t| {
-            let copied: Result<()> = blobs.iter().try_for_each(|blob| {
-                self.call(Route::Member(t), 5, |b, s| {
-                    replication(b)?.import_clone(s, blob)
-                })
-                .map(|_| ())
-            });
+            let copied: Result<()> = blobs
+                .iter()
+                .try_for_each(|blob| self.import_object(t, blob).map(|_| ()));
             match copied {
                 Ok(()) => {
                     self.members[t]
@@ -223,9 +223,7 @@ impl Cluster {
             .filter(|m| m.is_up() && Some(m.index) != except)
         {
             for id in ids {
-                match self.call(Route::Member(m.index), 1, |b, s| {
-                    replication(b)?.drop_replica(s, *id)
-                }) {
+                match self.drop_object(m.index, *id, 1) {
                     Ok(()) => {
                         m.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }

@@ -59,6 +59,7 @@ impl Engine {
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
+        let template = self.copyable(template, token, Some(CKO_SECRET_KEY))?;
         let (t, id) = self.with_new_id(&template)?;
         Self::one(self.make(s, Route::Any, token, 5, &[id], |b, msess| {
             b.generate_key(msess, &mech, &t).map(|o| vec![o])
@@ -96,6 +97,7 @@ impl Engine {
         let pt = Self::wants_token(&public, false);
         let kt = Self::wants_token(&private, false);
         let private = self.public_session_object(private, kt);
+        let private = self.copyable(private, kt, Some(CKO_PRIVATE_KEY))?;
         let (tp, ip) = self.with_new_id(&public)?;
         let (tk, ik) = self.with_new_id(&private)?;
         let cost = if rsa { 2000 } else { 20 };
@@ -178,6 +180,7 @@ impl Engine {
             .map_err(|_| Error::UnwrappingKeyHandleInvalid)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
+        let template = self.copyable(template, token, None)?;
         let (t, id) = self.with_new_id(&template)?;
         Self::one(self.make(s, u.route(), token, 10, &[id], |b, msess| {
             b.unwrap_key(msess, &mech, u.member_obj, wrapped, &t)
@@ -217,6 +220,7 @@ impl Engine {
         let base = self.key_entry(base)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
+        let template = self.copyable(template, token, Some(CKO_SECRET_KEY))?;
         let (t, id) = self.with_new_id(&template)?;
         Self::one(self.make(s, base.route(), token, 10, &[id], |b, msess| {
             b.derive_key(msess, &mech, base.member_obj, &t)

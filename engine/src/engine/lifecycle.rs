@@ -352,6 +352,8 @@ impl Config {
             replicate_wait: c
                 .replicate_wait_ms
                 .map_or(d.replicate_wait, Duration::from_millis),
+            wrap_key_label: c.wrap_key_label.clone().unwrap_or(d.wrap_key_label.clone()),
+            single_member_keys: c.single_member_keys.unwrap_or(d.single_member_keys),
             ..d
         }
     }

@@ -96,6 +96,48 @@ impl Engine {
         template
     }
 
+    /// A token key's template made copyable where keys travel by wrapping
+    /// ([`crate::cluster::CopyPath::Wrap`]): extractable (the token's default when the template
+    /// does not say) and then only under a trusted key (`CKA_WRAP_WITH_TRUSTED`, unless the
+    /// template says otherwise), so the cluster wrapping key is the only key that can take it
+    /// out. A key asked to be not extractable cannot reach the other members: it is refused
+    /// with `CKR_TEMPLATE_INCONSISTENT` and the reason in the log.
+    pub(super) fn copyable(
+        &self,
+        mut template: Vec<Attr>,
+        token: bool,
+        class: Option<CK_OBJECT_CLASS>,
+    ) -> Result<Vec<Attr>> {
+        let says = |t: &[Attr], ty| t.iter().rev().find(|a| a.ty == ty).cloned();
+        let class = says(&template, CKA_CLASS)
+            .and_then(|a| a.as_ulong())
+            .or(class);
+        let key = matches!(class, Some(CKO_PRIVATE_KEY | CKO_SECRET_KEY));
+        if !token
+            || !key
+            || self.cluster.copy_path != crate::cluster::CopyPath::Wrap
+            || self.cluster.members.len() < 2
+        {
+            return Ok(template);
+        }
+        match says(&template, CKA_EXTRACTABLE).and_then(|a| a.as_bool()) {
+            Some(false) => {
+                tracing::warn!(
+                    "refused a token key with CKA_EXTRACTABLE false: it could not be copied to \
+                     the other members (ask for an extractable key, which then leaves its HSM \
+                     only under the trusted cluster wrapping key)"
+                );
+                return Err(Error::TemplateInconsistent);
+            }
+            Some(true) => {}
+            None => template.push(Attr::bool(CKA_EXTRACTABLE, true)),
+        }
+        if says(&template, CKA_WRAP_WITH_TRUSTED).is_none() {
+            template.push(Attr::bool(CKA_WRAP_WITH_TRUSTED, true));
+        }
+        Ok(template)
+    }
+
     /// Whether a template asks for a token object (`CKA_TOKEN`, else `default`).
     pub(super) fn wants_token(template: &[Attr], default: bool) -> bool {
         template
@@ -175,6 +217,7 @@ impl Engine {
         self.check_write(s, &template)?;
         let token = Self::wants_token(&template, false);
         let template = self.public_session_object(template, token);
+        let template = self.copyable(template, token, None)?;
         let (t, id) = self.with_new_id(&template)?;
         Self::one(self.make(s, Route::Any, token, 5, &[id], |b, msess| {
             b.create_object(msess, &t).map(|o| vec![o])

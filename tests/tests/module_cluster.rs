@@ -1,0 +1,257 @@
+//! Three SoftHSMv2 tokens as the members of one token: the wrapping-key ceremony
+//! (`hsmpool cluster wrap-key`) puts one trusted key on each; token keys made through us are
+//! copied to every member by wrapping under it and carry `CKA_WRAP_WITH_TRUSTED`; signatures
+//! made on any member verify; a key that could not be copied is refused; a second engine (a
+//! restart) finds the same objects, one copy each, without copying anything again; and each
+//! token is checked with SoftHSMv2's own module through pkcs11-tool, not through us.
+
+use std::path::Path;
+use std::process::Command;
+
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use cryptoki_sys::*;
+use hsmpool_cli::wrapkey::{ceremony, Done};
+use hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL;
+use hsmpool_engine::config::Config;
+use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::{Attr, Engine, Mechanism};
+use hsmpool_tests::engine::ec_pair;
+use hsmpool_tests::require_tool;
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const SO_PIN: &str = "12345678";
+const PIN: &str = "87654321";
+
+fn label(i: usize) -> String {
+    format!("hsmpool-member-{i}")
+}
+
+fn config() -> Config {
+    let mut text = String::from("[cluster]\nmin_replicas = 3\n");
+    for i in 0..3 {
+        text += &format!(
+            "[[member]]\nkind = \"module\"\npath = \"{SOFTHSM}\"\ntoken_label = \"{}\"\n",
+            label(i)
+        );
+    }
+    Config::parse(&text, "three SoftHSMv2 tokens").unwrap()
+}
+
+fn value(e: &Engine, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
+    match &e.get_attribute_value(s, o, &[ty]).unwrap()[0] {
+        AttrAnswer::Value(v) => v.clone(),
+        other => panic!("{ty:#x}: {other:?}"),
+    }
+}
+
+fn sign(e: &Engine, s: SessionHandle, k: ObjectHandle, msg: &[u8]) -> Vec<u8> {
+    e.op_init(s, OpKind::Sign, Mechanism::plain(CKM_ECDSA_SHA256), k)
+        .unwrap();
+    let mut out = vec![0u8; 128];
+    let n = e.op_single(s, OpKind::Sign, msg, Some(&mut out)).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn find(e: &Engine, s: SessionHandle, t: Vec<Attr>) -> Vec<ObjectHandle> {
+    e.find_objects_init(s, t).unwrap();
+    let found = e.find_objects(s, 100).unwrap();
+    e.find_objects_final(s).unwrap();
+    found
+}
+
+/// What SoftHSMv2's own module lists on token `i` (pkcs11-tool, logged in).
+fn listed(tool: &Path, conf: &Path, i: usize) -> String {
+    let out = Command::new(tool)
+        .args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            &label(i),
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+        ])
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
+    let util = require_tool("softhsm2-util");
+    let tool = require_tool("pkcs11-tool");
+    assert!(
+        Path::new(SOFTHSM).exists(),
+        "{SOFTHSM} (apt-get install softhsm2)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", tokens.display()),
+    )
+    .unwrap();
+    // Read by SoftHSMv2 at C_Initialize; this test binary has no other test.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    for i in 0..3 {
+        let init = Command::new(&util)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &label(i),
+                "--so-pin",
+                SO_PIN,
+                "--pin",
+                PIN,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let cfg = config();
+
+    // The ceremony: made on the first, carried to the others; run again, it only checks.
+    let members = hsmpool_engine::backend::open_members(&cfg).unwrap();
+    let done = ceremony(&members, DEFAULT_WRAP_KEY_LABEL, SO_PIN.as_bytes()).unwrap();
+    assert_eq!(done, [Done::Made, Done::Copied, Done::Copied]);
+    let again = ceremony(&members, DEFAULT_WRAP_KEY_LABEL, SO_PIN.as_bytes()).unwrap();
+    assert_eq!(again, [Done::Kept, Done::Kept, Done::Kept]);
+    drop(members);
+
+    let e = Engine::new(cfg).unwrap();
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+
+    // A token key pair and a secret key, made on one member, copied to the others.
+    let (ec_pub, ec_priv) = ec_pair(&e, s, b"cluster ec", true);
+    assert_eq!(value(&e, s, ec_priv, CKA_WRAP_WITH_TRUSTED), [1]);
+    assert_eq!(value(&e, s, ec_priv, CKA_EXTRACTABLE), [1]);
+    let aes = e
+        .generate_key(
+            s,
+            Mechanism::plain(CKM_AES_KEY_GEN),
+            vec![
+                Attr::bool(CKA_TOKEN, true),
+                Attr::ulong(CKA_VALUE_LEN, 32),
+                Attr::bool(CKA_ENCRYPT, true),
+                Attr::bool(CKA_DECRYPT, true),
+                Attr::bytes(CKA_LABEL, b"cluster aes"),
+            ],
+        )
+        .unwrap();
+    assert!(e.member_status().iter().all(|m| m.health.name() == "up"));
+    let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    assert_eq!(copied, 3 * 2, "three objects, each to two members");
+
+    // Signatures verify whichever member made them (calls are balanced over the three).
+    let point = value(&e, s, ec_pub, CKA_EC_POINT);
+    let verifier = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point[2..]);
+    for i in 0..30u32 {
+        let msg = format!("message {i}");
+        verifier
+            .verify(msg.as_bytes(), &sign(&e, s, ec_priv, msg.as_bytes()))
+            .unwrap();
+    }
+    let ops: Vec<u64> = e.member_status().iter().map(|m| m.ops).collect();
+    assert!(ops.iter().all(|n| *n > 0), "every member served: {ops:?}");
+    // AES-CBC under the copied secret key: sealed on one member, opened on another (each
+    // call goes to the least busy member; the ops counters show they all served).
+    let cbc = Mechanism {
+        mech: CKM_AES_CBC_PAD,
+        param: hsmpool_engine::MechParam::Iv(vec![7u8; 16]),
+    };
+    for i in 0..12usize {
+        let plain = vec![i as u8; 10 + i];
+        e.op_init(s, OpKind::Encrypt, cbc.clone(), aes).unwrap();
+        let mut sealed = vec![0u8; 64];
+        let n = e
+            .op_single(s, OpKind::Encrypt, &plain, Some(&mut sealed))
+            .unwrap();
+        sealed.truncate(n);
+        e.op_init(s, OpKind::Decrypt, cbc.clone(), aes).unwrap();
+        let mut opened = vec![0u8; 64];
+        let n = e
+            .op_single(s, OpKind::Decrypt, &sealed, Some(&mut opened))
+            .unwrap();
+        assert_eq!(&opened[..n], &plain[..]);
+    }
+
+    // A token key asked to be not extractable could not be copied: refused, nothing made.
+    let refused = e.generate_key(
+        s,
+        Mechanism::plain(CKM_AES_KEY_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_VALUE_LEN, 32),
+            Attr::bool(CKA_EXTRACTABLE, false),
+            Attr::bytes(CKA_LABEL, b"stuck"),
+        ],
+    );
+    assert_eq!(refused.unwrap_err().ck_rv(), CKR_TEMPLATE_INCONSISTENT);
+    assert!(find(&e, s, vec![Attr::bytes(CKA_LABEL, b"stuck")]).is_empty());
+    e.logout(s).unwrap();
+    drop(e);
+
+    // A restart: a new engine knows the objects by what they are, finds one of each, copies
+    // nothing, and signs with the key it found.
+    let e = Engine::new(config()).unwrap();
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+    let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    assert_eq!(copied, 0, "nothing copied at the second login");
+    let privs = find(
+        &e,
+        s,
+        vec![
+            Attr::ulong(CKA_CLASS, CKO_PRIVATE_KEY),
+            Attr::bytes(CKA_LABEL, b"cluster ec"),
+        ],
+    );
+    assert_eq!(privs.len(), 1);
+    for i in 0..12u32 {
+        let msg = format!("after restart {i}");
+        verifier
+            .verify(msg.as_bytes(), &sign(&e, s, privs[0], msg.as_bytes()))
+            .unwrap();
+    }
+    e.logout(s).unwrap();
+    drop(e);
+
+    // Each token, seen by SoftHSMv2's own module: one copy of each object, and the wrapping key.
+    for i in 0..3 {
+        let out = listed(&tool, &conf, i);
+        for (what, n) in [("cluster ec", 2), ("cluster aes", 1), ("stuck", 0)] {
+            assert_eq!(
+                out.matches(&format!("label:      {what}\n")).count(),
+                n,
+                "token {i}, {what}:\n{out}"
+            );
+        }
+        assert_eq!(
+            out.matches(&format!("label:      {DEFAULT_WRAP_KEY_LABEL}\n"))
+                .count(),
+            1,
+            "token {i}:\n{out}"
+        );
+    }
+}
