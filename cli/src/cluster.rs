@@ -869,12 +869,12 @@ fn wrap_key(rest: &[String]) -> Result<(), String> {
             .into_bytes(),
     );
     let members = hsmpool_engine::backend::open_members(&cfg).map_err(|e| e.to_string())?;
-    let done = crate::wrapkey::ceremony(&members, &label, &so_pin)?;
+    let done = hsmpool_engine::cluster::ceremony::wrap_key_ceremony(&members, &label, &so_pin)?;
     for (b, d) in members.iter().zip(done) {
         let what = match d {
-            crate::wrapkey::Done::Kept => "held it already",
-            crate::wrapkey::Done::Made => "made it",
-            crate::wrapkey::Done::Copied => "received it",
+            hsmpool_engine::cluster::ceremony::Done::Kept => "held it already",
+            hsmpool_engine::cluster::ceremony::Done::Made => "made it",
+            hsmpool_engine::cluster::ceremony::Done::Copied => "received it",
         };
         println!("{}: {what}", b.describe());
     }

@@ -26,7 +26,9 @@
 //! kind = "module"              # a vendor's PKCS #11 library (first step of issue 13: one
 //!                              # such member, or with members of its own kind; see README)
 //! path = "/usr/lib/softhsm/libsofthsm2.so"
-//! token_label = "hsm-a"        # optional: the token to use (default: the first)
+//! token_label = "hsm-a"        # optional: the token to use, by label (default: the first)
+//! token_serial = "5c1e..."      # optional: the token to use, by serial number (wins over the
+//!                              # label, and survives a C_InitToken that relabels the token)
 //! init_reserved = "..."        # optional: pReserved of its C_Initialize (NSS softokn's string)
 //! [compat]
 //! self_signed_certificates = false  # true: present a self-signed X.509 certificate for every
@@ -186,6 +188,8 @@ pub struct MemberConfig {
     pub path: Option<PathBuf>,
     /// A module member: the label of its token (default: the first token).
     pub token_label: Option<String>,
+    /// A module member: the serial number of its token (wins over `token_label`).
+    pub token_serial: Option<String>,
     /// A module member: a string passed as `pReserved` of its `C_Initialize`.
     pub init_reserved: Option<String>,
 }
@@ -251,7 +255,7 @@ const KIND_KEYS: [(&str, &[&str]); 3] = [
 ];
 
 /// Keys only a module member takes.
-const MODULE_KEYS: [&str; 3] = ["path", "token_label", "init_reserved"];
+const MODULE_KEYS: [&str; 4] = ["path", "token_label", "token_serial", "init_reserved"];
 
 /// Keys only an embedded member takes.
 const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
@@ -298,6 +302,7 @@ impl MemberConfig {
             ("timeout_ms", self.timeout_ms.is_some()),
             ("path", self.path.is_some()),
             ("token_label", self.token_label.is_some()),
+            ("token_serial", self.token_serial.is_some()),
             ("init_reserved", self.init_reserved.is_some()),
         ];
         set.into_iter()

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use cryptoki_sys::*;
-use hsmpool_cli::wrapkey::{ceremony, Done};
+use hsmpool_engine::cluster::ceremony::{wrap_key_ceremony as ceremony, Done};
 use hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
@@ -241,6 +241,42 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     for i in 0..3 {
         let out = listed(&tool, &conf, i);
         for (what, n) in [("cluster ec", 2), ("cluster aes", 1), ("stuck", 0)] {
+            assert_eq!(
+                out.matches(&format!("label:      {what}\n")).count(),
+                n,
+                "token {i}, {what}:\n{out}"
+            );
+        }
+        assert_eq!(
+            out.matches(&format!("label:      {DEFAULT_WRAP_KEY_LABEL}\n"))
+                .count(),
+            1,
+            "token {i}:\n{out}"
+        );
+    }
+
+    // C_InitToken through us initialises every member (each keeps its own label, by which the
+    // configuration finds it) and makes a new cluster wrapping key: after C_InitPIN, a token
+    // key made through us is again on all three.
+    let e = Engine::new(config()).unwrap();
+    let mut label32 = [b' '; 32];
+    label32[..9].copy_from_slice(b"new label");
+    e.init_token(SlotId(0), SO_PIN.as_bytes(), &label32)
+        .unwrap();
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_SO, SO_PIN.as_bytes(), None).unwrap();
+    e.init_pin(s, PIN.as_bytes()).unwrap();
+    e.logout(s).unwrap();
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+    assert!(find(&e, s, vec![Attr::bytes(CKA_LABEL, b"cluster ec")]).is_empty());
+    ec_pair(&e, s, b"after init", true);
+    e.logout(s).unwrap();
+    drop(e);
+    for i in 0..3 {
+        let out = listed(&tool, &conf, i);
+        for (what, n) in [("cluster ec", 0), ("after init", 2)] {
             assert_eq!(
                 out.matches(&format!("label:      {what}\n")).count(),
                 n,

@@ -58,6 +58,7 @@ fn open_one(cfg: &Config, i: usize, m: &MemberConfig) -> Result<Arc<dyn Backend>
             &module::ModuleConfig {
                 path: m.path.clone().unwrap_or_default(),
                 token_label: m.token_label.clone(),
+                token_serial: m.token_serial.clone(),
                 init_reserved: m.init_reserved.clone(),
             },
         )?),

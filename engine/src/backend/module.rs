@@ -4,17 +4,20 @@
 //! with a `// SAFETY:` comment.
 //!
 //! # What it speaks
-//! - **Loading**: the library is loaded once per path and process and initialised once, with
-//!   `CKF_OS_LOCKING_OK` and an optional initialisation string as `pReserved` (as p11-kit's
-//!   `x-init-reserved`); a library another part of the process initialised already
-//!   (`CKR_CRYPTOKI_ALREADY_INITIALIZED`) is used as it is.
-//! - **The token**: the slot whose token has the configured label (else the first slot with a
-//!   token).
+//! - **Loading**: the library is loaded once per path and process (and stays mapped), and is
+//!   initialised while members use it, with `CKF_OS_LOCKING_OK` and an optional initialisation
+//!   string as `pReserved` (as p11-kit's `x-init-reserved`): `C_Finalize` when the last member
+//!   on it goes (the engine's own `C_Finalize`). A library another part of the process
+//!   initialised already (`CKR_CRYPTOKI_ALREADY_INITIALIZED`) is used as it is and left
+//!   initialised.
+//! - **The token**: the slot whose token has the configured serial number, else label (else
+//!   the first slot with a token). `C_InitToken` closes every session on that slot first (the
+//!   token refuses otherwise); a token found by label keeps its label through it.
 //! - **Handles**: the engine names token objects by cluster-wide ids (`CKA_HSMPOOL_OBJECT_ID`),
 //!   which a vendor module does not know: the attribute is taken out of every template and the
 //!   id mapped to the module's own handle. An object we did not make in this process (an
 //!   earlier process made it, another host, or someone directly on the HSM) gets an id from its
-//!   content ([`Module::content_id`]), the same on every member holding a copy, so members are
+//!   content (`Module::content_id`), the same on every member holding a copy, so members are
 //!   compared object by object after a restart with nothing of ours stored on the token.
 //! - **Copies**: a module has no clone path (`Backend::replication` is `None`); token keys
 //!   travel between members by wrapping under the cluster wrapping key (the engine's
@@ -50,64 +53,103 @@ pub struct ModuleConfig {
     pub path: PathBuf,
     /// The label of the token to use (blank padding ignored); `None`: the first token.
     pub token_label: Option<String>,
+    /// The serial number of the token to use (blank padding ignored); wins over the label.
+    pub token_serial: Option<String>,
     /// A string passed as `pReserved` of `C_Initialize` (NSS softokn's parameters, ...).
     pub init_reserved: Option<String>,
 }
 
-/// A loaded, initialised library.
-struct Library {
+/// A loaded library: its code stays mapped for the rest of the process once loaded (unloading
+/// a PKCS #11 module is a known source of crashes at exit), and is initialised while members
+/// use it.
+struct Loaded {
     /// Keeps the code the function list points into mapped.
     _lib: libloading::Library,
     fl: *const CK_FUNCTION_LIST,
-    /// The `pReserved` string, kept for the library's lifetime.
-    _init: Option<CString>,
 }
 
 // SAFETY: the function list is the library's static table of function pointers, never written
-// after C_GetFunctionList; the library was initialised with CKF_OS_LOCKING_OK, which obliges it
-// to be safe to call from many threads at once.
-unsafe impl Send for Library {}
+// after C_GetFunctionList; calls through it happen only while the library is initialised with
+// CKF_OS_LOCKING_OK, which obliges it to be safe to call from many threads at once.
+unsafe impl Send for Loaded {}
 // SAFETY: as for Send.
-unsafe impl Sync for Library {}
+unsafe impl Sync for Loaded {}
+
+/// An initialised library, shared by the members on its tokens; `C_Finalize` when the last
+/// one goes (if we were the ones who initialised it).
+struct Library {
+    loaded: Arc<Loaded>,
+    /// The `pReserved` string, kept while initialised.
+    _init: Option<CString>,
+    /// We called `C_Initialize` (not someone else in the process before us).
+    ours: bool,
+}
 
 impl Library {
     fn functions(&self) -> &CK_FUNCTION_LIST {
         // SAFETY: `fl` came non-NULL from C_GetFunctionList and addresses the library's static
-        // function list, which lives as long as the library stays loaded (`_lib`).
-        unsafe { &*self.fl }
+        // function list, which lives as long as the library stays loaded (`Loaded::_lib`).
+        unsafe { &*self.loaded.fl }
     }
 }
 
-/// Libraries by path: loaded and initialised once per process.
-static LIBRARIES: Lazy<Mutex<HashMap<PathBuf, Arc<Library>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+impl Drop for Library {
+    fn drop(&mut self) {
+        if !self.ours {
+            return;
+        }
+        if let Some(finalize) = self.functions().C_Finalize {
+            // SAFETY: the library was initialised by us and no member uses it any more (this is
+            // the last reference); NULL is the only argument C_Finalize takes.
+            let rv = unsafe { finalize(std::ptr::null_mut()) };
+            if rv != CKR_OK {
+                tracing::debug!("vendor module C_Finalize: {rv:#x}");
+            }
+        }
+    }
+}
+
+/// One path's library: loaded, and initialised while a member holds the `Library`.
+type Slot = (Arc<Loaded>, std::sync::Weak<Library>);
+
+/// Libraries by path: loaded once per process, initialised while some member uses them.
+static LIBRARIES: Lazy<Mutex<HashMap<PathBuf, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
 fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
     let mut libs = LIBRARIES.lock();
-    if let Some(l) = libs.get(path) {
-        return Ok(Arc::clone(l));
+    if let Some(l) = libs.get(path).and_then(|(_, w)| w.upgrade()) {
+        return Ok(l);
     }
     let config = |m: String| MemberError::Config(format!("module {}: {m}", path.display()));
-    // SAFETY: loading runs the library's initialisers; the path is the operator's configured
-    // PKCS #11 module, which is trusted to be one.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| config(e.to_string()))?;
-    // SAFETY: C_GetFunctionList has this signature in every PKCS #11 module (section 5.2).
-    let get: libloading::Symbol<'_, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-        unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| config(e.to_string()))?;
-    let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-    // SAFETY: `fl` is a valid place for the pointer the function writes.
-    let rv = unsafe { get(&mut fl) };
-    if rv != CKR_OK || fl.is_null() {
-        return Err(config(format!("C_GetFunctionList failed ({rv:#x})")));
-    }
+    let loaded = match libs.get(path) {
+        Some((loaded, _)) => Arc::clone(loaded),
+        None => {
+            // SAFETY: loading runs the library's initialisers; the path is the operator's
+            // configured PKCS #11 module, which is trusted to be one.
+            let lib =
+                unsafe { libloading::Library::new(path) }.map_err(|e| config(e.to_string()))?;
+            // SAFETY: C_GetFunctionList has this signature in every PKCS #11 module (5.2).
+            let get: libloading::Symbol<
+                '_,
+                unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV,
+            > = unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| config(e.to_string()))?;
+            let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+            // SAFETY: `fl` is a valid place for the pointer the function writes.
+            let rv = unsafe { get(&mut fl) };
+            if rv != CKR_OK || fl.is_null() {
+                return Err(config(format!("C_GetFunctionList failed ({rv:#x})")));
+            }
+            Arc::new(Loaded { _lib: lib, fl })
+        }
+    };
     let init = init
         .map(CString::new)
         .transpose()
         .map_err(|_| config("init_reserved holds a NUL byte".into()))?;
-    let library = Library {
-        _lib: lib,
-        fl,
+    let mut library = Library {
+        loaded: Arc::clone(&loaded),
         _init: init,
+        ours: false,
     };
     let mut args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
@@ -124,13 +166,18 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
         .C_Initialize
         .ok_or_else(|| config("no C_Initialize".into()))?;
     // SAFETY: `args` is a valid CK_C_INITIALIZE_ARGS for the call; its pReserved string lives
-    // in `library` for as long as the library.
+    // in `library` for as long as the library is initialised.
     let rv = unsafe { initialize(std::ptr::from_mut(&mut args).cast::<c_void>()) };
-    if rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED {
-        return Err(config(format!("C_Initialize failed ({rv:#x})")));
+    match rv {
+        CKR_OK => library.ours = true,
+        CKR_CRYPTOKI_ALREADY_INITIALIZED => {}
+        rv => {
+            libs.insert(path.to_path_buf(), (loaded, std::sync::Weak::new()));
+            return Err(config(format!("C_Initialize failed ({rv:#x})")));
+        }
     }
     let library = Arc::new(library);
-    libs.insert(path.to_path_buf(), Arc::clone(&library));
+    libs.insert(path.to_path_buf(), (loaded, Arc::downgrade(&library)));
     Ok(library)
 }
 
@@ -152,6 +199,9 @@ pub struct Module {
     offered: std::collections::HashSet<CK_MECHANISM_TYPE>,
     /// The table's rows narrowed to what the token can do through us.
     rows: Vec<MechRow>,
+    /// The token's own label, kept through `C_InitToken` when the token is chosen by label (so
+    /// it is found again).
+    keep_label: Option<[u8; 32]>,
 }
 
 /// Calls one function of the library's list: `Err(CKR_FUNCTION_NOT_SUPPORTED)` for a NULL entry.
@@ -183,29 +233,51 @@ impl Module {
             ids: DashMap::with_hasher(IdHash),
             offered: Default::default(),
             rows: Vec::new(),
+            keep_label: None,
         };
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
         let mut slots = vec![0 as CK_SLOT_ID; n as usize];
         call!(m, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n))?;
         slots.truncate(n as usize);
-        let want = cfg.token_label.as_deref().map(str::trim_end);
+        let (want_label, want_serial) = (
+            cfg.token_label.as_deref().map(str::trim_end),
+            cfg.token_serial.as_deref().map(str::trim_end),
+        );
         let mut found = None;
         for s in slots {
             let info = m.token_info(s)?;
             let label = String::from_utf8_lossy(&info.label).trim_end().to_owned();
-            if want.is_none_or(|w| w == label) {
+            let serial = String::from_utf8_lossy(&info.serialNumber)
+                .trim_end()
+                .to_owned();
+            let hit = match (want_serial, want_label) {
+                (Some(w), _) => w == serial,
+                (None, Some(w)) => w == label,
+                (None, None) => true,
+            };
+            if hit {
                 found = Some((s, label));
                 break;
             }
         }
         let (slot, label) = found.ok_or_else(|| {
             MemberError::Config(format!(
-                "module {}: no token labelled {:?}",
+                "module {}: no token {}",
                 cfg.path.display(),
-                cfg.token_label.as_deref().unwrap_or("(any)")
+                match (want_serial, want_label) {
+                    (Some(w), _) => format!("with serial number {w:?}"),
+                    (None, Some(w)) => format!("labelled {w:?}"),
+                    (None, None) => "at all".into(),
+                }
             ))
         })?;
+        m.keep_label = (want_serial.is_none() && want_label.is_some()).then(|| {
+            let mut l = [b' '; 32];
+            let n = label.len().min(32);
+            l[..n].copy_from_slice(&label.as_bytes()[..n]);
+            l
+        });
         m.slot = slot;
         let mut n: CK_ULONG = 0;
         call!(m, C_GetMechanismList(slot, std::ptr::null_mut(), &mut n))?;
@@ -558,6 +630,20 @@ impl Backend for Module {
         call!(self, C_Logout(s.0 as CK_SESSION_HANDLE))
     }
     fn init_token(&self, so_pin: &[u8], label: &[u8; 32]) -> MemberResult<()> {
+        // The token refuses while sessions are open on it (ours in the pool; the engine opens
+        // them again when they answer CKR_SESSION_HANDLE_INVALID).
+        call!(self, C_CloseAllSessions(self.slot))?;
+        let label = match &self.keep_label {
+            Some(own) if own != label => {
+                tracing::info!(
+                    member = self.id.0,
+                    "C_InitToken: the token keeps its own label, by which the configuration \
+                     finds it (name it by token_serial to let the application relabel it)"
+                );
+                own
+            }
+            _ => label,
+        };
         call!(
             self,
             C_InitToken(
@@ -566,7 +652,10 @@ impl Backend for Module {
                 ck_len(so_pin.len()),
                 label.as_ptr().cast_mut()
             )
-        )
+        )?;
+        self.handles.clear();
+        self.ids.clear();
+        Ok(())
     }
     fn init_pin(&self, s: MemberSession, pin: &[u8]) -> MemberResult<()> {
         call!(

@@ -44,6 +44,8 @@
 //! - `call.rs`: running a call with retries, the error classes, the retry budget;
 //! - `health.rs`: probes, the circuit breaker's way back, draining;
 //! - `replication.rs`: replicated creates, roll-back, resynchronisation of a member;
+//! - `ceremony.rs`: putting the cluster wrapping key on every member (`hsmpool cluster
+//!   wrap-key`, and `C_InitToken` where keys travel by wrapping);
 //! - `wrap.rs`: how an object travels (the members' clone path, or wrapping under the cluster
 //!   wrapping key) and how members' objects are compared.
 //!
@@ -52,6 +54,7 @@
 
 mod balance;
 mod call;
+pub mod ceremony;
 mod health;
 mod pool;
 mod replication;

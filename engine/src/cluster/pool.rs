@@ -32,8 +32,21 @@ impl Cluster {
                 let s = m.backend.open_session()?;
                 sessions.push(s);
                 if let Some(c) = &creds {
-                    m.backend
-                        .login(s, c.role, &c.pin, c.username.as_ref().map(|u| u.as_str()))?;
+                    // Where login is the application's, not the session's (PKCS #11's rule,
+                    // which vendor modules follow), the sessions after the first are in already.
+                    match m.backend.login(
+                        s,
+                        c.role,
+                        &c.pin,
+                        c.username.as_ref().map(|u| u.as_str()),
+                    ) {
+                        Ok(())
+                        | Err(MemberError::Rv {
+                            rv: CKR_USER_ALREADY_LOGGED_IN,
+                            ..
+                        }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             Ok(())

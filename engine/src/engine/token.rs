@@ -158,6 +158,7 @@ impl Engine {
             .try_into()
             .map_err(|_| Error::ArgumentsBad("label must be 32 bytes"))?;
         self.cluster.on_all(|b, _| b.init_token(so_pin, label))?;
+        self.cluster.after_init_token(so_pin)?;
         self.objects.clear();
         self.by_member.clear();
         self.compat.clear();

@@ -1,6 +1,7 @@
-//! `hsmpool cluster wrap-key`: the ceremony that puts one cluster wrapping key on every member,
-//! by which token keys travel between members that have no clone path of their own (vendor
-//! modules, mixed clusters; see the engine's `cluster::wrap`).
+//! The ceremony that puts one cluster wrapping key on every member, by which token keys travel
+//! between members that have no clone path of their own (vendor modules, mixed clusters; see
+//! `wrap.rs`). `hsmpool cluster wrap-key` runs it; so does `C_InitToken` on such a cluster,
+//! since initialising the members removed the key.
 //!
 //! # The ceremony
 //! Everything runs in the members' crypto-officer (SO) sessions, since only the SO may mark a
@@ -25,11 +26,11 @@
 use std::sync::Arc;
 
 use cryptoki_sys::*;
-use hsmpool_engine::backend::{Backend, MemberObject, MemberSession};
-use hsmpool_engine::types::AttrAnswer;
-use hsmpool_engine::{Attr, MechParam, Mechanism};
-use hsmpool_sim::hsm::Role;
+use hsmpool_member::types::{Attr, MechParam, Mechanism};
+use hsmpool_member::{AttrAnswer, Role};
 use zeroize::Zeroizing;
+
+use crate::backend::{Backend, MemberObject, MemberSession};
 
 /// What the ceremony did on each member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +272,7 @@ fn extractable(o: &Officer<'_>, k: MemberObject) -> bool {
 
 /// Run the ceremony over `members` (see the module documentation): afterwards every member
 /// holds the same trusted, non-extractable wrapping key labelled `label`.
-pub fn ceremony(
+pub fn wrap_key_ceremony(
     members: &[Arc<dyn Backend>],
     label: &str,
     so_pin: &[u8],
@@ -344,4 +345,34 @@ pub fn ceremony(
         }
     }
     Ok(done)
+}
+
+impl super::Cluster {
+    /// After `C_InitToken` initialised every member: where keys travel by wrapping, the members
+    /// lost the cluster wrapping key with everything else, so it is made anew (with the SO PIN
+    /// the application just gave); a failure is the application's `CKR_DEVICE_ERROR`, with the
+    /// reason in the log.
+    pub(crate) fn after_init_token(&self, so_pin: &[u8]) -> crate::error::Result<()> {
+        if self.copy_path != super::CopyPath::Wrap || self.members.len() < 2 {
+            return Ok(());
+        }
+        for m in &self.members {
+            *m.wrap_key.lock() = None;
+        }
+        let backends: Vec<Arc<dyn Backend>> = self
+            .members
+            .iter()
+            .map(|m| Arc::clone(&m.backend))
+            .collect();
+        match wrap_key_ceremony(&backends, &self.settings.wrap_key_label, so_pin) {
+            Ok(_) => {
+                tracing::info!("C_InitToken: a new cluster wrapping key is on every member");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("C_InitToken: the cluster wrapping key could not be made: {e}");
+                Err(crate::error::Error::DeviceError(e))
+            }
+        }
+    }
 }
