@@ -4,19 +4,24 @@
 //! - [`Setup::embedded`]: the embedded default, one in-process simulated HSM in a fresh temp
 //!   dir (as a user gets with no configuration, but kept out of their home directory);
 //! - [`Setup::cluster`]: three `hsmpool-hsmd` daemons on loopback with mutual TLS, started by
-//!   the test with certificates from `hsmpool cluster` ([`hsmpool_tests::daemons`]).
+//!   the test with certificates from `hsmpool cluster` ([`hsmpool_tests::daemons`]);
+//! - [`Setup::softhsm`]: three SoftHSMv2 tokens as vendor-module members
+//!   ([`hsmpool_tests::softhsm`]), token keys copied between them by wrapping under the cluster
+//!   wrapping key (made by the suite's own `C_InitToken`).
 //!
 //! Either way the client finds the module through `HSMPOOL_CONF`, set by [`Setup::command`]
 //! (module logging stays off so the client's stderr holds only what the client prints).
 //!
 //! A suite runs its checks through a [`Tally`]: each check is named, a failing or panicking
 //! check is recorded and the suite goes on, and [`Tally::finish`] prints
-//! `CLIENT (SETUP): N passed, M failed` with the failures, and fails the test when M > 0.
+//! `CLIENT (SETUP): N passed, M failed` with the failures, and fails the test when M > 0. A
+//! set-up whose members lack something (SoftHSMv2) lists those checks with their reasons
+//! ([`Tally::differences`]): they are reported as not offered, not counted.
 //! A missing tool fails the test (it never skips): [`hsmpool_tests::require_tool`].
 //!
 //! Conventions: a suite lives in `tests/interop/<client>.rs`, declared as a `[[test]]` named
 //! `interop_<client>` in tests/Cargo.toml, with two test functions named
-//! `interop_<client>_embedded` and `interop_<client>_cluster`. `scripts/test-all.sh` runs the
+//! `interop_<client>_embedded`, `interop_<client>_cluster` and `interop_<client>_softhsm`. `scripts/test-all.sh` runs the
 //! `interop_*` test binaries first, uncaptured so every tally line shows, then everything
 //! else with `--skip interop_`.
 #![allow(dead_code)]
@@ -29,6 +34,7 @@ use std::time::Duration;
 
 use hsmpool_tests::daemons::DaemonCluster;
 use hsmpool_tests::raw::Module;
+use hsmpool_tests::softhsm::SoftHsmTokens;
 use hsmpool_tests::{module_path, write_test_config};
 
 #[path = "run.rs"]
@@ -52,6 +58,8 @@ pub enum Kind {
     Embedded,
     /// Three `hsmpool-hsmd` daemons over mutual TLS.
     Cluster,
+    /// Three SoftHSMv2 tokens through SoftHSMv2's PKCS #11 module.
+    SoftHsm,
 }
 
 /// A token set-up for one suite run: the module, its configuration, a scratch directory, and
@@ -65,6 +73,7 @@ pub struct Setup {
     pub conf: PathBuf,
     scratch: tempfile::TempDir,
     cluster: Option<DaemonCluster>,
+    softhsm: Option<SoftHsmTokens>,
 }
 
 impl Setup {
@@ -78,6 +87,7 @@ impl Setup {
             conf,
             scratch,
             cluster: None,
+            softhsm: None,
         }
     }
 
@@ -91,6 +101,27 @@ impl Setup {
             conf: cluster.conf.clone(),
             scratch,
             cluster: Some(cluster),
+            softhsm: None,
+        }
+    }
+
+    /// Three SoftHSMv2 tokens as the members (initialised with `softhsm2-util`; the suite's
+    /// `C_InitToken` initialises them again through us, which also makes the wrapping key).
+    /// SoftHSMv2 reads `SOFTHSM2_CONF` in every process that loads it: this test process (set
+    /// here, for [`with_module`]) and each client ([`Setup::command`]).
+    pub fn softhsm() -> Setup {
+        let scratch = tempfile::tempdir().expect("a temp dir can be made");
+        let tokens = SoftHsmTokens::create(scratch.path(), 3, "interop-member", SO_PIN, USER_PIN);
+        std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
+        let conf = scratch.path().join("hsmpool.toml");
+        std::fs::write(&conf, tokens.members_toml()).expect("the temp dir is writable");
+        Setup {
+            kind: Kind::SoftHsm,
+            module: module_path(),
+            conf,
+            scratch,
+            cluster: None,
+            softhsm: Some(tokens),
         }
     }
 
@@ -99,6 +130,7 @@ impl Setup {
         match kind {
             Kind::Embedded => Setup::embedded(),
             Kind::Cluster => Setup::cluster(),
+            Kind::SoftHsm => Setup::softhsm(),
         }
     }
 
@@ -107,6 +139,7 @@ impl Setup {
         match self.kind {
             Kind::Embedded => "embedded default",
             Kind::Cluster => "cluster of 3 hsmpool-hsmd",
+            Kind::SoftHsm => "cluster of 3 SoftHSMv2 tokens",
         }
     }
 
@@ -127,6 +160,9 @@ impl Setup {
         c.env("HSMPOOL_CONF", &self.conf)
             .env_remove("HSMPOOL_LOG")
             .current_dir(self.dir());
+        if let Some(t) = &self.softhsm {
+            c.env("SOFTHSM2_CONF", &t.conf);
+        }
         c
     }
 
@@ -186,6 +222,10 @@ pub struct Tally {
     setup: &'static str,
     passed: usize,
     failed: Vec<(String, String)>,
+    /// Checks this set-up is known to fail, each with the reason (see [`Tally::differences`]).
+    known: Vec<(&'static str, &'static str)>,
+    /// Known differences that occurred: (check, reason).
+    differed: Vec<(String, &'static str)>,
 }
 
 impl Tally {
@@ -196,7 +236,17 @@ impl Tally {
             setup: setup.name(),
             passed: 0,
             failed: Vec::new(),
+            known: Vec::new(),
+            differed: Vec::new(),
         }
+    }
+
+    /// Checks that fail on this set-up for a reason outside hsmpool (what the members' vendor
+    /// module does not offer), each named exactly with its reason. Such a failure is reported
+    /// as a difference, not counted as a failure; a listed check that passes fails the suite
+    /// (the list must say what is true, so it is kept short and exact).
+    pub fn differences(&mut self, list: &[(&'static str, &'static str)]) {
+        self.known.extend_from_slice(list);
     }
 
     /// Run one named check. It fails by returning `Err` or by panicking (the `Run`
@@ -218,23 +268,47 @@ impl Tally {
                 true
             }
             Err(why) => {
-                eprintln!("  FAIL  {name}: {why}");
-                self.failed.push((name.to_owned(), why));
+                if let Some((_, reason)) = self.known.iter().find(|(n, _)| *n == name) {
+                    eprintln!("  DIFF  {name}: {reason}");
+                    self.differed.push((name.to_owned(), reason));
+                } else {
+                    eprintln!("  FAIL  {name}: {why}");
+                    self.failed.push((name.to_owned(), why));
+                }
                 false
             }
         }
     }
 
     /// Print `CLIENT (SETUP): N passed, M failed` (and each failure); panic when M > 0.
-    pub fn finish(self) {
-        let line = format!(
+    pub fn finish(mut self) {
+        for (name, _) in &self.known {
+            if !self.differed.iter().any(|(d, _)| d == name) {
+                self.failed.push((
+                    (*name).to_owned(),
+                    "listed as a known difference of this set-up, but it did not fail (or did \
+                     not run): correct the list"
+                        .to_owned(),
+                ));
+            }
+        }
+        let mut line = format!(
             "{} ({}): {} passed, {} failed",
             self.client,
             self.setup,
             self.passed,
             self.failed.len()
         );
+        if !self.differed.is_empty() {
+            line.push_str(&format!(
+                ", {} differ on these members (listed)",
+                self.differed.len()
+            ));
+        }
         println!("{line}");
+        for (name, reason) in &self.differed {
+            println!("  differs: {name}: {reason}");
+        }
         if !self.failed.is_empty() {
             let mut msg = line;
             for (name, why) in &self.failed {

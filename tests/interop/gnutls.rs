@@ -379,3 +379,8 @@ fn interop_gnutls_embedded() {
 fn interop_gnutls_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_gnutls_softhsm() {
+    suite(Kind::SoftHsm);
+}

@@ -214,3 +214,8 @@ fn interop_java_embedded() {
 fn interop_java_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_java_softhsm() {
+    suite(Kind::SoftHsm);
+}

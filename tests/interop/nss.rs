@@ -506,3 +506,8 @@ fn interop_nss_embedded() {
 fn interop_nss_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_nss_softhsm() {
+    suite(Kind::SoftHsm);
+}

@@ -607,3 +607,8 @@ fn interop_openssl_embedded() {
 fn interop_openssl_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_openssl_softhsm() {
+    suite(Kind::SoftHsm);
+}

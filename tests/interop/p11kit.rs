@@ -444,3 +444,8 @@ fn interop_p11kit_embedded() {
 fn interop_p11kit_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_p11kit_softhsm() {
+    suite(Kind::SoftHsm);
+}

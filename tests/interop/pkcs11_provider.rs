@@ -70,7 +70,7 @@ const EDITS: [Edit; 3] = [
     Edit {
         file: "tests/setup.sh",
         old: "else\n    echo \"Unknown token type: $1\"",
-        new: "elif [ \"${TOKENTYPE}\" == \"hsmpool\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.cluster\" ]; then\n    \
+        new: "elif [ \"${TOKENTYPE}\" == \"hsmpool\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.cluster\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.softhsm\" ]; then\n    \
               source \"${TESTSSRCDIR}/hsmpool-init.sh\"\n\
               else\n    echo \"Unknown token type: $1\"",
     },
@@ -78,13 +78,13 @@ const EDITS: [Edit; 3] = [
     Edit {
         file: "tests/meson.build",
         old: "foreach suite : all_suites\n",
-        new: "foreach suite : all_suites + ['hsmpool', 'hsmpool.cluster']\n",
+        new: "foreach suite : all_suites + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm']\n",
     },
     // Every suite for our token types, not only those the provider lists for softhsm.
     Edit {
         file: "tests/meson.build",
         old: "foreach suite : extra_args.get('suites', [])\n",
-        new: "foreach suite : extra_args.get('suites', []) + ['hsmpool', 'hsmpool.cluster']\n",
+        new: "foreach suite : extra_args.get('suites', []) + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm']\n",
     },
 ];
 
@@ -147,6 +147,7 @@ fn token(kind: Kind) -> &'static str {
     match kind {
         Kind::Embedded => "hsmpool",
         Kind::Cluster => "hsmpool.cluster",
+        Kind::SoftHsm => "hsmpool.softhsm",
     }
 }
 
@@ -543,7 +544,7 @@ impl ProviderRun<'_> {
     /// Our module (and for the cluster, the daemons' client configuration) for the tests.
     fn module_env(&self, c: &mut Command) {
         c.env("HSMPOOL_MODULE", &self.setup.module);
-        if self.setup.kind == Kind::Cluster {
+        if self.setup.kind != Kind::Embedded {
             c.env("HSMPOOL_CLUSTER_CONF", &self.setup.conf);
         }
     }
@@ -999,4 +1000,9 @@ fn interop_pkcs11_provider_embedded() {
 #[test]
 fn interop_pkcs11_provider_cluster() {
     suite(Kind::Cluster);
+}
+
+#[test]
+fn interop_pkcs11_provider_softhsm() {
+    suite(Kind::SoftHsm);
 }

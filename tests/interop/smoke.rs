@@ -67,3 +67,8 @@ fn interop_smoke_embedded() {
 fn interop_smoke_cluster() {
     suite(Kind::Cluster);
 }
+
+#[test]
+fn interop_smoke_softhsm() {
+    suite(Kind::SoftHsm);
+}

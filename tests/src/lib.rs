@@ -12,6 +12,7 @@ pub mod engine;
 pub mod hsmd;
 pub mod pki;
 pub mod raw;
+pub mod softhsm;
 pub mod vendor;
 
 /// The directory cargo put this test binary's artifacts in (`target/<profile>`).

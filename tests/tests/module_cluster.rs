@@ -161,6 +161,18 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
     assert_eq!(copied, 3 * 2, "three objects, each to two members");
 
+    let ed = e.generate_key_pair(
+        s,
+        Mechanism::plain(CKM_EC_EDWARDS_KEY_PAIR_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bytes(CKA_EC_PARAMS, &[0x06, 0x03, 0x2b, 0x65, 0x70]),
+        ],
+        vec![Attr::bool(CKA_TOKEN, true), Attr::bool(CKA_SIGN, true)],
+    );
+    // SoftHSMv2 cannot wrap an EdDSA private key (CKR_KEY_NOT_WRAPPABLE), so it cannot reach
+    // the other members: refused at once, and nothing left behind.
+    assert_eq!(ed.unwrap_err().ck_rv(), CKR_TEMPLATE_INCONSISTENT);
     // Signatures verify whichever member made them (calls are balanced over the three).
     let point = value(&e, s, ec_pub, CKA_EC_POINT);
     let verifier = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point[2..]);

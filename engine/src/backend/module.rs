@@ -474,11 +474,19 @@ impl Module {
     /// its functions and key sizes, and the hash-and-sign ones whose raw mechanism it offers
     /// (we hash; see [`Module::sign_form`]).
     fn rows(infos: &HashMap<CK_MECHANISM_TYPE, CK_MECHANISM_INFO>) -> Vec<MechRow> {
-        let as_row = |table: &MechRow, info: &CK_MECHANISM_INFO| MechRow {
-            min: info.ulMinKeySize,
-            max: info.ulMaxKeySize,
-            flags: info.flags,
-            ..*table
+        let as_row = |table: &MechRow, info: &CK_MECHANISM_INFO| {
+            // Ed25519 is 255 bits by its curve and 256 by its key: vendors give either
+            // (SoftHSMv2 says 256..456), the table says 255.
+            let min = match table.family {
+                Family::Ed if info.ulMinKeySize == 256 => 255,
+                _ => info.ulMinKeySize,
+            };
+            MechRow {
+                min,
+                max: info.ulMaxKeySize,
+                flags: info.flags,
+                ..*table
+            }
         };
         MECHANISMS
             .iter()

@@ -249,13 +249,23 @@ impl Cluster {
         mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
     ) -> Result<()> {
         let (first, _, ()) = self.call_full(Route::Any, 1, &mut f)?;
+        self.follow(first, f);
+        Ok(())
+    }
+
+    /// The other up members repeat a change member `first` made; one that fails to is taken
+    /// out and brought level when it returns.
+    pub(crate) fn follow<E: Into<Error>>(
+        &self,
+        first: usize,
+        mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
+    ) {
         for m in self.others(first) {
             let done = self.call(Route::Member(m.index), 1, &mut f);
             if let Err(e) = done {
                 self.out_of_date(m, &e);
             }
         }
-        Ok(())
     }
 }
 

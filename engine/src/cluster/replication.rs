@@ -154,8 +154,9 @@ impl Cluster {
 
     /// Copy token objects from a member that holds them (`holders`, the first tried first) to
     /// every other up member not in `holders`; the members that got them are added to
-    /// `holders`.
-    pub(crate) fn replicate(&self, holders: &mut Vec<usize>, ids: &[MemberObject]) {
+    /// `holders`. `Err` when a holder will not let an object leave it (not extractable, not
+    /// wrappable under the cluster key): no member ever could copy it.
+    pub(crate) fn replicate(&self, holders: &mut Vec<usize>, ids: &[MemberObject]) -> Result<()> {
         let targets: Vec<usize> = self
             .members
             .iter()
@@ -163,7 +164,7 @@ impl Cluster {
             .map(|m| m.index)
             .collect();
         if targets.is_empty() {
-            return;
+            return Ok(());
         }
         let mut blobs = None;
         for src in holders.iter() {
@@ -174,10 +175,11 @@ impl Cluster {
                     blobs = Some(b);
                     break;
                 }
+                Err(e) if not_copyable(&e) => return Err(e),
                 Err(e) => tracing::warn!(member = src, "export for replication failed: {e}"),
             }
         }
-        let Some(blobs) = blobs else { return };
+        let Some(blobs) = blobs else { return Ok(()) };
         // The members copy at once (each copy is a token-object creation on that HSM).
         let got = Mutex::new(Vec::new());
         let _ = parallel_each(&targets, self.workers(targets.len()), |t| {
@@ -197,6 +199,7 @@ impl Cluster {
             Ok(())
         });
         holders.extend(got.into_inner());
+        Ok(())
     }
 
     /// A member missed a change (a copy, a removal) while up: take it out of traffic, so the
@@ -239,7 +242,8 @@ impl Cluster {
     /// Make new token objects, made on member `from`, reach `min_replicas` members: copy them
     /// to every up member, and while too few hold them wait (members come back, with the
     /// create gate released meanwhile) until `replicate_wait` passes; then roll back everywhere
-    /// and fail with `CKR_DEVICE_ERROR`.
+    /// and fail with `CKR_DEVICE_ERROR`. An object its member will not let out (a vendor that
+    /// cannot wrap that key type) is rolled back at once: `CKR_TEMPLATE_INCONSISTENT`.
     pub(crate) fn spread(
         &self,
         from: usize,
@@ -251,7 +255,16 @@ impl Cluster {
         let mut holders = vec![from];
         let mut pause = 0u32;
         loop {
-            self.replicate(&mut holders, ids);
+            if let Err(e) = self.replicate(&mut holders, ids) {
+                tracing::error!(
+                    member = from,
+                    "a token key made on this member cannot leave it ({e}), so it could not be \
+                     kept on every member: refused and removed (set [cluster] \
+                     single_member_keys = true to keep such keys on the member that made them)"
+                );
+                self.drop_replicas(None, ids);
+                return Err(Error::TemplateInconsistent);
+            }
             if holders.len() >= needed {
                 return Ok(());
             }

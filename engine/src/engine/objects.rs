@@ -346,9 +346,16 @@ impl Engine {
         })?;
         self.invalidate();
         if e.home.is_none() {
-            // The changed object replaces the old one on the other members (one that misses it
-            // now is brought level when it returns).
-            self.cluster.replicate(&mut vec![first], &[e.member_obj]);
+            // The other members make the same change: where objects travel by wrapping, by
+            // the same call; else the changed object replaces the old one. A member that
+            // misses it now is brought level when it returns.
+            if self.cluster.copy_path == crate::cluster::CopyPath::Wrap {
+                self.cluster.follow(first, |b, msess| {
+                    b.set_attributes(msess, e.member_obj, &template)
+                });
+            } else if let Err(err) = self.cluster.replicate(&mut vec![first], &[e.member_obj]) {
+                tracing::warn!("a changed object could not be copied: {err}");
+            }
         }
         Ok(())
     }

@@ -2,8 +2,10 @@
 # hsmpool's token set-up for pkcs11-provider's own test suites, written for hsmpool (Apache-2.0).
 # tests/interop/pkcs11_provider.rs copies it into the provider's tests/ directory beside
 # softhsm-init.sh; the provider's tests/setup.sh sources it for the token types "hsmpool" (the
-# embedded default, made here under $TOKDIR) and "hsmpool.cluster" (the harness has started three
-# hsmpool-hsmd daemons and names their client configuration in HSMPOOL_CLUSTER_CONF).
+# embedded default, made here under $TOKDIR), "hsmpool.cluster" (the harness has started three
+# hsmpool-hsmd daemons and names their client configuration in HSMPOOL_CLUSTER_CONF) and
+# "hsmpool.softhsm" (three SoftHSMv2 tokens as members: HSMPOOL_CLUSTER_CONF names them, and
+# SOFTHSM2_CONF, set by the harness, SoftHSMv2's own configuration).
 # In: HSMPOOL_MODULE (the built libhsmpool_pkcs11.so), and the provider's TOKDIR, TOKENTYPE,
 # PINVALUE. Out: what setup.sh expects of a token script (P11LIB, TOKENLABEL, TOKENLABELURI,
 # TOKENCONFIGVARS, TESTPORT, SUPPORT_*).
@@ -17,13 +19,17 @@ fi
 P11LIB="${HSMPOOL_MODULE}"
 export P11LIB
 
-if [ "${TOKENTYPE}" == "hsmpool.cluster" ]; then
+if [ "${TOKENTYPE}" == "hsmpool.cluster" ] || [ "${TOKENTYPE}" == "hsmpool.softhsm" ]; then
     if [ -z "${HSMPOOL_CLUSTER_CONF}" ] || [ ! -f "${HSMPOOL_CLUSTER_CONF}" ]; then
         echo "HSMPOOL_CLUSTER_CONF must name the cluster's client configuration"
         exit 1
     fi
     HSMPOOL_CONF="${HSMPOOL_CLUSTER_CONF}"
-    export TESTPORT="36000"
+    if [ "${TOKENTYPE}" == "hsmpool.softhsm" ]; then
+        export TESTPORT="37000"
+    else
+        export TESTPORT="36000"
+    fi
 else
     # The embedded default: one in-process simulated HSM whose store lives in the token dir.
     HSMPOOL_CONF="${TOKDIR}/hsmpool.toml"
@@ -47,6 +53,10 @@ pkcs11-tool --module "${P11LIB}" --so-pin "${PINVALUE}" \
     --login --login-type so --init-pin --pin "${PINVALUE}" 2>&1
 
 export TOKENCONFIGVARS="export HSMPOOL_CONF=${HSMPOOL_CONF}"
+if [ "${TOKENTYPE}" == "hsmpool.softhsm" ]; then
+    TOKENCONFIGVARS="${TOKENCONFIGVARS}
+export SOFTHSM2_CONF=${SOFTHSM2_CONF}"
+fi
 
 export SUPPORT_ALLOWED_MECHANISMS=1
 # What hsmpool does not offer (README, "OpenSSL 3 with the pkcs11-provider"): Ed448 and the
