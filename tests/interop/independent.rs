@@ -24,12 +24,16 @@ use crate::common::{with_module, Setup, USER_PIN};
 /// time ([`Inspector::with`], on [`crate::common::with_module`]).
 pub struct Inspector {
     conf: PathBuf,
+    wrapped: bool,
 }
 
 /// A logged-in user session for one look at the token.
 pub struct View<'a> {
     m: &'a Module,
     h: CK_SESSION_HANDLE,
+    /// The members copy keys by wrapping (vendor modules): see
+    /// [`View::check_private_key_stays_in`].
+    wrapped: bool,
 }
 
 /// What a look at the token found about one object.
@@ -48,6 +52,7 @@ impl Inspector {
     pub fn new(setup: &Setup) -> Inspector {
         Inspector {
             conf: setup.conf.clone(),
+            wrapped: setup.kind == crate::common::Kind::SoftHsm,
         }
     }
 
@@ -60,7 +65,11 @@ impl Inspector {
                 CKR_OK,
                 "C_Login as the user in the test process"
             );
-            f(&View { m, h })
+            f(&View {
+                m,
+                h,
+                wrapped: self.wrapped,
+            })
         })
     }
 }
@@ -179,15 +188,19 @@ impl View<'_> {
     /// `Err` unless the private key `o` was generated in the token and can never leave it:
     /// `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE`, `CKA_ALWAYS_SENSITIVE`, `CKA_LOCAL`,
     /// `CKA_NEVER_EXTRACTABLE` true and `CKA_EXTRACTABLE` false, and its value unreadable.
+    /// Where the members copy keys by wrapping (vendor modules), it leaves an HSM only under
+    /// the trusted cluster key: `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` true instead.
     pub fn check_private_key_stays_in(&self, o: CK_OBJECT_HANDLE) -> Result<(), String> {
+        let w = self.wrapped;
         for (ty, name, want) in [
             (CKA_TOKEN, "CKA_TOKEN", true),
             (CKA_PRIVATE, "CKA_PRIVATE", true),
             (CKA_SENSITIVE, "CKA_SENSITIVE", true),
             (CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", true),
             (CKA_LOCAL, "CKA_LOCAL", true),
-            (CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", true),
-            (CKA_EXTRACTABLE, "CKA_EXTRACTABLE", false),
+            (CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", !w),
+            (CKA_EXTRACTABLE, "CKA_EXTRACTABLE", w),
+            (CKA_WRAP_WITH_TRUSTED, "CKA_WRAP_WITH_TRUSTED", w),
             (CKA_SIGN, "CKA_SIGN", true),
         ] {
             let got = self.flag(o, ty)?;

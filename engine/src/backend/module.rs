@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cryptoki_sys::*;
@@ -139,6 +140,11 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
             if rv != CKR_OK || fl.is_null() {
                 return Err(config(format!("C_GetFunctionList failed ({rv:#x})")));
             }
+            // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole process (it
+            // is in this library, which is never unloaded while the process runs its exit).
+            if unsafe { libc::atexit(at_exit) } != 0 {
+                tracing::warn!("atexit failed: vendor modules may be called during exit");
+            }
             Arc::new(Loaded { _lib: lib, fl })
         }
     };
@@ -202,14 +208,57 @@ pub struct Module {
     /// The token's own label, kept through `C_InitToken` when the token is chosen by label (so
     /// it is found again).
     keep_label: Option<[u8; 32]>,
+    /// Vendor sessions for operations, each used by one thread at a time (see [`OpSession`]).
+    op_sessions: Mutex<Vec<CK_SESSION_HANDLE>>,
 }
 
-/// Calls one function of the library's list: `Err(CKR_FUNCTION_NOT_SUPPORTED)` for a NULL entry.
+/// Set when the process begins to exit: vendor modules are called no more.
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Calls into vendor modules now running.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Run at `exit`, before the destructors of every vendor module loaded until then (atexit
+/// handlers run in reverse order of registration, and this one is registered after each
+/// load): no new call goes in, and the calls in flight get a second to come out. Without it a
+/// thread of ours (a health probe, an application thread the JVM has not stopped) can be
+/// inside SoftHSMv2 while its static objects are destroyed, which crashes the process.
+extern "C" fn at_exit() {
+    EXITING.store(true, Ordering::SeqCst);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Counts one call into a vendor module while it runs.
+struct InFlight;
+
+impl InFlight {
+    /// `None` once the process is exiting.
+    fn enter() -> Option<InFlight> {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        if EXITING.load(Ordering::SeqCst) {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(InFlight)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Calls one function of the library's list: `Err(CKR_FUNCTION_NOT_SUPPORTED)` for a NULL entry,
+/// `Err(CKR_DEVICE_REMOVED)` once the process is exiting.
 macro_rules! call {
     ($self:ident, $f:ident ( $($arg:expr),* $(,)? )) => {{
-        match $self.lib.functions().$f {
-            None => Err($self.rv(CKR_FUNCTION_NOT_SUPPORTED)),
-            Some(f) => {
+        match ($self.lib.functions().$f, InFlight::enter()) {
+            (None, _) => Err($self.rv(CKR_FUNCTION_NOT_SUPPORTED)),
+            (_, None) => Err($self.rv(CKR_DEVICE_REMOVED)),
+            (Some(f), Some(_inside)) => {
                 // SAFETY: every pointer argument addresses a live value of the type and length
                 // the function's PKCS #11 signature says (built just above each call), and the
                 // library was initialised for use from any thread.
@@ -218,6 +267,51 @@ macro_rules! call {
             }
         }
     }};
+}
+
+/// A vendor session held by one thread for one operation. The engine shares its pool sessions
+/// between threads, which the simulator takes (each call is whole), but a vendor module keeps
+/// an operation's state in the session (`C_SignInit` then `C_Sign`, a find's cursor, the
+/// length query and the call of a two-call output) and may crash when two threads use one
+/// session at once (SoftHSMv2 does). So every operation runs in a session of its own, taken
+/// from a free list and given back after; login is the application's on a vendor module, so
+/// such a session is logged in as soon as any is. A session that failed as a session (closed,
+/// invalid, the device gone) is closed, not given back.
+struct OpSession<'a> {
+    m: &'a Module,
+    h: CK_SESSION_HANDLE,
+    keep: bool,
+}
+
+impl OpSession<'_> {
+    /// `r`, noting whether the session is still good after it.
+    fn check<T>(&mut self, r: MemberResult<T>) -> MemberResult<T> {
+        if let Err(MemberError::Rv { rv, .. }) = &r {
+            if matches!(
+                *rv,
+                CKR_SESSION_HANDLE_INVALID
+                    | CKR_SESSION_CLOSED
+                    | CKR_DEVICE_REMOVED
+                    | CKR_DEVICE_ERROR
+                    | CKR_TOKEN_NOT_PRESENT
+                    | CKR_CRYPTOKI_NOT_INITIALIZED
+            ) {
+                self.keep = false;
+            }
+        }
+        r
+    }
+}
+
+impl Drop for OpSession<'_> {
+    fn drop(&mut self) {
+        if self.keep {
+            self.m.op_sessions.lock().push(self.h);
+        } else {
+            let m = self.m;
+            let _ = call!(m, C_CloseSession(self.h));
+        }
+    }
 }
 
 impl Module {
@@ -234,6 +328,7 @@ impl Module {
             offered: Default::default(),
             rows: Vec::new(),
             keep_label: None,
+            op_sessions: Mutex::new(Vec::new()),
         };
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
@@ -299,6 +394,33 @@ impl Module {
             cfg.path.display()
         );
         Ok(m)
+    }
+
+    /// A session for one operation (see [`OpSession`]).
+    fn op_session(&self) -> MemberResult<OpSession<'_>> {
+        if let Some(h) = self.op_sessions.lock().pop() {
+            return Ok(OpSession {
+                m: self,
+                h,
+                keep: true,
+            });
+        }
+        let mut h: CK_SESSION_HANDLE = 0;
+        call!(
+            self,
+            C_OpenSession(
+                self.slot,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                std::ptr::null_mut(),
+                None,
+                &mut h
+            )
+        )?;
+        Ok(OpSession {
+            m: self,
+            h,
+            keep: true,
+        })
     }
 
     fn rv(&self, rv: CK_RV) -> MemberError {
@@ -423,19 +545,18 @@ impl Module {
     /// secret (with the answer to give).
     fn attribute(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         h: CK_OBJECT_HANDLE,
         ty: CK_ATTRIBUTE_TYPE,
     ) -> MemberResult<AttrAnswer> {
+        let mut op = self.op_session()?;
+        let sh = op.h;
         let mut a = CK_ATTRIBUTE {
             type_: ty,
             pValue: std::ptr::null_mut(),
             ulValueLen: 0,
         };
-        match call!(
-            self,
-            C_GetAttributeValue(s.0 as CK_SESSION_HANDLE, h, &mut a, 1)
-        ) {
+        match op.check(call!(self, C_GetAttributeValue(sh, h, &mut a, 1))) {
             Ok(()) if a.ulValueLen != CK_UNAVAILABLE_INFORMATION => {}
             Ok(()) => return Ok(AttrAnswer::Invalid),
             Err(MemberError::Rv {
@@ -450,10 +571,7 @@ impl Module {
         }
         let mut value = vec![0u8; a.ulValueLen as usize];
         a.pValue = value.as_mut_ptr().cast::<c_void>();
-        call!(
-            self,
-            C_GetAttributeValue(s.0 as CK_SESSION_HANDLE, h, &mut a, 1)
-        )?;
+        op.check(call!(self, C_GetAttributeValue(sh, h, &mut a, 1)))?;
         value.truncate(a.ulValueLen as usize);
         Ok(AttrAnswer::Value(value))
     }
@@ -641,6 +759,7 @@ impl Backend for Module {
         // The token refuses while sessions are open on it (ours in the pool; the engine opens
         // them again when they answer CKR_SESSION_HANDLE_INVALID).
         call!(self, C_CloseAllSessions(self.slot))?;
+        self.op_sessions.lock().clear();
         let label = match &self.keep_label {
             Some(own) if own != label => {
                 tracing::info!(
@@ -689,13 +808,34 @@ impl Backend for Module {
     }
     fn token_status(&self) -> MemberResult<TokenStatus> {
         let info = self.token_info(self.slot)?;
+        // A module tells no counts, only the flags: count low, final try, locked; as counts
+        // out of three they give the engine the same flags back.
+        let failures = |low, last, locked| {
+            if info.flags & locked != 0 {
+                3
+            } else if info.flags & last != 0 {
+                2
+            } else if info.flags & low != 0 {
+                1
+            } else {
+                0
+            }
+        };
         Ok(TokenStatus {
             initialized: info.flags & CKF_TOKEN_INITIALIZED != 0,
             user_pin_initialized: info.flags & CKF_USER_PIN_INITIALIZED != 0,
             label: info.label,
-            user_failures: 0,
-            so_failures: 0,
-            max_failures: 0,
+            user_failures: failures(
+                CKF_USER_PIN_COUNT_LOW,
+                CKF_USER_PIN_FINAL_TRY,
+                CKF_USER_PIN_LOCKED,
+            ),
+            so_failures: failures(
+                CKF_SO_PIN_COUNT_LOW,
+                CKF_SO_PIN_FINAL_TRY,
+                CKF_SO_PIN_LOCKED,
+            ),
+            max_failures: 3,
             object_count: 0,
         })
     }
@@ -779,21 +919,24 @@ impl Backend for Module {
             )
         )
     }
-    fn object_size(&self, s: MemberSession, o: MemberObject) -> MemberResult<u64> {
+    fn object_size(&self, _s: MemberSession, o: MemberObject) -> MemberResult<u64> {
         let h = self.handle(o)?;
         let mut n: CK_ULONG = 0;
-        call!(self, C_GetObjectSize(s.0 as CK_SESSION_HANDLE, h, &mut n))?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(self, C_GetObjectSize(sh, h, &mut n)))?;
         Ok(n as u64)
     }
     fn find(&self, s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
         let (t, id) = Self::strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let raw = ck.as_slice();
-        let sh = s.0 as CK_SESSION_HANDLE;
-        call!(
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
             self,
             C_FindObjectsInit(sh, raw.as_ptr().cast_mut(), ck_len(raw.len()))
-        )?;
+        ))?;
         let mut found = Vec::new();
         let mut batch = [CK_INVALID_HANDLE; 64];
         let done = loop {
@@ -809,8 +952,10 @@ impl Backend for Module {
             }
             found.extend_from_slice(&batch[..n as usize]);
         };
-        call!(self, C_FindObjectsFinal(sh))?;
+        let done = op.check(done);
+        op.check(call!(self, C_FindObjectsFinal(sh)))?;
         done?;
+        drop(op);
         Ok(found
             .into_iter()
             .map(|h| self.adopt(s, h, None))
@@ -909,18 +1054,20 @@ impl Backend for Module {
     }
     fn wrap_key(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         mech: &Mechanism,
         wrapping: MemberObject,
         key: MemberObject,
     ) -> MemberResult<Vec<u8>> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let (wh, kh) = (self.handle(wrapping)?, self.handle(key)?);
-        self.two_call(|out, len| {
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        let r = self.two_call(|out, len| {
             call!(
                 self,
                 C_WrapKey(
-                    s.0 as CK_SESSION_HANDLE,
+                    sh,
                     std::ptr::from_ref(m.as_raw()).cast_mut(),
                     wh,
                     kh,
@@ -928,7 +1075,8 @@ impl Backend for Module {
                     len
                 )
             )
-        })
+        });
+        op.check(r)
     }
     fn unwrap_key(
         &self,
@@ -983,24 +1131,27 @@ impl Backend for Module {
     }
     fn sign(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         mech: &Mechanism,
         key: MemberObject,
         input: SignInput,
     ) -> MemberResult<Vec<u8>> {
         let (mech, data) = self.sign_form(mech, input)?;
         let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
-        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
-        call!(
+        let kh = self.handle(key)?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
             self,
             C_SignInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        )?;
-        self.two_call(|out, len| {
+        ))?;
+        let r = self.two_call(|out, len| {
             call!(
                 self,
                 C_Sign(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
             )
-        })
+        });
+        op.check(r)
     }
     fn verify(
         &self,
@@ -1012,12 +1163,14 @@ impl Backend for Module {
     ) -> MemberResult<()> {
         let (mech, data) = self.sign_form(mech, input)?;
         let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
-        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
-        call!(
+        let kh = self.handle(key)?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
             self,
             C_VerifyInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        )?;
-        call!(
+        ))?;
+        let r = call!(
             self,
             C_Verify(
                 sh,
@@ -1026,7 +1179,8 @@ impl Backend for Module {
                 signature.as_ptr().cast_mut(),
                 ck_len(signature.len())
             )
-        )
+        );
+        op.check(r)
     }
     fn encrypt(
         &self,
@@ -1036,17 +1190,20 @@ impl Backend for Module {
         data: &[u8],
     ) -> MemberResult<Vec<u8>> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
-        call!(
+        let kh = self.handle(key)?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
             self,
             C_EncryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        )?;
-        self.two_call(|out, len| {
+        ))?;
+        let r = self.two_call(|out, len| {
             call!(
                 self,
                 C_Encrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
             )
-        })
+        });
+        op.check(r)
     }
     fn decrypt(
         &self,
@@ -1056,18 +1213,20 @@ impl Backend for Module {
         data: &[u8],
     ) -> MemberResult<Zeroizing<Vec<u8>>> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let (sh, kh) = (s.0 as CK_SESSION_HANDLE, self.handle(key)?);
-        call!(
+        let kh = self.handle(key)?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
             self,
             C_DecryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        )?;
-        self.two_call(|out, len| {
+        ))?;
+        let r = self.two_call(|out, len| {
             call!(
                 self,
                 C_Decrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
             )
-        })
-        .map(Zeroizing::new)
+        });
+        op.check(r).map(Zeroizing::new)
     }
     fn secret_value_for_digest(
         &self,
@@ -1081,17 +1240,13 @@ impl Backend for Module {
         }
     }
     fn random(&self, out: &mut [u8]) -> MemberResult<()> {
-        let s = self.open_session()?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
         let r = call!(
             self,
-            C_GenerateRandom(
-                s.0 as CK_SESSION_HANDLE,
-                out.as_mut_ptr(),
-                ck_len(out.len())
-            )
+            C_GenerateRandom(sh, out.as_mut_ptr(), ck_len(out.len()))
         );
-        self.close_session(s);
-        r
+        op.check(r)
     }
     fn ping(&self) -> MemberResult<()> {
         self.token_info(self.slot).map(|_| ())

@@ -301,8 +301,9 @@ pub(crate) struct Member {
     up_since_ms: AtomicU64,
     fails: AtomicU32,
     pub(crate) stats: Stats,
-    /// The cluster wrapping key on this member, once found (copies by wrapping).
-    wrap_key: Mutex<Option<crate::backend::MemberObject>>,
+    /// The cluster wrapping key on this member: `None` not looked for yet, `Some(None)` looked
+    /// for and absent, `Some(Some(k))` found (copies by wrapping; see `wrap.rs`).
+    wrap_key: Mutex<Option<Option<crate::backend::MemberObject>>>,
 }
 
 #[derive(Clone)]

@@ -213,10 +213,11 @@ pub(crate) fn not_copyable(e: &Error) -> bool {
 }
 
 impl Cluster {
-    /// The cluster wrapping key on member `m` (found by label once, then remembered).
+    /// The cluster wrapping key on member `m` (found by label, then remembered; looked for
+    /// again while absent, since the ceremony may have been run since).
     fn wrap_key_on(&self, m: usize) -> Result<MemberObject> {
         let member = &self.members[m];
-        if let Some(k) = *member.wrap_key.lock() {
+        if let Some(Some(k)) = *member.wrap_key.lock() {
             return Ok(k);
         }
         let label = &self.settings.wrap_key_label;
@@ -226,14 +227,32 @@ impl Cluster {
             Attr::bytes(CKA_LABEL, label.as_bytes()),
         ];
         let found = self.call(Route::Member(m), 2, |b, s| b.find(s, &template))?;
-        let k = *found.first().ok_or_else(|| {
+        *member.wrap_key.lock() = Some(found.first().copied());
+        found.first().copied().ok_or_else(|| {
             Error::DeviceError(format!(
                 "member {m} has no cluster wrapping key labelled {label:?}: token keys cannot \
                  be copied to or from it (run `hsmpool cluster wrap-key`)"
             ))
-        })?;
-        *member.wrap_key.lock() = Some(k);
-        Ok(k)
+        })
+    }
+
+    /// The cluster wrapping key's ids on the members: the engine's own object, never shown to
+    /// the application (a find does not return it). Each up member is asked once.
+    pub(crate) fn wrap_keys(&self) -> Vec<MemberObject> {
+        if self.copy_path != CopyPath::Wrap || self.members.len() < 2 {
+            return Vec::new();
+        }
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let known = *m.wrap_key.lock();
+                match known {
+                    Some(k) => k,
+                    None if m.is_up() => self.wrap_key_on(m.index).ok(),
+                    None => None,
+                }
+            })
+            .collect()
     }
 
     fn wrap_mechanism(&self, m: usize) -> Mechanism {

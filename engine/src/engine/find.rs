@@ -77,6 +77,8 @@ impl Engine {
             found.sort_unstable();
             found.dedup();
         }
+        let hidden = self.cluster.wrap_keys();
+        found.retain(|mo| !hidden.contains(mo));
         let mut results: Vec<ObjectHandle> = found
             .into_iter()
             .map(|mo| {
