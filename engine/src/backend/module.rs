@@ -1155,7 +1155,7 @@ impl Backend for Module {
     }
     fn verify(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         mech: &Mechanism,
         key: MemberObject,
         input: SignInput,
@@ -1184,7 +1184,7 @@ impl Backend for Module {
     }
     fn encrypt(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         mech: &Mechanism,
         key: MemberObject,
         data: &[u8],
@@ -1207,7 +1207,7 @@ impl Backend for Module {
     }
     fn decrypt(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         mech: &Mechanism,
         key: MemberObject,
         data: &[u8],
