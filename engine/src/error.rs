@@ -154,6 +154,10 @@ pub enum Error {
     /// The token is write protected.
     #[error("token write protected")]
     TokenWriteProtected,
+    /// The call cannot be done now, for a reason the log gives (the module was re-entered from
+    /// inside its own login).
+    #[error("function failed")]
+    FunctionFailed,
     /// The HSM returned an error code; carried through unchanged.
     #[error("HSM member {member} returned {rv:#x}")]
     Hsm {
@@ -259,6 +263,7 @@ impl Error {
             Error::FunctionNotSupported => CKR_FUNCTION_NOT_SUPPORTED,
             Error::RandomSeedNotSupported => CKR_RANDOM_SEED_NOT_SUPPORTED,
             Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
+            Error::FunctionFailed => CKR_FUNCTION_FAILED,
             Error::Hsm { rv, .. } => *rv,
             Error::DeviceError(_) => CKR_DEVICE_ERROR,
             Error::MemberUnreachable { .. } => CKR_DEVICE_REMOVED,
@@ -273,7 +278,14 @@ impl Error {
         match self {
             Error::Hsm { rv, .. } => matches!(
                 *rv,
-                CKR_DEVICE_ERROR | CKR_DEVICE_REMOVED | CKR_DEVICE_MEMORY | CKR_SESSION_CLOSED
+                CKR_DEVICE_ERROR
+                    | CKR_DEVICE_REMOVED
+                    | CKR_DEVICE_MEMORY
+                    | CKR_SESSION_CLOSED
+                    | CKR_TOKEN_NOT_PRESENT
+                    // A vendor module's answer when it throttles (AWS CloudHSM's client among
+                    // others): tried once on each other member, then returned (cluster::call).
+                    | CKR_FUNCTION_FAILED
             ),
             Error::DeviceError(_) | Error::MemberUnreachable { .. } => true,
             Error::NotInitialized
@@ -324,6 +336,7 @@ impl Error {
             | Error::FunctionNotSupported
             | Error::RandomSeedNotSupported
             | Error::TokenWriteProtected
+            | Error::FunctionFailed
             | Error::HostMemory
             | Error::General(_) => false,
         }
@@ -409,6 +422,7 @@ mod tests {
             Error::MemberUnreachable { .. } => 50,
             Error::HostMemory => 51,
             Error::General(_) => 52,
+            Error::FunctionFailed => 53,
         }
     }
 
@@ -555,6 +569,7 @@ mod tests {
                 false,
             ),
             (Error::TokenWriteProtected, CKR_TOKEN_WRITE_PROTECTED, false),
+            (Error::FunctionFailed, CKR_FUNCTION_FAILED, false),
             (Error::DeviceError("x".into()), CKR_DEVICE_ERROR, true),
             (
                 Error::MemberUnreachable {
@@ -570,6 +585,8 @@ mod tests {
             (hsm(CKR_DEVICE_REMOVED), CKR_DEVICE_REMOVED, true),
             (hsm(CKR_DEVICE_MEMORY), CKR_DEVICE_MEMORY, true),
             (hsm(CKR_SESSION_CLOSED), CKR_SESSION_CLOSED, true),
+            (hsm(CKR_TOKEN_NOT_PRESENT), CKR_TOKEN_NOT_PRESENT, true),
+            (hsm(CKR_FUNCTION_FAILED), CKR_FUNCTION_FAILED, true),
             (
                 hsm(CKR_SESSION_HANDLE_INVALID),
                 CKR_SESSION_HANDLE_INVALID,
@@ -579,7 +596,7 @@ mod tests {
             (hsm(CKR_PIN_INCORRECT), CKR_PIN_INCORRECT, false),
             (hsm(CKR_GENERAL_ERROR), CKR_GENERAL_ERROR, false),
         ];
-        let mut seen = [false; 53];
+        let mut seen = [false; 54];
         for (e, rv, retry) in &table {
             assert_eq!(e.ck_rv(), *rv, "{e:?}");
             assert_eq!(e.is_retryable(), *retry, "{e:?}");

@@ -33,6 +33,10 @@ use std::sync::Arc;
 /// Largest multi-part input buffered for a single member call.
 pub const MAX_BUFFERED: usize = 64 << 20;
 
+/// Largest multi-part hash-and-sign message kept whole for a member that wants whole messages
+/// (`Backend::wants_whole_messages`); a longer one is hashed here.
+pub const WHOLE_MAX: usize = 1 << 20;
+
 const AES_BLOCK: usize = 16;
 
 /// One active operation.
@@ -473,9 +477,14 @@ impl Engine {
             hsmpool_member::mechanism::check_rsa_oaep_param(&mech)
                 .map_err(|_| Error::MechanismParamInvalid)?;
         }
+        // Hash-and-sign parts are hashed here as they come, and the member signs the digest;
+        // where a member wants whole messages (a vendor module, whose key may allow only the
+        // hash-and-sign mechanism, not the raw one), they are kept until WHOLE_MAX and hashed
+        // here only past it.
+        let whole = self.cluster.whole_messages && matches!(kind, OpKind::Sign | OpKind::Verify);
         let hash = match row.hash {
-            Some(h) => Some(digest_ctx(h)?),
-            None => None,
+            Some(h) if !whole => Some(digest_ctx(h)?),
+            _ => None,
         };
         let blocks = match mech.mech {
             CKM_AES_ECB => Some(BlockMode::Ecb),
@@ -728,9 +737,17 @@ impl Engine {
     ) -> Result<usize> {
         match kind {
             OpKind::Digest | OpKind::Sign | OpKind::Verify => {
-                match op.hash.as_mut() {
-                    Some(h) => h.update(data),
-                    None => Self::buffer(op, data)?,
+                match (op.hash.as_mut(), op.row.hash) {
+                    (Some(h), _) => h.update(data),
+                    // A whole message grown past WHOLE_MAX: hashed from here on.
+                    (None, Some(alg)) if op.buf.len().saturating_add(data.len()) > WHOLE_MAX => {
+                        let mut h = digest_ctx(alg)?;
+                        h.update(&op.buf);
+                        h.update(data);
+                        zeroize::Zeroize::zeroize(&mut *op.buf);
+                        op.hash = Some(h);
+                    }
+                    (None, _) => Self::buffer(op, data)?,
                 }
                 Ok(0)
             }

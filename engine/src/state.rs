@@ -107,11 +107,35 @@ impl LoginCell {
     pub(crate) fn get(&self) -> LoginState {
         LoginState::from_u8(self.state.load(Ordering::Acquire))
     }
-    pub(crate) fn lock(&self) -> LoginGuard<'_> {
-        LoginGuard {
-            cell: self,
-            _held: self.lock.lock(),
+    /// The login mutex. Taken again by the thread that holds it (a vendor module member that
+    /// calls back into the host during `C_Login`, which sends the call back here: SoftHSMv2
+    /// checks its PIN with the host's OpenSSL, which the OpenSSL provider may route to this
+    /// module) it is refused with `CKR_FUNCTION_FAILED` rather than left to deadlock.
+    pub(crate) fn lock(&self) -> crate::error::Result<LoginGuard<'_>> {
+        if HOLDS_LOGIN.with(std::cell::Cell::get) {
+            tracing::warn!(
+                "the module was called again from inside its own login (a member called back \
+                 into the host): refused"
+            );
+            return Err(crate::error::Error::FunctionFailed);
         }
+        let held = self.lock.lock();
+        HOLDS_LOGIN.with(|h| h.set(true));
+        Ok(LoginGuard {
+            cell: self,
+            _held: held,
+        })
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds a login mutex (see [`LoginCell::lock`]).
+    static HOLDS_LOGIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Drop for LoginGuard<'_> {
+    fn drop(&mut self) {
+        HOLDS_LOGIN.with(|h| h.set(false));
     }
 }
 

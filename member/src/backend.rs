@@ -282,6 +282,14 @@ pub trait Backend: Send + Sync {
         cryptoki_sys::CKM_AES_KEY_WRAP_KWP
     }
 
+    /// Whether a multi-part hash-and-sign operation should reach this member as the whole
+    /// message (up to the engine's limit) rather than as a digest the engine made: a vendor
+    /// module's key may allow the hash-and-sign mechanism only (`CKA_ALLOWED_MECHANISMS`), not
+    /// the raw one a digest needs. Default false (the engine hashes as parts arrive).
+    fn wants_whole_messages(&self) -> bool {
+        false
+    }
+
     /// The clone path, if this kind of member has one (see [`Replication`]). A member that
     /// cannot clone (a vendor module) answers `None` and the engine replicates through it
     /// another way.

@@ -110,8 +110,14 @@ impl Setup {
     /// SoftHSMv2 reads `SOFTHSM2_CONF` in every process that loads it: this test process (set
     /// here, for [`with_module`]) and each client ([`Setup::command`]).
     pub fn softhsm() -> Setup {
+        Setup::softhsm_with(SO_PIN, USER_PIN)
+    }
+
+    /// [`Setup::softhsm`] with tokens made with these PINs (a client's own suite initialises
+    /// the token again through us, with the SO PIN it knows).
+    pub fn softhsm_with(so_pin: &str, user_pin: &str) -> Setup {
         let scratch = tempfile::tempdir().expect("a temp dir can be made");
-        let tokens = SoftHsmTokens::create(scratch.path(), 3, "interop-member", SO_PIN, USER_PIN);
+        let tokens = SoftHsmTokens::create(scratch.path(), 3, "interop-member", so_pin, user_pin);
         std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
         let conf = scratch.path().join("hsmpool.toml");
         std::fs::write(&conf, tokens.members_toml()).expect("the temp dir is writable");
@@ -131,6 +137,18 @@ impl Setup {
             Kind::Embedded => Setup::embedded(),
             Kind::Cluster => Setup::cluster(),
             Kind::SoftHsm => Setup::softhsm(),
+        }
+    }
+
+    /// Keep the scratch directory (configuration, tokens, client files) after the run when
+    /// `HSMPOOL_KEEP_SCRATCH` is set, to reproduce a failure by hand; its path is printed.
+    fn keep_scratch_if_asked(&mut self) {
+        if std::env::var_os("HSMPOOL_KEEP_SCRATCH").is_some() {
+            let kept = std::mem::replace(
+                &mut self.scratch,
+                tempfile::tempdir().expect("a temp dir can be made"),
+            );
+            eprintln!("scratch kept: {}", kept.keep().display());
         }
     }
 
@@ -326,5 +344,11 @@ pub fn ensure(cond: bool, what: impl Into<String>) -> Result<(), String> {
         Ok(())
     } else {
         Err(what.into())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.keep_scratch_if_asked();
     }
 }

@@ -214,7 +214,18 @@ impl Fixture {
     fn open(path: std::path::PathBuf, dir: Option<tempfile::TempDir>) -> Fixture {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let m = MODULE.get_or_init(Module::load);
-        let conf = crate::write_test_config(&path);
+        let conf = match std::env::var("HSMPOOL_TEST_MEMBERS").as_deref() {
+            // The same tests over three SoftHSMv2 tokens as vendor-module members.
+            Ok("softhsm") => {
+                let t =
+                    crate::softhsm::SoftHsmTokens::create(&path, 3, "fixture", SO_PIN, USER_PIN);
+                std::env::set_var("SOFTHSM2_CONF", &t.conf);
+                let conf = path.join("hsmpool.toml");
+                std::fs::write(&conf, t.members_toml()).expect("the temp dir is writable");
+                conf
+            }
+            _ => crate::write_test_config(&path),
+        };
         // A previous test that panicked may have left it initialised.
         let _ = m.finalize();
         let rv = m.initialize_with(Some(&format!("conf={}", conf.display())));

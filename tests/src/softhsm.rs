@@ -19,6 +19,8 @@ pub struct SoftHsmTokens {
     pub labels: Vec<String>,
     /// Each token's serial number.
     pub serials: Vec<String>,
+    /// Each token's slot id.
+    pub slots: Vec<u64>,
 }
 
 impl SoftHsmTokens {
@@ -64,40 +66,52 @@ impl SoftHsmTokens {
             .output()
             .expect("softhsm2-util runs");
         let text = String::from_utf8_lossy(&shown.stdout);
-        // Each initialised slot prints "Label: ..." after "Serial number: ...".
-        let mut serial = None;
+        // Each slot prints "Slot N", then its token's "Serial number: ..." and "Label: ...".
+        let (mut slot, mut serial) = (None, None);
         let mut by_label = std::collections::HashMap::new();
         for line in text.lines().map(str::trim) {
-            if let Some(v) = line.strip_prefix("Serial number:") {
+            if let Some(n) = line
+                .strip_prefix("Slot ")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                slot = Some(n);
+            } else if let Some(v) = line.strip_prefix("Serial number:") {
                 serial = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("Label:") {
-                if let Some(s) = serial.take() {
-                    by_label.insert(v.trim().to_owned(), s);
+                if let (Some(s), Some(n)) = (serial.take(), slot) {
+                    by_label.insert(v.trim().to_owned(), (s, n));
                 }
             }
         }
+        let mut slots = Vec::new();
         for l in &labels {
-            serials.push(
-                by_label
-                    .get(l)
-                    .unwrap_or_else(|| panic!("no serial number for {l} in:\n{text}"))
-                    .clone(),
-            );
+            let (s, n) = by_label
+                .get(l)
+                .unwrap_or_else(|| panic!("no serial number for {l} in:\n{text}"));
+            serials.push(s.clone());
+            slots.push(*n);
         }
         SoftHsmTokens {
             conf,
             labels,
             serials,
+            slots,
         }
     }
 
     /// The `[[member]]` tables naming these tokens by serial number.
     pub fn members_toml(&self) -> String {
+        self.members_toml_via(Path::new(SOFTHSM))
+    }
+
+    /// The same, reaching SoftHSMv2 through `module` (the fault shim, which forwards to it).
+    pub fn members_toml_via(&self, module: &Path) -> String {
         self.serials
             .iter()
             .map(|s| {
                 format!(
-                    "[[member]]\nkind = \"module\"\npath = \"{SOFTHSM}\"\ntoken_serial = \"{s}\"\n"
+                    "[[member]]\nkind = \"module\"\npath = \"{}\"\ntoken_serial = \"{s}\"\n",
+                    module.display()
                 )
             })
             .collect()

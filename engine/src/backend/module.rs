@@ -96,7 +96,11 @@ impl Library {
 
 impl Drop for Library {
     fn drop(&mut self) {
-        if !self.ours {
+        // Not ours to finalise; or the process is exiting (our C_Finalize called from a host's
+        // own exit handlers, as the OpenSSL provider's teardown does): then the vendor's own
+        // destructors do the work, and SoftHSMv2's C_Finalize at that point crashes the process
+        // (the provider's tests set its `no-deinit` quirk for it).
+        if !self.ours || EXITING.load(Ordering::SeqCst) {
             return;
         }
         if let Some(finalize) = self.functions().C_Finalize {
@@ -210,6 +214,12 @@ pub struct Module {
     keep_label: Option<[u8; 32]>,
     /// Vendor sessions for operations, each used by one thread at a time (see [`OpSession`]).
     op_sessions: Mutex<Vec<CK_SESSION_HANDLE>>,
+    /// The user's PIN while logged in, for the context-specific login a key with
+    /// `CKA_ALWAYS_AUTHENTICATE` asks after each `C_SignInit` (the engine has checked the
+    /// application's own context-specific login before it calls `sign`).
+    user_pin: Mutex<Option<Zeroizing<Vec<u8>>>>,
+    /// Whether a key has `CKA_ALWAYS_AUTHENTICATE`, by handle (read once).
+    always_auth: DashMap<CK_OBJECT_HANDLE, bool, IdHash>,
 }
 
 /// Set when the process begins to exit: vendor modules are called no more.
@@ -329,6 +339,8 @@ impl Module {
             rows: Vec::new(),
             keep_label: None,
             op_sessions: Mutex::new(Vec::new()),
+            user_pin: Mutex::new(None),
+            always_auth: DashMap::with_hasher(IdHash),
         };
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
@@ -394,6 +406,16 @@ impl Module {
             cfg.path.display()
         );
         Ok(m)
+    }
+
+    /// Whether key `h` asks for a context-specific login before each signature.
+    fn always_authenticate(&self, h: CK_OBJECT_HANDLE) -> bool {
+        if let Some(v) = self.always_auth.get(&h) {
+            return *v;
+        }
+        let v = self.flag(MemberSession(0), h, CKA_ALWAYS_AUTHENTICATE);
+        self.always_auth.insert(h, v);
+        v
     }
 
     /// A session for one operation (see [`OpSession`]).
@@ -515,6 +537,7 @@ impl Module {
     }
 
     fn forget(&self, h: CK_OBJECT_HANDLE) {
+        self.always_auth.remove(&h);
         if let Some((_, id)) = self.ids.remove(&h) {
             self.handles.remove(&id);
         }
@@ -690,6 +713,11 @@ impl Module {
     }
 }
 
+/// Whether two secrets are equal, in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn ck_len(n: usize) -> CK_ULONG {
     n as CK_ULONG
 }
@@ -742,7 +770,7 @@ impl Backend for Module {
             Role::Officer => CKU_SO,
             Role::User => CKU_USER,
         };
-        call!(
+        let r = call!(
             self,
             C_Login(
                 s.0 as CK_SESSION_HANDLE,
@@ -750,9 +778,33 @@ impl Backend for Module {
                 pin.as_ptr().cast_mut(),
                 ck_len(pin.len())
             )
-        )
+        );
+        match (role, &r) {
+            (Role::User, Ok(())) => *self.user_pin.lock() = Some(Zeroizing::new(pin.to_vec())),
+            // Login is the application's on a vendor module: the sessions after the first are
+            // in already, and a PIN checked again (the engine's context-specific login) cannot
+            // be given to the token without logging every session out. It is checked against
+            // the PIN the token took.
+            (
+                Role::User,
+                Err(MemberError::Rv {
+                    rv: CKR_USER_ALREADY_LOGGED_IN,
+                    ..
+                }),
+            ) => {
+                let mut known = self.user_pin.lock();
+                match known.as_ref() {
+                    Some(k) if same_secret(k, pin) => return Ok(()),
+                    Some(_) => return Err(self.rv(CKR_PIN_INCORRECT)),
+                    None => *known = Some(Zeroizing::new(pin.to_vec())),
+                }
+            }
+            _ => {}
+        }
+        r
     }
     fn logout(&self, s: MemberSession) -> MemberResult<()> {
+        *self.user_pin.lock() = None;
         call!(self, C_Logout(s.0 as CK_SESSION_HANDLE))
     }
     fn init_token(&self, so_pin: &[u8], label: &[u8; 32]) -> MemberResult<()> {
@@ -782,6 +834,7 @@ impl Backend for Module {
         )?;
         self.handles.clear();
         self.ids.clear();
+        self.always_auth.clear();
         Ok(())
     }
     fn init_pin(&self, s: MemberSession, pin: &[u8]) -> MemberResult<()> {
@@ -1145,6 +1198,19 @@ impl Backend for Module {
             self,
             C_SignInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
         ))?;
+        if self.always_authenticate(kh) {
+            let pin = self.user_pin.lock().clone();
+            let pin = pin.ok_or_else(|| self.rv(CKR_USER_NOT_LOGGED_IN))?;
+            op.check(call!(
+                self,
+                C_Login(
+                    sh,
+                    CKU_CONTEXT_SPECIFIC,
+                    pin.as_ptr().cast_mut(),
+                    ck_len(pin.len())
+                )
+            ))?;
+        }
         let r = self.two_call(|out, len| {
             call!(
                 self,
@@ -1253,6 +1319,9 @@ impl Backend for Module {
     }
     fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
         Ok(Some(self.rows.clone()))
+    }
+    fn wants_whole_messages(&self) -> bool {
+        true
     }
     fn cluster_wrap_mechanism(&self) -> CK_MECHANISM_TYPE {
         // RFC 5649 goes by two numbers: PKCS #11 3.0's own, and the older one SoftHSMv2 gives

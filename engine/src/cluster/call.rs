@@ -71,6 +71,9 @@ impl Cluster {
         let mut avoid: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
         let mut last: Option<Error> = None;
+        // CKR_FUNCTION_FAILED is tried once on each member, not until the deadline: a vendor
+        // that throttles says it, and so does one that cannot do this call at all.
+        let mut function_failed = 0usize;
         loop {
             let m = match route {
                 Route::Member(i) => self
@@ -202,9 +205,32 @@ impl Cluster {
                     }
                 }
                 (Class::Transient, Route::Any | Route::AnyHome) => {
-                    self.note_failure(m, &e);
+                    // A refusal of this one call (CKR_FUNCTION_FAILED) does not count toward
+                    // the member's circuit: an application whose call always fails must not
+                    // take healthy members out.
+                    if !matches!(
+                        e,
+                        Error::Hsm {
+                            rv: CKR_FUNCTION_FAILED,
+                            ..
+                        }
+                    ) {
+                        self.note_failure(m, &e);
+                    }
                     avoid.push(m.index);
                     m.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if matches!(
+                e,
+                Error::Hsm {
+                    rv: CKR_FUNCTION_FAILED,
+                    ..
+                }
+            ) {
+                function_failed += 1;
+                if function_failed >= self.members.len() {
+                    return Err(e);
                 }
             }
             let now = clock.now();

@@ -367,6 +367,8 @@ pub struct Cluster {
     pub(crate) settings: Settings,
     /// How token objects travel between members (fixed by the member kinds).
     pub(crate) copy_path: CopyPath,
+    /// Some member wants multi-part hash-and-sign input whole (`Backend::wants_whole_messages`).
+    pub(crate) whole_messages: bool,
     creds: RwLock<Option<Arc<Credentials>>>,
     budget: AtomicI64,
     /// Creates (shared) against the final pass of a resynchronisation (exclusive).
@@ -516,6 +518,7 @@ impl Cluster {
         settings.sessions_per_member = settings.sessions_per_member.max(1);
         settings.min_replicas = settings.min_replicas.clamp(1, backends.len().max(1));
         let copy_path = CopyPath::of(&backends);
+        let whole_messages = backends.iter().any(|b| b.wants_whole_messages());
         let members = backends
             .into_iter()
             .enumerate()
@@ -528,6 +531,7 @@ impl Cluster {
             members,
             settings,
             copy_path,
+            whole_messages,
             creds: RwLock::new(None),
             budget: AtomicI64::new(BUDGET_MAX),
             gate: RwLock::new(()),

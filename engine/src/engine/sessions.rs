@@ -48,7 +48,7 @@ impl Engine {
         }
         let rw = flags & CKF_RW_SESSION != 0;
         // Holding the login lock orders this against a concurrent SO login.
-        let login = self.login.lock();
+        let login = self.login.lock()?;
         if !rw && login.get() == LoginState::So {
             return Err(Error::SessionReadWriteSoExists);
         }
@@ -84,7 +84,7 @@ impl Engine {
             self.forget_object(h);
         }
         if self.sessions.is_empty() {
-            let login = self.login.lock();
+            let login = self.login.lock()?;
             if self.sessions.is_empty() && login.get() != LoginState::Public {
                 self.cluster.logout();
                 login.set(LoginState::Public);
@@ -130,7 +130,7 @@ impl Engine {
             ),
             None => None,
         };
-        let login = self.login.lock();
+        let login = self.login.lock()?;
         match user_type {
             CKU_CONTEXT_SPECIFIC => {
                 let role = match login.get() {
@@ -185,7 +185,7 @@ impl Engine {
     /// `C_Logout`.
     pub fn logout(&self, s: SessionHandle) -> Result<()> {
         self.session(s)?;
-        let login = self.login.lock();
+        let login = self.login.lock()?;
         if login.get() == LoginState::Public {
             return Err(Error::UserNotLoggedIn);
         }

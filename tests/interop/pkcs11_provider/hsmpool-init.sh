@@ -66,3 +66,8 @@ export SUPPORT_X25519=0
 export SUPPORT_X448=0
 export SUPPORT_ML_DSA=0
 export SUPPORT_ML_KEM=0
+if [ "${TOKENTYPE}" == "hsmpool.softhsm" ]; then
+    # SoftHSMv2 cannot wrap an EdDSA private key, so Ed25519 token keys cannot reach every
+    # member and hsmpool refuses them (README, "SoftHSMv2").
+    export SUPPORT_ED25519=0
+fi
