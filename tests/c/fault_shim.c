@@ -12,8 +12,10 @@
  *   "SLOT fail RV PERMILLE"   calls on SLOT fail with CK_RV RV (hex) PERMILLE times in 1000
  *   "SLOT delay MS"        calls on SLOT take MS ms longer
  *   "SLOT hang"            calls on SLOT block until the slot's mode changes
- *   "SLOT reset"           every session on SLOT is closed in the real module once (the
- *                          application's login with them), then "ok"
+ *   "SLOT reset"           every session open on SLOT is lost, as when a vendor client loses
+ *                          its HSM: calls on them answer CKR_SESSION_HANDLE_INVALID from then
+ *                          on (the real module's sessions are left alone: closing them under
+ *                          other threads crashes SoftHSMv2 2.6), then "ok"
  * It returns 0, or -1 for a command it does not understand. Calls made by the shim itself
  * and C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList and
  * C_GetSlotInfo are never faulted.
@@ -41,7 +43,18 @@ struct slot_fault {
     CK_RV rv;
     unsigned permille;
     unsigned delay_ms;
+    unsigned resets;
 };
+
+/* Sessions by handle (SoftHSMv2 numbers them from 1 up): the slot and the slot's reset count
+ * when it was opened; a session opened before the slot's last reset is lost. */
+#define MAX_SESSIONS (1u << 20)
+struct session_entry {
+    CK_SLOT_ID slot;
+    unsigned epoch;
+    int known;
+};
+static struct session_entry sessions[MAX_SESSIONS];
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct slot_fault faults[MAX_SLOTS];
@@ -111,10 +124,43 @@ static CK_RV fault(CK_SLOT_ID slot)
 
 static CK_RV fault_session(CK_SESSION_HANDLE h)
 {
-    CK_SESSION_INFO info;
-    if (real->C_GetSessionInfo(h, &info) != CKR_OK)
-        return CKR_OK; /* the real module answers for a bad handle */
-    return fault(info.slotID);
+    CK_SLOT_ID slot;
+    int lost = 0;
+    pthread_mutex_lock(&lock);
+    int known = h < MAX_SESSIONS && sessions[h].known;
+    if (known) {
+        slot = sessions[h].slot;
+        struct slot_fault *f = find_slot(slot, 0);
+        lost = f && sessions[h].epoch < f->resets;
+    }
+    pthread_mutex_unlock(&lock);
+    if (lost)
+        return CKR_SESSION_HANDLE_INVALID;
+    if (!known) {
+        CK_SESSION_INFO info;
+        if (real->C_GetSessionInfo(h, &info) != CKR_OK)
+            return CKR_OK; /* the real module answers for a bad handle */
+        slot = info.slotID;
+    }
+    return fault(slot);
+}
+
+static CK_RV shim_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, void *app, CK_NOTIFY notify,
+                                CK_SESSION_HANDLE *phSession)
+{
+    CK_RV rv = fault(slotID);
+    if (rv != CKR_OK)
+        return rv;
+    rv = real->C_OpenSession(slotID, flags, app, notify, phSession);
+    if (rv == CKR_OK && phSession && *phSession < MAX_SESSIONS) {
+        pthread_mutex_lock(&lock);
+        struct slot_fault *f = find_slot(slotID, 0);
+        sessions[*phSession].slot = slotID;
+        sessions[*phSession].epoch = f ? f->resets : 0;
+        sessions[*phSession].known = 1;
+        pthread_mutex_unlock(&lock);
+    }
+    return rv;
 }
 
 int hsmpool_shim_control(const char *cmd)
@@ -128,7 +174,6 @@ int hsmpool_shim_control(const char *cmd)
     pthread_mutex_lock(&lock);
     struct slot_fault *f = find_slot((CK_SLOT_ID)slot, 1);
     int ok = f != NULL;
-    int reset = 0;
     if (ok && strcmp(verb, "ok") == 0) {
         f->mode = MODE_OK;
     } else if (ok && strcmp(verb, "fail") == 0) {
@@ -151,13 +196,11 @@ int hsmpool_shim_control(const char *cmd)
         f->mode = MODE_HANG;
     } else if (ok && strcmp(verb, "reset") == 0) {
         f->mode = MODE_OK;
-        reset = 1;
+        f->resets++;
     } else {
         ok = 0;
     }
     pthread_mutex_unlock(&lock);
-    if (ok && reset && real)
-        real->C_CloseAllSessions((CK_SLOT_ID)slot);
     return ok ? 0 : -1;
 }
 
@@ -178,10 +221,6 @@ int hsmpool_shim_control(const char *cmd)
     }
 
 BY_SLOT(C_GetTokenInfo, (CK_SLOT_ID slotID, CK_TOKEN_INFO *pInfo), slotID, (slotID, pInfo))
-BY_SLOT(C_OpenSession,
-        (CK_SLOT_ID slotID, CK_FLAGS flags, void *app, CK_NOTIFY notify,
-         CK_SESSION_HANDLE *phSession),
-        slotID, (slotID, flags, app, notify, phSession))
 BY_SESSION(C_Login,
            (CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR *pPin,
             CK_ULONG ulPinLen),

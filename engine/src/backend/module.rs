@@ -296,18 +296,12 @@ struct OpSession<'a> {
 impl OpSession<'_> {
     /// `r`, noting whether the session is still good after it.
     fn check<T>(&mut self, r: MemberResult<T>) -> MemberResult<T> {
-        if let Err(MemberError::Rv { rv, .. }) = &r {
-            if matches!(
-                *rv,
-                CKR_SESSION_HANDLE_INVALID
-                    | CKR_SESSION_CLOSED
-                    | CKR_DEVICE_REMOVED
-                    | CKR_DEVICE_ERROR
-                    | CKR_TOKEN_NOT_PRESENT
-                    | CKR_CRYPTOKI_NOT_INITIALIZED
-            ) {
-                self.keep = false;
-            }
+        // After any failure the session may hold half an operation (a vendor that answers an
+        // error without ending the operation the spec says it ends, or a session the device
+        // lost): it is closed rather than given to the next operation, which would meet
+        // CKR_OPERATION_ACTIVE. Sessions are cheap to open again.
+        if r.is_err() {
+            self.keep = false;
         }
         r
     }
@@ -409,13 +403,13 @@ impl Module {
     }
 
     /// Whether key `h` asks for a context-specific login before each signature.
-    fn always_authenticate(&self, h: CK_OBJECT_HANDLE) -> bool {
+    fn always_authenticate(&self, h: CK_OBJECT_HANDLE) -> MemberResult<bool> {
         if let Some(v) = self.always_auth.get(&h) {
-            return *v;
+            return Ok(*v);
         }
-        let v = self.flag(MemberSession(0), h, CKA_ALWAYS_AUTHENTICATE);
+        let v = self.flag(MemberSession(0), h, CKA_ALWAYS_AUTHENTICATE)?;
         self.always_auth.insert(h, v);
-        v
+        Ok(v)
     }
 
     /// A session for one operation (see [`OpSession`]).
@@ -477,13 +471,18 @@ impl Module {
 
     /// The member object of a module handle: `id` when we chose one, else the one it already
     /// has, else the id its content gives it (see [`Module::content_id`]).
-    fn adopt(&self, s: MemberSession, h: CK_OBJECT_HANDLE, id: Option<u64>) -> MemberObject {
+    fn adopt(
+        &self,
+        s: MemberSession,
+        h: CK_OBJECT_HANDLE,
+        id: Option<u64>,
+    ) -> MemberResult<MemberObject> {
         let id = match id {
             Some(id) => id,
-            None => match self.ids.get(&h) {
-                Some(id) => *id,
+            None => match self.ids.get(&h).map(|id| *id) {
+                Some(id) => id,
                 None => {
-                    let mut id = self.content_id(s, h);
+                    let mut id = self.content_id(s, h)?;
                     // Two objects alike in everything read: the next free id.
                     while self.handles.get(&id).is_some_and(|o| *o != h) {
                         id = LOCAL_IDS | (id.wrapping_add(1) & (LOCAL_IDS - 1));
@@ -494,7 +493,7 @@ impl Module {
         };
         self.handles.insert(id, h);
         self.ids.insert(h, id);
-        MemberObject(id)
+        Ok(MemberObject(id))
     }
 
     /// The id of an object we did not make in this process (made by an earlier one, by another
@@ -506,8 +505,8 @@ impl Module {
     /// `CKA_CHECK_VALUE`, `CKA_PUBLIC_KEY_INFO` or `CKA_VALUE_LEN`: SoftHSMv2 fills them in for a
     /// key it generates and leaves them empty (or 0) for the same key unwrapped. Objects alike in all of these take the
     /// next ids in the order the module lists them (see README: vendor modules).
-    fn content_id(&self, s: MemberSession, h: CK_OBJECT_HANDLE) -> u64 {
-        let class = self.ulong(s, h, CKA_CLASS).map(|c| c as CK_OBJECT_CLASS);
+    fn content_id(&self, s: MemberSession, h: CK_OBJECT_HANDLE) -> MemberResult<u64> {
+        let class = self.ulong(s, h, CKA_CLASS)?.map(|c| c as CK_OBJECT_CLASS);
         let mut types = vec![
             CKA_CLASS,
             CKA_KEY_TYPE,
@@ -522,7 +521,7 @@ impl Module {
         }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for ty in types {
-            if let Ok(AttrAnswer::Value(v)) = self.attribute(s, h, ty) {
+            if let AttrAnswer::Value(v) = self.attribute(s, h, ty)? {
                 #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
                 let ty = u64::from(ty);
                 ctx.update(&ty.to_be_bytes());
@@ -533,7 +532,7 @@ impl Module {
         let d = ctx.finish();
         let mut first = [0u8; 8];
         first.copy_from_slice(&d.as_ref()[..8]);
-        LOCAL_IDS | (u64::from_be_bytes(first) & (LOCAL_IDS - 1))
+        Ok(LOCAL_IDS | (u64::from_be_bytes(first) & (LOCAL_IDS - 1)))
     }
 
     fn forget(&self, h: CK_OBJECT_HANDLE) {
@@ -579,7 +578,8 @@ impl Module {
             pValue: std::ptr::null_mut(),
             ulValueLen: 0,
         };
-        match op.check(call!(self, C_GetAttributeValue(sh, h, &mut a, 1))) {
+        // The two answers that say something about the attribute leave the session as it was.
+        match call!(self, C_GetAttributeValue(sh, h, &mut a, 1)) {
             Ok(()) if a.ulValueLen != CK_UNAVAILABLE_INFORMATION => {}
             Ok(()) => return Ok(AttrAnswer::Invalid),
             Err(MemberError::Rv {
@@ -590,7 +590,7 @@ impl Module {
                 rv: CKR_ATTRIBUTE_TYPE_INVALID,
                 ..
             }) => return Ok(AttrAnswer::Invalid),
-            Err(e) => return Err(e),
+            Err(e) => return op.check(Err(e)),
         }
         let mut value = vec![0u8; a.ulValueLen as usize];
         a.pValue = value.as_mut_ptr().cast::<c_void>();
@@ -599,16 +599,29 @@ impl Module {
         Ok(AttrAnswer::Value(value))
     }
 
-    fn ulong(&self, s: MemberSession, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Option<u64> {
-        match self.attribute(s, h, ty) {
+    /// A `CK_ULONG` attribute; `None` for one the object does not have. A failure to read it
+    /// (the device) is an error, never taken for an answer.
+    fn ulong(
+        &self,
+        s: MemberSession,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> MemberResult<Option<u64>> {
+        Ok(match self.attribute(s, h, ty)? {
             #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
-            Ok(AttrAnswer::Value(v)) => Attr { ty, value: v }.as_ulong().map(u64::from),
+            AttrAnswer::Value(v) => Attr { ty, value: v }.as_ulong().map(u64::from),
             _ => None,
-        }
+        })
     }
 
-    fn flag(&self, s: MemberSession, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> bool {
-        matches!(self.attribute(s, h, ty), Ok(AttrAnswer::Value(v)) if v.first() == Some(&1))
+    /// A `CK_BBOOL` attribute, false when absent; a failure to read it is an error.
+    fn flag(
+        &self,
+        s: MemberSession,
+        h: CK_OBJECT_HANDLE,
+        ty: CK_ATTRIBUTE_TYPE,
+    ) -> MemberResult<bool> {
+        Ok(matches!(self.attribute(s, h, ty)?, AttrAnswer::Value(v) if v.first() == Some(&1)))
     }
 
     /// The table's rows as this token can do them through us: the ones it offers, narrowed to
@@ -709,7 +722,7 @@ impl Module {
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
         make(&ck, &mut h)?;
-        Ok(self.adopt(s, h, id))
+        self.adopt(s, h, id)
     }
 }
 
@@ -1009,18 +1022,21 @@ impl Backend for Module {
         op.check(call!(self, C_FindObjectsFinal(sh)))?;
         done?;
         drop(op);
-        Ok(found
-            .into_iter()
-            .map(|h| self.adopt(s, h, None))
-            .filter(|o| id.is_none_or(|id| o.0 == id))
-            .collect())
+        let mut out = Vec::with_capacity(found.len());
+        for h in found {
+            let o = self.adopt(s, h, None)?;
+            if id.is_none_or(|id| o.0 == id) {
+                out.push(o);
+            }
+        }
+        Ok(out)
     }
     fn key_meta(&self, s: MemberSession, o: MemberObject) -> MemberResult<KeyMeta> {
         let h = self.handle(o)?;
         let class =
-            self.ulong(s, h, CKA_CLASS)
+            self.ulong(s, h, CKA_CLASS)?
                 .ok_or_else(|| self.rv(CKR_OBJECT_HANDLE_INVALID))? as CK_OBJECT_CLASS;
-        let key_type = self.ulong(s, h, CKA_KEY_TYPE).map(|t| t as CK_KEY_TYPE);
+        let key_type = self.ulong(s, h, CKA_KEY_TYPE)?.map(|t| t as CK_KEY_TYPE);
         let key_bits = match key_type {
             Some(CKK_RSA) => match self.attribute(s, h, CKA_MODULUS)? {
                 AttrAnswer::Value(m) => be_bits(&m),
@@ -1030,16 +1046,16 @@ impl Backend for Module {
                 AttrAnswer::Value(p) => hsmpool_member::curves::order_bits(&p).unwrap_or(0),
                 _ => 0,
             },
-            Some(_) => self.ulong(s, h, CKA_VALUE_LEN).unwrap_or(0) as usize * 8,
+            Some(_) => self.ulong(s, h, CKA_VALUE_LEN)?.unwrap_or(0) as usize * 8,
             None => 0,
         };
         Ok(KeyMeta {
             class,
             key_type,
             key_bits,
-            token: self.flag(s, h, CKA_TOKEN),
-            private: self.flag(s, h, CKA_PRIVATE),
-            always_authenticate: self.flag(s, h, CKA_ALWAYS_AUTHENTICATE),
+            token: self.flag(s, h, CKA_TOKEN)?,
+            private: self.flag(s, h, CKA_PRIVATE)?,
+            always_authenticate: self.flag(s, h, CKA_ALWAYS_AUTHENTICATE)?,
         })
     }
     fn check_key(
@@ -1050,7 +1066,7 @@ impl Backend for Module {
         o: MemberObject,
     ) -> MemberResult<KeyMeta> {
         let meta = self.key_meta(s, o)?;
-        if !self.flag(s, self.handle(o)?, usage) {
+        if !self.flag(s, self.handle(o)?, usage)? {
             return Err(self.rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
         Ok(meta)
@@ -1103,7 +1119,7 @@ impl Backend for Module {
                 &mut kh
             )
         )?;
-        Ok((self.adopt(s, ph, pid), self.adopt(s, kh, kid)))
+        Ok((self.adopt(s, ph, pid)?, self.adopt(s, kh, kid)?))
     }
     fn wrap_key(
         &self,
@@ -1198,7 +1214,7 @@ impl Backend for Module {
             self,
             C_SignInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
         ))?;
-        if self.always_authenticate(kh) {
+        if self.always_authenticate(kh)? {
             let pin = self.user_pin.lock().clone();
             let pin = pin.ok_or_else(|| self.rv(CKR_USER_NOT_LOGGED_IN))?;
             op.check(call!(

@@ -239,16 +239,25 @@ impl Cluster {
                 tracing::warn!(member = m.index, "call deadline passed: {e}");
                 return Err(e);
             }
-            if self.budget.fetch_sub(RETRY_COST, Ordering::Relaxed) < RETRY_COST {
+            // A call's first failover to a member it has not tried is free: moving work off
+            // one sick member is what the cluster is for (a vendor throttling half the calls
+            // on one HSM must not spend the budget the others' successes earn). Retries after
+            // that pay, so a sick cluster is not hammered.
+            let first_failover = attempt == 0 && avoid.len() < self.members.len();
+            if !first_failover && self.budget.fetch_sub(RETRY_COST, Ordering::Relaxed) < RETRY_COST
+            {
                 self.budget.fetch_add(RETRY_COST, Ordering::Relaxed);
                 tracing::warn!("retry budget exhausted: {e}");
                 return Err(e);
             }
             m.stats.retries.fetch_add(1, Ordering::Relaxed);
-            let pause = self.backoff(attempt);
+            if !first_failover {
+                // (The first failover goes to another member at once.)
+                let pause = self.backoff(attempt);
+                let left = deadline.saturating_sub(clock.now());
+                clock.sleep(pause.min(left));
+            }
             attempt += 1;
-            let left = deadline.saturating_sub(clock.now());
-            clock.sleep(pause.min(left));
             t0 = timed.then(|| clock.now());
             last = Some(e);
         }
