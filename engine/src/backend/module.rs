@@ -726,6 +726,38 @@ impl Module {
     }
 }
 
+/// A template whose `CKA_EC_POINT` is the DER OCTET STRING PKCS #11 asks for, where an
+/// application gave the bare uncompressed point on a NIST curve (as many do, and as our own
+/// members take): SoftHSMv2 stores what it is given, and would return the bare point.
+fn der_ec_point(template: &[Attr]) -> Vec<Attr> {
+    let field = template
+        .iter()
+        .find(|a| a.ty == CKA_EC_PARAMS)
+        .and_then(|a| hsmpool_member::curves::order_bits(&a.value))
+        .filter(|bits| *bits != 255)
+        .map(|bits| bits.div_ceil(8));
+    template
+        .iter()
+        .map(|a| match field {
+            Some(n) if a.ty == CKA_EC_POINT && a.value.len() == 1 + 2 * n && a.value[0] == 4 => {
+                let mut der = Vec::with_capacity(a.value.len() + 3);
+                der.push(0x04);
+                if a.value.len() < 0x80 {
+                    der.push(a.value.len() as u8);
+                } else {
+                    der.extend_from_slice(&[0x81, a.value.len() as u8]);
+                }
+                der.extend_from_slice(&a.value);
+                Attr {
+                    ty: CKA_EC_POINT,
+                    value: der,
+                }
+            }
+            _ => a.clone(),
+        })
+        .collect()
+}
+
 /// Whether two secrets are equal, in time that depends on their lengths only.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -906,7 +938,8 @@ impl Backend for Module {
         })
     }
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
-        self.new_object(s, template, |t, h| {
+        let template = der_ec_point(template);
+        self.new_object(s, &template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1066,6 +1099,14 @@ impl Backend for Module {
         o: MemberObject,
     ) -> MemberResult<KeyMeta> {
         let meta = self.key_meta(s, o)?;
+        // An object that is no key (§5.2: CKR_KEY_HANDLE_INVALID), whatever the module says of
+        // a usage attribute it does not have.
+        if !matches!(
+            meta.class,
+            CKO_PUBLIC_KEY | CKO_PRIVATE_KEY | CKO_SECRET_KEY
+        ) {
+            return Err(self.rv(CKR_KEY_HANDLE_INVALID));
+        }
         if !self.flag(s, self.handle(o)?, usage)? {
             return Err(self.rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
