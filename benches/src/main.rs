@@ -59,6 +59,10 @@ OPTIONS:
     --ops LIST               comma-separated operations [default: all]: rsa-sign, rsa-pkcs-sign,
                              rsa-verify, ecdsa-sign, ecdsa-verify, aes-gcm, aes-cbc-pad, hmac,
                              sha256, find, session-keygen, random, session-info, token-keygen
+    --softhsm-members N      our module's members are N SoftHSMv2 tokens (vendor-module members,
+                             made in the data directory, given the cluster wrapping key with
+                             `hsmpool cluster wrap-key`) instead of the embedded simulator; run
+                             --module /usr/lib/softhsm/libsofthsm2.so for SoftHSMv2 directly
     --token-objects N        before the sweep, make sure N token data objects made by the harness
                              are on each token, so `find` runs against a full store [default: 0]
     --out DIR                where to write results.csv, results.json, throughput.svg and
@@ -112,6 +116,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed> {
             "--data" => args.data = Some(PathBuf::from(value()?)),
             "--out" => args.out = Some(PathBuf::from(value()?)),
             "--threads" => args.threads = thread_list("--threads", &value()?)?,
+            "--softhsm-members" => {
+                args.softhsm_members = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or_else(|| Error("--softhsm-members: 1 to 16".into()))?
+            }
             "--seconds-per-step" => {
                 let v = value()?;
                 args.step = v

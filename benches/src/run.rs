@@ -35,6 +35,8 @@ pub struct Options {
     pub token_objects: usize,
     /// Output directory (`None`: `bench-results/<UTC date-time>`).
     pub out: Option<PathBuf>,
+    /// Our module's members: this many SoftHSMv2 tokens (0: the embedded simulator).
+    pub softhsm_members: usize,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             ops: Op::ALL.to_vec(),
             token_objects: 0,
             out: None,
+            softhsm_members: 0,
         }
     }
 }
@@ -290,6 +293,14 @@ pub fn run(o: &Options) -> Result<u64> {
     };
     // Before any module is loaded and before any thread exists: see `DataDir::prepare`.
     let data = DataDir::prepare(o.data.as_deref(), "")?;
+    if o.softhsm_members > 0 {
+        data.softhsm_members(o.softhsm_members)?;
+        println!(
+            "members  {} SoftHSMv2 token(s) through {}",
+            o.softhsm_members,
+            setup::SOFTHSM_MODULE
+        );
+    }
     let out = out_dir(o.out.as_deref())?;
     let started_utc = timestamp();
     let kept = if o.data.is_some() {

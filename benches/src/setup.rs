@@ -114,7 +114,78 @@ impl DataDir {
         std::env::set_var("SOFTHSM2_CONF", &soft_conf);
         Ok(DataDir { path, _tmp: tmp })
     }
+
+    /// Make our module's members `n` SoftHSMv2 tokens (vendor-module members) instead of the
+    /// embedded simulator: the tokens are made with `softhsm2-util` in this directory's
+    /// SoftHSMv2 store, labelled as the harness's token with its PINs, named in our
+    /// configuration by serial number, and given the cluster wrapping key by
+    /// `hsmpool cluster wrap-key` (beside this executable), as an operator would.
+    pub fn softhsm_members(&self, n: usize) -> Result<()> {
+        let tokens = self.path.join("softhsm2-tokens");
+        let run = |cmd: &mut std::process::Command, what: &str| -> Result<String> {
+            let out = cmd.output().context(what)?;
+            if !out.status.success() {
+                return Err(Error(format!(
+                    "{what}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        for _ in 0..n {
+            run(
+                std::process::Command::new("softhsm2-util")
+                    .args([
+                        "--init-token",
+                        "--free",
+                        "--label",
+                        crate::target::TOKEN_LABEL,
+                    ])
+                    .args(["--so-pin", SO_PIN, "--pin", USER_PIN]),
+                "softhsm2-util --init-token (apt-get install softhsm2)",
+            )?;
+        }
+        let shown = run(
+            std::process::Command::new("softhsm2-util").arg("--show-slots"),
+            "softhsm2-util --show-slots",
+        )?;
+        let serials: Vec<&str> = shown
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Serial number:"))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if serials.len() != n {
+            return Err(Error(format!(
+                "{} SoftHSMv2 tokens in {}, {n} wanted",
+                serials.len(),
+                tokens.display()
+            )));
+        }
+        let mut text = String::from("# written by hsmpool-bench: SoftHSMv2 tokens as members\n");
+        for serial in serials {
+            text.push_str(&format!(
+                "[[member]]\nkind = \"module\"\npath = \"{SOFTHSM_MODULE}\"\ntoken_serial = \"{serial}\"\n"
+            ));
+        }
+        let conf = self.path.join("hsmpool.toml");
+        std::fs::write(&conf, text).context(&format!("writing {}", conf.display()))?;
+        if n > 1 {
+            let cli = module_path(None)?.with_file_name("hsmpool");
+            run(
+                std::process::Command::new(&cli)
+                    .args(["cluster", "wrap-key"])
+                    .env("HSMPOOL_SO_PIN", SO_PIN),
+                &format!("{} cluster wrap-key", cli.display()),
+            )?;
+        }
+        Ok(())
+    }
 }
+
+/// Debian's SoftHSMv2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// A SoftHSMv2 configuration keeping its tokens in `tokens` (its file object store; errors
 /// only in its log).
