@@ -82,6 +82,8 @@
 #define HSMPOOL_MEMBER_DOWN 1UL    /* circuit open or unreachable */
 #define HSMPOOL_MEMBER_SYNCING 2UL /* answering again, being brought level first */
 #define HSMPOOL_MEMBER_DRAINED 3UL /* healthy, receives replication, no balanced traffic */
+#define HSMPOOL_MEMBER_REFUSED 4UL /* its token refused the login (wrong or locked PIN): out
+                                      until the application logs in again */
 #define HSMPOOL_LATENCY_BUCKETS 24
 
 typedef struct HSMPOOL_MEMBER_STATS {

@@ -82,6 +82,8 @@ fn cluster_status(cfg: &Config) -> Result<ExitCode, String> {
     use hsmpool_engine::backend::remote::{admin_request, remote_config};
     use hsmpool_wire::{Request, Response};
     let mut unreachable = 0;
+    // The members as the module opens them (once, when a vendor-module member is shown).
+    let mut opened = None;
     for (i, m) in cfg.members().iter().enumerate() {
         if matches!(m.kind(), Ok(MemberKind::Daemon)) {
             let rc = remote_config(m).map_err(|e| e.to_string())?;
@@ -107,6 +109,42 @@ fn cluster_status(cfg: &Config) -> Result<ExitCode, String> {
             if let Ok(Response::Stats(st)) = admin_request(&rc, &Request::Stats) {
                 for (name, v) in st.fields() {
                     println!("  {name:<15} {v}");
+                }
+            }
+        } else if matches!(m.kind(), Ok(MemberKind::Module)) {
+            // A vendor's token, reached through its own module as the application reaches it:
+            // its state and PIN flags (a locked PIN is why a member is out as "refused").
+            match opened.get_or_insert_with(|| {
+                hsmpool_engine::backend::open_members(cfg).map_err(|e| e.to_string())
+            }) {
+                Ok(members) => {
+                    let b = &members[i];
+                    println!("member {i}: {}", b.describe());
+                    match b.token_status() {
+                        Ok(st) => {
+                            println!("  reachable:      yes");
+                            println!("  initialised:    {}", st.initialized);
+                            println!(
+                                "  label:          {}",
+                                String::from_utf8_lossy(&st.label).trim_end()
+                            );
+                            let pin = match st.user_failures {
+                                0 => "ok",
+                                1 => "count low (failed logins)",
+                                2 => "final try before it locks",
+                                _ => "LOCKED (the member is out until its SO resets the PIN)",
+                            };
+                            println!("  user PIN:       {pin}");
+                        }
+                        Err(e) => {
+                            println!("  reachable:      NO ({e})");
+                            unreachable += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    println!("member {i}: module: NO ({e})");
+                    unreachable += 1;
                 }
             }
         } else {
@@ -154,7 +192,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             || cfg
                 .members()
                 .iter()
-                .any(|m| matches!(m.kind(), Ok(MemberKind::Daemon)))
+                .any(|m| matches!(m.kind(), Ok(MemberKind::Daemon | MemberKind::Module)))
         {
             return cluster_status(&cfg);
         }

@@ -16,7 +16,8 @@
  *                          its HSM: calls on them answer CKR_SESSION_HANDLE_INVALID from then
  *                          on (the real module's sessions are left alone: closing them under
  *                          other threads crashes SoftHSMv2 2.6), then "ok"
- * It returns 0, or -1 for a command it does not understand. Calls made by the shim itself
+ * It returns 0, or -1 for a command it does not understand. hsmpool_shim_logins(SLOT) counts
+ * the C_Login calls that reached the real module for SLOT. Calls made by the shim itself
  * and C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList and
  * C_GetSlotInfo are never faulted.
  */
@@ -44,6 +45,7 @@ struct slot_fault {
     unsigned permille;
     unsigned delay_ms;
     unsigned resets;
+    long logins;
 };
 
 /* Sessions by handle (SoftHSMv2 numbers them from 1 up): the slot and the slot's reset count
@@ -221,10 +223,31 @@ int hsmpool_shim_control(const char *cmd)
     }
 
 BY_SLOT(C_GetTokenInfo, (CK_SLOT_ID slotID, CK_TOKEN_INFO *pInfo), slotID, (slotID, pInfo))
-BY_SESSION(C_Login,
-           (CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR *pPin,
-            CK_ULONG ulPinLen),
-           (hSession, userType, pPin, ulPinLen))
+static CK_RV shim_C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR *pPin,
+                          CK_ULONG ulPinLen)
+{
+    CK_RV rv = fault_session(hSession);
+    if (rv != CKR_OK)
+        return rv;
+    CK_SESSION_INFO info;
+    if (real->C_GetSessionInfo(hSession, &info) == CKR_OK) {
+        pthread_mutex_lock(&lock);
+        struct slot_fault *f = find_slot(info.slotID, 1);
+        if (f)
+            f->logins++;
+        pthread_mutex_unlock(&lock);
+    }
+    return real->C_Login(hSession, userType, pPin, ulPinLen);
+}
+
+long hsmpool_shim_logins(unsigned long long slot)
+{
+    pthread_mutex_lock(&lock);
+    struct slot_fault *f = find_slot((CK_SLOT_ID)slot, 0);
+    long n = f ? f->logins : 0;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
 BY_SESSION(C_CreateObject,
            (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE *pTemplate, CK_ULONG ulCount,
             CK_OBJECT_HANDLE *phObject),

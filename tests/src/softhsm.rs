@@ -117,3 +117,29 @@ impl SoftHsmTokens {
             .collect()
     }
 }
+
+/// Compile the fault-injecting shim module (tests/c/fault_shim.c) into `dir`: a PKCS #11
+/// module that forwards to `HSMPOOL_SHIM_TARGET` and injects the faults its
+/// `hsmpool_shim_control` asks for. Fails (never skips) without gcc.
+pub fn build_fault_shim(dir: &Path) -> PathBuf {
+    let gcc = require_tool("gcc");
+    let out = dir.join("libfault_shim.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/fault_shim.c");
+    let r = Command::new(gcc)
+        .args([
+            "-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-shared", "-fPIC",
+        ])
+        .arg("-I/usr/include/p11-kit-1")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .args(["-ldl", "-lpthread"])
+        .output()
+        .expect("gcc runs");
+    assert!(
+        r.status.success() && r.stderr.is_empty(),
+        "gcc: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    out
+}

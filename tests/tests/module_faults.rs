@@ -8,7 +8,7 @@
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_int, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,37 +22,13 @@ use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{AttrAnswer, OpKind, SlotId};
 use hsmpool_engine::{Engine, Mechanism};
 use hsmpool_tests::engine::ec_pair;
-use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
+use hsmpool_tests::softhsm::{build_fault_shim, SoftHsmTokens, SOFTHSM};
 use hsmpool_tests::{fault_seed, require_tool};
 use parking_lot::Mutex;
 
 const SO_PIN: &str = "12345678";
 const PIN: &str = "87654321";
 const THREADS: usize = 64;
-
-/// Compile the shim into `dir`.
-fn build_shim(dir: &Path) -> PathBuf {
-    let gcc = require_tool("gcc");
-    let out = dir.join("libfault_shim.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/fault_shim.c");
-    let r = Command::new(gcc)
-        .args([
-            "-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-shared", "-fPIC",
-        ])
-        .arg("-I/usr/include/p11-kit-1")
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .args(["-ldl", "-lpthread"])
-        .output()
-        .expect("gcc runs");
-    assert!(
-        r.status.success() && r.stderr.is_empty(),
-        "gcc: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    out
-}
 
 /// The shim's control function (the engine loaded the same library: one copy of its state).
 struct Shim {
@@ -131,7 +107,7 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
         .unwrap_or(60);
     println!("fault seed {seed} (HSMPOOL_FAULT_SEED replays it), {secs} s");
     let dir = tempfile::tempdir().unwrap();
-    let shim_path = build_shim(dir.path());
+    let shim_path = build_fault_shim(dir.path());
     let tokens = SoftHsmTokens::create(dir.path(), 3, "faulty", SO_PIN, PIN);
     // Read by SoftHSMv2 and the shim in this process; this test binary has no other test.
     std::env::set_var("SOFTHSM2_CONF", &tokens.conf);

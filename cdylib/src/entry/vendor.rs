@@ -21,6 +21,8 @@ pub const HSMPOOL_MEMBER_DOWN: CK_ULONG = Health::Down as CK_ULONG;
 pub const HSMPOOL_MEMBER_SYNCING: CK_ULONG = Health::Syncing as CK_ULONG;
 /// Drained: healthy, receives replication, takes no balanced traffic.
 pub const HSMPOOL_MEMBER_DRAINED: CK_ULONG = Health::Drained as CK_ULONG;
+/// Refused: its token refused the application's login; out until the next login.
+pub const HSMPOOL_MEMBER_REFUSED: CK_ULONG = Health::Refused as CK_ULONG;
 
 /// One member's status and counters; the layout of `HSMPOOL_MEMBER_STATS` in hsmpool.h.
 #[repr(C)]

@@ -49,6 +49,11 @@ impl Cluster {
     /// circuit opened.
     pub(super) fn probe(&self, i: usize) {
         let m = &self.members[i];
+        if self.refused_now(m).is_some() {
+            // Its token refused these credentials: asking again would only count more
+            // failures against them. The next login of the application tries it again.
+            return;
+        }
         let ok = m.backend.ping().map_err(Error::from);
         match (m.health.load(Ordering::Acquire), ok) {
             (HEALTH_UP, Err(e)) => {

@@ -134,6 +134,8 @@ impl Default for Settings {
 
 /// The application's credentials, kept to re-authenticate members.
 pub(crate) struct Credentials {
+    /// Which login these are (a member refused by one is tried again with the next).
+    pub(crate) gen: u64,
     pub(crate) role: Role,
     pub(crate) pin: Zeroizing<Vec<u8>>,
     pub(crate) username: Option<Zeroizing<String>>,
@@ -172,6 +174,9 @@ pub enum Health {
     Syncing = 2,
     /// Healthy and receiving replication, but out of the balancing (`hsmpool drain`).
     Drained = 3,
+    /// Its token refused the application's credentials (a wrong or locked PIN): out, and not
+    /// tried again until the application logs in again (`MemberStatus::refused` says why).
+    Refused = 4,
 }
 
 impl Health {
@@ -182,6 +187,7 @@ impl Health {
             Health::Down => "down",
             Health::Syncing => "syncing",
             Health::Drained => "drained",
+            Health::Refused => "refused",
         }
     }
 
@@ -301,6 +307,9 @@ pub(crate) struct Member {
     up_since_ms: AtomicU64,
     fails: AtomicU32,
     pub(crate) stats: Stats,
+    /// Set when the member's token refused the credentials of login `gen` (their
+    /// `Credentials::gen`), with the reason: it is not tried again with them.
+    refused: Mutex<Option<(u64, String)>>,
     /// The cluster wrapping key on this member: `None` not looked for yet, `Some(None)` looked
     /// for and absent, `Some(Some(k))` found (copies by wrapping; see `wrap.rs`).
     wrap_key: Mutex<Option<Option<crate::backend::MemberObject>>>,
@@ -321,8 +330,10 @@ pub struct MemberStatus {
     pub index: usize,
     /// Description.
     pub describe: String,
-    /// Up, down, syncing or drained.
+    /// Up, down, syncing, drained or refused.
     pub health: Health,
+    /// Why its token refused the application's credentials, when it did.
+    pub refused: Option<String>,
     /// Pool epoch (re-establishments).
     pub epoch: u64,
     /// Calls in flight.
@@ -370,6 +381,8 @@ pub struct Cluster {
     /// Some member wants multi-part hash-and-sign input whole (`Backend::wants_whole_messages`).
     pub(crate) whole_messages: bool,
     creds: RwLock<Option<Arc<Credentials>>>,
+    /// The last `Credentials::gen` given.
+    creds_gen: AtomicU64,
     budget: AtomicI64,
     /// Creates (shared) against the final pass of a resynchronisation (exclusive).
     pub(crate) gate: RwLock<()>,
@@ -467,6 +480,7 @@ impl Member {
             fails: AtomicU32::new(0),
             stats: Stats::default(),
             wrap_key: Mutex::new(None),
+            refused: Mutex::new(None),
         }
     }
 
@@ -533,6 +547,7 @@ impl Cluster {
             copy_path,
             whole_messages,
             creds: RwLock::new(None),
+            creds_gen: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MAX),
             gate: RwLock::new(()),
             clock,
@@ -623,6 +638,7 @@ impl Cluster {
         let mut c = self.creds.write();
         if let Some(old) = c.as_ref() {
             *c = Some(Arc::new(Credentials {
+                gen: self.creds_gen.fetch_add(1, Ordering::Relaxed) + 1,
                 role: old.role,
                 pin: Zeroizing::new(pin.to_vec()),
                 username: old.username.clone(),
@@ -635,6 +651,15 @@ impl Cluster {
         self.creds.read().is_some()
     }
 
+    /// Why member `m`'s token refused the credentials now held, if it did.
+    pub(crate) fn refused_now(&self, m: &Member) -> Option<String> {
+        let gen = self.creds.read().as_ref().map(|c| c.gen)?;
+        match &*m.refused.lock() {
+            Some((g, why)) if *g == gen => Some(why.clone()),
+            _ => None,
+        }
+    }
+
     /// Per-member status and counters.
     pub fn status(&self) -> Vec<MemberStatus> {
         self.members
@@ -644,11 +669,14 @@ impl Cluster {
                 MemberStatus {
                     index: m.index,
                     describe: m.backend.describe(),
-                    health: if m.drained.load(Ordering::Relaxed) {
+                    health: if self.refused_now(m).is_some() {
+                        Health::Refused
+                    } else if m.drained.load(Ordering::Relaxed) {
                         Health::Drained
                     } else {
                         Health::from_u8(m.health.load(Ordering::Relaxed))
                     },
+                    refused: self.refused_now(m),
                     epoch: p.epoch,
                     in_flight: m.hot_sum(|h| &h.in_flight),
                     pool_sessions: p.sessions.len(),

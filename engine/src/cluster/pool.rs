@@ -11,7 +11,32 @@ use super::{Cluster, Credentials, Member, Pool, Route, HEALTH_DOWN};
 use crate::backend::{MemberError, MemberSession};
 use crate::error::{Error, Result};
 
+/// Whether a login failure is the token's answer to the credentials (so trying again with the
+/// same ones would only count more failures against them), not a fault of the device.
+fn login_refused(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_PIN_INCORRECT
+            | CKR_PIN_LOCKED
+            | CKR_PIN_EXPIRED
+            | CKR_PIN_INVALID
+            | CKR_PIN_LEN_RANGE
+            | CKR_USER_PIN_NOT_INITIALIZED
+            | CKR_USER_TYPE_INVALID
+    )
+}
+
 impl Cluster {
+    /// Member `m`'s token refused the credentials of login `gen`: it is out, with the reason in
+    /// the log and in its status, and not asked again until the application logs in anew
+    /// (a vendor token counts every wrong PIN toward its lockout).
+    fn refuse(&self, m: &Member, gen: u64, e: &MemberError) {
+        let reason = format!("its token refused the application's login: {e}");
+        tracing::error!(member = m.index, "{reason}; out until the next login");
+        *m.refused.lock() = Some((gen, reason));
+        m.health.store(HEALTH_DOWN, Ordering::Release);
+    }
+
     /// (Re-)establish a member's pool: open its sessions and log them in with the credentials,
     /// if any. `seen` is the epoch the caller saw fail: if the pool has moved on since, another
     /// thread did the work. Returns the current epoch.
@@ -45,7 +70,14 @@ impl Cluster {
                             rv: CKR_USER_ALREADY_LOGGED_IN,
                             ..
                         }) => {}
-                        Err(e) => return Err(e.into()),
+                        Err(e) => {
+                            if let MemberError::Rv { rv, .. } = &e {
+                                if login_refused(*rv) {
+                                    self.refuse(m, c.gen, &e);
+                                }
+                            }
+                            return Err(e.into());
+                        }
                     }
                 }
             }
@@ -97,6 +129,7 @@ impl Cluster {
     /// kept for re-authentication.
     pub(crate) fn login(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
         let creds = Arc::new(Credentials {
+            gen: self.creds_gen.fetch_add(1, Ordering::Relaxed) + 1,
             role,
             pin: Zeroizing::new(pin.to_vec()),
             username: username.map(|u| Zeroizing::new(u.to_string())),
