@@ -206,6 +206,58 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
         assert_eq!(&opened[..n], &plain[..]);
     }
 
+    // An HMAC key imported with its value: its copies (unwrapped on the other members) sign
+    // as the original does.
+    let hmac_value = [0x5au8; 32];
+    let hmac = e
+        .create_object(
+            s,
+            vec![
+                Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+                Attr::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+                Attr::bool(CKA_TOKEN, true),
+                Attr::bool(CKA_SIGN, true),
+                Attr::bytes(CKA_VALUE, &hmac_value),
+                Attr::bytes(CKA_LABEL, b"cluster hmac"),
+            ],
+        )
+        .unwrap();
+    let expect = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &hmac_value),
+        b"mac me",
+    );
+    for _ in 0..12 {
+        e.op_init(s, OpKind::Sign, Mechanism::plain(CKM_SHA256_HMAC), hmac)
+            .unwrap();
+        let mut mac = [0u8; 32];
+        e.op_single(s, OpKind::Sign, b"mac me", Some(&mut mac))
+            .unwrap();
+        assert_eq!(&mac[..], expect.as_ref());
+    }
+
+    // And on each member, asked directly: the copies sign as the original does.
+    {
+        let members = hsmpool_engine::backend::open_members(&config()).unwrap();
+        for b in &members {
+            let ms = b.open_session().unwrap();
+            let _ = b.login(ms, hsmpool_member::Role::User, PIN.as_bytes(), None);
+            let found = b
+                .find(ms, &[Attr::bytes(CKA_LABEL, b"cluster hmac")])
+                .unwrap();
+            assert_eq!(found.len(), 1, "{}", b.describe());
+            let mac = b
+                .sign(
+                    ms,
+                    &Mechanism::plain(CKM_SHA256_HMAC),
+                    found[0],
+                    hsmpool_engine::SignInput::Message(b"mac me"),
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", b.describe()));
+            assert_eq!(&mac[..], expect.as_ref(), "{}", b.describe());
+            b.close_session(ms);
+        }
+    }
+
     // A token key asked to be not extractable could not be copied: refused, nothing made.
     let refused = e.generate_key(
         s,
