@@ -32,7 +32,7 @@ const DIFFERENCES: &[(&str, &str)] = &[
     ("rsa_oaep_and_pkcs1_encryption_round_trip", "SoftHSMv2 2.6 does RSA-OAEP with SHA-1 only (CKR_ARGUMENTS_BAD)"),
     ("self_signed_certificates_are_presented_read_only_and_verify", "after a logout and login the presented certificate gets another handle over SoftHSMv2 members (not yet understood: issue 13)"),
     ("session_rules", "SoftHSMv2 has no named users, so C_LoginUser is CKR_FUNCTION_NOT_SUPPORTED through a vendor module"),
-    ("templates::the_token_still_sets_what_applications_may_not", "a copy made by unwrapping on another member is not CKA_LOCAL and has no CKA_KEY_GEN_MECHANISM, and a read may be answered there (not yet made consistent: issue 13)"),
+    ("templates::the_token_still_sets_what_applications_may_not", "SoftHSMv2 makes a key not sensitive where the template is silent, so it is not CKA_ALWAYS_SENSITIVE"),
     ("templates::token_only_attributes_are_read_only_in_every_application_template", "its derive mechanism is not one SoftHSMv2 offers (CKR_MECHANISM_INVALID before the template is looked at)"),
     ("ten_wrong_pins_lock_the_user_until_the_so_resets_it", "SoftHSMv2 never locks a PIN"),
     ("token_flags_tell_the_truth_through_initialisation", "a SoftHSMv2 token exists only once initialised, so the cluster's token is never uninitialised"),

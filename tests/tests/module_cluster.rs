@@ -143,6 +143,23 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     // A token key pair and a secret key, made on one member, copied to the others.
     let (ec_pub, ec_priv) = ec_pair(&e, s, b"cluster ec", true);
     assert_eq!(value(&e, s, ec_priv, CKA_WRAP_WITH_TRUSTED), [1]);
+    // What the token set when it made the key reads the same whichever member answers (the
+    // copies, made by unwrapping, are not local themselves).
+    // Each member in turn answers alone (the others drained: out of the balancing).
+    for only in 0..3 {
+        for m in 0..3 {
+            e.drain_member(m, m != only).unwrap();
+        }
+        assert_eq!(value(&e, s, ec_priv, CKA_LOCAL), [1], "member {only}");
+        assert_eq!(
+            value(&e, s, ec_priv, CKA_KEY_GEN_MECHANISM),
+            (CKM_EC_KEY_PAIR_GEN as CK_ULONG).to_ne_bytes(),
+            "member {only}"
+        );
+    }
+    for m in 0..3 {
+        e.drain_member(m, false).unwrap();
+    }
     assert_eq!(value(&e, s, ec_priv, CKA_EXTRACTABLE), [1]);
     let aes = e
         .generate_key(

@@ -651,6 +651,15 @@ impl Cluster {
         self.creds.read().is_some()
     }
 
+    /// The indexes of the up members other than `but`.
+    pub(crate) fn up_members_but(&self, but: usize) -> Vec<usize> {
+        self.members
+            .iter()
+            .filter(|m| m.index != but && m.is_up())
+            .map(|m| m.index)
+            .collect()
+    }
+
     /// Why member `m`'s token refused the credentials now held, if it did.
     pub(crate) fn refused_now(&self, m: &Member) -> Option<String> {
         let gen = self.creds.read().as_ref().map(|c| c.gen)?;

@@ -311,17 +311,70 @@ impl Engine {
             Ok(e) => e,
             Err(err) => return Ok(self.presented(o).map_err(|_| err)?.answer(types)),
         };
-        let answers = self.cluster.call(e.route(), 1, |b, msess| {
+        let (answered_by, _, mut answers) = self.cluster.call_full(e.route(), 1, |b, msess| {
             b.get_attributes(msess, e.member_obj, types)
         })?;
-        Ok(answers
-            .into_iter()
-            .map(|a| match a {
-                AttrAnswer::Value(v) => AttrAnswer::Value(v),
-                AttrAnswer::Sensitive => AttrAnswer::Sensitive,
-                AttrAnswer::Invalid => AttrAnswer::Invalid,
-            })
-            .collect())
+        if e.home.is_none() && self.cluster.copy_path == crate::cluster::CopyPath::Wrap {
+            self.as_made(answered_by, e.member_obj, types, &mut answers);
+        }
+        Ok(answers)
+    }
+
+    /// Where token keys travel by wrapping, what a token sets itself differs between the
+    /// member that made a key and the copies unwrapped on the others (a copy is not
+    /// `CKA_LOCAL`, was not always sensitive, and has no `CKA_KEY_GEN_MECHANISM`). So that the
+    /// answer does not depend on which member gave it, these are answered as made: a flag true
+    /// on any up member is true, and the mechanism is the one a member knows.
+    fn as_made(
+        &self,
+        answered_by: usize,
+        o: hsmpool_member::MemberObject,
+        types: &[CK_ATTRIBUTE_TYPE],
+        answers: &mut [AttrAnswer],
+    ) {
+        const AS_MADE: [CK_ATTRIBUTE_TYPE; 3] =
+            [CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_KEY_GEN_MECHANISM];
+        let asked: Vec<CK_ATTRIBUTE_TYPE> = types
+            .iter()
+            .copied()
+            .filter(|t| AS_MADE.contains(t))
+            .collect();
+        if asked.is_empty() {
+            return;
+        }
+        let unknown = (CK_UNAVAILABLE_INFORMATION as CK_ULONG)
+            .to_ne_bytes()
+            .to_vec();
+        for m in self.cluster.up_members_but(answered_by) {
+            let Ok(others) = self
+                .cluster
+                .call(crate::cluster::Route::Member(m), 1, |b, msess| {
+                    b.get_attributes(msess, o, &asked)
+                })
+            else {
+                continue;
+            };
+            for (ty, other) in asked.iter().zip(others) {
+                let Some(i) = types.iter().position(|t| t == ty) else {
+                    continue;
+                };
+                let better = match (&answers[i], &other) {
+                    (AttrAnswer::Value(mine), AttrAnswer::Value(theirs))
+                        if *ty == CKA_KEY_GEN_MECHANISM =>
+                    {
+                        *mine == unknown && *theirs != unknown
+                    }
+                    (AttrAnswer::Value(mine), AttrAnswer::Value(theirs)) => {
+                        mine.first() == Some(&0) && theirs.first() == Some(&1)
+                    }
+                    (AttrAnswer::Invalid, AttrAnswer::Value(_)) => true,
+                    _ => false,
+                };
+                if better {
+                    answers[i] = other;
+                }
+            }
+        }
     }
 
     /// `C_SetAttributeValue`.
