@@ -119,6 +119,21 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
     );
     let cfg = Config::parse(&conf, "three SoftHSMv2 tokens through the fault shim").unwrap();
 
+    // A key an operator made on token 1 directly (not extractable: it cannot be copied). It
+    // must still be there after member 1 has been out and brought level again.
+    let direct = Command::new(&tool)
+        .args(["--module", SOFTHSM, "--token-label", &tokens.labels[1]])
+        .args(["--login", "--pin", PIN, "--keygen", "--key-type", "AES:32"])
+        .args(["--label", "made directly"])
+        .env("SOFTHSM2_CONF", &tokens.conf)
+        .output()
+        .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+
     let members = hsmpool_engine::backend::open_members(&cfg).unwrap();
     wrap_key_ceremony(&members, DEFAULT_WRAP_KEY_LABEL, SO_PIN.as_bytes()).unwrap();
     drop(members);
@@ -196,6 +211,10 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+    // Last, member 1 is out for a while and is brought level when it returns.
+    shim.set(&format!("{} fail e0 1000", tokens.slots[1]));
+    std::thread::sleep(Duration::from_secs(2));
+    shim.set(&format!("{} ok", tokens.slots[1]));
     while started.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -271,6 +290,12 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
+        let direct = text.matches("label:      made directly\n").count();
+        assert_eq!(
+            direct,
+            usize::from(label == &tokens.labels[1]),
+            "token {label}: the key made on token 1 directly:\n{text}"
+        );
         for key in ["under fire", "made mid-run"] {
             assert_eq!(
                 text.matches(&format!("label:      {key}\n")).count(),

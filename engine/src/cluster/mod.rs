@@ -380,6 +380,9 @@ pub struct Cluster {
     pub(crate) copy_path: CopyPath,
     /// Some member wants multi-part hash-and-sign input whole (`Backend::wants_whole_messages`).
     pub(crate) whole_messages: bool,
+    /// Token objects removed through this process (destroyed, rolled back): what bringing a
+    /// member level may remove from it where objects travel by wrapping (see `level`).
+    pub(crate) removed: Mutex<std::collections::HashSet<crate::backend::MemberObject>>,
     creds: RwLock<Option<Arc<Credentials>>>,
     /// The last `Credentials::gen` given.
     creds_gen: AtomicU64,
@@ -546,6 +549,7 @@ impl Cluster {
             settings,
             copy_path,
             whole_messages,
+            removed: Mutex::new(std::collections::HashSet::new()),
             creds: RwLock::new(None),
             creds_gen: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MAX),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{not_copyable, Cluster, Member, HEALTH_DOWN, HEALTH_UP};
+use super::{not_copyable, Cluster, CopyPath, Member, HEALTH_DOWN, HEALTH_UP};
 use crate::backend::MemberObject;
 use crate::error::{Error, Result};
 
@@ -89,10 +89,25 @@ impl Cluster {
             .map(|(id, _)| *id)
             .collect();
         let drop: Vec<MemberObject> = if exact {
-            have.iter()
+            // Where objects travel by wrapping (vendor HSMs), an object the reference lacks is
+            // removed only if it was removed through this process (a destroy or a roll-back
+            // the member missed): an operator's keys made on that HSM directly, or a key that
+            // could not be copied, are never taken away. One the others lack is logged.
+            let tombs = self.removed.lock();
+            let (known, foreign): (Vec<MemberObject>, Vec<MemberObject>) = have
+                .iter()
                 .map(|(id, _)| *id)
                 .filter(|id| !want_ids.contains(id))
-                .collect()
+                .partition(|id| self.copy_path == CopyPath::Clone || tombs.contains(id));
+            if !foreign.is_empty() {
+                tracing::warn!(
+                    member = dst,
+                    objects = foreign.len(),
+                    "member holds token objects the others do not (made on it directly, or \
+                     not copyable): kept"
+                );
+            }
+            known
         } else {
             Vec::new()
         };
@@ -220,6 +235,7 @@ impl Cluster {
     /// none for a roll-back). A member that cannot is taken out of traffic: bringing it level
     /// when it returns removes them there too. Members already down are left to that.
     pub(crate) fn drop_replicas(&self, except: Option<usize>, ids: &[MemberObject]) {
+        self.removed.lock().extend(ids.iter().copied());
         for m in self
             .members
             .iter()
