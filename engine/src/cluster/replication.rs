@@ -275,8 +275,7 @@ impl Cluster {
                 tracing::error!(
                     member = from,
                     "a token key made on this member cannot leave it ({e}), so it could not be \
-                     kept on every member: refused and removed (set [cluster] \
-                     single_member_keys = true to keep such keys on the member that made them)"
+                     kept on every member: refused and removed"
                 );
                 self.drop_replicas(None, ids);
                 return Err(Error::TemplateInconsistent);
