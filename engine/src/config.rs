@@ -479,6 +479,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "embedded")]
     fn single_member_keys_is_refused_until_it_is_done() {
         let cfg = |v: &str| {
             Config::parse(
