@@ -12,6 +12,9 @@
  *   "SLOT fail RV PERMILLE"   calls on SLOT fail with CK_RV RV (hex) PERMILLE times in 1000
  *   "SLOT delay MS"        calls on SLOT take MS ms longer
  *   "SLOT hang"            calls on SLOT block until the slot's mode changes
+ *   "SLOT lose RV PERMILLE"   creates on SLOT (C_CreateObject, C_GenerateKey(Pair),
+ *                          C_UnwrapKey) are done, and then answered with RV PERMILLE times
+ *                          in 1000, as when the answer is lost on its way back
  *   "SLOT reset"           every session open on SLOT is lost, as when a vendor client loses
  *                          its HSM: calls on them answer CKR_SESSION_HANDLE_INVALID from then
  *                          on (the real module's sessions are left alone: closing them under
@@ -35,7 +38,7 @@
 
 #define MAX_SLOTS 16
 
-enum mode { MODE_OK, MODE_FAIL, MODE_DELAY, MODE_HANG };
+enum mode { MODE_OK, MODE_FAIL, MODE_DELAY, MODE_HANG, MODE_LOSE };
 
 struct slot_fault {
     CK_SLOT_ID slot;
@@ -124,6 +127,22 @@ static CK_RV fault(CK_SLOT_ID slot)
     }
 }
 
+/* After a create on session h that the real module did: the answer to give in its place
+ * (CKR_OK: its own), for "lose". */
+static CK_RV lost_answer(CK_SESSION_HANDLE h, CK_RV real_rv)
+{
+    CK_SESSION_INFO info;
+    if (real_rv != CKR_OK || real->C_GetSessionInfo(h, &info) != CKR_OK)
+        return real_rv;
+    pthread_mutex_lock(&lock);
+    struct slot_fault *f = find_slot(info.slotID, 0);
+    CK_RV rv = CKR_OK;
+    if (f && f->mode == MODE_LOSE && next_random() % 1000 < f->permille)
+        rv = f->rv;
+    pthread_mutex_unlock(&lock);
+    return rv != CKR_OK ? rv : real_rv;
+}
+
 static CK_RV fault_session(CK_SESSION_HANDLE h)
 {
     CK_SLOT_ID slot;
@@ -194,6 +213,15 @@ int hsmpool_shim_control(const char *cmd)
             f->mode = MODE_DELAY;
             f->delay_ms = ms;
         }
+    } else if (ok && strcmp(verb, "lose") == 0) {
+        unsigned long rv;
+        unsigned permille;
+        ok = sscanf(rest, " %lx %u", &rv, &permille) == 2;
+        if (ok) {
+            f->mode = MODE_LOSE;
+            f->rv = rv;
+            f->permille = permille;
+        }
     } else if (ok && strcmp(verb, "hang") == 0) {
         f->mode = MODE_HANG;
     } else if (ok && strcmp(verb, "reset") == 0) {
@@ -222,6 +250,14 @@ int hsmpool_shim_control(const char *cmd)
         return rv != CKR_OK ? rv : real->name args;                                            \
     }
 
+/* A create: done by the real module, whose answer "lose" may replace. */
+#define CREATE(name, params, args)                                                             \
+    static CK_RV shim_##name params                                                            \
+    {                                                                                          \
+        CK_RV rv = fault_session(hSession);                                                    \
+        return rv != CKR_OK ? rv : lost_answer(hSession, real->name args);                     \
+    }
+
 BY_SLOT(C_GetTokenInfo, (CK_SLOT_ID slotID, CK_TOKEN_INFO *pInfo), slotID, (slotID, pInfo))
 static CK_RV shim_C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR *pPin,
                           CK_ULONG ulPinLen)
@@ -248,7 +284,7 @@ long hsmpool_shim_logins(unsigned long long slot)
     pthread_mutex_unlock(&lock);
     return n;
 }
-BY_SESSION(C_CreateObject,
+CREATE(C_CreateObject,
            (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE *pTemplate, CK_ULONG ulCount,
             CK_OBJECT_HANDLE *phObject),
            (hSession, pTemplate, ulCount, phObject))
@@ -275,11 +311,11 @@ BY_SESSION(C_EncryptInit,
 BY_SESSION(C_DecryptInit,
            (CK_SESSION_HANDLE hSession, CK_MECHANISM *pMechanism, CK_OBJECT_HANDLE hKey),
            (hSession, pMechanism, hKey))
-BY_SESSION(C_GenerateKey,
+CREATE(C_GenerateKey,
            (CK_SESSION_HANDLE hSession, CK_MECHANISM *pMechanism, CK_ATTRIBUTE *pTemplate,
             CK_ULONG ulCount, CK_OBJECT_HANDLE *phKey),
            (hSession, pMechanism, pTemplate, ulCount, phKey))
-BY_SESSION(C_GenerateKeyPair,
+CREATE(C_GenerateKeyPair,
            (CK_SESSION_HANDLE hSession, CK_MECHANISM *pMechanism, CK_ATTRIBUTE *pPublicKeyTemplate,
             CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE *pPrivateKeyTemplate,
             CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE *phPublicKey,
@@ -290,7 +326,7 @@ BY_SESSION(C_WrapKey,
            (CK_SESSION_HANDLE hSession, CK_MECHANISM *pMechanism, CK_OBJECT_HANDLE hWrappingKey,
             CK_OBJECT_HANDLE hKey, CK_BYTE *pWrappedKey, CK_ULONG *pulWrappedKeyLen),
            (hSession, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen))
-BY_SESSION(C_UnwrapKey,
+CREATE(C_UnwrapKey,
            (CK_SESSION_HANDLE hSession, CK_MECHANISM *pMechanism, CK_OBJECT_HANDLE hUnwrappingKey,
             CK_BYTE *pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE *pTemplate,
             CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE *phKey),

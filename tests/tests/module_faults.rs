@@ -143,12 +143,26 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .unwrap();
     e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+    let shim = Shim::open(&shim_path);
+    // A create whose answer is lost: member 0 makes the pair and answers CKR_DEVICE_ERROR;
+    // the pair is made again elsewhere, and member 0 keeps no second one (it gets the copy).
+    for slot in &tokens.slots {
+        shim.set(&format!("{slot} lose 30 1000"));
+    }
+    shim.set(&format!("{} ok", tokens.slots[1]));
+    shim.set(&format!("{} ok", tokens.slots[2]));
+    ec_pair(&e, s, b"answer lost", true);
+    shim.set(&format!("{} ok", tokens.slots[0]));
+    assert!(
+        e.member_status()[0].errors > 0,
+        "member 0 was asked (and lost its answer): {:?}",
+        e.member_status()
+    );
     let (public, private) = ec_pair(&e, s, b"under fire", true);
     let point = match &e.get_attribute_value(s, public, &[CKA_EC_POINT]).unwrap()[0] {
         AttrAnswer::Value(v) => v[2..].to_vec(),
         other => panic!("EC point: {other:?}"),
     };
-    let shim = Shim::open(&shim_path);
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
@@ -296,7 +310,7 @@ fn sixty_four_threads_sign_through_failing_hanging_and_reset_members_without_an_
             usize::from(label == &tokens.labels[1]),
             "token {label}: the key made on token 1 directly:\n{text}"
         );
-        for key in ["under fire", "made mid-run"] {
+        for key in ["under fire", "made mid-run", "answer lost"] {
             assert_eq!(
                 text.matches(&format!("label:      {key}\n")).count(),
                 2,

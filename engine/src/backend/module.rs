@@ -220,6 +220,32 @@ pub struct Module {
     user_pin: Mutex<Option<Zeroizing<Vec<u8>>>>,
     /// Whether a key has `CKA_ALWAYS_AUTHENTICATE`, by handle (read once).
     always_auth: DashMap<CK_OBJECT_HANDLE, bool, IdHash>,
+    /// Creates of objects alike (label, id) wait for each other (see `without_orphans`).
+    create_locks: [Mutex<()>; CREATE_STRIPES],
+}
+
+/// Stripes of [`Module::create_locks`].
+const CREATE_STRIPES: usize = 16;
+
+/// What picks out objects like a template's: its class (or `class`), label, id, key type and
+/// token flag.
+fn probe_of(template: &[Attr], class: Option<CK_OBJECT_CLASS>) -> Vec<Attr> {
+    let mut p: Vec<Attr> = template
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.ty,
+                CKA_CLASS | CKA_LABEL | CKA_ID | CKA_KEY_TYPE | CKA_TOKEN
+            )
+        })
+        .cloned()
+        .collect();
+    if let Some(c) = class {
+        if !p.iter().any(|a| a.ty == CKA_CLASS) {
+            p.push(Attr::ulong(CKA_CLASS, c));
+        }
+    }
+    p
 }
 
 /// Set when the process begins to exit: vendor modules are called no more.
@@ -335,6 +361,7 @@ impl Module {
             op_sessions: Mutex::new(Vec::new()),
             user_pin: Mutex::new(None),
             always_auth: DashMap::with_hasher(IdHash),
+            create_locks: std::array::from_fn(|_| Mutex::new(())),
         };
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
@@ -712,6 +739,110 @@ impl Module {
         Ok(out)
     }
 
+    /// The module's handles of the objects matching a template (already stripped of ours).
+    fn raw_find(&self, t: &[Attr]) -> MemberResult<Vec<CK_OBJECT_HANDLE>> {
+        let ck = CkTemplate::new(t).map_err(|rv| self.rv(rv))?;
+        let raw = ck.as_slice();
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(call!(
+            self,
+            C_FindObjectsInit(sh, raw.as_ptr().cast_mut(), ck_len(raw.len()))
+        ))?;
+        let mut found = Vec::new();
+        let mut batch = [CK_INVALID_HANDLE; 64];
+        let done = loop {
+            let mut n: CK_ULONG = 0;
+            if let Err(e) = call!(
+                self,
+                C_FindObjects(sh, batch.as_mut_ptr(), ck_len(batch.len()), &mut n)
+            ) {
+                break Err(e);
+            }
+            if n == 0 {
+                break Ok(());
+            }
+            found.extend_from_slice(&batch[..n as usize]);
+        };
+        let done = op.check(done);
+        op.check(call!(self, C_FindObjectsFinal(sh)))?;
+        done?;
+        Ok(found)
+    }
+
+    /// Run a create so that one whose answer was lost (the device failed after it may have
+    /// made the object) leaves nothing behind: the objects like the template's (same class,
+    /// label, id) are listed before the call, and after such a failure any new one that no
+    /// call of ours adopted is destroyed, so a retry elsewhere leaves no second copy or half a
+    /// pair. Creates with the same label and id wait for each other here; a template with
+    /// neither label nor id is not protected (its listing would take in other threads' work).
+    fn without_orphans<T>(
+        &self,
+        probes: &[Vec<Attr>],
+        make: impl FnOnce() -> MemberResult<T>,
+    ) -> MemberResult<T> {
+        let probes: Vec<&Vec<Attr>> = probes
+            .iter()
+            .filter(|p| p.iter().any(|a| a.ty == CKA_LABEL || a.ty == CKA_ID))
+            .collect();
+        if probes.is_empty() {
+            return make();
+        }
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        for p in &probes {
+            std::hash::Hash::hash(&hsmpool_member::types::encode_attr_array(p), &mut hash);
+        }
+        let stripe = (std::hash::Hasher::finish(&hash) % CREATE_STRIPES as u64) as usize;
+        let _same = self.create_locks[stripe].lock();
+        let list =
+            |probes: &[&Vec<Attr>]| -> MemberResult<std::collections::HashSet<CK_OBJECT_HANDLE>> {
+                let mut all = std::collections::HashSet::new();
+                for p in probes {
+                    all.extend(self.raw_find(p)?);
+                }
+                Ok(all)
+            };
+        let before = list(&probes)?;
+        let r = make();
+        let lost = matches!(
+            &r,
+            Err(MemberError::Rv {
+                rv: CKR_DEVICE_ERROR
+                    | CKR_DEVICE_REMOVED
+                    | CKR_FUNCTION_FAILED
+                    | CKR_TOKEN_NOT_PRESENT
+                    | CKR_SESSION_CLOSED
+                    | CKR_SESSION_HANDLE_INVALID,
+                ..
+            }) | Err(MemberError::Unreachable { .. } | MemberError::Device(_))
+        );
+        if lost {
+            match list(&probes) {
+                Ok(after) => {
+                    for h in after.difference(&before) {
+                        if self.ids.contains_key(h) {
+                            continue;
+                        }
+                        let destroyed = self.op_session().and_then(|mut op| {
+                            let sh = op.h;
+                            op.check(call!(self, C_DestroyObject(sh, *h)))
+                        });
+                        tracing::warn!(
+                            member = self.id.0,
+                            "a create whose answer was lost had made an object: removed \
+                             ({destroyed:?})"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    member = self.id.0,
+                    "a create whose answer was lost may have left an object: not listed ({e})"
+                ),
+            }
+        }
+        r
+    }
+
     fn new_object(
         &self,
         s: MemberSession,
@@ -721,7 +852,7 @@ impl Module {
         let (t, id) = Self::strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
-        make(&ck, &mut h)?;
+        self.without_orphans(&[probe_of(&t, None)], || make(&ck, &mut h))?;
         self.adopt(s, h, id)
     }
 }
@@ -1028,33 +1159,7 @@ impl Backend for Module {
     }
     fn find(&self, s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
         let (t, id) = Self::strip(template);
-        let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
-        let raw = ck.as_slice();
-        let mut op = self.op_session()?;
-        let sh = op.h;
-        op.check(call!(
-            self,
-            C_FindObjectsInit(sh, raw.as_ptr().cast_mut(), ck_len(raw.len()))
-        ))?;
-        let mut found = Vec::new();
-        let mut batch = [CK_INVALID_HANDLE; 64];
-        let done = loop {
-            let mut n: CK_ULONG = 0;
-            if let Err(e) = call!(
-                self,
-                C_FindObjects(sh, batch.as_mut_ptr(), ck_len(batch.len()), &mut n)
-            ) {
-                break Err(e);
-            }
-            if n == 0 {
-                break Ok(());
-            }
-            found.extend_from_slice(&batch[..n as usize]);
-        };
-        let done = op.check(done);
-        op.check(call!(self, C_FindObjectsFinal(sh)))?;
-        done?;
-        drop(op);
+        let found = self.raw_find(&t)?;
         let mut out = Vec::with_capacity(found.len());
         for h in found {
             let o = self.adopt(s, h, None)?;
@@ -1147,19 +1252,25 @@ impl Backend for Module {
         let kck = CkTemplate::new(&kt).map_err(|rv| self.rv(rv))?;
         let (praw, kraw) = (pck.as_slice(), kck.as_slice());
         let (mut ph, mut kh) = (CK_INVALID_HANDLE, CK_INVALID_HANDLE);
-        call!(
-            self,
-            C_GenerateKeyPair(
-                s.0 as CK_SESSION_HANDLE,
-                std::ptr::from_ref(m.as_raw()).cast_mut(),
-                praw.as_ptr().cast_mut(),
-                ck_len(praw.len()),
-                kraw.as_ptr().cast_mut(),
-                ck_len(kraw.len()),
-                &mut ph,
-                &mut kh
+        let probes = [
+            probe_of(&pt, Some(CKO_PUBLIC_KEY)),
+            probe_of(&kt, Some(CKO_PRIVATE_KEY)),
+        ];
+        self.without_orphans(&probes, || {
+            call!(
+                self,
+                C_GenerateKeyPair(
+                    s.0 as CK_SESSION_HANDLE,
+                    std::ptr::from_ref(m.as_raw()).cast_mut(),
+                    praw.as_ptr().cast_mut(),
+                    ck_len(praw.len()),
+                    kraw.as_ptr().cast_mut(),
+                    ck_len(kraw.len()),
+                    &mut ph,
+                    &mut kh
+                )
             )
-        )?;
+        })?;
         Ok((self.adopt(s, ph, pid)?, self.adopt(s, kh, kid)?))
     }
     fn wrap_key(
