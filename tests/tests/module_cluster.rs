@@ -85,6 +85,25 @@ fn listed(tool: &Path, conf: &Path, i: usize) -> String {
     text
 }
 
+/// Token `i`'s listing (`out`) holds `n` objects labelled `what` for each pair, and the
+/// cluster wrapping key once.
+#[track_caller]
+fn holds(out: &str, i: usize, want: &[(&str, usize)]) {
+    for (what, n) in want {
+        assert_eq!(
+            out.matches(&format!("label:      {what}\n")).count(),
+            *n,
+            "token {i}, {what}:\n{out}"
+        );
+    }
+    assert_eq!(
+        out.matches(&format!("label:      {DEFAULT_WRAP_KEY_LABEL}\n"))
+            .count(),
+        1,
+        "token {i}:\n{out}"
+    );
+}
+
 #[test]
 fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     let util = require_tool("softhsm2-util");
@@ -320,19 +339,10 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
 
     // Each token, seen by SoftHSMv2's own module: one copy of each object, and the wrapping key.
     for i in 0..3 {
-        let out = listed(&tool, &conf, i);
-        for (what, n) in [("cluster ec", 2), ("cluster aes", 1), ("stuck", 0)] {
-            assert_eq!(
-                out.matches(&format!("label:      {what}\n")).count(),
-                n,
-                "token {i}, {what}:\n{out}"
-            );
-        }
-        assert_eq!(
-            out.matches(&format!("label:      {DEFAULT_WRAP_KEY_LABEL}\n"))
-                .count(),
-            1,
-            "token {i}:\n{out}"
+        holds(
+            &listed(&tool, &conf, i),
+            i,
+            &[("cluster ec", 2), ("cluster aes", 1), ("stuck", 0)],
         );
     }
 
@@ -356,19 +366,10 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     e.logout(s).unwrap();
     drop(e);
     for i in 0..3 {
-        let out = listed(&tool, &conf, i);
-        for (what, n) in [("cluster ec", 0), ("after init", 2)] {
-            assert_eq!(
-                out.matches(&format!("label:      {what}\n")).count(),
-                n,
-                "token {i}, {what}:\n{out}"
-            );
-        }
-        assert_eq!(
-            out.matches(&format!("label:      {DEFAULT_WRAP_KEY_LABEL}\n"))
-                .count(),
-            1,
-            "token {i}:\n{out}"
+        holds(
+            &listed(&tool, &conf, i),
+            i,
+            &[("cluster ec", 0), ("after init", 2)],
         );
     }
 }

@@ -448,6 +448,15 @@ impl Module {
                 keep: true,
             });
         }
+        Ok(OpSession {
+            m: self,
+            h: self.open_vendor_session()?,
+            keep: true,
+        })
+    }
+
+    /// A new R/W session on the token.
+    fn open_vendor_session(&self) -> MemberResult<CK_SESSION_HANDLE> {
         let mut h: CK_SESSION_HANDLE = 0;
         call!(
             self,
@@ -459,11 +468,7 @@ impl Module {
                 &mut h
             )
         )?;
-        Ok(OpSession {
-            m: self,
-            h,
-            keep: true,
-        })
+        Ok(h)
     }
 
     fn rv(&self, rv: CK_RV) -> MemberError {
@@ -914,18 +919,9 @@ impl Backend for Module {
         self.describe.clone()
     }
     fn open_session(&self) -> MemberResult<MemberSession> {
-        let mut s: CK_SESSION_HANDLE = 0;
-        call!(
-            self,
-            C_OpenSession(
-                self.slot,
-                CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                std::ptr::null_mut(),
-                None,
-                &mut s
-            )
-        )?;
-        Ok(MemberSession(s as u64))
+        let h = self.open_vendor_session()?;
+        #[allow(clippy::unnecessary_cast)] // `CK_ULONG` is 32 bits on some platforms
+        Ok(MemberSession(h as u64))
     }
     fn close_session(&self, s: MemberSession) {
         if let Err(e) = call!(self, C_CloseSession(s.0 as CK_SESSION_HANDLE)) {
