@@ -894,6 +894,49 @@ fn der_ec_point(template: &[Attr]) -> Vec<Attr> {
         .collect()
 }
 
+/// What our own members check of an imported key and a vendor's module may not (SoftHSMv2
+/// takes both): an EC public point on its NIST curve, and an AES key of 16, 24 or 32 bytes;
+/// else `CKR_ATTRIBUTE_VALUE_INVALID`, whichever kind of member is asked.
+fn checked_import(template: &[Attr]) -> std::result::Result<(), CK_RV> {
+    use aws_lc_rs::agreement::{self, ParsedPublicKey, UnparsedPublicKey};
+    let get = |ty| template.iter().rev().find(|a| a.ty == ty);
+    let ulong = |ty| get(ty).and_then(|a: &Attr| a.as_ulong());
+    match (ulong(CKA_CLASS), ulong(CKA_KEY_TYPE)) {
+        (Some(CKO_PUBLIC_KEY), Some(CKK_EC)) => {
+            let alg = match get(CKA_EC_PARAMS)
+                .and_then(|a| hsmpool_member::curves::order_bits(&a.value))
+            {
+                Some(256)
+                    if get(CKA_EC_PARAMS)
+                        .is_some_and(|a| a.value == hsmpool_member::curves::P256_OID_DER) =>
+                {
+                    &agreement::ECDH_P256
+                }
+                Some(384) => &agreement::ECDH_P384,
+                Some(521) => &agreement::ECDH_P521,
+                _ => return Ok(()),
+            };
+            // The DER OCTET STRING (`der_ec_point` made it one) around the uncompressed point.
+            let Some(point) = get(CKA_EC_POINT) else {
+                return Ok(());
+            };
+            let raw = match point.value.as_slice() {
+                [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest,
+                [0x04, 0x81, n, rest @ ..] if usize::from(*n) == rest.len() => rest,
+                _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            };
+            ParsedPublicKey::try_from(&UnparsedPublicKey::new(alg, raw))
+                .map(|_| ())
+                .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)
+        }
+        (Some(CKO_SECRET_KEY), Some(CKK_AES)) => match get(CKA_VALUE).map(|a| a.value.len()) {
+            None | Some(16 | 24 | 32) => Ok(()),
+            Some(_) => Err(CKR_ATTRIBUTE_VALUE_INVALID),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// Whether two secrets are equal, in time that depends on their lengths only.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -1066,6 +1109,7 @@ impl Backend for Module {
     }
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
         let template = der_ec_point(template);
+        checked_import(&template).map_err(|rv| self.rv(rv))?;
         self.new_object(s, &template, |t, h| {
             let raw = t.as_slice();
             call!(
