@@ -429,12 +429,28 @@ impl Module {
         Ok(m)
     }
 
+    /// An operation begun with `key` in a session of its own: `init` is the module's
+    /// `C_*Init` called with that session, the mechanism and the key's handle.
+    fn begin(
+        &self,
+        mech: &Mechanism,
+        key: MemberObject,
+        init: impl FnOnce(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) -> MemberResult<()>,
+    ) -> MemberResult<(OpSession<'_>, CK_OBJECT_HANDLE)> {
+        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let kh = self.handle(key)?;
+        let mut op = self.op_session()?;
+        let sh = op.h;
+        op.check(init(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh))?;
+        Ok((op, kh))
+    }
+
     /// Whether key `h` asks for a context-specific login before each signature.
     fn always_authenticate(&self, h: CK_OBJECT_HANDLE) -> MemberResult<bool> {
         if let Some(v) = self.always_auth.get(&h) {
             return Ok(*v);
         }
-        let v = self.flag(MemberSession(0), h, CKA_ALWAYS_AUTHENTICATE)?;
+        let v = self.flag(h, CKA_ALWAYS_AUTHENTICATE)?;
         self.always_auth.insert(h, v);
         Ok(v)
     }
@@ -503,18 +519,13 @@ impl Module {
 
     /// The member object of a module handle: `id` when we chose one, else the one it already
     /// has, else the id its content gives it (see [`Module::content_id`]).
-    fn adopt(
-        &self,
-        s: MemberSession,
-        h: CK_OBJECT_HANDLE,
-        id: Option<u64>,
-    ) -> MemberResult<MemberObject> {
+    fn adopt(&self, h: CK_OBJECT_HANDLE, id: Option<u64>) -> MemberResult<MemberObject> {
         let id = match id {
             Some(id) => id,
             None => match self.ids.get(&h).map(|id| *id) {
                 Some(id) => id,
                 None => {
-                    let mut id = self.content_id(s, h)?;
+                    let mut id = self.content_id(h)?;
                     // Two objects alike in everything read: the next free id.
                     while self.handles.get(&id).is_some_and(|o| *o != h) {
                         id = LOCAL_IDS | (id.wrapping_add(1) & (LOCAL_IDS - 1));
@@ -537,8 +548,8 @@ impl Module {
     /// `CKA_CHECK_VALUE`, `CKA_PUBLIC_KEY_INFO` or `CKA_VALUE_LEN`: SoftHSMv2 fills them in for a
     /// key it generates and leaves them empty (or 0) for the same key unwrapped. Objects alike in all of these take the
     /// next ids in the order the module lists them (see README: vendor modules).
-    fn content_id(&self, s: MemberSession, h: CK_OBJECT_HANDLE) -> MemberResult<u64> {
-        let class = self.ulong(s, h, CKA_CLASS)?.map(|c| c as CK_OBJECT_CLASS);
+    fn content_id(&self, h: CK_OBJECT_HANDLE) -> MemberResult<u64> {
+        let class = self.ulong(h, CKA_CLASS)?.map(|c| c as CK_OBJECT_CLASS);
         let mut types = vec![
             CKA_CLASS,
             CKA_KEY_TYPE,
@@ -553,7 +564,7 @@ impl Module {
         }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for ty in types {
-            if let AttrAnswer::Value(v) = self.attribute(s, h, ty)? {
+            if let AttrAnswer::Value(v) = self.attribute(h, ty)? {
                 #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
                 let ty = u64::from(ty);
                 ctx.update(&ty.to_be_bytes());
@@ -597,12 +608,7 @@ impl Module {
 
     /// One attribute's value, in two calls: `Ok(None)` for one the object does not have or keeps
     /// secret (with the answer to give).
-    fn attribute(
-        &self,
-        _s: MemberSession,
-        h: CK_OBJECT_HANDLE,
-        ty: CK_ATTRIBUTE_TYPE,
-    ) -> MemberResult<AttrAnswer> {
+    fn attribute(&self, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> MemberResult<AttrAnswer> {
         let mut op = self.op_session()?;
         let sh = op.h;
         let mut a = CK_ATTRIBUTE {
@@ -633,13 +639,8 @@ impl Module {
 
     /// A `CK_ULONG` attribute; `None` for one the object does not have. A failure to read it
     /// (the device) is an error, never taken for an answer.
-    fn ulong(
-        &self,
-        s: MemberSession,
-        h: CK_OBJECT_HANDLE,
-        ty: CK_ATTRIBUTE_TYPE,
-    ) -> MemberResult<Option<u64>> {
-        Ok(match self.attribute(s, h, ty)? {
+    fn ulong(&self, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> MemberResult<Option<u64>> {
+        Ok(match self.attribute(h, ty)? {
             #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
             AttrAnswer::Value(v) => Attr { ty, value: v }.as_ulong().map(u64::from),
             _ => None,
@@ -647,13 +648,8 @@ impl Module {
     }
 
     /// A `CK_BBOOL` attribute, false when absent; a failure to read it is an error.
-    fn flag(
-        &self,
-        s: MemberSession,
-        h: CK_OBJECT_HANDLE,
-        ty: CK_ATTRIBUTE_TYPE,
-    ) -> MemberResult<bool> {
-        Ok(matches!(self.attribute(s, h, ty)?, AttrAnswer::Value(v) if v.first() == Some(&1)))
+    fn flag(&self, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> MemberResult<bool> {
+        Ok(matches!(self.attribute(h, ty)?, AttrAnswer::Value(v) if v.first() == Some(&1)))
     }
 
     /// The table's rows as this token can do them through us: the ones it offers, narrowed to
@@ -850,7 +846,6 @@ impl Module {
 
     fn new_object(
         &self,
-        s: MemberSession,
         template: &[Attr],
         make: impl FnOnce(&CkTemplate<'_>, &mut CK_OBJECT_HANDLE) -> MemberResult<()>,
     ) -> MemberResult<MemberObject> {
@@ -858,7 +853,7 @@ impl Module {
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
         self.without_orphans(&[probe_of(&t, None)], || make(&ck, &mut h))?;
-        self.adopt(s, h, id)
+        self.adopt(h, id)
     }
 }
 
@@ -903,17 +898,11 @@ fn checked_import(template: &[Attr]) -> std::result::Result<(), CK_RV> {
     let ulong = |ty| get(ty).and_then(|a: &Attr| a.as_ulong());
     match (ulong(CKA_CLASS), ulong(CKA_KEY_TYPE)) {
         (Some(CKO_PUBLIC_KEY), Some(CKK_EC)) => {
-            let alg = match get(CKA_EC_PARAMS)
-                .and_then(|a| hsmpool_member::curves::order_bits(&a.value))
-            {
-                Some(256)
-                    if get(CKA_EC_PARAMS)
-                        .is_some_and(|a| a.value == hsmpool_member::curves::P256_OID_DER) =>
-                {
-                    &agreement::ECDH_P256
-                }
-                Some(384) => &agreement::ECDH_P384,
-                Some(521) => &agreement::ECDH_P521,
+            use hsmpool_member::curves::{P256_OID_DER, P384_OID_DER, P521_OID_DER};
+            let alg = match get(CKA_EC_PARAMS).map(|a| a.value.as_slice()) {
+                Some(P256_OID_DER) => &agreement::ECDH_P256,
+                Some(P384_OID_DER) => &agreement::ECDH_P384,
+                Some(P521_OID_DER) => &agreement::ECDH_P521,
                 _ => return Ok(()),
             };
             // The DER OCTET STRING (`der_ec_point` made it one) around the uncompressed point.
@@ -1110,7 +1099,7 @@ impl Backend for Module {
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
         let template = der_ec_point(template);
         checked_import(&template).map_err(|rv| self.rv(rv))?;
-        self.new_object(s, &template, |t, h| {
+        self.new_object(&template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1130,7 +1119,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let from = self.handle(o)?;
-        self.new_object(s, template, |t, h| {
+        self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1152,7 +1141,7 @@ impl Backend for Module {
     }
     fn get_attributes(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         o: MemberObject,
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> MemberResult<Vec<AttrAnswer>> {
@@ -1165,7 +1154,7 @@ impl Backend for Module {
                 )),
                 // Nested templates are read in the next step (issue 13).
                 ty if hsmpool_member::types::is_array_attribute(ty) => Ok(AttrAnswer::Invalid),
-                ty => self.attribute(s, h, ty),
+                ty => self.attribute(h, ty),
             })
             .collect()
     }
@@ -1197,43 +1186,43 @@ impl Backend for Module {
         op.check(call!(self, C_GetObjectSize(sh, h, &mut n)))?;
         Ok(n as u64)
     }
-    fn find(&self, s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
+    fn find(&self, _s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
         let (t, id) = Self::strip(template);
         let found = self.raw_find(&t)?;
         let mut out = Vec::with_capacity(found.len());
         for h in found {
-            let o = self.adopt(s, h, None)?;
+            let o = self.adopt(h, None)?;
             if id.is_none_or(|id| o.0 == id) {
                 out.push(o);
             }
         }
         Ok(out)
     }
-    fn key_meta(&self, s: MemberSession, o: MemberObject) -> MemberResult<KeyMeta> {
+    fn key_meta(&self, _s: MemberSession, o: MemberObject) -> MemberResult<KeyMeta> {
         let h = self.handle(o)?;
         let class =
-            self.ulong(s, h, CKA_CLASS)?
+            self.ulong(h, CKA_CLASS)?
                 .ok_or_else(|| self.rv(CKR_OBJECT_HANDLE_INVALID))? as CK_OBJECT_CLASS;
-        let key_type = self.ulong(s, h, CKA_KEY_TYPE)?.map(|t| t as CK_KEY_TYPE);
+        let key_type = self.ulong(h, CKA_KEY_TYPE)?.map(|t| t as CK_KEY_TYPE);
         let key_bits = match key_type {
-            Some(CKK_RSA) => match self.attribute(s, h, CKA_MODULUS)? {
+            Some(CKK_RSA) => match self.attribute(h, CKA_MODULUS)? {
                 AttrAnswer::Value(m) => be_bits(&m),
                 _ => 0,
             },
-            Some(CKK_EC) | Some(CKK_EC_EDWARDS) => match self.attribute(s, h, CKA_EC_PARAMS)? {
+            Some(CKK_EC) | Some(CKK_EC_EDWARDS) => match self.attribute(h, CKA_EC_PARAMS)? {
                 AttrAnswer::Value(p) => hsmpool_member::curves::order_bits(&p).unwrap_or(0),
                 _ => 0,
             },
-            Some(_) => self.ulong(s, h, CKA_VALUE_LEN)?.unwrap_or(0) as usize * 8,
+            Some(_) => self.ulong(h, CKA_VALUE_LEN)?.unwrap_or(0) as usize * 8,
             None => 0,
         };
         Ok(KeyMeta {
             class,
             key_type,
             key_bits,
-            token: self.flag(s, h, CKA_TOKEN)?,
-            private: self.flag(s, h, CKA_PRIVATE)?,
-            always_authenticate: self.flag(s, h, CKA_ALWAYS_AUTHENTICATE)?,
+            token: self.flag(h, CKA_TOKEN)?,
+            private: self.flag(h, CKA_PRIVATE)?,
+            always_authenticate: self.flag(h, CKA_ALWAYS_AUTHENTICATE)?,
         })
     }
     fn check_key(
@@ -1252,7 +1241,7 @@ impl Backend for Module {
         ) {
             return Err(self.rv(CKR_KEY_HANDLE_INVALID));
         }
-        if !self.flag(s, self.handle(o)?, usage)? {
+        if !self.flag(self.handle(o)?, usage)? {
             return Err(self.rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
         Ok(meta)
@@ -1264,7 +1253,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        self.new_object(s, template, |t, h| {
+        self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1311,7 +1300,7 @@ impl Backend for Module {
                 )
             )
         })?;
-        Ok((self.adopt(s, ph, pid)?, self.adopt(s, kh, kid)?))
+        Ok((self.adopt(ph, pid)?, self.adopt(kh, kid)?))
     }
     fn wrap_key(
         &self,
@@ -1349,7 +1338,7 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let uh = self.handle(unwrapping)?;
-        self.new_object(s, template, |t, h| {
+        self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1375,7 +1364,7 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let bh = self.handle(base)?;
-        self.new_object(s, template, |t, h| {
+        self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1398,14 +1387,9 @@ impl Backend for Module {
         input: SignInput,
     ) -> MemberResult<Vec<u8>> {
         let (mech, data) = self.sign_form(mech, input)?;
-        let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
-        let kh = self.handle(key)?;
-        let mut op = self.op_session()?;
+        let (mut op, kh) =
+            self.begin(&mech, key, |sh, m, kh| call!(self, C_SignInit(sh, m, kh)))?;
         let sh = op.h;
-        op.check(call!(
-            self,
-            C_SignInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        ))?;
         if self.always_authenticate(kh)? {
             let pin = self.user_pin.lock().clone();
             let pin = pin.ok_or_else(|| self.rv(CKR_USER_NOT_LOGGED_IN))?;
@@ -1436,14 +1420,9 @@ impl Backend for Module {
         signature: &[u8],
     ) -> MemberResult<()> {
         let (mech, data) = self.sign_form(mech, input)?;
-        let m = CkMechanism::new(&mech).map_err(|rv| self.rv(rv))?;
-        let kh = self.handle(key)?;
-        let mut op = self.op_session()?;
+        let (mut op, _) =
+            self.begin(&mech, key, |sh, m, kh| call!(self, C_VerifyInit(sh, m, kh)))?;
         let sh = op.h;
-        op.check(call!(
-            self,
-            C_VerifyInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        ))?;
         let r = call!(
             self,
             C_Verify(
@@ -1463,14 +1442,9 @@ impl Backend for Module {
         key: MemberObject,
         data: &[u8],
     ) -> MemberResult<Vec<u8>> {
-        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let kh = self.handle(key)?;
-        let mut op = self.op_session()?;
+        let (mut op, _) =
+            self.begin(mech, key, |sh, m, kh| call!(self, C_EncryptInit(sh, m, kh)))?;
         let sh = op.h;
-        op.check(call!(
-            self,
-            C_EncryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        ))?;
         let r = self.two_call(|out, len| {
             call!(
                 self,
@@ -1486,14 +1460,9 @@ impl Backend for Module {
         key: MemberObject,
         data: &[u8],
     ) -> MemberResult<Zeroizing<Vec<u8>>> {
-        let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let kh = self.handle(key)?;
-        let mut op = self.op_session()?;
+        let (mut op, _) =
+            self.begin(mech, key, |sh, m, kh| call!(self, C_DecryptInit(sh, m, kh)))?;
         let sh = op.h;
-        op.check(call!(
-            self,
-            C_DecryptInit(sh, std::ptr::from_ref(m.as_raw()).cast_mut(), kh)
-        ))?;
         let r = self.two_call(|out, len| {
             call!(
                 self,
@@ -1504,10 +1473,10 @@ impl Backend for Module {
     }
     fn secret_value_for_digest(
         &self,
-        s: MemberSession,
+        _s: MemberSession,
         key: MemberObject,
     ) -> MemberResult<Zeroizing<Vec<u8>>> {
-        match self.attribute(s, self.handle(key)?, CKA_VALUE)? {
+        match self.attribute(self.handle(key)?, CKA_VALUE)? {
             AttrAnswer::Value(v) => Ok(Zeroizing::new(v)),
             AttrAnswer::Sensitive => Err(self.rv(CKR_KEY_INDIGESTIBLE)),
             AttrAnswer::Invalid => Err(self.rv(CKR_KEY_HANDLE_INVALID)),

@@ -172,6 +172,13 @@ impl Cluster {
             };
             m.stats.errors.fetch_add(1, Ordering::Relaxed);
             let class = classify(&e, self.logged_in());
+            let refused_call = matches!(
+                e,
+                Error::Hsm {
+                    rv: CKR_FUNCTION_FAILED,
+                    ..
+                }
+            );
             match (class, route) {
                 (Class::Permanent, _) => return Err(e),
                 (Class::SessionLost, Route::On(i, _)) => {
@@ -208,26 +215,14 @@ impl Cluster {
                     // A refusal of this one call (CKR_FUNCTION_FAILED) does not count toward
                     // the member's circuit: an application whose call always fails must not
                     // take healthy members out.
-                    if !matches!(
-                        e,
-                        Error::Hsm {
-                            rv: CKR_FUNCTION_FAILED,
-                            ..
-                        }
-                    ) {
+                    if !refused_call {
                         self.note_failure(m, &e);
                     }
                     avoid.push(m.index);
                     m.stats.failovers.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if matches!(
-                e,
-                Error::Hsm {
-                    rv: CKR_FUNCTION_FAILED,
-                    ..
-                }
-            ) {
+            if refused_call {
                 function_failed += 1;
                 if function_failed >= self.members.len() {
                     return Err(e);
