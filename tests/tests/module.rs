@@ -14,8 +14,8 @@ use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, Slo
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_tests::engine::ec_pair;
 use hsmpool_tests::require_tool;
+use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SO_PIN: &str = "12345678";
 const PIN: &str = "87654321";
 const LABEL: &str = "hsmpool-module-0";
@@ -51,41 +51,13 @@ fn value(e: &Engine, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -
 
 #[test]
 fn a_softhsm2_token_is_a_member_keys_made_through_us_live_on_it() {
-    let util = require_tool("softhsm2-util");
     let tool = require_tool("pkcs11-tool");
-    assert!(
-        std::path::Path::new(SOFTHSM).exists(),
-        "{SOFTHSM} (apt-get install softhsm2)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\n", tokens.display()),
-    )
-    .unwrap();
+    let tokens = SoftHsmTokens::create(dir.path(), 1, "hsmpool-module", SO_PIN, PIN);
+    assert_eq!(tokens.labels, [LABEL]);
+    let conf = tokens.conf.clone();
     // Read by SoftHSMv2 at C_Initialize; this test binary has no other test.
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    let init = Command::new(&util)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            LABEL,
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            PIN,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
 
     let cfg = Config::parse(
         &format!(

@@ -17,8 +17,8 @@ use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, Slo
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_tests::engine::ec_pair;
 use hsmpool_tests::require_tool;
+use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SO_PIN: &str = "12345678";
 const PIN: &str = "87654321";
 
@@ -106,43 +106,13 @@ fn holds(out: &str, i: usize, want: &[(&str, usize)]) {
 
 #[test]
 fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
-    let util = require_tool("softhsm2-util");
     let tool = require_tool("pkcs11-tool");
-    assert!(
-        Path::new(SOFTHSM).exists(),
-        "{SOFTHSM} (apt-get install softhsm2)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!("directories.tokendir = {}\n", tokens.display()),
-    )
-    .unwrap();
+    let tokens = SoftHsmTokens::create(dir.path(), 3, "hsmpool-member", SO_PIN, PIN);
+    assert_eq!(tokens.labels, (0..3).map(label).collect::<Vec<_>>());
+    let conf = tokens.conf.clone();
     // Read by SoftHSMv2 at C_Initialize; this test binary has no other test.
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    for i in 0..3 {
-        let init = Command::new(&util)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                &label(i),
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                PIN,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
     let cfg = config();
 
     // The ceremony: made on the first, carried to the others; run again, it only checks.
