@@ -658,8 +658,10 @@ pub const USAGE: &str = "  cluster init --dir DIR [--name NAME] [--force]
                               put one trusted AES-256 wrapping key on every configured member
                               (HSMPOOL_CONF), by which token keys are copied between members
                               that have no clone path (vendor modules, mixed clusters); the
-                              crypto officer's PIN (the same on every member) comes from
-                              HSMPOOL_SO_PIN. LABEL defaults to [cluster] wrap_key_label.
+                              crypto officer's PIN comes from HSMPOOL_SO_PIN (a member's
+                              so_pin_from wins); a member whose token has no officer once it
+                              has a user (NSS softokn) takes part as its user, whose PIN comes
+                              from HSMPOOL_PIN. LABEL defaults to [cluster] wrap_key_label.
 ";
 
 #[derive(Default)]
@@ -868,8 +870,17 @@ fn wrap_key(rest: &[String]) -> Result<(), String> {
             .map_err(|_| "HSMPOOL_SO_PIN is not set".to_string())?
             .into_bytes(),
     );
+    // Members whose token has no security officer once it has a user (NSS softokn) take part
+    // as their user: HSMPOOL_PIN, when set.
+    let user_pin = std::env::var("HSMPOOL_PIN")
+        .ok()
+        .map(|p| zeroize::Zeroizing::new(p.into_bytes()));
     let members = hsmpool_engine::backend::open_members(&cfg).map_err(|e| e.to_string())?;
-    let done = hsmpool_engine::cluster::ceremony::wrap_key_ceremony(&members, &label, &so_pin)?;
+    let auth = hsmpool_engine::cluster::ceremony::Auth::Pins {
+        so: &so_pin,
+        user: user_pin.as_deref().map(|p| p.as_slice()),
+    };
+    let done = hsmpool_engine::cluster::ceremony::run(&members, &label, &auth, false)?.done;
     for (b, d) in members.iter().zip(done) {
         let what = match d {
             hsmpool_engine::cluster::ceremony::Done::Kept => "held it already",

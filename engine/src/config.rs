@@ -30,6 +30,10 @@
 //! token_serial = "5c1e..."      # optional: the token to use, by serial number (wins over the
 //!                              # label, and survives a C_InitToken that relabels the token)
 //! init_reserved = "..."        # optional: pReserved of its C_Initialize (NSS softokn's string)
+//! pin_from = "file:/etc/hsmpool/nss.pin"  # optional: this token's own user PIN ("file:PATH",
+//!                              # one trailing newline dropped, or "env:NAME"), used instead of
+//!                              # the application's (which the other members check)
+//! so_pin_from = "file:/dev/null"  # optional: its own SO PIN, likewise (NSS softokn: empty)
 //! [compat]
 //! self_signed_certificates = false  # true: present a self-signed X.509 certificate for every
 //!                              # token private key that has none (see below)
@@ -59,6 +63,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -192,6 +197,10 @@ pub struct MemberConfig {
     pub token_serial: Option<String>,
     /// A module member: a string passed as `pReserved` of its `C_Initialize`.
     pub init_reserved: Option<String>,
+    /// A module member: where its token's own user PIN is (`file:PATH` or `env:NAME`).
+    pub pin_from: Option<String>,
+    /// A module member: where its token's own SO PIN is (`file:PATH` or `env:NAME`).
+    pub so_pin_from: Option<String>,
 }
 
 /// The kinds of member, one per backend feature (`embedded`, `daemon`, `module`).
@@ -255,7 +264,14 @@ const KIND_KEYS: [(&str, &[&str]); 3] = [
 ];
 
 /// Keys only a module member takes.
-const MODULE_KEYS: [&str; 4] = ["path", "token_label", "token_serial", "init_reserved"];
+const MODULE_KEYS: [&str; 6] = [
+    "path",
+    "token_label",
+    "token_serial",
+    "init_reserved",
+    "pin_from",
+    "so_pin_from",
+];
 
 /// Keys only an embedded member takes.
 const EMBEDDED_KEYS: [&str; 4] = ["data_dir", "pin_iterations", "max_login_failures", "timing"];
@@ -304,6 +320,8 @@ impl MemberConfig {
             ("token_label", self.token_label.is_some()),
             ("token_serial", self.token_serial.is_some()),
             ("init_reserved", self.init_reserved.is_some()),
+            ("pin_from", self.pin_from.is_some()),
+            ("so_pin_from", self.so_pin_from.is_some()),
         ];
         set.into_iter()
             .filter(|(_, s)| *s)
@@ -353,6 +371,46 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Where a member's own PIN is: a file or an environment variable.
+enum PinSource<'a> {
+    File(&'a Path),
+    Env(&'a str),
+}
+
+fn pin_source(spec: &str) -> std::result::Result<PinSource<'_>, String> {
+    if let Some(p) = spec.strip_prefix("file:").filter(|p| !p.is_empty()) {
+        Ok(PinSource::File(Path::new(p)))
+    } else if let Some(n) = spec.strip_prefix("env:").filter(|n| !n.is_empty()) {
+        Ok(PinSource::Env(n))
+    } else {
+        Err(format!(
+            "{spec:?}: expected \"file:PATH\" or \"env:NAME\" (a PIN is never written in the \
+             configuration)"
+        ))
+    }
+}
+
+/// Read a member's own PIN from `spec` (`file:PATH`, one trailing newline dropped, or
+/// `env:NAME`). The error names the source, never the PIN.
+pub fn read_pin(spec: &str) -> std::result::Result<Zeroizing<Vec<u8>>, String> {
+    match pin_source(spec)? {
+        PinSource::File(p) => {
+            let mut v =
+                Zeroizing::new(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?);
+            if v.last() == Some(&b'\n') {
+                v.pop();
+                if v.last() == Some(&b'\r') {
+                    v.pop();
+                }
+            }
+            Ok(v)
+        }
+        PinSource::Env(n) => std::env::var_os(n)
+            .map(|v| Zeroizing::new(v.into_encoded_bytes()))
+            .ok_or_else(|| format!("the environment variable {n} is not set")),
+    }
+}
+
 impl Config {
     /// Parse TOML text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
@@ -390,6 +448,13 @@ impl Config {
                     "{origin}: member[{i}].path: required for kind \"module\" (the vendor's PKCS #11 library)"
                 )));
             }
+            for (key, spec) in [("pin_from", &m.pin_from), ("so_pin_from", &m.so_pin_from)] {
+                if let Some(spec) = spec {
+                    pin_source(spec).map_err(|why| {
+                        Error::Config(format!("{origin}: member[{i}].{key}: {why}"))
+                    })?;
+                }
+            }
             if let Some(t) = &m.timing {
                 if !matches!(t.as_str(), "off" | "hsm2m.medium" | "hsm1.medium") {
                     return Err(Error::Config(format!(
@@ -400,6 +465,22 @@ impl Config {
             if m.pin_iterations == Some(0) {
                 return Err(Error::Config(format!(
                     "{origin}: member[{i}].pin_iterations: must be at least 1"
+                )));
+            }
+        }
+        // A member with a PIN of its own does not check the application's: some other member
+        // must, or any PIN would log in.
+        for (key, own) in [
+            ("pin_from", cfg.member.iter().all(|m| m.pin_from.is_some())),
+            (
+                "so_pin_from",
+                cfg.member.iter().all(|m| m.so_pin_from.is_some()),
+            ),
+        ] {
+            if own && !cfg.member.is_empty() {
+                return Err(Error::Config(format!(
+                    "{origin}: every member sets {key}: at least one must check the PIN the \
+                     application gives (a member with a PIN of its own does not)"
                 )));
             }
         }
@@ -477,6 +558,53 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(all(feature = "module", feature = "embedded"))]
+    fn a_member_pin_of_its_own_is_named_never_written_and_never_everyone_s() {
+        let module =
+            |extra: &str| format!("[[member]]\nkind = \"module\"\npath = \"/lib/x.so\"\n{extra}");
+        let embedded = "[[member]]\nkind = \"embedded\"\n";
+        let parse = |text: String| Config::parse(&text, "h.toml");
+        assert!(parse(module("so_pin_from = \"file:/dev/null\"\n") + embedded).is_ok());
+        assert!(parse(module("pin_from = \"env:NSS_PIN\"\n") + embedded).is_ok());
+        // A PIN in the file itself, or an empty source, is refused.
+        for bad in ["\"1234\"", "\"file:\"", "\"env:\""] {
+            let msg = parse(module(&format!("pin_from = {bad}\n")) + embedded)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("member[0].pin_from"), "{msg}");
+        }
+        // Some member must check the PIN the application gives.
+        let msg = parse(module("pin_from = \"env:A\"\n") + &module("pin_from = \"env:B\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("every member sets pin_from"), "{msg}");
+        // An embedded member cannot take one.
+        let msg = parse(format!("{embedded}so_pin_from = \"file:/dev/null\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a key of kind"), "{msg}");
+    }
+
+    #[test]
+    fn a_pin_file_loses_one_trailing_newline_and_an_unset_variable_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pin");
+        for (written, read) in [
+            (&b"1234\n"[..], &b"1234"[..]),
+            (b"1234\r\n", b"1234"),
+            (b"12 34\n\n", b"12 34\n"),
+            (b"", b""),
+        ] {
+            std::fs::write(&f, written).unwrap();
+            let pin = read_pin(&format!("file:{}", f.display())).unwrap();
+            assert_eq!(pin.as_slice(), read);
+        }
+        let msg = read_pin("env:HSMPOOL_TEST_SURELY_UNSET_PIN").unwrap_err();
+        assert!(msg.contains("HSMPOOL_TEST_SURELY_UNSET_PIN"), "{msg}");
+        assert!(read_pin("file:/nonexistent/pin").is_err());
+    }
 
     #[test]
     #[cfg(feature = "embedded")]

@@ -274,6 +274,13 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
+    /// Whether this member logs in as `role` with a PIN of its own (a vendor token configured
+    /// with `pin_from`/`so_pin_from`), not the one the application gives: it does not check the
+    /// application's PIN, so the engine never lets it decide a login. Default false.
+    fn own_pin(&self, _role: Role) -> bool {
+        false
+    }
+
     /// The mechanism that does RFC 5649 AES key wrap with padding on this member, by which
     /// token keys travel between members without a clone path (see the engine's
     /// `cluster::wrap`): `CKM_AES_KEY_WRAP_KWP` unless the member's module numbers it otherwise

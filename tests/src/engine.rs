@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 use hsmpool_engine::backend::{Backend, MemberId};
-use hsmpool_engine::types::{ObjectHandle, SessionHandle, SlotId};
+use hsmpool_engine::types::{AttrAnswer, ObjectHandle, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
 use hsmpool_sim::fault::{FaultConfig, FaultSeed};
 use hsmpool_sim::hsm::HsmConfig;
@@ -79,4 +79,31 @@ pub fn ec_pair(
         ],
     )
     .expect("an EC key pair is made")
+}
+
+/// One attribute's value, read through the engine (panics on anything else).
+pub fn value(e: &Engine, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
+    match &e
+        .get_attribute_value(s, o, &[ty])
+        .expect("the attribute is read")[0]
+    {
+        AttrAnswer::Value(v) => v.clone(),
+        other => panic!("{ty:#x}: {other:?}"),
+    }
+}
+
+/// An AES-256 token key that encrypts and decrypts, labelled `label`.
+pub fn aes_token_key(e: &Engine, s: SessionHandle, label: &[u8]) -> ObjectHandle {
+    e.generate_key(
+        s,
+        Mechanism::plain(CKM_AES_KEY_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_VALUE_LEN, 32),
+            Attr::bool(CKA_ENCRYPT, true),
+            Attr::bool(CKA_DECRYPT, true),
+            Attr::bytes(CKA_LABEL, label),
+        ],
+    )
+    .expect("an AES key is made")
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub mod daemons;
 pub mod engine;
 pub mod hsmd;
+pub mod nss;
 pub mod pki;
 pub mod raw;
 pub mod softhsm;

@@ -10,9 +10,9 @@ use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use cryptoki_sys::*;
 use hsmpool_engine::cloudhsm::CKM_CLOUDHSM_AES_GCM;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::ec_pair;
+use hsmpool_tests::engine::{ec_pair, value};
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
@@ -40,13 +40,6 @@ fn sign(
     };
     out.truncate(n);
     out
-}
-
-fn value(e: &Engine, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
-    match &e.get_attribute_value(s, o, &[ty]).unwrap()[0] {
-        AttrAnswer::Value(v) => v.clone(),
-        other => panic!("{ty:#x}: {other:?}"),
-    }
 }
 
 #[test]

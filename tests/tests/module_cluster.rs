@@ -13,9 +13,9 @@ use cryptoki_sys::*;
 use hsmpool_engine::cluster::ceremony::{wrap_key_ceremony as ceremony, Done};
 use hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{AttrAnswer, ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::ec_pair;
+use hsmpool_tests::engine::{aes_token_key, ec_pair, value};
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
@@ -35,13 +35,6 @@ fn config() -> Config {
         );
     }
     Config::parse(&text, "three SoftHSMv2 tokens").unwrap()
-}
-
-fn value(e: &Engine, s: SessionHandle, o: ObjectHandle, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
-    match &e.get_attribute_value(s, o, &[ty]).unwrap()[0] {
-        AttrAnswer::Value(v) => v.clone(),
-        other => panic!("{ty:#x}: {other:?}"),
-    }
 }
 
 fn sign(e: &Engine, s: SessionHandle, k: ObjectHandle, msg: &[u8]) -> Vec<u8> {
@@ -150,19 +143,7 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
         e.drain_member(m, false).unwrap();
     }
     assert_eq!(value(&e, s, ec_priv, CKA_EXTRACTABLE), [1]);
-    let aes = e
-        .generate_key(
-            s,
-            Mechanism::plain(CKM_AES_KEY_GEN),
-            vec![
-                Attr::bool(CKA_TOKEN, true),
-                Attr::ulong(CKA_VALUE_LEN, 32),
-                Attr::bool(CKA_ENCRYPT, true),
-                Attr::bool(CKA_DECRYPT, true),
-                Attr::bytes(CKA_LABEL, b"cluster aes"),
-            ],
-        )
-        .unwrap();
+    let aes = aes_token_key(&e, s, b"cluster aes");
     assert!(e.member_status().iter().all(|m| m.health.name() == "up"));
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
     assert_eq!(copied, 3 * 2, "three objects, each to two members");

@@ -8,6 +8,7 @@
 //!
 //! The rest of the engine sees only `dyn Backend`: nothing outside this directory names a kind.
 
+pub mod content;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "module")]
@@ -60,6 +61,8 @@ fn open_one(cfg: &Config, i: usize, m: &MemberConfig) -> Result<Arc<dyn Backend>
                 token_label: m.token_label.clone(),
                 token_serial: m.token_serial.clone(),
                 init_reserved: m.init_reserved.clone(),
+                pin_from: m.pin_from.clone(),
+                so_pin_from: m.so_pin_from.clone(),
             },
         )?),
     };

@@ -58,6 +58,11 @@ pub struct ModuleConfig {
     pub token_serial: Option<String>,
     /// A string passed as `pReserved` of `C_Initialize` (NSS softokn's parameters, ...).
     pub init_reserved: Option<String>,
+    /// Where the token's own user PIN is (`file:PATH`, `env:NAME`), used instead of the
+    /// application's.
+    pub pin_from: Option<String>,
+    /// Where the token's own SO PIN is, likewise.
+    pub so_pin_from: Option<String>,
 }
 
 /// A loaded library: its code stays mapped for the rest of the process once loaded (unloading
@@ -191,11 +196,6 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
     Ok(library)
 }
 
-/// The bit set in every id given to an object found on the module that we did not make (ids we
-/// choose are random below it or above: a clash is as unlikely as two random 62-bit numbers
-/// meeting, and is checked).
-const LOCAL_IDS: u64 = 1 << 62;
-
 /// A vendor module's token, as a member.
 pub struct Module {
     id: MemberId,
@@ -218,11 +218,21 @@ pub struct Module {
     /// `CKA_ALWAYS_AUTHENTICATE` asks after each `C_SignInit` (the engine has checked the
     /// application's own context-specific login before it calls `sign`).
     user_pin: Mutex<Option<Zeroizing<Vec<u8>>>>,
+    /// The token's own user PIN and SO PIN (`pin_from`, `so_pin_from`), given to it in place
+    /// of the application's.
+    own_user_pin: Option<Zeroizing<Vec<u8>>>,
+    own_so_pin: Option<Zeroizing<Vec<u8>>>,
     /// Whether a key has `CKA_ALWAYS_AUTHENTICATE`, by handle (read once).
     always_auth: DashMap<CK_OBJECT_HANDLE, bool, IdHash>,
     /// Creates of objects alike (label, id) wait for each other (see `without_orphans`).
     create_locks: [Mutex<()>; CREATE_STRIPES],
+    /// The module is NSS softokn (see [`NSS_DB`] and `Module::strip`).
+    nss: bool,
 }
+
+/// NSS softokn's `CKA_NSS_DB` (`CKA_NETSCAPE_DB`): the public value it keeps with a private
+/// key, without which it refuses to unwrap an EC private key (`CKR_TEMPLATE_INCOMPLETE`).
+const NSS_DB: CK_ATTRIBUTE_TYPE = 0xD5A0_DB00;
 
 /// Stripes of [`Module::create_locks`].
 const CREATE_STRIPES: usize = 16;
@@ -345,8 +355,28 @@ impl Drop for OpSession<'_> {
 }
 
 impl Module {
+    /// The PIN to give the token for `role`: its own (`pin_from`, `so_pin_from`), else the
+    /// application's.
+    fn pin_for<'a>(&'a self, role: Role, given: &'a [u8]) -> &'a [u8] {
+        let own = match role {
+            Role::User => &self.own_user_pin,
+            Role::Officer => &self.own_so_pin,
+        };
+        own.as_deref().map_or(given, |p| p.as_slice())
+    }
+
     /// Load (once) and initialise (once) the library, and find the token.
     pub fn open(id: MemberId, cfg: &ModuleConfig) -> MemberResult<Module> {
+        let own = |spec: &Option<String>, key: &str| {
+            spec.as_deref()
+                .map(crate::config::read_pin)
+                .transpose()
+                .map_err(|why| MemberError::Config(format!("member {}: {key}: {why}", id.0)))
+        };
+        let (own_user_pin, own_so_pin) = (
+            own(&cfg.pin_from, "pin_from")?,
+            own(&cfg.so_pin_from, "so_pin_from")?,
+        );
         let lib = load(&cfg.path, cfg.init_reserved.as_deref())?;
         let mut m = Module {
             id,
@@ -360,9 +390,16 @@ impl Module {
             keep_label: None,
             op_sessions: Mutex::new(Vec::new()),
             user_pin: Mutex::new(None),
+            own_user_pin,
+            own_so_pin,
             always_auth: DashMap::with_hasher(IdHash),
             create_locks: std::array::from_fn(|_| Mutex::new(())),
+            nss: false,
         };
+        // SAFETY: CK_INFO is plain data: all zeroes is a value.
+        let mut info: CK_INFO = unsafe { std::mem::zeroed() };
+        call!(m, C_GetInfo(&mut info))?;
+        m.nss = info.manufacturerID.starts_with(b"Mozilla Foundation");
         let mut n: CK_ULONG = 0;
         call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n))?;
         let mut slots = vec![0 as CK_SLOT_ID; n as usize];
@@ -528,7 +565,7 @@ impl Module {
                     let mut id = self.content_id(h)?;
                     // Two objects alike in everything read: the next free id.
                     while self.handles.get(&id).is_some_and(|o| *o != h) {
-                        id = LOCAL_IDS | (id.wrapping_add(1) & (LOCAL_IDS - 1));
+                        id = super::content::next_content_id(id);
                     }
                     id
                 }
@@ -540,42 +577,18 @@ impl Module {
     }
 
     /// The id of an object we did not make in this process (made by an earlier one, by another
-    /// host, or directly on the HSM): a digest of what identifies it, the same on every member
-    /// holding a copy of it, so that members are compared object by object after a restart
-    /// without anything of ours stored on the vendor's token. What is read: class, key type,
-    /// `CKA_ID`, `CKA_LABEL`, and the public part that tells keys apart (modulus, EC point or
-    /// parameters; the value of a certificate or data object, never a key's). Not
-    /// `CKA_CHECK_VALUE`, `CKA_PUBLIC_KEY_INFO` or `CKA_VALUE_LEN`: SoftHSMv2 fills them in for a
-    /// key it generates and leaves them empty (or 0) for the same key unwrapped. Objects alike in all of these take the
-    /// next ids in the order the module lists them (see README: vendor modules).
+    /// host, or directly on the HSM): derived from its content (see `backend::content`), the
+    /// same on every member holding a copy, so that members are compared object by object after
+    /// a restart without anything of ours stored on the vendor's token. Objects alike in all it
+    /// reads take the next ids in the order the module lists them (see README: vendor modules).
     fn content_id(&self, h: CK_OBJECT_HANDLE) -> MemberResult<u64> {
         let class = self.ulong(h, CKA_CLASS)?.map(|c| c as CK_OBJECT_CLASS);
-        let mut types = vec![
-            CKA_CLASS,
-            CKA_KEY_TYPE,
-            CKA_ID,
-            CKA_LABEL,
-            CKA_MODULUS,
-            CKA_EC_PARAMS,
-            CKA_EC_POINT,
-        ];
-        if matches!(class, Some(CKO_CERTIFICATE | CKO_DATA)) {
-            types.extend([CKA_VALUE, CKA_APPLICATION, CKA_OBJECT_ID]);
-        }
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for ty in types {
-            if let AttrAnswer::Value(v) = self.attribute(h, ty)? {
-                #[allow(clippy::useless_conversion)] // `CK_ULONG` is 32 bits on some platforms
-                let ty = u64::from(ty);
-                ctx.update(&ty.to_be_bytes());
-                ctx.update(&(v.len() as u64).to_be_bytes());
-                ctx.update(&v);
-            }
-        }
-        let d = ctx.finish();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&d.as_ref()[..8]);
-        Ok(LOCAL_IDS | (u64::from_be_bytes(first) & (LOCAL_IDS - 1)))
+        let types = super::content::content_types(class);
+        let answers = types
+            .iter()
+            .map(|&ty| self.attribute(h, ty))
+            .collect::<MemberResult<Vec<_>>>()?;
+        Ok(super::content::content_id(&types, &answers))
     }
 
     fn forget(&self, h: CK_OBJECT_HANDLE) {
@@ -585,13 +598,17 @@ impl Module {
         }
     }
 
-    /// A template without our id attribute, and the id it carried.
-    fn strip(template: &[Attr]) -> (Vec<Attr>, Option<u64>) {
+    /// A template as the module takes it: our id attribute taken out (and returned), and, for
+    /// NSS softokn, `CKA_COPYABLE` and `CKA_DESTROYABLE` true (their defaults) left out: its
+    /// database (3.87) has no place for them and fails the whole call (`CKR_GENERAL_ERROR`).
+    fn strip(&self, template: &[Attr]) -> (Vec<Attr>, Option<u64>) {
         let mut id = None;
         let t = template
             .iter()
             .filter(|a| {
-                if a.ty == CKA_HSMPOOL_OBJECT_ID {
+                if self.nss && matches!(a.ty, CKA_COPYABLE | CKA_DESTROYABLE) && a.value == [1] {
+                    false
+                } else if a.ty == CKA_HSMPOOL_OBJECT_ID {
                     // `CK_ULONG` is 64 bits here but 32 on some platforms.
                     #[allow(clippy::useless_conversion)]
                     let v = a.as_ulong().map(u64::from);
@@ -730,11 +747,24 @@ impl Module {
     /// the length, then for the value.
     fn two_call(
         &self,
+        f: impl FnMut(*mut u8, &mut CK_ULONG) -> MemberResult<()>,
+    ) -> MemberResult<Vec<u8>> {
+        self.two_call_at_least(0, f)
+    }
+
+    /// [`Module::two_call`] with a buffer of at least `min` bytes, whatever the length query
+    /// said: NSS softokn (3.87) answers it for AES-GCM encryption with the input's length,
+    /// forgetting the tag, then fails the call with `CKR_BUFFER_TOO_SMALL` and ends the
+    /// operation.
+    fn two_call_at_least(
+        &self,
+        min: usize,
         mut f: impl FnMut(*mut u8, &mut CK_ULONG) -> MemberResult<()>,
     ) -> MemberResult<Vec<u8>> {
         let mut len: CK_ULONG = 0;
         f(std::ptr::null_mut(), &mut len)?;
-        let mut out = vec![0u8; len as usize];
+        let mut out = vec![0u8; (len as usize).max(min)];
+        len = ck_len(out.len());
         f(out.as_mut_ptr(), &mut len)?;
         out.truncate(len as usize);
         Ok(out)
@@ -844,12 +874,96 @@ impl Module {
         r
     }
 
+    /// An unwrapped key allows no more than its template asked: a module may grant uses of its
+    /// own from the key material (NSS softokn makes an EC private key able to derive and to sign
+    /// with recovery whatever the template said). A use asked off but granted is turned off, a
+    /// key asked sensitive but not is made so; a key that still allows more is an error (the
+    /// caller removes it: a copy must allow no more than its original).
+    fn as_asked(&self, s: MemberSession, o: MemberObject, asked: &[Attr]) -> MemberResult<()> {
+        const USES: [CK_ATTRIBUTE_TYPE; 10] = [
+            CKA_ENCRYPT,
+            CKA_DECRYPT,
+            CKA_SIGN,
+            CKA_SIGN_RECOVER,
+            CKA_VERIFY,
+            CKA_VERIFY_RECOVER,
+            CKA_WRAP,
+            CKA_UNWRAP,
+            CKA_DERIVE,
+            CKA_EXTRACTABLE,
+        ];
+        let checked: Vec<&Attr> = asked
+            .iter()
+            .filter(|a| {
+                (USES.contains(&a.ty) && a.value == [0])
+                    || (a.ty == CKA_SENSITIVE && a.value == [1])
+            })
+            .collect();
+        let types: Vec<CK_ATTRIBUTE_TYPE> = checked.iter().map(|a| a.ty).collect();
+        let differ = |answers: Vec<AttrAnswer>| -> Vec<Attr> {
+            checked
+                .iter()
+                .zip(answers)
+                .filter(|(a, got)| matches!(got, AttrAnswer::Value(v) if *v != a.value))
+                .map(|(a, _)| (*a).clone())
+                .collect()
+        };
+        let wrong = differ(self.get_attributes(s, o, &types)?);
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            member = self.id.0,
+            attributes = ?wrong.iter().map(|a| a.ty).collect::<Vec<_>>(),
+            "an unwrapped key allows more than its template asked: set as asked"
+        );
+        self.set_attributes(s, o, &wrong)?;
+        if differ(self.get_attributes(s, o, &types)?).is_empty() {
+            Ok(())
+        } else {
+            Err(self.rv(CKR_TEMPLATE_INCONSISTENT))
+        }
+    }
+
+    /// For NSS softokn, unwrapping an EC private key: its public value ([`NSS_DB`]), the
+    /// bare point of the token's EC public key with the same `CKA_ID` and label (a pair's
+    /// public half is copied before its private half). None when the template is not such a
+    /// key or no such public key is there (NSS then refuses the unwrap).
+    fn nss_public_value(&self, template: &[Attr]) -> MemberResult<Option<Attr>> {
+        let get = |ty| template.iter().find(|a| a.ty == ty);
+        let is = |ty, v: CK_ULONG| get(ty).and_then(Attr::as_ulong) == Some(v);
+        if !is(CKA_CLASS, CKO_PRIVATE_KEY) || !is(CKA_KEY_TYPE, CKK_EC) {
+            return Ok(None);
+        }
+        let mut like = vec![
+            Attr::ulong(CKA_CLASS, CKO_PUBLIC_KEY),
+            Attr::ulong(CKA_KEY_TYPE, CKK_EC),
+        ];
+        like.extend([CKA_ID, CKA_LABEL].into_iter().filter_map(get).cloned());
+        let Some(&h) = self.raw_find(&like)?.first() else {
+            return Ok(None);
+        };
+        let AttrAnswer::Value(der) = self.attribute(h, CKA_EC_POINT)? else {
+            return Ok(None);
+        };
+        // The DER OCTET STRING's content: the uncompressed point.
+        let point = match der.as_slice() {
+            [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest.to_vec(),
+            [0x04, 0x81, n, rest @ ..] if usize::from(*n) == rest.len() => rest.to_vec(),
+            _ => der.clone(),
+        };
+        Ok(Some(Attr {
+            ty: NSS_DB,
+            value: point,
+        }))
+    }
+
     fn new_object(
         &self,
         template: &[Attr],
         make: impl FnOnce(&CkTemplate<'_>, &mut CK_OBJECT_HANDLE) -> MemberResult<()>,
     ) -> MemberResult<MemberObject> {
-        let (t, id) = Self::strip(template);
+        let (t, id) = self.strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
         self.without_orphans(&[probe_of(&t, None)], || make(&ck, &mut h))?;
@@ -970,6 +1084,7 @@ impl Backend for Module {
         if username.is_some() {
             return Err(self.rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
+        let pin = self.pin_for(role, pin);
         let user = match role {
             Role::Officer => CKU_SO,
             Role::User => CKU_USER,
@@ -1012,6 +1127,7 @@ impl Backend for Module {
         call!(self, C_Logout(s.0 as CK_SESSION_HANDLE))
     }
     fn init_token(&self, so_pin: &[u8], label: &[u8; 32]) -> MemberResult<()> {
+        let so_pin = self.pin_for(Role::Officer, so_pin);
         // The token refuses while sessions are open on it (ours in the pool; the engine opens
         // them again when they answer CKR_SESSION_HANDLE_INVALID).
         call!(self, C_CloseAllSessions(self.slot))?;
@@ -1042,6 +1158,7 @@ impl Backend for Module {
         Ok(())
     }
     fn init_pin(&self, s: MemberSession, pin: &[u8]) -> MemberResult<()> {
+        let pin = self.pin_for(Role::User, pin);
         call!(
             self,
             C_InitPIN(
@@ -1052,6 +1169,21 @@ impl Backend for Module {
         )
     }
     fn set_pin(&self, s: MemberSession, old: &[u8], new: &[u8]) -> MemberResult<()> {
+        if self.own_user_pin.is_some() || self.own_so_pin.is_some() {
+            let mut info = CK_SESSION_INFO::default();
+            call!(self, C_GetSessionInfo(s.0 as CK_SESSION_HANDLE, &mut info))?;
+            let role = match info.state {
+                CKS_RW_SO_FUNCTIONS => Role::Officer,
+                _ => Role::User,
+            };
+            if self.own_pin(role) {
+                tracing::info!(
+                    member = self.id.0,
+                    "C_SetPIN: the token keeps the PIN of its own the configuration names"
+                );
+                return Ok(());
+            }
+        }
         call!(
             self,
             C_SetPIN(
@@ -1154,6 +1286,11 @@ impl Backend for Module {
                 )),
                 // Nested templates are read in the next step (issue 13).
                 ty if hsmpool_member::types::is_array_attribute(ty) => Ok(AttrAnswer::Invalid),
+                // NSS softokn does not know them (3.87); its objects may be copied and removed.
+                CKA_COPYABLE | CKA_DESTROYABLE if self.nss => match self.attribute(h, ty)? {
+                    AttrAnswer::Invalid => Ok(AttrAnswer::Value(vec![1])),
+                    other => Ok(other),
+                },
                 ty => self.attribute(h, ty),
             })
             .collect()
@@ -1165,7 +1302,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<()> {
         let h = self.handle(o)?;
-        let (t, _) = Self::strip(template);
+        let (t, _) = self.strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let raw = ck.as_slice();
         call!(
@@ -1187,7 +1324,7 @@ impl Backend for Module {
         Ok(n as u64)
     }
     fn find(&self, _s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
-        let (t, id) = Self::strip(template);
+        let (t, id) = self.strip(template);
         let found = self.raw_find(&t)?;
         let mut out = Vec::with_capacity(found.len());
         for h in found {
@@ -1275,8 +1412,8 @@ impl Backend for Module {
         private: &[Attr],
     ) -> MemberResult<(MemberObject, MemberObject)> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let (pt, pid) = Self::strip(public);
-        let (kt, kid) = Self::strip(private);
+        let (pt, pid) = self.strip(public);
+        let (kt, kid) = self.strip(private);
         let pck = CkTemplate::new(&pt).map_err(|rv| self.rv(rv))?;
         let kck = CkTemplate::new(&kt).map_err(|rv| self.rv(rv))?;
         let (praw, kraw) = (pck.as_slice(), kck.as_slice());
@@ -1338,7 +1475,12 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let uh = self.handle(unwrapping)?;
-        self.new_object(template, |t, h| {
+        let asked = template;
+        let mut template = template.to_vec();
+        if self.nss {
+            template.extend(self.nss_public_value(&template)?);
+        }
+        let made = self.new_object(&template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1353,7 +1495,12 @@ impl Backend for Module {
                     h
                 )
             )
-        })
+        })?;
+        if let Err(e) = self.as_asked(s, made, asked) {
+            let _ = self.destroy_object(s, made);
+            return Err(e);
+        }
+        Ok(made)
     }
     fn derive_key(
         &self,
@@ -1445,7 +1592,8 @@ impl Backend for Module {
         let (mut op, _) =
             self.begin(mech, key, |sh, m, kh| call!(self, C_EncryptInit(sh, m, kh)))?;
         let sh = op.h;
-        let r = self.two_call(|out, len| {
+        // Room for a block of padding and a tag, whatever the query says.
+        let r = self.two_call_at_least(data.len() + 32, |out, len| {
             call!(
                 self,
                 C_Encrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)
@@ -1496,6 +1644,12 @@ impl Backend for Module {
     }
     fn mechanisms(&self) -> MemberResult<Option<Vec<MechRow>>> {
         Ok(Some(self.rows.clone()))
+    }
+    fn own_pin(&self, role: Role) -> bool {
+        match role {
+            Role::User => self.own_user_pin.is_some(),
+            Role::Officer => self.own_so_pin.is_some(),
+        }
     }
     fn wants_whole_messages(&self) -> bool {
         true

@@ -68,7 +68,17 @@ impl Cluster {
         let call_deadline = self.settings.call_deadline;
         let mut deadline_at = |now: Duration| *deadline.get_or_insert(now + call_deadline);
         let slot = thread_slot();
-        let mut avoid: Vec<usize> = Vec::new();
+        // Members a call may never go to: those with a PIN of their own, for a PIN check.
+        let excluded: Vec<usize> = match route {
+            Route::Checker(role) => self
+                .members
+                .iter()
+                .filter(|m| m.backend.own_pin(role))
+                .map(|m| m.index)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut avoid: Vec<usize> = excluded.clone();
         let mut attempt = 0u32;
         let mut last: Option<Error> = None;
         // CKR_FUNCTION_FAILED is tried once on each member, not until the deadline: a vendor
@@ -98,11 +108,13 @@ impl Cluster {
                     }
                     m
                 }
-                Route::Any | Route::AnyHome => match self.pick(&avoid, cost, t0).or_else(|| {
-                    // Everyone was tried: start over rather than give up before the deadline.
-                    avoid.clear();
-                    self.pick(&avoid, cost, t0)
-                }) {
+                Route::Any | Route::AnyHome | Route::Checker(_) => match self
+                    .pick(&avoid, cost, t0)
+                    .or_else(|| {
+                        // Everyone was tried: start over rather than give up before the deadline.
+                        avoid.clone_from(&excluded);
+                        self.pick(&avoid, cost, t0)
+                    }) {
                     Some(m) => m,
                     None => {
                         let now = clock.now();
@@ -119,7 +131,9 @@ impl Cluster {
                 },
             };
             let session = match route {
-                Route::On(..) | Route::AnyHome | Route::Member(_) => self.session_for(m, 0),
+                Route::On(..) | Route::AnyHome | Route::Checker(_) | Route::Member(_) => {
+                    self.session_for(m, 0)
+                }
                 Route::Any => self.session_for(m, slot),
             };
             let result = match session {
@@ -186,7 +200,7 @@ impl Cluster {
                     let _ = self.establish(m, epoch);
                     return Err(Error::KeyHandleInvalid);
                 }
-                (Class::SessionLost, Route::Any | Route::AnyHome) => {
+                (Class::SessionLost, Route::Any | Route::AnyHome | Route::Checker(_)) => {
                     tracing::info!(
                         member = m.index,
                         "member sessions lost ({e}); re-authenticating"
@@ -211,7 +225,7 @@ impl Cluster {
                         return Err(e2);
                     }
                 }
-                (Class::Transient, Route::Any | Route::AnyHome) => {
+                (Class::Transient, Route::Any | Route::AnyHome | Route::Checker(_)) => {
                     // A refusal of this one call (CKR_FUNCTION_FAILED) does not count toward
                     // the member's circuit: an application whose call always fails must not
                     // take healthy members out.
@@ -276,9 +290,19 @@ impl Cluster {
     /// member that fails to follow is taken out and brought level when it returns.
     pub(crate) fn on_all<E: Into<Error>>(
         &self,
+        f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
+    ) -> Result<()> {
+        self.on_all_from(Route::Any, f)
+    }
+
+    /// As [`Cluster::on_all`], the first member chosen by `route` (a [`Route::Checker`] where
+    /// the call checks a PIN the application gave).
+    pub(crate) fn on_all_from<E: Into<Error>>(
+        &self,
+        route: Route,
         mut f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
     ) -> Result<()> {
-        let (first, _, ()) = self.call_full(Route::Any, 1, &mut f)?;
+        let (first, _, ()) = self.call_full(route, 1, &mut f)?;
         self.follow(first, f);
         Ok(())
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 use hsmpool_member::types::{Attr, MechParam, Mechanism};
-use hsmpool_member::{AttrAnswer, Role};
+use hsmpool_member::{AttrAnswer, MemberError, Role};
 use zeroize::Zeroizing;
 
 use crate::backend::{Backend, MemberObject, MemberSession};
@@ -43,20 +43,84 @@ pub enum Done {
     Copied,
 }
 
-/// One member's SO session for the ceremony, logged out and closed when dropped.
+/// How the ceremony's sessions are logged in.
+pub enum Auth<'a> {
+    /// Fresh sessions, logged in as the SO with this PIN (each member may substitute its own,
+    /// `so_pin_from`). A member whose token has no SO now (NSS softokn once its database has a
+    /// password answers `CKR_USER_TYPE_INVALID`) is logged in as the user with `user`, if given:
+    /// there the user holds keys and may mark them trusted.
+    Pins {
+        /// The SO PIN.
+        so: &'a [u8],
+        /// The user PIN, for members without an SO.
+        user: Option<&'a [u8]>,
+    },
+    /// These sessions, one per member, logged in already (the application's SO login: the
+    /// end of a ceremony that `C_InitToken` began, see [`super::Cluster::after_init_pin`]).
+    Held(Vec<MemberSession>),
+}
+
+/// One member's session for the ceremony; logged out (if it logged in) and closed (if it
+/// opened it) when dropped.
 struct Officer<'a> {
     b: &'a dyn Backend,
     s: MemberSession,
+    logged_in: bool,
+    opened: bool,
 }
 
 impl<'a> Officer<'a> {
-    fn open(b: &'a dyn Backend, so_pin: &[u8]) -> Result<Self, String> {
+    fn open(b: &'a dyn Backend, i: usize, auth: &Auth<'_>) -> Result<Self, String> {
+        let (so, user) = match auth {
+            Auth::Held(sessions) => {
+                let s = *sessions.get(i).ok_or("no session for a member")?;
+                return Ok(Officer {
+                    b,
+                    s,
+                    logged_in: false,
+                    opened: false,
+                });
+            }
+            Auth::Pins { so, user } => (*so, *user),
+        };
         let s = b
             .open_session()
             .map_err(|e| format!("{}: {e}", b.describe()))?;
-        let o = Officer { b, s };
-        b.login(s, Role::Officer, so_pin, None)
-            .map_err(|e| o.err("crypto officer login", e))?;
+        let mut o = Officer {
+            b,
+            s,
+            logged_in: false,
+            opened: true,
+        };
+        let rv = |r: &Result<(), MemberError>| match r {
+            Err(MemberError::Rv { rv, .. }) => Some(*rv),
+            _ => None,
+        };
+        let mut r = b.login(s, Role::Officer, so, None);
+        if rv(&r) == Some(CKR_USER_TYPE_INVALID) {
+            let Some(user) = user else {
+                return Err(o.err(
+                    "crypto officer login",
+                    "the token has no security officer now (NSS softokn once its database \
+                     has a password); there the user holds the key: give the user PIN too \
+                     (HSMPOOL_PIN)",
+                ));
+            };
+            tracing::info!(
+                "{}: the token has no security officer now; the ceremony runs as its user",
+                b.describe()
+            );
+            r = b.login(s, Role::User, user, None);
+        }
+        match rv(&r) {
+            // The application is logged in already (login is the application's on a vendor
+            // module): the session is in, and the login is not ours to end.
+            Some(CKR_USER_ALREADY_LOGGED_IN) => {}
+            _ => {
+                r.map_err(|e| o.err("login", e))?;
+                o.logged_in = true;
+            }
+        }
         Ok(o)
     }
 
@@ -80,9 +144,26 @@ impl<'a> Officer<'a> {
 
 impl Drop for Officer<'_> {
     fn drop(&mut self) {
-        let _ = self.b.logout(self.s);
-        self.b.close_session(self.s);
+        if self.logged_in {
+            let _ = self.b.logout(self.s);
+        }
+        if self.opened {
+            self.b.close_session(self.s);
+        }
     }
+}
+
+/// Whether a member could not hold keys in this session because its token has no user yet
+/// (NSS softokn: a freshly initialised database lets its SO set the user PIN and nothing
+/// else).
+fn no_user_yet(e: &MemberError) -> bool {
+    matches!(
+        e,
+        MemberError::Rv {
+            rv: CKR_USER_NOT_LOGGED_IN,
+            ..
+        }
+    )
 }
 
 /// The cluster wrapping key's attributes (without its value).
@@ -123,20 +204,16 @@ fn oaep(sha256: bool) -> Mechanism {
     }
 }
 
-/// Carry the key from `src` to `dst` under a one-time transport key made on `dst`.
-fn carry(
-    src: &Officer<'_>,
-    key: MemberObject,
-    dst: &Officer<'_>,
-    label: &str,
-) -> Result<(), String> {
+/// A one-time RSA-3072 transport key pair on `o`, both halves session objects; the private
+/// half unwraps and does nothing else.
+fn transport_pair(o: &Officer<'_>) -> Result<(MemberObject, MemberObject), MemberError> {
     let public = [
         Attr::bool(CKA_TOKEN, false),
         Attr::bool(CKA_PRIVATE, false),
         Attr::ulong(CKA_MODULUS_BITS, 3072),
         Attr::bytes(CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
         Attr::bool(CKA_WRAP, true),
-        Attr::bool(CKA_ENCRYPT, true),
+        Attr::bool(CKA_ENCRYPT, false),
     ];
     let private = [
         Attr::bool(CKA_TOKEN, false),
@@ -144,17 +221,36 @@ fn carry(
         Attr::bool(CKA_SENSITIVE, true),
         Attr::bool(CKA_EXTRACTABLE, false),
         Attr::bool(CKA_UNWRAP, true),
-        Attr::bool(CKA_DECRYPT, true),
+        Attr::bool(CKA_DECRYPT, false),
     ];
-    let (pubk, privk) = dst
-        .b
-        .generate_key_pair(
-            dst.s,
-            &Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
-            &public,
-            &private,
-        )
-        .map_err(|e| dst.err("make the transport key", e))?;
+    o.b.generate_key_pair(
+        o.s,
+        &Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
+        &public,
+        &private,
+    )
+}
+
+/// What [`carry`] did.
+enum Carried {
+    /// The key is on `dst`.
+    Done,
+    /// `dst` cannot hold keys until its token has a user (see [`no_user_yet`]).
+    NoUserYet,
+}
+
+/// Carry the key from `src` to `dst` under a one-time transport key made on `dst`.
+fn carry(
+    src: &Officer<'_>,
+    key: MemberObject,
+    dst: &Officer<'_>,
+    label: &str,
+) -> Result<Carried, String> {
+    let (pubk, privk) = match transport_pair(dst) {
+        Ok(pair) => pair,
+        Err(e) if no_user_yet(&e) => return Ok(Carried::NoUserYet),
+        Err(e) => return Err(dst.err("make the transport key", e)),
+    };
     let parts = dst
         .b
         .get_attributes(dst.s, pubk, &[CKA_MODULUS, CKA_PUBLIC_EXPONENT])
@@ -176,7 +272,7 @@ fn carry(
                 Attr::bytes(CKA_MODULUS, &modulus),
                 Attr::bytes(CKA_PUBLIC_EXPONENT, &exponent),
                 Attr::bool(CKA_WRAP, true),
-                Attr::bool(CKA_ENCRYPT, true),
+                Attr::bool(CKA_ENCRYPT, false),
             ],
         )
         .map_err(|e| src.err("take in the transport key", e))?;
@@ -196,11 +292,14 @@ fn carry(
                 break;
             }
         };
-        result = dst
+        result = match dst
             .b
             .unwrap_key(dst.s, &mech, privk, &wrapped, &key_template(label, true))
-            .map(|_| ())
-            .map_err(|e| dst.err("unwrap the key", e));
+        {
+            Ok(_) => Ok(Carried::Done),
+            Err(e) if no_user_yet(&e) => Ok(Carried::NoUserYet),
+            Err(e) => Err(dst.err("unwrap the key", e)),
+        };
         break;
     }
     for (b, s, o) in [
@@ -264,6 +363,35 @@ fn prove(
     Ok(())
 }
 
+/// Whether member `o` lets key `k` out under a transport key: it wraps it under a one-time
+/// RSA-3072 public key of its own (both halves session objects, removed at once).
+fn lets_out(o: &Officer<'_>, k: MemberObject) -> Result<bool, String> {
+    let (pubk, privk) = transport_pair(o).map_err(|e| o.err("make a transport key", e))?;
+    let mut answer = Ok(false);
+    for sha256 in [true, false] {
+        answer = match o.b.wrap_key(o.s, &oaep(sha256), pubk, k) {
+            Ok(w) => {
+                drop(Zeroizing::new(w));
+                Ok(true)
+            }
+            Err(e)
+                if sha256 && matches!(e.rv(), CKR_MECHANISM_PARAM_INVALID | CKR_ARGUMENTS_BAD) =>
+            {
+                continue
+            }
+            Err(MemberError::Rv {
+                rv: CKR_KEY_NOT_WRAPPABLE,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(o.err("wrap the key for transport", e)),
+        };
+        break;
+    }
+    let _ = o.b.destroy_object(o.s, pubk);
+    let _ = o.b.destroy_object(o.s, privk);
+    answer
+}
+
 /// Whether a key says it is extractable.
 fn extractable(o: &Officer<'_>, k: MemberObject) -> bool {
     let v = o.b.get_attributes(o.s, k, &[CKA_EXTRACTABLE]).ok();
@@ -271,53 +399,151 @@ fn extractable(o: &Officer<'_>, k: MemberObject) -> bool {
 }
 
 /// Run the ceremony over `members` (see the module documentation): afterwards every member
-/// holds the same trusted, non-extractable wrapping key labelled `label`.
+/// holds the same trusted, non-extractable wrapping key labelled `label`. Sessions are logged
+/// in as the SO with `so_pin`.
 pub fn wrap_key_ceremony(
     members: &[Arc<dyn Backend>],
     label: &str,
     so_pin: &[u8],
 ) -> Result<Vec<Done>, String> {
+    let auth = Auth::Pins {
+        so: so_pin,
+        user: None,
+    };
+    Ok(run(members, label, &auth, false)?.done)
+}
+
+/// What [`run`] did: on each member, and which members wait for a user of their token.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What the ceremony did on each member ([`Done::Kept`] for a waiting one).
+    pub done: Vec<Done>,
+    /// Members that cannot hold keys until their token has a user (see [`no_user_yet`]),
+    /// when `defer` allowed it: the key is not sealed anywhere yet.
+    pub waiting: Vec<usize>,
+}
+
+/// The ceremony, with its sessions logged in by `auth`. With `defer`, a member that cannot
+/// hold keys until its token has a user is left waiting and the key stays unsealed (a freshly
+/// initialised token has no user to take it out); without, that is an error.
+pub fn run(
+    members: &[Arc<dyn Backend>],
+    label: &str,
+    auth: &Auth<'_>,
+    defer: bool,
+) -> Result<Outcome, String> {
     let officers: Vec<Officer<'_>> = members
         .iter()
-        .map(|b| Officer::open(b.as_ref(), so_pin))
+        .enumerate()
+        .map(|(i, b)| Officer::open(b.as_ref(), i, auth))
         .collect::<Result<_, _>>()?;
     let mut keys: Vec<Option<MemberObject>> = officers
         .iter()
         .map(|o| o.find_key(label))
         .collect::<Result<_, _>>()?;
     let mut done: Vec<Done> = vec![Done::Kept; members.len()];
+    let mut waiting: Vec<usize> = Vec::new();
+    let wait = |o: &Officer<'_>, waiting: &mut Vec<usize>, i: usize| {
+        if !defer {
+            return Err(o.err(
+                "hold the wrapping key",
+                "the token has no user yet (set the user PIN first, then run the ceremony)",
+            ));
+        }
+        tracing::info!(
+            "{}: the token has no user yet: it receives the wrapping key when its user PIN is \
+             set (C_InitPIN)",
+            o.b.describe()
+        );
+        waiting.push(i);
+        Ok(())
+    };
+    let lacking = |keys: &[Option<MemberObject>], waiting: &[usize]| {
+        (0..keys.len()).any(|i| keys[i].is_none() && !waiting.contains(&i))
+    };
+    // The member the key is carried from: one that holds it and lets it out under a transport
+    // key (our simulator does not: it holds a key worth no less than the key that carries it,
+    // and RSA-3072 is worth 128 bits to AES-256's 256).
+    let mut carrier: Option<usize> = None;
     let src = match keys.iter().position(Option::is_some) {
         Some(i) => i,
         None => {
-            let o = &officers[0];
             let mut t = key_template(label, true);
             t.push(Attr::ulong(CKA_VALUE_LEN, 32));
-            let k =
-                o.b.generate_key(o.s, &Mechanism::plain(CKM_AES_KEY_GEN), &t)
-                    .map_err(|e| o.err("make the wrapping key", e))?;
-            keys[0] = Some(k);
-            done[0] = Done::Made;
-            0
+            let mut made = None;
+            for (i, o) in officers.iter().enumerate() {
+                let k = match o
+                    .b
+                    .generate_key(o.s, &Mechanism::plain(CKM_AES_KEY_GEN), &t)
+                {
+                    Ok(k) => k,
+                    Err(e) if no_user_yet(&e) => {
+                        wait(o, &mut waiting, i)?;
+                        continue;
+                    }
+                    Err(e) => return Err(o.err("make the wrapping key", e)),
+                };
+                if members.len() > 1 && !lets_out(o, k)? {
+                    tracing::info!(
+                        "{}: its policy keeps the wrapping key from travelling under a \
+                         transport key: made on another member",
+                        o.b.describe()
+                    );
+                    o.b.destroy_object(o.s, k)
+                        .map_err(|e| o.err("remove the wrapping key it cannot give", e))?;
+                    continue;
+                }
+                made = Some((i, k));
+                break;
+            }
+            let (i, k) = made.ok_or(
+                "no member can make a wrapping key it may give the others (before its token \
+                 has a user, or by its policy)",
+            )?;
+            keys[i] = Some(k);
+            done[i] = Done::Made;
+            carrier = Some(i);
+            i
         }
     };
-    let src_key = keys[src].ok_or("no source key")?;
-    if keys.iter().any(Option::is_none) {
-        let o = &officers[src];
-        if !extractable(o, src_key) {
-            return Err(format!(
-                "{}: the wrapping key {label:?} was sealed (not extractable) by an earlier \
-                 ceremony, so it cannot be carried to a new member: make a new one on every \
-                 member with `hsmpool cluster wrap-key --label NEW` and set [cluster] \
-                 wrap_key_label = \"NEW\"",
-                o.b.describe()
-            ));
+    if carrier.is_none() && lacking(&keys, &waiting) {
+        for (i, k) in keys.iter().enumerate() {
+            let Some(k) = *k else { continue };
+            let o = &officers[i];
+            if !extractable(o, k) {
+                return Err(format!(
+                    "{}: the wrapping key {label:?} was sealed (not extractable) by an earlier \
+                     ceremony, so it cannot be carried to a new member: make a new one on \
+                     every member with `hsmpool cluster wrap-key --label NEW` and set \
+                     [cluster] wrap_key_label = \"NEW\"",
+                    o.b.describe()
+                ));
+            }
+            if lets_out(o, k)? {
+                carrier = Some(i);
+                break;
+            }
+        }
+        if carrier.is_none() {
+            return Err(
+                "no member that holds the wrapping key lets it out under a transport key".into(),
+            );
         }
     }
+    let src_key = keys[src].ok_or("no source key")?;
     for i in 0..members.len() {
-        if keys[i].is_some() {
+        if keys[i].is_some() || waiting.contains(&i) {
             continue;
         }
-        carry(&officers[src], src_key, &officers[i], label)?;
+        let c = carrier.ok_or("no carrier")?;
+        let c_key = keys[c].ok_or("no carrier key")?;
+        match carry(&officers[c], c_key, &officers[i], label)? {
+            Carried::NoUserYet => {
+                wait(&officers[i], &mut waiting, i)?;
+                continue;
+            }
+            Carried::Done => {}
+        }
         keys[i] = officers[i].find_key(label)?;
         if keys[i].is_none() {
             return Err(officers[i].err("the carried key", "not found after unwrapping"));
@@ -325,14 +551,12 @@ pub fn wrap_key_ceremony(
         done[i] = Done::Copied;
     }
     for i in 0..members.len() {
-        if i != src {
-            prove(
-                &officers[src],
-                src_key,
-                &officers[i],
-                keys[i].ok_or("lost key")?,
-            )?;
+        if let (true, Some(k)) = (i != src, keys[i]) {
+            prove(&officers[src], src_key, &officers[i], k)?;
         }
+    }
+    if !waiting.is_empty() {
+        return Ok(Outcome { done, waiting });
     }
     for (o, k) in officers.iter().zip(&keys) {
         let Some(k) = *k else { continue };
@@ -344,14 +568,16 @@ pub fn wrap_key_ceremony(
             return Err(o.err("the wrapping key", "still extractable after sealing"));
         }
     }
-    Ok(done)
+    Ok(Outcome { done, waiting })
 }
 
 impl super::Cluster {
     /// After `C_InitToken` initialised every member: where keys travel by wrapping, the members
     /// lost the cluster wrapping key with everything else, so it is made anew (with the SO PIN
-    /// the application just gave); a failure is the application's `CKR_DEVICE_ERROR`, with the
-    /// reason in the log.
+    /// the application just gave). A member that cannot hold keys before its token has a user
+    /// (NSS softokn) receives it at `C_InitPIN` ([`Self::after_init_pin`]), and the key is
+    /// sealed then. A failure is the application's `CKR_DEVICE_ERROR`, with the reason in the
+    /// log.
     pub(crate) fn after_init_token(&self, so_pin: &[u8]) -> crate::error::Result<()> {
         if self.copy_path != super::CopyPath::Wrap || self.members.len() < 2 {
             return Ok(());
@@ -359,14 +585,23 @@ impl super::Cluster {
         for m in &self.members {
             *m.wrap_key.lock() = None;
         }
-        let backends: Vec<Arc<dyn Backend>> = self
-            .members
-            .iter()
-            .map(|m| Arc::clone(&m.backend))
-            .collect();
-        match wrap_key_ceremony(&backends, &self.settings.wrap_key_label, so_pin) {
-            Ok(_) => {
+        let auth = Auth::Pins {
+            so: so_pin,
+            user: None,
+        };
+        match run(&self.backends(), &self.settings.wrap_key_label, &auth, true) {
+            Ok(o) if o.waiting.is_empty() => {
+                *self.wrap_key_waiting.lock() = false;
                 tracing::info!("C_InitToken: a new cluster wrapping key is on every member");
+                Ok(())
+            }
+            Ok(o) => {
+                *self.wrap_key_waiting.lock() = true;
+                tracing::info!(
+                    waiting = ?o.waiting,
+                    "C_InitToken: a new cluster wrapping key is on the members that can hold it; \
+                     the others receive it when the user PIN is set"
+                );
                 Ok(())
             }
             Err(e) => {
@@ -374,5 +609,44 @@ impl super::Cluster {
                 Err(crate::error::Error::DeviceError(e))
             }
         }
+    }
+
+    /// After `C_InitPIN` on every member: the members that waited for a user receive the
+    /// wrapping key, in the application's SO sessions, and it is sealed everywhere.
+    pub(crate) fn after_init_pin(&self) -> crate::error::Result<()> {
+        let mut waiting = self.wrap_key_waiting.lock();
+        if !*waiting {
+            return Ok(());
+        }
+        let sessions = self
+            .members
+            .iter()
+            .map(|m| self.session_for(m, 0).map(|(s, _)| s))
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        match run(
+            &self.backends(),
+            &self.settings.wrap_key_label,
+            &Auth::Held(sessions),
+            false,
+        ) {
+            Ok(_) => {
+                *waiting = false;
+                tracing::info!("C_InitPIN: the cluster wrapping key is on every member, sealed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "C_InitPIN: the cluster wrapping key could not be given to every member: {e}"
+                );
+                Err(crate::error::Error::DeviceError(e))
+            }
+        }
+    }
+
+    fn backends(&self) -> Vec<Arc<dyn Backend>> {
+        self.members
+            .iter()
+            .map(|m| Arc::clone(&m.backend))
+            .collect()
     }
 }

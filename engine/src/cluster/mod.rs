@@ -148,6 +148,9 @@ pub(crate) enum Route {
     Any,
     /// Any healthy member, its pool session 0 (where a new session object is made).
     AnyHome,
+    /// Any healthy member that checks the PIN the application gives for this role (not one
+    /// that logs in with a PIN of its own, `pin_from`), its pool session 0.
+    Checker(Role),
     /// This member (index), pool session 0, provided its epoch is still this one.
     On(usize, u64),
     /// This member (index), whatever its epoch: replication, resynchronisation, roll-back.
@@ -382,6 +385,9 @@ pub struct Cluster {
     pub(crate) whole_messages: bool,
     /// Token objects removed through this process (destroyed, rolled back): what bringing a
     /// member level may remove from it where objects travel by wrapping (see `level`).
+    /// `C_InitToken` left the wrapping key unsealed for members whose token had no user yet
+    /// (`ceremony::Cluster::after_init_pin` finishes it).
+    pub(crate) wrap_key_waiting: Mutex<bool>,
     pub(crate) removed: Mutex<std::collections::HashSet<crate::backend::MemberObject>>,
     creds: RwLock<Option<Arc<Credentials>>>,
     /// The last `Credentials::gen` given.
@@ -535,6 +541,18 @@ impl Cluster {
         settings.sessions_per_member = settings.sessions_per_member.max(1);
         settings.min_replicas = settings.min_replicas.clamp(1, backends.len().max(1));
         let copy_path = CopyPath::of(&backends);
+        // Where objects travel by wrapping (vendor modules among the members), every member
+        // names them by content, ours too (see `backend::content`).
+        let backends: Vec<Arc<dyn Backend>> = match copy_path {
+            CopyPath::Wrap => backends
+                .into_iter()
+                .map(|b| match b.replication() {
+                    Some(_) => Arc::new(crate::backend::content::ContentIds::new(b)) as _,
+                    None => b,
+                })
+                .collect(),
+            CopyPath::Clone => backends,
+        };
         let whole_messages = backends.iter().any(|b| b.wants_whole_messages());
         let members = backends
             .into_iter()
@@ -550,6 +568,7 @@ impl Cluster {
             copy_path,
             whole_messages,
             removed: Mutex::new(std::collections::HashSet::new()),
+            wrap_key_waiting: Mutex::new(false),
             creds: RwLock::new(None),
             creds_gen: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MAX),

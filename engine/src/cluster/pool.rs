@@ -125,7 +125,8 @@ impl Cluster {
     }
 
     /// Log the application in: first on one member (which decides whether the PIN is right, so
-    /// a wrong PIN counts once, not once per member), then every other pool. Credentials are
+    /// a wrong PIN counts once, not once per member; never one with a PIN of its own), then
+    /// every other pool. Credentials are
     /// kept for re-authentication.
     pub(crate) fn login(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
         let creds = Arc::new(Credentials {
@@ -136,8 +137,9 @@ impl Cluster {
         });
         // One member decides, in its pool session 0; a member that fails for a device reason
         // is skipped like any other call.
-        let (first, _, ()) =
-            self.call_full(Route::AnyHome, 1, |b, s| b.login(s, role, pin, username))?;
+        let (first, _, ()) = self.call_full(Route::Checker(role), 1, |b, s| {
+            b.login(s, role, pin, username)
+        })?;
         *self.creds.write() = Some(creds);
         for m in &self.members {
             // Log in the pool sessions as they are (re-opening them would lose the session
@@ -181,7 +183,9 @@ impl Cluster {
 
     /// A context-specific re-authentication: checked by one member.
     pub(crate) fn check_pin(&self, role: Role, pin: &[u8], username: Option<&str>) -> Result<()> {
-        self.call(Route::Any, 1, |b, s| b.login(s, role, pin, username))
+        self.call(Route::Checker(role), 1, |b, s| {
+            b.login(s, role, pin, username)
+        })
     }
 
     /// Log every pool out and forget the credentials.

@@ -4,6 +4,7 @@
 
 use cryptoki_sys::*;
 use hsmpool_member::types::Mechanism;
+use hsmpool_member::Role;
 
 use super::lifecycle::Engine;
 use crate::cluster::Route;
@@ -157,7 +158,11 @@ impl Engine {
         let label: &[u8; 32] = label
             .try_into()
             .map_err(|_| Error::ArgumentsBad("label must be 32 bytes"))?;
-        self.cluster.on_all(|b, _| b.init_token(so_pin, label))?;
+        // The first member checks the SO PIN (a token initialised before checks it).
+        self.cluster
+            .on_all_from(Route::Checker(Role::Officer), |b, _| {
+                b.init_token(so_pin, label)
+            })?;
         self.cluster.after_init_token(so_pin)?;
         self.objects.clear();
         self.by_member.clear();
@@ -175,7 +180,8 @@ impl Engine {
         if !rw {
             return Err(Error::SessionReadOnly);
         }
-        self.cluster.on_all(|b, msess| b.init_pin(msess, pin))
+        self.cluster.on_all(|b, msess| b.init_pin(msess, pin))?;
+        self.cluster.after_init_pin()
     }
 
     /// `C_SetPIN`.
@@ -183,7 +189,13 @@ impl Engine {
         if !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
         }
-        self.cluster.on_all(|b, msess| b.set_pin(msess, old, new))?;
+        let role = match self.login_state() {
+            LoginState::So => Role::Officer,
+            _ => Role::User,
+        };
+        // The first member checks the old PIN; a member with a PIN of its own keeps it.
+        self.cluster
+            .on_all_from(Route::Checker(role), |b, msess| b.set_pin(msess, old, new))?;
         if self.login_state() != LoginState::Public {
             self.cluster.new_pin(new);
         }

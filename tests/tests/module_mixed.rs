@@ -1,0 +1,223 @@
+//! A mixed cluster: one `hsmpool-hsmd` daemon (our simulator), one SoftHSMv2 token and one
+//! NSS softokn database, three vendors behind one token. The application initialises the token
+//! through us (`C_InitToken`, SO login, `C_InitPIN`) as any client does: the cluster wrapping
+//! key is made on the daemon, carried to SoftHSMv2 at `C_InitToken` and to NSS at
+//! `C_InitPIN` (its token has no user before, and its SO cannot hold keys), and sealed then.
+//! A wrong SO PIN is refused although the NSS member logs in with a PIN of its own; token keys
+//! made through us are on all three, checked on SoftHSMv2 and NSS with their own tools
+//! (pkcs11-tool over SoftHSMv2's module, NSS's certutil); signatures made on any member verify.
+
+use std::process::Command;
+
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use cryptoki_sys::*;
+use hsmpool_engine::config::Config;
+use hsmpool_engine::types::{OpKind, SlotId};
+use hsmpool_engine::{Attr, Engine, Mechanism};
+use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::engine::{aes_token_key, ec_pair, value};
+use hsmpool_tests::nss::NssDb;
+use hsmpool_tests::require_tool;
+use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
+
+const PIN: &str = "user-pin-1";
+
+#[test]
+fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
+    let tool = require_tool("pkcs11-tool");
+    let dir = tempfile::tempdir().unwrap();
+    // SoftHSMv2's token starts with other PINs: C_InitToken through us sets ours.
+    let tokens = SoftHsmTokens::create(dir.path(), 1, "mixed", "old-so-pin", "old-pin");
+    // Read by SoftHSMv2 at C_Initialize; this test binary has no other test.
+    std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
+    let nss = NssDb::create(dir.path());
+    let daemons = DaemonCluster::start(1, 7, "min_replicas = 3");
+    let text = std::fs::read_to_string(&daemons.conf).unwrap()
+        + &tokens.members_toml()
+        + &nss.member_toml();
+    let cfg = Config::parse(&text, "mixed cluster").unwrap();
+    assert_eq!(cfg.member.len(), 3);
+
+    let e = Engine::new(cfg.clone()).unwrap();
+    let mut label = [b' '; 32];
+    label[..5].copy_from_slice(b"mixed");
+    // SoftHSMv2's token was initialised with another SO PIN: it checks this one and refuses.
+    // (The daemon's token is new, NSS takes any: the refusal must come from SoftHSMv2.)
+    e.init_token(SlotId(0), b"old-so-pin", &label).unwrap();
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    // A wrong SO PIN is refused however the calls are balanced: the NSS member, which takes
+    // its own (empty) SO PIN, never decides.
+    for _ in 0..6 {
+        let err = e.login(s, CKU_SO, b"wrong", None).unwrap_err();
+        assert_eq!(err.ck_rv(), CKR_PIN_INCORRECT);
+    }
+    e.login(s, CKU_SO, b"old-so-pin", None).unwrap();
+    e.init_pin(s, PIN.as_bytes()).unwrap();
+    e.logout(s).unwrap();
+    for _ in 0..6 {
+        let err = e.login(s, CKU_USER, b"wrong", None).unwrap_err();
+        assert_eq!(err.ck_rv(), CKR_PIN_INCORRECT);
+    }
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+    assert!(
+        e.member_status().iter().all(|m| m.health.name() == "up"),
+        "{:?}",
+        e.member_status()
+    );
+
+    let (ec_pub, ec_priv) = ec_pair(&e, s, b"mixed ec", true);
+    assert_eq!(value(&e, s, ec_priv, CKA_WRAP_WITH_TRUSTED), [1]);
+    let point = value(&e, s, ec_pub, CKA_EC_POINT);
+    let verifier = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point[2..]);
+    // Each member in turn answers alone (the others drained): all three sign with the key.
+    for only in 0..3 {
+        for m in 0..3 {
+            e.drain_member(m, m != only).unwrap();
+        }
+        for i in 0..4u32 {
+            let msg = format!("member {only} message {i}");
+            e.op_init(s, OpKind::Sign, Mechanism::plain(CKM_ECDSA_SHA256), ec_priv)
+                .unwrap();
+            let mut sig = vec![0u8; 128];
+            let n = e
+                .op_single(s, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
+                .unwrap();
+            verifier.verify(msg.as_bytes(), &sig[..n]).unwrap();
+        }
+    }
+    for m in 0..3 {
+        e.drain_member(m, false).unwrap();
+    }
+    // An RSA pair and an AES key: made on one member, on all three after.
+    let (rsa_pub, rsa_priv) = e
+        .generate_key_pair(
+            s,
+            Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
+            vec![
+                Attr::bool(CKA_TOKEN, true),
+                Attr::ulong(CKA_MODULUS_BITS, 2048),
+                Attr::bool(CKA_VERIFY, true),
+                Attr::bytes(CKA_LABEL, b"mixed rsa"),
+                Attr::bytes(CKA_ID, b"rsa-1"),
+            ],
+            vec![
+                Attr::bool(CKA_TOKEN, true),
+                Attr::bool(CKA_SIGN, true),
+                Attr::bytes(CKA_LABEL, b"mixed rsa"),
+                Attr::bytes(CKA_ID, b"rsa-1"),
+            ],
+        )
+        .unwrap();
+    let aes = aes_token_key(&e, s, b"mixed aes");
+    let gcm = |iv: u8| Mechanism {
+        mech: CKM_AES_GCM,
+        param: hsmpool_engine::MechParam::Gcm {
+            iv: vec![iv; 12],
+            aad: b"mixed".to_vec(),
+            tag_bits: 128,
+        },
+    };
+    let modulus = value(&e, s, rsa_pub, CKA_MODULUS);
+    let rsa_key = signature::RsaPublicKeyComponents {
+        n: &modulus,
+        e: &vec![1u8, 0, 1],
+    };
+    for only in 0..3 {
+        for m in 0..3 {
+            e.drain_member(m, m != only).unwrap();
+        }
+        let msg = format!("rsa on member {only}");
+        e.op_init(
+            s,
+            OpKind::Sign,
+            Mechanism::plain(CKM_SHA256_RSA_PKCS),
+            rsa_priv,
+        )
+        .unwrap();
+        let mut sig = vec![0u8; 256];
+        let n = e
+            .op_single(s, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
+            .unwrap();
+        rsa_key
+            .verify(
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                msg.as_bytes(),
+                &sig[..n],
+            )
+            .unwrap();
+        // Sealed here, opened by the next member.
+        e.op_init(s, OpKind::Encrypt, gcm(only as u8), aes).unwrap();
+        let mut sealed = vec![0u8; 64];
+        let n = e
+            .op_single(s, OpKind::Encrypt, msg.as_bytes(), Some(&mut sealed))
+            .unwrap();
+        sealed.truncate(n);
+        for m in 0..3 {
+            e.drain_member(m, m != (only + 1) % 3).unwrap();
+        }
+        e.op_init(s, OpKind::Decrypt, gcm(only as u8), aes).unwrap();
+        let mut opened = vec![0u8; 64];
+        let n = e
+            .op_single(s, OpKind::Decrypt, &sealed, Some(&mut opened))
+            .unwrap();
+        assert_eq!(&opened[..n], msg.as_bytes());
+    }
+    for m in 0..3 {
+        e.drain_member(m, false).unwrap();
+    }
+    let ops: Vec<u64> = e.member_status().iter().map(|m| m.ops).collect();
+    assert!(ops.iter().all(|n| *n > 0), "every member served: {ops:?}");
+    let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    assert_eq!(copied, 5 * 2, "five objects, each to two members");
+    e.logout(s).unwrap();
+    drop(e);
+
+    // SoftHSMv2's own module lists the pair and the wrapping key on its token.
+    let out = Command::new(&tool)
+        .args(["--module", SOFTHSM, "--token-label", "mixed", "--login"])
+        .args(["--pin", PIN, "--list-objects"])
+        .env("SOFTHSM2_CONF", &tokens.conf)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert_eq!(
+        listed.matches("label:      mixed ec\n").count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(
+        listed
+            .matches(&format!(
+                "label:      {}\n",
+                hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL
+            ))
+            .count(),
+        1,
+        "{listed}"
+    );
+    // NSS's certutil lists the private key in its database, under the password we set.
+    let keys = nss.private_keys(PIN);
+    for label in ["mixed ec", "mixed rsa"] {
+        assert_eq!(keys.matches(label).count(), 1, "{keys}");
+    }
+
+    // A second engine (a restart) finds one copy of each, and copies nothing.
+    let e = Engine::new(cfg).unwrap();
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
+    for (label, n) in [(&b"mixed ec"[..], 2), (b"mixed rsa", 2), (b"mixed aes", 1)] {
+        e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, label)])
+            .unwrap();
+        let found = e.find_objects(s, 10).unwrap();
+        e.find_objects_final(s).unwrap();
+        assert_eq!(found.len(), n, "{}", String::from_utf8_lossy(label));
+    }
+    let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    assert_eq!(copied, 0);
+    drop(daemons);
+}
