@@ -7,7 +7,9 @@
 //!   the test with certificates from `hsmpool cluster` ([`hsmpool_tests::daemons`]);
 //! - [`Setup::softhsm`]: three SoftHSMv2 tokens as vendor-module members
 //!   ([`hsmpool_tests::softhsm`]), token keys copied between them by wrapping under the cluster
-//!   wrapping key (made by the suite's own `C_InitToken`).
+//!   wrapping key (made by the suite's own `C_InitToken`);
+//! - [`Setup::mixed`]: three vendors in one token: an `hsmpool-hsmd` daemon, a SoftHSMv2 token
+//!   and an NSS softokn database ([`hsmpool_tests::nss`]), keys copied by wrapping as above.
 //!
 //! Either way the client finds the module through `HSMPOOL_CONF`, set by [`Setup::command`]
 //! (module logging stays off so the client's stderr holds only what the client prints).
@@ -20,8 +22,9 @@
 //! A missing tool fails the test (it never skips): [`hsmpool_tests::require_tool`].
 //!
 //! Conventions: a suite lives in `tests/interop/<client>.rs`, declared as a `[[test]]` named
-//! `interop_<client>` in tests/Cargo.toml, with two test functions named
-//! `interop_<client>_embedded`, `interop_<client>_cluster` and `interop_<client>_softhsm`. `scripts/test-all.sh` runs the
+//! `interop_<client>` in tests/Cargo.toml, with test functions named
+//! `interop_<client>_embedded`, `interop_<client>_cluster`, `interop_<client>_softhsm` and
+//! `interop_<client>_mixed`. `scripts/test-all.sh` runs the
 //! `interop_*` test binaries first, uncaptured so every tally line shows, then everything
 //! else with `--skip interop_`.
 #![allow(dead_code)]
@@ -33,6 +36,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::nss::NssDb;
 use hsmpool_tests::raw::Module;
 use hsmpool_tests::softhsm::SoftHsmTokens;
 use hsmpool_tests::{module_path, write_test_config};
@@ -60,6 +64,16 @@ pub enum Kind {
     Cluster,
     /// Three SoftHSMv2 tokens through SoftHSMv2's PKCS #11 module.
     SoftHsm,
+    /// An `hsmpool-hsmd` daemon, a SoftHSMv2 token and an NSS softokn database.
+    Mixed,
+}
+
+impl Kind {
+    /// Whether token keys travel between members by wrapping (vendor modules among them):
+    /// they are extractable, and the members' modules set what the token offers.
+    pub fn wraps(self) -> bool {
+        matches!(self, Kind::SoftHsm | Kind::Mixed)
+    }
 }
 
 /// A token set-up for one suite run: the module, its configuration, a scratch directory, and
@@ -131,12 +145,42 @@ impl Setup {
         }
     }
 
+    /// One daemon, one SoftHSMv2 token and one NSS softokn database as the members (the
+    /// SoftHSMv2 token made with these PINs; the suite's `C_InitToken` initialises all three
+    /// again through us, and its `C_InitPIN` gives NSS its user and the wrapping key).
+    pub fn mixed_with(so_pin: &str, user_pin: &str) -> Setup {
+        let scratch = tempfile::tempdir().expect("a temp dir can be made");
+        let tokens = SoftHsmTokens::create(scratch.path(), 1, "interop-member", so_pin, user_pin);
+        std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
+        let nss = NssDb::create(scratch.path());
+        let cluster = DaemonCluster::start(1, 6, "");
+        let text = std::fs::read_to_string(&cluster.conf).expect("the daemon's configuration")
+            + &tokens.members_toml()
+            + &nss.member_toml();
+        let conf = scratch.path().join("hsmpool.toml");
+        std::fs::write(&conf, text).expect("the temp dir is writable");
+        Setup {
+            kind: Kind::Mixed,
+            module: module_path(),
+            conf,
+            scratch,
+            cluster: Some(cluster),
+            softhsm: Some(tokens),
+        }
+    }
+
+    /// [`Setup::mixed_with`] the suites' PINs.
+    pub fn mixed() -> Setup {
+        Setup::mixed_with(SO_PIN, USER_PIN)
+    }
+
     /// The set-up for `kind`.
     pub fn new(kind: Kind) -> Setup {
         match kind {
             Kind::Embedded => Setup::embedded(),
             Kind::Cluster => Setup::cluster(),
             Kind::SoftHsm => Setup::softhsm(),
+            Kind::Mixed => Setup::mixed(),
         }
     }
 
@@ -158,6 +202,7 @@ impl Setup {
             Kind::Embedded => "embedded default",
             Kind::Cluster => "cluster of 3 hsmpool-hsmd",
             Kind::SoftHsm => "cluster of 3 SoftHSMv2 tokens",
+            Kind::Mixed => "mixed cluster: hsmpool-hsmd, SoftHSMv2, NSS softokn",
         }
     }
 

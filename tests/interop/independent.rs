@@ -52,7 +52,7 @@ impl Inspector {
     pub fn new(setup: &Setup) -> Inspector {
         Inspector {
             conf: setup.conf.clone(),
-            wrapped: setup.kind == crate::common::Kind::SoftHsm,
+            wrapped: setup.kind.wraps(),
         }
     }
 

@@ -202,6 +202,7 @@ fn token(kind: Kind) -> &'static str {
         Kind::Embedded => "hsmpool",
         Kind::Cluster => "hsmpool.cluster",
         Kind::SoftHsm => "hsmpool.softhsm",
+        Kind::Mixed => "hsmpool.mixed",
     }
 }
 
@@ -640,7 +641,7 @@ impl ProviderRun<'_> {
 
     /// The verdict on test `name` from its meson result, with the logs a failure needs.
     fn judge(&self, name: &str, found: &Found) -> Verdict {
-        let softhsm_unsupported: &[(&str, &str, &str)] = if self.setup.kind == Kind::SoftHsm {
+        let softhsm_unsupported: &[(&str, &str, &str)] = if self.setup.kind.wraps() {
             SOFTHSM_UNSUPPORTED
         } else {
             &[]
@@ -649,7 +650,7 @@ impl ProviderRun<'_> {
             .iter()
             .chain(softhsm_unsupported)
             .find(|(n, _, _)| *n == name);
-        let softhsm: &[(&str, &str)] = if self.setup.kind == Kind::SoftHsm {
+        let softhsm: &[(&str, &str)] = if self.setup.kind.wraps() {
             SOFTHSM_EXCLUDED
         } else {
             &[]
@@ -965,6 +966,7 @@ fn suite(kind: Kind) {
         // The provider's setup.sh initialises the token with its own PIN (PINVALUE, outside
         // FIPS mode), which SoftHSMv2 checks against the SO PIN its tokens were made with.
         Kind::SoftHsm => Setup::softhsm_with(PROVIDER_PIN, PROVIDER_PIN),
+        Kind::Mixed => Setup::mixed_with(PROVIDER_PIN, PROVIDER_PIN),
         kind => Setup::new(kind),
     };
     let token = token(kind);

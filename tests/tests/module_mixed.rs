@@ -171,6 +171,50 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     assert!(ops.iter().all(|n| *n > 0), "every member served: {ops:?}");
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
     assert_eq!(copied, 5 * 2, "five objects, each to two members");
+    // NSS softokn keeps every token secret key sensitive: a key the application may read
+    // cannot be held there as asked, so it is refused, wherever it was made, and nothing stays.
+    for _ in 0..3 {
+        let refused = e
+            .generate_key(
+                s,
+                Mechanism::plain(CKM_AES_KEY_GEN),
+                vec![
+                    Attr::bool(CKA_TOKEN, true),
+                    Attr::ulong(CKA_VALUE_LEN, 32),
+                    Attr::bool(CKA_SENSITIVE, false),
+                    Attr::bytes(CKA_LABEL, b"readable"),
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(refused.ck_rv(), CKR_TEMPLATE_INCONSISTENT);
+    }
+    // A pair made and destroyed leaves nothing on any member.
+    for round in 0..3u8 {
+        let (p, k) = e
+            .generate_key_pair(
+                s,
+                Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
+                vec![
+                    Attr::bool(CKA_TOKEN, true),
+                    Attr::bytes(CKA_EC_PARAMS, &hsmpool_tests::engine::P256),
+                    Attr::bool(CKA_VERIFY, true),
+                    Attr::bytes(CKA_ID, &[0x0c, round]),
+                ],
+                vec![
+                    Attr::bool(CKA_TOKEN, true),
+                    Attr::bool(CKA_SIGN, true),
+                    Attr::bytes(CKA_ID, &[0x0c, round]),
+                ],
+            )
+            .unwrap();
+        e.destroy_object(s, k).unwrap();
+        e.destroy_object(s, p).unwrap();
+        e.find_objects_init(s, vec![Attr::bytes(CKA_ID, &[0x0c, round])])
+            .unwrap();
+        let found = e.find_objects(s, 10).unwrap();
+        e.find_objects_final(s).unwrap();
+        assert!(found.is_empty(), "round {round}");
+    }
     e.logout(s).unwrap();
     drop(e);
 
@@ -210,7 +254,12 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .unwrap();
     e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
-    for (label, n) in [(&b"mixed ec"[..], 2), (b"mixed rsa", 2), (b"mixed aes", 1)] {
+    for (label, n) in [
+        (&b"mixed ec"[..], 2),
+        (b"mixed rsa", 2),
+        (b"mixed aes", 1),
+        (b"readable", 0),
+    ] {
         e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, label)])
             .unwrap();
         let found = e.find_objects(s, 10).unwrap();

@@ -749,21 +749,21 @@ impl Module {
         &self,
         f: impl FnMut(*mut u8, &mut CK_ULONG) -> MemberResult<()>,
     ) -> MemberResult<Vec<u8>> {
-        self.two_call_at_least(0, f)
+        self.two_call_padded(0, f)
     }
 
-    /// [`Module::two_call`] with a buffer of at least `min` bytes, whatever the length query
-    /// said: NSS softokn (3.87) answers it for AES-GCM encryption with the input's length,
-    /// forgetting the tag, then fails the call with `CKR_BUFFER_TOO_SMALL` and ends the
-    /// operation.
-    fn two_call_at_least(
+    /// [`Module::two_call`] with `slack` bytes more than the length query said: NSS softokn
+    /// (3.87) undercounts for AES-GCM encryption (the input's length, no tag) and for RFC 5649
+    /// wrapping (the key's length, no padding or integrity block), then fails the call with
+    /// `CKR_BUFFER_TOO_SMALL` without saying how much, and ends the operation.
+    fn two_call_padded(
         &self,
-        min: usize,
+        slack: usize,
         mut f: impl FnMut(*mut u8, &mut CK_ULONG) -> MemberResult<()>,
     ) -> MemberResult<Vec<u8>> {
         let mut len: CK_ULONG = 0;
         f(std::ptr::null_mut(), &mut len)?;
-        let mut out = vec![0u8; (len as usize).max(min)];
+        let mut out = vec![0u8; len as usize + slack];
         len = ck_len(out.len());
         f(out.as_mut_ptr(), &mut len)?;
         out.truncate(len as usize);
@@ -874,11 +874,12 @@ impl Module {
         r
     }
 
-    /// An unwrapped key allows no more than its template asked: a module may grant uses of its
-    /// own from the key material (NSS softokn makes an EC private key able to derive and to sign
-    /// with recovery whatever the template said). A use asked off but granted is turned off, a
-    /// key asked sensitive but not is made so; a key that still allows more is an error (the
-    /// caller removes it: a copy must allow no more than its original).
+    /// A key made here is as its template asked, for what a module may decide on its own: uses
+    /// it grants from the key material (NSS softokn makes an unwrapped EC private key able to
+    /// derive and to sign with recovery whatever the template said) are turned off again, a key
+    /// asked sensitive but not is made so; a key made sensitive though asked not to be (NSS
+    /// keeps every token secret key sensitive), or that still allows more than asked, is an
+    /// error, `CKR_TEMPLATE_INCONSISTENT` (the caller removes it).
     fn as_asked(&self, s: MemberSession, o: MemberObject, asked: &[Attr]) -> MemberResult<()> {
         const USES: [CK_ATTRIBUTE_TYPE; 10] = [
             CKA_ENCRYPT,
@@ -894,10 +895,7 @@ impl Module {
         ];
         let checked: Vec<&Attr> = asked
             .iter()
-            .filter(|a| {
-                (USES.contains(&a.ty) && a.value == [0])
-                    || (a.ty == CKA_SENSITIVE && a.value == [1])
-            })
+            .filter(|a| (USES.contains(&a.ty) && a.value == [0]) || a.ty == CKA_SENSITIVE)
             .collect();
         let types: Vec<CK_ATTRIBUTE_TYPE> = checked.iter().map(|a| a.ty).collect();
         let differ = |answers: Vec<AttrAnswer>| -> Vec<Attr> {
@@ -917,11 +915,39 @@ impl Module {
             attributes = ?wrong.iter().map(|a| a.ty).collect::<Vec<_>>(),
             "an unwrapped key allows more than its template asked: set as asked"
         );
+        if wrong
+            .iter()
+            .any(|a| a.ty == CKA_SENSITIVE && a.value == [0])
+        {
+            // Made sensitive though asked not to be (NSS softokn keeps every token secret key
+            // sensitive): a key cannot be made readable again.
+            tracing::warn!(
+                member = self.id.0,
+                "the token made a key sensitive that its template asked not to be"
+            );
+            return Err(self.rv(CKR_TEMPLATE_INCONSISTENT));
+        }
         self.set_attributes(s, o, &wrong)?;
         if differ(self.get_attributes(s, o, &types)?).is_empty() {
             Ok(())
         } else {
             Err(self.rv(CKR_TEMPLATE_INCONSISTENT))
+        }
+    }
+
+    /// `o`, made here, if it is as asked ([`Module::as_asked`]); else it is removed.
+    fn kept_as_asked(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        asked: &[Attr],
+    ) -> MemberResult<MemberObject> {
+        match self.as_asked(s, o, asked) {
+            Ok(()) => Ok(o),
+            Err(e) => {
+                let _ = self.destroy_object(s, o);
+                Err(e)
+            }
         }
     }
 
@@ -1231,7 +1257,7 @@ impl Backend for Module {
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
         let template = der_ec_point(template);
         checked_import(&template).map_err(|rv| self.rv(rv))?;
-        self.new_object(&template, |t, h| {
+        let made = self.new_object(&template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1242,7 +1268,8 @@ impl Backend for Module {
                     h
                 )
             )
-        })
+        })?;
+        self.kept_as_asked(s, made, &template)
     }
     fn copy_object(
         &self,
@@ -1390,7 +1417,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        self.new_object(template, |t, h| {
+        let made = self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
                 self,
@@ -1402,7 +1429,8 @@ impl Backend for Module {
                     h
                 )
             )
-        })
+        })?;
+        self.kept_as_asked(s, made, template)
     }
     fn generate_key_pair(
         &self,
@@ -1450,7 +1478,8 @@ impl Backend for Module {
         let (wh, kh) = (self.handle(wrapping)?, self.handle(key)?);
         let mut op = self.op_session()?;
         let sh = op.h;
-        let r = self.two_call(|out, len| {
+        // Room for RFC 5649's padding and integrity block more than the query says.
+        let r = self.two_call_padded(16, |out, len| {
             call!(
                 self,
                 C_WrapKey(
@@ -1496,11 +1525,7 @@ impl Backend for Module {
                 )
             )
         })?;
-        if let Err(e) = self.as_asked(s, made, asked) {
-            let _ = self.destroy_object(s, made);
-            return Err(e);
-        }
-        Ok(made)
+        self.kept_as_asked(s, made, asked)
     }
     fn derive_key(
         &self,
@@ -1592,8 +1617,8 @@ impl Backend for Module {
         let (mut op, _) =
             self.begin(mech, key, |sh, m, kh| call!(self, C_EncryptInit(sh, m, kh)))?;
         let sh = op.h;
-        // Room for a block of padding and a tag, whatever the query says.
-        let r = self.two_call_at_least(data.len() + 32, |out, len| {
+        // Room for a block of padding and a tag more than the query says.
+        let r = self.two_call_padded(32, |out, len| {
             call!(
                 self,
                 C_Encrypt(sh, data.as_ptr().cast_mut(), ck_len(data.len()), out, len)

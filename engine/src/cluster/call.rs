@@ -84,6 +84,9 @@ impl Cluster {
         // CKR_FUNCTION_FAILED is tried once on each member, not until the deadline: a vendor
         // that throttles says it, and so does one that cannot do this call at all.
         let mut function_failed = 0usize;
+        // The refusal of what the call asks, on members unlike each other (see below).
+        let mut unable: Option<Error> = None;
+        let mut refused: Vec<usize> = Vec::new();
         loop {
             let m = match route {
                 Route::Member(i) => self
@@ -111,11 +114,16 @@ impl Cluster {
                 Route::Any | Route::AnyHome | Route::Checker(_) => match self
                     .pick(&avoid, cost, t0)
                     .or_else(|| {
-                        // Everyone was tried: start over rather than give up before the deadline.
+                        // Everyone was tried: start over rather than give up before the deadline
+                        // (never with a member that refused what the call asks).
                         avoid.clone_from(&excluded);
+                        avoid.extend_from_slice(&refused);
                         self.pick(&avoid, cost, t0)
                     }) {
                     Some(m) => m,
+                    None if unable.is_some() => {
+                        return Err(unable.take().unwrap_or(Error::MechanismInvalid))
+                    }
                     None => {
                         let now = clock.now();
                         if now >= deadline_at(now) {
@@ -193,6 +201,45 @@ impl Cluster {
                     ..
                 }
             );
+            // Members unlike each other (vendors side by side) may differ in what a call asks
+            // beyond the mechanism list: SoftHSMv2 takes RSA-OAEP with SHA-1 only, NSS
+            // softokn other parameters than ours. Such a call is tried once on each member;
+            // when every one refuses, the most telling refusal is the application's.
+            if self.unlike
+                && matches!(route, Route::Any | Route::AnyHome)
+                && matches!(
+                    e,
+                    Error::Hsm {
+                        rv: CKR_MECHANISM_PARAM_INVALID
+                            | CKR_ARGUMENTS_BAD
+                            | CKR_KEY_SIZE_RANGE
+                            | CKR_MECHANISM_INVALID
+                            | CKR_FUNCTION_NOT_SUPPORTED,
+                        ..
+                    }
+                )
+            {
+                // The most telling refusal is kept (SoftHSMv2 answers a parameter it does not
+                // take with CKR_ARGUMENTS_BAD where another member names the parameter).
+                let rank = |e: &Error| match e {
+                    Error::Hsm { rv, .. } => [
+                        CKR_MECHANISM_PARAM_INVALID,
+                        CKR_KEY_SIZE_RANGE,
+                        CKR_MECHANISM_INVALID,
+                        CKR_FUNCTION_NOT_SUPPORTED,
+                    ]
+                    .iter()
+                    .position(|r| r == rv)
+                    .unwrap_or(4),
+                    _ => 5,
+                };
+                if unable.as_ref().is_none_or(|u| rank(&e) < rank(u)) {
+                    unable = Some(e);
+                }
+                refused.push(m.index);
+                avoid.push(m.index);
+                continue;
+            }
             match (class, route) {
                 (Class::Permanent, _) => return Err(e),
                 (Class::SessionLost, Route::On(i, _)) => {

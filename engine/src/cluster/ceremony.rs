@@ -582,6 +582,7 @@ impl super::Cluster {
         if self.copy_path != super::CopyPath::Wrap || self.members.len() < 2 {
             return Ok(());
         }
+        let _one = self.wrap_key_ceremony.lock();
         for m in &self.members {
             *m.wrap_key.lock() = None;
         }
@@ -591,12 +592,10 @@ impl super::Cluster {
         };
         match run(&self.backends(), &self.settings.wrap_key_label, &auth, true) {
             Ok(o) if o.waiting.is_empty() => {
-                *self.wrap_key_waiting.lock() = false;
                 tracing::info!("C_InitToken: a new cluster wrapping key is on every member");
                 Ok(())
             }
             Ok(o) => {
-                *self.wrap_key_waiting.lock() = true;
                 tracing::info!(
                     waiting = ?o.waiting,
                     "C_InitToken: a new cluster wrapping key is on the members that can hold it; \
@@ -611,11 +610,29 @@ impl super::Cluster {
         }
     }
 
-    /// After `C_InitPIN` on every member: the members that waited for a user receive the
-    /// wrapping key, in the application's SO sessions, and it is sealed everywhere.
+    /// After `C_InitPIN` on every member: where keys travel by wrapping and a member lacks the
+    /// wrapping key (one that waited at `C_InitToken` for a user, in this process or another:
+    /// pkcs11-tool initialises the token and the PIN in two), it receives it now, in the
+    /// application's SO sessions, and the key is sealed everywhere.
     pub(crate) fn after_init_pin(&self) -> crate::error::Result<()> {
-        let mut waiting = self.wrap_key_waiting.lock();
-        if !*waiting {
+        if self.copy_path != super::CopyPath::Wrap || self.members.len() < 2 {
+            return Ok(());
+        }
+        let _one = self.wrap_key_ceremony.lock();
+        let label = &self.settings.wrap_key_label;
+        let template = [
+            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bytes(CKA_LABEL, label.as_bytes()),
+        ];
+        let mut lacking = false;
+        for m in &self.members {
+            let found = self.call(super::Route::Member(m.index), 2, |b, s| {
+                b.find(s, &template)
+            })?;
+            lacking |= found.is_empty();
+        }
+        if !lacking {
             return Ok(());
         }
         let sessions = self
@@ -623,14 +640,11 @@ impl super::Cluster {
             .iter()
             .map(|m| self.session_for(m, 0).map(|(s, _)| s))
             .collect::<crate::error::Result<Vec<_>>>()?;
-        match run(
-            &self.backends(),
-            &self.settings.wrap_key_label,
-            &Auth::Held(sessions),
-            false,
-        ) {
+        match run(&self.backends(), label, &Auth::Held(sessions), false) {
             Ok(_) => {
-                *waiting = false;
+                for m in &self.members {
+                    *m.wrap_key.lock() = None;
+                }
                 tracing::info!("C_InitPIN: the cluster wrapping key is on every member, sealed");
                 Ok(())
             }

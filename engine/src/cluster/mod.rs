@@ -383,11 +383,13 @@ pub struct Cluster {
     pub(crate) copy_path: CopyPath,
     /// Some member wants multi-part hash-and-sign input whole (`Backend::wants_whole_messages`).
     pub(crate) whole_messages: bool,
+    /// The members differ in what they can do (vendors side by side): a call a member refuses
+    /// for what it asks (a parameter, a key size) is tried on the others (see `call_full`).
+    pub(crate) unlike: bool,
     /// Token objects removed through this process (destroyed, rolled back): what bringing a
     /// member level may remove from it where objects travel by wrapping (see `level`).
-    /// `C_InitToken` left the wrapping key unsealed for members whose token had no user yet
-    /// (`ceremony::Cluster::after_init_pin` finishes it).
-    pub(crate) wrap_key_waiting: Mutex<bool>,
+    /// One wrapping-key ceremony at a time in this process (`C_InitToken`, `C_InitPIN`).
+    pub(crate) wrap_key_ceremony: Mutex<()>,
     pub(crate) removed: Mutex<std::collections::HashSet<crate::backend::MemberObject>>,
     creds: RwLock<Option<Arc<Credentials>>>,
     /// The last `Credentials::gen` given.
@@ -554,6 +556,11 @@ impl Cluster {
             CopyPath::Clone => backends,
         };
         let whole_messages = backends.iter().any(|b| b.wants_whole_messages());
+        let rows: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{:?}", b.mechanisms().ok().flatten()))
+            .collect();
+        let unlike = rows.windows(2).any(|w| w[0] != w[1]);
         let members = backends
             .into_iter()
             .enumerate()
@@ -567,8 +574,9 @@ impl Cluster {
             settings,
             copy_path,
             whole_messages,
+            unlike,
             removed: Mutex::new(std::collections::HashSet::new()),
-            wrap_key_waiting: Mutex::new(false),
+            wrap_key_ceremony: Mutex::new(()),
             creds: RwLock::new(None),
             creds_gen: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MAX),

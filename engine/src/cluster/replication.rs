@@ -124,7 +124,14 @@ impl Cluster {
                 }
                 Err(e) => return Err(e),
             };
-            self.import_object(dst, &blob)?;
+            match self.import_object(dst, &blob) {
+                Ok(_) => {}
+                Err(e) if not_copyable(&e) => {
+                    tracing::warn!(member = dst, object = id.0, "object not copied here: {e}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             target.stats.replicated.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;
@@ -197,6 +204,7 @@ impl Cluster {
         let Some(blobs) = blobs else { return Ok(()) };
         // The members copy at once (each copy is a token-object creation on that HSM).
         let got = Mutex::new(Vec::new());
+        let refused = Mutex::new(None);
         let _ = parallel_each(&targets, self.workers(targets.len()), |t| {
             let copied: Result<()> = blobs
                 .iter()
@@ -209,12 +217,18 @@ impl Cluster {
                         .fetch_add(ids.len() as u64, Ordering::Relaxed);
                     got.lock().push(t);
                 }
+                // The member's own policy will not hold the object as it is (NSS softokn keeps
+                // every token secret key sensitive): no copy could ever be made there.
+                Err(e) if not_copyable(&e) => *refused.lock() = Some(e),
                 Err(e) => self.out_of_date(&self.members[t], &e),
             }
             Ok(())
         });
         holders.extend(got.into_inner());
-        Ok(())
+        match refused.into_inner() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// A member missed a change (a copy, a removal) while up: take it out of traffic, so the
@@ -274,8 +288,9 @@ impl Cluster {
             if let Err(e) = self.replicate(&mut holders, ids) {
                 tracing::error!(
                     member = from,
-                    "a token key made on this member cannot leave it ({e}), so it could not be \
-                     kept on every member: refused and removed"
+                    "a token key made on this member cannot leave it, or a member will not hold \
+                     it as asked ({e}), so it could not be kept on every member: refused and \
+                     removed"
                 );
                 self.drop_replicas(None, ids);
                 return Err(Error::TemplateInconsistent);

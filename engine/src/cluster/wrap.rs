@@ -10,7 +10,8 @@
 //! gives that algorithm, `Backend::cluster_wrap_mechanism`) together with its settable
 //! attributes, and is made on the other member by `C_UnwrapKey` with those attributes; a public
 //! key, a certificate or a data object travels as its attributes and is made by
-//! `C_CreateObject`. Attributes a token sets itself (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`,
+//! `C_CreateObject`, as does a secret key that is not sensitive (its value, which the
+//! application may read anyway: NSS softokn makes every key it unwraps sensitive). Attributes a token sets itself (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`,
 //! `CKA_NEVER_EXTRACTABLE`, `CKA_KEY_GEN_MECHANISM`) are not copied: a copy says what it is.
 //!
 //! A member's objects are compared by a digest of those same attributes (no secret is read):
@@ -197,8 +198,10 @@ fn read_copied(
     Ok((class, attrs, wrapped))
 }
 
-/// Whether an export failure means "this object cannot leave its member" (not extractable, not
-/// wrappable under the cluster key) rather than a failure of the member.
+/// Whether a copy failure means "this object cannot be copied" (not extractable, not wrappable
+/// under the cluster key, or a member's policy will not hold it as it is: a vendor module
+/// answers `CKR_TEMPLATE_INCONSISTENT` where the copy would differ from its original) rather
+/// than a failure of the member.
 pub(crate) fn not_copyable(e: &Error) -> bool {
     matches!(
         e,
@@ -206,7 +209,8 @@ pub(crate) fn not_copyable(e: &Error) -> bool {
             rv: CKR_KEY_UNEXTRACTABLE
                 | CKR_KEY_NOT_WRAPPABLE
                 | CKR_KEY_FUNCTION_NOT_PERMITTED
-                | CKR_KEY_TYPE_INCONSISTENT,
+                | CKR_KEY_TYPE_INCONSISTENT
+                | CKR_TEMPLATE_INCONSISTENT,
             ..
         }
     ) || matches!(e, Error::KeyFunctionNotPermitted | Error::ActionProhibited)
@@ -273,6 +277,25 @@ impl Cluster {
                 member: src as u32,
                 rv: CKR_KEY_NOT_WRAPPABLE,
             });
+        }
+        let sensitive = attrs
+            .iter()
+            .find(|a| a.ty == CKA_SENSITIVE)
+            .map(|a| a.value == [1]);
+        let mut attrs = attrs;
+        if wrapped && class == CKO_SECRET_KEY && sensitive == Some(false) {
+            // A secret key the application may read travels by its value, as it would read it:
+            // NSS softokn makes every key it unwraps sensitive, which a copy must not be.
+            let v = self.call(Route::Member(src), 2, |b, s| {
+                b.get_attributes(s, id, &[CKA_VALUE])
+            })?;
+            if let Some(AttrAnswer::Value(value)) = v.into_iter().next() {
+                attrs.push(Attr {
+                    ty: CKA_VALUE,
+                    value,
+                });
+                return Ok(encode(id, &attrs, None));
+            }
         }
         let value = if wrapped {
             let (wk, mech) = (self.wrap_key_on(src)?, self.wrap_mechanism(src));
