@@ -88,6 +88,7 @@ pub struct Setup {
     scratch: tempfile::TempDir,
     cluster: Option<DaemonCluster>,
     softhsm: Option<SoftHsmTokens>,
+    nss: Option<NssDb>,
 }
 
 impl Setup {
@@ -102,6 +103,7 @@ impl Setup {
             scratch,
             cluster: None,
             softhsm: None,
+            nss: None,
         }
     }
 
@@ -116,6 +118,7 @@ impl Setup {
             scratch,
             cluster: Some(cluster),
             softhsm: None,
+            nss: None,
         }
     }
 
@@ -142,6 +145,7 @@ impl Setup {
             scratch,
             cluster: None,
             softhsm: Some(tokens),
+            nss: None,
         }
     }
 
@@ -166,6 +170,7 @@ impl Setup {
             scratch,
             cluster: Some(cluster),
             softhsm: Some(tokens),
+            nss: Some(nss),
         }
     }
 
@@ -209,6 +214,11 @@ impl Setup {
     /// A scratch directory for the client's files (databases, keys, certificates).
     pub fn dir(&self) -> &Path {
         self.scratch.path()
+    }
+
+    /// The NSS softokn member's database, for the mixed set-up.
+    pub fn nss(&self) -> Option<&NssDb> {
+        self.nss.as_ref()
     }
 
     /// The daemons, for a cluster set-up.

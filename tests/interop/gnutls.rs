@@ -384,3 +384,8 @@ fn interop_gnutls_cluster() {
 fn interop_gnutls_softhsm() {
     suite(Kind::SoftHsm);
 }
+
+#[test]
+fn interop_gnutls_mixed() {
+    suite(Kind::Mixed);
+}

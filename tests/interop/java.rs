@@ -219,3 +219,8 @@ fn interop_java_cluster() {
 fn interop_java_softhsm() {
     suite(Kind::SoftHsm);
 }
+
+#[test]
+fn interop_java_mixed() {
+    suite(Kind::Mixed);
+}

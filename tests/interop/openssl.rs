@@ -612,3 +612,8 @@ fn interop_openssl_cluster() {
 fn interop_openssl_softhsm() {
     suite(Kind::SoftHsm);
 }
+
+#[test]
+fn interop_openssl_mixed() {
+    suite(Kind::Mixed);
+}

@@ -193,6 +193,10 @@ fn suite(kind: Kind) {
     let pkcs11_tool = require_tool("pkcs11-tool");
     let setup = Setup::new(kind);
     setup.init_token();
+    if let (true, Some(nss)) = (running_as_root(), setup.nss()) {
+        // The clients run as nobody (see the module documentation).
+        nss.give_to(65534);
+    }
     let token = Inspector::new(&setup);
     let serial = token.with(|v| {
         String::from_utf8_lossy(&v.token_info().serialNumber)
@@ -448,4 +452,9 @@ fn interop_p11kit_cluster() {
 #[test]
 fn interop_p11kit_softhsm() {
     suite(Kind::SoftHsm);
+}
+
+#[test]
+fn interop_p11kit_mixed() {
+    suite(Kind::Mixed);
 }

@@ -778,16 +778,6 @@ const SOFTHSM_DIFFERENCES: &[(&str, &str)] = &[
          cluster's token is never uninitialised",
     ),
     (
-        "--keypairgen RSA-3072 --usage-sign --usage-wrap (a signing and wrapping pair)",
-        "SoftHSMv2's key policy differs: a private key the template does not restrict may also \
-         decrypt (CKA_DECRYPT defaults to true), where ours keeps unwrapping and decrypting apart",
-    ),
-    (
-        "--keygen AES:32 --usage-wrap makes a KEK that wraps and does not decrypt",
-        "SoftHSMv2's defaults: an AES key also encrypts, decrypts and verifies unless the \
-         template says otherwise",
-    ),
-    (
         "sign/verify SHA384-HMAC (a MAC as aws-lc-rs computes it)",
         "SoftHSMv2 takes HMAC keys no shorter than the hash (48 bytes for SHA-384; its \
          mechanism info says so): CKR_KEY_SIZE_RANGE for the suite's key",

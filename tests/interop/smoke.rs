@@ -72,3 +72,8 @@ fn interop_smoke_cluster() {
 fn interop_smoke_softhsm() {
     suite(Kind::SoftHsm);
 }
+
+#[test]
+fn interop_smoke_mixed() {
+    suite(Kind::Mixed);
+}

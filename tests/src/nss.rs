@@ -34,7 +34,7 @@ impl NssDb {
             Path::new(SOFTOKN).exists(),
             "{SOFTOKN} is missing (apt-get install libnss3)"
         );
-        let db = dir.join("nssdb");
+        let db = dir.join("nss-member-db");
         std::fs::create_dir_all(&db).expect("the database directory can be made");
         let so_pin_file = dir.join("nss-so.pin");
         std::fs::write(&so_pin_file, b"").expect("the SO PIN file can be written");
@@ -60,6 +60,19 @@ impl NssDb {
             self.init_reserved(),
             self.so_pin_file.display()
         )
+    }
+
+    /// Give the database to `uid` (its directory and files): NSS opens it read-only, and fails
+    /// to initialise, for a process that may write it only by `CAP_DAC_OVERRIDE` (it asks
+    /// `access(2)`, which ignores capabilities for a user other than root).
+    pub fn give_to(&self, uid: u32) {
+        let entries = std::fs::read_dir(&self.dir).expect("the database directory is readable");
+        for p in entries
+            .map(|e| e.expect("a directory entry").path())
+            .chain([self.dir.clone()])
+        {
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).expect("the database is ours");
+        }
     }
 
     /// NSS's own listing of the private keys in the database (`certutil -K`), with the

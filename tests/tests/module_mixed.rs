@@ -1,11 +1,16 @@
 //! A mixed cluster: one `hsmpool-hsmd` daemon (our simulator), one SoftHSMv2 token and one
 //! NSS softokn database, three vendors behind one token. The application initialises the token
 //! through us (`C_InitToken`, SO login, `C_InitPIN`) as any client does: the cluster wrapping
-//! key is made on the daemon, carried to SoftHSMv2 at `C_InitToken` and to NSS at
-//! `C_InitPIN` (its token has no user before, and its SO cannot hold keys), and sealed then.
-//! A wrong SO PIN is refused although the NSS member logs in with a PIN of its own; token keys
-//! made through us are on all three, checked on SoftHSMv2 and NSS with their own tools
-//! (pkcs11-tool over SoftHSMv2's module, NSS's certutil); signatures made on any member verify.
+//! key is made on a member that may give it (not our simulator: RSA-3072 transport is worth less
+//! than AES-256), carried to the others, to NSS at `C_InitPIN` (before it, its token has no
+//! user and its SO cannot hold keys), and sealed then. A wrong SO or user PIN is refused
+//! although the NSS member logs in as SO with a PIN of its own. Token keys made through us are
+//! on all three, checked on SoftHSMv2 and NSS with their own tools (pkcs11-tool over SoftHSMv2's
+//! module, NSS's certutil); each member alone signs, seals and opens with them; keys made on
+//! SoftHSMv2 reach the others (its zero-padded RFC 5649, our defaults for what a template
+//! leaves out); a readable token secret key, which NSS cannot hold, is refused; a pair made and
+//! destroyed leaves nothing; a second engine finds each object once and copies nothing; and
+//! inside an application that initialised softokn itself, the NSS member is refused.
 
 use std::process::Command;
 
@@ -171,6 +176,36 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     assert!(ops.iter().all(|n| *n > 0), "every member served: {ops:?}");
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
     assert_eq!(copied, 5 * 2, "five objects, each to two members");
+    // Keys made on the SoftHSMv2 member alone (the others drained) reach the others too: its
+    // RFC 5649 wrapping zero-pads the key first (the simulator reads the PKCS #8 structure's
+    // own length, as NSS does), and a template's silences mean our defaults, not SoftHSMv2's
+    // (an AES key it makes is otherwise not sensitive, which NSS could not hold).
+    for m in 0..3 {
+        e.drain_member(m, m != 1).unwrap();
+    }
+    let before: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    ec_pair(&e, s, b"softhsm ec", true);
+    e.generate_key_pair(
+        s,
+        Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_MODULUS_BITS, 2048),
+            Attr::bytes(CKA_LABEL, b"softhsm rsa"),
+        ],
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bytes(CKA_LABEL, b"softhsm rsa"),
+        ],
+    )
+    .unwrap();
+    let aes_made_on_softhsm = aes_token_key(&e, s, b"softhsm aes");
+    assert_eq!(value(&e, s, aes_made_on_softhsm, CKA_SENSITIVE), [1]);
+    let after: u64 = e.member_status().iter().map(|m| m.replicated).sum();
+    assert_eq!(after - before, 5 * 2, "five objects, each to two members");
+    for m in 0..3 {
+        e.drain_member(m, false).unwrap();
+    }
     // NSS softokn keeps every token secret key sensitive: a key the application may read
     // cannot be held there as asked, so it is refused, wherever it was made, and nothing stays.
     for _ in 0..3 {
@@ -249,7 +284,7 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     }
 
     // A second engine (a restart) finds one copy of each, and copies nothing.
-    let e = Engine::new(cfg).unwrap();
+    let e = Engine::new(cfg.clone()).unwrap();
     let s = e
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .unwrap();
@@ -268,5 +303,47 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     }
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
     assert_eq!(copied, 0);
+    e.logout(s).unwrap();
+    drop(e);
+
+    // Inside an application that initialised softokn itself (an NSS tool, with its own
+    // database), the member's configuration cannot apply: it is refused, never taken to be the
+    // application's own key database.
+    let other = dir.path().join("application-db");
+    std::fs::create_dir_all(&other).unwrap();
+    // SAFETY: loading NSS's softokn runs no initialiser with preconditions.
+    let lib = unsafe { libloading::Library::new(hsmpool_tests::nss::SOFTOKN) }.unwrap();
+    let params = std::ffi::CString::new(format!(
+        "configdir='sql:{}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=",
+        other.display()
+    ))
+    .unwrap();
+    // SAFETY: C_GetFunctionList has the PKCS #11 signature; the list it gives is static.
+    let f = unsafe {
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV> =
+            lib.get(b"C_GetFunctionList\0").unwrap();
+        let mut f: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        assert_eq!(get(&mut f), CKR_OK);
+        &*f
+    };
+    let mut args = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: params.as_ptr() as *mut std::ffi::c_void,
+    };
+    // SAFETY: the arguments and the string they point at outlive the call.
+    let rv = unsafe { f.C_Initialize.unwrap()(std::ptr::from_mut(&mut args).cast()) };
+    assert_eq!(rv, CKR_OK);
+    let refused = Engine::new(cfg).err().expect("the NSS member is refused");
+    assert!(
+        refused.to_string().contains("already initialised"),
+        "{refused}"
+    );
+    // SAFETY: the library was initialised above and nothing else uses it now.
+    let rv = unsafe { f.C_Finalize.unwrap()(std::ptr::null_mut()) };
+    assert_eq!(rv, CKR_OK);
     drop(daemons);
 }

@@ -9,7 +9,9 @@
 //!   string as `pReserved` (as p11-kit's `x-init-reserved`): `C_Finalize` when the last member
 //!   on it goes (the engine's own `C_Finalize`). A library another part of the process
 //!   initialised already (`CKR_CRYPTOKI_ALREADY_INITIALIZED`) is used as it is and left
-//!   initialised.
+//!   initialised, unless the member has an initialisation string, which then cannot apply:
+//!   the member is refused (NSS softokn inside an NSS application would be that
+//!   application's own key database).
 //! - **The token**: the slot whose token has the configured serial number, else label (else
 //!   the first slot with a token). `C_InitToken` closes every session on that slot first (the
 //!   token refuses otherwise); a token found by label keeps its label through it.
@@ -185,6 +187,18 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
     let rv = unsafe { initialize(std::ptr::from_mut(&mut args).cast::<c_void>()) };
     match rv {
         CKR_OK => library.ours = true,
+        // Another part of the process initialised it with its own configuration (NSS's own
+        // tools and browsers load softokn themselves): ours cannot apply, and the tokens it
+        // shows are that application's (its own key database), never to be made a member.
+        CKR_CRYPTOKI_ALREADY_INITIALIZED if library._init.is_some() => {
+            libs.insert(path.to_path_buf(), (loaded, std::sync::Weak::new()));
+            return Err(config(
+                "already initialised by another part of this process (an NSS application \
+                 loads softokn itself), so its init_reserved cannot apply: this member cannot \
+                 be used in this process"
+                    .into(),
+            ));
+        }
         CKR_CRYPTOKI_ALREADY_INITIALIZED => {}
         rv => {
             libs.insert(path.to_path_buf(), (loaded, std::sync::Weak::new()));
@@ -563,8 +577,24 @@ impl Module {
                 Some(id) => id,
                 None => {
                     let mut id = self.content_id(h)?;
-                    // Two objects alike in everything read: the next free id.
-                    while self.handles.get(&id).is_some_and(|o| *o != h) {
+                    // Two objects alike in everything read: the next free id. A handle the
+                    // id was given before may have gone stale instead: SoftHSMv2 hands out new
+                    // handles for the objects of a token another process changed, and the
+                    // object is then the same one under its new handle.
+                    while let Some(other) = self.handles.get(&id).map(|o| *o) {
+                        if other == h {
+                            break;
+                        }
+                        if matches!(
+                            self.attribute(other, CKA_CLASS),
+                            Err(MemberError::Rv {
+                                rv: CKR_OBJECT_HANDLE_INVALID,
+                                ..
+                            })
+                        ) {
+                            self.forget(other);
+                            break;
+                        }
                         id = super::content::next_content_id(id);
                     }
                     id
@@ -997,6 +1027,78 @@ impl Module {
     }
 }
 
+/// A key template with the token's own defaults said out loud: what a template leaves out is
+/// filled in as our simulated HSMs do it (secret and private keys private, sensitive, not
+/// extractable, signing but not wrapping, unwrapping or deriving; public keys verifying;
+/// encrypting and decrypting by key type and by whether the key wraps), so that a key means
+/// the same whichever member makes it. Vendor modules choose otherwise (SoftHSMv2: an AES key
+/// is not sensitive and may wrap and decrypt, a private RSA key decrypts) and would make a
+/// cluster's keys differ by the member that happened to make them. Other objects pass as
+/// they are.
+fn with_token_defaults(
+    template: &[Attr],
+    class: Option<CK_OBJECT_CLASS>,
+    key_type: Option<CK_KEY_TYPE>,
+) -> Vec<Attr> {
+    let get = |ty| template.iter().rev().find(|a| a.ty == ty);
+    let class = class.or_else(|| get(CKA_CLASS).and_then(Attr::as_ulong));
+    let key_type = key_type.or_else(|| get(CKA_KEY_TYPE).and_then(Attr::as_ulong));
+    let on = |ty| get(ty).is_some_and(|a| a.value == [1]);
+    let rsa = key_type == Some(CKK_RSA);
+    let defaults: Vec<(CK_ATTRIBUTE_TYPE, bool)> = match class {
+        Some(CKO_SECRET_KEY) => vec![
+            (CKA_PRIVATE, true),
+            (CKA_SENSITIVE, true),
+            (CKA_SIGN, true),
+            (CKA_VERIFY, true),
+            (CKA_WRAP, false),
+            (CKA_UNWRAP, false),
+            (CKA_DERIVE, false),
+            (CKA_EXTRACTABLE, false),
+            (CKA_ENCRYPT, !on(CKA_UNWRAP)),
+            (CKA_DECRYPT, !on(CKA_WRAP)),
+        ],
+        Some(CKO_PRIVATE_KEY) => vec![
+            (CKA_PRIVATE, true),
+            (CKA_SENSITIVE, true),
+            (CKA_SIGN, true),
+            (CKA_SIGN_RECOVER, false),
+            (CKA_UNWRAP, false),
+            (CKA_DERIVE, false),
+            (CKA_EXTRACTABLE, false),
+            (CKA_DECRYPT, rsa && !on(CKA_UNWRAP)),
+        ],
+        Some(CKO_PUBLIC_KEY) => vec![
+            (CKA_PRIVATE, false),
+            (CKA_VERIFY, true),
+            (CKA_VERIFY_RECOVER, false),
+            (CKA_WRAP, false),
+            (CKA_DERIVE, false),
+            (CKA_ENCRYPT, rsa),
+        ],
+        _ => Vec::new(),
+    };
+    let mut t = template.to_vec();
+    for (ty, v) in defaults {
+        if get(ty).is_none() {
+            t.push(Attr::bool(ty, v));
+        }
+    }
+    t
+}
+
+/// The key type a key-generation mechanism makes.
+fn key_type_of(mech: &Mechanism) -> Option<CK_KEY_TYPE> {
+    match mech.mech {
+        CKM_AES_KEY_GEN => Some(CKK_AES),
+        CKM_GENERIC_SECRET_KEY_GEN => Some(CKK_GENERIC_SECRET),
+        CKM_RSA_PKCS_KEY_PAIR_GEN | CKM_RSA_X9_31_KEY_PAIR_GEN => Some(CKK_RSA),
+        CKM_EC_KEY_PAIR_GEN => Some(CKK_EC),
+        CKM_EC_EDWARDS_KEY_PAIR_GEN => Some(CKK_EC_EDWARDS),
+        _ => None,
+    }
+}
+
 /// A template whose `CKA_EC_POINT` is the DER OCTET STRING PKCS #11 asks for, where an
 /// application gave the bare uncompressed point on a NIST curve (as many do, and as our own
 /// members take): SoftHSMv2 stores what it is given, and would return the bare point.
@@ -1255,7 +1357,7 @@ impl Backend for Module {
         })
     }
     fn create_object(&self, s: MemberSession, template: &[Attr]) -> MemberResult<MemberObject> {
-        let template = der_ec_point(template);
+        let template = with_token_defaults(&der_ec_point(template), None, None);
         checked_import(&template).map_err(|rv| self.rv(rv))?;
         let made = self.new_object(&template, |t, h| {
             let raw = t.as_slice();
@@ -1417,6 +1519,7 @@ impl Backend for Module {
         template: &[Attr],
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let template = &with_token_defaults(template, Some(CKO_SECRET_KEY), key_type_of(mech));
         let made = self.new_object(template, |t, h| {
             let raw = t.as_slice();
             call!(
@@ -1440,6 +1543,8 @@ impl Backend for Module {
         private: &[Attr],
     ) -> MemberResult<(MemberObject, MemberObject)> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
+        let public = &with_token_defaults(public, Some(CKO_PUBLIC_KEY), key_type_of(mech));
+        let private = &with_token_defaults(private, Some(CKO_PRIVATE_KEY), key_type_of(mech));
         let (pt, pid) = self.strip(public);
         let (kt, kid) = self.strip(private);
         let pck = CkTemplate::new(&pt).map_err(|rv| self.rv(rv))?;
@@ -1504,8 +1609,8 @@ impl Backend for Module {
     ) -> MemberResult<MemberObject> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let uh = self.handle(unwrapping)?;
-        let asked = template;
-        let mut template = template.to_vec();
+        let asked = &with_token_defaults(template, None, None);
+        let mut template = asked.clone();
         if self.nss {
             template.extend(self.nss_public_value(&template)?);
         }

@@ -1017,13 +1017,19 @@ fn pkcs8_round_trips_through_wrapping() {
     for k in [&kek, rsa_public, &ec_public] {
         assert_eq!(private_key_pkcs8(k).map(|_| ()), Err(CKR_KEY_NOT_WRAPPABLE));
     }
-    // Garbage, truncations, trailing bytes.
+    // Garbage, truncations, trailing bytes (other than SoftHSMv2's padding: up to 7 zeros).
     let p8 = private_key_pkcs8(&pairs[0].0).unwrap();
+    for padded in 1..8 {
+        let with = [p8.as_slice(), &vec![0u8; padded]].concat();
+        assert!(load_private_pkcs8(&with).is_ok(), "{padded} zeros");
+    }
     for bad in [
         vec![],
         vec![0x30, 0x00],
         p8[..p8.len() - 1].to_vec(),
-        [p8.as_slice(), &[0]].concat(),
+        [p8.as_slice(), &[1]].concat(),
+        [p8.as_slice(), &[0; 8]].concat(),
+        [p8.as_slice(), &[0, 0, 1]].concat(),
         vec![0xff; 100],
     ] {
         assert_eq!(

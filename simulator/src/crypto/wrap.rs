@@ -264,13 +264,33 @@ pub fn private_key_pkcs8(key: &LoadedKey) -> Result<Zeroizing<Vec<u8>>, Rv> {
     }
 }
 
+/// A DER structure with what follows it dropped when that is fewer than 8 zero bytes:
+/// SoftHSMv2 2.6 pads a key with zeros to a multiple of 8 before its RFC 5649 wrapping (whose
+/// length field then counts them), and OpenSSL and NSS softokn take such a PKCS #8 key by the
+/// structure's own length. Anything else is left whole (and refused if it is not one structure).
+fn without_zero_padding(der: &[u8]) -> &[u8] {
+    let len = match der {
+        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
+        [0x30, 0x81, n, ..] => Some(3 + usize::from(*n)),
+        [0x30, 0x82, hi, lo, ..] => Some(4 + (usize::from(*hi) << 8 | usize::from(*lo))),
+        _ => None,
+    };
+    match len {
+        Some(l) if l < der.len() && der.len() - l < 8 && der[l..].iter().all(|b| *b == 0) => {
+            &der[..l]
+        }
+        _ => der,
+    }
+}
+
 /// Reads an unwrapped PKCS #8 private key: `(material, CKK_RSA | CKK_EC | CKK_EC_EDWARDS)`.
 /// The material is normalised (re-encoded by aws-lc) and checked as [`LoadedKey::load`] would.
 ///
-/// Errors: `CKR_WRAPPED_KEY_INVALID` (not a PKCS #8 key aws-lc parses, trailing bytes, another
+/// Errors: `CKR_WRAPPED_KEY_INVALID` (not a PKCS #8 key aws-lc parses, trailing bytes other than up to 7 zeros, another
 /// algorithm, or an RSA size outside 2048..=8192), `CKR_CURVE_NOT_SUPPORTED` (an EC key on
 /// another curve).
 pub fn load_private_pkcs8(pkcs8: &[u8]) -> Result<(KeyMaterial, CK_KEY_TYPE), Rv> {
+    let pkcs8 = without_zero_padding(pkcs8);
     let pkey = Pkey::parse_private(pkcs8).map_err(|_| CKR_WRAPPED_KEY_INVALID)?;
     match pkey.id() {
         raw::PKEY_RSA => {
