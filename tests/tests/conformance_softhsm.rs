@@ -11,7 +11,6 @@ use std::process::Command;
 /// Conformance tests that fail over SoftHSMv2 members, and why.
 const DIFFERENCES: &[(&str, &str)] = &[
     ("a_missing_mechanism_parameter_is_refused_at_init", "SoftHSMv2 has no CKM_SHA_1_HMAC_GENERAL: the token does not offer it (CKR_MECHANISM_INVALID before its parameter is looked at)"),
-    ("a_template_asking_only_to_wrap_gets_a_key_that_does_not_decrypt", "SoftHSMv2 defaults CKA_DECRYPT to true where the template is silent; our key policy does not"),
     ("aes_gcm_and_cbc_pad_single_and_multi_part", "SoftHSMv2 answers a GCM tag that does not verify with CKR_GENERAL_ERROR, not CKR_ENCRYPTED_DATA_INVALID"),
     ("cloudhsm::cloudhsm_aes_gcm_prepends_the_iv_it_makes", "AWS CloudHSM's vendor mechanisms are our simulator's, not SoftHSMv2's"),
     ("cloudhsm::cloudhsm_aes_key_wraps_match_rfc_3394_and_5649", "AWS CloudHSM's vendor mechanisms are our simulator's, not SoftHSMv2's"),
@@ -28,9 +27,7 @@ const DIFFERENCES: &[(&str, &str)] = &[
     ("op_state::an_update_after_a_single_part_length_query_is_refused_and_the_operation_goes_on", "its HMAC key is shorter than SoftHSMv2 takes (CKR_KEY_SIZE_RANGE)"),
     ("op_state::verify_has_no_length_query_and_ends_with_its_single_part_call", "its HMAC key is shorter than SoftHSMv2 takes (CKR_KEY_SIZE_RANGE)"),
     ("rsa_oaep_and_pkcs1_encryption_round_trip", "SoftHSMv2 2.6 does RSA-OAEP with SHA-1 only (CKR_ARGUMENTS_BAD)"),
-    ("self_signed_certificates_are_presented_read_only_and_verify", "after a logout and login the presented certificate gets another handle over SoftHSMv2 members (not yet understood: issue 13)"),
     ("session_rules", "SoftHSMv2 has no named users, so C_LoginUser is CKR_FUNCTION_NOT_SUPPORTED through a vendor module"),
-    ("templates::the_token_still_sets_what_applications_may_not", "SoftHSMv2 makes a key not sensitive where the template is silent, so it is not CKA_ALWAYS_SENSITIVE"),
     ("templates::token_only_attributes_are_read_only_in_every_application_template", "its derive mechanism is not one SoftHSMv2 offers (CKR_MECHANISM_INVALID before the template is looked at)"),
     ("ten_wrong_pins_lock_the_user_until_the_so_resets_it", "SoftHSMv2 never locks a PIN"),
     ("token_flags_tell_the_truth_through_initialisation", "a SoftHSMv2 token exists only once initialised, so the cluster's token is never uninitialised"),

@@ -242,8 +242,13 @@ impl Backend for ContentIds {
     ) -> MemberResult<Vec<AttrAnswer>> {
         let mut answers = self.inner.get_attributes(s, self.inn(o)?, types)?;
         for (ty, a) in types.iter().zip(answers.iter_mut()) {
-            if *ty == CKA_HSMPOOL_OBJECT_ID {
-                *a = AttrAnswer::Value(Attr::ulong(*ty, o.0 as CK_ULONG).value.to_vec());
+            match *ty {
+                CKA_HSMPOOL_OBJECT_ID => {
+                    *a = AttrAnswer::Value(Attr::ulong(*ty, o.0 as CK_ULONG).value.to_vec());
+                }
+                // The unique id is the object's id, as the other members give it.
+                CKA_UNIQUE_ID => *a = AttrAnswer::Value(format!("{:016x}", o.0).into_bytes()),
+                _ => {}
             }
         }
         Ok(answers)

@@ -1413,6 +1413,10 @@ impl Backend for Module {
                 CKA_HSMPOOL_OBJECT_ID => Ok(AttrAnswer::Value(
                     Attr::ulong(ty, o.0 as CK_ULONG).value.to_vec(),
                 )),
+                // One object has one unique id on every member (3.0 §4.4): ours, as our
+                // simulated HSMs give it; a vendor's own differs from token to token, and
+                // SoftHSMv2 2.6 has none.
+                CKA_UNIQUE_ID => Ok(AttrAnswer::Value(format!("{:016x}", o.0).into_bytes())),
                 // Nested templates are read in the next step (issue 13).
                 ty if hsmpool_member::types::is_array_attribute(ty) => Ok(AttrAnswer::Invalid),
                 // NSS softokn does not know them (3.87); its objects may be copied and removed.
