@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod conformance;
 pub mod daemons;
 pub mod engine;
 pub mod hsmd;

@@ -191,6 +191,7 @@ pub struct Fixture {
     pub path: std::path::PathBuf,
     /// Owns (and removes) the directory when the fixture made it.
     _dir: Option<tempfile::TempDir>,
+    _daemons: Option<crate::daemons::DaemonCluster>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -214,6 +215,7 @@ impl Fixture {
     fn open(path: std::path::PathBuf, dir: Option<tempfile::TempDir>) -> Fixture {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let m = MODULE.get_or_init(Module::load);
+        let mut daemons = None;
         let conf = match std::env::var("HSMPOOL_TEST_MEMBERS").as_deref() {
             // The same tests over three SoftHSMv2 tokens as vendor-module members.
             Ok("softhsm") => {
@@ -222,6 +224,23 @@ impl Fixture {
                 std::env::set_var("SOFTHSM2_CONF", &t.conf);
                 let conf = path.join("hsmpool.toml");
                 std::fs::write(&conf, t.members_toml()).expect("the temp dir is writable");
+                conf
+            }
+            // The same tests over a mixed cluster: a daemon, a SoftHSMv2 token, an NSS
+            // database (the daemon lives as long as the fixture).
+            Ok("mixed") => {
+                let t =
+                    crate::softhsm::SoftHsmTokens::create(&path, 1, "fixture", SO_PIN, USER_PIN);
+                std::env::set_var("SOFTHSM2_CONF", &t.conf);
+                let nss = crate::nss::NssDb::create(&path);
+                let cluster = crate::daemons::DaemonCluster::start(1, crate::fault_seed(), "");
+                let text = std::fs::read_to_string(&cluster.conf)
+                    .expect("the daemon's configuration")
+                    + &t.members_toml()
+                    + &nss.member_toml();
+                let conf = path.join("hsmpool.toml");
+                std::fs::write(&conf, text).expect("the temp dir is writable");
+                daemons = Some(cluster);
                 conf
             }
             _ => crate::write_test_config(&path),
@@ -234,6 +253,7 @@ impl Fixture {
             m,
             path,
             _dir: dir,
+            _daemons: daemons,
             _serial: serial,
         }
     }

@@ -1,12 +1,7 @@
 //! The conformance suite (tests/tests/conformance.rs) run again with three SoftHSMv2 tokens as
 //! the members of the token (`HSMPOOL_TEST_MEMBERS=softhsm`, see `hsmpool_tests::raw::Fixture`),
-//! judged here: every test passes except those listed in [`DIFFERENCES`], each with what
-//! SoftHSMv2 2.6 does otherwise, and each of those must fail (a listed test that passes fails
-//! this one: the list stays exact). The conformance binary is the one cargo built beside this
-//! one.
-
-use std::path::PathBuf;
-use std::process::Command;
+//! judged here (`hsmpool_tests::conformance::judge`): every test passes except those listed in
+//! [`DIFFERENCES`], each with what SoftHSMv2 2.6 does otherwise, and each of those must fail.
 
 /// Conformance tests that fail over SoftHSMv2 members, and why.
 const DIFFERENCES: &[(&str, &str)] = &[
@@ -33,74 +28,8 @@ const DIFFERENCES: &[(&str, &str)] = &[
     ("token_flags_tell_the_truth_through_initialisation", "a SoftHSMv2 token exists only once initialised, so the cluster's token is never uninitialised"),
 ];
 
-/// The conformance test binary cargo built beside this one (the newest, if several).
-fn conformance_binary() -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    let deps = me.parent().unwrap();
-    std::fs::read_dir(deps)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with("conformance-")
-                && !name.contains('.')
-                && p.metadata().map(|m| m.is_file()).unwrap_or(false)
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .expect("the conformance test binary is built (cargo build --workspace --all-targets)")
-}
-
 #[test]
 fn the_conformance_suite_over_three_softhsm2_tokens_differs_only_where_listed() {
     hsmpool_tests::require_tool("softhsm2-util");
-    let bin = conformance_binary();
-    let out = Command::new(&bin)
-        .args(["--test-threads", "1"])
-        .env("HSMPOOL_TEST_MEMBERS", "softhsm")
-        .output()
-        .expect("the conformance binary runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut passed = Vec::new();
-    let mut failed = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some(name) = rest.strip_suffix(" ... ok") {
-                passed.push(name.to_owned());
-            } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
-                failed.push(name.to_owned());
-            }
-        }
-    }
-    let listed = |n: &str| DIFFERENCES.iter().any(|(d, _)| *d == n);
-    let unexpected: Vec<&String> = failed.iter().filter(|n| !listed(n)).collect();
-    let now_passing: Vec<&&str> = DIFFERENCES
-        .iter()
-        .map(|(d, _)| d)
-        .filter(|d| passed.iter().any(|p| p == *d))
-        .collect();
-    let missing: Vec<&&str> = DIFFERENCES
-        .iter()
-        .map(|(d, _)| d)
-        .filter(|d| !failed.iter().any(|f| f == *d) && !passed.iter().any(|p| p == *d))
-        .collect();
-    println!(
-        "conformance over three SoftHSMv2 tokens: {} passed, {} failed, of which {} listed",
-        passed.len(),
-        failed.len(),
-        failed.len() - unexpected.len()
-    );
-    for (d, why) in DIFFERENCES {
-        println!("  differs: {d}: {why}");
-    }
-    assert!(
-        passed.len() + failed.len() > 40,
-        "the conformance binary ran too few tests:\n{text}"
-    );
-    assert!(
-        unexpected.is_empty() && now_passing.is_empty() && missing.is_empty(),
-        "failed and not listed: {unexpected:?}; listed but passing now: {now_passing:?}; \
-         listed but not run: {missing:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hsmpool_tests::conformance::judge("softhsm", "three SoftHSMv2 tokens", DIFFERENCES);
 }

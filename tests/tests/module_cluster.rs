@@ -222,7 +222,27 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
         assert_eq!(&mac[..], expect.as_ref());
     }
 
-    // And on each member, asked directly: the copies sign as the original does.
+    // A key restricted to one mechanism keeps its restriction on every copy.
+    let only = (CKM_ECDSA_SHA256 as CK_ULONG).to_ne_bytes().to_vec();
+    e.generate_key_pair(
+        s,
+        Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bytes(CKA_EC_PARAMS, &hsmpool_tests::engine::P256),
+            Attr::bytes(CKA_LABEL, b"cluster restricted"),
+        ],
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::bool(CKA_SIGN, true),
+            Attr::bytes(CKA_LABEL, b"cluster restricted"),
+            Attr::bytes(CKA_ALLOWED_MECHANISMS, &only),
+        ],
+    )
+    .unwrap();
+
+    // And on each member, asked directly: the copies sign as the original does, and keep the
+    // restriction.
     {
         let members = hsmpool_engine::backend::open_members(&config()).unwrap();
         for b in &members {
@@ -241,6 +261,23 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
                 )
                 .unwrap_or_else(|e| panic!("{}: {e}", b.describe()));
             assert_eq!(&mac[..], expect.as_ref(), "{}", b.describe());
+            let restricted = b
+                .find(
+                    ms,
+                    &[
+                        Attr::ulong(CKA_CLASS, CKO_PRIVATE_KEY),
+                        Attr::bytes(CKA_LABEL, b"cluster restricted"),
+                    ],
+                )
+                .unwrap();
+            assert_eq!(restricted.len(), 1, "{}", b.describe());
+            assert_eq!(
+                b.get_attributes(ms, restricted[0], &[CKA_ALLOWED_MECHANISMS])
+                    .unwrap(),
+                [hsmpool_engine::types::AttrAnswer::Value(only.clone())],
+                "{}",
+                b.describe()
+            );
             b.close_session(ms);
         }
     }

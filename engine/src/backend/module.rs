@@ -629,14 +629,20 @@ impl Module {
     }
 
     /// A template as the module takes it: our id attribute taken out (and returned), and, for
-    /// NSS softokn, `CKA_COPYABLE` and `CKA_DESTROYABLE` true (their defaults) left out: its
-    /// database (3.87) has no place for them and fails the whole call (`CKR_GENERAL_ERROR`).
+    /// NSS softokn, `CKA_COPYABLE` and `CKA_DESTROYABLE` true and an empty
+    /// `CKA_ALLOWED_MECHANISMS` (their defaults) left out: its database (3.87) has no place for
+    /// them and fails the whole call (`CKR_GENERAL_ERROR`). See also [`Module::holdable`].
     fn strip(&self, template: &[Attr]) -> (Vec<Attr>, Option<u64>) {
         let mut id = None;
         let t = template
             .iter()
             .filter(|a| {
-                if self.nss && matches!(a.ty, CKA_COPYABLE | CKA_DESTROYABLE) && a.value == [1] {
+                let nss_default = match a.ty {
+                    CKA_COPYABLE | CKA_DESTROYABLE => a.value == [1],
+                    CKA_ALLOWED_MECHANISMS => a.value.is_empty(),
+                    _ => false,
+                };
+                if self.nss && nss_default {
                     false
                 } else if a.ty == CKA_HSMPOOL_OBJECT_ID {
                     // `CK_ULONG` is 64 bits here but 32 on some platforms.
@@ -1014,11 +1020,31 @@ impl Module {
         }))
     }
 
+    /// Whether the token can hold an object as `template` asks: NSS softokn cannot restrict a
+    /// key's mechanisms (it does not know `CKA_ALLOWED_MECHANISMS`), so such a key is
+    /// `CKR_TEMPLATE_INCONSISTENT` here (a cluster with an NSS member then refuses it: a copy
+    /// without its restriction would allow more than its original).
+    fn holdable(&self, template: &[Attr]) -> MemberResult<()> {
+        if self.nss
+            && template
+                .iter()
+                .any(|a| a.ty == CKA_ALLOWED_MECHANISMS && !a.value.is_empty())
+        {
+            tracing::debug!(
+                member = self.id.0,
+                "NSS softokn cannot restrict a key's mechanisms"
+            );
+            return Err(self.rv(CKR_TEMPLATE_INCONSISTENT));
+        }
+        Ok(())
+    }
+
     fn new_object(
         &self,
         template: &[Attr],
         make: impl FnOnce(&CkTemplate<'_>, &mut CK_OBJECT_HANDLE) -> MemberResult<()>,
     ) -> MemberResult<MemberObject> {
+        self.holdable(template)?;
         let (t, id) = self.strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
@@ -1549,6 +1575,8 @@ impl Backend for Module {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
         let public = &with_token_defaults(public, Some(CKO_PUBLIC_KEY), key_type_of(mech));
         let private = &with_token_defaults(private, Some(CKO_PRIVATE_KEY), key_type_of(mech));
+        self.holdable(public)?;
+        self.holdable(private)?;
         let (pt, pid) = self.strip(public);
         let (kt, kid) = self.strip(private);
         let pck = CkTemplate::new(&pt).map_err(|rv| self.rv(rv))?;

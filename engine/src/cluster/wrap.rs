@@ -77,6 +77,9 @@ const KEY: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_START_DATE,
     CKA_END_DATE,
     CKA_DERIVE,
+    // A restriction travels with its key (an empty one, no restriction, is left out: a module
+    // that does not know the attribute holds such a key all the same).
+    CKA_ALLOWED_MECHANISMS,
 ];
 const PUBLIC_KEY: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_SUBJECT,
@@ -191,6 +194,7 @@ fn read_copied(
         .iter()
         .zip(answers)
         .filter_map(|(ty, a)| match a {
+            AttrAnswer::Value(value) if *ty == CKA_ALLOWED_MECHANISMS && value.is_empty() => None,
             AttrAnswer::Value(value) => Some(Attr { ty: *ty, value }),
             _ => None,
         })
