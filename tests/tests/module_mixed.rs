@@ -206,6 +206,36 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     for m in 0..3 {
         e.drain_member(m, false).unwrap();
     }
+    // Many threads making session keys at once on the NSS member alone (the others drained):
+    // the engine's pool session is shared, and softokn refuses a second key generation on a
+    // session while one runs (CKR_OPERATION_ACTIVE) unless the calls take turns.
+    for m in 0..3 {
+        e.drain_member(m, m != 2).unwrap();
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                let ts = e
+                    .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+                    .unwrap();
+                for _ in 0..2 {
+                    ec_pair(&e, ts, b"threads", false);
+                    e.generate_key_pair(
+                        ts,
+                        Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
+                        vec![Attr::ulong(CKA_MODULUS_BITS, 2048)],
+                        vec![Attr::bool(CKA_SIGN, true)],
+                    )
+                    .unwrap();
+                }
+                e.close_session(ts).unwrap();
+            });
+        }
+    });
+    for m in 0..3 {
+        e.drain_member(m, false).unwrap();
+    }
+
     // NSS softokn keeps every token secret key sensitive: a key the application may read
     // cannot be held there as asked, so it is refused, wherever it was made, and nothing stays.
     for _ in 0..3 {

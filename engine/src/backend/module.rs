@@ -242,6 +242,11 @@ pub struct Module {
     create_locks: [Mutex<()>; CREATE_STRIPES],
     /// The module is NSS softokn (see [`NSS_DB`] and `Module::strip`).
     nss: bool,
+    /// One call at a time on each of the engine's pool sessions (striped by handle): a pool
+    /// session is shared by the engine's threads, and a vendor may refuse a second call on a
+    /// session while one runs (NSS softokn: CKR_OPERATION_ACTIVE for concurrent key
+    /// generation) or break under it.
+    session_locks: [Mutex<()>; CREATE_STRIPES],
 }
 
 /// NSS softokn's `CKA_NSS_DB` (`CKA_NETSCAPE_DB`): the public value it keeps with a private
@@ -369,6 +374,11 @@ impl Drop for OpSession<'_> {
 }
 
 impl Module {
+    /// Hold pool session `s` for one vendor call (see `Module::session_locks`).
+    fn on(&self, s: MemberSession) -> parking_lot::MutexGuard<'_, ()> {
+        self.session_locks[(s.0 as usize) % CREATE_STRIPES].lock()
+    }
+
     /// The PIN to give the token for `role`: its own (`pin_from`, `so_pin_from`), else the
     /// application's.
     fn pin_for<'a>(&'a self, role: Role, given: &'a [u8]) -> &'a [u8] {
@@ -409,6 +419,7 @@ impl Module {
             always_auth: DashMap::with_hasher(IdHash),
             create_locks: std::array::from_fn(|_| Mutex::new(())),
             nss: false,
+            session_locks: std::array::from_fn(|_| Mutex::new(())),
         };
         // SAFETY: CK_INFO is plain data: all zeroes is a value.
         let mut info: CK_INFO = unsafe { std::mem::zeroed() };
@@ -1387,6 +1398,7 @@ impl Backend for Module {
         checked_import(&template).map_err(|rv| self.rv(rv))?;
         let made = self.new_object(&template, |t, h| {
             let raw = t.as_slice();
+            let _one = self.on(s);
             call!(
                 self,
                 C_CreateObject(
@@ -1408,6 +1420,7 @@ impl Backend for Module {
         let from = self.handle(o)?;
         self.new_object(template, |t, h| {
             let raw = t.as_slice();
+            let _one = self.on(s);
             call!(
                 self,
                 C_CopyObject(
@@ -1422,6 +1435,7 @@ impl Backend for Module {
     }
     fn destroy_object(&self, s: MemberSession, o: MemberObject) -> MemberResult<()> {
         let h = self.handle(o)?;
+        let _one = self.on(s);
         call!(self, C_DestroyObject(s.0 as CK_SESSION_HANDLE, h))?;
         self.forget(h);
         Ok(())
@@ -1464,6 +1478,7 @@ impl Backend for Module {
         let (t, _) = self.strip(template);
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let raw = ck.as_slice();
+        let _one = self.on(s);
         call!(
             self,
             C_SetAttributeValue(
@@ -1552,6 +1567,7 @@ impl Backend for Module {
         let template = &with_token_defaults(template, Some(CKO_SECRET_KEY), key_type_of(mech));
         let made = self.new_object(template, |t, h| {
             let raw = t.as_slice();
+            let _one = self.on(s);
             call!(
                 self,
                 C_GenerateKey(
@@ -1573,7 +1589,14 @@ impl Backend for Module {
         private: &[Attr],
     ) -> MemberResult<(MemberObject, MemberObject)> {
         let m = CkMechanism::new(mech).map_err(|rv| self.rv(rv))?;
-        let public = &with_token_defaults(public, Some(CKO_PUBLIC_KEY), key_type_of(mech));
+        let mut public = with_token_defaults(public, Some(CKO_PUBLIC_KEY), key_type_of(mech));
+        // Our members make RSA keys with exponent 65537 when the template names none; NSS
+        // softokn refuses a template without one (CKR_TEMPLATE_INCOMPLETE).
+        if key_type_of(mech) == Some(CKK_RSA) && !public.iter().any(|a| a.ty == CKA_PUBLIC_EXPONENT)
+        {
+            public.push(Attr::bytes(CKA_PUBLIC_EXPONENT, &[1, 0, 1]));
+        }
+        let public = &public;
         let private = &with_token_defaults(private, Some(CKO_PRIVATE_KEY), key_type_of(mech));
         self.holdable(public)?;
         self.holdable(private)?;
@@ -1588,6 +1611,7 @@ impl Backend for Module {
             probe_of(&kt, Some(CKO_PRIVATE_KEY)),
         ];
         self.without_orphans(&probes, || {
+            let _one = self.on(s);
             call!(
                 self,
                 C_GenerateKeyPair(
@@ -1648,6 +1672,7 @@ impl Backend for Module {
         }
         let made = self.new_object(&template, |t, h| {
             let raw = t.as_slice();
+            let _one = self.on(s);
             call!(
                 self,
                 C_UnwrapKey(
@@ -1675,6 +1700,7 @@ impl Backend for Module {
         let bh = self.handle(base)?;
         self.new_object(template, |t, h| {
             let raw = t.as_slice();
+            let _one = self.on(s);
             call!(
                 self,
                 C_DeriveKey(
