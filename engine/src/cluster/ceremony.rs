@@ -129,14 +129,9 @@ impl<'a> Officer<'a> {
     }
 
     fn find_key(&self, label: &str) -> Result<Option<MemberObject>, String> {
-        let t = [
-            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
-            Attr::bool(CKA_TOKEN, true),
-            Attr::bytes(CKA_LABEL, label.as_bytes()),
-        ];
         let found = self
             .b
-            .find(self.s, &t)
+            .find(self.s, &super::wrap::wrap_key_lookup(label))
             .map_err(|e| self.err("find the wrapping key", e))?;
         Ok(found.first().copied())
     }
@@ -239,6 +234,25 @@ enum Carried {
     NoUserYet,
 }
 
+/// `key` wrapped on `o` under the RSA public key `transport` with RSA-OAEP: SHA-256, else
+/// SHA-1 (all SoftHSMv2 accepts for wrapping, which it says with `CKR_ARGUMENTS_BAD`). The
+/// mechanism that did it comes back with the wrapped bytes (in zeroizing memory).
+fn oaep_wrap(
+    o: &Officer<'_>,
+    transport: MemberObject,
+    key: MemberObject,
+) -> Result<(Mechanism, Zeroizing<Vec<u8>>), MemberError> {
+    match o.b.wrap_key(o.s, &oaep(true), transport, key) {
+        Ok(w) => Ok((oaep(true), Zeroizing::new(w))),
+        Err(e) if matches!(e.rv(), CKR_MECHANISM_PARAM_INVALID | CKR_ARGUMENTS_BAD) => {
+            let mech = oaep(false);
+            let w = o.b.wrap_key(o.s, &mech, transport, key)?;
+            Ok((mech, Zeroizing::new(w)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Carry the key from `src` to `dst` under a one-time transport key made on `dst`.
 fn carry(
     src: &Officer<'_>,
@@ -276,32 +290,19 @@ fn carry(
             ],
         )
         .map_err(|e| src.err("take in the transport key", e))?;
-    let mut result = Err(String::new());
-    for sha256 in [true, false] {
-        let mech = oaep(sha256);
-        let wrapped = match src.b.wrap_key(src.s, &mech, transport, key) {
-            Ok(w) => Zeroizing::new(w),
-            // SoftHSMv2 takes only SHA-1 in OAEP, and says so with CKR_ARGUMENTS_BAD.
-            Err(e)
-                if sha256 && matches!(e.rv(), CKR_MECHANISM_PARAM_INVALID | CKR_ARGUMENTS_BAD) =>
+    let result = match oaep_wrap(src, transport, key) {
+        Ok((mech, wrapped)) => {
+            match dst
+                .b
+                .unwrap_key(dst.s, &mech, privk, &wrapped, &key_template(label, true))
             {
-                continue
+                Ok(_) => Ok(Carried::Done),
+                Err(e) if no_user_yet(&e) => Ok(Carried::NoUserYet),
+                Err(e) => Err(dst.err("unwrap the key", e)),
             }
-            Err(e) => {
-                result = Err(src.err("wrap the key for transport", e));
-                break;
-            }
-        };
-        result = match dst
-            .b
-            .unwrap_key(dst.s, &mech, privk, &wrapped, &key_template(label, true))
-        {
-            Ok(_) => Ok(Carried::Done),
-            Err(e) if no_user_yet(&e) => Ok(Carried::NoUserYet),
-            Err(e) => Err(dst.err("unwrap the key", e)),
-        };
-        break;
-    }
+        }
+        Err(e) => Err(src.err("wrap the key for transport", e)),
+    };
     for (b, s, o) in [
         (src.b, src.s, transport),
         (dst.b, dst.s, pubk),
@@ -367,26 +368,14 @@ fn prove(
 /// RSA-3072 public key of its own (both halves session objects, removed at once).
 fn lets_out(o: &Officer<'_>, k: MemberObject) -> Result<bool, String> {
     let (pubk, privk) = transport_pair(o).map_err(|e| o.err("make a transport key", e))?;
-    let mut answer = Ok(false);
-    for sha256 in [true, false] {
-        answer = match o.b.wrap_key(o.s, &oaep(sha256), pubk, k) {
-            Ok(w) => {
-                drop(Zeroizing::new(w));
-                Ok(true)
-            }
-            Err(e)
-                if sha256 && matches!(e.rv(), CKR_MECHANISM_PARAM_INVALID | CKR_ARGUMENTS_BAD) =>
-            {
-                continue
-            }
-            Err(MemberError::Rv {
-                rv: CKR_KEY_NOT_WRAPPABLE,
-                ..
-            }) => Ok(false),
-            Err(e) => Err(o.err("wrap the key for transport", e)),
-        };
-        break;
-    }
+    let answer = match oaep_wrap(o, pubk, k) {
+        Ok(_) => Ok(true),
+        Err(MemberError::Rv {
+            rv: CKR_KEY_NOT_WRAPPABLE,
+            ..
+        }) => Ok(false),
+        Err(e) => Err(o.err("wrap the key for transport", e)),
+    };
     let _ = o.b.destroy_object(o.s, pubk);
     let _ = o.b.destroy_object(o.s, privk);
     answer
@@ -620,11 +609,7 @@ impl super::Cluster {
         }
         let _one = self.wrap_key_ceremony.lock();
         let label = &self.settings.wrap_key_label;
-        let template = [
-            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
-            Attr::bool(CKA_TOKEN, true),
-            Attr::bytes(CKA_LABEL, label.as_bytes()),
-        ];
+        let template = super::wrap::wrap_key_lookup(label);
         let mut lacking = false;
         for m in &self.members {
             let found = self.call(super::Route::Member(m.index), 2, |b, s| {

@@ -220,6 +220,15 @@ pub(crate) fn not_copyable(e: &Error) -> bool {
     ) || matches!(e, Error::KeyFunctionNotPermitted | Error::ActionProhibited)
 }
 
+/// The template that finds the cluster wrapping key labelled `label` on a member.
+pub(crate) fn wrap_key_lookup(label: &str) -> [Attr; 3] {
+    [
+        Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attr::bool(CKA_TOKEN, true),
+        Attr::bytes(CKA_LABEL, label.as_bytes()),
+    ]
+}
+
 impl Cluster {
     /// The cluster wrapping key on member `m` (found by label, then remembered; looked for
     /// again while absent, since the ceremony may have been run since).
@@ -229,11 +238,7 @@ impl Cluster {
             return Ok(k);
         }
         let label = &self.settings.wrap_key_label;
-        let template = [
-            Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
-            Attr::bool(CKA_TOKEN, true),
-            Attr::bytes(CKA_LABEL, label.as_bytes()),
-        ];
+        let template = wrap_key_lookup(label);
         let found = self.call(Route::Member(m), 2, |b, s| b.find(s, &template))?;
         *member.wrap_key.lock() = Some(found.first().copied());
         found.first().copied().ok_or_else(|| {
