@@ -36,6 +36,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::mixed::MixedMembers;
 use hsmpool_tests::nss::NssDb;
 use hsmpool_tests::raw::Module;
 use hsmpool_tests::softhsm::SoftHsmTokens;
@@ -154,15 +155,14 @@ impl Setup {
     /// again through us, and its `C_InitPIN` gives NSS its user and the wrapping key).
     pub fn mixed_with(so_pin: &str, user_pin: &str) -> Setup {
         let scratch = tempfile::tempdir().expect("a temp dir can be made");
-        let tokens = SoftHsmTokens::create(scratch.path(), 1, "interop-member", so_pin, user_pin);
-        std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
-        let nss = NssDb::create(scratch.path());
-        let cluster = DaemonCluster::start(1, 6, "");
-        let text = std::fs::read_to_string(&cluster.conf).expect("the daemon's configuration")
-            + &tokens.members_toml()
-            + &nss.member_toml();
+        let MixedMembers {
+            tokens,
+            nss,
+            daemons: cluster,
+            toml,
+        } = MixedMembers::create(scratch.path(), "interop-member", so_pin, user_pin, 6, "");
         let conf = scratch.path().join("hsmpool.toml");
-        std::fs::write(&conf, text).expect("the temp dir is writable");
+        std::fs::write(&conf, toml).expect("the temp dir is writable");
         Setup {
             kind: Kind::Mixed,
             module: module_path(),

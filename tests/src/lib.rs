@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod daemons;
 pub mod engine;
 pub mod hsmd;
+pub mod mixed;
 pub mod nss;
 pub mod pki;
 pub mod raw;

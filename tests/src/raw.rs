@@ -229,18 +229,17 @@ impl Fixture {
             // The same tests over a mixed cluster: a daemon, a SoftHSMv2 token, an NSS
             // database (the daemon lives as long as the fixture).
             Ok("mixed") => {
-                let t =
-                    crate::softhsm::SoftHsmTokens::create(&path, 1, "fixture", SO_PIN, USER_PIN);
-                std::env::set_var("SOFTHSM2_CONF", &t.conf);
-                let nss = crate::nss::NssDb::create(&path);
-                let cluster = crate::daemons::DaemonCluster::start(1, crate::fault_seed(), "");
-                let text = std::fs::read_to_string(&cluster.conf)
-                    .expect("the daemon's configuration")
-                    + &t.members_toml()
-                    + &nss.member_toml();
+                let mixed = crate::mixed::MixedMembers::create(
+                    &path,
+                    "fixture",
+                    SO_PIN,
+                    USER_PIN,
+                    crate::fault_seed(),
+                    "",
+                );
                 let conf = path.join("hsmpool.toml");
-                std::fs::write(&conf, text).expect("the temp dir is writable");
-                daemons = Some(cluster);
+                std::fs::write(&conf, &mixed.toml).expect("the temp dir is writable");
+                daemons = Some(mixed.daemons);
                 conf
             }
             _ => crate::write_test_config(&path),

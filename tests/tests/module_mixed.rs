@@ -19,11 +19,10 @@ use cryptoki_sys::*;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{OpKind, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::daemons::DaemonCluster;
 use hsmpool_tests::engine::{aes_token_key, ec_pair, value};
-use hsmpool_tests::nss::NssDb;
+use hsmpool_tests::mixed::MixedMembers;
 use hsmpool_tests::require_tool;
-use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
+use hsmpool_tests::softhsm::SOFTHSM;
 
 const PIN: &str = "user-pin-1";
 
@@ -32,14 +31,20 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     let tool = require_tool("pkcs11-tool");
     let dir = tempfile::tempdir().unwrap();
     // SoftHSMv2's token starts with other PINs: C_InitToken through us sets ours.
-    let tokens = SoftHsmTokens::create(dir.path(), 1, "mixed", "old-so-pin", "old-pin");
-    // Read by SoftHSMv2 at C_Initialize; this test binary has no other test.
-    std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
-    let nss = NssDb::create(dir.path());
-    let daemons = DaemonCluster::start(1, 7, "min_replicas = 3");
-    let text = std::fs::read_to_string(&daemons.conf).unwrap()
-        + &tokens.members_toml()
-        + &nss.member_toml();
+    // (SOFTHSM2_CONF is set for this process; this test binary has no other test.)
+    let MixedMembers {
+        tokens,
+        nss,
+        daemons,
+        toml: text,
+    } = MixedMembers::create(
+        dir.path(),
+        "mixed",
+        "old-so-pin",
+        "old-pin",
+        7,
+        "min_replicas = 3",
+    );
     let cfg = Config::parse(&text, "mixed cluster").unwrap();
     assert_eq!(cfg.member.len(), 3);
 
