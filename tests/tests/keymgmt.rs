@@ -458,3 +458,78 @@ fn ecdh_and_hkdf_derive_what_aws_lc_derives() {
         CKR_KEY_FUNCTION_NOT_PERMITTED
     );
 }
+
+#[test]
+fn an_ec_key_travels_under_a_key_at_least_as_strong_as_its_curve() {
+    // SP 800-57 Part 1, table 2: P-256 is worth 128 bits, P-384 192, P-521 256 (not 260). An
+    // EC private key wraps under an AES key at least that strong, and no weaker one.
+    let fx = Fixture::new();
+    let m = fx.m;
+    let h = m.fresh_user_session();
+    let wrapping = |value: &[u8]| {
+        secret(
+            m,
+            h,
+            CKK_AES,
+            value,
+            &[
+                attr(CKA_WRAP, &TRUE),
+                attr(CKA_UNWRAP, &TRUE),
+                attr(CKA_ENCRYPT, &FALSE),
+                attr(CKA_DECRYPT, &FALSE),
+            ],
+        )
+    };
+    let (aes128, aes256) = (wrapping(&[0x51u8; 16]), wrapping(&[0x52u8; 32]));
+    let curves: [(&str, &[u8], bool); 3] = [
+        ("P-256", P256_OID, true),
+        ("P-384", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22], false),
+        ("P-521", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23], false),
+    ];
+    for (name, oid, under_aes128) in curves {
+        let mut pub_t = [attr_bytes(CKA_EC_PARAMS, oid), attr(CKA_VERIFY, &TRUE)];
+        let mut priv_t = [attr(CKA_EXTRACTABLE, &TRUE), attr(CKA_SIGN, &TRUE)];
+        let (mut p, mut k) = (0, 0);
+        assert_eq!(
+            call!(
+                m,
+                C_GenerateKeyPair,
+                h,
+                &mut mech(CKM_EC_KEY_PAIR_GEN),
+                pub_t.as_mut_ptr(),
+                2,
+                priv_t.as_mut_ptr(),
+                2,
+                &mut p,
+                &mut k
+            ),
+            CKR_OK,
+            "{name}"
+        );
+        let wrapped = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), aes256, k);
+        let wrapped = wrapped.unwrap_or_else(|rv| panic!("{name} under AES-256: {rv:#x}"));
+        let class = CKO_PRIVATE_KEY;
+        let ec = CKK_EC;
+        let mut t = [
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &ec),
+            attr(CKA_SIGN, &TRUE),
+        ];
+        let copy = unwrap(
+            m,
+            h,
+            &mut mech(CKM_AES_KEY_WRAP_KWP),
+            aes256,
+            &wrapped,
+            &mut t,
+        )
+        .unwrap_or_else(|rv| panic!("{name} unwrapped: {rv:#x}"));
+        assert_eq!(get(m, h, copy, CKA_EC_PARAMS).as_deref(), Ok(oid), "{name}");
+        let under = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), aes128, k).map(|_| ());
+        if under_aes128 {
+            assert_eq!(under, Ok(()), "{name} under AES-128");
+        } else {
+            assert_eq!(under, Err(CKR_KEY_NOT_WRAPPABLE), "{name} under AES-128");
+        }
+    }
+}

@@ -712,7 +712,15 @@ fn strength_bits(o: &Object) -> usize {
             7680..=15359 => 192,
             _ => 256,
         },
-        Some(CKK_EC | CKK_EC_EDWARDS) => bits / 2,
+        // SP 800-57 Part 1, table 2: the size of the group order (P-521's 521 bits give 256,
+        // not 260: a P-521 key may travel under AES-256).
+        Some(CKK_EC | CKK_EC_EDWARDS) => match bits {
+            0..=223 => 80,
+            224..=255 => 112,
+            256..=383 => 128,
+            384..=511 => 192,
+            _ => 256,
+        },
         _ => bits.min(256),
     }
 }
