@@ -6,7 +6,9 @@
 //! cargo target dir: the source tree is copied to `target/pkcs11-provider/<hash>/src`, our token
 //! set-up `interop/pkcs11_provider/hsmpool-init.sh` goes into its `tests/`, three textual
 //! [`EDITS`] (each must match exactly once) teach `tests/setup.sh` and `tests/meson.build` the
-//! token types `hsmpool` (the embedded default) and `hsmpool.cluster`, and `meson setup` and
+//! token types `hsmpool` (the embedded default), `hsmpool.cluster` (three daemons),
+//! `hsmpool.softhsm` (three SoftHSMv2 tokens) and `hsmpool.mixed` (a daemon, a SoftHSMv2 token
+//! and an NSS softokn database), and `meson setup` and
 //! `ninja` build it in `target/pkcs11-provider/<hash>/build`. The hash covers the source tree,
 //! the edits and the init script, so changing any of them builds afresh. A lock file beside
 //! it keeps two test processes from building it at once, and a lock file in the temp dir
@@ -70,7 +72,7 @@ const EDITS: [Edit; 3] = [
     Edit {
         file: "tests/setup.sh",
         old: "else\n    echo \"Unknown token type: $1\"",
-        new: "elif [ \"${TOKENTYPE}\" == \"hsmpool\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.cluster\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.softhsm\" ]; then\n    \
+        new: "elif [ \"${TOKENTYPE}\" == \"hsmpool\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.cluster\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.softhsm\" ] || [ \"${TOKENTYPE}\" == \"hsmpool.mixed\" ]; then\n    \
               source \"${TESTSSRCDIR}/hsmpool-init.sh\"\n\
               else\n    echo \"Unknown token type: $1\"",
     },
@@ -78,13 +80,13 @@ const EDITS: [Edit; 3] = [
     Edit {
         file: "tests/meson.build",
         old: "foreach suite : all_suites\n",
-        new: "foreach suite : all_suites + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm']\n",
+        new: "foreach suite : all_suites + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm', 'hsmpool.mixed']\n",
     },
     // Every suite for our token types, not only those the provider lists for softhsm.
     Edit {
         file: "tests/meson.build",
         old: "foreach suite : extra_args.get('suites', [])\n",
-        new: "foreach suite : extra_args.get('suites', []) + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm']\n",
+        new: "foreach suite : extra_args.get('suites', []) + ['hsmpool', 'hsmpool.cluster', 'hsmpool.softhsm', 'hsmpool.mixed']\n",
     },
 ];
 
@@ -125,6 +127,41 @@ const SOFTHSM_EXCLUDED: &[(&str, &str)] = &[(
      key cannot be kept on every member and is refused: hsmpool-init.sh sets SUPPORT_ED25519=0 \
      for hsmpool.softhsm and tests/tedwards exits 77",
 )];
+
+/// Suites that skip only on the mixed cluster (a daemon, a SoftHSMv2 token, an NSS softokn
+/// database), and why.
+const MIXED_EXCLUDED: &[(&str, &str)] = &[
+    (
+        "edwards",
+        "no member but the daemon can hold an Ed25519 key (SoftHSMv2 cannot wrap one, NSS softokn \
+         3.87 has no EdDSA), so the token does not offer Ed25519: hsmpool-init.sh sets \
+         SUPPORT_ED25519=0 for hsmpool.mixed and tests/tedwards exits 77",
+    ),
+    (
+        "rsapssam",
+        "NSS softokn keeps no CKA_ALLOWED_MECHANISMS, so a token key restricted by it is refused \
+         on a cluster with an NSS member (README, \"NSS softokn\"): hsmpool-init.sh sets \
+         SUPPORT_ALLOWED_MECHANISMS=0 for hsmpool.mixed (as the provider's softokn-init.sh \
+         leaves it) and tests/trsapssam exits 77",
+    ),
+];
+
+/// Suites that fail only on the mixed cluster, as [`SOFTHSM_UNSUPPORTED`]. The rest of the
+/// SoftHSMv2 list passes here: a call SoftHSMv2 refuses for its parameters (RSA-OAEP with
+/// SHA-2, ECDH with a KDF) is done by another member, and the daemon locks a PIN.
+const MIXED_UNSUPPORTED: &[(&str, &str, &str)] = &[
+    (
+        "hkdf",
+        "SoftHSMv2 has no CKM_HKDF_DERIVE, so the token (what every member offers) does not",
+        "HKDF Derivation",
+    ),
+    (
+        "pkey",
+        "it makes an Ed25519 token key whatever SUPPORT_ED25519 says, and no member but the \
+         daemon can hold one (see edwards)",
+        "Testing key type ED 25519",
+    ),
+];
 
 /// Suites that fail only over SoftHSMv2 members, because SoftHSMv2 2.6 (Debian 12) does not
 /// offer what they need: (suite, why, the paragraph of the suite's log at which it must fail;
@@ -180,6 +217,19 @@ const UNSUPPORTED: &[(&str, &str, &str)] = &[(
      says (CKR_CURVE_NOT_SUPPORTED: aws-lc has no Ed448); its Ed25519 parts run first and pass",
     "Test Ed448 Key generation",
 )];
+
+/// The suites that skip, and those that fail, only with the members of `kind`.
+type KindLists = (
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str, &'static str)],
+);
+fn kind_lists(kind: Kind) -> KindLists {
+    match kind {
+        Kind::Embedded | Kind::Cluster => (&[], &[]),
+        Kind::SoftHsm => (SOFTHSM_EXCLUDED, SOFTHSM_UNSUPPORTED),
+        Kind::Mixed => (MIXED_EXCLUDED, MIXED_UNSUPPORTED),
+    }
+}
 
 /// How long a whole `meson test` run may take (each test also has meson's timeout, 30-90 s).
 const MESON_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -641,23 +691,14 @@ impl ProviderRun<'_> {
 
     /// The verdict on test `name` from its meson result, with the logs a failure needs.
     fn judge(&self, name: &str, found: &Found) -> Verdict {
-        let softhsm_unsupported: &[(&str, &str, &str)] = if self.setup.kind.wraps() {
-            SOFTHSM_UNSUPPORTED
-        } else {
-            &[]
-        };
+        let (kind_excluded, kind_unsupported) = kind_lists(self.setup.kind);
         let unsupported = UNSUPPORTED
             .iter()
-            .chain(softhsm_unsupported)
+            .chain(kind_unsupported)
             .find(|(n, _, _)| *n == name);
-        let softhsm: &[(&str, &str)] = if self.setup.kind.wraps() {
-            SOFTHSM_EXCLUDED
-        } else {
-            &[]
-        };
         let excluded = EXCLUDED
             .iter()
-            .chain(softhsm)
+            .chain(kind_excluded)
             .find(|(n, _)| *n == name)
             .map(|(_, why)| *why);
         let Some((result, line)) = found.results.get(name) else {
@@ -991,9 +1032,9 @@ fn suite(kind: Kind) {
     t.check(
         "EXCLUDED and UNSUPPORTED name tests the provider has, each once",
         || {
-            // Each list names tests the provider has, each once; the SoftHSMv2 lists are
+            // Each list names tests the provider has, each once; each set-up's own lists are
             // checked among themselves (edwards is in UNSUPPORTED for every set-up and skips
-            // altogether over SoftHSMv2).
+            // altogether over SoftHSMv2 and on the mixed cluster).
             let each_once = |names: Vec<&str>| -> Result<(), String> {
                 let mut seen = Vec::new();
                 for name in names {
@@ -1013,13 +1054,16 @@ fn suite(kind: Kind) {
                     .chain(UNSUPPORTED.iter().map(|(n, _, _)| *n))
                     .collect(),
             )?;
-            each_once(
-                SOFTHSM_EXCLUDED
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .chain(SOFTHSM_UNSUPPORTED.iter().map(|(n, _, _)| *n))
-                    .collect(),
-            )?;
+            for kind in [Kind::SoftHsm, Kind::Mixed] {
+                let (excluded, unsupported) = kind_lists(kind);
+                each_once(
+                    excluded
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .chain(unsupported.iter().map(|(n, _, _)| *n))
+                        .collect(),
+                )?;
+            }
             Ok(())
         },
     );
@@ -1106,4 +1150,9 @@ fn interop_pkcs11_provider_cluster() {
 #[test]
 fn interop_pkcs11_provider_softhsm() {
     suite(Kind::SoftHsm);
+}
+
+#[test]
+fn interop_pkcs11_provider_mixed() {
+    suite(Kind::Mixed);
 }
