@@ -77,7 +77,10 @@ pub mod types;
 
 pub use hsmpool_member::{ck, mechanism};
 
-pub use engine::{after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs};
+pub use engine::{
+    after_fork_in_child, after_fork_in_parent, before_fork, engine, finalize, initialize, Engine,
+    EngineRef, InitArgs,
+};
 pub use error::{Error, Result};
 pub use hsmpool_member::types::{
     cloudhsm, decode_attr_array, encode_attr_array, is_array_attribute, Attr, KdfSegment,

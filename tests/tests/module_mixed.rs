@@ -10,7 +10,8 @@
 //! SoftHSMv2 reach the others (its zero-padded RFC 5649, our defaults for what a template
 //! leaves out); a readable token secret key, which NSS cannot hold, is refused; a pair made and
 //! destroyed leaves nothing; a second engine finds each object once and copies nothing; and
-//! inside an application that initialised softokn itself, the NSS member is refused.
+//! inside an application that initialised softokn itself with its own database, the NSS member
+//! is a private copy of softokn with ours, and the two databases stay apart.
 
 use std::process::Command;
 
@@ -342,8 +343,9 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     drop(e);
 
     // Inside an application that initialised softokn itself (an NSS tool, with its own
-    // database), the member's configuration cannot apply: it is refused, never taken to be the
-    // application's own key database.
+    // database), the member is a private copy of softokn with its own database: the engine
+    // finds the keys made above and signs with them on the NSS member alone, many threads at
+    // once, while the application's softokn shows its own database, without them.
     let other = dir.path().join("application-db");
     std::fs::create_dir_all(&other).unwrap();
     // SAFETY: loading NSS's softokn runs no initialiser with preconditions.
@@ -372,11 +374,92 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
     // SAFETY: the arguments and the string they point at outlive the call.
     let rv = unsafe { f.C_Initialize.unwrap()(std::ptr::from_mut(&mut args).cast()) };
     assert_eq!(rv, CKR_OK);
-    let refused = Engine::new(cfg).err().expect("the NSS member is refused");
+    // The application's own objects labelled `label` in its key database (slot 2), as it sees
+    // them (public objects: no login).
+    let application_sees = |label: &[u8]| -> usize {
+        let mut h: CK_SESSION_HANDLE = 0;
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: label.as_ptr() as *mut std::ffi::c_void,
+            ulValueLen: label.len() as CK_ULONG,
+        }];
+        let mut found: [CK_OBJECT_HANDLE; 8] = [0; 8];
+        let mut n: CK_ULONG = 0;
+        // SAFETY: the session handle, template and output array outlive the calls, with the
+        // lengths given.
+        unsafe {
+            assert_eq!(
+                f.C_OpenSession.unwrap()(2, CKF_SERIAL_SESSION, std::ptr::null_mut(), None, &mut h),
+                CKR_OK
+            );
+            assert_eq!(f.C_FindObjectsInit.unwrap()(h, t.as_mut_ptr(), 1), CKR_OK);
+            assert_eq!(
+                f.C_FindObjects.unwrap()(h, found.as_mut_ptr(), 8, &mut n),
+                CKR_OK
+            );
+            assert_eq!(f.C_FindObjectsFinal.unwrap()(h), CKR_OK);
+            assert_eq!(f.C_CloseSession.unwrap()(h), CKR_OK);
+        }
+        n as usize
+    };
+    assert_eq!(application_sees(b"mixed ec"), 0);
+    let e = Engine::new(cfg).expect("the NSS member is a private copy of softokn");
+    let s = e
+        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
     assert!(
-        refused.to_string().contains("already initialised"),
-        "{refused}"
+        e.member_status().iter().all(|m| m.health.name() == "up"),
+        "{:?}",
+        e.member_status()
     );
+    e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, b"mixed ec")])
+        .unwrap();
+    let found = e.find_objects(s, 10).unwrap();
+    e.find_objects_final(s).unwrap();
+    assert_eq!(found.len(), 2);
+    let ec_priv = found
+        .into_iter()
+        .find(|o| value(&e, s, *o, CKA_CLASS) == CKO_PRIVATE_KEY.to_ne_bytes())
+        .expect("the private key");
+    for m in 0..3 {
+        e.drain_member(m, m != 2).unwrap();
+    }
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (e, verifier) = (&e, &verifier);
+            scope.spawn(move || {
+                let ts = e
+                    .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
+                    .unwrap();
+                for i in 0..8 {
+                    let msg = format!("private copy, thread {t}, message {i}");
+                    e.op_init(
+                        ts,
+                        OpKind::Sign,
+                        Mechanism::plain(CKM_ECDSA_SHA256),
+                        ec_priv,
+                    )
+                    .unwrap();
+                    let mut sig = vec![0u8; 128];
+                    let n = e
+                        .op_single(ts, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
+                        .unwrap();
+                    verifier.verify(msg.as_bytes(), &sig[..n]).unwrap();
+                }
+                e.close_session(ts).unwrap();
+            });
+        }
+    });
+    let ops: Vec<u64> = e.member_status().iter().map(|m| m.ops).collect();
+    assert!(ops[2] >= 64, "the NSS member signed: {ops:?}");
+    // A key made now reaches the private copy's database, not the application's.
+    ec_pair(&e, s, b"after the application", true);
+    e.logout(s).unwrap();
+    drop(e);
+    assert_eq!(application_sees(b"after the application"), 0);
+    let keys = nss.private_keys(PIN);
+    assert_eq!(keys.matches("after the application").count(), 1, "{keys}");
     // SAFETY: the library was initialised above and nothing else uses it now.
     let rv = unsafe { f.C_Finalize.unwrap()(std::ptr::null_mut()) };
     assert_eq!(rv, CKR_OK);

@@ -28,21 +28,36 @@ pub unsafe extern "C" fn C_Initialize(p_init_args: *mut c_void) -> CK_RV {
 }
 
 /// The child side of `fork()`: tells the engine the process it belongs to is now another one.
-/// It only bumps an atomic counter, which is async-signal-safe.
+/// It only bumps an atomic counter and takes a free lock, which is async-signal-safe.
 extern "C" fn after_fork_in_child() {
     hsmpool_engine::after_fork_in_child();
 }
 
-/// Register [`after_fork_in_child`] with `pthread_atfork`, once per process (the child of a fork
-/// inherits the registration).
+/// Before `fork()`: vendor modules loaded as private copies finish their calls first.
+extern "C" fn before_fork() {
+    hsmpool_engine::before_fork();
+}
+
+/// The parent side of `fork()`: those copies go on.
+extern "C" fn after_fork_in_parent() {
+    hsmpool_engine::after_fork_in_parent();
+}
+
+/// Register [`before_fork`], [`after_fork_in_parent`] and [`after_fork_in_child`] with
+/// `pthread_atfork`, once per process (the child of a fork inherits the registration).
 fn register_fork_handler() -> Result<(), Error> {
     static REGISTERED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    // SAFETY: pthread_atfork only records the three function pointers; ours is a plain
-    // `extern "C" fn()` with no preconditions. glibc's pthread_atfork (from libc_nonshared.a,
+    // SAFETY: pthread_atfork only records the three function pointers; ours are plain
+    // `extern "C" fn()`s with no preconditions. glibc's pthread_atfork (from libc_nonshared.a,
     // linked into this library) registers it under this library's __dso_handle, so dlclose
     // unregisters it before the code goes away.
-    let rc = *REGISTERED
-        .get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) });
+    let rc = *REGISTERED.get_or_init(|| unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_in_parent),
+            Some(after_fork_in_child),
+        )
+    });
     if rc == 0 {
         Ok(())
     } else {

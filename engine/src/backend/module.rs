@@ -9,9 +9,9 @@
 //!   string as `pReserved` (as p11-kit's `x-init-reserved`): `C_Finalize` when the last member
 //!   on it goes (the engine's own `C_Finalize`). A library another part of the process
 //!   initialised already (`CKR_CRYPTOKI_ALREADY_INITIALIZED`) is used as it is and left
-//!   initialised, unless the member has an initialisation string, which then cannot apply:
-//!   the member is refused (NSS softokn inside an NSS application would be that
-//!   application's own key database).
+//!   initialised. A member with an initialisation string gets a private copy of the library
+//!   (`dlmopen`, see [`load`]): inside an NSS application, softokn initialised with the
+//!   application's database is the application's, and ours is another copy with ours.
 //! - **The token**: the slot whose token has the configured serial number, else label (else
 //!   the first slot with a token). `C_InitToken` closes every session on that slot first (the
 //!   token refuses otherwise); a token found by label keeps its label through it.
@@ -74,6 +74,229 @@ struct Loaded {
     /// Keeps the code the function list points into mapped.
     _lib: libloading::Library,
     fl: *const CK_FUNCTION_LIST,
+    /// For a private copy (its own link namespace), the thread that makes every call into it
+    /// (see [`CopyThread`]); `None` for the process's copy, called from the caller's thread.
+    thread: Option<Arc<CopyThread>>,
+}
+
+/// The thread that makes every call into a private copy of a library, for the life of the
+/// process.
+///
+/// A private copy has its own C library, which knows nothing of the threads the process's own
+/// made, so only the thread that loaded the copy has its per-thread state set up (the
+/// character-class tables `isspace` reads: NSS softokn parsing its initialisation string on
+/// another thread crashes). And the copy's thread-specific data keys are numbered apart from
+/// the process's own but stored in the same per-thread slots: NSS softokn's NSPR and the
+/// application's NSPR (in an NSS application) each take key 0 and, on a thread that calls
+/// both, read each other's data (the application's `PR_Cleanup` frees what the copy
+/// allocated, and the process aborts). So one thread of ours loads the copy and makes every
+/// call into it, nothing else calls from that thread, and it never ends (a thread's end runs
+/// the process's key destructors over the copy's data). Calls into a private copy take turns.
+struct CopyThread {
+    jobs: crossbeam::channel::Sender<Job>,
+    /// The process whose thread it is: in a forked child the thread is gone (see
+    /// [`before_fork`]), and the copy is stale.
+    pid: u32,
+    /// Held while a call runs in the copy; [`before_fork`] holds it across `fork()`, so the
+    /// copy is never copied into a child in the middle of a call (its locks held for ever).
+    busy: Arc<Mutex<()>>,
+    /// The copy's `dlmopen` handle, once loaded (for [`CopyThread::close_at_exit`]).
+    handle: std::sync::OnceLock<usize>,
+    /// Closed at exit already.
+    closed: AtomicBool,
+}
+
+/// A call for a private copy's thread to make.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+impl CopyThread {
+    fn start(path: &Path) -> Result<Arc<CopyThread>, String> {
+        let (jobs, queue) = crossbeam::channel::unbounded::<Job>();
+        let busy = Arc::new(Mutex::new(()));
+        let held = Arc::clone(&busy);
+        std::thread::Builder::new()
+            .name("hsmpool-module".into())
+            .spawn(move || {
+                for job in queue {
+                    let _busy = held.lock();
+                    job();
+                }
+            })
+            .map_err(|e| format!("a thread for the private copy of {}: {e}", path.display()))?;
+        Ok(Arc::new(CopyThread {
+            jobs,
+            pid: std::process::id(),
+            busy,
+            handle: std::sync::OnceLock::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// At the process's exit (no call goes in any more): `C_Finalize` and unload the copy, on
+    /// its thread, waiting at most `wait`. Left loaded, the copy's own destructors would run
+    /// after ours on the exiting thread and read that thread's data as theirs (NSPR's frees
+    /// what the application's OpenSSL keeps in the same slot: the process aborts); run on the
+    /// copy's thread, they find their own.
+    fn close_at_exit(&self, fl: *const CK_FUNCTION_LIST, wait: std::time::Duration) {
+        let Some(&handle) = self.handle.get() else {
+            return;
+        };
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.stale() {
+            // A forked child's copy of its parent's copy, idle since the fork (`before_fork`),
+            // with no thread: finalised (softokn knows it is in a child and lets go of what
+            // its parent had without touching it; it must, or what it loaded keeps the copy's
+            // NSPR from unloading) and unloaded from a new thread, whose per-thread data the
+            // copy's destructors find empty.
+            let fl = fl as usize;
+            let closing = std::thread::Builder::new().spawn(move || {
+                // SAFETY: `fl` is the copy's function list, still loaded; C_Finalize takes
+                // NULL; nothing else calls into the copy in this process (it is stale).
+                let finalize = unsafe { (*(fl as *const CK_FUNCTION_LIST)).C_Finalize };
+                if let Some(finalize) = finalize {
+                    // SAFETY: as above.
+                    let _ = unsafe { finalize(std::ptr::null_mut()) };
+                }
+                // SAFETY: `handle` came from dlmopen and is closed once (`closed`); nothing
+                // calls into the copy in this process (it is stale) or after this (exiting).
+                unsafe { libc::dlclose(handle as *mut c_void) };
+            });
+            if let Ok(t) = closing {
+                let until = std::time::Instant::now() + wait;
+                while !t.is_finished() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            return;
+        }
+        let fl = fl as usize;
+        let (done, finished) = crossbeam::channel::bounded::<()>(1);
+        let job: Job = Box::new(move || {
+            // SAFETY: `fl` is the copy's function list (non-NULL from C_GetFunctionList) and
+            // the copy is still loaded; C_Finalize takes NULL; no other call is in flight or
+            // will start (the process is exiting: `EXITING`).
+            let finalize = unsafe { (*(fl as *const CK_FUNCTION_LIST)).C_Finalize };
+            if let Some(finalize) = finalize {
+                // SAFETY: as above.
+                let _ = unsafe { finalize(std::ptr::null_mut()) };
+            }
+            // SAFETY: `handle` came from dlmopen and is closed once (`closed`); nothing calls
+            // into the copy after this (`EXITING`), and its code is not running.
+            unsafe { libc::dlclose(handle as *mut c_void) };
+            let _ = done.send(());
+        });
+        if self.jobs.send(job).is_ok() && finished.recv_timeout(wait).is_err() {
+            tracing::warn!("a private copy of a vendor module did not finish closing at exit");
+        }
+    }
+
+    /// `f()` on the copy's thread; the caller waits for it (so what `f` borrows outlives
+    /// the call). A panic in `f` resumes in the caller.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let (done, result) = crossbeam::channel::bounded(1);
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = done.send(r);
+        });
+        // SAFETY: only the lifetime is changed: this function does not return before the job
+        // has run to its end (it waits for the job's answer, which the job sends last, or for
+        // the job to be dropped unrun, which drops `done`), so nothing the job borrows is gone
+        // while it runs.
+        let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+        if self.jobs.send(job).is_err() {
+            unreachable!("the private copy's thread never ends");
+        }
+        match result.recv() {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => unreachable!("a job is run or dropped only after it is sent"),
+        }
+    }
+}
+
+impl CopyThread {
+    /// The thread is its parent's, gone in this forked child.
+    fn stale(&self) -> bool {
+        self.pid != std::process::id()
+    }
+}
+
+/// Private copies' threads held idle across a `fork()` (see [`before_fork`]).
+static FORKING: Mutex<Vec<Arc<CopyThread>>> = Mutex::new(Vec::new());
+
+/// Before `fork()` (the C ABI registers it with `pthread_atfork`): wait until no call runs in
+/// any private copy, and keep it so until the fork is done. A copy's locks are then free in the
+/// child, which may unload it (at its exit) without waiting for a call that is not there.
+pub fn before_fork() {
+    let threads: Vec<Arc<CopyThread>> = match LIBRARIES.try_lock_for(FORK_WAIT) {
+        Some(libs) => libs
+            .values()
+            .filter_map(|(l, _)| l.thread.clone())
+            .filter(|t| !t.stale())
+            .collect(),
+        // A load under way: its copy is not in use yet.
+        None => Vec::new(),
+    };
+    let mut held = FORKING.lock();
+    for t in threads {
+        // A call that does not end within FORK_WAIT (a hung vendor) is left to run: the
+        // child must not use or unload that copy (it does not: it is stale there).
+        let locked = t
+            .busy
+            .try_lock_for(FORK_WAIT)
+            .map(std::mem::forget)
+            .is_some();
+        if locked {
+            held.push(t);
+        }
+    }
+}
+
+/// In the parent after `fork()`: the private copies go on.
+pub fn after_fork_in_parent() {
+    for t in FORKING.lock().drain(..) {
+        // SAFETY: the lock is held, by `before_fork` on this thread, whose guard was forgotten.
+        unsafe { t.busy.force_unlock() };
+    }
+}
+
+/// In the child after `fork()`: the parent's private copies are stale here; they stay idle,
+/// and new ones are loaded if the child initialises again.
+pub fn after_fork_in_child() {
+    if let Some(mut held) = FORKING.try_lock() {
+        // Their threads are gone: the locks stay held, the copies are never called here.
+        std::mem::forget(std::mem::take(&mut *held));
+    }
+}
+
+/// How long `before_fork` waits for a call in a private copy to end.
+const FORK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Loaded {
+    /// `f()` where calls into this copy are made: here, or on a private copy's thread.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.thread {
+            Some(w) => w.run(f),
+            None => f(),
+        }
+    }
+}
+
+/// Makes a closure that calls into a vendor library `Send`, so a private copy's thread can
+/// make the call: what it holds are pointers to the caller's values, and the caller waits.
+struct Sendable<F>(F);
+// SAFETY: the closure is run once, by `CopyThread::run`, while the thread that made it waits for
+// it; the pointers it holds address that thread's live values, which no one else touches
+// meanwhile, and PKCS #11 libraries initialised with CKF_OS_LOCKING_OK may be called from any
+// thread.
+unsafe impl<F> Send for Sendable<F> {}
+
+impl<F: FnOnce() -> R, R> Sendable<F> {
+    fn call(self) -> R {
+        (self.0)()
+    }
 }
 
 // SAFETY: the function list is the library's static table of function pointers, never written
@@ -107,13 +330,15 @@ impl Drop for Library {
         // own exit handlers, as the OpenSSL provider's teardown does): then the vendor's own
         // destructors do the work, and SoftHSMv2's C_Finalize at that point crashes the process
         // (the provider's tests set its `no-deinit` quirk for it).
-        if !self.ours || EXITING.load(Ordering::SeqCst) {
+        let stale = self.loaded.thread.as_ref().is_some_and(|t| t.stale());
+        if !self.ours || EXITING.load(Ordering::SeqCst) || stale {
             return;
         }
         if let Some(finalize) = self.functions().C_Finalize {
             // SAFETY: the library was initialised by us and no member uses it any more (this is
             // the last reference); NULL is the only argument C_Finalize takes.
-            let rv = unsafe { finalize(std::ptr::null_mut()) };
+            let call = Sendable(|| unsafe { finalize(std::ptr::null_mut()) });
+            let rv = self.loaded.run(|| call.call());
             if rv != CKR_OK {
                 tracing::debug!("vendor module C_Finalize: {rv:#x}");
             }
@@ -121,43 +346,66 @@ impl Drop for Library {
     }
 }
 
-/// One path's library: loaded, and initialised while a member holds the `Library`.
+/// One library copy: loaded, and initialised while a member holds the `Library`.
 type Slot = (Arc<Loaded>, std::sync::Weak<Library>);
 
-/// Libraries by path: loaded once per process, initialised while some member uses them.
-static LIBRARIES: Lazy<Mutex<HashMap<PathBuf, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// Libraries by path and initialisation string: loaded once per process (a private copy once
+/// per path and string), initialised while some member uses them.
+static LIBRARIES: Lazy<Mutex<HashMap<LibraryKey, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
+/// A forked child's stale private copies (see [`load`]), kept to be unloaded at exit.
+static STALE: Mutex<Vec<Arc<Loaded>>> = Mutex::new(Vec::new());
+
+/// A library's path and initialisation string.
+type LibraryKey = (PathBuf, Option<String>);
+
+/// The library at `path`, initialised (with `init` as `pReserved`) for the members on it.
+///
+/// A library is a process-wide object, and an initialisation string configures all of it (NSS
+/// softokn's database): a member with one gets a private copy of the library (its own link
+/// namespace, `dlmopen`), which neither the application (an NSS application has initialised
+/// softokn with its own database before it loads us, or does so after) nor another member with
+/// another string shares. Members with the same path and string share one copy. A member
+/// without a string uses the process's copy, as the application does, and shares it if the
+/// application initialised it first. Where `dlmopen` is missing (not glibc), a member with a
+/// string whose library is initialised already is refused.
 fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
     let mut libs = LIBRARIES.lock();
-    if let Some(l) = libs.get(path).and_then(|(_, w)| w.upgrade()) {
+    let key = (path.to_path_buf(), init.map(str::to_owned));
+    // A forked child's copies of its parent's private copies are stale (no thread): set
+    // aside, never used or dropped (dropping would unload them here, see `close_at_exit`).
+    let stale: Vec<LibraryKey> = libs
+        .iter()
+        .filter(|(_, (l, _))| l.thread.as_ref().is_some_and(|t| t.stale()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in stale {
+        if let Some(slot) = libs.remove(&k) {
+            STALE.lock().push(slot.0);
+            std::mem::forget(slot.1);
+        }
+    }
+    if let Some(l) = libs.get(&key).and_then(|(_, w)| w.upgrade()) {
         return Ok(l);
     }
     let config = |m: String| MemberError::Config(format!("module {}: {m}", path.display()));
-    let loaded = match libs.get(path) {
+    if EXITING.load(Ordering::SeqCst) {
+        return Err(config("the process is exiting".into()));
+    }
+    let private = init.is_some() && PRIVATE_COPIES;
+    // A private copy no member uses now (finalised) serves another string as well: a process
+    // has room for only a few copies (see `dlmopen`).
+    let idle = || {
+        libs.iter()
+            .find(|((p, _), (l, w))| p == path && l.thread.is_some() && w.strong_count() == 0)
+            .map(|(k, _)| k.clone())
+    };
+    let loaded = match libs.get(&key) {
         Some((loaded, _)) => Arc::clone(loaded),
-        None => {
-            // SAFETY: loading runs the library's initialisers; the path is the operator's
-            // configured PKCS #11 module, which is trusted to be one.
-            let lib =
-                unsafe { libloading::Library::new(path) }.map_err(|e| config(e.to_string()))?;
-            // SAFETY: C_GetFunctionList has this signature in every PKCS #11 module (5.2).
-            let get: libloading::Symbol<
-                '_,
-                unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV,
-            > = unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| config(e.to_string()))?;
-            let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
-            // SAFETY: `fl` is a valid place for the pointer the function writes.
-            let rv = unsafe { get(&mut fl) };
-            if rv != CKR_OK || fl.is_null() {
-                return Err(config(format!("C_GetFunctionList failed ({rv:#x})")));
-            }
-            // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole process (it
-            // is in this library, which is never unloaded while the process runs its exit).
-            if unsafe { libc::atexit(at_exit) } != 0 {
-                tracing::warn!("atexit failed: vendor modules may be called during exit");
-            }
-            Arc::new(Loaded { _lib: lib, fl })
-        }
+        None => match idle().filter(|_| private).and_then(|k| libs.remove(&k)) {
+            Some((loaded, _)) => loaded,
+            None => Arc::new(open(path, private).map_err(config)?),
+        },
     };
     let init = init
         .map(CString::new)
@@ -184,30 +432,135 @@ fn load(path: &Path, init: Option<&str>) -> MemberResult<Arc<Library>> {
         .ok_or_else(|| config("no C_Initialize".into()))?;
     // SAFETY: `args` is a valid CK_C_INITIALIZE_ARGS for the call; its pReserved string lives
     // in `library` for as long as the library is initialised.
-    let rv = unsafe { initialize(std::ptr::from_mut(&mut args).cast::<c_void>()) };
+    let call = Sendable(|| unsafe { initialize(std::ptr::from_mut(&mut args).cast::<c_void>()) });
+    let rv = loaded.run(|| call.call());
     match rv {
         CKR_OK => library.ours = true,
         // Another part of the process initialised it with its own configuration (NSS's own
-        // tools and browsers load softokn themselves): ours cannot apply, and the tokens it
-        // shows are that application's (its own key database), never to be made a member.
+        // tools and browsers load softokn themselves) and this copy is theirs (no private
+        // copies here): ours cannot apply, and the tokens it shows are that application's
+        // (its own key database), never to be made a member.
         CKR_CRYPTOKI_ALREADY_INITIALIZED if library._init.is_some() => {
-            libs.insert(path.to_path_buf(), (loaded, std::sync::Weak::new()));
+            libs.insert(key, (loaded, std::sync::Weak::new()));
             return Err(config(
                 "already initialised by another part of this process (an NSS application \
-                 loads softokn itself), so its init_reserved cannot apply: this member cannot \
-                 be used in this process"
+                 loads softokn itself), so its init_reserved cannot apply, and this system \
+                 cannot load a private copy (no dlmopen): this member cannot be used in this \
+                 process"
                     .into(),
             ));
         }
         CKR_CRYPTOKI_ALREADY_INITIALIZED => {}
         rv => {
-            libs.insert(path.to_path_buf(), (loaded, std::sync::Weak::new()));
+            libs.insert(key, (loaded, std::sync::Weak::new()));
             return Err(config(format!("C_Initialize failed ({rv:#x})")));
         }
     }
+    if loaded.thread.is_some() {
+        tracing::info!(
+            "PKCS #11 module {}: a private copy, initialised with the member's init_reserved",
+            path.display()
+        );
+    }
     let library = Arc::new(library);
-    libs.insert(path.to_path_buf(), (loaded, Arc::downgrade(&library)));
+    libs.insert(key, (loaded, Arc::downgrade(&library)));
     Ok(library)
+}
+
+/// Whether this system can load a private copy of a library (`dlmopen`, glibc).
+const PRIVATE_COPIES: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
+/// Load the library at `path` (a private copy if `private`, loaded and called on a thread of
+/// its own) and take its function list.
+fn open(path: &Path, private: bool) -> Result<Loaded, String> {
+    let thread = if private {
+        Some(CopyThread::start(path)?)
+    } else {
+        None
+    };
+    let get_list = || -> Result<(libloading::Library, usize), String> {
+        let lib = if private {
+            dlmopen(path)?
+        } else {
+            // SAFETY: loading runs the library's initialisers; the path is the operator's
+            // configured PKCS #11 module, which is trusted to be one.
+            unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?
+        };
+        // SAFETY: C_GetFunctionList has this signature in every PKCS #11 module (5.2).
+        let get: libloading::Symbol<'_, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| e.to_string())?;
+        let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+        // SAFETY: `fl` is a valid place for the pointer the function writes.
+        let rv = unsafe { get(&mut fl) };
+        if rv != CKR_OK || fl.is_null() {
+            return Err(format!("C_GetFunctionList failed ({rv:#x})"));
+        }
+        // The list's address, to leave this thread (a private copy's) as a number.
+        Ok((lib, fl as usize))
+    };
+    let (lib, fl) = match &thread {
+        Some(w) => {
+            let (lib, fl) = w.run(get_list)?;
+            // The copy's handle, to close it at exit; its `Library` never closes it (it is
+            // kept for the life of the process, in `LIBRARIES`).
+            let raw = libloading::os::unix::Library::from(lib).into_raw();
+            let _ = w.handle.set(raw as usize);
+            // SAFETY: `raw` came from dlmopen just above (into_raw gives it back unchanged).
+            let lib = unsafe { libloading::os::unix::Library::from_raw(raw) }.into();
+            (lib, fl)
+        }
+        None => get_list()?,
+    };
+    // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole process (it is in this
+    // library, which is never unloaded while the process runs its exit).
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        tracing::warn!("atexit failed: vendor modules may be called during exit");
+    }
+    Ok(Loaded {
+        _lib: lib,
+        fl: fl as *const CK_FUNCTION_LIST,
+        thread,
+    })
+}
+
+/// A private copy of the library at `path` and of what it links (its own C library too), in a
+/// new link namespace.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn dlmopen(path: &Path) -> Result<libloading::Library, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "a NUL in the path")?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; loading runs the library's
+    // initialisers, and the path is the operator's configured PKCS #11 module.
+    let h = unsafe {
+        libc::dlmopen(
+            libc::LM_ID_NEWLM,
+            c.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL,
+        )
+    };
+    if h.is_null() {
+        // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl*
+        // call on this thread; it is copied at once.
+        let why = unsafe {
+            let e = libc::dlerror();
+            if e.is_null() {
+                "unknown error".to_owned()
+            } else {
+                std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+            }
+        };
+        return Err(format!(
+            "a private copy could not be loaded (dlmopen: {why}; glibc keeps room for a few \
+             such copies in a process: GLIBC_TUNABLES=glibc.rtld.optional_static_tls raises it)"
+        ));
+    }
+    // SAFETY: `h` came non-NULL from dlmopen, which libloading's Library may dlclose.
+    Ok(unsafe { libloading::os::unix::Library::from_raw(h) }.into())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn dlmopen(_path: &Path) -> Result<libloading::Library, String> {
+    Err("no private copies on this system".into())
 }
 
 /// A vendor module's token, as a member.
@@ -293,6 +646,23 @@ extern "C" fn at_exit() {
     while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // Private copies are closed now, on their own threads (see `CopyThread::close_at_exit`).
+    // A load under way at exit holds the lock: its copy is left as it is.
+    let wait = std::time::Duration::from_secs(1);
+    if let Some(libs) = LIBRARIES.try_lock_for(std::time::Duration::from_millis(100)) {
+        for (loaded, _) in libs.values() {
+            if let Some(t) = &loaded.thread {
+                t.close_at_exit(loaded.fl, wait);
+            }
+        }
+    }
+    if let Some(stale) = STALE.try_lock_for(std::time::Duration::from_millis(100)) {
+        for loaded in stale.iter() {
+            if let Some(t) = &loaded.thread {
+                t.close_at_exit(loaded.fl, wait);
+            }
+        }
+    }
 }
 
 /// Counts one call into a vendor module while it runs.
@@ -320,16 +690,20 @@ impl Drop for InFlight {
 /// `Err(CKR_DEVICE_REMOVED)` once the process is exiting.
 macro_rules! call {
     ($self:ident, $f:ident ( $($arg:expr),* $(,)? )) => {{
-        match ($self.lib.functions().$f, InFlight::enter()) {
-            (None, _) => Err($self.rv(CKR_FUNCTION_NOT_SUPPORTED)),
-            (_, None) => Err($self.rv(CKR_DEVICE_REMOVED)),
-            (Some(f), Some(_inside)) => {
-                // SAFETY: every pointer argument addresses a live value of the type and length
-                // the function's PKCS #11 signature says (built just above each call), and the
-                // library was initialised for use from any thread.
-                let rv = unsafe { f($($arg),*) };
-                $self.ok(rv)
-            }
+        // Exiting first: a private copy is unloaded at exit, and its function list with it.
+        match InFlight::enter() {
+            None => Err($self.rv(CKR_DEVICE_REMOVED)),
+            Some(_inside) => match $self.lib.functions().$f {
+                None => Err($self.rv(CKR_FUNCTION_NOT_SUPPORTED)),
+                Some(f) => {
+                    // SAFETY: every pointer argument addresses a live value of the type and
+                    // length the function's PKCS #11 signature says (built just above each
+                    // call), and the library was initialised for use from any thread.
+                    let call = Sendable(|| unsafe { f($($arg),*) });
+                    let rv = $self.lib.loaded.run(|| call.call());
+                    $self.ok(rv)
+                }
+            },
         }
     }};
 }

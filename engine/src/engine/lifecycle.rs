@@ -117,6 +117,21 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// an atomic counter, which is safe in a just-forked child.
 pub fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    #[cfg(feature = "module")]
+    crate::backend::module::after_fork_in_child();
+}
+
+/// Called before `fork()`; the C ABI registers it with `pthread_atfork`. Vendor modules loaded
+/// as private copies finish the call they are in and take no other until the fork is done.
+pub fn before_fork() {
+    #[cfg(feature = "module")]
+    crate::backend::module::before_fork();
+}
+
+/// Called in the parent after `fork()`; the C ABI registers it with `pthread_atfork`.
+pub fn after_fork_in_parent() {
+    #[cfg(feature = "module")]
+    crate::backend::module::after_fork_in_parent();
 }
 
 fn current(g: &Global) -> bool {

@@ -35,6 +35,7 @@ mod sessions;
 mod token;
 
 pub use lifecycle::{
-    after_fork_in_child, engine, finalize, initialize, Engine, EngineRef, InitArgs,
+    after_fork_in_child, after_fork_in_parent, before_fork, engine, finalize, initialize, Engine,
+    EngineRef, InitArgs,
 };
 pub use token::SLOT;
