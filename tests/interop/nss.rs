@@ -511,3 +511,8 @@ fn interop_nss_cluster() {
 fn interop_nss_softhsm() {
     suite(Kind::SoftHsm);
 }
+
+#[test]
+fn interop_nss_mixed() {
+    suite(Kind::Mixed);
+}
