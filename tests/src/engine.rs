@@ -107,3 +107,26 @@ pub fn aes_token_key(e: &Engine, s: SessionHandle, label: &[u8]) -> ObjectHandle
     )
     .expect("an AES key is made")
 }
+
+/// `msg` signed through the engine in one `C_SignInit` + `C_Sign` (panics on failure).
+pub fn sign(
+    e: &Engine,
+    s: SessionHandle,
+    mech: CK_MECHANISM_TYPE,
+    key: ObjectHandle,
+    msg: &[u8],
+) -> Vec<u8> {
+    e.op_init(
+        s,
+        hsmpool_engine::types::OpKind::Sign,
+        Mechanism::plain(mech),
+        key,
+    )
+    .expect("C_SignInit");
+    let mut sig = vec![0u8; 1024];
+    let n = e
+        .op_single(s, hsmpool_engine::types::OpKind::Sign, msg, Some(&mut sig))
+        .expect("C_Sign");
+    sig.truncate(n);
+    sig
+}

@@ -8,8 +8,8 @@ use std::ptr;
 use cryptoki_sys::*;
 use hsmpool_tests::call;
 use hsmpool_tests::raw::{
-    attr, attr_bytes, attr_value as get, create_secret, mech, mech_param, unwrap_key as unwrap,
-    wrap_key as wrap, Fixture, Module, FALSE, TRUE,
+    attr, attr_bytes, attr_value as get, create_secret, generate_pair, mech, mech_param,
+    unwrap_key as unwrap, wrap_key as wrap, Fixture, Module, FALSE, TRUE,
 };
 
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -489,23 +489,14 @@ fn an_ec_key_travels_under_a_key_at_least_as_strong_as_its_curve() {
     for (name, oid, under_aes128) in curves {
         let mut pub_t = [attr_bytes(CKA_EC_PARAMS, oid), attr(CKA_VERIFY, &TRUE)];
         let mut priv_t = [attr(CKA_EXTRACTABLE, &TRUE), attr(CKA_SIGN, &TRUE)];
-        let (mut p, mut k) = (0, 0);
-        assert_eq!(
-            call!(
-                m,
-                C_GenerateKeyPair,
-                h,
-                &mut mech(CKM_EC_KEY_PAIR_GEN),
-                pub_t.as_mut_ptr(),
-                2,
-                priv_t.as_mut_ptr(),
-                2,
-                &mut p,
-                &mut k
-            ),
-            CKR_OK,
-            "{name}"
-        );
+        let (_, k) = generate_pair(
+            m,
+            h,
+            &mut mech(CKM_EC_KEY_PAIR_GEN),
+            &mut pub_t,
+            &mut priv_t,
+        )
+        .unwrap_or_else(|rv| panic!("{name}: {rv:#x}"));
         let wrapped = wrap(m, h, &mut mech(CKM_AES_KEY_WRAP_KWP), aes256, k);
         let wrapped = wrapped.unwrap_or_else(|rv| panic!("{name} under AES-256: {rv:#x}"));
         let class = CKO_PRIVATE_KEY;

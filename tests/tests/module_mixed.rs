@@ -20,7 +20,7 @@ use cryptoki_sys::*;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{OpKind, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::{aes_token_key, ec_pair, value};
+use hsmpool_tests::engine::{aes_token_key, ec_pair, sign, value};
 use hsmpool_tests::mixed::MixedMembers;
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::SOFTHSM;
@@ -89,13 +89,8 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
         }
         for i in 0..4u32 {
             let msg = format!("member {only} message {i}");
-            e.op_init(s, OpKind::Sign, Mechanism::plain(CKM_ECDSA_SHA256), ec_priv)
-                .unwrap();
-            let mut sig = vec![0u8; 128];
-            let n = e
-                .op_single(s, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
-                .unwrap();
-            verifier.verify(msg.as_bytes(), &sig[..n]).unwrap();
+            let sig = sign(&e, s, CKM_ECDSA_SHA256, ec_priv, msg.as_bytes());
+            verifier.verify(msg.as_bytes(), &sig).unwrap();
         }
     }
     for m in 0..3 {
@@ -140,23 +135,9 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
             e.drain_member(m, m != only).unwrap();
         }
         let msg = format!("rsa on member {only}");
-        e.op_init(
-            s,
-            OpKind::Sign,
-            Mechanism::plain(CKM_SHA256_RSA_PKCS),
-            rsa_priv,
-        )
-        .unwrap();
-        let mut sig = vec![0u8; 256];
-        let n = e
-            .op_single(s, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
-            .unwrap();
+        let sig = sign(&e, s, CKM_SHA256_RSA_PKCS, rsa_priv, msg.as_bytes());
         rsa_key
-            .verify(
-                &signature::RSA_PKCS1_2048_8192_SHA256,
-                msg.as_bytes(),
-                &sig[..n],
-            )
+            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg.as_bytes(), &sig)
             .unwrap();
         // Sealed here, opened by the next member.
         e.op_init(s, OpKind::Encrypt, gcm(only as u8), aes).unwrap();
@@ -434,18 +415,8 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
                     .unwrap();
                 for i in 0..8 {
                     let msg = format!("private copy, thread {t}, message {i}");
-                    e.op_init(
-                        ts,
-                        OpKind::Sign,
-                        Mechanism::plain(CKM_ECDSA_SHA256),
-                        ec_priv,
-                    )
-                    .unwrap();
-                    let mut sig = vec![0u8; 128];
-                    let n = e
-                        .op_single(ts, OpKind::Sign, msg.as_bytes(), Some(&mut sig))
-                        .unwrap();
-                    verifier.verify(msg.as_bytes(), &sig[..n]).unwrap();
+                    let sig = sign(e, ts, CKM_ECDSA_SHA256, ec_priv, msg.as_bytes());
+                    verifier.verify(msg.as_bytes(), &sig).unwrap();
                 }
                 e.close_session(ts).unwrap();
             });
