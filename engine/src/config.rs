@@ -148,7 +148,7 @@ pub struct ClusterConfig {
     pub wrap_key_label: Option<String>,
     /// Whether a token key that cannot be copied to the other members (not extractable, or
     /// the vendor refuses) is kept on the member that made it rather than refused (default
-    /// false; `true` is refused until it is done: issue 13).
+    /// false). Calls on such a key go to that member; while it is down they fail.
     pub single_member_keys: Option<bool>,
 }
 
@@ -487,13 +487,6 @@ impl Config {
         cfg.compat
             .check_built_in()
             .map_err(|m| Error::Config(format!("{origin}: {m}")))?;
-        if cfg.cluster.single_member_keys == Some(true) {
-            // Accepted and ignored, it would promise what is not done: refused until it is.
-            return Err(Error::Config(format!(
-                "{origin}: cluster.single_member_keys = true is not supported yet: a token key \
-                 that cannot be copied to every member is refused at creation"
-            )));
-        }
         Ok(cfg)
     }
 
@@ -608,19 +601,19 @@ mod tests {
 
     #[test]
     #[cfg(feature = "embedded")]
-    fn single_member_keys_is_refused_until_it_is_done() {
+    fn single_member_keys_is_read() {
         let cfg = |v: &str| {
             Config::parse(
                 &format!("[cluster]\nsingle_member_keys = {v}\n[[member]]\nkind = \"embedded\"\n"),
                 "/etc/h.toml",
             )
         };
-        let msg = cfg("true").unwrap_err().to_string();
-        assert!(
-            msg.contains("/etc/h.toml") && msg.contains("single_member_keys"),
-            "{msg}"
+        assert_eq!(cfg("true").unwrap().cluster.single_member_keys, Some(true));
+        assert_eq!(
+            cfg("false").unwrap().cluster.single_member_keys,
+            Some(false)
         );
-        assert!(cfg("false").is_ok());
+        assert!(cfg("\"yes\"").is_err());
     }
 
     #[test]

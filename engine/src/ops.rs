@@ -499,7 +499,7 @@ impl Engine {
             mech,
             row,
             key: Some(entry.member_obj),
-            route: entry.route(),
+            route: entry.route(&self.cluster),
             cost,
             hash,
             buf: PartBuf::default(),
@@ -858,9 +858,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        let value = self.cluster.call(entry.route(), 1, |b, msess| {
-            b.secret_value_for_digest(msess, entry.member_obj)
-        })?;
+        let value = self
+            .cluster
+            .call(entry.route(&self.cluster), 1, |b, msess| {
+                b.secret_value_for_digest(msess, entry.member_obj)
+            })?;
         op.form = Form::Multi;
         if let Some(h) = op.hash.as_mut() {
             h.update(&value);

@@ -75,11 +75,16 @@ pub(crate) struct ObjEntry {
 }
 
 impl ObjEntry {
-    /// Where calls on this object go.
-    pub(crate) fn route(&self) -> Route {
+    /// Where calls on this object go: a session object to its member, a token key that lives
+    /// on one member alone (`single_member_keys`) to that member, any other token object to
+    /// any member.
+    pub(crate) fn route(&self, cluster: &crate::cluster::Cluster) -> Route {
         match self.home {
             Some((i, epoch)) => Route::On(i, epoch),
-            None => Route::Any,
+            None => match cluster.pinned_on(self.member_obj) {
+                Some(i) => Route::Pinned(i),
+                None => Route::Any,
+            },
         }
     }
 }

@@ -93,6 +93,18 @@ impl Cluster {
                     .members
                     .get(i)
                     .ok_or(Error::General("no such member".into()))?,
+                Route::Pinned(i) => {
+                    let m = self.members.get(i).ok_or(Error::KeyHandleInvalid)?;
+                    if m.health.load(Ordering::Acquire) == HEALTH_DOWN {
+                        return Err(last.unwrap_or_else(|| {
+                            Error::DeviceError(format!(
+                                "the key lives on member {i} alone (single_member_keys), which \
+                                 is down"
+                            ))
+                        }));
+                    }
+                    m
+                }
                 Route::On(i, epoch) => {
                     let m = self.members.get(i).ok_or(Error::KeyHandleInvalid)?;
                     if m.epoch() != epoch {
@@ -142,7 +154,7 @@ impl Cluster {
                 Route::On(..) | Route::AnyHome | Route::Checker(_) | Route::Member(_) => {
                     self.session_for(m, 0)
                 }
-                Route::Any => self.session_for(m, slot),
+                Route::Any | Route::Pinned(_) => self.session_for(m, slot),
             };
             let result = match session {
                 Ok((s, epoch)) => {
@@ -247,7 +259,10 @@ impl Cluster {
                     let _ = self.establish(m, epoch);
                     return Err(Error::KeyHandleInvalid);
                 }
-                (Class::SessionLost, Route::Any | Route::AnyHome | Route::Checker(_)) => {
+                (
+                    Class::SessionLost,
+                    Route::Any | Route::AnyHome | Route::Checker(_) | Route::Pinned(_),
+                ) => {
                     tracing::info!(
                         member = m.index,
                         "member sessions lost ({e}); re-authenticating"
@@ -257,7 +272,7 @@ impl Cluster {
                         avoid.push(m.index);
                     }
                 }
-                (Class::Transient, Route::On(i, _)) => {
+                (Class::Transient, Route::On(i, _) | Route::Pinned(i)) => {
                     // Only this member can do it: retry it here until its circuit opens.
                     tracing::debug!(member = i, "transient failure on a pinned call: {e}");
                     self.note_failure(m, &e);

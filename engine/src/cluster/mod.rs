@@ -153,6 +153,9 @@ pub(crate) enum Route {
     Checker(Role),
     /// This member (index), pool session 0, provided its epoch is still this one.
     On(usize, u64),
+    /// A token key that lives on this member (index) alone (`single_member_keys`): any of its
+    /// pool sessions; while the member is down, `CKR_DEVICE_ERROR` (no other member has it).
+    Pinned(usize),
     /// This member (index), whatever its epoch: replication, resynchronisation, roll-back.
     /// Lost sessions are re-established and the call repeated; a device failure is returned
     /// at once (the member is brought level later).
@@ -386,11 +389,17 @@ pub struct Cluster {
     /// The members differ in what they can do (vendors side by side): a call a member refuses
     /// for what it asks (a parameter, a key size) is tried on the others (see `call_full`).
     pub(crate) unlike: bool,
-    /// Token objects removed through this process (destroyed, rolled back): what bringing a
-    /// member level may remove from it where objects travel by wrapping (see `level`).
     /// One wrapping-key ceremony at a time in this process (`C_InitToken`, `C_InitPIN`).
     pub(crate) wrap_key_ceremony: Mutex<()>,
+    /// Token objects removed through this process (destroyed, rolled back): what bringing a
+    /// member level may remove from it where objects travel by wrapping (see `level`).
     pub(crate) removed: Mutex<std::collections::HashSet<crate::backend::MemberObject>>,
+    /// Token keys that live on one member alone (`single_member_keys`: they cannot be copied
+    /// to the others), by the member that holds them; found at creation and when members are
+    /// brought level (at login, in a later process).
+    pinned: dashmap::DashMap<crate::backend::MemberObject, usize>,
+    /// `pinned` is not empty (read on every keyed call, so an empty map costs one load).
+    any_pinned: AtomicBool,
     creds: RwLock<Option<Arc<Credentials>>>,
     /// The last `Credentials::gen` given.
     creds_gen: AtomicU64,
@@ -538,6 +547,39 @@ impl Member {
 }
 
 impl Cluster {
+    /// Keep token object `id` on member `m` alone (`single_member_keys`).
+    pub(crate) fn pin(&self, id: crate::backend::MemberObject, m: usize) {
+        if self.pinned.insert(id, m) != Some(m) {
+            self.any_pinned.store(true, Ordering::Release);
+        }
+    }
+
+    /// Object `id` is gone (destroyed): it lives nowhere now.
+    pub(crate) fn unpin(&self, id: crate::backend::MemberObject) {
+        if self.any_pinned.load(Ordering::Acquire) {
+            self.pinned.remove(&id);
+        }
+    }
+
+    /// The member a token key lives on alone, if it does.
+    pub(crate) fn pinned_on(&self, id: crate::backend::MemberObject) -> Option<usize> {
+        if !self.any_pinned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.pinned.get(&id).map(|m| *m)
+    }
+
+    /// The members that hold keys no other member has.
+    pub(crate) fn pinning_members(&self) -> Vec<usize> {
+        if !self.any_pinned.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut v: Vec<usize> = self.pinned.iter().map(|e| *e.value()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// A cluster over these backends (index = position).
     pub fn new(backends: Vec<Arc<dyn Backend>>, mut settings: Settings) -> Arc<Cluster> {
         settings.sessions_per_member = settings.sessions_per_member.max(1);
@@ -576,6 +618,8 @@ impl Cluster {
             whole_messages,
             unlike,
             removed: Mutex::new(std::collections::HashSet::new()),
+            pinned: dashmap::DashMap::new(),
+            any_pinned: AtomicBool::new(false),
             wrap_key_ceremony: Mutex::new(()),
             creds: RwLock::new(None),
             creds_gen: AtomicU64::new(0),

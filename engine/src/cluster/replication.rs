@@ -83,9 +83,10 @@ impl Cluster {
             have.iter().copied().collect();
         let want_ids: std::collections::HashSet<MemberObject> =
             want.iter().map(|(id, _)| *id).collect();
+        // A key kept on one member alone is not tried again (it cannot leave it).
         let copy: Vec<MemberObject> = want
             .iter()
-            .filter(|(id, d)| have_map.get(id) != Some(d))
+            .filter(|(id, d)| have_map.get(id) != Some(d) && self.pinned_on(*id).is_none())
             .map(|(id, _)| *id)
             .collect();
         let drop: Vec<MemberObject> = if exact {
@@ -97,8 +98,14 @@ impl Cluster {
             let (known, foreign): (Vec<MemberObject>, Vec<MemberObject>) = have
                 .iter()
                 .map(|(id, _)| *id)
-                .filter(|id| !want_ids.contains(id))
+                .filter(|id| !want_ids.contains(id) && self.pinned_on(*id).is_none())
                 .partition(|id| self.copy_path == CopyPath::Clone || tombs.contains(id));
+            if self.settings.single_member_keys {
+                // What this member alone holds is used there.
+                for id in &foreign {
+                    self.pin(*id, dst);
+                }
+            }
             if !foreign.is_empty() {
                 tracing::warn!(
                     member = dst,
@@ -119,6 +126,9 @@ impl Cluster {
                 // An object that cannot leave its member (not extractable, made by someone
                 // else directly on that HSM) stays where it is; it does not keep the member out.
                 Err(e) if not_copyable(&e) => {
+                    if self.settings.single_member_keys {
+                        self.pin(id, src);
+                    }
                     tracing::warn!(member = src, object = id.0, "object not copied: {e}");
                     return Ok(());
                 }
@@ -127,6 +137,9 @@ impl Cluster {
             match self.import_object(dst, &blob) {
                 Ok(_) => {}
                 Err(e) if not_copyable(&e) => {
+                    if self.settings.single_member_keys {
+                        self.pin(id, src);
+                    }
                     tracing::warn!(member = dst, object = id.0, "object not copied here: {e}");
                     return Ok(());
                 }
@@ -269,6 +282,30 @@ impl Cluster {
         }
     }
 
+    /// `single_member_keys`: new token objects made on member `from` that cannot be copied to
+    /// every member (`why`) stay on it alone: copies made meanwhile on other `holders` are
+    /// removed (a key on some members only would be neither here nor there), and calls on
+    /// them go to `from` (`Route::Pinned`). Told in the log, as the application cannot be.
+    fn keep_on_one(&self, from: usize, holders: &[usize], ids: &[MemberObject], why: &Error) {
+        for &h in holders.iter().filter(|&&h| h != from) {
+            for id in ids {
+                if let Err(e) = self.drop_object(h, *id, 3) {
+                    self.out_of_date(&self.members[h], &e);
+                }
+            }
+        }
+        for id in ids {
+            self.pin(*id, from);
+        }
+        tracing::warn!(
+            member = from,
+            objects = ?ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+            "a token key made on this member cannot be copied to the others ({why}): kept on \
+             this member alone (cluster.single_member_keys); it cannot be used while this \
+             member is down, and is lost with it"
+        );
+    }
+
     /// Make new token objects, made on member `from`, reach `min_replicas` members: copy them
     /// to every up member, and while too few hold them wait (members come back, with the
     /// create gate released meanwhile) until `replicate_wait` passes; then roll back everywhere
@@ -286,6 +323,10 @@ impl Cluster {
         let mut pause = 0u32;
         loop {
             if let Err(e) = self.replicate(&mut holders, ids) {
+                if self.settings.single_member_keys {
+                    self.keep_on_one(from, &holders, ids, &e);
+                    return Ok(());
+                }
                 tracing::error!(
                     member = from,
                     "a token key made on this member cannot leave it, or a member will not hold \

@@ -77,6 +77,20 @@ impl Engine {
             found.sort_unstable();
             found.dedup();
         }
+        // Keys that live on one member alone (`single_member_keys`) are found there.
+        let pinning = self.cluster.pinning_members();
+        if !pinning.is_empty() {
+            for i in pinning {
+                if let Ok(v) = self
+                    .cluster
+                    .call(Route::Pinned(i), 2, |b, msess| b.find(msess, template))
+                {
+                    found.extend(v);
+                }
+            }
+            found.sort_unstable();
+            found.dedup();
+        }
         let hidden = self.cluster.wrap_keys();
         found.retain(|mo| !hidden.contains(mo));
         let mut results: Vec<ObjectHandle> = found

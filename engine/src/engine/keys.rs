@@ -30,7 +30,7 @@ impl Engine {
         }
         let meta = self
             .cluster
-            .call(entry.route(), 1, |b, msess| {
+            .call(entry.route(&self.cluster), 1, |b, msess| {
                 b.check_key(msess, usage, mech, entry.member_obj)
             })
             .map_err(|e| match e {
@@ -149,7 +149,7 @@ impl Engine {
             .entry(wrapping)
             .map_err(|_| Error::WrappingKeyHandleInvalid)?;
         let k = self.key_entry(key)?;
-        let route = Self::route_of(&[w, k])?;
+        let route = self.route_of(&[w, k])?;
         self.cluster
             .call(route, 5, |b, msess| {
                 b.wrap_key(msess, &mech, w.member_obj, k.member_obj)
@@ -182,23 +182,36 @@ impl Engine {
         let template = self.public_session_object(template, token);
         let template = self.copyable(template, token, None)?;
         let (t, id) = self.with_new_id(&template)?;
-        Self::one(self.make(s, u.route(), token, 10, &[id], |b, msess| {
-            b.unwrap_key(msess, &mech, u.member_obj, wrapped, &t)
-                .map(|o| vec![o])
-        })?)
+        Self::one(
+            self.make(s, u.route(&self.cluster), token, 10, &[id], |b, msess| {
+                b.unwrap_key(msess, &mech, u.member_obj, wrapped, &t)
+                    .map(|o| vec![o])
+            })?,
+        )
     }
 
-    /// The route of a call using several objects: pinned if any is a session object (all such
-    /// must share a member), else any member.
-    fn route_of(entries: &[ObjEntry]) -> Result<Route> {
+    /// The route of a call using several objects: to their member if any lives on one member
+    /// (a session object, or a token key kept on one member alone), all such on the same one;
+    /// else any member.
+    fn route_of(&self, entries: &[ObjEntry]) -> Result<Route> {
+        let member = |r: Route| match r {
+            Route::On(i, _) | Route::Pinned(i) => Some(i),
+            _ => None,
+        };
         let mut route = Route::Any;
         for e in entries {
-            match (route, e.route()) {
-                (_, Route::Any) => {}
-                (Route::Any, r) => route = r,
-                (a, b) if a == b => {}
+            let r = e.route(&self.cluster);
+            match (member(route), member(r)) {
+                (_, None) => {}
+                (None, Some(_)) => route = r,
+                (Some(a), Some(b)) if a == b => {
+                    // A session object's route also checks its member's epoch.
+                    if matches!(r, Route::On(..)) {
+                        route = r;
+                    }
+                }
                 _ => {
-                    tracing::warn!("session objects on different members used together");
+                    tracing::warn!("objects that live on different members used together");
                     return Err(Error::KeyHandleInvalid);
                 }
             }
@@ -222,9 +235,16 @@ impl Engine {
         let template = self.public_session_object(template, token);
         let template = self.copyable(template, token, Some(CKO_SECRET_KEY))?;
         let (t, id) = self.with_new_id(&template)?;
-        Self::one(self.make(s, base.route(), token, 10, &[id], |b, msess| {
-            b.derive_key(msess, &mech, base.member_obj, &t)
-                .map(|o| vec![o])
-        })?)
+        Self::one(self.make(
+            s,
+            base.route(&self.cluster),
+            token,
+            10,
+            &[id],
+            |b, msess| {
+                b.derive_key(msess, &mech, base.member_obj, &t)
+                    .map(|o| vec![o])
+            },
+        )?)
     }
 }

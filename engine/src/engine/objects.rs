@@ -101,7 +101,8 @@ impl Engine {
     /// does not say) and then only under a trusted key (`CKA_WRAP_WITH_TRUSTED`, unless the
     /// template says otherwise), so the cluster wrapping key is the only key that can take it
     /// out. A key asked to be not extractable cannot reach the other members: it is refused
-    /// with `CKR_TEMPLATE_INCONSISTENT` and the reason in the log.
+    /// with `CKR_TEMPLATE_INCONSISTENT` and the reason in the log, unless
+    /// `single_member_keys` keeps it on the member that makes it.
     pub(super) fn copyable(
         &self,
         mut template: Vec<Attr>,
@@ -121,6 +122,8 @@ impl Engine {
             return Ok(template);
         }
         match says(&template, CKA_EXTRACTABLE).and_then(|a| a.as_bool()) {
+            // Kept on the member that makes it (see `Cluster::spread`).
+            Some(false) if self.cluster.settings.single_member_keys => return Ok(template),
             Some(false) => {
                 tracing::warn!(
                     "refused a token key with CKA_EXTRACTABLE false: it could not be copied to \
@@ -174,6 +177,8 @@ impl Engine {
         let route = match (route, token) {
             // A new session object lives in pool session 0 of the member that makes it.
             (Route::Any, false) => Route::AnyHome,
+            // Made from a key that lives on one member alone: there, in pool session 0.
+            (Route::Pinned(i), false) => Route::On(i, self.cluster.members[i].epoch()),
             (r, _) => r,
         };
         let mut gate = self.cluster.gate.read();
@@ -243,9 +248,11 @@ impl Engine {
         };
         let token = Self::wants_token(&template, e.home.is_none());
         let (t, id) = self.with_new_id(&template)?;
-        Self::one(self.make(s, e.route(), token, 5, &[id], |b, msess| {
-            b.copy_object(msess, e.member_obj, &t).map(|o| vec![o])
-        })?)
+        Self::one(
+            self.make(s, e.route(&self.cluster), token, 5, &[id], |b, msess| {
+                b.copy_object(msess, e.member_obj, &t).map(|o| vec![o])
+            })?,
+        )
     }
 
     /// `C_DestroyObject`. A token object is destroyed on one member (which checks that it may
@@ -261,11 +268,14 @@ impl Engine {
         }
         // Ordered against the last pass of a resynchronisation, like a create.
         let _gate = self.cluster.gate.read();
-        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, msess| {
-            b.destroy_object(msess, e.member_obj)
-        })?;
+        let (first, _, ()) = self
+            .cluster
+            .call_full(e.route(&self.cluster), 1, |b, msess| {
+                b.destroy_object(msess, e.member_obj)
+            })?;
         if e.home.is_none() {
             self.cluster.drop_replicas(Some(first), &[e.member_obj]);
+            self.cluster.unpin(e.member_obj);
         }
         self.forget_object(o);
         if let Some(owner) = e.session {
@@ -295,8 +305,9 @@ impl Engine {
             Ok(e) => e,
             Err(err) => return Ok(self.presented(o).map_err(|_| err)?.size()),
         };
-        self.cluster
-            .call(e.route(), 1, |b, msess| b.object_size(msess, e.member_obj))
+        self.cluster.call(e.route(&self.cluster), 1, |b, msess| {
+            b.object_size(msess, e.member_obj)
+        })
     }
 
     /// `C_GetAttributeValue`: one answer per requested type, in order.
@@ -311,10 +322,15 @@ impl Engine {
             Ok(e) => e,
             Err(err) => return Ok(self.presented(o).map_err(|_| err)?.answer(types)),
         };
-        let (answered_by, _, mut answers) = self.cluster.call_full(e.route(), 1, |b, msess| {
-            b.get_attributes(msess, e.member_obj, types)
-        })?;
-        if e.home.is_none() && self.cluster.copy_path == crate::cluster::CopyPath::Wrap {
+        let (answered_by, _, mut answers) =
+            self.cluster
+                .call_full(e.route(&self.cluster), 1, |b, msess| {
+                    b.get_attributes(msess, e.member_obj, types)
+                })?;
+        if e.home.is_none()
+            && self.cluster.copy_path == crate::cluster::CopyPath::Wrap
+            && self.cluster.pinned_on(e.member_obj).is_none()
+        {
             self.as_made(answered_by, e.member_obj, types, &mut answers);
         }
         Ok(answers)
@@ -394,11 +410,13 @@ impl Engine {
         }
         check_app_template(&template)?;
         let _gate = self.cluster.gate.read();
-        let (first, _, ()) = self.cluster.call_full(e.route(), 1, |b, msess| {
-            b.set_attributes(msess, e.member_obj, &template)
-        })?;
+        let (first, _, ()) = self
+            .cluster
+            .call_full(e.route(&self.cluster), 1, |b, msess| {
+                b.set_attributes(msess, e.member_obj, &template)
+            })?;
         self.invalidate();
-        if e.home.is_none() {
+        if e.home.is_none() && self.cluster.pinned_on(e.member_obj).is_none() {
             // The other members make the same change: where objects travel by wrapping, by
             // the same call; else the changed object replaces the old one. A member that
             // misses it now is brought level when it returns.

@@ -77,7 +77,7 @@ impl Engine {
         let objects = std::mem::take(&mut sess.lock().objects);
         for h in objects {
             if let Ok(e) = self.entry(h) {
-                let _ = self.cluster.call(e.route(), 1, |b, msess| {
+                let _ = self.cluster.call(e.route(&self.cluster), 1, |b, msess| {
                     b.destroy_object(msess, e.member_obj)
                 });
             }
