@@ -144,50 +144,33 @@ impl CopyThread {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if self.stale() {
-            // A forked child's copy of its parent's copy, idle since the fork (`before_fork`),
-            // with no thread: finalised (softokn knows it is in a child and lets go of what
-            // its parent had without touching it; it must, or what it loaded keeps the copy's
-            // NSPR from unloading) and unloaded from a new thread, whose per-thread data the
-            // copy's destructors find empty.
-            let fl = fl as usize;
-            let closing = std::thread::Builder::new().spawn(move || {
-                // SAFETY: `fl` is the copy's function list, still loaded; C_Finalize takes
-                // NULL; nothing else calls into the copy in this process (it is stale).
-                let finalize = unsafe { (*(fl as *const CK_FUNCTION_LIST)).C_Finalize };
-                if let Some(finalize) = finalize {
-                    // SAFETY: as above.
-                    let _ = unsafe { finalize(std::ptr::null_mut()) };
-                }
-                // SAFETY: `handle` came from dlmopen and is closed once (`closed`); nothing
-                // calls into the copy in this process (it is stale) or after this (exiting).
-                unsafe { libc::dlclose(handle as *mut c_void) };
-            });
-            if let Ok(t) = closing {
-                let until = std::time::Instant::now() + wait;
-                while !t.is_finished() && std::time::Instant::now() < until {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
-            return;
-        }
         let fl = fl as usize;
         let (done, finished) = crossbeam::channel::bounded::<()>(1);
         let job: Job = Box::new(move || {
             // SAFETY: `fl` is the copy's function list (non-NULL from C_GetFunctionList) and
             // the copy is still loaded; C_Finalize takes NULL; no other call is in flight or
-            // will start (the process is exiting: `EXITING`).
+            // will start (the process is exiting: `EXITING`; a stale copy is never called).
             let finalize = unsafe { (*(fl as *const CK_FUNCTION_LIST)).C_Finalize };
             if let Some(finalize) = finalize {
                 // SAFETY: as above.
                 let _ = unsafe { finalize(std::ptr::null_mut()) };
             }
             // SAFETY: `handle` came from dlmopen and is closed once (`closed`); nothing calls
-            // into the copy after this (`EXITING`), and its code is not running.
+            // into the copy after this, and its code is not running.
             unsafe { libc::dlclose(handle as *mut c_void) };
             let _ = done.send(());
         });
-        if self.jobs.send(job).is_ok() && finished.recv_timeout(wait).is_err() {
+        let sent = if self.stale() {
+            // A forked child's copy of its parent's copy, idle since the fork (`before_fork`),
+            // with no thread: closed from a new thread, whose per-thread data the copy's
+            // destructors find empty. Finalised too: softokn knows it is in a child and lets
+            // go of what its parent had without touching it (it must, or what it loaded keeps
+            // the copy's NSPR from unloading).
+            std::thread::Builder::new().spawn(job).is_ok()
+        } else {
+            self.jobs.send(job).is_ok()
+        };
+        if sent && finished.recv_timeout(wait).is_err() {
             tracing::warn!("a private copy of a vendor module did not finish closing at exit");
         }
     }
@@ -480,7 +463,14 @@ fn open(path: &Path, private: bool) -> Result<Loaded, String> {
     };
     let get_list = || -> Result<(libloading::Library, usize), String> {
         let lib = if private {
-            dlmopen(path)?
+            let h = dlmopen(path)?;
+            // The copy's handle, to close it at exit (its `Library` never closes it: it is
+            // kept for the life of the process, in `LIBRARIES`).
+            if let Some(t) = &thread {
+                let _ = t.handle.set(h as usize);
+            }
+            // SAFETY: `h` came non-NULL from dlmopen, which libloading's Library may dlclose.
+            unsafe { libloading::os::unix::Library::from_raw(h) }.into()
         } else {
             // SAFETY: loading runs the library's initialisers; the path is the operator's
             // configured PKCS #11 module, which is trusted to be one.
@@ -499,16 +489,7 @@ fn open(path: &Path, private: bool) -> Result<Loaded, String> {
         Ok((lib, fl as usize))
     };
     let (lib, fl) = match &thread {
-        Some(w) => {
-            let (lib, fl) = w.run(get_list)?;
-            // The copy's handle, to close it at exit; its `Library` never closes it (it is
-            // kept for the life of the process, in `LIBRARIES`).
-            let raw = libloading::os::unix::Library::from(lib).into_raw();
-            let _ = w.handle.set(raw as usize);
-            // SAFETY: `raw` came from dlmopen just above (into_raw gives it back unchanged).
-            let lib = unsafe { libloading::os::unix::Library::from_raw(raw) }.into();
-            (lib, fl)
-        }
+        Some(t) => t.run(get_list)?,
         None => get_list()?,
     };
     // SAFETY: `at_exit` is an `extern "C" fn()` that lives for the whole process (it is in this
@@ -526,7 +507,7 @@ fn open(path: &Path, private: bool) -> Result<Loaded, String> {
 /// A private copy of the library at `path` and of what it links (its own C library too), in a
 /// new link namespace.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn dlmopen(path: &Path) -> Result<libloading::Library, String> {
+fn dlmopen(path: &Path) -> Result<*mut c_void, String> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "a NUL in the path")?;
     // SAFETY: `c` is a NUL-terminated path that outlives the call; loading runs the library's
@@ -554,12 +535,11 @@ fn dlmopen(path: &Path) -> Result<libloading::Library, String> {
              such copies in a process: GLIBC_TUNABLES=glibc.rtld.optional_static_tls raises it)"
         ));
     }
-    // SAFETY: `h` came non-NULL from dlmopen, which libloading's Library may dlclose.
-    Ok(unsafe { libloading::os::unix::Library::from_raw(h) }.into())
+    Ok(h)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn dlmopen(_path: &Path) -> Result<libloading::Library, String> {
+fn dlmopen(_path: &Path) -> Result<*mut c_void, String> {
     Err("no private copies on this system".into())
 }
 
@@ -648,19 +628,18 @@ extern "C" fn at_exit() {
     }
     // Private copies are closed now, on their own threads (see `CopyThread::close_at_exit`).
     // A load under way at exit holds the lock: its copy is left as it is.
-    let wait = std::time::Duration::from_secs(1);
-    if let Some(libs) = LIBRARIES.try_lock_for(std::time::Duration::from_millis(100)) {
-        for (loaded, _) in libs.values() {
-            if let Some(t) = &loaded.thread {
-                t.close_at_exit(loaded.fl, wait);
-            }
-        }
-    }
-    if let Some(stale) = STALE.try_lock_for(std::time::Duration::from_millis(100)) {
-        for loaded in stale.iter() {
-            if let Some(t) = &loaded.thread {
-                t.close_at_exit(loaded.fl, wait);
-            }
+    let lock_wait = std::time::Duration::from_millis(100);
+    let (libs, stale) = (
+        LIBRARIES.try_lock_for(lock_wait),
+        STALE.try_lock_for(lock_wait),
+    );
+    let copies = libs
+        .iter()
+        .flat_map(|l| l.values().map(|(loaded, _)| loaded))
+        .chain(stale.iter().flat_map(|s| s.iter()));
+    for loaded in copies {
+        if let Some(t) = &loaded.thread {
+            t.close_at_exit(loaded.fl, std::time::Duration::from_secs(1));
         }
     }
 }
