@@ -130,3 +130,11 @@ pub fn sign(
     sig.truncate(n);
     sig
 }
+
+/// Every object a find with `template` returns (at most 100), through the engine.
+pub fn find(e: &Engine, s: SessionHandle, template: Vec<Attr>) -> Vec<ObjectHandle> {
+    e.find_objects_init(s, template).expect("C_FindObjectsInit");
+    let found = e.find_objects(s, 100).expect("C_FindObjects");
+    e.find_objects_final(s).expect("C_FindObjectsFinal");
+    found
+}

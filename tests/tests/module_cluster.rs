@@ -13,9 +13,9 @@ use cryptoki_sys::*;
 use hsmpool_engine::cluster::ceremony::{wrap_key_ceremony as ceremony, Done};
 use hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{ObjectHandle, OpKind, SessionHandle, SlotId};
+use hsmpool_engine::types::{OpKind, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::{aes_token_key, ec_pair, value};
+use hsmpool_tests::engine::{aes_token_key, ec_pair, find, sign, value};
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
@@ -35,22 +35,6 @@ fn config() -> Config {
         );
     }
     Config::parse(&text, "three SoftHSMv2 tokens").unwrap()
-}
-
-fn sign(e: &Engine, s: SessionHandle, k: ObjectHandle, msg: &[u8]) -> Vec<u8> {
-    e.op_init(s, OpKind::Sign, Mechanism::plain(CKM_ECDSA_SHA256), k)
-        .unwrap();
-    let mut out = vec![0u8; 128];
-    let n = e.op_single(s, OpKind::Sign, msg, Some(&mut out)).unwrap();
-    out.truncate(n);
-    out
-}
-
-fn find(e: &Engine, s: SessionHandle, t: Vec<Attr>) -> Vec<ObjectHandle> {
-    e.find_objects_init(s, t).unwrap();
-    let found = e.find_objects(s, 100).unwrap();
-    e.find_objects_final(s).unwrap();
-    found
 }
 
 /// What SoftHSMv2's own module lists on token `i` (pkcs11-tool, logged in).
@@ -166,7 +150,10 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     for i in 0..30u32 {
         let msg = format!("message {i}");
         verifier
-            .verify(msg.as_bytes(), &sign(&e, s, ec_priv, msg.as_bytes()))
+            .verify(
+                msg.as_bytes(),
+                &sign(&e, s, CKM_ECDSA_SHA256, ec_priv, msg.as_bytes()),
+            )
             .unwrap();
     }
     let ops: Vec<u64> = e.member_status().iter().map(|m| m.ops).collect();
@@ -319,7 +306,10 @@ fn three_softhsm2_tokens_hold_every_token_key_made_through_us() {
     for i in 0..12u32 {
         let msg = format!("after restart {i}");
         verifier
-            .verify(msg.as_bytes(), &sign(&e, s, privs[0], msg.as_bytes()))
+            .verify(
+                msg.as_bytes(),
+                &sign(&e, s, CKM_ECDSA_SHA256, privs[0], msg.as_bytes()),
+            )
             .unwrap();
     }
     e.logout(s).unwrap();

@@ -20,7 +20,7 @@ use cryptoki_sys::*;
 use hsmpool_engine::config::Config;
 use hsmpool_engine::types::{OpKind, SlotId};
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::{aes_token_key, ec_pair, sign, value};
+use hsmpool_tests::engine::{aes_token_key, ec_pair, find, sign, value};
 use hsmpool_tests::mixed::MixedMembers;
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::SOFTHSM;
@@ -261,10 +261,7 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
             .unwrap();
         e.destroy_object(s, k).unwrap();
         e.destroy_object(s, p).unwrap();
-        e.find_objects_init(s, vec![Attr::bytes(CKA_ID, &[0x0c, round])])
-            .unwrap();
-        let found = e.find_objects(s, 10).unwrap();
-        e.find_objects_final(s).unwrap();
+        let found = find(&e, s, vec![Attr::bytes(CKA_ID, &[0x0c, round])]);
         assert!(found.is_empty(), "round {round}");
     }
     e.logout(s).unwrap();
@@ -312,10 +309,7 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
         (b"mixed aes", 1),
         (b"readable", 0),
     ] {
-        e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, label)])
-            .unwrap();
-        let found = e.find_objects(s, 10).unwrap();
-        e.find_objects_final(s).unwrap();
+        let found = find(&e, s, vec![Attr::bytes(CKA_LABEL, label)]);
         assert_eq!(found.len(), n, "{}", String::from_utf8_lossy(label));
     }
     let copied: u64 = e.member_status().iter().map(|m| m.replicated).sum();
@@ -394,10 +388,7 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
         "{:?}",
         e.member_status()
     );
-    e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, b"mixed ec")])
-        .unwrap();
-    let found = e.find_objects(s, 10).unwrap();
-    e.find_objects_final(s).unwrap();
+    let found = find(&e, s, vec![Attr::bytes(CKA_LABEL, b"mixed ec")]);
     assert_eq!(found.len(), 2);
     let ec_priv = found
         .into_iter()

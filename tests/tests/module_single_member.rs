@@ -13,22 +13,14 @@ use cryptoki_sys::*;
 use hsmpool_engine::cluster::ceremony::wrap_key_ceremony as ceremony;
 use hsmpool_engine::cluster::DEFAULT_WRAP_KEY_LABEL;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{ObjectHandle, SessionHandle, SlotId};
+use hsmpool_engine::types::SlotId;
 use hsmpool_engine::{Attr, Engine, Mechanism};
-use hsmpool_tests::engine::{ec_pair, sign, value, P256};
+use hsmpool_tests::engine::{ec_pair, find, sign, value, P256};
 use hsmpool_tests::require_tool;
 use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
 
 const SO_PIN: &str = "12345678";
 const PIN: &str = "87654321";
-
-fn find(e: &Engine, s: SessionHandle, label: &[u8]) -> Vec<ObjectHandle> {
-    e.find_objects_init(s, vec![Attr::bytes(CKA_LABEL, label)])
-        .unwrap();
-    let found = e.find_objects(s, 100).unwrap();
-    e.find_objects_final(s).unwrap();
-    found
-}
 
 /// How many objects labelled `label` each token holds, as SoftHSMv2's own module lists them.
 fn on_each_token(tokens: &SoftHsmTokens, label: &str) -> Vec<usize> {
@@ -157,7 +149,7 @@ fn a_key_that_cannot_travel_is_kept_on_its_member_and_used_there() {
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .unwrap();
     e.login(s, CKU_USER, PIN.as_bytes(), None).unwrap();
-    let found = find(&e, s, b"kept");
+    let found = find(&e, s, vec![Attr::bytes(CKA_LABEL, b"kept")]);
     let private = *found
         .iter()
         .find(|o| value(&e, s, **o, CKA_CLASS) == CKO_PRIVATE_KEY.to_ne_bytes())
@@ -174,7 +166,7 @@ fn a_key_that_cannot_travel_is_kept_on_its_member_and_used_there() {
 
     // Destroyed: gone from its member.
     e.destroy_object(s, private).unwrap();
-    assert!(find(&e, s, b"kept")
+    assert!(find(&e, s, vec![Attr::bytes(CKA_LABEL, b"kept")])
         .iter()
         .all(|o| value(&e, s, *o, CKA_CLASS) != CKO_PRIVATE_KEY.to_ne_bytes()));
     e.logout(s).unwrap();
