@@ -547,8 +547,12 @@ impl Member {
 }
 
 impl Cluster {
-    /// Keep token object `id` on member `m` alone (`single_member_keys`).
+    /// Keep token object `id` on member `m` alone, if the cluster keeps such keys
+    /// (`single_member_keys`; else nothing).
     pub(crate) fn pin(&self, id: crate::backend::MemberObject, m: usize) {
+        if !self.settings.single_member_keys {
+            return;
+        }
         if self.pinned.insert(id, m) != Some(m) {
             self.any_pinned.store(true, Ordering::Release);
         }

@@ -100,11 +100,9 @@ impl Cluster {
                 .map(|(id, _)| *id)
                 .filter(|id| !want_ids.contains(id) && self.pinned_on(*id).is_none())
                 .partition(|id| self.copy_path == CopyPath::Clone || tombs.contains(id));
-            if self.settings.single_member_keys {
-                // What this member alone holds is used there.
-                for id in &foreign {
-                    self.pin(*id, dst);
-                }
+            // What this member alone holds is used there (`single_member_keys`).
+            for id in &foreign {
+                self.pin(*id, dst);
             }
             if !foreign.is_empty() {
                 tracing::warn!(
@@ -126,9 +124,7 @@ impl Cluster {
                 // An object that cannot leave its member (not extractable, made by someone
                 // else directly on that HSM) stays where it is; it does not keep the member out.
                 Err(e) if not_copyable(&e) => {
-                    if self.settings.single_member_keys {
-                        self.pin(id, src);
-                    }
+                    self.pin(id, src);
                     tracing::warn!(member = src, object = id.0, "object not copied: {e}");
                     return Ok(());
                 }
@@ -137,9 +133,7 @@ impl Cluster {
             match self.import_object(dst, &blob) {
                 Ok(_) => {}
                 Err(e) if not_copyable(&e) => {
-                    if self.settings.single_member_keys {
-                        self.pin(id, src);
-                    }
+                    self.pin(id, src);
                     tracing::warn!(member = dst, object = id.0, "object not copied here: {e}");
                     return Ok(());
                 }
