@@ -32,6 +32,19 @@
 #define CKA_HSMPOOL_OBJECT_ID (CKA_VENDOR_DEFINED | 0x48500001UL)
 
 /*
+ * Vendor-defined return values of user administration (the `hsmpool user` commands and the
+ * engine's user changes; never returned by a standard C_* function):
+ *
+ * CKR_HSMPOOL_USER_EXISTS      a user of that name exists already
+ * CKR_HSMPOOL_USER_NOT_FOUND   no user of that name (or it was deleted)
+ * CKR_HSMPOOL_LAST_OFFICER     the change would delete, lock or demote the officer making it,
+ *                              or the last officer that can log in
+ */
+#define CKR_HSMPOOL_USER_EXISTS (CKR_VENDOR_DEFINED | 0x48500001UL)
+#define CKR_HSMPOOL_USER_NOT_FOUND (CKR_VENDOR_DEFINED | 0x48500002UL)
+#define CKR_HSMPOOL_LAST_OFFICER (CKR_VENDOR_DEFINED | 0x48500003UL)
+
+/*
  * AWS CloudHSM compatibility: the vendor mechanisms of CloudHSM's PKCS #11 library (Client SDK 5,
  * cloudhsm_pkcs11_vendor_defs.h), with CloudHSM's values, so programs written for CloudHSM build
  * and run unchanged. Guarded so that CloudHSM's own header may be included as well.

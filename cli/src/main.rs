@@ -1,4 +1,4 @@
-//! `hsmpool`: administration of an hsmpool token's simulated HSMs.
+//! `hsmpool`: administration of an hsmpool cluster: its users, its certificates, its members.
 //!
 //! It works on the embedded default (or the member named by the configuration) directly, so it
 //! must not run while a process that has the same data directory open is writing to it.
@@ -13,6 +13,7 @@ use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
 mod sim;
+mod users;
 
 const USAGE: &str = "usage: hsmpool [--data DIR] <command>
 
@@ -20,11 +21,7 @@ commands:
   status                      token state, users and object count of the HSM's store; with a
                               cluster configured (HSMPOOL_CONF), of every member, and each
                               daemon's own counters (exits 1 if a member is unreachable)
-  user add NAME [--officer]   add (or reset) a crypto user (or officer) NAME; the crypto
-                              officer's PIN comes from HSMPOOL_SO_PIN, the new user's PIN
-                              from HSMPOOL_NEW_PIN. The user then logs in with the PIN
-                              NAME:PASSWORD (or C_LoginUser).
-  store verify                check every stored object and user against its seal; exits 1
+{user}  store verify                check every stored object and user against its seal; exits 1
                               and lists them if any was tampered with
 {cluster}{sim}
 options:
@@ -38,6 +35,7 @@ fn usage() -> String {
     USAGE
         .replace("{cluster}", hsmpool_cli::cluster::USAGE)
         .replace("{sim}", sim::USAGE)
+        .replace("{user}", users::USAGE)
 }
 
 fn main() -> ExitCode {
@@ -48,12 +46,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn env_secret(name: &str) -> Result<Vec<u8>, String> {
-    std::env::var(name)
-        .map(String::into_bytes)
-        .map_err(|_| format!("{name} is not set"))
 }
 
 /// Token state and users of an embedded member's store.
@@ -175,6 +167,10 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         data = Some(PathBuf::from(args.remove(i + 1)));
         args.remove(i);
     }
+    // The user commands parse their own arguments (and their own --help).
+    if args.first().is_some_and(|a| a == "user") {
+        return users::run(&args[1..], data);
+    }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());
         return Ok(ExitCode::SUCCESS);
@@ -211,24 +207,6 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             let hsm = open()?;
             println!("data directory: {}", dir.display());
             print_embedded(&hsm, "");
-            Ok(ExitCode::SUCCESS)
-        }
-        ["user", "add", name, rest @ ..] => {
-            let role = match rest {
-                [] => Role::User,
-                ["--officer"] => Role::Officer,
-                _ => return Err(format!("unexpected arguments {rest:?}\n{}", usage())),
-            };
-            let so_pin = env_secret("HSMPOOL_SO_PIN")?;
-            let new_pin = env_secret("HSMPOOL_NEW_PIN")?;
-            let hsm = open()?;
-            let ms = hsm.open_session();
-            hsm.login(ms, Role::Officer, &so_pin)
-                .map_err(|e| format!("crypto officer login: {e}"))?;
-            hsm.add_user(ms, name, role, &new_pin)
-                .map_err(|e| format!("adding {name}: {e}"))?;
-            hsm.close_session(ms);
-            println!("added {name}");
             Ok(ExitCode::SUCCESS)
         }
         ["store", "verify"] => {

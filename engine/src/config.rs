@@ -10,7 +10,7 @@
 //! kind = "embedded"            # the in-process simulator
 //! data_dir = "/var/lib/hsmpool/hsm0"
 //! pin_iterations = 100000      # PBKDF2 iterations for new PIN hashes
-//! max_login_failures = 10
+//! max_login_failures = 5       # consecutive failed logins that lock a user (cluster-wide)
 //! timing = "off"               # or "hsm2m.medium" / "hsm1.medium": the simulator's timing model
 //! [[member]]
 //! kind = "daemon"              # an hsmpool-hsmd over mutual TLS

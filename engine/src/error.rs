@@ -148,6 +148,10 @@ pub enum Error {
     /// The function is not implemented (and is listed in the README).
     #[error("function not supported")]
     FunctionNotSupported,
+    /// A member cannot do what was asked, and the whole change is refused (which member, and
+    /// why).
+    #[error("not supported: {0}")]
+    NotSupportedBy(String),
     /// The token's generator cannot be seeded.
     #[error("random seed not supported")]
     RandomSeedNotSupported,
@@ -260,7 +264,7 @@ impl Error {
             Error::EncryptedDataInvalid => CKR_ENCRYPTED_DATA_INVALID,
             Error::SignatureInvalid => CKR_SIGNATURE_INVALID,
             Error::SignatureLenRange => CKR_SIGNATURE_LEN_RANGE,
-            Error::FunctionNotSupported => CKR_FUNCTION_NOT_SUPPORTED,
+            Error::FunctionNotSupported | Error::NotSupportedBy(_) => CKR_FUNCTION_NOT_SUPPORTED,
             Error::RandomSeedNotSupported => CKR_RANDOM_SEED_NOT_SUPPORTED,
             Error::TokenWriteProtected => CKR_TOKEN_WRITE_PROTECTED,
             Error::FunctionFailed => CKR_FUNCTION_FAILED,
@@ -334,6 +338,7 @@ impl Error {
             | Error::SignatureInvalid
             | Error::SignatureLenRange
             | Error::FunctionNotSupported
+            | Error::NotSupportedBy(_)
             | Error::RandomSeedNotSupported
             | Error::TokenWriteProtected
             | Error::FunctionFailed
@@ -423,6 +428,7 @@ mod tests {
             Error::HostMemory => 51,
             Error::General(_) => 52,
             Error::FunctionFailed => 53,
+            Error::NotSupportedBy(_) => 54,
         }
     }
 
@@ -564,6 +570,11 @@ mod tests {
                 false,
             ),
             (
+                Error::NotSupportedBy("a vendor member".into()),
+                CKR_FUNCTION_NOT_SUPPORTED,
+                false,
+            ),
+            (
                 Error::RandomSeedNotSupported,
                 CKR_RANDOM_SEED_NOT_SUPPORTED,
                 false,
@@ -596,7 +607,7 @@ mod tests {
             (hsm(CKR_PIN_INCORRECT), CKR_PIN_INCORRECT, false),
             (hsm(CKR_GENERAL_ERROR), CKR_GENERAL_ERROR, false),
         ];
-        let mut seen = [false; 54];
+        let mut seen = [false; 55];
         for (e, rv, retry) in &table {
             assert_eq!(e.ck_rv(), *rv, "{e:?}");
             assert_eq!(e.is_retryable(), *retry, "{e:?}");

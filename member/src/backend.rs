@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::mechanism::MechRow;
 use crate::meta::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use crate::types::{Attr, Mechanism, SignInput};
+use crate::users::Users;
 
 /// Which member of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -303,6 +304,21 @@ pub trait Backend: Send + Sync {
     fn replication(&self) -> Option<&dyn Replication> {
         None
     }
+
+    /// Users kept the same on every member, if this kind of member has them (see
+    /// [`crate::users`]). A vendor module answers `None`: the engine then applies to it what
+    /// PKCS #11 itself can say (`C_InitPIN`, `C_SetPIN`) and refuses the rest.
+    fn users(&self) -> Option<&dyn Users> {
+        None
+    }
+}
+
+/// `b`'s users capability, or [`MemberError::Unsupported`] for a kind that has none.
+pub fn users(b: &dyn Backend) -> MemberResult<&dyn Users> {
+    b.users().ok_or(MemberError::Unsupported {
+        member: b.id(),
+        what: "manage users (no users capability)",
+    })
 }
 
 /// `b`'s clone path, or [`MemberError::Unsupported`] for a kind that has none: what the engine's

@@ -175,6 +175,63 @@ impl CloneKey {
     }
 }
 
+const USER_MAGIC: &[u8; 3] = b"HPU";
+const USER_AAD_TAG: &[u8] = b"hsmpool-user-clone-v1";
+
+impl CloneKey {
+    /// Seal one user record (its encoding is the caller's: `hsm::users`) for another member.
+    /// `name` travels in clear in the header and is bound by the tag.
+    ///
+    /// ```text
+    /// "HPU" version(1) | name len u8 | name | nonce(12) | AES-256-GCM(record) + tag(16)
+    /// AAD = "hsmpool-user-clone-v1" | name len u8 | name
+    /// ```
+    pub fn seal_user(&self, name: &str, record: &[u8]) -> SimResult<Vec<u8>> {
+        let len = u8::try_from(name.len()).map_err(|_| SimError::Rv(CKR_GENERAL_ERROR))?;
+        let mut head = USER_MAGIC.to_vec();
+        head.push(BLOB_VERSION);
+        head.push(len);
+        head.extend_from_slice(name.as_bytes());
+        let mut aad = USER_AAD_TAG.to_vec();
+        aad.extend_from_slice(&head[4..]);
+        let mut out = head;
+        out.extend_from_slice(&self.seal.seal(&aad, record)?);
+        Ok(out)
+    }
+
+    /// Open a user blob: (name, record); `CKR_WRAPPED_KEY_INVALID` when it is malformed, from
+    /// another cluster or changed.
+    pub fn open_user(&self, blob: &[u8]) -> SimResult<(String, Zeroizing<Vec<u8>>)> {
+        let bad = || SimError::Rv(CKR_WRAPPED_KEY_INVALID);
+        if blob.len() < 5 || &blob[..3] != USER_MAGIC || blob[3] != BLOB_VERSION {
+            return Err(bad());
+        }
+        let end = 5 + usize::from(blob[4]);
+        let name = blob.get(5..end).ok_or_else(bad)?;
+        let name = std::str::from_utf8(name).map_err(|_| bad())?.to_string();
+        let mut aad = USER_AAD_TAG.to_vec();
+        aad.extend_from_slice(&blob[4..end]);
+        let record = self.seal.open(&aad, &blob[end..]).ok_or_else(bad)?;
+        Ok((name, record))
+    }
+
+    /// A keyed digest of arbitrary bytes (a user record), under the same key as object digests
+    /// but a different domain.
+    pub fn digest_bytes(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.digest);
+        ctx.update(&(domain.len() as u64).to_be_bytes());
+        ctx.update(domain);
+        for p in parts {
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
 /// Give every member data directory in `dirs` the same clone key: the one some of them already
 /// have (they must agree), else a new random one. Directories are created as needed.
 pub fn provision(dirs: &[PathBuf]) -> SimResult<()> {

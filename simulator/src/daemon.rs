@@ -89,6 +89,8 @@ Serves one simulated HSM over mutual TLS 1.3.
   --fault-seed N         turn fault injection on, seeded with N (Fault requests drive it)
   --member N             this HSM's member id in the fault run (default 0)
   --pin-iterations N     PBKDF2 iterations for new PIN hashes (default 100000)
+  --max-login-failures N consecutive failed logins that lock a user (default 5; the module
+                         counts every failure on every member, so the cluster locks as one)
   --workers N            requests run at once (default 64)
   --max-connections N    client connections at once (default 256)
   --log FILTER           tracing filter (default info; HSMPOOL_LOG overrides)
@@ -141,6 +143,7 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
     let mut seed = None;
     let mut member = 0u64;
     let mut pin_iterations = None;
+    let mut max_login_failures = None;
     let mut workers = 64usize;
     let mut max_connections = 256usize;
     let mut log = None;
@@ -179,6 +182,13 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
                 }
                 pin_iterations = Some(n);
             }
+            "--max-login-failures" => {
+                let n: u32 = number(flag, &value()?)?;
+                if n == 0 {
+                    return Err("--max-login-failures: must be at least 1".into());
+                }
+                max_login_failures = Some(n);
+            }
             "--workers" => workers = number(flag, &value()?)?,
             "--max-connections" => max_connections = number(flag, &value()?)?,
             "--log" => log = Some(value()?),
@@ -189,6 +199,9 @@ pub fn parse_args(args: &[String]) -> Result<DaemonConfig, String> {
     let mut hsm = HsmConfig::new(need(data, "--data")?);
     if let Some(n) = pin_iterations {
         hsm.pin_iterations = n;
+    }
+    if let Some(n) = max_login_failures {
+        hsm.max_login_failures = n;
     }
     hsm.timing = timing;
     hsm.faults = seed.map(|s| FaultConfig::new(FaultSeed(s), member));
@@ -578,7 +591,9 @@ impl Shared {
         Response::Version(VersionInfo {
             daemon,
             protocol,
-            capabilities: VersionInfo::REPLICATION | if faults { VersionInfo::FAULTS } else { 0 },
+            capabilities: VersionInfo::REPLICATION
+                | VersionInfo::USERS
+                | if faults { VersionInfo::FAULTS } else { 0 },
         })
     }
 

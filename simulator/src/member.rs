@@ -1,12 +1,12 @@
 //! The simulator as a cluster member: [`SimMember`] implements the member contract
-//! ([`Backend`] and its [`Replication`] capability) over an [`Hsm`] in this process. The
+//! ([`Backend`] and its [`Replication`] and [`Users`] capabilities) over an [`Hsm`] in this process. The
 //! engine's embedded default uses it directly; `hsmpool-hsmd` serves it over the wire.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
     AttrAnswer, Backend, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
-    Replication, Role, TokenStatus,
+    Replication, Role, TokenStatus, UserChange, UserSet, Users,
 };
 use zeroize::Zeroizing;
 
@@ -323,6 +323,30 @@ impl Backend for SimMember {
     }
     fn replication(&self) -> Option<&dyn Replication> {
         Some(self)
+    }
+    fn users(&self) -> Option<&dyn Users> {
+        Some(self)
+    }
+}
+
+impl Users for SimMember {
+    fn user_states(&self, s: MemberSession) -> MemberResult<UserSet> {
+        self.hsm.user_states(self.s(s)).map_err(|e| self.err(e))
+    }
+    fn export_user(&self, s: MemberSession, name: &str) -> MemberResult<Vec<u8>> {
+        self.hsm
+            .export_user(self.s(s), name)
+            .map_err(|e| self.err(e))
+    }
+    fn import_user(&self, s: MemberSession, blob: &[u8]) -> MemberResult<()> {
+        self.hsm
+            .import_user(self.s(s), blob)
+            .map_err(|e| self.err(e))
+    }
+    fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()> {
+        self.hsm
+            .change_user(self.s(s), change)
+            .map_err(|e| self.err(e))
     }
 }
 

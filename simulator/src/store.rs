@@ -27,6 +27,7 @@ use crate::error::{SimError, SimResult};
 
 const OBJECT_AAD_TAG: &[u8] = b"hsmpool-object-v1";
 const USER_AAD_TAG: &[u8] = b"hsmpool-user-v1";
+const USER_AAD_TAG_V2: &[u8] = b"hsmpool-user-v2";
 
 /// An AES-256-GCM sealing key: the HSM's master key here, the cluster clone key in
 /// [`crate::cluster`]. It never leaves the simulator.
@@ -142,6 +143,23 @@ pub struct StoredObject {
     pub secret: Zeroizing<Vec<u8>>,
 }
 
+/// What a user row holds beside its sealed record: the record's version, whether it is a
+/// tombstone or locked by an officer (all three bound by the seal), and the lockout counters
+/// (not sealed: they change with every failed login).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserMeta {
+    /// Raised by every change of the record.
+    pub version: u64,
+    /// A deleted user's tombstone.
+    pub deleted: bool,
+    /// Locked by a crypto officer.
+    pub locked: bool,
+    /// Raised by a success after failures, an unlock or a password reset.
+    pub resets: u64,
+    /// Consecutive failed logins.
+    pub failures: u32,
+}
+
 /// One stored user as read back and authenticated.
 pub struct StoredUser {
     /// Login name.
@@ -150,8 +168,8 @@ pub struct StoredUser {
     pub role: u8,
     /// The sealed record's plaintext (salt, hash, iterations), serialised by the caller.
     pub record: Zeroizing<Vec<u8>>,
-    /// Consecutive failed logins.
-    pub failures: u32,
+    /// Version, tombstone, lock and counters.
+    pub meta: UserMeta,
 }
 
 /// What loading found that could not be trusted.
@@ -182,11 +200,27 @@ fn object_aad(id: u64, owner: Option<&str>, attrs: &[u8]) -> Vec<u8> {
     aad
 }
 
-fn user_aad(name: &str, role: u8) -> Vec<u8> {
-    let mut aad = USER_AAD_TAG.to_vec();
+/// The associated data of a user row: its name and role, and (from the second layout on) the
+/// record's version, tombstone and lock, so none of them can be changed in the database.
+fn user_aad(name: &str, role: u8, meta: Option<&UserMeta>) -> Vec<u8> {
+    let mut aad = match meta {
+        Some(_) => USER_AAD_TAG_V2.to_vec(),
+        None => USER_AAD_TAG.to_vec(),
+    };
     aad.push(role);
+    if let Some(m) = meta {
+        aad.extend_from_slice(&m.version.to_be_bytes());
+        aad.push(u8::from(m.deleted));
+        aad.push(u8::from(m.locked));
+        aad.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    }
     aad.extend_from_slice(name.as_bytes());
     aad
+}
+
+/// `(resets, failures)` of a row that selects (or returns) those two columns.
+fn counter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, u32)> {
+    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, u32>(1)?))
 }
 
 impl Store {
@@ -212,6 +246,27 @@ impl Store {
                  attrs BLOB NOT NULL, sealed BLOB NOT NULL);",
         )
         .map_err(|e| SimError::store(&path, e))?;
+        // Stores made before users were kept in step across members lack these columns: a row
+        // without them is of the first layout (version 0, sealed without it) and is read so.
+        for (col, ty) in [
+            ("version", "INTEGER NOT NULL DEFAULT 0"),
+            ("deleted", "INTEGER NOT NULL DEFAULT 0"),
+            ("locked", "INTEGER NOT NULL DEFAULT 0"),
+            ("resets", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('users') WHERE name = ?1",
+                    params![col],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| SimError::store(&path, e))?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE users ADD COLUMN {col} {ty}"))
+                    .map_err(|e| SimError::store(&path, e))?;
+            }
+        }
         Ok(Store {
             conn: Mutex::new(conn),
             master,
@@ -326,42 +381,92 @@ impl Store {
         Ok(out)
     }
 
-    /// Insert or replace a user; `record` is sealed.
-    pub fn put_user(&self, name: &str, role: u8, record: &[u8], failures: u32) -> SimResult<()> {
-        let sealed = self.master.seal(&user_aad(name, role), record)?;
+    /// Insert or replace a user; `record` is sealed, bound to the name, role, version,
+    /// tombstone and lock.
+    pub fn put_user(&self, name: &str, role: u8, record: &[u8], meta: &UserMeta) -> SimResult<()> {
+        let sealed = self
+            .master
+            .seal(&user_aad(name, role, Some(meta)), record)?;
         let conn = self.conn.lock();
+        // The counters never go down here: another process sharing the store may have counted
+        // a failure since the caller read them (a reset raises `resets`, so it still wins).
         conn.execute(
-            "INSERT OR REPLACE INTO users (name, role, sealed, failures) VALUES (?1, ?2, ?3, ?4)",
-            params![name, role, sealed, failures],
+            "INSERT INTO users (name, role, sealed, failures, version, deleted, locked, resets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(name) DO UPDATE SET role = excluded.role, sealed = excluded.sealed,
+                 version = excluded.version, deleted = excluded.deleted,
+                 locked = excluded.locked,
+                 failures = CASE WHEN excluded.resets > resets OR (excluded.resets = resets
+                     AND excluded.failures > failures) THEN excluded.failures ELSE failures END,
+                 resets = MAX(resets, excluded.resets)",
+            params![
+                name,
+                role,
+                sealed,
+                meta.failures,
+                meta.version as i64,
+                meta.deleted,
+                meta.locked,
+                meta.resets as i64
+            ],
         )
         .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// Record a user's failed-login count.
-    pub fn set_failures(&self, name: &str, failures: u32) -> SimResult<()> {
+    /// A user's lockout counters `(resets, failures)` as the store has them now (another
+    /// process may have counted since this one read them); `None` when there is no such row.
+    pub fn counters(&self, name: &str) -> SimResult<Option<(u64, u32)>> {
         let conn = self.conn.lock();
-        conn.execute(
-            "UPDATE users SET failures = ?2 WHERE name = ?1",
-            params![name, failures],
+        conn.query_row(
+            "SELECT resets, failures FROM users WHERE name = ?1",
+            params![name],
+            counter_row,
         )
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
-    /// Delete a user.
-    pub fn delete_user(&self, name: &str) -> SimResult<()> {
+    /// Count one failed login in the store itself (so two processes sharing it never lose a
+    /// count); the counters after it.
+    pub fn add_failure(&self, name: &str) -> SimResult<Option<(u64, u32)>> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM users WHERE name = ?1", params![name])
+        conn.query_row(
+            "UPDATE users SET failures = failures + 1 WHERE name = ?1 RETURNING resets, failures",
+            params![name],
+            counter_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    /// Raise a user's counters to `(resets, failures)` if that is higher than what the store
+    /// has (see `hsmpool_member::users`); the counters after it.
+    pub fn merge_counters(
+        &self,
+        name: &str,
+        resets: u64,
+        failures: u32,
+    ) -> SimResult<Option<(u64, u32)>> {
+        self.conn
+            .lock()
+            .execute(
+                "UPDATE users SET resets = ?2, failures = ?3 WHERE name = ?1
+                     AND (resets < ?2 OR (resets = ?2 AND failures < ?3))",
+                params![name, resets as i64, failures],
+            )
             .map_err(|e| self.err(e))?;
-        Ok(())
+        self.counters(name)
     }
 
     /// Every user whose seal verifies.
     pub fn load_users(&self, refused: &mut Refused) -> SimResult<Vec<StoredUser>> {
         let conn = self.conn.lock();
         let mut stmt = conn
-            .prepare("SELECT name, role, sealed, failures FROM users ORDER BY name")
+            .prepare(
+                "SELECT name, role, sealed, failures, version, deleted, locked, resets FROM users
+                 ORDER BY name",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -369,19 +474,35 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, u8>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, u32>(3)?,
+                    UserMeta {
+                        failures: r.get::<_, u32>(3)?,
+                        version: r.get::<_, i64>(4)? as u64,
+                        deleted: r.get::<_, bool>(5)?,
+                        locked: r.get::<_, bool>(6)?,
+                        resets: r.get::<_, i64>(7)? as u64,
+                    },
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, sealed, failures) = row.map_err(|e| self.err(e))?;
-            match self.master.open(&user_aad(&name, role), &sealed) {
+            let (name, role, sealed, meta) = row.map_err(|e| self.err(e))?;
+            let opened = self
+                .master
+                .open(&user_aad(&name, role, Some(&meta)), &sealed)
+                .or_else(|| {
+                    // The first layout: sealed before versions, locks and tombstones existed.
+                    let first = meta.version == 0 && !meta.deleted && !meta.locked;
+                    first
+                        .then(|| self.master.open(&user_aad(&name, role, None), &sealed))
+                        .flatten()
+                });
+            match opened {
                 Some(record) => out.push(StoredUser {
                     name,
                     role,
                     record,
-                    failures,
+                    meta,
                 }),
                 None => refused.users.push(name),
             }
@@ -415,5 +536,70 @@ impl Store {
         }
         tx.commit().map_err(|e| SimError::store(&self.path, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store made before users carried versions (no `version`, `deleted`, `locked`, `resets`
+    /// columns; rows sealed without them) opens, gains the columns, and its users load; a row
+    /// of that layout claiming a version is refused.
+    #[test]
+    fn a_store_of_the_first_user_layout_opens_and_keeps_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Zeroizing::new(vec![7u8; 32]);
+        write_key_file(&dir.path().join("master.key"), &key).unwrap();
+        let seal = SealKey::new(&key).unwrap();
+        {
+            let conn = Connection::open(dir.path().join("hsm.sqlite3")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (name TEXT PRIMARY KEY, role INTEGER NOT NULL,
+                     sealed BLOB NOT NULL, failures INTEGER NOT NULL DEFAULT 0);",
+            )
+            .unwrap();
+            for name in ["admin", "old"] {
+                let sealed = seal.seal(&user_aad(name, 0, None), b"record").unwrap();
+                conn.execute(
+                    "INSERT INTO users (name, role, sealed, failures) VALUES (?1, 0, ?2, 2)",
+                    params![name, sealed],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        // One old row now claims a version it was never sealed with: refused.
+        store
+            .conn
+            .lock()
+            .execute("UPDATE users SET version = 3 WHERE name = 'old'", [])
+            .unwrap();
+        let mut refused = Refused::default();
+        let users = store.load_users(&mut refused).unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].name, "admin");
+        assert_eq!(*users[0].record, b"record".to_vec());
+        assert_eq!(users[0].meta.failures, 2);
+        assert_eq!(refused.users, vec!["old".to_string()]);
+        // Counters never go down on a replace, and a higher `resets` wins.
+        let meta = UserMeta {
+            version: 1,
+            ..UserMeta::default()
+        };
+        store.put_user("admin", 0, b"r2", &meta).unwrap();
+        assert_eq!(store.counters("admin").unwrap(), Some((0, 2)));
+        assert_eq!(store.add_failure("admin").unwrap(), Some((0, 3)));
+        assert_eq!(store.merge_counters("admin", 0, 1).unwrap(), Some((0, 3)));
+        assert_eq!(store.merge_counters("admin", 1, 0).unwrap(), Some((1, 0)));
+        // The version, tombstone and lock are sealed: changing one in the database refuses it.
+        store
+            .conn
+            .lock()
+            .execute("UPDATE users SET locked = 1 WHERE name = 'admin'", [])
+            .unwrap();
+        let mut refused = Refused::default();
+        assert!(store.load_users(&mut refused).unwrap().is_empty());
+        assert_eq!(refused.users, vec!["admin".to_string(), "old".to_string()]);
     }
 }

@@ -153,23 +153,31 @@ impl DaemonCluster {
             });
         }
         let conf = tmp.path().join("hsmpool.toml");
-        let mut text = format!("[cluster]\n{cluster_toml}\n");
-        for d in &daemons {
-            text.push_str(&format!(
-                "[[member]]\nkind = \"daemon\"\naddress = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                d.addr(),
-                pki.join("customer-ca.pem").display(),
-                pki.join("app.crt.pem").display(),
-                pki.join("app.key.pem").display(),
-            ));
-        }
-        std::fs::write(&conf, text).expect("config written");
-        DaemonCluster {
+        let c = DaemonCluster {
             _tmp: tmp,
             pki,
             daemons,
             conf,
+        };
+        let all: Vec<usize> = (0..n).collect();
+        std::fs::write(&c.conf, c.config_text(&all, cluster_toml)).expect("config written");
+        c
+    }
+
+    /// A module configuration naming the daemons `members`, in that order, with
+    /// `cluster_toml` in its `[cluster]` table (another process's view of the same cluster).
+    pub fn config_text(&self, members: &[usize], cluster_toml: &str) -> String {
+        let mut text = format!("[cluster]\n{cluster_toml}\n");
+        for &i in members {
+            text.push_str(&format!(
+                "[[member]]\nkind = \"daemon\"\naddress = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                self.daemons[i].addr(),
+                self.pki.join("customer-ca.pem").display(),
+                self.pki.join("app.crt.pem").display(),
+                self.pki.join("app.key.pem").display(),
+            ));
         }
+        text
     }
 
     /// The `pReserved` config argument (`conf=PATH`).

@@ -780,12 +780,12 @@ fn set_pin_changes_the_pin_and_lockout_counts() {
 }
 
 #[test]
-fn ten_wrong_pins_lock_the_user_until_the_so_resets_it() {
+fn five_wrong_pins_lock_the_user_until_the_so_resets_it() {
     let fx = Fixture::new();
     let m = fx.m;
     let h = m.fresh_user_session();
     assert_eq!(call!(m, C_Logout, h), CKR_OK);
-    for _ in 0..10 {
+    for _ in 0..5 {
         assert_eq!(m.login(h, CKU_USER, "wrong-pin"), CKR_PIN_INCORRECT);
     }
     assert_eq!(m.login(h, CKU_USER, USER_PIN), CKR_PIN_LOCKED);

@@ -22,7 +22,7 @@ const DIFFERENCES: &[(&str, &str)] = &[
     ("op_state::verify_has_no_length_query_and_ends_with_its_single_part_call", "its HMAC key is shorter than SoftHSMv2 takes (CKR_KEY_SIZE_RANGE)"),
     ("self_signed_certificates_are_presented_read_only_and_verify", "NSS softokn cannot restrict a key's mechanisms (no CKA_ALLOWED_MECHANISMS), so the test's PSS-only pair is refused on a cluster with an NSS member (CKR_TEMPLATE_INCONSISTENT)"),
     ("templates::token_only_attributes_are_read_only_in_every_application_template", "its derive mechanism is not one SoftHSMv2 offers (CKR_MECHANISM_INVALID before the template is looked at)"),
-    ("ten_wrong_pins_lock_the_user_until_the_so_resets_it", "neither SoftHSMv2 nor NSS softokn ever locks a PIN"),
+    ("five_wrong_pins_lock_the_user_until_the_so_resets_it", "neither SoftHSMv2 nor NSS softokn ever locks a PIN"),
 ];
 
 #[test]

@@ -24,7 +24,7 @@ const DIFFERENCES: &[(&str, &str)] = &[
     ("rsa_oaep_and_pkcs1_encryption_round_trip", "SoftHSMv2 2.6 does RSA-OAEP with SHA-1 only (CKR_ARGUMENTS_BAD)"),
     ("session_rules", "SoftHSMv2 has no named users, so C_LoginUser is CKR_FUNCTION_NOT_SUPPORTED through a vendor module"),
     ("templates::token_only_attributes_are_read_only_in_every_application_template", "its derive mechanism is not one SoftHSMv2 offers (CKR_MECHANISM_INVALID before the template is looked at)"),
-    ("ten_wrong_pins_lock_the_user_until_the_so_resets_it", "SoftHSMv2 never locks a PIN"),
+    ("five_wrong_pins_lock_the_user_until_the_so_resets_it", "SoftHSMv2 never locks a PIN"),
     ("token_flags_tell_the_truth_through_initialisation", "a SoftHSMv2 token exists only once initialised, so the cluster's token is never uninitialised"),
 ];
 

@@ -11,7 +11,8 @@
 //! leaves out); a readable token secret key, which NSS cannot hold, is refused; a pair made and
 //! destroyed leaves nothing; a second engine finds each object once and copies nothing; and
 //! inside an application that initialised softokn itself with its own database, the NSS member
-//! is a private copy of softokn with ours, and the two databases stay apart.
+//! is a private copy of softokn with ours, and the two databases stay apart. A named-user
+//! change is refused (a vendor's token has no named users).
 
 use std::process::Command;
 
@@ -59,15 +60,26 @@ fn a_daemon_a_softhsm2_token_and_an_nss_database_are_one_token() {
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .unwrap();
     // A wrong SO PIN is refused however the calls are balanced: the NSS member, which takes
-    // its own (empty) SO PIN, never decides.
-    for _ in 0..6 {
+    // its own (empty) SO PIN, never decides. (Four tries: the daemon locks at five.)
+    for _ in 0..4 {
         let err = e.login(s, CKU_SO, b"wrong", None).unwrap_err();
         assert_eq!(err.ck_rv(), CKR_PIN_INCORRECT);
     }
     e.login(s, CKU_SO, b"old-so-pin", None).unwrap();
     e.init_pin(s, PIN.as_bytes()).unwrap();
+    // A named user cannot exist on a vendor's token: refused before any member is asked,
+    // naming the member; the PINs PKCS #11 can set (above) reach every member.
+    let refused = e
+        .change_user(&hsmpool_member::UserChange::Create {
+            name: "alice".into(),
+            role: hsmpool_member::Role::User,
+            password: zeroize::Zeroizing::new(b"alice-pw-1".to_vec()),
+        })
+        .unwrap_err();
+    assert_eq!(refused.ck_rv(), CKR_FUNCTION_NOT_SUPPORTED);
+    assert!(refused.to_string().contains("keeps no users"), "{refused}");
     e.logout(s).unwrap();
-    for _ in 0..6 {
+    for _ in 0..4 {
         let err = e.login(s, CKU_USER, b"wrong", None).unwrap_err();
         assert_eq!(err.ck_rv(), CKR_PIN_INCORRECT);
     }

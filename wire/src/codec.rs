@@ -6,7 +6,7 @@ use std::ops::Deref;
 
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
-use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus, UserChange, UserSet, UserState};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Result, WireError};
@@ -672,5 +672,113 @@ impl Field for Vec<(u64, [u8; 32])> {
             out.push((r.u64()?, r.array()?));
         }
         Ok(out)
+    }
+}
+
+/// Every user record of a member, and its epoch.
+impl Field for UserSet {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u64(self.epoch)?;
+        w.u32(self.max_failures)?;
+        w.len(self.users.len())?;
+        for u in &self.users {
+            u.name.put(w)?;
+            u.role.put(w)?;
+            w.u64(u.version)?;
+            w.bool(u.deleted)?;
+            w.bool(u.locked)?;
+            w.u64(u.resets)?;
+            w.u32(u.failures)?;
+            w.put(&u.digest)?;
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let epoch = r.u64()?;
+        let max_failures = r.u32()?;
+        // A user is at least a name length (4), a role (1) and 54 bytes of numbers and digest.
+        let n = r.count(59)?;
+        let mut users = Vec::with_capacity(n);
+        for _ in 0..n {
+            users.push(UserState {
+                name: String::take(r)?,
+                role: Role::take(r)?,
+                version: r.u64()?,
+                deleted: r.bool()?,
+                locked: r.bool()?,
+                resets: r.u64()?,
+                failures: r.u32()?,
+                digest: r.array()?,
+            });
+        }
+        Ok(UserSet {
+            epoch,
+            max_failures,
+            users,
+        })
+    }
+}
+
+/// A crypto officer's change to one user: a kind byte, the name, then what the kind needs
+/// (a password travels as a [`Secret`]).
+impl Field for UserChange {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        match self {
+            UserChange::Create {
+                name,
+                role,
+                password,
+            } => {
+                w.u8(1)?;
+                name.put(w)?;
+                role.put(w)?;
+                Secret::from_slice(password).put(w)
+            }
+            UserChange::Password { name, password } => {
+                w.u8(2)?;
+                name.put(w)?;
+                Secret::from_slice(password).put(w)
+            }
+            UserChange::Delete { name } => {
+                w.u8(3)?;
+                name.put(w)
+            }
+            UserChange::Lock { name } => {
+                w.u8(4)?;
+                name.put(w)
+            }
+            UserChange::Unlock { name } => {
+                w.u8(5)?;
+                name.put(w)
+            }
+            UserChange::SetRole { name, role } => {
+                w.u8(6)?;
+                name.put(w)?;
+                role.put(w)
+            }
+        }
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let kind = r.u8()?;
+        let name = String::take(r)?;
+        Ok(match kind {
+            1 => UserChange::Create {
+                name,
+                role: Role::take(r)?,
+                password: Secret::take(r)?.into_inner(),
+            },
+            2 => UserChange::Password {
+                name,
+                password: Secret::take(r)?.into_inner(),
+            },
+            3 => UserChange::Delete { name },
+            4 => UserChange::Lock { name },
+            5 => UserChange::Unlock { name },
+            6 => UserChange::SetRole {
+                name,
+                role: Role::take(r)?,
+            },
+            _ => return Err(WireError::Malformed("unknown user change")),
+        })
     }
 }

@@ -12,9 +12,9 @@
 //! its implementation in each member kind that has it.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
-use hsmpool_member::backend::replication;
+use hsmpool_member::backend::{replication, users};
 use hsmpool_member::types::{Attr, Mechanism};
-use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role};
+use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role, UserChange};
 use zeroize::Zeroizing;
 
 use crate::codec::{Field, InputKind, Reader, Secret, Writer};
@@ -384,6 +384,30 @@ macro_rules! request_table {
                 => serve |b| replication(b)?.drop_replica(sess(session), mo(object)).map(|()| Response::Ok),
                 client Replication fn drop_replica(s: MemberSession, o: MemberObject) -> () {
                     Request::DropReplica { session: s.0, object: o.0 }
+                } Response::Ok => ();
+            /// `user_states`: every user record and the epoch → [`Response::Users`].
+            USER_STATES = 0x25, UserStates { session: u64 }
+                => serve |b| users(b)?.user_states(sess(session)).map(Response::Users),
+                client Users fn user_states(s: MemberSession) -> UserSet {
+                    Request::UserStates { session: s.0 }
+                } Response::Users(u) => u;
+            /// `export_user` → [`Response::Bytes`] (a blob sealed under the clone key).
+            EXPORT_USER = 0x26, ExportUser { session: u64, name: String }
+                => serve |b| users(b)?.export_user(sess(session), &name).map(Response::Bytes),
+                client Users fn export_user(s: MemberSession, name: &str) -> Vec<u8> {
+                    Request::ExportUser { session: s.0, name: name.to_owned() }
+                } Response::Bytes(b) => b;
+            /// `import_user` → [`Response::Ok`].
+            IMPORT_USER = 0x27, ImportUser { session: u64, blob: Vec<u8> }
+                => serve |b| users(b)?.import_user(sess(session), &blob).map(|()| Response::Ok),
+                client Users fn import_user(s: MemberSession, blob: &[u8]) -> () {
+                    Request::ImportUser { session: s.0, blob: blob.to_vec() }
+                } Response::Ok => ();
+            /// `change_user` → [`Response::Ok`] (a password travels as a [`Secret`]).
+            CHANGE_USER = 0x28, ChangeUser { session: u64, change: UserChange }
+                => serve |b| users(b)?.change_user(sess(session), &change).map(|()| Response::Ok),
+                client Users fn change_user(s: MemberSession, change: &UserChange) -> () {
+                    Request::ChangeUser { session: s.0, change: change.clone() }
                 } Response::Ok => ();
         }
     };

@@ -3,7 +3,7 @@
 //! shape (`Ok`, `Handle`, `Bytes`, ...); any request may be answered with `Err(CK_RV)`.
 
 use cryptoki_sys::CK_RV;
-use hsmpool_member::{AttrAnswer, KeyMeta, TokenStatus};
+use hsmpool_member::{AttrAnswer, KeyMeta, TokenStatus, UserSet};
 
 use crate::codec::{Field, Reader, Secret, Writer};
 use crate::error::{Result, WireError};
@@ -115,11 +115,13 @@ responses! {
     R_DIGESTS = 0x8c, Digests(v: Vec<(u64, [u8; 32])>);
     /// Who the daemon is (the answer to the handshake).
     R_VERSION = 0x8d, Version(v: VersionInfo);
+    /// A member's users and its epoch.
+    R_USERS = 0x8e, Users(u: UserSet);
 }
 
 /// The protocol this build speaks: the set of messages and their bodies (the frame header's
 /// version byte is the framing's). Raised whenever a message changes.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// What a daemon says of itself in the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +139,8 @@ impl VersionInfo {
     pub const REPLICATION: u64 = 1;
     /// The daemon takes `Fault` requests (it runs with `--fault-seed`).
     pub const FAULTS: u64 = 1 << 1;
+    /// The member keeps users in step with the cluster (`Users`).
+    pub const USERS: u64 = 1 << 2;
 }
 
 impl Field for VersionInfo {

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use cryptoki_sys::*;
 
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
-use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus};
+use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus, UserChange, UserSet, UserState};
 
 use zeroize::Zeroizing;
 
@@ -257,7 +257,37 @@ fn sample_requests() -> Vec<Request> {
             session: 2,
             object: 17,
         },
+        Request::UserStates { session: 2 },
+        Request::ExportUser {
+            session: 2,
+            name: "alice".into(),
+        },
+        Request::ImportUser {
+            session: 2,
+            blob: vec![0xb1; 90],
+        },
     ];
+    // Every kind of user change round-trips.
+    for change in [
+        UserChange::Create {
+            name: "alice".into(),
+            role: Role::User,
+            password: Zeroizing::new(b"pw-1234".to_vec()),
+        },
+        UserChange::Password {
+            name: "alice".into(),
+            password: Zeroizing::new(b"pw-5678".to_vec()),
+        },
+        UserChange::Delete { name: "a".into() },
+        UserChange::Lock { name: "b".into() },
+        UserChange::Unlock { name: "c".into() },
+        UserChange::SetRole {
+            name: "d".into(),
+            role: Role::Officer,
+        },
+    ] {
+        v.push(Request::ChangeUser { session: 2, change });
+    }
     // A Sign per mechanism parameter: every `MechParam` variant round-trips.
     for (i, p) in all_params().into_iter().enumerate() {
         v.push(Request::Sign {
@@ -338,6 +368,33 @@ fn sample_responses() -> Vec<Response> {
             daemon: "hsmpool-hsmd 9.8.7".into(),
             protocol: PROTOCOL,
             capabilities: VersionInfo::REPLICATION | VersionInfo::FAULTS,
+        }),
+        Response::Users(UserSet::default()),
+        Response::Users(UserSet {
+            epoch: 3,
+            max_failures: 5,
+            users: vec![
+                UserState {
+                    name: "admin".into(),
+                    role: Role::Officer,
+                    version: 1,
+                    deleted: false,
+                    locked: false,
+                    resets: 0,
+                    failures: 2,
+                    digest: [0xd2; 32],
+                },
+                UserState {
+                    name: String::new(),
+                    role: Role::User,
+                    version: u64::MAX,
+                    deleted: true,
+                    locked: true,
+                    resets: u64::MAX,
+                    failures: u32::MAX,
+                    digest: [0; 32],
+                },
+            ],
         }),
     ]
 }

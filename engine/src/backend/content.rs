@@ -413,4 +413,8 @@ impl Backend for ContentIds {
     fn wants_whole_messages(&self) -> bool {
         self.inner.wants_whole_messages()
     }
+    // Users carry no object ids: the inner member's capability, as it is.
+    fn users(&self) -> Option<&dyn hsmpool_member::Users> {
+        self.inner.users()
+    }
 }

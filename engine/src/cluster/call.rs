@@ -347,18 +347,10 @@ impl Cluster {
         }
     }
 
-    /// Run a management call on every up member (token init, PINs, destroy of token objects,
-    /// attribute changes): the first decides (its error is returned), the others follow; a
-    /// member that fails to follow is taken out and brought level when it returns.
-    pub(crate) fn on_all<E: Into<Error>>(
-        &self,
-        f: impl FnMut(&dyn Backend, MemberSession) -> std::result::Result<(), E>,
-    ) -> Result<()> {
-        self.on_all_from(Route::Any, f)
-    }
-
-    /// As [`Cluster::on_all`], the first member chosen by `route` (a [`Route::Checker`] where
-    /// the call checks a PIN the application gave).
+    /// Run a management call on every up member (token init, destroy of token objects,
+    /// attribute changes): the member chosen by `route` decides (its error is returned; a
+    /// [`Route::Checker`] where the call checks a PIN the application gave), the others
+    /// follow; a member that fails to follow is taken out and brought level when it returns.
     pub(crate) fn on_all_from<E: Into<Error>>(
         &self,
         route: Route,

@@ -44,6 +44,8 @@
 //! - `call.rs`: running a call with retries, the error classes, the retry budget;
 //! - `health.rs`: probes, the circuit breaker's way back, draining;
 //! - `replication.rs`: replicated creates, roll-back, resynchronisation of a member;
+//! - `users.rs`: users kept the same on every member that keeps users (changes, bringing
+//!   members level, a member found behind at login);
 //! - `ceremony.rs`: putting the cluster wrapping key on every member (`hsmpool cluster
 //!   wrap-key`, and `C_InitToken` where keys travel by wrapping);
 //! - `wrap.rs`: how an object travels (the members' clone path, or wrapping under the cluster
@@ -58,7 +60,10 @@ pub mod ceremony;
 mod health;
 mod pool;
 mod replication;
+mod users;
 mod wrap;
+
+pub use users::UserChangeReport;
 
 pub(crate) use wrap::not_copyable;
 pub use wrap::CopyPath;

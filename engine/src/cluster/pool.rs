@@ -57,14 +57,19 @@ impl Cluster {
                 let s = m.backend.open_session()?;
                 sessions.push(s);
                 if let Some(c) = &creds {
+                    let username = c.username.as_ref().map(|u| u.as_str());
+                    let mut done = m.backend.login(s, c.role, &c.pin, username);
+                    // A member that keeps users and refuses what the others accepted was away
+                    // when a user changed: it takes the users from one of them, then is asked
+                    // again (once).
+                    if matches!(&done, Err(MemberError::Rv { rv, .. }) if login_refused(*rv))
+                        && self.push_users_into(m, s, &self.user_sources(m.index))
+                    {
+                        done = m.backend.login(s, c.role, &c.pin, username);
+                    }
                     // Where login is the application's, not the session's (PKCS #11's rule,
                     // which vendor modules follow), the sessions after the first are in already.
-                    match m.backend.login(
-                        s,
-                        c.role,
-                        &c.pin,
-                        c.username.as_ref().map(|u| u.as_str()),
-                    ) {
+                    match done {
                         Ok(())
                         | Err(MemberError::Rv {
                             rv: CKR_USER_ALREADY_LOGGED_IN,
@@ -137,10 +142,21 @@ impl Cluster {
         });
         // One member decides, in its pool session 0; a member that fails for a device reason
         // is skipped like any other call.
-        let (first, _, ()) = self.call_full(Route::Checker(role), 1, |b, s| {
+        let first = match self.call_full(Route::Checker(role), 1, |b, s| {
             b.login(s, role, pin, username)
-        })?;
+        }) {
+            Ok((first, _, ())) => first,
+            Err(e) => self.second_opinion(&e, role, pin, username).ok_or(e)?,
+        };
         *self.creds.write() = Some(creds);
+        let from_first: Vec<(usize, MemberSession)> = self.members[first]
+            .pool
+            .load()
+            .sessions
+            .first()
+            .map(|s| (first, *s))
+            .into_iter()
+            .collect();
         for m in &self.members {
             // Log in the pool sessions as they are (re-opening them would lose the session
             // objects they hold); a member whose sessions are gone is re-established.
@@ -150,7 +166,15 @@ impl Cluster {
                 if m.index == first && i == 0 {
                     continue;
                 }
-                match m.backend.login(*msess, role, pin, username) {
+                let mut done_here = m.backend.login(*msess, role, pin, username);
+                // Refused what the deciding member accepted: behind on users (see
+                // `establish`); it takes them from that member and is asked again.
+                if matches!(&done_here, Err(MemberError::Rv { rv, .. }) if login_refused(*rv))
+                    && self.push_users_into(m, *msess, &from_first)
+                {
+                    done_here = m.backend.login(*msess, role, pin, username);
+                }
+                match done_here {
                     Ok(())
                     | Err(MemberError::Rv {
                         rv: CKR_USER_ALREADY_LOGGED_IN,
@@ -179,6 +203,55 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The checker refused a login (`e`). Where members keep users, the checker may be the
+    /// one that was away when the user was made or its password changed: every other member
+    /// that keeps users is asked too. The first that accepts decides (its index is returned),
+    /// and the checker takes the users from it. When none accepts, each member has counted
+    /// the failure once: lockout is counted for the whole cluster, however logins are spread
+    /// over members and processes.
+    fn second_opinion(
+        &self,
+        e: &Error,
+        role: Role,
+        pin: &[u8],
+        username: Option<&str>,
+    ) -> Option<usize> {
+        let &Error::Hsm { member, rv } = e else {
+            return None;
+        };
+        // The error names the member by its own id (which is its index, except where an
+        // embedding application brought members of its own in another order).
+        let checker = self.members.iter().find(|m| m.backend.id().0 == member)?;
+        if !login_refused(rv) || checker.backend.users().is_none() {
+            return None;
+        }
+        for m in self
+            .members
+            .iter()
+            .filter(|m| m.index != checker.index && m.is_up() && m.backend.users().is_some())
+        {
+            let Ok((s, _)) = self.session_for(m, 0) else {
+                continue;
+            };
+            match m.backend.login(s, role, pin, username) {
+                Ok(())
+                | Err(MemberError::Rv {
+                    rv: CKR_USER_ALREADY_LOGGED_IN,
+                    ..
+                }) => {
+                    if let Ok((cs, _)) = self.session_for(checker, 0) {
+                        self.push_users_into(checker, cs, &[(m.index, s)]);
+                    }
+                    return Some(m.index);
+                }
+                Err(other) => {
+                    tracing::debug!(member = m.index, "login refused here too: {other}");
+                }
+            }
+        }
+        None
     }
 
     /// A context-specific re-authentication: checked by one member.

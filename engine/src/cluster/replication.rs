@@ -65,6 +65,9 @@ impl Cluster {
             self.mark_up(m);
             return Ok(());
         };
+        // Users first: a member behind on C_InitToken is wiped by them, before its objects
+        // are compared.
+        self.converge_users(&[reference.index, m.index])?;
         self.level(reference, m, true)?;
         let _gate = self.gate.write();
         self.level(reference, m, true)?;
@@ -160,12 +163,21 @@ impl Cluster {
         Ok(changed)
     }
 
-    /// At login: bring every up member level with the union of what the up members hold
-    /// (nothing is removed: with no member known to be behind, a difference may be a create
-    /// that reached some members only while this process was not running).
+    /// At login: bring the up members' users level (newest record wins), then every up
+    /// member level with the union of what the up members hold (nothing is removed: with no
+    /// member known to be behind, a difference may be a create that reached some members only
+    /// while this process was not running).
     pub(crate) fn level_all(&self) -> usize {
         let ups: Vec<&Arc<Member>> = self.members.iter().filter(|m| m.is_up()).collect();
-        let mut changed = 0;
+        let indexes: Vec<usize> = ups.iter().map(|m| m.index).collect();
+        let mut changed = match self.converge_users(&indexes) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("users not brought level at login: {e}");
+                0
+            }
+        };
+        let ups: Vec<&Arc<Member>> = ups.into_iter().filter(|m| m.is_up()).collect();
         for a in &ups {
             for b in &ups {
                 if a.index != b.index {

@@ -12,7 +12,9 @@
 //! * `find`: finds and the find cache;
 //! * `keys`: generate a key or key pair, wrap, unwrap, derive, and the key-check cache;
 //! * `token`: slot and token info, `C_InitToken`, the PINs, the mechanism list and info,
-//!   random numbers, and [`SLOT`].
+//!   random numbers, and [`SLOT`];
+//! * `admin`: administration beyond PKCS #11 (users kept the same on every member), for the
+//!   `hsmpool` tool.
 //!
 //! The cryptographic operations (`C_EncryptInit` ... `C_VerifyFinal`) are an `impl Engine` block
 //! of their own in `crate::ops`.
@@ -27,6 +29,7 @@
 //! `compat::Host` for it) and `objects` use, and which uses no file of the engine: it sees the
 //! engine only through `compat::Host`.
 
+mod admin;
 mod find;
 mod keys;
 mod lifecycle;

@@ -180,7 +180,8 @@ impl Engine {
         if !rw {
             return Err(Error::SessionReadOnly);
         }
-        self.cluster.on_all(|b, msess| b.init_pin(msess, pin))?;
+        self.cluster
+            .pin_change(Route::Any, |b, msess| b.init_pin(msess, pin))?;
         self.cluster.after_init_pin()
     }
 
@@ -195,7 +196,7 @@ impl Engine {
         };
         // The first member checks the old PIN; a member with a PIN of its own keeps it.
         self.cluster
-            .on_all_from(Route::Checker(role), |b, msess| b.set_pin(msess, old, new))?;
+            .pin_change(Route::Checker(role), |b, msess| b.set_pin(msess, old, new))?;
         if self.login_state() != LoginState::Public {
             self.cluster.new_pin(new);
         }

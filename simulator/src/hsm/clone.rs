@@ -20,18 +20,6 @@ impl Hsm {
         self.fault_check() // fault hook
     }
 
-    /// The clone key, or `CKR_DEVICE_ERROR` (logged) when this member was never given one.
-    fn clone_key(&self) -> SimResult<&CloneKey> {
-        self.clone_key.as_ref().ok_or_else(|| {
-            tracing::error!(
-                store = %self.store.path().display(),
-                "clone path used on a member without a clone key ({}); provision the cluster",
-                crate::cluster::CLONE_KEY_FILE
-            );
-            SimError::Rv(CKR_DEVICE_ERROR)
-        })
-    }
-
     /// A logged-in session (either role): the clone path is never open to the public.
     fn require_login(&self, sess: u64) -> SimResult<()> {
         match self.login_of(sess)? {
@@ -54,7 +42,7 @@ impl Hsm {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         self.require_login(sess)?;
-        let key = self.clone_key()?;
+        let key = self.clone_key_required()?;
         let obj = self.token_object(id)?;
         key.seal(&CloneRecord {
             id: obj.id,
@@ -75,7 +63,7 @@ impl Hsm {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
         self.require_login(sess)?;
-        let key = self.clone_key()?;
+        let key = self.clone_key_required()?;
         let rec = key.open(blob).inspect_err(|_| {
             tracing::warn!("clone blob refused: malformed, changed, or from another cluster");
         })?;
@@ -114,7 +102,7 @@ impl Hsm {
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         self.require_login(sess)?;
         self.catch_up();
-        let key = self.clone_key()?;
+        let key = self.clone_key_required()?;
         let objs: Vec<Arc<Object>> = self
             .objects
             .iter()

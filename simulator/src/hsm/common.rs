@@ -9,6 +9,7 @@ use std::sync::Arc;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki_sys::*;
 
+use crate::cluster::CloneKey;
 use crate::error::{SimError, SimResult};
 use crate::fault::Faults;
 use crate::object::{self, Object};
@@ -67,6 +68,19 @@ impl Hsm {
             }
         }
         f.before_op().map_err(SimError::Rv)
+    }
+
+    /// The clone key, or `CKR_DEVICE_ERROR` (logged) when this member was never given one:
+    /// the clone path (objects, users) needs it.
+    pub(super) fn clone_key_required(&self) -> SimResult<&CloneKey> {
+        self.clone_key.as_ref().ok_or_else(|| {
+            tracing::error!(
+                store = %self.store.path().display(),
+                "clone path used on a member without a clone key ({}); provision the cluster",
+                crate::cluster::CLONE_KEY_FILE
+            );
+            SimError::Rv(CKR_DEVICE_ERROR)
+        })
     }
 
     pub(super) fn insert(&self, obj: Arc<Object>) {

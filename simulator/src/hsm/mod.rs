@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 use crate::cluster::CloneKey;
 use crate::fault::{FaultConfig, Faults};
 use crate::object::Object;
-use crate::store::{Refused, Store};
+use crate::store::{Refused, Store, UserMeta};
 use crate::timing::{Clock, TimingConfig, TimingModel};
 use crate::types::IdHash;
 
@@ -83,7 +83,7 @@ impl HsmConfig {
         HsmConfig {
             data_dir,
             pin_iterations: 100_000,
-            max_login_failures: 10,
+            max_login_failures: 5,
             timing: None,
             faults: None,
             clock: None,
@@ -91,15 +91,17 @@ impl HsmConfig {
     }
 }
 
-/// A user: its role, PIN hash and failed-login count. Its stored form (`record`,
-/// `from_record`) is here because `open` reads it and `users` writes it; making and checking
-/// a PIN hash is in `users`.
+/// A user: its role, PIN hash (empty for a deleted user's tombstone), and its version, lock
+/// and lockout counters (see `hsmpool_member::users`). Its stored form (`record`,
+/// `from_record`) is here because `open` reads it and `users` writes it; making and checking a
+/// PIN hash is in `users`.
+#[derive(Clone)]
 struct User {
     role: Role,
     salt: Vec<u8>,
     hash: Zeroizing<Vec<u8>>,
     iterations: u32,
-    failures: u32,
+    meta: UserMeta,
 }
 
 impl User {
@@ -111,7 +113,7 @@ impl User {
         r.extend_from_slice(&self.hash);
         r
     }
-    fn from_record(role: Role, rec: &[u8], failures: u32) -> Option<User> {
+    fn from_record(role: Role, rec: &[u8], meta: UserMeta) -> Option<User> {
         let iterations = u32::from_be_bytes(rec.get(..4)?.try_into().ok()?);
         let salt_len = *rec.get(4)? as usize;
         let salt = rec.get(5..5 + salt_len)?.to_vec();
@@ -121,8 +123,12 @@ impl User {
             salt,
             hash,
             iterations,
-            failures,
+            meta,
         })
+    }
+    /// Not a tombstone.
+    fn live(&self) -> bool {
+        !self.meta.deleted
     }
 }
 
@@ -136,6 +142,8 @@ struct SimSession {
 struct TokenMeta {
     initialized: bool,
     label: [u8; 32],
+    /// Raised by every `C_InitToken` (see `hsmpool_member::users`).
+    epoch: u64,
 }
 
 /// One simulated HSM.
@@ -168,9 +176,10 @@ struct TokenMeta {
 /// - **Sessions vs users.** A session's `login` is `Some((role, name))` only after
 ///   `login_named` checked `name`'s PIN for `role` on that very session, and `logout` clears
 ///   it; it is not checked again, so a session stays logged in when its user's PIN is reset
-///   or the token is re-initialised. A user whose `failures` reached `cfg.max_login_failures`
-///   cannot log in until a crypto officer sets a new PIN for it (`add_user`, `init_pin`),
-///   which sets `failures` to 0.
+///   or the token is re-initialised. A user whose `failures` reached `cfg.max_login_failures`,
+///   or that an officer locked, cannot log in until an officer unlocks it or sets a new PIN
+///   for it (`change_user`, `add_user`, `init_pin`), which clears `failures` and raises
+///   `resets`. A deleted user stays as a tombstone (no hash, `deleted`) that no login finds.
 /// - **Session ids.** They come from `next_session`, which only grows from a random start, so
 ///   an id never names two sessions of one `Hsm`.
 /// - **Fixed at open.** `cfg`, `refused` (what failed its integrity check when the store was

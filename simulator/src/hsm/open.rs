@@ -191,12 +191,22 @@ impl Hsm {
         let _ = self.fault_check();
         let t = self.token.read();
         let users = self.users.read();
+        // A user an officer locked shows as locked (all its tries used).
+        let failures = |name: &str| {
+            users.get(name).filter(|u| u.live()).map_or(0, |u| {
+                if u.meta.locked {
+                    u.meta.failures.max(self.cfg.max_login_failures)
+                } else {
+                    u.meta.failures
+                }
+            })
+        };
         TokenStatus {
             initialized: t.initialized,
-            user_pin_initialized: users.contains_key(DEFAULT_USER),
+            user_pin_initialized: users.get(DEFAULT_USER).is_some_and(User::live),
             label: t.label,
-            user_failures: users.get(DEFAULT_USER).map_or(0, |u| u.failures),
-            so_failures: users.get(DEFAULT_SO).map_or(0, |u| u.failures),
+            user_failures: failures(DEFAULT_USER),
+            so_failures: failures(DEFAULT_SO),
             max_failures: self.cfg.max_login_failures,
             object_count: self.objects.len(),
         }
@@ -210,16 +220,22 @@ fn read_token_meta(store: &Store) -> SimResult<TokenMeta> {
         .meta("label")?
         .and_then(|l| <[u8; 32]>::try_from(l.as_slice()).ok())
         .unwrap_or([b' '; 32]);
-    Ok(TokenMeta { initialized, label })
+    let epoch = store
+        .meta("epoch")?
+        .and_then(|e| <[u8; 8]>::try_from(e.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    Ok(TokenMeta {
+        initialized,
+        label,
+        epoch,
+    })
 }
 
 /// Every user whose sealed record verifies and parses; the others are added to `refused`.
 fn read_users(store: &Store, refused: &mut Refused) -> SimResult<HashMap<String, User>> {
     let mut users = HashMap::new();
     for u in store.load_users(refused)? {
-        match Role::from_code(u.role)
-            .and_then(|role| User::from_record(role, &u.record, u.failures))
-        {
+        match Role::from_code(u.role).and_then(|role| User::from_record(role, &u.record, u.meta)) {
             Some(user) => {
                 users.insert(u.name, user);
             }

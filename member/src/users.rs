@@ -1,0 +1,215 @@
+//! The users capability: crypto officers and crypto users kept the same on every member of a
+//! cluster, as CloudHSM keeps them, without its "desynchronized" state.
+//!
+//! # The model
+//! A member holds one record per user name: its role, its password hash (salted, slow), whether
+//! a crypto officer locked it, and a `version` that every change raises. A deleted user leaves
+//! a tombstone (no hash) with its version, so a member that missed the deletion learns it
+//! instead of bringing the user back. Beside the record, the lockout counters `(resets,
+//! failures)`: a failed login raises `failures`; a success after failures, an unlock and a
+//! password reset raise `resets` and clear `failures`. The token's `epoch` rises with every
+//! `C_InitToken`.
+//!
+//! # How members agree
+//! A change is made on one member (which checks who asks and hashes the password), then its
+//! record travels to the others as a blob sealed under the cluster's clone key: the hash
+//! travels, never the password, and only members can open it. Merging is order-free, so any
+//! member may be brought level from any other:
+//! - a record from a newer epoch wipes the member's users and token objects first (it missed a
+//!   `C_InitToken`); one from an older epoch is ignored;
+//! - within an epoch, the record with the higher `(version, digest)` wins (two changes made at
+//!   once in two processes converge on one of them);
+//! - the lockout counters merge to the higher `(resets, failures)`, independently of the
+//!   record, so a failure counted on one member is never lost and an unlock is never undone.
+
+use zeroize::Zeroizing;
+
+use crate::backend::{MemberResult, MemberSession};
+use crate::meta::Role;
+
+const VENDOR: cryptoki_sys::CK_RV = cryptoki_sys::CKR_VENDOR_DEFINED;
+
+/// A user change names a user that exists already (`include/hsmpool.h`).
+pub const CKR_HSMPOOL_USER_EXISTS: cryptoki_sys::CK_RV = VENDOR | 0x4850_0001;
+/// A user change names a user that does not exist, or was deleted.
+pub const CKR_HSMPOOL_USER_NOT_FOUND: cryptoki_sys::CK_RV = VENDOR | 0x4850_0002;
+/// The change would leave the cluster without a crypto officer, or an officer would delete,
+/// lock or demote itself.
+pub const CKR_HSMPOOL_LAST_OFFICER: cryptoki_sys::CK_RV = VENDOR | 0x4850_0003;
+
+/// The name of a vendor return value of ours, for messages (`None` for any other).
+pub fn vendor_rv_name(rv: cryptoki_sys::CK_RV) -> Option<&'static str> {
+    Some(match rv {
+        CKR_HSMPOOL_USER_EXISTS => "CKR_HSMPOOL_USER_EXISTS",
+        CKR_HSMPOOL_USER_NOT_FOUND => "CKR_HSMPOOL_USER_NOT_FOUND",
+        CKR_HSMPOOL_LAST_OFFICER => "CKR_HSMPOOL_LAST_OFFICER",
+        _ => return None,
+    })
+}
+
+/// What one member holds of one user (no secret: the digest is keyed by the clone key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserState {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Raised by every change of the record.
+    pub version: u64,
+    /// A tombstone: the user was deleted.
+    pub deleted: bool,
+    /// Locked by a crypto officer (apart from failed logins).
+    pub locked: bool,
+    /// Raised by a success after failures, an unlock or a password reset.
+    pub resets: u64,
+    /// Consecutive failed logins since the last reset.
+    pub failures: u32,
+    /// A digest of the record (not the counters), keyed by the cluster's clone key: equal on
+    /// two members when they hold the same record.
+    pub digest: [u8; 32],
+}
+
+impl UserState {
+    /// The order in which records win (see the module documentation).
+    pub fn record_rank(&self) -> (u64, [u8; 32]) {
+        (self.version, self.digest)
+    }
+    /// The order in which lockout counters win.
+    pub fn counter_rank(&self) -> (u64, u32) {
+        (self.resets, self.failures)
+    }
+}
+
+/// Every user record of one member (tombstones included), with its token epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserSet {
+    /// Raised by every `C_InitToken`.
+    pub epoch: u64,
+    /// Consecutive failed logins that lock a user on this member.
+    pub max_failures: u32,
+    /// The users, by name.
+    pub users: Vec<UserState>,
+}
+
+/// A crypto officer's change to one user. Its `Debug` never prints a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// A new user (`CKR_HSMPOOL_USER_EXISTS` when one of that name exists).
+    Create {
+        /// Login name: 1 to 64 bytes, no `:`.
+        name: String,
+        /// Its role.
+        role: Role,
+        /// Its password.
+        password: Zeroizing<Vec<u8>>,
+    },
+    /// A new password, set by an officer; it also unlocks.
+    Password {
+        /// Whose.
+        name: String,
+        /// The password.
+        password: Zeroizing<Vec<u8>>,
+    },
+    /// Delete the user (a tombstone stays).
+    Delete {
+        /// Whom.
+        name: String,
+    },
+    /// Lock the user out until an officer unlocks it.
+    Lock {
+        /// Whom.
+        name: String,
+    },
+    /// Unlock (an officer lock, and failed logins).
+    Unlock {
+        /// Whom.
+        name: String,
+    },
+    /// A new role.
+    SetRole {
+        /// Whose.
+        name: String,
+        /// The role.
+        role: Role,
+    },
+}
+
+impl UserChange {
+    /// The user it changes.
+    pub fn name(&self) -> &str {
+        match self {
+            UserChange::Create { name, .. }
+            | UserChange::Password { name, .. }
+            | UserChange::Delete { name }
+            | UserChange::Lock { name }
+            | UserChange::Unlock { name }
+            | UserChange::SetRole { name, .. } => name,
+        }
+    }
+    /// A word for it, for logs and messages.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            UserChange::Create { .. } => "create",
+            UserChange::Password { .. } => "set the password of",
+            UserChange::Delete { .. } => "delete",
+            UserChange::Lock { .. } => "lock",
+            UserChange::Unlock { .. } => "unlock",
+            UserChange::SetRole { .. } => "change the role of",
+        }
+    }
+}
+
+impl std::fmt::Debug for UserChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb(), self.name())
+    }
+}
+
+/// Optional capability: users kept the same on every member (see the module documentation).
+pub trait Users: Send + Sync {
+    /// Every user record with its counters, and the token epoch. Needs a logged-in session.
+    fn user_states(&self, s: MemberSession) -> MemberResult<UserSet>;
+    /// One user's record and counters sealed for another member of the same cluster (the
+    /// password hash, never the password). Needs a logged-in session.
+    fn export_user(&self, s: MemberSession, name: &str) -> MemberResult<Vec<u8>>;
+    /// Merge a record sealed by another member (see the module documentation). Needs no
+    /// login: the seal is the authority (only members hold the clone key), and merging only
+    /// ever moves a member forward, so a replayed blob changes nothing. That is how a member
+    /// that missed a user change while away is brought level before the user can log in to
+    /// it.
+    fn import_user(&self, s: MemberSession, blob: &[u8]) -> MemberResult<()>;
+    /// A crypto officer's change, made here; the session must be logged in as an officer.
+    fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values `include/hsmpool.h` gives C programs are these.
+    #[test]
+    fn the_header_declares_the_same_return_values() {
+        let header = include_str!("../../include/hsmpool.h");
+        for (name, rv) in [
+            ("CKR_HSMPOOL_USER_EXISTS", CKR_HSMPOOL_USER_EXISTS),
+            ("CKR_HSMPOOL_USER_NOT_FOUND", CKR_HSMPOOL_USER_NOT_FOUND),
+            ("CKR_HSMPOOL_LAST_OFFICER", CKR_HSMPOOL_LAST_OFFICER),
+        ] {
+            let line = header
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} is not in hsmpool.h"));
+            let low = line
+                .split("0x")
+                .nth(1)
+                .and_then(|h| u64::from_str_radix(h.trim_end_matches("UL)"), 16).ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(line.contains("CKR_VENDOR_DEFINED |"), "{line}");
+            assert_eq!(
+                rv,
+                cryptoki_sys::CKR_VENDOR_DEFINED | low as cryptoki_sys::CK_RV
+            );
+            assert_eq!(vendor_rv_name(rv), Some(name));
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! Administration as CloudHSM teaches it, without its traps (issue 14): users kept the same on
+//! every member, a user change made while a member was away reaching it before it serves,
+//! lockout counted once for the whole cluster, and what an officer may not do to the last
+//! officer. Each rule runs against three in-process members and against three `hsmpool-hsmd`
+//! daemons; each checks the exact `CK_RV`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki_sys::*;
+use hsmpool_engine::cluster::Health;
+use hsmpool_engine::config::Config;
+use hsmpool_engine::types::{SessionHandle, SlotId};
+use hsmpool_engine::Engine;
+use hsmpool_member::users::{
+    CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
+};
+use hsmpool_member::{Role, UserChange};
+use hsmpool_sim::member::SimMember;
+use hsmpool_tests::daemons::DaemonCluster;
+use hsmpool_tests::engine::{backends, ec_pair, init_and_login_user, sign, sim_members};
+use zeroize::Zeroizing;
+
+const SO: &[u8] = b"so-pin-1234";
+const PIN: &[u8] = b"user-pin-1234";
+const SLOT: SlotId = SlotId(0);
+const CLUSTER: &str = "probe_interval_ms = 50\nslow_start_ms = 100\nmin_replicas = 2";
+
+/// Three members, in process or as daemons, and engines over any of them in any order (each
+/// engine is another application process's view of the same cluster).
+enum Setup {
+    InProcess {
+        _dir: tempfile::TempDir,
+        members: Vec<Arc<SimMember>>,
+    },
+    Daemons(DaemonCluster),
+}
+
+impl Setup {
+    fn in_process() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let members = sim_members(dir.path(), hsmpool_tests::fault_seed(), |_| {});
+        Setup::InProcess { _dir: dir, members }
+    }
+
+    fn daemons() -> Setup {
+        Setup::Daemons(DaemonCluster::start(
+            3,
+            hsmpool_tests::fault_seed(),
+            CLUSTER,
+        ))
+    }
+
+    /// An engine over members `which`, in that order.
+    fn engine(&self, which: &[usize]) -> Engine {
+        match self {
+            Setup::InProcess { members, .. } => {
+                let cfg = Config::parse(&format!("[cluster]\n{CLUSTER}\n"), "test").unwrap();
+                let chosen: Vec<Arc<SimMember>> =
+                    which.iter().map(|i| Arc::clone(&members[*i])).collect();
+                Engine::with_backends(cfg, backends(&chosen)).unwrap()
+            }
+            Setup::Daemons(dc) => {
+                Engine::new(Config::parse(&dc.config_text(which, CLUSTER), "test").unwrap())
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Member `i` stops answering (in process: a crash fault; a daemon: SIGKILL).
+    fn down(&mut self, i: usize) {
+        match self {
+            Setup::InProcess { members, .. } => members[i].hsm().faults().unwrap().crash(),
+            Setup::Daemons(dc) => dc.daemons[i].kill9(),
+        }
+    }
+
+    /// Member `i` answers again (a daemon restarts over its store, on the same port).
+    fn up(&mut self, i: usize) {
+        match self {
+            Setup::InProcess { members, .. } => members[i].hsm().faults().unwrap().restart(),
+            Setup::Daemons(dc) => dc.daemons[i].restart(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Setup::InProcess { .. } => "in-process",
+            Setup::Daemons(_) => "daemons",
+        }
+    }
+}
+
+/// The whole cluster, initialised (SO PIN, default user PIN), and an engine over all three
+/// members with a session logged in as the crypto officer.
+fn officer(setup: &Setup) -> (Engine, SessionHandle) {
+    let e = setup.engine(&[0, 1, 2]);
+    let s = init_and_login_user(&e, b"admin", SO, PIN);
+    e.logout(s).unwrap();
+    e.login(s, CKU_SO, SO, None).unwrap();
+    (e, s)
+}
+
+fn rv<T>(r: hsmpool_engine::Result<T>) -> CK_RV {
+    match r {
+        Ok(_) => CKR_OK,
+        Err(e) => e.ck_rv(),
+    }
+}
+
+fn pw(p: &str) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(p.as_bytes().to_vec())
+}
+
+fn create(name: &str, role: Role, password: &str) -> UserChange {
+    UserChange::Create {
+        name: name.into(),
+        role,
+        password: pw(password),
+    }
+}
+
+/// Log in as a crypto user with `pin` on a new session of `e`: the `CK_RV`, and the session
+/// left logged in when it worked.
+fn user_login(e: &Engine, pin: &str) -> (CK_RV, SessionHandle) {
+    let s = e
+        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    (rv(e.login(s, CKU_USER, pin.as_bytes(), None)), s)
+}
+
+/// `pin` logs in on `e` and signs with a new session key.
+fn logs_in_and_signs(e: &Engine, pin: &str) {
+    let (r, s) = user_login(e, pin);
+    assert_eq!(r, CKR_OK, "{pin:?} logs in");
+    let (_, k) = ec_pair(e, s, b"admin-test", false);
+    assert_eq!(sign(e, s, CKM_ECDSA_SHA256, k, b"hello").len(), 64);
+    e.logout(s).unwrap();
+    e.close_session(s).unwrap();
+}
+
+/// Wait until every member of `e` is up (a returning member is brought level first).
+fn all_up(e: &Engine, what: &str) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = e.member_status();
+        if st.iter().all(|m| m.health == Health::Up) {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: members not back: {st:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn a_user_change_reaches_every_member(setup: &Setup) {
+    let (e, _so) = officer(setup);
+    let report = e
+        .change_user(&create("alice", Role::User, "alice-pw-1"))
+        .unwrap();
+    assert_eq!(report.applied, vec![0, 1, 2], "{}", setup.name());
+    assert!(report.pending.is_empty());
+    // Each member alone knows her: an application configured with that member only logs in
+    // and signs.
+    for i in 0..3 {
+        logs_in_and_signs(&setup.engine(&[i]), "alice:alice-pw-1");
+    }
+    // What an officer's change may not do, each with its exact code; nothing changes.
+    let refused = [
+        (
+            create("alice", Role::User, "other-pw"),
+            CKR_HSMPOOL_USER_EXISTS,
+        ),
+        (
+            UserChange::Password {
+                name: "nobody".into(),
+                password: pw("whatever-1"),
+            },
+            CKR_HSMPOOL_USER_NOT_FOUND,
+        ),
+        (
+            UserChange::Delete {
+                name: "admin".into(),
+            },
+            CKR_HSMPOOL_LAST_OFFICER,
+        ),
+        (
+            UserChange::Lock {
+                name: "admin".into(),
+            },
+            CKR_HSMPOOL_LAST_OFFICER,
+        ),
+        (
+            UserChange::SetRole {
+                name: "admin".into(),
+                role: Role::User,
+            },
+            CKR_HSMPOOL_LAST_OFFICER,
+        ),
+        (
+            create("bad:name", Role::User, "pw-12345"),
+            CKR_ARGUMENTS_BAD,
+        ),
+        (create("bob", Role::User, "pw"), CKR_PIN_LEN_RANGE),
+    ];
+    for (change, want) in refused {
+        assert_eq!(
+            rv(e.change_user(&change)),
+            want,
+            "{change:?} ({})",
+            setup.name()
+        );
+    }
+    // A crypto user cannot change users.
+    let (r, us) = user_login(&setup.engine(&[0, 1, 2]), "alice:alice-pw-1");
+    assert_eq!(r, CKR_OK);
+    let _ = us;
+    let as_user = setup.engine(&[1, 2, 0]);
+    let (r, _) = user_login(&as_user, "alice:alice-pw-1");
+    assert_eq!(r, CKR_OK);
+    assert_eq!(
+        rv(as_user.change_user(&create("mallory", Role::Officer, "mallory-pw"))),
+        CKR_USER_NOT_LOGGED_IN
+    );
+    // The list shows her once, as every member holds her.
+    let users = e.users().unwrap();
+    assert!(users
+        .users
+        .iter()
+        .any(|u| u.name == "alice" && u.role == Role::User));
+    let sets = e.member_users().unwrap();
+    assert_eq!(sets.len(), 3);
+    let first = sets[0].1.as_ref().unwrap();
+    for (i, set) in &sets {
+        assert_eq!(
+            set.as_ref().unwrap(),
+            first,
+            "member {i} holds the same users"
+        );
+    }
+}
+
+fn a_member_away_during_user_changes_takes_them_before_it_serves(setup: &mut Setup) {
+    let (e, so) = officer(setup);
+    setup.down(2);
+    let report = e
+        .change_user(&create("bob", Role::User, "bob-pw-1"))
+        .unwrap();
+    assert_eq!(report.applied, vec![0, 1], "{}", setup.name());
+    assert_eq!(report.pending, vec![2]);
+    e.change_user(&UserChange::Password {
+        name: "bob".into(),
+        password: pw("bob-pw-2"),
+    })
+    .unwrap();
+    e.change_user(&create("carol", Role::User, "carol-pw-1"))
+        .unwrap();
+    e.change_user(&UserChange::Delete {
+        name: "carol".into(),
+    })
+    .unwrap();
+    // C_InitPIN while it is away too: the default user's new PIN.
+    e.init_pin(so, b"user-pin-5678").unwrap();
+    setup.up(2);
+    all_up(&e, setup.name());
+    // Configured with member 2 alone, an application logs in with the new passwords and
+    // signs; the old ones and the deleted user are refused.
+    let alone = setup.engine(&[2]);
+    logs_in_and_signs(&alone, "bob:bob-pw-2");
+    logs_in_and_signs(&alone, "user-pin-5678");
+    assert_eq!(user_login(&alone, "bob:bob-pw-1").0, CKR_PIN_INCORRECT);
+    assert_eq!(user_login(&alone, "carol:carol-pw-1").0, CKR_PIN_INCORRECT);
+    assert_eq!(
+        user_login(&alone, std::str::from_utf8(PIN).unwrap()).0,
+        CKR_PIN_INCORRECT
+    );
+}
+
+fn five_wrong_pins_over_members_and_processes_lock_everywhere(setup: &Setup) {
+    let (admin, so) = officer(setup);
+    admin
+        .change_user(&create("dave", Role::User, "dave-pw-1"))
+        .unwrap();
+    admin.logout(so).unwrap();
+    // Two applications that see the members in different orders, so their logins are
+    // checked first by different members.
+    let p1 = setup.engine(&[0, 1, 2]);
+    let p2 = setup.engine(&[2, 1, 0]);
+    let default_pin = std::str::from_utf8(PIN).unwrap();
+    let flags = |i: usize| setup.engine(&[i]).token_info(SLOT).unwrap().flags;
+    for n in 1..=5 {
+        let p = if n % 2 == 1 { &p1 } else { &p2 };
+        assert_eq!(user_login(p, "wrong-pin-1").0, CKR_PIN_INCORRECT, "try {n}");
+        assert_eq!(
+            user_login(p, "dave:wrong-pw").0,
+            CKR_PIN_INCORRECT,
+            "try {n}"
+        );
+        // Every member tells the same truth about the default user's PIN.
+        for i in 0..3 {
+            let f = flags(i);
+            let want = match n {
+                1..=3 => CKF_USER_PIN_COUNT_LOW,
+                4 => CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY,
+                _ => CKF_USER_PIN_LOCKED,
+            };
+            let mask = CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_LOCKED;
+            assert_eq!(
+                f & mask,
+                want,
+                "member {i} after {n} wrong PINs ({})",
+                setup.name()
+            );
+        }
+    }
+    // Locked everywhere, through every application and every member alone.
+    for p in [&p1, &p2] {
+        assert_eq!(user_login(p, default_pin).0, CKR_PIN_LOCKED);
+        assert_eq!(user_login(p, "dave:dave-pw-1").0, CKR_PIN_LOCKED);
+    }
+    for i in 0..3 {
+        let alone = setup.engine(&[i]);
+        assert_eq!(
+            user_login(&alone, default_pin).0,
+            CKR_PIN_LOCKED,
+            "member {i}"
+        );
+        assert_eq!(user_login(&alone, "dave:dave-pw-1").0, CKR_PIN_LOCKED);
+    }
+    // The officer unlocks; the users log in, through either application.
+    admin.login(so, CKU_SO, SO, None).unwrap();
+    for name in ["user", "dave"] {
+        admin
+            .change_user(&UserChange::Unlock { name: name.into() })
+            .unwrap();
+    }
+    logs_in_and_signs(&p2, default_pin);
+    logs_in_and_signs(&p1, "dave:dave-pw-1");
+    for i in 0..3 {
+        let f = flags(i);
+        assert_eq!(
+            f & (CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_LOCKED),
+            0,
+            "member {i}"
+        );
+    }
+    // An officer's lock holds the same way, and its unlock.
+    admin
+        .change_user(&UserChange::Lock {
+            name: "dave".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        user_login(&setup.engine(&[1]), "dave:dave-pw-1").0,
+        CKR_PIN_LOCKED
+    );
+    admin
+        .change_user(&UserChange::Unlock {
+            name: "dave".into(),
+        })
+        .unwrap();
+    logs_in_and_signs(&setup.engine(&[2]), "dave:dave-pw-1");
+}
+
+#[test]
+fn in_process_a_user_change_reaches_every_member() {
+    a_user_change_reaches_every_member(&Setup::in_process());
+}
+
+#[test]
+fn daemons_a_user_change_reaches_every_member() {
+    a_user_change_reaches_every_member(&Setup::daemons());
+}
+
+#[test]
+fn in_process_a_member_away_during_user_changes_takes_them_before_it_serves() {
+    a_member_away_during_user_changes_takes_them_before_it_serves(&mut Setup::in_process());
+}
+
+#[test]
+fn daemons_a_member_away_during_user_changes_takes_them_before_it_serves() {
+    a_member_away_during_user_changes_takes_them_before_it_serves(&mut Setup::daemons());
+}
+
+#[test]
+fn in_process_five_wrong_pins_over_members_and_processes_lock_everywhere() {
+    five_wrong_pins_over_members_and_processes_lock_everywhere(&Setup::in_process());
+}
+
+#[test]
+fn daemons_five_wrong_pins_over_members_and_processes_lock_everywhere() {
+    five_wrong_pins_over_members_and_processes_lock_everywhere(&Setup::daemons());
+}
+
+impl Setup {
+    /// A module configuration file naming the three members, for another process (the
+    /// `hsmpool` tool): the daemons' own, or the three embedded stores (which that process
+    /// opens beside this one, as a second application would).
+    fn conf_file(&self) -> std::path::PathBuf {
+        match self {
+            Setup::InProcess { _dir, .. } => {
+                let mut text = format!("[cluster]\n{CLUSTER}\n");
+                for i in 0..3 {
+                    text.push_str(&format!(
+                        "[[member]]\nkind = \"embedded\"\ndata_dir = {:?}\npin_iterations = 1000\n",
+                        _dir.path().join(format!("hsm{i}")).to_str().unwrap()
+                    ));
+                }
+                let path = _dir.path().join("hsmpool.toml");
+                std::fs::write(&path, text).unwrap();
+                path
+            }
+            Setup::Daemons(dc) => dc.conf.clone(),
+        }
+    }
+}
+
+/// `hsmpool ARGS` against the setup's cluster with these secrets: (exit status, stdout,
+/// stderr).
+fn tool(
+    setup: &Setup,
+    args: &[&str],
+    so_pin: &str,
+    new_pin: Option<&str>,
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"));
+    cmd.args(args)
+        .env("HSMPOOL_CONF", setup.conf_file())
+        .env("HSMPOOL_SO_PIN", so_pin)
+        .env_remove("HSMPOOL_NEW_PIN");
+    if let Some(p) = new_pin {
+        cmd.env("HSMPOOL_NEW_PIN", p);
+    }
+    let out = cmd.output().expect("hsmpool runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn the_tool_manages_users_on_every_member(setup: &Setup) {
+    let (e, so) = officer(setup);
+    e.logout(so).unwrap();
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    let name = setup.name();
+    let (code, out, err) = tool(setup, &["user", "add", "erin"], so_pin, Some("erin-pw-1"));
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    assert!(out.contains("done on member(s) 0, 1, 2"), "{out}");
+    // Refusals: exit 1, with what was wrong and what to do.
+    let (code, _, err) = tool(setup, &["user", "add", "erin"], so_pin, Some("x-pw-1234"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("exists already") && err.contains("user passwd"),
+        "{err}"
+    );
+    let (code, _, err) = tool(setup, &["user", "delete", "admin"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("CKR_HSMPOOL_LAST_OFFICER"), "{err}");
+    let (code, _, err) = tool(setup, &["user", "lock", "nobody"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("CKR_HSMPOOL_USER_NOT_FOUND"), "{err}");
+    let (code, _, err) = tool(setup, &["user", "list"], "wrong-so-pin", None);
+    assert_eq!(code, 1);
+    assert!(err.contains("HSMPOOL_SO_PIN is wrong"), "{err}");
+    let (code, _, err) = tool(setup, &["user", "add", "frank"], so_pin, None);
+    assert_eq!(code, 2, "a missing secret is a usage error: {err}");
+    assert!(err.contains("HSMPOOL_NEW_PIN is not set"), "{err}");
+    // Usage: exit 2 naming the problem; --help: exit 0 with examples.
+    let (code, _, err) = tool(setup, &["user", "frobnicate"], so_pin, None);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = tool(setup, &["user", "--help"], so_pin, None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Examples:") && out.contains("--allow-partial"),
+        "{out}"
+    );
+    // The listing, as JSON.
+    let (code, out, err) = tool(setup, &["user", "list", "--json"], so_pin, None);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin", "erin", "user"], "{out}");
+    // What the tool made, this process's applications use (in process: the stores were
+    // changed by another process, and are caught up with: members look at most every 200 ms).
+    std::thread::sleep(Duration::from_millis(250));
+    logs_in_and_signs(&setup.engine(&[2]), "erin:erin-pw-1");
+    let (code, _, err) = tool(
+        setup,
+        &["user", "passwd", "erin"],
+        so_pin,
+        Some("erin-pw-2"),
+    );
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_millis(250));
+    logs_in_and_signs(&setup.engine(&[0, 1, 2]), "erin:erin-pw-2");
+}
+
+#[test]
+fn in_process_the_tool_manages_users_on_every_member() {
+    the_tool_manages_users_on_every_member(&Setup::in_process());
+}
+
+#[test]
+fn daemons_the_tool_manages_users_on_every_member() {
+    the_tool_manages_users_on_every_member(&Setup::daemons());
+}
+
+/// With a daemon down, a mutating command refuses unless `--allow-partial`; then the daemon
+/// takes the change when it returns (brought level by the next application that logs in).
+#[test]
+fn daemons_the_tool_refuses_a_partial_change_unless_allowed() {
+    let mut setup = Setup::daemons();
+    let (e, so) = officer(&setup);
+    e.logout(so).unwrap();
+    drop(e);
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    setup.down(1);
+    let (code, out, err) = tool(&setup, &["user", "add", "gina"], so_pin, Some("gina-pw-1"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("member 1") && err.contains("--allow-partial"),
+        "{err}"
+    );
+    let (code, out, err) = tool(
+        &setup,
+        &["user", "add", "gina", "--allow-partial"],
+        so_pin,
+        Some("gina-pw-1"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("done on member(s) 0, 2"), "{out}");
+    assert!(out.contains("member(s) 1 did not take it now"), "{out}");
+    setup.up(1);
+    // The next application over the whole cluster brings member 1 level at its login.
+    let app = setup.engine(&[0, 1, 2]);
+    logs_in_and_signs(&app, "gina:gina-pw-1");
+    logs_in_and_signs(&setup.engine(&[1]), "gina:gina-pw-1");
+}
