@@ -32,6 +32,13 @@
 #define CKA_HSMPOOL_OBJECT_ID (CKA_VENDOR_DEFINED | 0x48500001UL)
 
 /*
+ * Vendor-defined attribute, read-only: the crypto users the key's owner shared it with, their
+ * names separated by '\n' (absent when shared with none). Set with HSMPOOL_ShareKey (or
+ * `hsmpool key share`); a template naming it is refused with CKR_ATTRIBUTE_READ_ONLY.
+ */
+#define CKA_HSMPOOL_SHARED_WITH (CKA_VENDOR_DEFINED | 0x48500002UL)
+
+/*
  * Vendor-defined return values of user administration (the `hsmpool user` commands and the
  * engine's user changes; never returned by a standard C_* function):
  *
@@ -39,10 +46,13 @@
  * CKR_HSMPOOL_USER_NOT_FOUND   no user of that name (or it was deleted)
  * CKR_HSMPOOL_LAST_OFFICER     the change would delete, lock or demote the officer making it,
  *                              or the last officer that can log in
+ * CKR_HSMPOOL_USER_OWNS_KEYS   the user still owns token keys (`hsmpool user delete --force`
+ *                              deletes it anyway; those keys then belong to no one)
  */
 #define CKR_HSMPOOL_USER_EXISTS (CKR_VENDOR_DEFINED | 0x48500001UL)
 #define CKR_HSMPOOL_USER_NOT_FOUND (CKR_VENDOR_DEFINED | 0x48500002UL)
 #define CKR_HSMPOOL_LAST_OFFICER (CKR_VENDOR_DEFINED | 0x48500003UL)
+#define CKR_HSMPOOL_USER_OWNS_KEYS (CKR_VENDOR_DEFINED | 0x48500004UL)
 
 /*
  * AWS CloudHSM compatibility: the vendor mechanisms of CloudHSM's PKCS #11 library (Client SDK 5,
@@ -122,5 +132,19 @@ CK_RV HSMPOOL_GetMemberStats(CK_SLOT_ID slotID, HSMPOOL_MEMBER_STATS *pStats,
 CK_RV HSMPOOL_GetCacheStats(CK_ULONG_PTR pulFindHits, CK_ULONG_PTR pulKeyHits);
 /* Take a member out of the balancing (CK_TRUE) or put it back (CK_FALSE). */
 CK_RV HSMPOOL_DrainMember(CK_SLOT_ID slotID, CK_ULONG member, CK_BBOOL drained);
+
+/*
+ * Key ownership (CloudHSM's rules). The crypto user who makes a key owns it. Its owner, logged
+ * in on a read-write session, shares token key hKey with the crypto user pUser (UTF-8,
+ * ulUserLen bytes; share CK_TRUE) or stops (CK_FALSE), on every member. A user a key is shared
+ * with may use it as its attributes allow, but not destroy, change, copy, wrap or share it
+ * (CKR_ACTION_PROHIBITED); another user's key not shared with you does not exist for you.
+ * Returns CKR_USER_NOT_LOGGED_IN unless a crypto user is logged in, CKR_SESSION_READ_ONLY,
+ * CKR_OBJECT_HANDLE_INVALID, CKR_ACTION_PROHIBITED (not the owner, a session object, or pUser
+ * is the owner), CKR_HSMPOOL_USER_NOT_FOUND (no such crypto user), CKR_FUNCTION_NOT_SUPPORTED
+ * (a member is a vendor token, which keeps no users of ours).
+ */
+CK_RV HSMPOOL_ShareKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey, CK_UTF8CHAR_PTR pUser,
+                       CK_ULONG ulUserLen, CK_BBOOL share);
 
 #endif /* HSMPOOL_H */

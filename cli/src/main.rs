@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
+mod keys;
 mod sim;
 mod users;
 
@@ -35,7 +36,7 @@ fn usage() -> String {
     USAGE
         .replace("{cluster}", hsmpool_cli::cluster::USAGE)
         .replace("{sim}", sim::USAGE)
-        .replace("{user}", users::USAGE)
+        .replace("{user}", &format!("{}{}", users::USAGE, keys::USAGE))
 }
 
 fn main() -> ExitCode {
@@ -167,9 +168,12 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         data = Some(PathBuf::from(args.remove(i + 1)));
         args.remove(i);
     }
-    // The user commands parse their own arguments (and their own --help).
+    // The user and key commands parse their own arguments (and their own --help).
     if args.first().is_some_and(|a| a == "user") {
         return users::run(&args[1..], data);
+    }
+    if args.first().is_some_and(|a| a == "key") {
+        return keys::run(&args[1..], data);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());

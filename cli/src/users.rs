@@ -18,6 +18,7 @@ use hsmpool_engine::types::SlotId;
 use hsmpool_engine::{Engine, Error};
 use hsmpool_member::users::{
     vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
+    CKR_HSMPOOL_USER_OWNS_KEYS,
 };
 use hsmpool_member::{Role, UserChange};
 use zeroize::Zeroizing;
@@ -81,10 +82,15 @@ enum UserCmd {
         #[arg(long)]
         officer: bool,
     },
-    /// Delete a user (an officer cannot delete itself or the last officer).
+    /// Delete a user (an officer cannot delete itself or the last officer). A user who owns
+    /// token keys is not deleted (the keys are named) unless --force.
     Delete {
         #[command(flatten)]
         change: Change,
+        /// Delete a user who owns token keys: those keys then belong to no one who can log
+        /// in, and no one can use them again.
+        #[arg(long)]
+        force: bool,
     },
     /// Set a user's password (from HSMPOOL_NEW_PIN); this also unlocks it.
     Passwd {
@@ -133,14 +139,14 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-fn secret(name: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(crate) fn secret(name: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     std::env::var(name)
         .map(|v| Zeroizing::new(v.into_bytes()))
         .map_err(|_| format!("{name} is not set (secrets are read from the environment only)"))
 }
 
 /// What went wrong, and what to do, for an error of the engine.
-fn explain(e: &Error, name: &str) -> String {
+pub(crate) fn explain(e: &Error, name: &str) -> String {
     let rv = e.ck_rv();
     match rv {
         CKR_HSMPOOL_USER_EXISTS => format!(
@@ -156,6 +162,11 @@ fn explain(e: &Error, name: &str) -> String {
                                      can log in; make another officer first"
             .to_string(),
         CKR_PIN_LEN_RANGE => "the password must be 4 to 255 bytes (CKR_PIN_LEN_RANGE)".into(),
+        CKR_HSMPOOL_USER_OWNS_KEYS => format!(
+            "{name} still owns token keys (CKR_HSMPOOL_USER_OWNS_KEYS), listed below; destroy \
+             them or have them re-made by another user first, or pass --force (they then \
+             become unusable)"
+        ),
         CKR_ARGUMENTS_BAD => {
             format!("{name:?} cannot be a user name (1 to 64 bytes, no `:`, no control characters)")
         }
@@ -169,9 +180,10 @@ fn explain(e: &Error, name: &str) -> String {
 
 /// The engine over the configured cluster, logged in as a crypto officer with
 /// `HSMPOOL_SO_PIN`.
-fn officer(
+pub(crate) fn open_cluster(
     data: Option<PathBuf>,
-    so_pin: &[u8],
+    pin: &[u8],
+    user_type: CK_USER_TYPE,
 ) -> Result<(Engine, hsmpool_engine::types::SessionHandle), String> {
     let cfg = match data {
         Some(dir) => Config::parse(
@@ -188,17 +200,22 @@ fn officer(
     let s = engine
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .map_err(|e| format!("opening a session: {e}"))?;
+    let (who, var) = if user_type == CKU_SO {
+        ("crypto officer", "HSMPOOL_SO_PIN")
+    } else {
+        ("crypto user", "HSMPOOL_PIN")
+    };
     engine
-        .login(s, CKU_SO, so_pin, None)
+        .login(s, user_type, pin, None)
         .map_err(|e| match e.ck_rv() {
             CKR_PIN_INCORRECT => {
-                "crypto officer login: the PIN in HSMPOOL_SO_PIN is wrong (CKR_PIN_INCORRECT)"
-                    .to_string()
+                format!("{who} login: the PIN in {var} is wrong (CKR_PIN_INCORRECT)")
             }
-            CKR_PIN_LOCKED => "crypto officer login: the officer is locked (CKR_PIN_LOCKED); \
-                               another officer unlocks it with `hsmpool user unlock`"
-                .to_string(),
-            _ => format!("crypto officer login: {e}"),
+            CKR_PIN_LOCKED => format!(
+                "{who} login: locked (CKR_PIN_LOCKED); an officer unlocks it with `hsmpool \
+                 user unlock`"
+            ),
+            _ => format!("{who} login: {e}"),
         })?;
     Ok((engine, s))
 }
@@ -216,7 +233,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         }
     };
     let so_pin = secret("HSMPOOL_SO_PIN")?;
-    let (engine, _s) = match officer(data, &so_pin) {
+    let (engine, _s) = match open_cluster(data, &so_pin, CKU_SO) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("hsmpool: {e}");
@@ -241,7 +258,15 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             let make = move |name| UserChange::Password { name, password };
             (change, Box::new(make))
         }
-        UserCmd::Delete { change } => (change, Box::new(|name| UserChange::Delete { name })),
+        UserCmd::Delete { change, force } => {
+            if force {
+                warn_orphans(&engine, &change.name);
+            }
+            (
+                change,
+                Box::new(move |name| UserChange::Delete { name, force }),
+            )
+        }
         UserCmd::Lock { change } => (change, Box::new(|name| UserChange::Lock { name })),
         UserCmd::Unlock { change } => (change, Box::new(|name| UserChange::Unlock { name })),
         UserCmd::Role { change, role } => {
@@ -294,7 +319,30 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         }
         Err(e) => {
             eprintln!("hsmpool: {} {name}: {}", change.verb(), explain(&e, &name));
+            if e.ck_rv() == CKR_HSMPOOL_USER_OWNS_KEYS {
+                if let Ok(keys) = engine.owned_objects(Some(&name)) {
+                    for k in &keys {
+                        eprintln!("  {}", crate::keys::describe(k));
+                    }
+                }
+            }
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Before a forced deletion: say which keys become unusable.
+fn warn_orphans(engine: &Engine, name: &str) {
+    if let Ok(keys) = engine.owned_objects(Some(name)) {
+        if !keys.is_empty() {
+            eprintln!(
+                "hsmpool: WARNING: {name} owns {} token key(s); deleted with --force, they \
+                 belong to no one who can log in and can never be used again:",
+                keys.len()
+            );
+            for k in &keys {
+                eprintln!("  {}", crate::keys::describe(k));
+            }
         }
     }
 }

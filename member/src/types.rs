@@ -15,6 +15,13 @@ use zeroize::Zeroize;
 pub const CKA_HSMPOOL_OBJECT_ID: cryptoki_sys::CK_ATTRIBUTE_TYPE =
     cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0001;
 
+/// Vendor attribute (`CKA_VENDOR_DEFINED | "HP" 0002`): the crypto users a key's owner shared
+/// it with, as their names separated by `\n` (sorted, none repeated), absent when shared with
+/// none. A member sets it (`Users::share_object`); it is read-only to applications, and it
+/// travels with the object like every other attribute.
+pub const CKA_HSMPOOL_SHARED_WITH: cryptoki_sys::CK_ATTRIBUTE_TYPE =
+    cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0002;
+
 /// AWS CloudHSM's vendor mechanisms (Client SDK 5, `cloudhsm_pkcs11_vendor_defs.h`), offered so
 /// that programs written for CloudHSM run unchanged; the C declarations are in
 /// `include/hsmpool.h`. This module is the one Rust place they are declared.

@@ -24,7 +24,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::backend::{MemberResult, MemberSession};
+use crate::backend::{MemberObject, MemberResult, MemberSession};
 use crate::meta::Role;
 
 const VENDOR: cryptoki_sys::CK_RV = cryptoki_sys::CKR_VENDOR_DEFINED;
@@ -37,12 +37,17 @@ pub const CKR_HSMPOOL_USER_NOT_FOUND: cryptoki_sys::CK_RV = VENDOR | 0x4850_0002
 /// lock or demote itself.
 pub const CKR_HSMPOOL_LAST_OFFICER: cryptoki_sys::CK_RV = VENDOR | 0x4850_0003;
 
+/// A user who still owns token keys cannot be deleted (unless forced: the keys then become
+/// unusable).
+pub const CKR_HSMPOOL_USER_OWNS_KEYS: cryptoki_sys::CK_RV = VENDOR | 0x4850_0004;
+
 /// The name of a vendor return value of ours, for messages (`None` for any other).
 pub fn vendor_rv_name(rv: cryptoki_sys::CK_RV) -> Option<&'static str> {
     Some(match rv {
         CKR_HSMPOOL_USER_EXISTS => "CKR_HSMPOOL_USER_EXISTS",
         CKR_HSMPOOL_USER_NOT_FOUND => "CKR_HSMPOOL_USER_NOT_FOUND",
         CKR_HSMPOOL_LAST_OFFICER => "CKR_HSMPOOL_LAST_OFFICER",
+        CKR_HSMPOOL_USER_OWNS_KEYS => "CKR_HSMPOOL_USER_OWNS_KEYS",
         _ => return None,
     })
 }
@@ -110,10 +115,14 @@ pub enum UserChange {
         /// The password.
         password: Zeroizing<Vec<u8>>,
     },
-    /// Delete the user (a tombstone stays).
+    /// Delete the user (a tombstone stays). Refused while the user owns token objects
+    /// (`CKR_HSMPOOL_USER_OWNS_KEYS`) unless `force`: those objects then belong to no user that
+    /// can log in (their owner becomes `NAME:deleted-VERSION`), so no one can use them.
     Delete {
         /// Whom.
         name: String,
+        /// Delete although the user owns token objects.
+        force: bool,
     },
     /// Lock the user out until an officer unlocks it.
     Lock {
@@ -140,7 +149,7 @@ impl UserChange {
         match self {
             UserChange::Create { name, .. }
             | UserChange::Password { name, .. }
-            | UserChange::Delete { name }
+            | UserChange::Delete { name, .. }
             | UserChange::Lock { name }
             | UserChange::Unlock { name }
             | UserChange::SetRole { name, .. } => name,
@@ -165,6 +174,42 @@ impl std::fmt::Debug for UserChange {
     }
 }
 
+/// A token object and who may use it, as an officer sees it (no value, no secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedObject {
+    /// The member's handle (the cluster-wide object id).
+    pub id: u64,
+    /// The crypto user who made it (`None`: made outside any user's login).
+    pub owner: Option<String>,
+    /// `CKA_CLASS`.
+    pub class: cryptoki_sys::CK_OBJECT_CLASS,
+    /// `CKA_KEY_TYPE`, for a key.
+    pub key_type: Option<cryptoki_sys::CK_KEY_TYPE>,
+    /// `CKA_LABEL`.
+    pub label: Vec<u8>,
+    /// `CKA_ID`.
+    pub ck_id: Vec<u8>,
+    /// The users its owner shared it with.
+    pub shared_with: Vec<String>,
+}
+
+/// The users a [`crate::types::CKA_HSMPOOL_SHARED_WITH`] value names.
+pub fn shared_names(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split('\n')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The [`crate::types::CKA_HSMPOOL_SHARED_WITH`] value of these users (sorted, once each).
+pub fn shared_value(names: &[String]) -> Vec<u8> {
+    let mut v: Vec<&str> = names.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join("\n").into_bytes()
+}
+
 /// Optional capability: users kept the same on every member (see the module documentation).
 pub trait Users: Send + Sync {
     /// Every user record with its counters, and the token epoch. Needs a logged-in session.
@@ -180,6 +225,24 @@ pub trait Users: Send + Sync {
     fn import_user(&self, s: MemberSession, blob: &[u8]) -> MemberResult<()>;
     /// A crypto officer's change, made here; the session must be logged in as an officer.
     fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()>;
+    /// The owner of token object `o`, logged in on `s`, shares it with crypto user `user`
+    /// (`share`) or stops sharing it. Anyone else: `CKR_ACTION_PROHIBITED` (or, where the
+    /// object is not theirs to see, `CKR_OBJECT_HANDLE_INVALID`); no such crypto user:
+    /// `CKR_HSMPOOL_USER_NOT_FOUND`.
+    fn share_object(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        user: &str,
+        share: bool,
+    ) -> MemberResult<()>;
+    /// Every token object (of `owner` only, when given) with its owner and sharing, for an
+    /// officer (`CKR_USER_NOT_LOGGED_IN` otherwise).
+    fn owned_objects(
+        &self,
+        s: MemberSession,
+        owner: Option<&str>,
+    ) -> MemberResult<Vec<OwnedObject>>;
 }
 
 #[cfg(test)]
@@ -194,6 +257,7 @@ mod tests {
             ("CKR_HSMPOOL_USER_EXISTS", CKR_HSMPOOL_USER_EXISTS),
             ("CKR_HSMPOOL_USER_NOT_FOUND", CKR_HSMPOOL_USER_NOT_FOUND),
             ("CKR_HSMPOOL_LAST_OFFICER", CKR_HSMPOOL_LAST_OFFICER),
+            ("CKR_HSMPOOL_USER_OWNS_KEYS", CKR_HSMPOOL_USER_OWNS_KEYS),
         ] {
             let line = header
                 .lines()

@@ -6,7 +6,7 @@ use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
     AttrAnswer, Backend, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
-    Replication, Role, TokenStatus, UserChange, UserSet, Users,
+    OwnedObject, Replication, Role, TokenStatus, UserChange, UserSet, Users,
 };
 use zeroize::Zeroizing;
 
@@ -346,6 +346,26 @@ impl Users for SimMember {
     fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()> {
         self.hsm
             .change_user(self.s(s), change)
+            .map_err(|e| self.err(e))
+    }
+    fn share_object(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        user: &str,
+        share: bool,
+    ) -> MemberResult<()> {
+        self.hsm
+            .share_object(self.s(s), o.0, user, share)
+            .map_err(|e| self.err(e))
+    }
+    fn owned_objects(
+        &self,
+        s: MemberSession,
+        owner: Option<&str>,
+    ) -> MemberResult<Vec<OwnedObject>> {
+        self.hsm
+            .owned_objects(self.s(s), owner)
             .map_err(|e| self.err(e))
     }
 }

@@ -90,6 +90,8 @@ static STORAGE: &[Rule] = &[
     r(CKA_UNIQUE_ID, Y, 0, None),
     // Consumed when the object is made (it becomes the object's id); never stored.
     r(crate::types::CKA_HSMPOOL_OBJECT_ID, U, CG, None),
+    // Set by the owner's share calls only (`Hsm::share_object`): read-only to templates.
+    r(crate::types::CKA_HSMPOOL_SHARED_WITH, Y, 0, None),
 ];
 static DATA: &[Rule] = &[
     r(CKA_PRIVATE, B, CG, F),

@@ -31,6 +31,13 @@ pub struct Stats {
 type GetStats = unsafe extern "C" fn(CK_SLOT_ID, *mut Stats, *mut CK_ULONG) -> CK_RV;
 type GetCache = unsafe extern "C" fn(*mut CK_ULONG, *mut CK_ULONG) -> CK_RV;
 type Drain = unsafe extern "C" fn(CK_SLOT_ID, CK_ULONG, CK_BBOOL) -> CK_RV;
+type Share = unsafe extern "C" fn(
+    CK_SESSION_HANDLE,
+    CK_OBJECT_HANDLE,
+    *const CK_UTF8CHAR,
+    CK_ULONG,
+    CK_BBOOL,
+) -> CK_RV;
 
 /// The module's vendor functions.
 pub struct Vendor {
@@ -84,5 +91,31 @@ impl Vendor {
             let g: libloading::Symbol<Drain> = self.lib.get(b"HSMPOOL_DrainMember\0").unwrap();
             g(slot, member, on)
         }
+    }
+    /// `HSMPOOL_ShareKey`, with the user name as given (NULL and a length are the test's).
+    pub fn share_raw(
+        &self,
+        s: CK_SESSION_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        user: *const u8,
+        len: CK_ULONG,
+        share: CK_BBOOL,
+    ) -> CK_RV {
+        // SAFETY: as above.
+        unsafe {
+            let g: libloading::Symbol<Share> = self.lib.get(b"HSMPOOL_ShareKey\0").unwrap();
+            g(s, key, user, len, share)
+        }
+    }
+    /// `HSMPOOL_ShareKey` with `user`.
+    pub fn share(
+        &self,
+        s: CK_SESSION_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        user: &str,
+        on: bool,
+    ) -> CK_RV {
+        let flag = if on { CK_TRUE } else { CK_FALSE };
+        self.share_raw(s, key, user.as_ptr(), user.len() as CK_ULONG, flag)
     }
 }

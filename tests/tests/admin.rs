@@ -180,6 +180,7 @@ fn a_user_change_reaches_every_member(setup: &Setup) {
         (
             UserChange::Delete {
                 name: "admin".into(),
+                force: true,
             },
             CKR_HSMPOOL_LAST_OFFICER,
         ),
@@ -256,6 +257,7 @@ fn a_member_away_during_user_changes_takes_them_before_it_serves(setup: &mut Set
         .unwrap();
     e.change_user(&UserChange::Delete {
         name: "carol".into(),
+        force: false,
     })
     .unwrap();
     // C_InitPIN while it is away too: the default user's new PIN.
@@ -422,14 +424,20 @@ fn tool(
     so_pin: &str,
     new_pin: Option<&str>,
 ) -> (i32, String, String) {
+    let mut env = vec![("HSMPOOL_SO_PIN", so_pin)];
+    env.extend(new_pin.map(|p| ("HSMPOOL_NEW_PIN", p)));
+    tool_env(setup, args, &env)
+}
+
+/// `hsmpool ARGS` with exactly these secrets in its environment.
+fn tool_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(hsmpool_tests::workspace_bin("hsmpool"));
     cmd.args(args)
         .env("HSMPOOL_CONF", setup.conf_file())
-        .env("HSMPOOL_SO_PIN", so_pin)
-        .env_remove("HSMPOOL_NEW_PIN");
-    if let Some(p) = new_pin {
-        cmd.env("HSMPOOL_NEW_PIN", p);
-    }
+        .env_remove("HSMPOOL_SO_PIN")
+        .env_remove("HSMPOOL_PIN")
+        .env_remove("HSMPOOL_NEW_PIN")
+        .envs(env.iter().copied());
     let out = cmd.output().expect("hsmpool runs");
     (
         out.status.code().unwrap_or(-1),
@@ -498,6 +506,67 @@ fn the_tool_manages_users_on_every_member(setup: &Setup) {
     assert_eq!(code, 0, "{err}");
     std::thread::sleep(Duration::from_millis(250));
     logs_in_and_signs(&setup.engine(&[0, 1, 2]), "erin:erin-pw-2");
+
+    // Keys: erin makes one; the tool lists it by owner, erin shares and unshares it, and
+    // deleting erin is refused, naming it, unless forced (which says it becomes unusable).
+    let app = setup.engine(&[0, 1, 2]);
+    let (r, s) = user_login(&app, "erin:erin-pw-2");
+    assert_eq!(r, CKR_OK);
+    aes_key(&app, s, b"erin-key", false);
+    app.logout(s).unwrap();
+    let (code, _, err) = tool(setup, &["user", "add", "fred"], so_pin, Some("fred-pw-1"));
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_millis(250));
+    let erin = [("HSMPOOL_PIN", "erin:erin-pw-2")];
+    let (code, out, err) = tool_env(
+        setup,
+        &["key", "share", "erin-key", "--with", "fred"],
+        &erin,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = tool(
+        setup,
+        &["key", "list", "--owner", "erin", "--json"],
+        so_pin,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let keys: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(keys[0]["label"], "erin-key");
+    assert_eq!(keys[0]["shared_with"], serde_json::json!(["fred"]));
+    let uid = keys[0]["uid"].as_str().unwrap().to_string();
+    let fred = [("HSMPOOL_PIN", "fred:fred-pw-1")];
+    let (code, _, err) = tool_env(
+        setup,
+        &["key", "share", "erin-key", "--with", "erin"],
+        &fred,
+    );
+    assert_eq!(code, 1, "fred cannot share erin's key: {err}");
+    let unshare = ["key", "unshare", &format!("uid:{uid}"), "--with", "fred"];
+    let (code, _, err) = tool_env(setup, &unshare, &erin);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tool_env(
+        setup,
+        &["key", "share", "no-such-key", "--with", "fred"],
+        &erin,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no token key of yours"), "{err}");
+    let (code, _, err) = tool(setup, &["user", "delete", "erin"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("CKR_HSMPOOL_USER_OWNS_KEYS")
+            && err.contains(&uid)
+            && err.contains("erin-key"),
+        "{err}"
+    );
+    let (code, out, err) = tool(setup, &["user", "delete", "erin", "--force"], so_pin, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("can never be used again") && err.contains(&uid),
+        "{err}"
+    );
 }
 
 #[test]
@@ -540,4 +609,218 @@ fn daemons_the_tool_refuses_a_partial_change_unless_allowed() {
     let app = setup.engine(&[0, 1, 2]);
     logs_in_and_signs(&app, "gina:gina-pw-1");
     logs_in_and_signs(&setup.engine(&[1]), "gina:gina-pw-1");
+}
+
+/// A token AES key of the logged-in user, labelled `label`, that encrypts and decrypts and may
+/// be wrapped (by its owner), or (`wrap`) one that wraps.
+fn aes_key(
+    e: &Engine,
+    s: SessionHandle,
+    label: &[u8],
+    wrap: bool,
+) -> hsmpool_engine::types::ObjectHandle {
+    use hsmpool_engine::{Attr, Mechanism};
+    e.generate_key(
+        s,
+        Mechanism::plain(CKM_AES_KEY_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_VALUE_LEN, 32),
+            // A wrapping key wraps only (the key policy refuses one that also encrypts).
+            Attr::bool(CKA_ENCRYPT, !wrap),
+            Attr::bool(CKA_DECRYPT, !wrap),
+            Attr::bool(CKA_EXTRACTABLE, true),
+            Attr::bool(CKA_WRAP, wrap),
+            Attr::bytes(CKA_LABEL, label),
+        ],
+    )
+    .expect("an AES key is made")
+}
+
+fn encrypt(e: &Engine, s: SessionHandle, k: hsmpool_engine::types::ObjectHandle) -> CK_RV {
+    use hsmpool_engine::types::OpKind;
+    use hsmpool_engine::Mechanism;
+    let iv = [7u8; 16];
+    let r = e
+        .op_init(
+            s,
+            OpKind::Encrypt,
+            Mechanism {
+                mech: CKM_AES_CBC_PAD,
+                param: hsmpool_member::types::MechParam::Iv(iv.to_vec()),
+            },
+            k,
+        )
+        .and_then(|()| {
+            let mut out = vec![0u8; 64];
+            e.op_single(s, OpKind::Encrypt, b"shared secret", Some(&mut out))
+        });
+    rv(r)
+}
+
+fn labelled(e: &Engine, s: SessionHandle, label: &[u8]) -> usize {
+    hsmpool_tests::engine::find(e, s, vec![hsmpool_engine::Attr::bytes(CKA_LABEL, label)]).len()
+}
+
+fn owners_share_keys_and_others_only_use_them(setup: &Setup) {
+    use hsmpool_engine::Attr;
+    use hsmpool_member::types::CKA_HSMPOOL_SHARED_WITH;
+    use hsmpool_member::users::CKR_HSMPOOL_USER_OWNS_KEYS;
+    let name = setup.name();
+    let (admin, so) = officer(setup);
+    for u in ["alice", "bob", "carol"] {
+        admin
+            .change_user(&create(u, Role::User, &format!("{u}-pw-1")))
+            .unwrap();
+    }
+    admin.logout(so).unwrap();
+    let e = setup.engine(&[0, 1, 2]);
+    let (r, a) = user_login(&e, "alice:alice-pw-1");
+    assert_eq!(r, CKR_OK);
+    let k = aes_key(&e, a, b"alice-aes", false);
+    let (pubk, _) = ec_pair(&e, a, b"alice-ec", true);
+    let session_key = ec_pair(&e, a, b"alice-session", false).1;
+    assert_eq!(encrypt(&e, a, k), CKR_OK);
+    // What sharing refuses: no such user, herself, a session object; the attribute is not
+    // the application's to set.
+    assert_eq!(
+        rv(e.share_object(a, k, "nobody", true)),
+        CKR_HSMPOOL_USER_NOT_FOUND
+    );
+    assert_eq!(
+        rv(e.share_object(a, k, "alice", true)),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.share_object(a, session_key, "bob", true)),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.set_attribute_value(a, k, vec![Attr::bytes(CKA_HSMPOOL_SHARED_WITH, b"bob")])),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
+    e.logout(a).unwrap();
+
+    // Bob: alice's unshared key does not exist for him; her public key does.
+    let (r, b) = user_login(&e, "bob:bob-pw-1");
+    assert_eq!(r, CKR_OK);
+    assert_eq!(labelled(&e, b, b"alice-aes"), 0, "{name}");
+    assert_eq!(encrypt(&e, b, k), CKR_KEY_HANDLE_INVALID);
+    assert_eq!(
+        rv(e.get_attribute_value(b, k, &[CKA_LABEL])),
+        CKR_OBJECT_HANDLE_INVALID
+    );
+    assert_eq!(
+        labelled(&e, b, b"alice-ec"),
+        1,
+        "her public key is every user's to see"
+    );
+    let bob_wrapper = aes_key(&e, b, b"bob-wrap", true);
+    e.logout(b).unwrap();
+
+    // Alice shares it with bob.
+    let (_, a) = user_login(&e, "alice:alice-pw-1");
+    e.share_object(a, k, "bob", true).unwrap();
+    assert_eq!(
+        hsmpool_tests::engine::value(&e, a, k, CKA_HSMPOOL_SHARED_WITH),
+        b"bob".to_vec()
+    );
+    e.logout(a).unwrap();
+    // On every member: bob, with that member alone, finds it and encrypts with it.
+    for i in 0..3 {
+        let alone = setup.engine(&[i]);
+        let (r, b) = user_login(&alone, "bob:bob-pw-1");
+        assert_eq!(r, CKR_OK);
+        let found =
+            hsmpool_tests::engine::find(&alone, b, vec![Attr::bytes(CKA_LABEL, b"alice-aes")]);
+        assert_eq!(found.len(), 1, "member {i} ({name})");
+        assert_eq!(encrypt(&alone, b, found[0]), CKR_OK, "member {i}");
+    }
+    // Bob uses it, and may do nothing else with it.
+    let (_, b) = user_login(&e, "bob:bob-pw-1");
+    let k_b = hsmpool_tests::engine::find(&e, b, vec![Attr::bytes(CKA_LABEL, b"alice-aes")])[0];
+    assert_eq!(encrypt(&e, b, k_b), CKR_OK);
+    assert_eq!(rv(e.destroy_object(b, k_b)), CKR_ACTION_PROHIBITED);
+    assert_eq!(
+        rv(e.set_attribute_value(b, k_b, vec![Attr::bytes(CKA_LABEL, b"mine")])),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.copy_object(b, k_b, vec![Attr::bytes(CKA_LABEL, b"my copy")])),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.wrap_key(
+            b,
+            hsmpool_engine::Mechanism::plain(CKM_AES_KEY_WRAP_KWP),
+            bob_wrapper,
+            k_b
+        )),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.share_object(b, k_b, "carol", true)),
+        CKR_ACTION_PROHIBITED
+    );
+    e.logout(b).unwrap();
+    // Carol still sees nothing of it.
+    let (_, c) = user_login(&e, "carol:carol-pw-1");
+    assert_eq!(labelled(&e, c, b"alice-aes"), 0);
+    e.logout(c).unwrap();
+
+    // An officer lists owners and sharing, and uses no user's key (her public one included).
+    admin.login(so, CKU_SO, SO, None).unwrap();
+    let owned = admin.owned_objects(Some("alice")).unwrap();
+    assert_eq!(owned.len(), 3, "her token objects: {owned:?}");
+    let aes = owned
+        .iter()
+        .find(|o| o.label == b"alice-aes")
+        .expect("listed");
+    assert_eq!(aes.shared_with, vec!["bob".to_string()]);
+    let pub_so = hsmpool_tests::engine::find(&admin, so, vec![Attr::bytes(CKA_LABEL, b"alice-ec")]);
+    assert_eq!(pub_so.len(), 1);
+    let verified = admin.op_init(
+        so,
+        hsmpool_engine::types::OpKind::Verify,
+        hsmpool_engine::Mechanism::plain(CKM_ECDSA_SHA256),
+        pub_so[0],
+    );
+    assert_eq!(rv(verified), CKR_USER_NOT_LOGGED_IN, "{name}");
+    let _ = pubk;
+    // Deleting alice is refused while she owns keys, and names them; forced, her keys belong
+    // to no one: a new alice does not get them.
+    assert_eq!(
+        rv(admin.change_user(&UserChange::Delete {
+            name: "alice".into(),
+            force: false
+        })),
+        CKR_HSMPOOL_USER_OWNS_KEYS
+    );
+    admin
+        .change_user(&UserChange::Delete {
+            name: "alice".into(),
+            force: true,
+        })
+        .unwrap();
+    assert!(admin.owned_objects(Some("alice")).unwrap().is_empty());
+    admin
+        .change_user(&create("alice", Role::User, "alice-pw-2"))
+        .unwrap();
+    let alone = setup.engine(&[2]);
+    let (r, a) = user_login(&alone, "alice:alice-pw-2");
+    assert_eq!(r, CKR_OK);
+    assert_eq!(labelled(&alone, a, b"alice-aes"), 0, "{name}");
+    // Bob, with whom the old alice shared it, still uses it: sharing outlives its owner.
+    let (_, b) = user_login(&setup.engine(&[1]), "bob:bob-pw-1");
+    let _ = b;
+}
+
+#[test]
+fn in_process_owners_share_keys_and_others_only_use_them() {
+    owners_share_keys_and_others_only_use_them(&Setup::in_process());
+}
+
+#[test]
+fn daemons_owners_share_keys_and_others_only_use_them() {
+    owners_share_keys_and_others_only_use_them(&Setup::daemons());
 }

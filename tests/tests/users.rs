@@ -108,6 +108,39 @@ fn named_users_log_in_with_name_colon_password_and_own_their_keys() {
         CKR_OK
     );
     assert_eq!(count_label(m, h, b"alice-secret"), 1);
+
+    // She shares it with bob through the vendor function; bob then sees it. Bad arguments get
+    // the codes the header names.
+    let (ok, out) = hsmpool(
+        &["--data", data, "user", "add", "bob"],
+        &[("HSMPOOL_SO_PIN", SO_PIN), ("HSMPOOL_NEW_PIN", "bob-pin-1")],
+    );
+    assert!(ok, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let v = hsmpool_tests::vendor::Vendor::new();
+    assert_eq!(
+        v.share_raw(h, o, std::ptr::null(), 3, CK_TRUE),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(v.share_raw(h, o, b"bob".as_ptr(), 3, 7), CKR_ARGUMENTS_BAD);
+    assert_eq!(v.share(h, 0xdead, "bob", true), CKR_OBJECT_HANDLE_INVALID);
+    assert_eq!(
+        v.share(h, o, "nobody", true),
+        hsmpool_member::users::CKR_HSMPOOL_USER_NOT_FOUND
+    );
+    assert_eq!(v.share(h, o, "bob", true), CKR_OK);
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    assert_eq!(m.login(h, CKU_USER, "bob:bob-pin-1"), CKR_OK);
+    assert_eq!(count_label(m, h, b"alice-secret"), 1, "shared with bob");
+    assert_eq!(
+        v.share(h, o, "bob", false),
+        CKR_ACTION_PROHIBITED,
+        "bob is not the owner"
+    );
+    let ro = m.open(false);
+    assert_eq!(v.share(ro, o, "bob", false), CKR_SESSION_READ_ONLY);
+    assert_eq!(call!(m, C_Logout, h), CKR_OK);
+    assert_eq!(v.share(h, o, "bob", false), CKR_USER_NOT_LOGGED_IN);
 }
 
 #[test]

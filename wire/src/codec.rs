@@ -6,7 +6,9 @@ use std::ops::Deref;
 
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
-use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus, UserChange, UserSet, UserState};
+use hsmpool_member::{
+    AttrAnswer, KeyMeta, OwnedObject, Role, TokenStatus, UserChange, UserSet, UserState,
+};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Result, WireError};
@@ -739,9 +741,10 @@ impl Field for UserChange {
                 name.put(w)?;
                 Secret::from_slice(password).put(w)
             }
-            UserChange::Delete { name } => {
+            UserChange::Delete { name, force } => {
                 w.u8(3)?;
-                name.put(w)
+                name.put(w)?;
+                w.bool(*force)
             }
             UserChange::Lock { name } => {
                 w.u8(4)?;
@@ -771,7 +774,10 @@ impl Field for UserChange {
                 name,
                 password: Secret::take(r)?.into_inner(),
             },
-            3 => UserChange::Delete { name },
+            3 => UserChange::Delete {
+                name,
+                force: r.bool()?,
+            },
             4 => UserChange::Lock { name },
             5 => UserChange::Unlock { name },
             6 => UserChange::SetRole {
@@ -780,5 +786,54 @@ impl Field for UserChange {
             },
             _ => return Err(WireError::Malformed("unknown user change")),
         })
+    }
+}
+
+/// Token objects with their owners and sharing (`owned_objects`).
+impl Field for Vec<OwnedObject> {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.len(self.len())?;
+        for o in self {
+            w.u64(o.id)?;
+            o.owner.put(w)?;
+            w.ulong(o.class)?;
+            o.key_type.put(w)?;
+            w.bytes(&o.label)?;
+            w.bytes(&o.ck_id)?;
+            w.len(o.shared_with.len())?;
+            for n in &o.shared_with {
+                n.put(w)?;
+            }
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        // At least an id (8), an owner tag (1), a class (8), a key type tag (1), two lengths
+        // (8) and a count (4).
+        let n = r.count(30)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.u64()?;
+            let owner = <Option<String> as Field>::take(r)?;
+            let class = r.ulong()?;
+            let key_type = <Option<CK_ULONG> as Field>::take(r)?;
+            let label = r.vec()?;
+            let ck_id = r.vec()?;
+            let k = r.count(4)?;
+            let mut shared_with = Vec::with_capacity(k);
+            for _ in 0..k {
+                shared_with.push(String::take(r)?);
+            }
+            out.push(OwnedObject {
+                id,
+                owner,
+                class,
+                key_type,
+                label,
+                ck_id,
+                shared_with,
+            });
+        }
+        Ok(out)
     }
 }

@@ -409,6 +409,18 @@ macro_rules! request_table {
                 client Users fn change_user(s: MemberSession, change: &UserChange) -> () {
                     Request::ChangeUser { session: s.0, change: change.clone() }
                 } Response::Ok => ();
+            /// `share_object` → [`Response::Ok`].
+            SHARE_OBJECT = 0x29, ShareObject { session: u64, object: u64, user: String, share: bool }
+                => serve |b| users(b)?.share_object(sess(session), mo(object), &user, share).map(|()| Response::Ok),
+                client Users fn share_object(s: MemberSession, o: MemberObject, user: &str, share: bool) -> () {
+                    Request::ShareObject { session: s.0, object: o.0, user: user.to_owned(), share }
+                } Response::Ok => ();
+            /// `owned_objects` → [`Response::Owned`].
+            OWNED_OBJECTS = 0x2a, OwnedObjects { session: u64, owner: Option<String> }
+                => serve |b| users(b)?.owned_objects(sess(session), owner.as_deref()).map(Response::Owned),
+                client Users fn owned_objects(s: MemberSession, owner: Option<&str>) -> Vec<OwnedObject> {
+                    Request::OwnedObjects { session: s.0, owner: owner.map(str::to_owned) }
+                } Response::Owned(v) => v;
         }
     };
 }

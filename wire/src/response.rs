@@ -3,7 +3,7 @@
 //! shape (`Ok`, `Handle`, `Bytes`, ...); any request may be answered with `Err(CK_RV)`.
 
 use cryptoki_sys::CK_RV;
-use hsmpool_member::{AttrAnswer, KeyMeta, TokenStatus, UserSet};
+use hsmpool_member::{AttrAnswer, KeyMeta, OwnedObject, TokenStatus, UserSet};
 
 use crate::codec::{Field, Reader, Secret, Writer};
 use crate::error::{Result, WireError};
@@ -117,6 +117,8 @@ responses! {
     R_VERSION = 0x8d, Version(v: VersionInfo);
     /// A member's users and its epoch.
     R_USERS = 0x8e, Users(u: UserSet);
+    /// Token objects with their owners and sharing.
+    R_OWNED = 0x8f, Owned(v: Vec<OwnedObject>);
 }
 
 /// The protocol this build speaks: the set of messages and their bodies (the frame header's

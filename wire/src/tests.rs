@@ -3,7 +3,9 @@ use std::collections::BTreeSet;
 use cryptoki_sys::*;
 
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
-use hsmpool_member::{AttrAnswer, KeyMeta, Role, TokenStatus, UserChange, UserSet, UserState};
+use hsmpool_member::{
+    AttrAnswer, KeyMeta, OwnedObject, Role, TokenStatus, UserChange, UserSet, UserState,
+};
 
 use zeroize::Zeroizing;
 
@@ -266,6 +268,20 @@ fn sample_requests() -> Vec<Request> {
             session: 2,
             blob: vec![0xb1; 90],
         },
+        Request::ShareObject {
+            session: 2,
+            object: 18,
+            user: "bob".into(),
+            share: true,
+        },
+        Request::OwnedObjects {
+            session: 2,
+            owner: Some("alice".into()),
+        },
+        Request::OwnedObjects {
+            session: 2,
+            owner: None,
+        },
     ];
     // Every kind of user change round-trips.
     for change in [
@@ -278,7 +294,10 @@ fn sample_requests() -> Vec<Request> {
             name: "alice".into(),
             password: Zeroizing::new(b"pw-5678".to_vec()),
         },
-        UserChange::Delete { name: "a".into() },
+        UserChange::Delete {
+            name: "a".into(),
+            force: true,
+        },
         UserChange::Lock { name: "b".into() },
         UserChange::Unlock { name: "c".into() },
         UserChange::SetRole {
@@ -370,6 +389,27 @@ fn sample_responses() -> Vec<Response> {
             capabilities: VersionInfo::REPLICATION | VersionInfo::FAULTS,
         }),
         Response::Users(UserSet::default()),
+        Response::Owned(vec![]),
+        Response::Owned(vec![
+            OwnedObject {
+                id: 7,
+                owner: Some("alice".into()),
+                class: CKO_SECRET_KEY,
+                key_type: Some(CKK_AES),
+                label: b"k".to_vec(),
+                ck_id: vec![1, 2],
+                shared_with: vec!["bob".into(), "carol".into()],
+            },
+            OwnedObject {
+                id: 8,
+                owner: None,
+                class: CKO_DATA,
+                key_type: None,
+                label: vec![],
+                ck_id: vec![],
+                shared_with: vec![],
+            },
+        ]),
         Response::Users(UserSet {
             epoch: 3,
             max_failures: 5,

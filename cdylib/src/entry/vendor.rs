@@ -1,4 +1,5 @@
-//! hsmpool's vendor functions (declared in `include/hsmpool.h`): cluster status and drain.
+//! hsmpool's vendor functions (declared in `include/hsmpool.h`): cluster status and drain,
+//! and sharing a key with another crypto user.
 //! They follow the PKCS #11 calling rules: `CKR_CRYPTOKI_NOT_INITIALIZED` before
 //! `C_Initialize`, `CKR_SLOT_ID_INVALID` for another slot, NULL pointers are
 //! `CKR_ARGUMENTS_BAD`, and lists follow the §5.2 length rule.
@@ -10,7 +11,9 @@ use hsmpool_engine::engine;
 use hsmpool_engine::engine::SLOT;
 use hsmpool_engine::Error;
 
-use crate::guard::{guard, out_ref, u64_to_ck, OutBuf};
+use hsmpool_engine::types::{ObjectHandle, SessionHandle};
+
+use crate::guard::{guard, in_bytes, out_ref, u64_to_ck, OutBuf};
 
 /// `HSMPOOL_MEMBER_UP` and friends: a member's health, the codes of the engine's
 /// [`Health`] (one enum from the engine to the header).
@@ -148,6 +151,38 @@ pub extern "C" fn HSMPOOL_DrainMember(
         };
         let index = usize::try_from(member).map_err(|_| Error::ArgumentsBad("no such member"))?;
         engine.drain_member(index, drained)?;
+        Ok(CKR_OK)
+    })
+}
+
+/// `HSMPOOL_ShareKey`: the owner of token key `h_key` (logged in as a crypto user on the
+/// read-write session `h_session`) shares it with the crypto user named by `p_user` (UTF-8,
+/// `ul_user_len` bytes), or, `share` `CK_FALSE`, stops sharing it, on every member.
+///
+/// # Safety
+/// `p_user` is NULL (with `ul_user_len` 0) or addresses `ul_user_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn HSMPOOL_ShareKey(
+    h_session: CK_SESSION_HANDLE,
+    h_key: CK_OBJECT_HANDLE,
+    p_user: *const CK_UTF8CHAR,
+    ul_user_len: CK_ULONG,
+    share: CK_BBOOL,
+) -> CK_RV {
+    guard!("HSMPOOL_ShareKey", {
+        let engine = engine()?;
+        // SAFETY: relayed from this function's contract.
+        let user = unsafe { in_bytes(p_user, ul_user_len) }?;
+        let user = std::str::from_utf8(user)
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or(Error::ArgumentsBad("the user name is empty or not UTF-8"))?;
+        let share = match share {
+            CK_TRUE => true,
+            CK_FALSE => false,
+            _ => return Err(Error::ArgumentsBad("share is not CK_TRUE or CK_FALSE")),
+        };
+        engine.share_object(SessionHandle(h_session), ObjectHandle(h_key), user, share)?;
         Ok(CKR_OK)
     })
 }

@@ -33,6 +33,21 @@ impl Cluster {
         self.members[i].backend.users().is_some()
     }
 
+    /// `NotSupportedBy` naming the first member that keeps no users (a vendor's token), if
+    /// any: what only members that keep users can do (`what`) is refused before any is asked.
+    pub(crate) fn refuse_without_users(&self, what: &str) -> Result<()> {
+        match self.members.iter().find(|m| m.backend.users().is_none()) {
+            Some(m) => Err(Error::NotSupportedBy(format!(
+                "member {} ({}) keeps no users of ours: a vendor PKCS #11 token knows only its \
+                 SO and user PINs, so it cannot {what}; PINs are set with C_InitPIN and \
+                 C_SetPIN, which reach every member",
+                m.index,
+                m.backend.describe(),
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The up members that keep users.
     fn user_keepers(&self) -> Vec<usize> {
         self.members
@@ -217,16 +232,7 @@ impl Cluster {
     /// reachable member took it and at least `min_replicas` hold it; a member that missed it
     /// takes it when it is brought level. The application must be logged in as an officer.
     pub(crate) fn user_change(&self, change: &UserChange) -> Result<UserChangeReport> {
-        if let Some(m) = self.members.iter().find(|m| m.backend.users().is_none()) {
-            return Err(Error::NotSupportedBy(format!(
-                "member {} ({}) keeps no users of ours: a vendor PKCS #11 token knows only its \
-                 SO and user PINs, so it cannot {} a named user; PINs are set with C_InitPIN \
-                 and C_SetPIN, which reach every member",
-                m.index,
-                m.backend.describe(),
-                change.verb()
-            )));
-        }
+        self.refuse_without_users(&format!("{} a named user", change.verb()))?;
         let keepers = self.user_keepers();
         // A member that fails here is out of traffic now, and takes the change when it returns.
         let _ = self.converge_users(&keepers);

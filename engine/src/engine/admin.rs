@@ -2,12 +2,14 @@
 //! member (see `crate::cluster` `users.rs`). The application logs in first, as a crypto
 //! officer for a change.
 
-use hsmpool_member::{UserChange, UserSet};
+use hsmpool_member::backend::users;
+use hsmpool_member::{OwnedObject, UserChange, UserSet};
 
 use super::lifecycle::Engine;
-use crate::cluster::UserChangeReport;
+use crate::cluster::{Route, UserChangeReport};
 use crate::error::{Error, Result};
 use crate::state::LoginState;
+use crate::types::{ObjectHandle, SessionHandle};
 
 impl Engine {
     /// A crypto officer's change to one user, made as one on every member: refused before
@@ -66,5 +68,52 @@ impl Engine {
             .map(|m| m.index)
             .collect();
         self.cluster.converge_users(&up)
+    }
+
+    /// The owner of token key `o`, logged in as a crypto user on a read-write session, shares
+    /// it with crypto user `user` (or, `share` false, stops sharing it), on every member. The
+    /// user it is shared with may use it as its attributes allow, but not destroy, change, copy,
+    /// wrap or share it (`CKR_ACTION_PROHIBITED`). Refused before any member is asked when a
+    /// member keeps no users (a vendor's token), and for a session object.
+    pub fn share_object(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        user: &str,
+        share: bool,
+    ) -> Result<()> {
+        if !self.rw_of(s)? {
+            return Err(Error::SessionReadOnly);
+        }
+        if self.login_state() != LoginState::User {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let e = self.entry(o)?;
+        if e.home.is_some() {
+            return Err(Error::ActionProhibited);
+        }
+        self.cluster.refuse_without_users("share a key")?;
+        let _gate = self.cluster.gate.read();
+        let (first, _, ()) = self.cluster.call_full(e.route(&self.cluster), 1, |b, ms| {
+            users(b)?.share_object(ms, e.member_obj, user, share)
+        })?;
+        self.invalidate();
+        // The changed object replaces the old one on the others; a member that misses it now
+        // is brought level when it returns.
+        if let Err(err) = self.cluster.replicate(&mut vec![first], &[e.member_obj]) {
+            tracing::warn!("a shared key's change could not be copied: {err}");
+        }
+        Ok(())
+    }
+
+    /// Every token object (of `owner` only, when given) with its owner and the users it is
+    /// shared with, as an up member that keeps users holds them. Needs an officer login.
+    pub fn owned_objects(&self, owner: Option<&str>) -> Result<Vec<OwnedObject>> {
+        if self.login_state() != LoginState::So {
+            return Err(Error::UserNotLoggedIn);
+        }
+        self.cluster.refuse_without_users("list keys by owner")?;
+        self.cluster
+            .call(Route::Any, 2, |b, s| users(b)?.owned_objects(s, owner))
     }
 }

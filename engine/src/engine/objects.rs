@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
-use hsmpool_member::types::{Attr, CKA_HSMPOOL_OBJECT_ID};
+use hsmpool_member::types::{Attr, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
 use hsmpool_member::AttrAnswer;
 
 use super::lifecycle::Engine;
@@ -460,6 +460,10 @@ fn check_app_template(template: &[Attr]) -> Result<()> {
     for a in template {
         if a.ty == CKA_HSMPOOL_OBJECT_ID {
             return Err(Error::AttributeTypeInvalid(a.ty));
+        }
+        // Set by the owner's share calls only (`Engine::share_object`).
+        if a.ty == CKA_HSMPOOL_SHARED_WITH {
+            return Err(Error::AttributeReadOnly(a.ty));
         }
         if TOKEN_SET.contains(&a.ty) {
             return Err(Error::AttributeReadOnly(a.ty));

@@ -127,6 +127,34 @@ impl Hsm {
         )
     }
 
+    /// Whether user `name` owns a token object.
+    pub(super) fn owns_objects(&self, name: &str) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.token && o.owner.as_deref() == Some(name))
+    }
+
+    /// Every token object `from` owns becomes `to`'s (store first); how many.
+    pub(super) fn reown(&self, from: &str, to: &str) -> SimResult<usize> {
+        let owned: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.token && o.owner.as_deref() == Some(from))
+            .map(|o| o.value().clone())
+            .collect();
+        for o in &owned {
+            let new = Arc::new(Object {
+                owner: Some(to.to_string()),
+                attrs: o.attrs.clone(),
+                key: o.key.clone(),
+                ..**o
+            });
+            self.persist(&new)?;
+            self.objects.insert(new.id, new);
+        }
+        Ok(owned.len())
+    }
+
     pub(super) fn remove(&self, obj: &Object) -> SimResult<()> {
         if obj.token {
             self.store.delete_object(obj.id)?;

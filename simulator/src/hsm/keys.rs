@@ -304,6 +304,8 @@ impl Hsm {
             SimError::Rv(CKR_OBJECT_HANDLE_INVALID) => SimError::Rv(CKR_KEY_HANDLE_INVALID),
             e => e,
         })?;
+        // A key shared with this user is used, never carried out of the HSM by it.
+        Self::may_manage(&self.login_of(sess)?, &k)?;
         let loaded = k
             .key
             .as_deref()

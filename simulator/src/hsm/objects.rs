@@ -12,10 +12,11 @@ use crate::crypto::{self, Curve, KeyMaterial, LoadedKey};
 use crate::error::{SimError, SimResult};
 use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::timing::{self, OpClass};
-use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID};
+use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
 
 use super::common::{bit_len, random_id, rv, strip_zeros};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
+use hsmpool_member::users::{shared_names, shared_value, OwnedObject, CKR_HSMPOOL_USER_NOT_FOUND};
 
 impl Hsm {
     fn visible(login: &Option<(Role, String)>, sess: u64, o: &Object) -> bool {
@@ -27,7 +28,30 @@ impl Hsm {
         if !o.private {
             return true;
         }
-        matches!(login, Some((Role::User, name)) if o.owner.as_deref() == Some(name.as_str()))
+        match login {
+            Some((Role::User, name)) => {
+                o.owner.as_deref() == Some(name.as_str()) || Self::shared_with(o, name)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `o`'s owner shared it with `name`.
+    fn shared_with(o: &Object, name: &str) -> bool {
+        o.attrs
+            .get(&CKA_HSMPOOL_SHARED_WITH)
+            .is_some_and(|v| v.split(|b| *b == b'\n').any(|n| n == name.as_bytes()))
+    }
+
+    /// A crypto user may change, destroy, copy or wrap only what it owns (or what no user
+    /// owns): a key shared with it, or another user's public object, it may only use.
+    pub(super) fn may_manage(login: &Option<(Role, String)>, o: &Object) -> SimResult<()> {
+        match (login, o.owner.as_deref()) {
+            (Some((Role::User, name)), Some(owner)) if name != owner => {
+                Err(SimError::Rv(CKR_ACTION_PROHIBITED))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The object, if the session may see it. The hot path of every operation: it reads the
@@ -301,6 +325,7 @@ impl Hsm {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(sess, id)?;
+        Self::may_manage(&self.login_of(sess)?, &obj)?;
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -321,11 +346,14 @@ impl Hsm {
                 timing::token_in(template).unwrap_or(obj.token),
             )
         });
+        Self::may_manage(&login, &obj)?;
         if !obj.flag(CKA_COPYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
         let mut attrs = rv(object::modify(&obj, template, true, Self::is_so(&login)))?;
         attrs.remove(&CKA_UNIQUE_ID);
+        // A copy is its maker's, shared with no one.
+        attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
         Ok(self
             .finish_new(
                 sess,
@@ -344,11 +372,21 @@ impl Hsm {
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let login = self.login_of(sess)?;
         let obj = self.get_visible(sess, id)?;
+        Self::may_manage(&login, &obj)?;
         if !obj.flag(CKA_MODIFIABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
         let attrs = rv(object::modify(&obj, template, false, Self::is_so(&login)))?;
         rv(object::check_usage_conflicts(obj.class, &attrs))?;
+        self.replace_attrs(&obj, attrs)
+    }
+
+    /// Store `obj` with new attributes (store first), then show it.
+    fn replace_attrs(
+        &self,
+        obj: &Object,
+        attrs: BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
+    ) -> SimResult<()> {
         let new = Arc::new(Object {
             id: obj.id,
             owner: obj.owner.clone(),
@@ -361,9 +399,80 @@ impl Hsm {
             key: obj.key.clone(),
         });
         self.persist(&new)?;
-        self.unindex(&obj);
+        self.unindex(obj);
         self.insert(new);
         Ok(())
+    }
+
+    /// The users capability: the owner of token object `id` shares it with crypto user
+    /// `user`, or stops sharing it (see `hsmpool_member::Users::share_object`).
+    pub fn share_object(&self, sess: u64, id: u64, user: &str, share: bool) -> SimResult<()> {
+        self.fault_check()?; // fault hook
+        let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
+        let login = self.login_of(sess)?;
+        let obj = self.get_visible(sess, id)?;
+        let me = match &login {
+            Some((Role::User, me)) if obj.owner.as_deref() == Some(me.as_str()) => me,
+            Some(_) => return Err(SimError::Rv(CKR_ACTION_PROHIBITED)),
+            None => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        };
+        if !obj.token || user == me {
+            return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
+        }
+        let mut names = obj
+            .attrs
+            .get(&CKA_HSMPOOL_SHARED_WITH)
+            .map(|v| shared_names(v))
+            .unwrap_or_default();
+        if share {
+            if !self.is_crypto_user(user) {
+                return Err(SimError::Rv(CKR_HSMPOOL_USER_NOT_FOUND));
+            }
+            names.push(user.to_string());
+        } else {
+            names.retain(|n| n != user);
+        }
+        let mut attrs = obj.attrs.clone();
+        if names.is_empty() {
+            attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
+        } else {
+            attrs.insert(CKA_HSMPOOL_SHARED_WITH, shared_value(&names));
+        }
+        if attrs == obj.attrs {
+            return Ok(());
+        }
+        self.replace_attrs(&obj, attrs)
+    }
+
+    /// The users capability: every token object (of `owner` only, when given), for an
+    /// officer.
+    pub fn owned_objects(&self, sess: u64, owner: Option<&str>) -> SimResult<Vec<OwnedObject>> {
+        self.fault_check()?; // fault hook
+        match self.login_of(sess)? {
+            Some((Role::Officer, _)) => {}
+            _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        }
+        self.catch_up();
+        let mut out: Vec<OwnedObject> = self
+            .objects
+            .iter()
+            .filter(|o| o.token && owner.is_none_or(|w| o.owner.as_deref() == Some(w)))
+            .map(|o| OwnedObject {
+                id: o.id,
+                owner: o.owner.clone(),
+                class: o.class,
+                key_type: o.key_type,
+                label: o.attrs.get(&CKA_LABEL).cloned().unwrap_or_default(),
+                ck_id: o.attrs.get(&CKA_ID).cloned().unwrap_or_default(),
+                shared_with: o
+                    .attrs
+                    .get(&CKA_HSMPOOL_SHARED_WITH)
+                    .map(|v| shared_names(v))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by_key(|o| o.id);
+        Ok(out)
     }
 
     /// `C_GetAttributeValue`: one answer per type.
@@ -475,6 +584,17 @@ impl Hsm {
         if obj.key.is_none() {
             // A valid handle of an object that is no key (PKCS #11 3.0 §5.1.6).
             return Err(SimError::Rv(CKR_KEY_HANDLE_INVALID));
+        }
+        // A crypto officer manages users; it never uses a crypto user's key (a public one
+        // included): that needs the user.
+        if obj.owner.is_some() {
+            let officer = self
+                .sessions
+                .get(&sess)
+                .is_some_and(|s| matches!(s.login, Some((Role::Officer, _))));
+            if officer {
+                return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN));
+            }
         }
         if !obj.flag(usage) {
             return Err(SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));

@@ -8,7 +8,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki_sys::*;
 use hsmpool_member::users::{
     UserChange, UserSet, UserState, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_USER_EXISTS,
-    CKR_HSMPOOL_USER_NOT_FOUND,
+    CKR_HSMPOOL_USER_NOT_FOUND, CKR_HSMPOOL_USER_OWNS_KEYS,
 };
 use zeroize::Zeroizing;
 
@@ -147,6 +147,15 @@ impl Hsm {
             Role::User => DEFAULT_USER,
         };
         (default.to_string(), pin)
+    }
+
+    /// Whether `name` is a live crypto user (one a key may be shared with).
+    pub(super) fn is_crypto_user(&self, name: &str) -> bool {
+        self.catch_up();
+        self.users
+            .read()
+            .get(name)
+            .is_some_and(|u| u.live() && u.role == Role::User)
     }
 
     /// Log a member session in. A PIN `name:password` names the user when such a user of that
@@ -396,6 +405,35 @@ impl Hsm {
 
     /// The users capability: a crypto officer's change to one user.
     pub fn change_user(&self, sess: u64, change: &UserChange) -> SimResult<()> {
+        self.change_user_record(sess, change)?;
+        if matches!(change, UserChange::Delete { .. }) {
+            self.orphan_objects_of(change.name())?;
+        }
+        Ok(())
+    }
+
+    /// Token objects of a deleted user belong to no one who can log in: their owner becomes
+    /// `NAME:deleted-VERSION` (a name no user can have), the same on every member, as each
+    /// applies the same tombstone.
+    fn orphan_objects_of(&self, name: &str) -> SimResult<()> {
+        let version = match self.users.read().get(name) {
+            Some(u) if !u.live() => u.meta.version,
+            _ => return Ok(()),
+        };
+        let orphaned = format!("{name}:deleted-{version}");
+        let n = self.reown(name, &orphaned)?;
+        if n > 0 {
+            tracing::warn!(
+                user = name,
+                objects = n,
+                owner = %orphaned,
+                "a deleted user's token objects now belong to no one"
+            );
+        }
+        Ok(())
+    }
+
+    fn change_user_record(&self, sess: u64, change: &UserChange) -> SimResult<()> {
         self.fault_check()?; // fault hook
         self.catch_up();
         let me = match self.login_of(sess)? {
@@ -468,8 +506,11 @@ impl Hsm {
                     };
                     Ok(u)
                 }
-                (UserChange::Delete { .. }, Some(o), _) => {
+                (UserChange::Delete { force, .. }, Some(o), _) => {
                     keeps_officer(o)?;
+                    if !force && self.owns_objects(name) {
+                        return Err(SimError::Rv(CKR_HSMPOOL_USER_OWNS_KEYS));
+                    }
                     Ok(User::tombstone(
                         o.role,
                         next,
@@ -643,7 +684,7 @@ impl Hsm {
         })?;
         let now = self.store.merge_counters(&name, counters.0, counters.1)?;
         self.counters_now(&name, now);
-        Ok(())
+        self.orphan_objects_of(&name)
     }
 }
 
@@ -720,6 +761,7 @@ mod tests {
             sa,
             &UserChange::Delete {
                 name: "alice".into(),
+                force: false,
             },
         )
         .unwrap();
