@@ -14,7 +14,7 @@ use hsmpool_engine::types::{AttrAnswer, ObjectHandle};
 use hsmpool_engine::{Attr, Engine};
 use hsmpool_member::OwnedObject;
 
-use crate::users::{explain, open_cluster, secret};
+use crate::users::{explain, failed, open_cluster, parsed, secret};
 
 /// The `key` part of `hsmpool --help`.
 pub const USAGE: &str =
@@ -158,25 +158,16 @@ fn one_key(
 
 /// `hsmpool key ...` (the words after `key`); `data` is the global `--data DIR`.
 pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
-    let cli = match KeyCli::try_parse_from(
-        std::iter::once("hsmpool key".to_string()).chain(args.iter().cloned()),
-    ) {
+    let cli: KeyCli = match parsed("hsmpool key", args) {
         Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            let _ = e.print();
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)));
-        }
+        Err(code) => return Ok(code),
     };
     match cli.cmd {
         KeyCmd::List { owner, json } => {
             let pin = secret("HSMPOOL_SO_PIN")?;
             let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
                 Ok(x) => x,
-                Err(e) => {
-                    eprintln!("hsmpool: {e}");
-                    return Ok(ExitCode::from(1));
-                }
+                Err(e) => return Ok(failed(&e)),
             };
             let keys = match engine.owned_objects(owner.as_deref()) {
                 Ok(k) => k,
@@ -196,10 +187,7 @@ fn share(data: Option<PathBuf>, key: &str, with: &str, on: bool) -> Result<ExitC
     let pin = secret("HSMPOOL_PIN")?;
     let (engine, s) = match open_cluster(data, &pin, CKU_USER) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("hsmpool: {e}");
-            return Ok(ExitCode::from(1));
-        }
+        Err(e) => return Ok(failed(&e)),
     };
     let verb = if on { "share" } else { "unshare" };
     let done = one_key(&engine, s, key).and_then(|o| {

@@ -220,25 +220,32 @@ pub(crate) fn open_cluster(
     Ok((engine, s))
 }
 
+/// The arguments of command `prog` (`hsmpool user`), or the exit status after clap printed
+/// the help (0) or the usage error (2).
+pub(crate) fn parsed<T: Parser>(prog: &str, args: &[String]) -> Result<T, ExitCode> {
+    T::try_parse_from(std::iter::once(prog.to_string()).chain(args.iter().cloned())).map_err(|e| {
+        let code = e.exit_code();
+        let _ = e.print();
+        ExitCode::from(u8::try_from(code).unwrap_or(2))
+    })
+}
+
+/// Exit status 1, after the message.
+pub(crate) fn failed(msg: &str) -> ExitCode {
+    eprintln!("hsmpool: {msg}");
+    ExitCode::from(1)
+}
+
 /// `hsmpool user ...` (the words after `user`); `data` is the global `--data DIR`.
 pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
-    let cli = match UserCli::try_parse_from(
-        std::iter::once("hsmpool user".to_string()).chain(args.iter().cloned()),
-    ) {
+    let cli: UserCli = match parsed("hsmpool user", args) {
         Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            let _ = e.print();
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)));
-        }
+        Err(code) => return Ok(code),
     };
     let so_pin = secret("HSMPOOL_SO_PIN")?;
     let (engine, _s) = match open_cluster(data, &so_pin, CKU_SO) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("hsmpool: {e}");
-            return Ok(ExitCode::from(1));
-        }
+        Err(e) => return Ok(failed(&e)),
     };
     type Make = Box<dyn FnOnce(String) -> UserChange>;
     let (target, make): (Change, Make) = match cli.cmd {
