@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
+mod audit;
 mod keys;
 mod sim;
 mod users;
@@ -36,7 +37,10 @@ fn usage() -> String {
     USAGE
         .replace("{cluster}", hsmpool_cli::cluster::USAGE)
         .replace("{sim}", sim::USAGE)
-        .replace("{user}", &format!("{}{}", users::USAGE, keys::USAGE))
+        .replace(
+            "{user}",
+            &format!("{}{}{}", users::USAGE, keys::USAGE, audit::USAGE),
+        )
 }
 
 fn main() -> ExitCode {
@@ -168,12 +172,15 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         data = Some(PathBuf::from(args.remove(i + 1)));
         args.remove(i);
     }
-    // The user and key commands parse their own arguments (and their own --help).
+    // The user, key and audit commands parse their own arguments (and their own --help).
     if args.first().is_some_and(|a| a == "user") {
         return users::run(&args[1..], data);
     }
     if args.first().is_some_and(|a| a == "key") {
         return keys::run(&args[1..], data);
+    }
+    if args.first().is_some_and(|a| a == "audit") {
+        return audit::run(&args[1..], data);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());

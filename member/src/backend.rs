@@ -11,6 +11,7 @@ use cryptoki_sys::{
 };
 use zeroize::Zeroizing;
 
+use crate::audit::Audit;
 use crate::mechanism::MechRow;
 use crate::meta::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use crate::types::{Attr, Mechanism, SignInput};
@@ -311,6 +312,19 @@ pub trait Backend: Send + Sync {
     fn users(&self) -> Option<&dyn Users> {
         None
     }
+
+    /// This member's own audit log, if this kind of member keeps one (see [`crate::audit`]).
+    fn audit(&self) -> Option<&dyn Audit> {
+        None
+    }
+}
+
+/// `b`'s audit log, or [`MemberError::Unsupported`] for a kind that keeps none.
+pub fn audit(b: &dyn Backend) -> MemberResult<&dyn Audit> {
+    b.audit().ok_or(MemberError::Unsupported {
+        member: b.id(),
+        what: "keep an audit log (no audit capability)",
+    })
 }
 
 /// `b`'s users capability, or [`MemberError::Unsupported`] for a kind that has none.

@@ -2,13 +2,14 @@
 //! (the in-process simulator, an `hsmpool-hsmd` daemon, and next a vendor's PKCS #11 module):
 //! attributes and their codec, mechanisms and their parameters, sign inputs, key metadata,
 //! roles and token status, and the [`Backend`] trait every member kind implements with its
-//! optional capabilities ([`Replication`], [`Users`]).
+//! optional capabilities ([`Replication`], [`Users`], [`Audit`]).
 //!
 //! It owns plain data and the encodings of it, and must never do I/O (reading the clock and
 //! sleeping aside: [`clock`]), cryptography or anything that depends on one kind of HSM: the engine and every member kind depend on it, and it on
 //! nothing of theirs.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backend;
 pub mod ck;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod meta;
 pub mod types;
 pub mod users;
 
+pub use audit::{Audit, AuditCheckpoint, AuditLog, AuditRecord};
 pub use backend::{
     Backend, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Replication,
 };

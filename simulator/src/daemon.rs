@@ -593,6 +593,7 @@ impl Shared {
             protocol,
             capabilities: VersionInfo::REPLICATION
                 | VersionInfo::USERS
+                | VersionInfo::AUDIT
                 | if faults { VersionInfo::FAULTS } else { 0 },
         })
     }

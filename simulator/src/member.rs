@@ -5,8 +5,9 @@
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, Backend, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
-    OwnedObject, Replication, Role, TokenStatus, UserChange, UserSet, Users,
+    AttrAnswer, Audit, AuditLog, Backend, KeyMeta, MemberError, MemberId, MemberObject,
+    MemberResult, MemberSession, OwnedObject, Replication, Role, TokenStatus, UserChange, UserSet,
+    Users,
 };
 use zeroize::Zeroizing;
 
@@ -326,6 +327,17 @@ impl Backend for SimMember {
     }
     fn users(&self) -> Option<&dyn Users> {
         Some(self)
+    }
+    fn audit(&self) -> Option<&dyn Audit> {
+        Some(self)
+    }
+}
+
+impl Audit for SimMember {
+    fn audit_log(&self, s: MemberSession, from: u64, limit: u32) -> MemberResult<AuditLog> {
+        self.hsm
+            .audit_log(self.s(s), from, limit)
+            .map_err(|e| self.err(e))
     }
 }
 

@@ -23,6 +23,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
+use hsmpool_member::audit::{checkpoint_message, AuditCheckpoint, AuditRecord, CHECKPOINT_EVERY};
+
 use crate::error::{SimError, SimResult};
 
 const OBJECT_AAD_TAG: &[u8] = b"hsmpool-object-v1";
@@ -218,6 +220,31 @@ fn user_aad(name: &str, role: u8, meta: Option<&UserMeta>) -> Vec<u8> {
     aad
 }
 
+/// One event to append to the audit log (see `hsmpool_member::audit`).
+pub struct AuditEvent<'a> {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: &'a str,
+    /// Who did it.
+    pub actor: &'a str,
+    /// To what.
+    pub subject: &'a str,
+    /// How it ended.
+    pub detail: &'a str,
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hash_of(v: Vec<u8>) -> [u8; 32] {
+    <[u8; 32]>::try_from(v.as_slice()).unwrap_or([0; 32])
+}
+
 /// `(resets, failures)` of a row that selects (or returns) those two columns.
 fn counter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, u32)> {
     Ok((r.get::<_, i64>(0)? as u64, r.get::<_, u32>(1)?))
@@ -243,7 +270,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role INTEGER NOT NULL,
                  sealed BLOB NOT NULL, failures INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY, owner TEXT,
-                 attrs BLOB NOT NULL, sealed BLOB NOT NULL);",
+                 attrs BLOB NOT NULL, sealed BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL,
+                 kind TEXT NOT NULL, actor TEXT NOT NULL, subject TEXT NOT NULL,
+                 detail TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit_checkpoints (seq INTEGER PRIMARY KEY,
+                 hash BLOB NOT NULL, signature BLOB NOT NULL);",
         )
         .map_err(|e| SimError::store(&path, e))?;
         // Stores made before users were kept in step across members lack these columns: a row
@@ -510,8 +542,122 @@ impl Store {
         Ok(out)
     }
 
+    /// Append one event to the audit log, chained to the last record, and sign a checkpoint
+    /// (`sign` over the checkpoint message) when its number is a multiple of
+    /// [`CHECKPOINT_EVERY`]; in one immediate transaction, so processes sharing the store never
+    /// give two records one number. Returns its number.
+    pub fn append_audit(
+        &self,
+        e: &AuditEvent<'_>,
+        sign: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> SimResult<u64> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let (last, prev): (u64, [u8; 32]) = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, hash_of(r.get::<_, Vec<u8>>(1)?))),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or((0, [0; 32]));
+        let mut rec = AuditRecord {
+            seq: last + 1,
+            at_ms: e.at_ms,
+            kind: e.kind.into(),
+            actor: e.actor.into(),
+            subject: e.subject.into(),
+            detail: e.detail.into(),
+            prev,
+            hash: [0; 32],
+        };
+        rec.hash = sha256(&rec.hashed_bytes());
+        tx.execute(
+            "INSERT INTO audit (seq, at_ms, kind, actor, subject, detail, prev, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                rec.seq as i64,
+                rec.at_ms as i64,
+                rec.kind,
+                rec.actor,
+                rec.subject,
+                rec.detail,
+                &rec.prev[..],
+                &rec.hash[..]
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        if rec.seq % CHECKPOINT_EVERY == 0 {
+            let signature = sign(&checkpoint_message(rec.seq, &rec.hash));
+            tx.execute(
+                "INSERT INTO audit_checkpoints (seq, hash, signature) VALUES (?1, ?2, ?3)",
+                params![rec.seq as i64, &rec.hash[..], signature],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(rec.seq)
+    }
+
+    /// Up to `limit` audit records from number `from` on, their checkpoints, and the number of
+    /// the last record.
+    pub fn audit_page(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> SimResult<(u64, Vec<AuditRecord>, Vec<AuditCheckpoint>)> {
+        let conn = self.conn.lock();
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, at_ms, kind, actor, subject, detail, prev, hash FROM audit
+                 WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let records = stmt
+            .query_map(params![from as i64, limit], |r| {
+                Ok(AuditRecord {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at_ms: r.get::<_, i64>(1)? as u64,
+                    kind: r.get(2)?,
+                    actor: r.get(3)?,
+                    subject: r.get(4)?,
+                    detail: r.get(5)?,
+                    prev: hash_of(r.get(6)?),
+                    hash: hash_of(r.get(7)?),
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let upto = records.last().map_or(from, |r| r.seq);
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, hash, signature FROM audit_checkpoints WHERE seq >= ?1 AND seq <= ?2
+                 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let checkpoints = stmt
+            .query_map(params![from as i64, upto as i64], |r| {
+                Ok(AuditCheckpoint {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: hash_of(r.get(1)?),
+                    signature: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok((last as u64, records, checkpoints))
+    }
+
     /// Remove every object and every user but the ones named (token re-initialisation), in one
-    /// transaction.
+    /// transaction. The audit log stays.
     pub fn wipe(&self, keep_users: &[&str]) -> SimResult<()> {
         let mut conn = self.conn.lock();
         let tx = conn

@@ -824,3 +824,183 @@ fn in_process_owners_share_keys_and_others_only_use_them() {
 fn daemons_owners_share_keys_and_others_only_use_them() {
     owners_share_keys_and_others_only_use_them(&Setup::daemons());
 }
+
+impl Setup {
+    /// Member `i`'s SQLite store, opened beside whoever has it open (the tests' tamperer).
+    fn store(&self, i: usize) -> rusqlite::Connection {
+        let dir = match self {
+            Setup::InProcess { _dir, .. } => _dir.path().join(format!("hsm{i}")),
+            Setup::Daemons(dc) => dc.data_dir(i).to_path_buf(),
+        };
+        let c = rusqlite::Connection::open(dir.join("hsm.sqlite3")).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+}
+
+fn every_member_keeps_a_tamper_evident_audit_log(setup: &Setup) {
+    let name = setup.name();
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    let (admin, so) = officer(setup);
+    admin
+        .change_user(&create("alice", Role::User, "alice-pw-1"))
+        .unwrap();
+    admin.logout(so).unwrap();
+    // Management events on every member: logins (one refused), a key made, shared, destroyed.
+    let e = setup.engine(&[0, 1, 2]);
+    assert_eq!(user_login(&e, "alice:not-her-pw").0, CKR_PIN_INCORRECT);
+    let (_, a) = user_login(&e, "alice:alice-pw-1");
+    let k = aes_key(&e, a, b"audited", false);
+    e.destroy_object(a, k).unwrap();
+    for i in 0..3 {
+        let (_, s) = user_login(&setup.engine(&[i]), "alice:alice-pw-1");
+        let _ = s;
+    }
+    // An untouched log verifies, on every member.
+    let (code, out, err) = tool(setup, &["audit", "verify"], so_pin, None);
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    assert_eq!(out.matches("records verified").count(), 3, "{out}");
+    // What it holds: who logged in and how it ended, the user and key events; never a
+    // password or PIN.
+    let (code, out, err) = tool(setup, &["audit", "export"], so_pin, None);
+    assert_eq!(code, 0, "{err}");
+    let logs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for log in logs.as_array().unwrap() {
+        let records = log["records"].as_array().unwrap();
+        let has = |kind: &str, actor: &str, detail: &str| {
+            records.iter().any(|r| {
+                r["kind"] == kind
+                    && r["actor"] == actor
+                    && r["detail"].as_str().unwrap().contains(detail)
+            })
+        };
+        assert!(has("login", "alice", "ok"), "{name}: {log}");
+        // The member that made a change logs it; the others log taking it.
+        let alice = |r: &serde_json::Value| r["subject"] == "alice";
+        assert!(
+            records
+                .iter()
+                .any(|r| alice(r) && (r["kind"] == "user_create" || r["kind"] == "user_imported")),
+            "{log}"
+        );
+        assert!(
+            has("key_create", "alice", "audited") || has("key_replicated", "alice", ""),
+            "{log}"
+        );
+        assert!(
+            has("key_destroy", "alice", "ok") || has("key_dropped", "alice", ""),
+            "{log}"
+        );
+        assert!(
+            records.len() >= 2 * hsmpool_member::audit::CHECKPOINT_EVERY as usize,
+            "at least two checkpoints' worth: {}",
+            records.len()
+        );
+    }
+    assert!(
+        logs.as_array().unwrap()[0]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "login"
+                && r["detail"].as_str().unwrap().contains("wrong password")),
+        "the refused login is there (its checker was member 0 or the others were asked too)"
+    );
+    for secret in ["not-her-pw", "alice-pw-1", "user-pin-1234", "so-pin-1234"] {
+        assert!(!out.contains(secret), "the log holds {secret:?}");
+    }
+    // An export verifies offline.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.json");
+    std::fs::write(&file, &out).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = tool_env(setup, &["audit", "verify", "--file", f], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Tampering: one byte of one record on member 0, a record removed on member 1, the last
+    // checkpoint removed on member 2. Each is named.
+    let s0 = setup.store(0);
+    s0.execute(
+        "UPDATE audit SET detail = substr(detail, 1, length(detail) - 1) || 'X' WHERE seq = 5",
+        [],
+    )
+    .unwrap();
+    setup
+        .store(1)
+        .execute("DELETE FROM audit WHERE seq = 7", [])
+        .unwrap();
+    let s2 = setup.store(2);
+    let last_cp: i64 = s2
+        .query_row("SELECT MAX(seq) FROM audit_checkpoints", [], |r| r.get(0))
+        .unwrap();
+    s2.execute("DELETE FROM audit_checkpoints WHERE seq = ?1", [last_cp])
+        .unwrap();
+    let (code, out, err) = tool(setup, &["audit", "verify"], so_pin, None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("member 0: BROKEN: record 5 was changed"),
+        "{name}: {out}"
+    );
+    assert!(
+        out.contains("member 1: BROKEN: record 7 is missing (record 8 follows record 6)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "member 2: BROKEN: the checkpoint at record {last_cp} is missing"
+        )),
+        "{out}"
+    );
+    // The export taken before still verifies; one taken now does not.
+    let (code, _, _) = tool_env(setup, &["audit", "verify", "--file", f], &[]);
+    assert_eq!(code, 0);
+    let (_, now, _) = tool(setup, &["audit", "export", "--member", "1"], so_pin, None);
+    std::fs::write(&file, &now).unwrap();
+    let (code, out, _) = tool_env(setup, &["audit", "verify", "--file", f], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("record 7 is missing"), "{out}");
+    // A changed checkpoint signature is caught too.
+    let first_cp = hsmpool_member::audit::CHECKPOINT_EVERY as i64;
+    s0.execute("UPDATE audit SET detail = detail WHERE seq = 0", [])
+        .unwrap();
+    s2.execute(
+        "UPDATE audit_checkpoints SET signature = zeroblob(64) WHERE seq = ?1",
+        [first_cp],
+    )
+    .unwrap();
+    let (code, out, _) = tool(setup, &["audit", "verify", "--member", "2"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!(
+            "the checkpoint at record {first_cp} has a bad signature"
+        )),
+        "{out}"
+    );
+    // Show filters.
+    let (code, out, _) = tool(
+        setup,
+        &[
+            "audit", "show", "--member", "2", "--kind", "login", "--actor", "alice", "--json",
+        ],
+        so_pin,
+        None,
+    );
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["kind"] == "login" && r["actor"] == "alice" && r["member"] == 2));
+    assert!(!shown.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn in_process_every_member_keeps_a_tamper_evident_audit_log() {
+    every_member_keeps_a_tamper_evident_audit_log(&Setup::in_process());
+}
+
+#[test]
+fn daemons_every_member_keeps_a_tamper_evident_audit_log() {
+    every_member_keeps_a_tamper_evident_audit_log(&Setup::daemons());
+}

@@ -1,5 +1,5 @@
 //! The daemon client: a member that is an `hsmpool-hsmd` process, reached over mutual TLS 1.3
-//! with this protocol. Its `Backend`, `Replication` and `Users` methods are generated from the request
+//! with this protocol. Its `Backend`, `Replication`, `Users` and `Audit` methods are generated from the request
 //! table (`request.rs`); the few written by hand are at the end of this file.
 //!
 //! # Connections
@@ -45,8 +45,8 @@ use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use dashmap::DashMap;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, KeyMeta, MemberError, MemberId, MemberObject, MemberResult, MemberSession,
-    OwnedObject, Role, TokenStatus, UserChange, UserSet,
+    AttrAnswer, AuditLog, KeyMeta, MemberError, MemberId, MemberObject, MemberResult,
+    MemberSession, OwnedObject, Role, TokenStatus, UserChange, UserSet,
 };
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
@@ -425,7 +425,7 @@ pub fn admin_request(cfg: &RemoteConfig, req: &Request) -> MemberResult<Response
 /// that are not one request each written here: who the member is, closing a session (it cannot
 /// fail), random bytes (asked in pieces of at most [`crate::MAX_RANDOM`]).
 macro_rules! client_impls {
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*]) => {
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*]) => {
         impl hsmpool_member::Backend for Remote {
             $($bk)*
             fn id(&self) -> MemberId {
@@ -460,6 +460,9 @@ macro_rules! client_impls {
             fn users(&self) -> Option<&dyn hsmpool_member::Users> {
                 Some(self)
             }
+            fn audit(&self) -> Option<&dyn hsmpool_member::Audit> {
+                Some(self)
+            }
         }
         impl hsmpool_member::Replication for Remote {
             $($rp)*
@@ -467,15 +470,21 @@ macro_rules! client_impls {
         impl hsmpool_member::Users for Remote {
             $($us)*
         }
+        impl hsmpool_member::Audit for Remote {
+            $($au)*
+        }
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] [$($us)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] [$($us)*] [$($au)*] $($rest)*);
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] [$($us)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] [$($us)*] [$($au)*] $($rest)*);
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] Users { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)* $($item)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Users { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)* $($item)*] [$($au)*] $($rest)*);
+    };
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Audit { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)*] [$($au)* $($item)*] $($rest)*);
     };
 }
 
@@ -491,7 +500,7 @@ macro_rules! client_methods {
             $make:block $rpat:pat => $rval:expr)?
         ;
     )*) => {
-        client_impls!(@go [] [] []
+        client_impls!(@go [] [] [] []
             $($(
                 $tr {
                     fn $m(&self, $($a: $at),*) -> MemberResult<$ret> {

@@ -7,7 +7,8 @@ use std::ops::Deref;
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, KeyMeta, OwnedObject, Role, TokenStatus, UserChange, UserSet, UserState,
+    AttrAnswer, AuditCheckpoint, AuditLog, AuditRecord, KeyMeta, OwnedObject, Role, TokenStatus,
+    UserChange, UserSet, UserState,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -835,5 +836,68 @@ impl Field for Vec<OwnedObject> {
             });
         }
         Ok(out)
+    }
+}
+
+/// A page of a member's audit log.
+impl Field for AuditLog {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bytes(&self.public_key)?;
+        w.u64(self.checkpoint_every)?;
+        w.u64(self.last_seq)?;
+        w.len(self.records.len())?;
+        for r in &self.records {
+            w.u64(r.seq)?;
+            w.u64(r.at_ms)?;
+            r.kind.put(w)?;
+            r.actor.put(w)?;
+            r.subject.put(w)?;
+            r.detail.put(w)?;
+            w.put(&r.prev)?;
+            w.put(&r.hash)?;
+        }
+        w.len(self.checkpoints.len())?;
+        for c in &self.checkpoints {
+            w.u64(c.seq)?;
+            w.put(&c.hash)?;
+            w.bytes(&c.signature)?;
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let public_key = r.vec()?;
+        let checkpoint_every = r.u64()?;
+        let last_seq = r.u64()?;
+        // Two numbers, four string lengths and two hashes at least.
+        let n = r.count(96)?;
+        let mut records = Vec::with_capacity(n);
+        for _ in 0..n {
+            records.push(AuditRecord {
+                seq: r.u64()?,
+                at_ms: r.u64()?,
+                kind: String::take(r)?,
+                actor: String::take(r)?,
+                subject: String::take(r)?,
+                detail: String::take(r)?,
+                prev: r.array()?,
+                hash: r.array()?,
+            });
+        }
+        let n = r.count(44)?;
+        let mut checkpoints = Vec::with_capacity(n);
+        for _ in 0..n {
+            checkpoints.push(AuditCheckpoint {
+                seq: r.u64()?,
+                hash: r.array()?,
+                signature: r.vec()?,
+            });
+        }
+        Ok(AuditLog {
+            public_key,
+            checkpoint_every,
+            last_seq,
+            records,
+            checkpoints,
+        })
     }
 }

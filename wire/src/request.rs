@@ -12,7 +12,7 @@
 //! its implementation in each member kind that has it.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
-use hsmpool_member::backend::{replication, users};
+use hsmpool_member::backend::{audit, replication, users};
 use hsmpool_member::types::{Attr, Mechanism};
 use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role, UserChange};
 use zeroize::Zeroizing;
@@ -415,6 +415,12 @@ macro_rules! request_table {
                 client Users fn share_object(s: MemberSession, o: MemberObject, user: &str, share: bool) -> () {
                     Request::ShareObject { session: s.0, object: o.0, user: user.to_owned(), share }
                 } Response::Ok => ();
+            /// `audit_log`: a page of the member's audit log → [`Response::Audit`].
+            AUDIT_LOG = 0x2b, AuditLog { session: u64, from: u64, limit: u32 }
+                => serve |b| audit(b)?.audit_log(sess(session), from, limit).map(Response::Audit),
+                client Audit fn audit_log(s: MemberSession, from: u64, limit: u32) -> AuditLog {
+                    Request::AuditLog { session: s.0, from, limit }
+                } Response::Audit(a) => a;
             /// `owned_objects` → [`Response::Owned`].
             OWNED_OBJECTS = 0x2a, OwnedObjects { session: u64, owner: Option<String> }
                 => serve |b| users(b)?.owned_objects(sess(session), owner.as_deref()).map(Response::Owned),

@@ -3,7 +3,7 @@
 //! shape (`Ok`, `Handle`, `Bytes`, ...); any request may be answered with `Err(CK_RV)`.
 
 use cryptoki_sys::CK_RV;
-use hsmpool_member::{AttrAnswer, KeyMeta, OwnedObject, TokenStatus, UserSet};
+use hsmpool_member::{AttrAnswer, AuditLog, KeyMeta, OwnedObject, TokenStatus, UserSet};
 
 use crate::codec::{Field, Reader, Secret, Writer};
 use crate::error::{Result, WireError};
@@ -119,6 +119,8 @@ responses! {
     R_USERS = 0x8e, Users(u: UserSet);
     /// Token objects with their owners and sharing.
     R_OWNED = 0x8f, Owned(v: Vec<OwnedObject>);
+    /// A page of a member's audit log.
+    R_AUDIT = 0x90, Audit(a: AuditLog);
 }
 
 /// The protocol this build speaks: the set of messages and their bodies (the frame header's
@@ -143,6 +145,8 @@ impl VersionInfo {
     pub const FAULTS: u64 = 1 << 1;
     /// The member keeps users in step with the cluster (`Users`).
     pub const USERS: u64 = 1 << 2;
+    /// The member keeps an audit log (`Audit`).
+    pub const AUDIT: u64 = 1 << 3;
 }
 
 impl Field for VersionInfo {

@@ -282,6 +282,11 @@ fn sample_requests() -> Vec<Request> {
             session: 2,
             owner: None,
         },
+        Request::AuditLog {
+            session: 2,
+            from: 17,
+            limit: 100,
+        },
     ];
     // Every kind of user change round-trips.
     for change in [
@@ -390,6 +395,27 @@ fn sample_responses() -> Vec<Response> {
         }),
         Response::Users(UserSet::default()),
         Response::Owned(vec![]),
+        Response::Audit(hsmpool_member::AuditLog::default()),
+        Response::Audit(hsmpool_member::AuditLog {
+            public_key: vec![0x11; 32],
+            checkpoint_every: 16,
+            last_seq: 40,
+            records: vec![hsmpool_member::AuditRecord {
+                seq: 16,
+                at_ms: 1_796_000_000_000,
+                kind: "login".into(),
+                actor: "alice".into(),
+                subject: "user".into(),
+                detail: "ok".into(),
+                prev: [1; 32],
+                hash: [2; 32],
+            }],
+            checkpoints: vec![hsmpool_member::AuditCheckpoint {
+                seq: 16,
+                hash: [2; 32],
+                signature: vec![3; 64],
+            }],
+        }),
         Response::Owned(vec![
             OwnedObject {
                 id: 7,

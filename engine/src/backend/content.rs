@@ -417,4 +417,8 @@ impl Backend for ContentIds {
     fn users(&self) -> Option<&dyn hsmpool_member::Users> {
         self.inner.users()
     }
+    // The log names objects by the inner member's ids: it is that member's own record.
+    fn audit(&self) -> Option<&dyn hsmpool_member::Audit> {
+        self.inner.audit()
+    }
 }

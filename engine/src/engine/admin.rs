@@ -2,8 +2,8 @@
 //! member (see `crate::cluster` `users.rs`). The application logs in first, as a crypto
 //! officer for a change.
 
-use hsmpool_member::backend::users;
-use hsmpool_member::{OwnedObject, UserChange, UserSet};
+use hsmpool_member::backend::{audit, users};
+use hsmpool_member::{AuditLog, OwnedObject, UserChange, UserSet};
 
 use super::lifecycle::Engine;
 use crate::cluster::{Route, UserChangeReport};
@@ -115,5 +115,20 @@ impl Engine {
         self.cluster.refuse_without_users("list keys by owner")?;
         self.cluster
             .call(Route::Any, 2, |b, s| users(b)?.owned_objects(s, owner))
+    }
+
+    /// Up to `limit` records of member `member`'s own audit log from number `from` on, with
+    /// their checkpoints and the member's audit public key (see `hsmpool_member::audit`).
+    /// Needs an officer login.
+    pub fn audit_log(&self, member: usize, from: u64, limit: u32) -> Result<AuditLog> {
+        if self.login_state() != LoginState::So {
+            return Err(Error::UserNotLoggedIn);
+        }
+        if member >= self.cluster.members.len() {
+            return Err(Error::ArgumentsBad("no such member"));
+        }
+        self.cluster.call(Route::Member(member), 2, |b, s| {
+            audit(b)?.audit_log(s, from, limit)
+        })
     }
 }

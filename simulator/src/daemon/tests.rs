@@ -287,7 +287,10 @@ fn the_handshake_names_the_daemon_and_refuses_another_protocol() {
             assert_eq!(v.protocol, PROTOCOL);
             assert_eq!(
                 v.capabilities,
-                VersionInfo::REPLICATION | VersionInfo::USERS | VersionInfo::FAULTS
+                VersionInfo::REPLICATION
+                    | VersionInfo::USERS
+                    | VersionInfo::AUDIT
+                    | VersionInfo::FAULTS
             );
         }
         other => panic!("{other:?}"),
@@ -303,7 +306,7 @@ fn the_handshake_names_the_daemon_and_refuses_another_protocol() {
         Response::Version(v) => {
             assert_eq!(
                 v.capabilities,
-                VersionInfo::REPLICATION | VersionInfo::USERS
+                VersionInfo::REPLICATION | VersionInfo::USERS | VersionInfo::AUDIT
             )
         }
         other => panic!("{other:?}"),

@@ -79,6 +79,13 @@ impl Hsm {
             self.unindex(&old);
         }
         self.insert(obj);
+        let detail = "copied from another member of the cluster";
+        self.audit(
+            "key_replicated",
+            &self.actor(sess),
+            &format!("{:016x}", rec.id),
+            detail,
+        );
         Ok(rec.id)
     }
 
@@ -125,7 +132,17 @@ impl Hsm {
         let _timing = self.timed(|| (OpClass::Management, true)); // timing hook
         self.require_login(sess)?;
         match self.token_object(id) {
-            Ok(obj) => self.remove(&obj),
+            Ok(obj) => {
+                self.remove(&obj)?;
+                let detail = "removed to match the cluster";
+                self.audit(
+                    "key_dropped",
+                    &self.actor(sess),
+                    &format!("{id:016x}"),
+                    detail,
+                );
+                Ok(())
+            }
             Err(_) => Ok(()),
         }
     }

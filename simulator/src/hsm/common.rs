@@ -13,6 +13,7 @@ use crate::cluster::CloneKey;
 use crate::error::{SimError, SimResult};
 use crate::fault::Faults;
 use crate::object::{self, Object};
+use crate::store::AuditEvent;
 use crate::timing::{self, OpClass, TimingModel};
 
 use super::{Hsm, SimSession, INDEXED};
@@ -81,6 +82,33 @@ impl Hsm {
             );
             SimError::Rv(CKR_DEVICE_ERROR)
         })
+    }
+
+    /// Append a management event to the audit log (see `hsmpool_member::audit`). The event
+    /// has happened: a log that cannot be written is an error in the log, not a failure of it.
+    pub(super) fn audit(&self, kind: &str, actor: &str, subject: &str, detail: &str) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let event = AuditEvent {
+            at_ms,
+            kind,
+            actor,
+            subject,
+            detail,
+        };
+        let sign = |m: &[u8]| self.audit_key.sign(m).as_ref().to_vec();
+        if let Err(e) = self.store.append_audit(&event, &sign) {
+            tracing::error!(store = %self.store.path().display(), kind, "audit record not written: {e}");
+        }
+    }
+
+    /// Who is logged in on `sess`, for the audit log (`-` when no one).
+    pub(super) fn actor(&self, sess: u64) -> String {
+        self.sessions
+            .get(&sess)
+            .and_then(|s| s.login.as_ref().map(|(_, n)| n.clone()))
+            .unwrap_or_else(|| "-".into())
     }
 
     pub(super) fn insert(&self, obj: Arc<Object>) {

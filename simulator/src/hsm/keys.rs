@@ -340,7 +340,15 @@ impl Hsm {
             (CKO_PRIVATE_KEY, _) => rv(crypto::private_key_pkcs8(loaded))?,
             _ => return Err(SimError::Rv(CKR_KEY_NOT_WRAPPABLE)),
         };
-        rv(crypto::wrap(mech, Self::key_of(&w)?, &bytes))
+        let wrapped = rv(crypto::wrap(mech, Self::key_of(&w)?, &bytes))?;
+        let detail = format!("under {wrapping:016x} with mechanism {:#x}", mech.mech);
+        self.audit(
+            "key_wrap",
+            &self.actor(sess),
+            &format!("{key:016x}"),
+            &detail,
+        );
+        Ok(wrapped)
     }
 
     /// `C_UnwrapKey`: a new secret key (the unwrapped bytes are its value) or private key (the
@@ -455,9 +463,17 @@ impl Hsm {
         attrs.insert(CKA_ALWAYS_SENSITIVE, object::bool_bytes(false));
         attrs.insert(CKA_NEVER_EXTRACTABLE, object::bool_bytes(false));
         let key = Arc::new(rv(LoadedKey::load(material))?);
-        Ok(self
-            .finish_new(sess, &login, class, Some(key_type), attrs, Some(key))?
-            .id)
+        let new = self.finish_new(sess, &login, class, Some(key_type), attrs, Some(key))?;
+        if new.token {
+            let detail = format!("under {unwrapping:016x} with mechanism {:#x}", mech.mech);
+            self.audit(
+                "key_unwrap",
+                &self.actor(sess),
+                &format!("{:016x}", new.id),
+                &detail,
+            );
+        }
+        Ok(new.id)
     }
 
     /// `C_DeriveKey`: `CKM_ECDH1_DERIVE` (from an EC private key and the peer's point) and

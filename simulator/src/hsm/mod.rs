@@ -10,11 +10,12 @@
 //! - `keys`: generate (a key, a key pair), wrap, unwrap, derive;
 //! - `ops`: sign, verify, encrypt, decrypt, a key's value for `C_DigestKey`, random;
 //! - `clone`: the cluster clone path and the health probe;
+//! - `audit`: reading the audit log (appending is in `common`, as every room appends);
 //! - `common`: what several rooms share: the timing and fault hooks, opening and closing
 //!   member sessions, keeping the object map, its index and the store together, small helpers.
 //!
 //! A room calls only the rooms before it in the order `common`, `open`, `users`, `objects`,
-//! then any of `keys`, `ops` and `clone` (which call none of each other); what a later room
+//! then any of `keys`, `ops`, `clone` and `audit` (which call none of each other); what a later room
 //! calls is `pub(super)`.
 //!
 //! # Concurrency
@@ -42,6 +43,7 @@ use crate::store::{Refused, Store, UserMeta};
 use crate::timing::{Clock, TimingConfig, TimingModel};
 use crate::types::IdHash;
 
+mod audit;
 mod clone;
 mod common;
 mod keys;
@@ -183,7 +185,9 @@ struct TokenMeta {
 /// - **Session ids.** They come from `next_session`, which only grows from a random start, so
 ///   an id never names two sessions of one `Hsm`.
 /// - **Fixed at open.** `cfg`, `refused` (what failed its integrity check when the store was
-///   opened), `timing`, `faults` and `clone_key` never change afterwards.
+///   opened), `timing`, `faults`, `clone_key` and `audit_key` never change afterwards.
+/// - **Audit.** Every management event is appended to the store's audit log after it took
+///   effect (or was refused), never before: the log says what happened.
 pub struct Hsm {
     cfg: HsmConfig,
     store: Store,
@@ -201,6 +205,8 @@ pub struct Hsm {
     faults: Option<Faults>,
     /// The cluster's clone key, when this member has been provisioned with one.
     clone_key: Option<CloneKey>,
+    /// The key this member signs its audit checkpoints with (`audit.key`, made at first open).
+    audit_key: aws_lc_rs::signature::Ed25519KeyPair,
     /// The store's `data_version` when this HSM last caught up with other processes' writes.
     seen_version: std::sync::atomic::AtomicI64,
     /// When it last looked (ms since `opened`): looking is rate-limited.

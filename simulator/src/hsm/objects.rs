@@ -133,6 +133,19 @@ impl Hsm {
         });
         self.persist(&obj)?;
         self.insert(obj.clone());
+        if obj.token {
+            let label = obj
+                .attrs
+                .get(&CKA_LABEL)
+                .map(|l| String::from_utf8_lossy(l).into_owned());
+            let detail = format!(
+                "class {:#x} label {:?}",
+                obj.class,
+                label.unwrap_or_default()
+            );
+            let actor = login.as_ref().map_or("-", |(_, n)| n.as_str());
+            self.audit("key_create", actor, &format!("{:016x}", obj.id), &detail);
+        }
         Ok(obj)
     }
 
@@ -329,7 +342,16 @@ impl Hsm {
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
-        self.remove(&obj)
+        self.remove(&obj)?;
+        if obj.token {
+            self.audit(
+                "key_destroy",
+                &self.actor(sess),
+                &format!("{id:016x}"),
+                "ok",
+            );
+        }
+        Ok(())
     }
 
     /// `C_CopyObject`.
@@ -378,7 +400,19 @@ impl Hsm {
         }
         let attrs = rv(object::modify(&obj, template, false, Self::is_so(&login)))?;
         rv(object::check_usage_conflicts(obj.class, &attrs))?;
-        self.replace_attrs(&obj, attrs)
+        self.replace_attrs(&obj, attrs)?;
+        if obj.token {
+            // Which attributes, never their values.
+            let types: Vec<String> = template.iter().map(|a| format!("{:#x}", a.ty)).collect();
+            let detail = format!("attributes {}", types.join(","));
+            self.audit(
+                "key_attributes",
+                &self.actor(sess),
+                &format!("{id:016x}"),
+                &detail,
+            );
+        }
+        Ok(())
     }
 
     /// Store `obj` with new attributes (store first), then show it.
@@ -441,7 +475,10 @@ impl Hsm {
         if attrs == obj.attrs {
             return Ok(());
         }
-        self.replace_attrs(&obj, attrs)
+        self.replace_attrs(&obj, attrs)?;
+        let kind = if share { "key_share" } else { "key_unshare" };
+        self.audit(kind, me, &format!("{id:016x}"), &format!("with {user}"));
+        Ok(())
     }
 
     /// The users capability: every token object (of `owner` only, when given), for an

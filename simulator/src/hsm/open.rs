@@ -46,6 +46,7 @@ impl Hsm {
             .as_ref()
             .map(|f| Faults::with_clock(f, Arc::clone(&clock))); // fault hook
         let clone_key = CloneKey::load(&cfg.data_dir)?;
+        let audit_key = audit_key(&cfg.data_dir)?;
         let hsm = Hsm {
             cfg,
             store,
@@ -61,6 +62,7 @@ impl Hsm {
             timing,
             faults,
             clone_key,
+            audit_key,
             seen_version: std::sync::atomic::AtomicI64::new(0),
             checked_ms: AtomicU64::new(0),
             opened: std::time::Instant::now(),
@@ -211,6 +213,17 @@ impl Hsm {
             object_count: self.objects.len(),
         }
     }
+}
+
+/// The member's audit signing key: Ed25519 from the 32-byte seed in `audit.key` (mode 0600,
+/// made at first open).
+fn audit_key(dir: &std::path::Path) -> SimResult<aws_lc_rs::signature::Ed25519KeyPair> {
+    let path = dir.join("audit.key");
+    let seed = crate::store::read_key_file(&path, true)?
+        .ok_or_else(|| crate::error::SimError::Store(format!("{}: missing", path.display())))?;
+    aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| {
+        crate::error::SimError::Store(format!("{}: not an Ed25519 seed", path.display()))
+    })
 }
 
 /// The token state as the store has it (label blank when none was ever set).

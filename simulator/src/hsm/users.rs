@@ -109,6 +109,15 @@ impl User {
     }
 }
 
+/// An outcome for the audit log: `ok`, or the code it was refused with.
+fn outcome<T>(r: &SimResult<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(SimError::Rv(rv)) => format!("refused: {rv:#x}"),
+        Err(SimError::Store(_)) => "failed: store error".into(),
+    }
+}
+
 /// Whether `name` may name a user: 1 to 64 bytes, no `:` (the PIN's separator), no control
 /// characters.
 fn valid_name(name: &str) -> bool {
@@ -177,20 +186,25 @@ impl Hsm {
         if !self.sessions.contains_key(&sess) {
             return Err(SimError::Rv(CKR_SESSION_HANDLE_INVALID));
         }
-        let user = {
-            let users = self.users.read();
-            match users.get(name).filter(|u| u.role == role && u.live()) {
-                Some(u) => u.clone(),
-                None => {
-                    return Err(SimError::Rv(
-                        if role == Role::User && name == DEFAULT_USER {
-                            CKR_USER_PIN_NOT_INITIALIZED
-                        } else {
-                            CKR_PIN_INCORRECT
-                        },
-                    ))
-                }
-            }
+        let role_name = match role {
+            Role::Officer => "officer",
+            Role::User => "user",
+        };
+        let found = self
+            .users
+            .read()
+            .get(name)
+            .filter(|u| u.role == role && u.live())
+            .cloned();
+        let Some(user) = found else {
+            self.audit("login", name, role_name, "refused: no such user");
+            return Err(SimError::Rv(
+                if role == Role::User && name == DEFAULT_USER {
+                    CKR_USER_PIN_NOT_INITIALIZED
+                } else {
+                    CKR_PIN_INCORRECT
+                },
+            ));
         };
         // The store's counters, not memory's: another process sharing the store may have
         // counted failures since this one last read it.
@@ -199,13 +213,21 @@ impl Hsm {
             .counters(name)?
             .unwrap_or((user.meta.resets, user.meta.failures));
         if user.meta.locked || failures >= self.cfg.max_login_failures {
+            self.audit("login", name, role_name, "refused: locked");
             return Err(SimError::Rv(CKR_PIN_LOCKED));
         }
         if !user.check(pin) {
             let now = self.store.add_failure(name)?;
             self.counters_now(name, now);
+            let detail = format!(
+                "refused: wrong password ({} of {} tries)",
+                now.map_or(failures + 1, |(_, f)| f),
+                self.cfg.max_login_failures
+            );
+            self.audit("login", name, role_name, &detail);
             return Err(SimError::Rv(CKR_PIN_INCORRECT));
         }
+        self.audit("login", name, role_name, "ok");
         if failures > 0 {
             let now = self.store.merge_counters(name, resets + 1, 0)?;
             self.counters_now(name, now);
@@ -263,9 +285,13 @@ impl Hsm {
         self.store.set_meta("label", label)?;
         self.store.set_meta("initialized", &[1])?;
         self.put(DEFAULT_SO, so)?;
-        let mut t = self.token.write();
-        t.initialized = true;
-        t.label = *label;
+        {
+            let mut t = self.token.write();
+            t.initialized = true;
+            t.label = *label;
+        }
+        let detail = format!("every object and user removed; epoch {epoch}");
+        self.audit("token_init", DEFAULT_SO, "-", &detail);
         Ok(())
     }
 
@@ -296,14 +322,20 @@ impl Hsm {
             Some((Role::Officer, _)) => {}
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
-        self.set_password(DEFAULT_USER, Role::User, pin)
+        let done = self.set_password(DEFAULT_USER, Role::User, pin);
+        self.audit("init_pin", &self.actor(sess), DEFAULT_USER, &outcome(&done));
+        done
     }
 
     /// A crypto officer logged in on `sess` adds (or resets) a named user.
     pub fn add_user(&self, sess: u64, name: &str, role: Role, pin: &[u8]) -> SimResult<()> {
         self.fault_check()?; // fault hook
         match self.login_of(sess)? {
-            Some((Role::Officer, _)) => self.set_password(name, role, pin),
+            Some((Role::Officer, _)) => {
+                let done = self.set_password(name, role, pin);
+                self.audit("user_reset", &self.actor(sess), name, &outcome(&done));
+                done
+            }
             _ => Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
     }
@@ -392,7 +424,7 @@ impl Hsm {
         self.sessions.remove(&check);
         r?;
         let fresh = User::new(role, new, self.cfg.pin_iterations, UserMeta::default())?;
-        self.replace(&name, |old| {
+        let done = self.replace(&name, |old| {
             let old = old.ok_or(SimError::Rv(CKR_USER_PIN_NOT_INITIALIZED))?;
             let mut u = fresh;
             u.meta = UserMeta {
@@ -400,12 +432,29 @@ impl Hsm {
                 ..old.meta
             };
             Ok(u)
-        })
+        });
+        self.audit("set_pin", &name, &name, &outcome(&done));
+        done
     }
 
     /// The users capability: a crypto officer's change to one user.
     pub fn change_user(&self, sess: u64, change: &UserChange) -> SimResult<()> {
-        self.change_user_record(sess, change)?;
+        let done = self.change_user_record(sess, change);
+        let kind = match change {
+            UserChange::Create { .. } => "user_create",
+            UserChange::Password { .. } => "user_password",
+            UserChange::Delete { .. } => "user_delete",
+            UserChange::Lock { .. } => "user_lock",
+            UserChange::Unlock { .. } => "user_unlock",
+            UserChange::SetRole { .. } => "user_role",
+        };
+        let detail = match (change, &done) {
+            (UserChange::Delete { force: true, .. }, Ok(())) => "ok (forced)".to_string(),
+            (UserChange::SetRole { role, .. }, Ok(())) => format!("ok: now {role:?}"),
+            _ => outcome(&done),
+        };
+        self.audit(kind, &self.actor(sess), change.name(), &detail);
+        done?;
         if matches!(change, UserChange::Delete { .. }) {
             self.orphan_objects_of(change.name())?;
         }
@@ -675,13 +724,23 @@ impl Hsm {
             self.wipe_for(epoch)?;
             self.store.set_meta("initialized", &[1])?;
             self.token.write().initialized = true;
+            let detail = format!("re-initialised elsewhere: epoch {mine} to {epoch}");
+            self.audit("token_wiped", "-", "-", &detail);
         }
         let counters = (theirs.meta.resets, theirs.meta.failures);
         let rank = self.user_state(&name, &theirs)?;
+        let mut taken = false;
         self.replace_if(&name, |old| match old {
             Some(o) if self.user_state(&name, o)?.record_rank() >= rank.record_rank() => Ok(None),
-            _ => Ok(Some(theirs)),
+            _ => {
+                taken = true;
+                Ok(Some(theirs))
+            }
         })?;
+        if taken {
+            let detail = format!("version {} from another member", rank.version);
+            self.audit("user_imported", &self.actor(sess), &name, &detail);
+        }
         let now = self.store.merge_counters(&name, counters.0, counters.1)?;
         self.counters_now(&name, now);
         self.orphan_objects_of(&name)
