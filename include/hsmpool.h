@@ -48,11 +48,18 @@
  *                              or the last officer that can log in
  * CKR_HSMPOOL_USER_OWNS_KEYS   the user still owns token keys (`hsmpool user delete --force`
  *                              deletes it anyway; those keys then belong to no one)
+ * CKR_HSMPOOL_QUORUM_REQUIRED  the change needs M approvals of distinct officers (`hsmpool
+ *                              quorum`) and has fewer valid ones
+ * CKR_HSMPOOL_QUORUM_TOKEN_INVALID  the quorum token is for another change, or already used
+ * CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED  the quorum token is older than ten minutes
  */
 #define CKR_HSMPOOL_USER_EXISTS (CKR_VENDOR_DEFINED | 0x48500001UL)
 #define CKR_HSMPOOL_USER_NOT_FOUND (CKR_VENDOR_DEFINED | 0x48500002UL)
 #define CKR_HSMPOOL_LAST_OFFICER (CKR_VENDOR_DEFINED | 0x48500003UL)
 #define CKR_HSMPOOL_USER_OWNS_KEYS (CKR_VENDOR_DEFINED | 0x48500004UL)
+#define CKR_HSMPOOL_QUORUM_REQUIRED (CKR_VENDOR_DEFINED | 0x48500005UL)
+#define CKR_HSMPOOL_QUORUM_TOKEN_INVALID (CKR_VENDOR_DEFINED | 0x48500006UL)
+#define CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED (CKR_VENDOR_DEFINED | 0x48500007UL)
 
 /*
  * AWS CloudHSM compatibility: the vendor mechanisms of CloudHSM's PKCS #11 library (Client SDK 5,

@@ -14,6 +14,7 @@ use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
 mod audit;
 mod keys;
+mod quorum;
 mod sim;
 mod users;
 
@@ -39,7 +40,13 @@ fn usage() -> String {
         .replace("{sim}", sim::USAGE)
         .replace(
             "{user}",
-            &format!("{}{}{}", users::USAGE, keys::USAGE, audit::USAGE),
+            &format!(
+                "{}{}{}{}",
+                users::USAGE,
+                keys::USAGE,
+                audit::USAGE,
+                quorum::USAGE
+            ),
         )
 }
 
@@ -181,6 +188,9 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     }
     if args.first().is_some_and(|a| a == "audit") {
         return audit::run(&args[1..], data);
+    }
+    if args.first().is_some_and(|a| a == "quorum") {
+        return quorum::run(&args[1..], data);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());

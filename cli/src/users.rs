@@ -17,8 +17,9 @@ use hsmpool_engine::config::Config;
 use hsmpool_engine::types::SlotId;
 use hsmpool_engine::{Engine, Error};
 use hsmpool_member::users::{
-    vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
-    CKR_HSMPOOL_USER_OWNS_KEYS,
+    vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED,
+    CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_USER_EXISTS,
+    CKR_HSMPOOL_USER_NOT_FOUND, CKR_HSMPOOL_USER_OWNS_KEYS,
 };
 use hsmpool_member::{Role, UserChange};
 use zeroize::Zeroizing;
@@ -63,6 +64,9 @@ struct Change {
     /// when it returns, before it serves again.
     #[arg(long)]
     allow_partial: bool,
+    /// With a quorum set: the officers' approvals (`hsmpool quorum`).
+    #[command(flatten)]
+    approvals: crate::quorum::Approvals,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +175,16 @@ pub(crate) fn explain(e: &Error, name: &str) -> String {
             format!("{name:?} cannot be a user name (1 to 64 bytes, no `:`, no control characters)")
         }
         CKR_FUNCTION_NOT_SUPPORTED => format!("{e}"),
+        CKR_HSMPOOL_QUORUM_REQUIRED => "this change needs the approval of M distinct officers \
+            (CKR_HSMPOOL_QUORUM_REQUIRED): `hsmpool quorum token-gen`, then `quorum sign` by \
+            each, then this command with --token and one --approval per officer"
+            .to_string(),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "the quorum token is for another change, or was \
+            used already (CKR_HSMPOOL_QUORUM_TOKEN_INVALID): make a new one"
+            .to_string(),
+        CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED => "the quorum token has expired: tokens live ten \
+            minutes (CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED): make a new one"
+            .to_string(),
         _ => format!(
             "{e} ({})",
             vendor_rv_name(rv).map_or_else(|| format!("CK_RV {rv:#x}"), str::to_string)
@@ -285,7 +299,13 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         }
     };
     let partial = target.allow_partial;
+    let approval = target.approvals.read()?;
     let change = make(target.name);
+    if let UserChange::Delete { name, force } = &change {
+        if let Some(refusal) = officer_floor(&engine, name, *force) {
+            return Ok(failed(&refusal));
+        }
+    }
     let away: Vec<String> = engine
         .member_status()
         .iter()
@@ -302,7 +322,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(1));
     }
     let name = change.name().to_string();
-    match engine.change_user(&change) {
+    match engine.change_user_approved(&change, &approval) {
         Ok(report) => {
             let list = |v: &[usize]| {
                 v.iter()
@@ -335,6 +355,37 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Deleting officer `name` must leave M + 2 officers (M the quorum), or the loss of one more
+/// locks the cluster out of its own administration: the refusal, unless `force` (then a
+/// warning).
+fn officer_floor(engine: &Engine, name: &str, force: bool) -> Option<String> {
+    let set = engine.users().ok()?;
+    let target = set.users.iter().find(|u| u.name == name)?;
+    if target.role != Role::Officer || set.quorum <= 1 {
+        return None;
+    }
+    let left = set
+        .users
+        .iter()
+        .filter(|u| u.role == Role::Officer && u.name != name)
+        .count() as u32;
+    if left >= set.quorum + 2 {
+        return None;
+    }
+    let risk = format!(
+        "deleting officer {name} leaves {left} officer(s) with a quorum of {}: fewer than \
+         M + 2, so one more officer lost or locked and the cluster cannot make protected \
+         changes",
+        set.quorum
+    );
+    if force {
+        eprintln!("hsmpool: WARNING: {risk}");
+        None
+    } else {
+        Some(format!("refused: {risk}. Pass --force to accept that risk"))
     }
 }
 

@@ -41,6 +41,21 @@ pub const CKR_HSMPOOL_LAST_OFFICER: cryptoki_sys::CK_RV = VENDOR | 0x4850_0003;
 /// unusable).
 pub const CKR_HSMPOOL_USER_OWNS_KEYS: cryptoki_sys::CK_RV = VENDOR | 0x4850_0004;
 
+/// The change needs a quorum of officers' approvals and has fewer than M valid ones from
+/// distinct officers.
+pub const CKR_HSMPOOL_QUORUM_REQUIRED: cryptoki_sys::CK_RV = VENDOR | 0x4850_0005;
+/// The quorum token is malformed, for another change, or already used (the user or policy it
+/// names has changed since it was made).
+pub const CKR_HSMPOOL_QUORUM_TOKEN_INVALID: cryptoki_sys::CK_RV = VENDOR | 0x4850_0006;
+/// The quorum token has expired (tokens live ten minutes).
+pub const CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED: cryptoki_sys::CK_RV = VENDOR | 0x4850_0007;
+
+/// The name of the record that holds the cluster's quorum policy (no user can have a name with
+/// `:`).
+pub const QUORUM_RECORD: &str = ":quorum";
+/// How long a quorum token lives, in milliseconds.
+pub const QUORUM_TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// The name of a vendor return value of ours, for messages (`None` for any other).
 pub fn vendor_rv_name(rv: cryptoki_sys::CK_RV) -> Option<&'static str> {
     Some(match rv {
@@ -48,6 +63,9 @@ pub fn vendor_rv_name(rv: cryptoki_sys::CK_RV) -> Option<&'static str> {
         CKR_HSMPOOL_USER_NOT_FOUND => "CKR_HSMPOOL_USER_NOT_FOUND",
         CKR_HSMPOOL_LAST_OFFICER => "CKR_HSMPOOL_LAST_OFFICER",
         CKR_HSMPOOL_USER_OWNS_KEYS => "CKR_HSMPOOL_USER_OWNS_KEYS",
+        CKR_HSMPOOL_QUORUM_REQUIRED => "CKR_HSMPOOL_QUORUM_REQUIRED",
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "CKR_HSMPOOL_QUORUM_TOKEN_INVALID",
+        CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED => "CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED",
         _ => return None,
     })
 }
@@ -69,6 +87,8 @@ pub struct UserState {
     pub resets: u64,
     /// Consecutive failed logins since the last reset.
     pub failures: u32,
+    /// An officer's registered quorum approval key (an uncompressed P-256 point), if any.
+    pub approval_key: Vec<u8>,
     /// A digest of the record (not the counters), keyed by the cluster's clone key: equal on
     /// two members when they hold the same record.
     pub digest: [u8; 32],
@@ -92,6 +112,8 @@ pub struct UserSet {
     pub epoch: u64,
     /// Consecutive failed logins that lock a user on this member.
     pub max_failures: u32,
+    /// Approvals a quorum-protected change needs (1: none beyond the officer making it).
+    pub quorum: u32,
     /// The users, by name.
     pub users: Vec<UserState>,
 }
@@ -141,6 +163,19 @@ pub enum UserChange {
         /// The role.
         role: Role,
     },
+    /// The officer making the change registers its quorum approval public key (an
+    /// uncompressed P-256 point; empty removes it). Only for itself.
+    SetApprovalKey {
+        /// The officer (the one logged in).
+        name: String,
+        /// The key.
+        public_key: Vec<u8>,
+    },
+    /// The approvals a quorum-protected change needs from now on (1: none).
+    SetQuorum {
+        /// M of "M of N".
+        m: u32,
+    },
 }
 
 impl UserChange {
@@ -152,7 +187,37 @@ impl UserChange {
             | UserChange::Delete { name, .. }
             | UserChange::Lock { name }
             | UserChange::Unlock { name }
-            | UserChange::SetRole { name, .. } => name,
+            | UserChange::SetRole { name, .. }
+            | UserChange::SetApprovalKey { name, .. } => name,
+            UserChange::SetQuorum { .. } => QUORUM_RECORD,
+        }
+    }
+
+    /// Its kind as a number (what a quorum token names).
+    pub fn code(&self) -> u8 {
+        match self {
+            UserChange::Create { .. } => 1,
+            UserChange::Password { .. } => 2,
+            UserChange::Delete { .. } => 3,
+            UserChange::Lock { .. } => 4,
+            UserChange::Unlock { .. } => 5,
+            UserChange::SetRole { .. } => 6,
+            UserChange::SetApprovalKey { .. } => 7,
+            UserChange::SetQuorum { .. } => 8,
+        }
+    }
+
+    /// What a quorum token binds of the change beyond its kind and user: the role made or
+    /// given, whether a deletion is forced, the quorum value set (never a password).
+    pub fn params(&self) -> Vec<u8> {
+        match self {
+            UserChange::Create { role, .. } | UserChange::SetRole { role, .. } => {
+                vec![role.code()]
+            }
+            UserChange::Delete { force, .. } => vec![u8::from(*force)],
+            UserChange::SetQuorum { m } => m.to_be_bytes().to_vec(),
+            UserChange::SetApprovalKey { public_key, .. } => public_key.clone(),
+            _ => Vec::new(),
         }
     }
     /// A word for it, for logs and messages.
@@ -164,6 +229,8 @@ impl UserChange {
             UserChange::Lock { .. } => "lock",
             UserChange::Unlock { .. } => "unlock",
             UserChange::SetRole { .. } => "change the role of",
+            UserChange::SetApprovalKey { .. } => "register the approval key of",
+            UserChange::SetQuorum { .. } => "set the quorum of",
         }
     }
 }
@@ -172,6 +239,87 @@ impl std::fmt::Debug for UserChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.verb(), self.name())
     }
+}
+
+/// A quorum token: one change, on one version of the user (or policy) it names, for ten
+/// minutes. Officers sign [`QuorumToken::encode`]; the change is accepted with M valid
+/// signatures of distinct officers. Once the change is made the version moves on, so the token
+/// is spent everywhere at once.
+///
+/// ```text
+/// "HPQT" 1 | change code u8 | name len u8 | name | params len u8 | params
+///   | target version u64 | issued ms u64 | expires ms u64 | nonce[16]
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumToken {
+    /// [`UserChange::code`].
+    pub change: u8,
+    /// [`UserChange::name`].
+    pub name: String,
+    /// [`UserChange::params`].
+    pub params: Vec<u8>,
+    /// The version of the named record when the token was made (0: none).
+    pub target_version: u64,
+    /// When it was made, ms since the Unix epoch (the member's clock).
+    pub issued_ms: u64,
+    /// When it stops being accepted.
+    pub expires_ms: u64,
+    /// Makes each token unique.
+    pub nonce: [u8; 16],
+}
+
+impl QuorumToken {
+    /// Its bytes (what officers sign).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = b"HPQT\x01".to_vec();
+        b.push(self.change);
+        b.push(self.name.len().min(255) as u8);
+        b.extend_from_slice(&self.name.as_bytes()[..self.name.len().min(255)]);
+        b.push(self.params.len().min(255) as u8);
+        b.extend_from_slice(&self.params[..self.params.len().min(255)]);
+        b.extend_from_slice(&self.target_version.to_be_bytes());
+        b.extend_from_slice(&self.issued_ms.to_be_bytes());
+        b.extend_from_slice(&self.expires_ms.to_be_bytes());
+        b.extend_from_slice(&self.nonce);
+        b
+    }
+
+    /// A token read back (`None`: not one).
+    pub fn decode(b: &[u8]) -> Option<QuorumToken> {
+        let rest = b.strip_prefix(b"HPQT\x01")?;
+        let (&change, rest) = rest.split_first()?;
+        let (&n, rest) = rest.split_first()?;
+        let name = std::str::from_utf8(rest.get(..usize::from(n))?)
+            .ok()?
+            .to_string();
+        let rest = &rest[usize::from(n)..];
+        let (&p, rest) = rest.split_first()?;
+        let params = rest.get(..usize::from(p))?.to_vec();
+        let rest = &rest[usize::from(p)..];
+        if rest.len() != 24 + 16 {
+            return None;
+        }
+        let num = |i: usize| u64::from_be_bytes(rest[i..i + 8].try_into().unwrap_or([0; 8]));
+        Some(QuorumToken {
+            change,
+            name,
+            params,
+            target_version: num(0),
+            issued_ms: num(8),
+            expires_ms: num(16),
+            nonce: rest[24..40].try_into().ok()?,
+        })
+    }
+}
+
+/// The officers' approvals that go with a quorum-protected change: the token and each
+/// officer's signature of it (ECDSA P-256 with SHA-256, `r || s`). Empty: none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Approval {
+    /// [`QuorumToken::encode`] of the token.
+    pub token: Vec<u8>,
+    /// (officer name, signature).
+    pub signatures: Vec<(String, Vec<u8>)>,
 }
 
 /// A token object and who may use it, as an officer sees it (no value, no secret).
@@ -223,8 +371,16 @@ pub trait Users: Send + Sync {
     /// that missed a user change while away is brought level before the user can log in to
     /// it.
     fn import_user(&self, s: MemberSession, blob: &[u8]) -> MemberResult<()>;
-    /// A crypto officer's change, made here; the session must be logged in as an officer.
-    fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()>;
+    /// A crypto officer's change, made here; the session must be logged in as an officer. A
+    /// change the quorum policy protects needs `approval` (see [`QuorumToken`]).
+    fn change_user(
+        &self,
+        s: MemberSession,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> MemberResult<()>;
+    /// A quorum token for `change`, made by this member for an officer logged in on `s`.
+    fn quorum_token(&self, s: MemberSession, change: &UserChange) -> MemberResult<Vec<u8>>;
     /// The owner of token object `o`, logged in on `s`, shares it with crypto user `user`
     /// (`share`) or stops sharing it. Anyone else: `CKR_ACTION_PROHIBITED` (or, where the
     /// object is not theirs to see, `CKR_OBJECT_HANDLE_INVALID`); no such crypto user:
@@ -251,6 +407,27 @@ mod tests {
 
     /// The values `include/hsmpool.h` gives C programs are these.
     #[test]
+    fn a_quorum_token_reads_back_and_nothing_else_does() {
+        let t = QuorumToken {
+            change: 3,
+            name: "alice".into(),
+            params: vec![1],
+            target_version: 7,
+            issued_ms: 1_796_000_000_000,
+            expires_ms: 1_796_000_600_000,
+            nonce: [9; 16],
+        };
+        let b = t.encode();
+        assert_eq!(QuorumToken::decode(&b), Some(t));
+        for cut in 0..b.len() {
+            assert_eq!(QuorumToken::decode(&b[..cut]), None, "{cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(QuorumToken::decode(&longer), None);
+    }
+
+    #[test]
     fn the_header_declares_the_same_return_values() {
         let header = include_str!("../../include/hsmpool.h");
         for (name, rv) in [
@@ -258,6 +435,15 @@ mod tests {
             ("CKR_HSMPOOL_USER_NOT_FOUND", CKR_HSMPOOL_USER_NOT_FOUND),
             ("CKR_HSMPOOL_LAST_OFFICER", CKR_HSMPOOL_LAST_OFFICER),
             ("CKR_HSMPOOL_USER_OWNS_KEYS", CKR_HSMPOOL_USER_OWNS_KEYS),
+            ("CKR_HSMPOOL_QUORUM_REQUIRED", CKR_HSMPOOL_QUORUM_REQUIRED),
+            (
+                "CKR_HSMPOOL_QUORUM_TOKEN_INVALID",
+                CKR_HSMPOOL_QUORUM_TOKEN_INVALID,
+            ),
+            (
+                "CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED",
+                CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
+            ),
         ] {
             let line = header
                 .lines()

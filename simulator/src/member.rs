@@ -5,7 +5,7 @@
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, Audit, AuditLog, Backend, KeyMeta, MemberError, MemberId, MemberObject,
+    Approval, AttrAnswer, Audit, AuditLog, Backend, KeyMeta, MemberError, MemberId, MemberObject,
     MemberResult, MemberSession, OwnedObject, Replication, Role, TokenStatus, UserChange, UserSet,
     Users,
 };
@@ -355,9 +355,19 @@ impl Users for SimMember {
             .import_user(self.s(s), blob)
             .map_err(|e| self.err(e))
     }
-    fn change_user(&self, s: MemberSession, change: &UserChange) -> MemberResult<()> {
+    fn change_user(
+        &self,
+        s: MemberSession,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> MemberResult<()> {
         self.hsm
-            .change_user(self.s(s), change)
+            .change_user_approved(self.s(s), change, approval)
+            .map_err(|e| self.err(e))
+    }
+    fn quorum_token(&self, s: MemberSession, change: &UserChange) -> MemberResult<Vec<u8>> {
+        self.hsm
+            .quorum_token(self.s(s), change)
             .map_err(|e| self.err(e))
     }
     fn share_object(

@@ -172,6 +172,8 @@ pub struct StoredUser {
     pub record: Zeroizing<Vec<u8>>,
     /// Version, tombstone, lock and counters.
     pub meta: UserMeta,
+    /// Sealed-bound extra data (an officer's approval key, the quorum policy).
+    pub extra: Vec<u8>,
 }
 
 /// What loading found that could not be trusted.
@@ -203,8 +205,9 @@ fn object_aad(id: u64, owner: Option<&str>, attrs: &[u8]) -> Vec<u8> {
 }
 
 /// The associated data of a user row: its name and role, and (from the second layout on) the
-/// record's version, tombstone and lock, so none of them can be changed in the database.
-fn user_aad(name: &str, role: u8, meta: Option<&UserMeta>) -> Vec<u8> {
+/// record's version, tombstone and lock, and its extra data when it has any (an officer's
+/// approval key, the quorum policy), so none of them can be changed in the database.
+fn user_aad(name: &str, role: u8, meta: Option<&UserMeta>, extra: &[u8]) -> Vec<u8> {
     let mut aad = match meta {
         Some(_) => USER_AAD_TAG_V2.to_vec(),
         None => USER_AAD_TAG.to_vec(),
@@ -217,6 +220,11 @@ fn user_aad(name: &str, role: u8, meta: Option<&UserMeta>) -> Vec<u8> {
         aad.extend_from_slice(&(name.len() as u64).to_be_bytes());
     }
     aad.extend_from_slice(name.as_bytes());
+    if !extra.is_empty() {
+        aad.extend_from_slice(b"extra");
+        aad.extend_from_slice(&(extra.len() as u64).to_be_bytes());
+        aad.extend_from_slice(extra);
+    }
     aad
 }
 
@@ -285,6 +293,7 @@ impl Store {
             ("deleted", "INTEGER NOT NULL DEFAULT 0"),
             ("locked", "INTEGER NOT NULL DEFAULT 0"),
             ("resets", "INTEGER NOT NULL DEFAULT 0"),
+            ("extra", "BLOB NOT NULL DEFAULT x''"),
         ] {
             let has: bool = conn
                 .query_row(
@@ -415,17 +424,25 @@ impl Store {
 
     /// Insert or replace a user; `record` is sealed, bound to the name, role, version,
     /// tombstone and lock.
-    pub fn put_user(&self, name: &str, role: u8, record: &[u8], meta: &UserMeta) -> SimResult<()> {
+    pub fn put_user(
+        &self,
+        name: &str,
+        role: u8,
+        record: &[u8],
+        meta: &UserMeta,
+        extra: &[u8],
+    ) -> SimResult<()> {
         let sealed = self
             .master
-            .seal(&user_aad(name, role, Some(meta)), record)?;
+            .seal(&user_aad(name, role, Some(meta), extra), record)?;
         let conn = self.conn.lock();
         // The counters never go down here: another process sharing the store may have counted
         // a failure since the caller read them (a reset raises `resets`, so it still wins).
         conn.execute(
-            "INSERT INTO users (name, role, sealed, failures, version, deleted, locked, resets)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO users (name, role, sealed, failures, version, deleted, locked, resets,
+                 extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT(name) DO UPDATE SET role = excluded.role, sealed = excluded.sealed,
+                 extra = excluded.extra,
                  version = excluded.version, deleted = excluded.deleted,
                  locked = excluded.locked,
                  failures = CASE WHEN excluded.resets > resets OR (excluded.resets = resets
@@ -439,7 +456,8 @@ impl Store {
                 meta.version as i64,
                 meta.deleted,
                 meta.locked,
-                meta.resets as i64
+                meta.resets as i64,
+                extra
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -496,8 +514,8 @@ impl Store {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT name, role, sealed, failures, version, deleted, locked, resets FROM users
-                 ORDER BY name",
+                "SELECT name, role, sealed, failures, version, deleted, locked, resets, extra
+                 FROM users ORDER BY name",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -513,20 +531,22 @@ impl Store {
                         locked: r.get::<_, bool>(6)?,
                         resets: r.get::<_, i64>(7)? as u64,
                     },
+                    r.get::<_, Vec<u8>>(8)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, sealed, meta) = row.map_err(|e| self.err(e))?;
+            let (name, role, sealed, meta, extra) = row.map_err(|e| self.err(e))?;
             let opened = self
                 .master
-                .open(&user_aad(&name, role, Some(&meta)), &sealed)
+                .open(&user_aad(&name, role, Some(&meta), &extra), &sealed)
                 .or_else(|| {
                     // The first layout: sealed before versions, locks and tombstones existed.
-                    let first = meta.version == 0 && !meta.deleted && !meta.locked;
+                    let first =
+                        meta.version == 0 && !meta.deleted && !meta.locked && extra.is_empty();
                     first
-                        .then(|| self.master.open(&user_aad(&name, role, None), &sealed))
+                        .then(|| self.master.open(&user_aad(&name, role, None, &[]), &sealed))
                         .flatten()
                 });
             match opened {
@@ -535,6 +555,7 @@ impl Store {
                     role,
                     record,
                     meta,
+                    extra,
                 }),
                 None => refused.users.push(name),
             }
@@ -706,7 +727,7 @@ mod tests {
             )
             .unwrap();
             for name in ["admin", "old"] {
-                let sealed = seal.seal(&user_aad(name, 0, None), b"record").unwrap();
+                let sealed = seal.seal(&user_aad(name, 0, None, &[]), b"record").unwrap();
                 conn.execute(
                     "INSERT INTO users (name, role, sealed, failures) VALUES (?1, 0, ?2, 2)",
                     params![name, sealed],
@@ -733,7 +754,7 @@ mod tests {
             version: 1,
             ..UserMeta::default()
         };
-        store.put_user("admin", 0, b"r2", &meta).unwrap();
+        store.put_user("admin", 0, b"r2", &meta, &[]).unwrap();
         assert_eq!(store.counters("admin").unwrap(), Some((0, 2)));
         assert_eq!(store.add_failure("admin").unwrap(), Some((0, 3)));
         assert_eq!(store.merge_counters("admin", 0, 1).unwrap(), Some((0, 3)));

@@ -1004,3 +1004,398 @@ fn in_process_every_member_keeps_a_tamper_evident_audit_log() {
 fn daemons_every_member_keeps_a_tamper_evident_audit_log() {
     every_member_keeps_a_tamper_evident_audit_log(&Setup::daemons());
 }
+
+/// An officer's approval key (ECDSA P-256): (key pair, public point).
+fn approval_key() -> aws_lc_rs::signature::EcdsaKeyPair {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap()
+}
+
+fn signed(
+    officer: &str,
+    key: &aws_lc_rs::signature::EcdsaKeyPair,
+    token: &[u8],
+) -> (String, Vec<u8>) {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    (
+        officer.to_string(),
+        key.sign(&rng, token).unwrap().as_ref().to_vec(),
+    )
+}
+
+fn a_quorum_protects_user_deletion(setup: &Setup) {
+    use aws_lc_rs::signature::KeyPair;
+    use hsmpool_member::users::{
+        CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID,
+    };
+    use hsmpool_member::{Approval, QuorumToken};
+    let name = setup.name();
+    let (admin, _) = officer(setup);
+    for o in ["bob", "carol", "dave"] {
+        admin
+            .change_user(&create(o, Role::Officer, &format!("{o}-pw-1")))
+            .unwrap();
+    }
+    admin
+        .change_user(&create("alice", Role::User, "alice-pw-1"))
+        .unwrap();
+    // Each officer registers its own approval key, logged in as itself.
+    let keys: Vec<(&str, aws_lc_rs::signature::EcdsaKeyPair)> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|o| (*o, approval_key()))
+        .collect();
+    for (o, k) in &keys {
+        let e = setup.engine(&[0, 1, 2]);
+        let s = e
+            .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+            .unwrap();
+        e.login(s, CKU_SO, format!("{o}:{o}-pw-1").as_bytes(), None)
+            .unwrap();
+        e.change_user(&UserChange::SetApprovalKey {
+            name: o.to_string(),
+            public_key: k.public_key().as_ref().to_vec(),
+        })
+        .unwrap();
+        // Not another officer's.
+        assert_eq!(
+            rv(e.change_user(&UserChange::SetApprovalKey {
+                name: "admin".into(),
+                public_key: k.public_key().as_ref().to_vec(),
+            })),
+            CKR_ACTION_PROHIBITED
+        );
+    }
+    // M = 2 (a quorum no set of officers could meet is refused).
+    assert_eq!(
+        rv(admin.change_user(&UserChange::SetQuorum { m: 4 })),
+        CKR_HSMPOOL_LAST_OFFICER
+    );
+    admin.change_user(&UserChange::SetQuorum { m: 2 }).unwrap();
+    assert_eq!(admin.users().unwrap().quorum, 2);
+    let key = |o: &str| &keys.iter().find(|(n, _)| *n == o).unwrap().1;
+    let delete = UserChange::Delete {
+        name: "alice".into(),
+        force: false,
+    };
+    // Without approvals; with M - 1; with two signatures by one officer.
+    assert_eq!(
+        rv(admin.change_user(&delete)),
+        CKR_HSMPOOL_QUORUM_REQUIRED,
+        "{name}"
+    );
+    let token = admin.quorum_token(&delete).unwrap();
+    let with = |sigs: Vec<(String, Vec<u8>)>, token: &[u8]| Approval {
+        token: token.to_vec(),
+        signatures: sigs,
+    };
+    let one = with(vec![signed("bob", key("bob"), &token)], &token);
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &one)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    let twice = with(
+        vec![
+            signed("bob", key("bob"), &token),
+            signed("bob", key("bob"), &token),
+        ],
+        &token,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &twice)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    // A signature by a key not the officer's counts for nothing.
+    let forged = with(
+        vec![
+            signed("bob", key("bob"), &token),
+            signed("carol", key("dave"), &token),
+        ],
+        &token,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &forged)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    // An expired token (made twenty minutes ago, lived ten), signed by two officers.
+    let mut old = QuorumToken::decode(&token).unwrap();
+    old.issued_ms -= 20 * 60 * 1000;
+    old.expires_ms -= 20 * 60 * 1000;
+    let old = old.encode();
+    let expired = with(
+        vec![
+            signed("bob", key("bob"), &old),
+            signed("carol", key("carol"), &old),
+        ],
+        &old,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &expired)),
+        CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED
+    );
+    // A token for another change.
+    let other = admin
+        .quorum_token(&UserChange::Delete {
+            name: "bob".into(),
+            force: false,
+        })
+        .unwrap();
+    let elsewhere = with(
+        vec![
+            signed("bob", key("bob"), &other),
+            signed("carol", key("carol"), &other),
+        ],
+        &other,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &elsewhere)),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID
+    );
+    // M valid approvals of distinct officers: done, on every member.
+    let good = with(
+        vec![
+            signed("carol", key("carol"), &token),
+            signed("dave", key("dave"), &token),
+        ],
+        &token,
+    );
+    admin.change_user_approved(&delete, &good).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            user_login(&setup.engine(&[i]), "alice:alice-pw-1").0,
+            CKR_PIN_INCORRECT,
+            "member {i}: alice is gone ({name})"
+        );
+    }
+    // The token is spent: used again (for a user of that name made since), refused.
+    let recreate = create("alice", Role::User, "alice-pw-2");
+    let t2 = admin.quorum_token(&recreate).unwrap();
+    let ok2 = with(
+        vec![
+            signed("bob", key("bob"), &t2),
+            signed("dave", key("dave"), &t2),
+        ],
+        &t2,
+    );
+    admin.change_user_approved(&recreate, &ok2).unwrap();
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &good)),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID
+    );
+    // What no quorum protects: locking and unlocking.
+    admin
+        .change_user(&UserChange::Lock {
+            name: "alice".into(),
+        })
+        .unwrap();
+    // The member never lets the officers holding approval keys fall below M (the CLI asks
+    // for M + 2, below): with M = 2, deleting bob leaves two, then carol would leave one.
+    let del = |o: &str| UserChange::Delete {
+        name: o.into(),
+        force: false,
+    };
+    let t3 = admin.quorum_token(&del("bob")).unwrap();
+    let ok3 = with(
+        vec![
+            signed("carol", key("carol"), &t3),
+            signed("dave", key("dave"), &t3),
+        ],
+        &t3,
+    );
+    admin.change_user_approved(&del("bob"), &ok3).unwrap();
+    let t4 = admin.quorum_token(&del("carol")).unwrap();
+    let ok4 = with(
+        vec![
+            signed("carol", key("carol"), &t4),
+            signed("dave", key("dave"), &t4),
+        ],
+        &t4,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&del("carol"), &ok4)),
+        CKR_HSMPOOL_LAST_OFFICER
+    );
+    // The audit log names the approvers.
+    let log = admin.audit_log(0, 1, 1000).unwrap();
+    assert!(
+        log.records
+            .iter()
+            .any(|r| r.kind == "user_delete" && r.detail.contains("approved by carol, dave")),
+        "{name}"
+    );
+    assert!(log
+        .records
+        .iter()
+        .any(|r| r.kind == "user_delete" && r.detail.contains("CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED")));
+}
+
+#[test]
+fn in_process_a_quorum_protects_user_deletion() {
+    a_quorum_protects_user_deletion(&Setup::in_process());
+}
+
+#[test]
+fn daemons_a_quorum_protects_user_deletion() {
+    a_quorum_protects_user_deletion(&Setup::daemons());
+}
+
+/// The tool's quorum commands, with one officer's approval key in a file and another's on a
+/// PKCS #11 token (SoftHSMv2), the private key never leaving it.
+fn the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token(setup: &Setup) {
+    use hsmpool_tests::softhsm::{SoftHsmTokens, SOFTHSM};
+    let name = setup.name();
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    let (e, so) = officer(setup);
+    e.logout(so).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for (u, officer) in [("bob", true), ("carol", true), ("eve", false)] {
+        let mut args = vec!["user", "add", u];
+        if officer {
+            args.push("--officer");
+        }
+        let (code, out, err) = tool(setup, &args, so_pin, Some(&format!("{u}-pw-1")));
+        assert_eq!(code, 0, "{name}: {out}{err}");
+    }
+    // admin and bob keep their keys in files; carol on a SoftHSMv2 token.
+    for o in ["admin", "bob"] {
+        let (code, out, err) = tool_env(
+            setup,
+            &["quorum", "keygen", "--out", &f(&format!("{o}.pem"))],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let pin = if o == "admin" {
+            so_pin.to_string()
+        } else {
+            format!("{o}:{o}-pw-1")
+        };
+        let (code, out, err) = tool_env(
+            setup,
+            &["quorum", "register-key", "--key", &f(&format!("{o}.pem"))],
+            &[("HSMPOOL_SO_PIN", &pin)],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let tokens = SoftHsmTokens::create(dir.path(), 1, "approver", "so-pin-9", "pin-9999");
+    let conf = tokens.conf.to_str().unwrap().to_string();
+    let gen = std::process::Command::new(hsmpool_tests::require_tool("pkcs11-tool"))
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--module",
+            SOFTHSM,
+            "--login",
+            "--pin",
+            "pin-9999",
+            "--keypairgen",
+        ])
+        .args(["--key-type", "EC:prime256v1", "--label", "carol-approval"])
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let p11 = ["--pkcs11-module", SOFTHSM, "--pkcs11-key", "carol-approval"];
+    let mut args = vec!["quorum", "register-key"];
+    args.extend(p11);
+    let (code, out, err) = tool_env(
+        setup,
+        &args,
+        &[
+            ("HSMPOOL_SO_PIN", "carol:carol-pw-1"),
+            ("SOFTHSM2_CONF", &conf),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // M = 2 with three officers leaves fewer than two to spare: refused unless --force.
+    let (code, _, err) = tool(setup, &["quorum", "set", "2"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+    let (code, out, err) = tool(setup, &["quorum", "set", "2", "--force"], so_pin, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("WARNING"), "{err}");
+    // A protected deletion: refused without approvals; a token; signatures from a file and
+    // from the token; refused with one, done with two, refused when used again.
+    let (code, _, err) = tool(setup, &["user", "delete", "eve"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_REQUIRED"), "{err}");
+    let t = f("t.hex");
+    let (code, out, err) = tool(
+        setup,
+        &["quorum", "token-gen", "--out", &t, "user", "delete", "eve"],
+        so_pin,
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, bob_sig, err) = tool_env(
+        setup,
+        &[
+            "quorum",
+            "sign",
+            "--token",
+            &t,
+            "--officer",
+            "bob",
+            "--key",
+            &f("bob.pem"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(f("bob.sig"), &bob_sig).unwrap();
+    let mut args = vec!["quorum", "sign", "--token", &t, "--officer", "carol"];
+    args.extend(p11);
+    let (code, carol_sig, err) = tool_env(
+        setup,
+        &args,
+        &[
+            ("HSMPOOL_APPROVAL_PIN", "pin-9999"),
+            ("SOFTHSM2_CONF", &conf),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(f("carol.sig"), &carol_sig).unwrap();
+    let (bob, carol) = (f("bob.sig"), f("carol.sig"));
+    let (code, _, err) = tool(
+        setup,
+        &["user", "delete", "eve", "--token", &t, "--approval", &bob],
+        so_pin,
+        None,
+    );
+    assert_eq!(code, 1, "M - 1 approvals");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_REQUIRED"), "{err}");
+    let both = [
+        "user",
+        "delete",
+        "eve",
+        "--token",
+        &t,
+        "--approval",
+        &bob,
+        "--approval",
+        &carol,
+    ];
+    let (code, out, err) = tool(setup, &both, so_pin, None);
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    let (code, _, err) = tool(setup, &both, so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_TOKEN_INVALID"), "{err}");
+    // Deleting an officer would leave fewer than M + 2: refused, naming the risk.
+    let (code, _, err) = tool(setup, &["user", "delete", "bob"], so_pin, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("fewer than M + 2"), "{err}");
+}
+
+#[test]
+fn in_process_the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token() {
+    the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token(&Setup::in_process());
+}
+
+#[test]
+fn daemons_the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token() {
+    the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token(&Setup::daemons());
+}

@@ -45,7 +45,7 @@ use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use dashmap::DashMap;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, AuditLog, KeyMeta, MemberError, MemberId, MemberObject, MemberResult,
+    Approval, AttrAnswer, AuditLog, KeyMeta, MemberError, MemberId, MemberObject, MemberResult,
     MemberSession, OwnedObject, Role, TokenStatus, UserChange, UserSet,
 };
 use parking_lot::Mutex;

@@ -7,8 +7,8 @@ use std::ops::Deref;
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
 use hsmpool_member::{
-    AttrAnswer, AuditCheckpoint, AuditLog, AuditRecord, KeyMeta, OwnedObject, Role, TokenStatus,
-    UserChange, UserSet, UserState,
+    Approval, AttrAnswer, AuditCheckpoint, AuditLog, AuditRecord, KeyMeta, OwnedObject, Role,
+    TokenStatus, UserChange, UserSet, UserState,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -683,6 +683,7 @@ impl Field for UserSet {
     fn put(&self, w: &mut Writer) -> Result<()> {
         w.u64(self.epoch)?;
         w.u32(self.max_failures)?;
+        w.u32(self.quorum)?;
         w.len(self.users.len())?;
         for u in &self.users {
             u.name.put(w)?;
@@ -692,6 +693,7 @@ impl Field for UserSet {
             w.bool(u.locked)?;
             w.u64(u.resets)?;
             w.u32(u.failures)?;
+            w.bytes(&u.approval_key)?;
             w.put(&u.digest)?;
         }
         Ok(())
@@ -699,8 +701,9 @@ impl Field for UserSet {
     fn take(r: &mut Reader<'_>) -> Result<Self> {
         let epoch = r.u64()?;
         let max_failures = r.u32()?;
-        // A user is at least a name length (4), a role (1) and 54 bytes of numbers and digest.
-        let n = r.count(59)?;
+        let quorum = r.u32()?;
+        // A user is at least two lengths (8), a role (1) and 54 bytes of numbers and digest.
+        let n = r.count(63)?;
         let mut users = Vec::with_capacity(n);
         for _ in 0..n {
             users.push(UserState {
@@ -711,12 +714,14 @@ impl Field for UserSet {
                 locked: r.bool()?,
                 resets: r.u64()?,
                 failures: r.u32()?,
+                approval_key: r.vec()?,
                 digest: r.array()?,
             });
         }
         Ok(UserSet {
             epoch,
             max_failures,
+            quorum,
             users,
         })
     }
@@ -760,6 +765,16 @@ impl Field for UserChange {
                 name.put(w)?;
                 role.put(w)
             }
+            UserChange::SetApprovalKey { name, public_key } => {
+                w.u8(7)?;
+                name.put(w)?;
+                w.bytes(public_key)
+            }
+            UserChange::SetQuorum { m } => {
+                w.u8(8)?;
+                String::new().put(w)?;
+                w.u32(*m)
+            }
         }
     }
     fn take(r: &mut Reader<'_>) -> Result<Self> {
@@ -785,6 +800,11 @@ impl Field for UserChange {
                 name,
                 role: Role::take(r)?,
             },
+            7 => UserChange::SetApprovalKey {
+                name,
+                public_key: r.vec()?,
+            },
+            8 => UserChange::SetQuorum { m: r.u32()? },
             _ => return Err(WireError::Malformed("unknown user change")),
         })
     }
@@ -899,5 +919,27 @@ impl Field for AuditLog {
             records,
             checkpoints,
         })
+    }
+}
+
+/// A quorum approval: the token and each officer's signature.
+impl Field for Approval {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.bytes(&self.token)?;
+        w.len(self.signatures.len())?;
+        for (officer, sig) in &self.signatures {
+            officer.put(w)?;
+            w.bytes(sig)?;
+        }
+        Ok(())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        let token = r.vec()?;
+        let n = r.count(8)?;
+        let mut signatures = Vec::with_capacity(n);
+        for _ in 0..n {
+            signatures.push((String::take(r)?, r.vec()?));
+        }
+        Ok(Approval { token, signatures })
     }
 }

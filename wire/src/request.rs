@@ -14,7 +14,9 @@
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::backend::{audit, replication, users};
 use hsmpool_member::types::{Attr, Mechanism};
-use hsmpool_member::{Backend, MemberObject, MemberResult, MemberSession, Role, UserChange};
+use hsmpool_member::{
+    Approval, Backend, MemberObject, MemberResult, MemberSession, Role, UserChange,
+};
 use zeroize::Zeroizing;
 
 use crate::codec::{Field, InputKind, Reader, Secret, Writer};
@@ -404,11 +406,17 @@ macro_rules! request_table {
                     Request::ImportUser { session: s.0, blob: blob.to_vec() }
                 } Response::Ok => ();
             /// `change_user` → [`Response::Ok`] (a password travels as a [`Secret`]).
-            CHANGE_USER = 0x28, ChangeUser { session: u64, change: UserChange }
-                => serve |b| users(b)?.change_user(sess(session), &change).map(|()| Response::Ok),
-                client Users fn change_user(s: MemberSession, change: &UserChange) -> () {
-                    Request::ChangeUser { session: s.0, change: change.clone() }
+            CHANGE_USER = 0x28, ChangeUser { session: u64, change: UserChange, approval: Approval }
+                => serve |b| users(b)?.change_user(sess(session), &change, &approval).map(|()| Response::Ok),
+                client Users fn change_user(s: MemberSession, change: &UserChange, approval: &Approval) -> () {
+                    Request::ChangeUser { session: s.0, change: change.clone(), approval: approval.clone() }
                 } Response::Ok => ();
+            /// `quorum_token` → [`Response::Bytes`].
+            QUORUM_TOKEN = 0x2c, QuorumToken { session: u64, change: UserChange }
+                => serve |b| users(b)?.quorum_token(sess(session), &change).map(Response::Bytes),
+                client Users fn quorum_token(s: MemberSession, change: &UserChange) -> Vec<u8> {
+                    Request::QuorumToken { session: s.0, change: change.clone() }
+                } Response::Bytes(b) => b;
             /// `share_object` → [`Response::Ok`].
             SHARE_OBJECT = 0x29, ShareObject { session: u64, object: u64, user: String, share: bool }
                 => serve |b| users(b)?.share_object(sess(session), mo(object), &user, share).map(|()| Response::Ok),

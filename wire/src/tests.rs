@@ -309,8 +309,24 @@ fn sample_requests() -> Vec<Request> {
             name: "d".into(),
             role: Role::Officer,
         },
+        UserChange::SetApprovalKey {
+            name: "admin".into(),
+            public_key: vec![4; 65],
+        },
+        UserChange::SetQuorum { m: 2 },
     ] {
-        v.push(Request::ChangeUser { session: 2, change });
+        v.push(Request::QuorumToken {
+            session: 2,
+            change: change.clone(),
+        });
+        v.push(Request::ChangeUser {
+            session: 2,
+            change,
+            approval: hsmpool_member::Approval {
+                token: vec![1, 2, 3],
+                signatures: vec![("bob".into(), vec![4; 64]), ("carol".into(), vec![])],
+            },
+        });
     }
     // A Sign per mechanism parameter: every `MechParam` variant round-trips.
     for (i, p) in all_params().into_iter().enumerate() {
@@ -439,6 +455,7 @@ fn sample_responses() -> Vec<Response> {
         Response::Users(UserSet {
             epoch: 3,
             max_failures: 5,
+            quorum: 2,
             users: vec![
                 UserState {
                     name: "admin".into(),
@@ -448,6 +465,7 @@ fn sample_responses() -> Vec<Response> {
                     locked: false,
                     resets: 0,
                     failures: 2,
+                    approval_key: vec![4; 65],
                     digest: [0xd2; 32],
                 },
                 UserState {
@@ -458,6 +476,7 @@ fn sample_responses() -> Vec<Response> {
                     locked: true,
                     resets: u64::MAX,
                     failures: u32::MAX,
+                    approval_key: vec![],
                     digest: [0; 32],
                 },
             ],

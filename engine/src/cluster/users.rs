@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use hsmpool_member::backend::users;
-use hsmpool_member::{UserChange, UserSet};
+use hsmpool_member::{Approval, UserChange, UserSet};
 
 use super::{Cluster, Member, Route};
 use crate::backend::{MemberError, MemberSession};
@@ -31,6 +31,21 @@ impl Cluster {
     /// Whether member `i` keeps users.
     pub(crate) fn keeps_users(&self, i: usize) -> bool {
         self.members[i].backend.users().is_some()
+    }
+
+    /// A quorum token for `change`, made by an up member that keeps users once the up ones
+    /// are level (so the version it binds is the cluster's).
+    pub(crate) fn quorum_token(&self, change: &UserChange) -> Result<Vec<u8>> {
+        self.refuse_without_users("make a quorum token")?;
+        let keepers = self.user_keepers();
+        let _ = self.converge_users(&keepers);
+        let first = *self
+            .user_keepers()
+            .first()
+            .ok_or_else(|| Error::DeviceError("no member that keeps users is up".into()))?;
+        self.call(Route::Member(first), 2, |b, s| {
+            users(b)?.quorum_token(s, change)
+        })
     }
 
     /// `NotSupportedBy` naming the first member that keeps no users (a vendor's token), if
@@ -231,7 +246,11 @@ impl Cluster {
     /// level, so it is not behind), then carried to every other. It succeeds when every
     /// reachable member took it and at least `min_replicas` hold it; a member that missed it
     /// takes it when it is brought level. The application must be logged in as an officer.
-    pub(crate) fn user_change(&self, change: &UserChange) -> Result<UserChangeReport> {
+    pub(crate) fn user_change(
+        &self,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> Result<UserChangeReport> {
         self.refuse_without_users(&format!("{} a named user", change.verb()))?;
         let keepers = self.user_keepers();
         // A member that fails here is out of traffic now, and takes the change when it returns.
@@ -240,7 +259,9 @@ impl Cluster {
         let mut first = None;
         let mut last_err = None;
         for &i in &keepers {
-            match self.call(Route::Member(i), 2, |b, s| users(b)?.change_user(s, change)) {
+            match self.call(Route::Member(i), 2, |b, s| {
+                users(b)?.change_user(s, change, approval)
+            }) {
                 Ok(()) => {
                     first = Some(i);
                     break;

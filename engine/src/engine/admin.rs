@@ -3,7 +3,7 @@
 //! officer for a change.
 
 use hsmpool_member::backend::{audit, users};
-use hsmpool_member::{AuditLog, OwnedObject, UserChange, UserSet};
+use hsmpool_member::{Approval, AuditLog, OwnedObject, UserChange, UserSet};
 
 use super::lifecycle::Engine;
 use crate::cluster::{Route, UserChangeReport};
@@ -16,18 +16,37 @@ impl Engine {
     /// any member is asked when a member keeps no users (a vendor's token); a member that
     /// misses it takes it before it takes traffic again. Needs an officer login.
     pub fn change_user(&self, change: &UserChange) -> Result<UserChangeReport> {
+        self.change_user_approved(change, &Approval::default())
+    }
+
+    /// [`Engine::change_user`] with the officers' approvals a quorum-protected change needs
+    /// (`hsmpool_member::QuorumToken`).
+    pub fn change_user_approved(
+        &self,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> Result<UserChangeReport> {
         if self.login_state() != LoginState::So {
             return Err(Error::UserNotLoggedIn);
         }
-        let report = self.cluster.user_change(change)?;
+        let report = self.cluster.user_change(change, approval)?;
         // A deleted or locked user's objects are no longer anyone's to see through cached
         // finds made before.
         self.invalidate();
         Ok(report)
     }
 
+    /// A quorum token for `change` (the officers sign it; see `hsmpool_member::QuorumToken`).
+    /// Needs an officer login.
+    pub fn quorum_token(&self, change: &UserChange) -> Result<Vec<u8>> {
+        if self.login_state() != LoginState::So {
+            return Err(Error::UserNotLoggedIn);
+        }
+        self.cluster.quorum_token(change)
+    }
+
     /// The users (deleted ones left out), as the first up member that keeps users holds them,
-    /// with its lockout threshold. Needs a login.
+    /// with its lockout threshold and quorum. Needs a login.
     pub fn users(&self) -> Result<UserSet> {
         let (_, set) = self
             .member_users()?
@@ -35,7 +54,8 @@ impl Engine {
             .next()
             .ok_or_else(|| Error::DeviceError("no member that keeps users is up".into()))?;
         let mut set = set?;
-        set.users.retain(|u| !u.deleted);
+        // Records whose name has `:` are the cluster's (the quorum policy), not users.
+        set.users.retain(|u| !u.deleted && !u.name.starts_with(':'));
         Ok(set)
     }
 

@@ -104,6 +104,9 @@ struct User {
     hash: Zeroizing<Vec<u8>>,
     iterations: u32,
     meta: UserMeta,
+    /// Bound to the record by the store's seal and carried with it: an officer's quorum
+    /// approval key; the quorum policy in the `:quorum` record.
+    extra: Vec<u8>,
 }
 
 impl User {
@@ -115,7 +118,7 @@ impl User {
         r.extend_from_slice(&self.hash);
         r
     }
-    fn from_record(role: Role, rec: &[u8], meta: UserMeta) -> Option<User> {
+    fn from_record(role: Role, rec: &[u8], meta: UserMeta, extra: Vec<u8>) -> Option<User> {
         let iterations = u32::from_be_bytes(rec.get(..4)?.try_into().ok()?);
         let salt_len = *rec.get(4)? as usize;
         let salt = rec.get(5..5 + salt_len)?.to_vec();
@@ -126,6 +129,7 @@ impl User {
             hash,
             iterations,
             meta,
+            extra,
         })
     }
     /// Not a tombstone.

@@ -248,7 +248,9 @@ fn read_token_meta(store: &Store) -> SimResult<TokenMeta> {
 fn read_users(store: &Store, refused: &mut Refused) -> SimResult<HashMap<String, User>> {
     let mut users = HashMap::new();
     for u in store.load_users(refused)? {
-        match Role::from_code(u.role).and_then(|role| User::from_record(role, &u.record, u.meta)) {
+        match Role::from_code(u.role)
+            .and_then(|role| User::from_record(role, &u.record, u.meta, u.extra))
+        {
             Some(user) => {
                 users.insert(u.name, user);
             }

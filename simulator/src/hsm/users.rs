@@ -7,8 +7,10 @@ use aws_lc_rs::pbkdf2;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki_sys::*;
 use hsmpool_member::users::{
-    UserChange, UserSet, UserState, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_USER_EXISTS,
-    CKR_HSMPOOL_USER_NOT_FOUND, CKR_HSMPOOL_USER_OWNS_KEYS,
+    vendor_rv_name, Approval, QuorumToken, UserChange, UserSet, UserState,
+    CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
+    CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
+    CKR_HSMPOOL_USER_OWNS_KEYS, QUORUM_RECORD, QUORUM_TOKEN_TTL_MS,
 };
 use zeroize::Zeroizing;
 
@@ -36,6 +38,7 @@ impl User {
             hash,
             iterations: iters.get(),
             meta,
+            extra: Vec::new(),
         })
     }
     fn check(&self, pin: &[u8]) -> bool {
@@ -66,6 +69,7 @@ impl User {
                 resets: counters.0,
                 failures: counters.1,
             },
+            extra: Vec::new(),
         }
     }
 
@@ -80,6 +84,8 @@ impl User {
         r.push(u8::from(self.meta.locked));
         r.extend_from_slice(&self.meta.resets.to_be_bytes());
         r.extend_from_slice(&self.meta.failures.to_be_bytes());
+        r.extend_from_slice(&(self.extra.len() as u32).to_be_bytes());
+        r.extend_from_slice(&self.extra);
         r.extend_from_slice(&self.record());
         r
     }
@@ -93,6 +99,9 @@ impl User {
         let locked = *r.get(18)? == 1;
         let resets = u64::from_be_bytes(r.get(19..27)?.try_into().ok()?);
         let failures = u32::from_be_bytes(r.get(27..31)?.try_into().ok()?);
+        let extra_len = u32::from_be_bytes(r.get(31..35)?.try_into().ok()?) as usize;
+        let extra = r.get(35..35 + extra_len)?.to_vec();
+        let r = &r[35 + extra_len..];
         let meta = UserMeta {
             version,
             deleted,
@@ -103,17 +112,27 @@ impl User {
         let user = if deleted {
             User::tombstone(role, version, (resets, failures))
         } else {
-            User::from_record(role, r.get(31..)?, meta)?
+            User::from_record(role, r, meta, extra)?
         };
         Some((epoch, user))
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An outcome for the audit log: `ok`, or the code it was refused with.
 fn outcome<T>(r: &SimResult<T>) -> String {
     match r {
         Ok(_) => "ok".into(),
-        Err(SimError::Rv(rv)) => format!("refused: {rv:#x}"),
+        Err(SimError::Rv(rv)) => match vendor_rv_name(*rv) {
+            Some(name) => format!("refused: {name}"),
+            None => format!("refused: {rv:#x}"),
+        },
         Err(SimError::Store(_)) => "failed: store error".into(),
     }
 }
@@ -194,7 +213,7 @@ impl Hsm {
             .users
             .read()
             .get(name)
-            .filter(|u| u.role == role && u.live())
+            .filter(|u| u.role == role && u.live() && !name.starts_with(':'))
             .cloned();
         let Some(user) = found else {
             self.audit("login", name, role_name, "refused: no such user");
@@ -309,8 +328,13 @@ impl Hsm {
 
     /// Store a user record (store first), then show it.
     fn put(&self, name: &str, user: User) -> SimResult<()> {
-        self.store
-            .put_user(name, user.role.code(), &user.record(), &user.meta)?;
+        self.store.put_user(
+            name,
+            user.role.code(),
+            &user.record(),
+            &user.meta,
+            &user.extra,
+        )?;
         self.users.write().insert(name.to_string(), user);
         Ok(())
     }
@@ -346,7 +370,7 @@ impl Hsm {
             .users
             .read()
             .iter()
-            .filter(|(_, u)| u.live())
+            .filter(|(n, u)| u.live() && !n.starts_with(':'))
             .map(|(n, u)| (n.clone(), u.role, u.meta.failures))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -391,7 +415,7 @@ impl Hsm {
             return Ok(());
         };
         self.store
-            .put_user(name, new.role.code(), &new.record(), &new.meta)?;
+            .put_user(name, new.role.code(), &new.record(), &new.meta, &new.extra)?;
         // The store never lowers counters on a replace (another process may have counted):
         // memory takes what it holds.
         let mut new = new;
@@ -439,7 +463,18 @@ impl Hsm {
 
     /// The users capability: a crypto officer's change to one user.
     pub fn change_user(&self, sess: u64, change: &UserChange) -> SimResult<()> {
-        let done = self.change_user_record(sess, change);
+        self.change_user_approved(sess, change, &Approval::default())
+    }
+
+    /// The users capability: a crypto officer's change to one user, with the officers'
+    /// approvals a quorum-protected change needs (see `hsmpool_member::QuorumToken`).
+    pub fn change_user_approved(
+        &self,
+        sess: u64,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> SimResult<()> {
+        let done = self.change_user_record(sess, change, approval);
         let kind = match change {
             UserChange::Create { .. } => "user_create",
             UserChange::Password { .. } => "user_password",
@@ -447,12 +482,20 @@ impl Hsm {
             UserChange::Lock { .. } => "user_lock",
             UserChange::Unlock { .. } => "user_unlock",
             UserChange::SetRole { .. } => "user_role",
+            UserChange::SetApprovalKey { .. } => "approval_key",
+            UserChange::SetQuorum { .. } => "quorum_set",
         };
-        let detail = match (change, &done) {
-            (UserChange::Delete { force: true, .. }, Ok(())) => "ok (forced)".to_string(),
-            (UserChange::SetRole { role, .. }, Ok(())) => format!("ok: now {role:?}"),
+        let mut detail = match (change, &done) {
+            (UserChange::Delete { force: true, .. }, Ok(_)) => "ok (forced)".to_string(),
+            (UserChange::SetRole { role, .. }, Ok(_)) => format!("ok: now {role:?}"),
+            (UserChange::SetQuorum { m }, Ok(_)) => format!("ok: {m} approvals from now on"),
             _ => outcome(&done),
         };
+        if let Ok(approvers) = &done {
+            if !approvers.is_empty() {
+                detail.push_str(&format!(" (approved by {})", approvers.join(", ")));
+            }
+        }
         self.audit(kind, &self.actor(sess), change.name(), &detail);
         done?;
         if matches!(change, UserChange::Delete { .. }) {
@@ -482,7 +525,131 @@ impl Hsm {
         Ok(())
     }
 
-    fn change_user_record(&self, sess: u64, change: &UserChange) -> SimResult<()> {
+    /// The approvals a quorum-protected change needs now (1: none).
+    fn quorum_m(&self) -> u32 {
+        self.users
+            .read()
+            .get(QUORUM_RECORD)
+            .filter(|q| q.live())
+            .and_then(|q| q.extra.as_slice().try_into().ok())
+            .map_or(1, u32::from_be_bytes)
+            .max(1)
+    }
+
+    /// Whether the quorum policy protects `change` made by officer `me`: creating and
+    /// deleting users, another user's password, roles, and the policy itself.
+    fn quorum_protects(change: &UserChange, me: &str) -> bool {
+        match change {
+            UserChange::Create { .. }
+            | UserChange::Delete { .. }
+            | UserChange::SetRole { .. }
+            | UserChange::SetQuorum { .. } => true,
+            UserChange::Password { name, .. } => name != me,
+            _ => false,
+        }
+    }
+
+    /// The officers whose valid signatures `approval` carries for `change`, when at least
+    /// `m` distinct ones do and its token is for this change, unused and unexpired.
+    fn check_quorum(
+        &self,
+        change: &UserChange,
+        approval: &Approval,
+        m: u32,
+    ) -> SimResult<Vec<String>> {
+        let token = QuorumToken::decode(&approval.token)
+            .ok_or(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED))?;
+        if token.change != change.code()
+            || token.name != change.name()
+            || token.params != change.params()
+        {
+            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_INVALID));
+        }
+        let users = self.users.read();
+        let current = users.get(change.name()).map_or(0, |u| u.meta.version);
+        if token.target_version != current {
+            // The change it was made for happened already (or another one did).
+            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_INVALID));
+        }
+        let now = now_ms();
+        let skew = 60_000;
+        if now > token.expires_ms
+            || token.expires_ms.saturating_sub(token.issued_ms) > QUORUM_TOKEN_TTL_MS
+            || token.issued_ms > now + skew
+        {
+            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED));
+        }
+        let mut approvers: Vec<String> = Vec::new();
+        for (officer, sig) in &approval.signatures {
+            if approvers.contains(officer) {
+                continue;
+            }
+            let Some(o) = users
+                .get(officer)
+                .filter(|o| o.live() && o.role == Role::Officer && !o.meta.locked)
+            else {
+                continue;
+            };
+            if o.extra.is_empty() || officer.starts_with(':') {
+                continue;
+            }
+            let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                &o.extra,
+            );
+            if key.verify(&approval.token, sig).is_ok() {
+                approvers.push(officer.clone());
+            }
+        }
+        if approvers.len() < m as usize {
+            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED));
+        }
+        approvers.sort();
+        Ok(approvers)
+    }
+
+    /// The users capability: a quorum token for `change` (an officer's session).
+    pub fn quorum_token(&self, sess: u64, change: &UserChange) -> SimResult<Vec<u8>> {
+        self.fault_check()?; // fault hook
+        self.catch_up();
+        match self.login_of(sess)? {
+            Some((Role::Officer, _)) => {}
+            _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
+        }
+        let mut nonce = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+        let issued_ms = now_ms();
+        let token = QuorumToken {
+            change: change.code(),
+            name: change.name().to_string(),
+            params: change.params(),
+            target_version: self
+                .users
+                .read()
+                .get(change.name())
+                .map_or(0, |u| u.meta.version),
+            issued_ms,
+            expires_ms: issued_ms + QUORUM_TOKEN_TTL_MS,
+            nonce,
+        };
+        self.audit(
+            "quorum_token",
+            &self.actor(sess),
+            change.name(),
+            &format!("for: {}", change.verb()),
+        );
+        Ok(token.encode())
+    }
+
+    /// Make `change`; with quorum, the officers who approved it.
+    fn change_user_record(
+        &self,
+        sess: u64,
+        change: &UserChange,
+        approval: &Approval,
+    ) -> SimResult<Vec<String>> {
         self.fault_check()?; // fault hook
         self.catch_up();
         let me = match self.login_of(sess)? {
@@ -490,9 +657,33 @@ impl Hsm {
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         };
         let name = change.name();
-        if !valid_name(name) {
+        if !valid_name(name) && name != QUORUM_RECORD {
             return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
         }
+        let m = self.quorum_m();
+        let approved = if m > 1 && Self::quorum_protects(change, &me) {
+            let who = self.check_quorum(change, approval, m)?;
+            Some(who)
+        } else {
+            None
+        };
+        // With a quorum, the record must still be the version the token was made for when
+        // the change is made (checked again under the users lock).
+        let expect = approved
+            .as_ref()
+            .and_then(|_| QuorumToken::decode(&approval.token).map(|t| t.target_version));
+        let officers_with_keys = self
+            .users
+            .read()
+            .iter()
+            .filter(|(n, u)| {
+                !n.starts_with(':')
+                    && u.live()
+                    && u.role == Role::Officer
+                    && !u.meta.locked
+                    && !u.extra.is_empty()
+            })
+            .count() as u32;
         // Hash outside the users lock (PBKDF2 is slow on purpose).
         let fresh = match change {
             UserChange::Create { role, password, .. } => {
@@ -519,21 +710,60 @@ impl Hsm {
             .users
             .read()
             .iter()
-            .filter(|(_, u)| u.live() && u.role == Role::Officer && !u.meta.locked)
+            .filter(|(n, u)| {
+                !n.starts_with(':') && u.live() && u.role == Role::Officer && !u.meta.locked
+            })
             .count();
         self.replace(name, |old| {
+            if expect.is_some_and(|v| v != old.map_or(0, |o| o.meta.version)) {
+                return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_INVALID));
+            }
             let live = old.filter(|u| u.live());
             let next = old.map_or(1, |o| o.meta.version + 1);
             // An officer's own account, or the last usable officer, is never removed, locked
-            // or demoted: the cluster would lose its administration.
+            // or demoted: the cluster would lose its administration; nor one whose approval
+            // the quorum needs (fewer officers with approval keys than M would remain).
             let keeps_officer = |u: &User| {
-                if u.role == Role::Officer && (name == me || officers <= 1) {
+                let needed = u.role == Role::Officer
+                    && !u.extra.is_empty()
+                    && officers_with_keys <= m
+                    && m > 1;
+                if u.role == Role::Officer && (name == me || officers <= 1 || needed) {
                     Err(SimError::Rv(CKR_HSMPOOL_LAST_OFFICER))
                 } else {
                     Ok(())
                 }
             };
             match (change, live, fresh) {
+                (UserChange::SetQuorum { m: new_m }, _, _) => {
+                    if *new_m == 0 {
+                        return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
+                    }
+                    // A quorum no set of officers can meet locks the cluster out of its
+                    // own administration.
+                    if *new_m > 1 && *new_m > officers_with_keys {
+                        return Err(SimError::Rv(CKR_HSMPOOL_LAST_OFFICER));
+                    }
+                    let mut q = User::tombstone(Role::Officer, next, (0, 0));
+                    q.meta.deleted = false;
+                    q.extra = new_m.to_be_bytes().to_vec();
+                    Ok(q)
+                }
+                (UserChange::SetApprovalKey { public_key, .. }, Some(o), _) => {
+                    if name != me {
+                        return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
+                    }
+                    if !(public_key.is_empty() || (public_key.len() == 65 && public_key[0] == 4)) {
+                        return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
+                    }
+                    if public_key.is_empty() && officers_with_keys <= m && m > 1 {
+                        return Err(SimError::Rv(CKR_HSMPOOL_LAST_OFFICER));
+                    }
+                    let mut u = o.clone();
+                    u.extra = public_key.clone();
+                    u.meta.version = next;
+                    Ok(u)
+                }
                 (UserChange::Create { .. }, Some(_), _) => {
                     Err(SimError::Rv(CKR_HSMPOOL_USER_EXISTS))
                 }
@@ -595,7 +825,8 @@ impl Hsm {
                 }
                 _ => Err(SimError::Rv(CKR_GENERAL_ERROR)),
             }
-        })
+        })?;
+        Ok(approved.unwrap_or_default())
     }
 
     fn user_state(&self, name: &str, u: &User) -> SimResult<UserState> {
@@ -610,7 +841,7 @@ impl Hsm {
             ][..],
         ]
         .concat();
-        let parts: [&[u8]; 3] = [name.as_bytes(), &meta, &record];
+        let parts: [&[u8]; 4] = [name.as_bytes(), &meta, &record, &u.extra];
         let digest = match key {
             Some(k) => k.digest_bytes(USER_DIGEST, &parts),
             None => {
@@ -634,6 +865,11 @@ impl Hsm {
             locked: u.meta.locked,
             resets: u.meta.resets,
             failures: u.meta.failures,
+            approval_key: if name.starts_with(':') {
+                Vec::new()
+            } else {
+                u.extra.clone()
+            },
             digest,
         })
     }
@@ -671,6 +907,7 @@ impl Hsm {
         Ok(UserSet {
             epoch: self.token.read().epoch,
             max_failures: self.cfg.max_login_failures,
+            quorum: self.quorum_m(),
             users: states,
         })
     }
@@ -706,7 +943,7 @@ impl Hsm {
         })?;
         let (epoch, theirs) =
             User::from_clone_record(&plain).ok_or(SimError::Rv(CKR_WRAPPED_KEY_INVALID))?;
-        if !valid_name(&name) {
+        if !valid_name(&name) && name != QUORUM_RECORD {
             return Err(SimError::Rv(CKR_WRAPPED_KEY_INVALID));
         }
         let mine = self.token.read().epoch;
