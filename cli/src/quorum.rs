@@ -183,15 +183,19 @@ fn pkcs8(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     Ok(Zeroizing::new(p.into_contents()))
 }
 
+/// The ECDSA P-256 key pair of a PKCS #8 PEM file.
+fn file_key(f: &Path) -> Result<EcdsaKeyPair, String> {
+    let doc = pkcs8(f)?;
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &doc)
+        .map_err(|e| format!("{}: not an ECDSA P-256 PKCS #8 key ({e})", f.display()))
+}
+
 impl KeySource {
     /// The public key (an uncompressed P-256 point).
     fn public_key(&self) -> Result<Vec<u8>, String> {
         match (&self.key, &self.pkcs11_module) {
             (Some(f), None) => {
-                let doc = pkcs8(f)?;
-                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &doc).map_err(
-                    |e| format!("{}: not an ECDSA P-256 PKCS #8 key ({e})", f.display()),
-                )?;
+                let kp = file_key(f)?;
                 Ok(kp.public_key().as_ref().to_vec())
             }
             (None, Some(m)) => p11::public_key(m, self),
@@ -203,10 +207,7 @@ impl KeySource {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
         match (&self.key, &self.pkcs11_module) {
             (Some(f), None) => {
-                let doc = pkcs8(f)?;
-                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &doc).map_err(
-                    |e| format!("{}: not an ECDSA P-256 PKCS #8 key ({e})", f.display()),
-                )?;
+                let kp = file_key(f)?;
                 let sig = kp
                     .sign(&SystemRandom::new(), msg)
                     .map_err(|_| "signing failed".to_string())?;
