@@ -116,7 +116,7 @@ fn fingerprint(key: &[u8]) -> String {
 }
 
 /// A whole log (every page) of one member.
-fn whole_log(engine: &Engine, member: usize, from: u64) -> Result<AuditLog, String> {
+pub(crate) fn whole_log(engine: &Engine, member: usize, from: u64) -> Result<AuditLog, String> {
     let mut all = AuditLog::default();
     let mut next = from.max(1);
     loop {
@@ -292,7 +292,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         return Ok(report_verify(results, *json));
     }
     let pin = secret("HSMPOOL_SO_PIN")?;
-    let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
+    let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };

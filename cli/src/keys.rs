@@ -165,7 +165,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
     match cli.cmd {
         KeyCmd::List { owner, json } => {
             let pin = secret("HSMPOOL_SO_PIN")?;
-            let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
+            let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
                 Ok(x) => x,
                 Err(e) => return Ok(failed(&e)),
             };
@@ -185,7 +185,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
 
 fn share(data: Option<PathBuf>, key: &str, with: &str, on: bool) -> Result<ExitCode, String> {
     let pin = secret("HSMPOOL_PIN")?;
-    let (engine, s) = match open_cluster(data, &pin, CKU_USER) {
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };

@@ -13,6 +13,7 @@ use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
 mod audit;
+mod check;
 mod keys;
 mod quorum;
 mod sim;
@@ -41,11 +42,12 @@ fn usage() -> String {
         .replace(
             "{user}",
             &format!(
-                "{}{}{}{}",
+                "{}{}{}{}{}",
                 users::USAGE,
                 keys::USAGE,
                 audit::USAGE,
-                quorum::USAGE
+                quorum::USAGE,
+                check::USAGE
             ),
         )
 }
@@ -179,7 +181,11 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         data = Some(PathBuf::from(args.remove(i + 1)));
         args.remove(i);
     }
-    // The user, key and audit commands parse their own arguments (and their own --help).
+    // The user, key, audit, quorum and cluster check commands parse their own arguments (and
+    // their own --help).
+    if args.len() >= 2 && args[0] == "cluster" && args[1] == "check" {
+        return check::run(&args[2..], data);
+    }
     if args.first().is_some_and(|a| a == "user") {
         return users::run(&args[1..], data);
     }

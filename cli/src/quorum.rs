@@ -434,7 +434,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             };
             let pin = secret("HSMPOOL_SO_PIN")?;
             let me = officer_of(&pin);
-            let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
+            let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
                 Ok(x) => x,
                 Err(e) => return Ok(failed(&e)),
             };
@@ -459,7 +459,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             approvals,
         } => {
             let pin = secret("HSMPOOL_SO_PIN")?;
-            let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
+            let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
                 Ok(x) => x,
                 Err(e) => return Ok(failed(&e)),
             };
@@ -498,7 +498,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         QuorumCmd::TokenGen { out, change } => {
             let change = change_of(&change)?;
             let pin = secret("HSMPOOL_SO_PIN")?;
-            let (engine, _) = match open_cluster(data, &pin, CKU_SO) {
+            let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
                 Ok(x) => x,
                 Err(e) => return Ok(failed(&e)),
             };

@@ -198,6 +198,7 @@ pub(crate) fn open_cluster(
     data: Option<PathBuf>,
     pin: &[u8],
     user_type: CK_USER_TYPE,
+    level: bool,
 ) -> Result<(Engine, hsmpool_engine::types::SessionHandle), String> {
     let cfg = match data {
         Some(dir) => Config::parse(
@@ -211,6 +212,7 @@ pub(crate) fn open_cluster(
     }
     .map_err(|e| e.to_string())?;
     let engine = Engine::new(cfg).map_err(|e| format!("opening the cluster: {e}"))?;
+    engine.set_level_at_login(level);
     let s = engine
         .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
         .map_err(|e| format!("opening a session: {e}"))?;
@@ -257,7 +259,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         Err(code) => return Ok(code),
     };
     let so_pin = secret("HSMPOOL_SO_PIN")?;
-    let (engine, _s) = match open_cluster(data, &so_pin, CKU_SO) {
+    let (engine, _s) = match open_cluster(data, &so_pin, CKU_SO, true) {
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };

@@ -79,7 +79,7 @@ pub use hsmpool_member::{ck, mechanism};
 
 pub use engine::{
     after_fork_in_child, after_fork_in_parent, before_fork, engine, finalize, initialize, Engine,
-    EngineRef, InitArgs,
+    EngineRef, InitArgs, ObjectDigests,
 };
 pub use error::{Error, Result};
 pub use hsmpool_member::types::{

@@ -1399,3 +1399,65 @@ fn in_process_the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token() {
 fn daemons_the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token() {
     the_tool_runs_a_quorum_with_keys_in_files_and_on_a_token(&Setup::daemons());
 }
+
+/// `hsmpool cluster check`: a member that missed a user and a key while down, with no
+/// application running when it came back, is reported by --dry-run (which changes nothing),
+/// then brought level.
+fn cluster_check_finds_drift_and_repairs_it(setup: &mut Setup) {
+    let name = setup.name();
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    {
+        let (e, so) = officer(setup);
+        setup.down(2);
+        e.change_user(&create("gail", Role::User, "gail-pw-1"))
+            .unwrap();
+        e.logout(so).unwrap();
+        let (_, s) = user_login(&e, "gail:gail-pw-1");
+        aes_key(&e, s, b"gail-key", false);
+        e.logout(s).unwrap();
+    }
+    // Back, with no application to bring it level.
+    setup.up(2);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = tool(setup, &["cluster", "check", "--dry-run"], so_pin, None);
+    assert_eq!(code, 1, "{name}: {out}{err}");
+    assert!(out.contains("users: member 2: lacks user gail"), "{out}");
+    assert!(
+        out.contains("objects: member 2: lacks 1 token object(s)"),
+        "{out}"
+    );
+    assert!(out.contains("--dry-run: nothing changed"), "{out}");
+    let (code, out, _) = tool(
+        setup,
+        &["cluster", "check", "--dry-run", "--json"],
+        so_pin,
+        None,
+    );
+    assert_eq!(code, 1, "still there: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clean"], false);
+    assert!(v["drift"].as_array().unwrap().len() >= 2, "{out}");
+    let (code, out, err) = tool(setup, &["cluster", "check"], so_pin, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("repaired:") && out.contains("clean: the members agree"),
+        "{out}"
+    );
+    let (code, out, _) = tool(setup, &["cluster", "check", "--dry-run"], so_pin, None);
+    assert_eq!(code, 0, "{out}");
+    // Member 2 alone now knows gail and her key.
+    let alone = setup.engine(&[2]);
+    let (r, s) = user_login(&alone, "gail:gail-pw-1");
+    assert_eq!(r, CKR_OK);
+    assert_eq!(labelled(&alone, s, b"gail-key"), 1);
+}
+
+#[test]
+fn in_process_cluster_check_finds_drift_and_repairs_it() {
+    cluster_check_finds_drift_and_repairs_it(&mut Setup::in_process());
+}
+
+#[test]
+fn daemons_cluster_check_finds_drift_and_repairs_it() {
+    cluster_check_finds_drift_and_repairs_it(&mut Setup::daemons());
+}

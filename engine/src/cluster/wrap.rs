@@ -350,7 +350,7 @@ impl Cluster {
     }
 
     /// (id, digest) of every token object member `m` holds.
-    pub(super) fn object_digests(&self, m: usize) -> Result<Vec<(MemberObject, [u8; 32])>> {
+    pub(crate) fn object_digests(&self, m: usize) -> Result<Vec<(MemberObject, [u8; 32])>> {
         if self.copy_path == CopyPath::Clone {
             return self.call(Route::Member(m), 5, |b, s| {
                 replication(b)?.object_digests(s)

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::state::LoginState;
 use crate::types::{ObjectHandle, SessionHandle};
 
+/// A member's token objects as (object id, digest), by id.
+pub type ObjectDigests = Vec<(u64, [u8; 32])>;
+
 impl Engine {
     /// A crypto officer's change to one user, made as one on every member: refused before
     /// any member is asked when a member keeps no users (a vendor's token); a member that
@@ -62,6 +65,18 @@ impl Engine {
     /// Each up member's users as it holds them, without bringing them level first (what
     /// `hsmpool cluster check` compares): the member's index and its answer. Needs a login.
     pub fn member_users(&self) -> Result<Vec<(usize, Result<UserSet>)>> {
+        self.each_up_member(|i| {
+            self.cluster
+                .keeps_users(i)
+                .then(|| self.cluster.user_set(i))
+        })
+    }
+
+    /// `f` of each up member (`None`: that member is left out), with its index. Needs a login.
+    fn each_up_member<T>(
+        &self,
+        f: impl Fn(usize) -> Option<Result<T>>,
+    ) -> Result<Vec<(usize, Result<T>)>> {
         if self.login_state() == LoginState::Public {
             return Err(Error::UserNotLoggedIn);
         }
@@ -69,8 +84,8 @@ impl Engine {
             .cluster
             .status()
             .iter()
-            .filter(|m| m.health == crate::cluster::Health::Up && self.cluster.keeps_users(m.index))
-            .map(|m| (m.index, self.cluster.user_set(m.index)))
+            .filter(|m| m.health == crate::cluster::Health::Up)
+            .filter_map(|m| f(m.index).map(|r| (m.index, r)))
             .collect())
     }
 
@@ -150,5 +165,33 @@ impl Engine {
         self.cluster.call(Route::Member(member), 2, |b, s| {
             audit(b)?.audit_log(s, from, limit)
         })
+    }
+
+    /// Whether a login brings the up members level (on by default). `hsmpool cluster check
+    /// --dry-run` turns it off before logging in, to see the drift it reports.
+    pub fn set_level_at_login(&self, on: bool) {
+        self.level_at_login
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Each up member's token objects as (object id, digest), by id: what `hsmpool cluster
+    /// check` compares. Needs a login.
+    pub fn member_objects(&self) -> Result<Vec<(usize, Result<ObjectDigests>)>> {
+        self.each_up_member(|i| {
+            let d = self.cluster.object_digests(i);
+            Some(d.map(|v| v.into_iter().map(|(o, d)| (o.0, d)).collect()))
+        })
+    }
+
+    /// Bring the up members level now, as a login does: users (newest record wins), then
+    /// token objects (each member takes what another holds and it lacks). How many records and
+    /// objects moved.
+    pub fn level_now(&self) -> Result<usize> {
+        if self.login_state() == LoginState::Public {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let n = self.cluster.level_all();
+        self.invalidate();
+        Ok(n)
     }
 }

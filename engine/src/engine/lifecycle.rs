@@ -81,6 +81,9 @@ pub struct Engine {
     /// How long a cached find may be served (other processes and applications may change the
     /// token too; changes through this engine invalidate at once).
     pub(super) find_ttl: std::time::Duration,
+    /// Whether a login brings the up members level (users, then token objects); off only for
+    /// `hsmpool cluster check --dry-run`, which must see the drift it reports.
+    pub(super) level_at_login: std::sync::atomic::AtomicBool,
     /// Key checks of `*Init` answered without a round trip: (object, usage, mechanism) → meta.
     pub(super) key_cache:
         DashMap<(MemberObject, CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE), (u64, KeyMeta), IdHash>,
@@ -301,6 +304,7 @@ impl Engine {
             generation: AtomicU64::new(0),
             find_cache: DashMap::new(),
             find_ttl,
+            level_at_login: std::sync::atomic::AtomicBool::new(true),
             key_cache: DashMap::with_hasher(IdHash),
             compat,
             mechanisms,

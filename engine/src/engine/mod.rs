@@ -37,6 +37,7 @@ mod objects;
 mod sessions;
 mod token;
 
+pub use admin::ObjectDigests;
 pub use lifecycle::{
     after_fork_in_child, after_fork_in_parent, before_fork, engine, finalize, initialize, Engine,
     EngineRef, InitArgs,

@@ -170,7 +170,10 @@ impl Engine {
                 login.set(wanted);
                 self.invalidate();
                 tracing::info!(user_type, "application logged in");
-                if self.cluster.members.len() > 1 {
+                let level = self
+                    .level_at_login
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if self.cluster.members.len() > 1 && level {
                     let n = self.cluster.level_all();
                     if n > 0 {
                         tracing::info!(objects = n, "members brought level at login");
