@@ -284,19 +284,29 @@ fn five_wrong_pins_over_members_and_processes_lock_everywhere(setup: &Setup) {
         .unwrap();
     admin.logout(so).unwrap();
     // Two applications that see the members in different orders, so their logins are
-    // checked first by different members.
+    // checked first by different members, and a third in another process.
     let p1 = setup.engine(&[0, 1, 2]);
     let p2 = setup.engine(&[2, 1, 0]);
     let default_pin = std::str::from_utf8(PIN).unwrap();
     let flags = |i: usize| setup.engine(&[i]).token_info(SLOT).unwrap().flags;
     for n in 1..=5 {
-        let p = if n % 2 == 1 { &p1 } else { &p2 };
-        assert_eq!(user_login(p, "wrong-pin-1").0, CKR_PIN_INCORRECT, "try {n}");
-        assert_eq!(
-            user_login(p, "dave:wrong-pw").0,
-            CKR_PIN_INCORRECT,
-            "try {n}"
-        );
+        if n == 3 {
+            // A third application, in a process of its own: the tool, logging in as a user.
+            for pin in ["wrong-pin-1", "dave:wrong-pw"] {
+                let share = ["key", "share", "k", "--with", "x"];
+                let (code, _, err) = tool_env(setup, &share, &[("HSMPOOL_PIN", pin)]);
+                assert_eq!(code, 1);
+                assert!(err.contains("HSMPOOL_PIN is wrong"), "{err}");
+            }
+        } else {
+            let p = if n % 2 == 1 { &p1 } else { &p2 };
+            assert_eq!(user_login(p, "wrong-pin-1").0, CKR_PIN_INCORRECT, "try {n}");
+            assert_eq!(
+                user_login(p, "dave:wrong-pw").0,
+                CKR_PIN_INCORRECT,
+                "try {n}"
+            );
+        }
         // Every member tells the same truth about the default user's PIN.
         for i in 0..3 {
             let f = flags(i);

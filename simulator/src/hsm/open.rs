@@ -191,6 +191,8 @@ impl Hsm {
     pub fn token_status(&self) -> TokenStatus {
         // fault hook: hold and delay apply; this cannot return an injected error.
         let _ = self.fault_check();
+        // Failed logins counted by another process sharing the store show in the flags.
+        self.catch_up();
         let t = self.token.read();
         let users = self.users.read();
         // A user an officer locked shows as locked (all its tries used).
