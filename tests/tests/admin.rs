@@ -1129,6 +1129,28 @@ fn a_quorum_protects_user_deletion(setup: &Setup) {
         rv(admin.change_user_approved(&delete, &forged)),
         CKR_HSMPOOL_QUORUM_REQUIRED
     );
+    // One signature under two names counts once, and an officer cannot register another's key.
+    let e = setup.engine(&[0, 1, 2]);
+    let s = e
+        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, CKU_SO, b"dave:dave-pw-1", None).unwrap();
+    assert_eq!(
+        rv(e.change_user(&UserChange::SetApprovalKey {
+            name: "dave".into(),
+            public_key: key("bob").public_key().as_ref().to_vec(),
+        })),
+        CKR_ACTION_PROHIBITED
+    );
+    let bob_sig = signed("bob", key("bob"), &token).1;
+    let same = with(
+        vec![("bob".into(), bob_sig.clone()), ("dave".into(), bob_sig)],
+        &token,
+    );
+    assert_eq!(
+        rv(admin.change_user_approved(&delete, &same)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
     // An expired token (made twenty minutes ago, lived ten), signed by two officers.
     let mut old = QuorumToken::decode(&token).unwrap();
     old.issued_ms -= 20 * 60 * 1000;

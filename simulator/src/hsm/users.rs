@@ -579,7 +579,10 @@ impl Hsm {
         {
             return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED));
         }
+        // Distinct officers, and distinct keys: one signature presented under two names
+        // (an officer that registered another's public key) counts once.
         let mut approvers: Vec<String> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
         for (officer, sig) in &approval.signatures {
             if approvers.contains(officer) {
                 continue;
@@ -590,7 +593,8 @@ impl Hsm {
             else {
                 continue;
             };
-            if o.extra.is_empty() || officer.starts_with(':') {
+            if o.extra.is_empty() || officer.starts_with(':') || keys.contains(&o.extra.as_slice())
+            {
                 continue;
             }
             let key = aws_lc_rs::signature::UnparsedPublicKey::new(
@@ -599,6 +603,7 @@ impl Hsm {
             );
             if key.verify(&approval.token, sig).is_ok() {
                 approvers.push(officer.clone());
+                keys.push(&o.extra);
             }
         }
         if approvers.len() < m as usize {
@@ -672,6 +677,14 @@ impl Hsm {
         let expect = approved
             .as_ref()
             .and_then(|_| QuorumToken::decode(&approval.token).map(|t| t.target_version));
+        let others_keys: Vec<Vec<u8>> = self
+            .users
+            .read()
+            .iter()
+            .filter(|(n, u)| n.as_str() != name && u.live() && !u.extra.is_empty())
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(_, u)| u.extra.clone())
+            .collect();
         let officers_with_keys = self
             .users
             .read()
@@ -758,6 +771,10 @@ impl Hsm {
                     }
                     if public_key.is_empty() && officers_with_keys <= m && m > 1 {
                         return Err(SimError::Rv(CKR_HSMPOOL_LAST_OFFICER));
+                    }
+                    // Another officer's key is not a second approval.
+                    if !public_key.is_empty() && others_keys.contains(public_key) {
+                        return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
                     }
                     let mut u = o.clone();
                     u.extra = public_key.clone();
