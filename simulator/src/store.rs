@@ -576,6 +576,44 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        let seq = self.append_in(&tx, e, sign)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(seq)
+    }
+
+    /// Insert or replace a token object and append the audit event that says so, in one
+    /// immediate transaction: the row and its record are written together or not at all, with
+    /// one commit (a create is one write, not two).
+    pub fn put_object_audited(
+        &self,
+        id: u64,
+        owner: Option<&str>,
+        attrs: &[u8],
+        secret: &[u8],
+        e: &AuditEvent<'_>,
+        sign: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> SimResult<()> {
+        let sealed = self.master.seal(&object_aad(id, owner, attrs), secret)?;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO objects (id, owner, attrs, sealed) VALUES (?1, ?2, ?3, ?4)",
+            params![id as i64, owner, attrs, sealed],
+        )
+        .map_err(|e| self.err(e))?;
+        self.append_in(&tx, e, sign)?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Append one audit record inside `tx` (see [`Store::append_audit`]); its number.
+    fn append_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        e: &AuditEvent<'_>,
+        sign: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> SimResult<u64> {
         let (last, prev): (u64, [u8; 32]) = tx
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -619,7 +657,6 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(rec.seq)
     }
 

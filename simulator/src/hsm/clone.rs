@@ -74,18 +74,12 @@ impl Hsm {
             }
         }
         let obj = Arc::new(rv(self.revive(rec.id, rec.owner, &rec.attrs, &rec.secret))?);
-        self.persist(&obj)?;
+        let detail = "copied from another member of the cluster";
+        self.persist_audited(&obj, "key_replicated", &self.actor(sess), detail)?;
         if let Some((_, old)) = self.objects.remove(&obj.id) {
             self.unindex(&old);
         }
         self.insert(obj);
-        let detail = "copied from another member of the cluster";
-        self.audit(
-            "key_replicated",
-            &self.actor(sess),
-            &format!("{:016x}", rec.id),
-            detail,
-        );
         Ok(rec.id)
     }
 

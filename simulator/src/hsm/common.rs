@@ -87,11 +87,8 @@ impl Hsm {
     /// Append a management event to the audit log (see `hsmpool_member::audit`). The event
     /// has happened: a log that cannot be written is an error in the log, not a failure of it.
     pub(super) fn audit(&self, kind: &str, actor: &str, subject: &str, detail: &str) {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let event = AuditEvent {
-            at_ms,
+            at_ms: now_ms(),
             kind,
             actor,
             subject,
@@ -101,6 +98,42 @@ impl Hsm {
         if let Err(e) = self.store.append_audit(&event, &sign) {
             tracing::error!(store = %self.store.path().display(), kind, "audit record not written: {e}");
         }
+    }
+
+    /// Store token object `obj` and its audit record together (one transaction): `kind` on
+    /// `subject` by `actor`. Nothing for a session object.
+    pub(super) fn persist_audited(
+        &self,
+        obj: &Object,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) -> SimResult<()> {
+        if !obj.token {
+            return Ok(());
+        }
+        let secret = obj
+            .key
+            .as_ref()
+            .map(|k| k.material().to_bytes())
+            .unwrap_or_default();
+        let subject = format!("{:016x}", obj.id);
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            kind,
+            actor,
+            subject: &subject,
+            detail,
+        };
+        let sign = |m: &[u8]| self.audit_key.sign(m).as_ref().to_vec();
+        self.store.put_object_audited(
+            obj.id,
+            obj.owner.as_deref(),
+            &object::encode_attrs(&obj.attrs),
+            &secret,
+            &event,
+            &sign,
+        )
     }
 
     /// Who is logged in on `sess`, for the audit log (`-` when no one).
@@ -234,6 +267,13 @@ impl Hsm {
             self.objects.remove(&o.id);
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (the audit log's clock).
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(super) fn rv<T>(r: Result<T, CK_RV>) -> SimResult<T> {

@@ -131,21 +131,19 @@ impl Hsm {
             attrs,
             key,
         });
-        self.persist(&obj)?;
+        let label = obj
+            .attrs
+            .get(&CKA_LABEL)
+            .map(|l| String::from_utf8_lossy(l).into_owned());
+        let detail = format!(
+            "class {:#x} label {:?}",
+            obj.class,
+            label.unwrap_or_default()
+        );
+        let actor = login.as_ref().map_or("-", |(_, n)| n.as_str());
+        // The row and its audit record in one transaction (one commit per create).
+        self.persist_audited(&obj, "key_create", actor, &detail)?;
         self.insert(obj.clone());
-        if obj.token {
-            let label = obj
-                .attrs
-                .get(&CKA_LABEL)
-                .map(|l| String::from_utf8_lossy(l).into_owned());
-            let detail = format!(
-                "class {:#x} label {:?}",
-                obj.class,
-                label.unwrap_or_default()
-            );
-            let actor = login.as_ref().map_or("-", |(_, n)| n.as_str());
-            self.audit("key_create", actor, &format!("{:016x}", obj.id), &detail);
-        }
         Ok(obj)
     }
 

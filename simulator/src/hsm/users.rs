@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use crate::error::{SimError, SimResult};
 use crate::store::UserMeta;
 
+use super::common::now_ms;
 use super::{Hsm, Role, User, DEFAULT_SO, DEFAULT_USER, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// The digest domain of user records.
@@ -116,13 +117,6 @@ impl User {
         };
         Some((epoch, user))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An outcome for the audit log: `ok`, or the code it was refused with.
