@@ -309,6 +309,14 @@ pub struct Object {
 }
 
 impl Object {
+    /// Its key material as stored and cloned (empty for an object without one).
+    pub fn material_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.key
+            .as_ref()
+            .map(|k| k.material().to_bytes())
+            .unwrap_or_default()
+    }
+
     /// A boolean attribute (false when absent).
     pub fn flag(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
         self.attrs

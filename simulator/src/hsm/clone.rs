@@ -48,11 +48,7 @@ impl Hsm {
             id: obj.id,
             owner: obj.owner.clone(),
             attrs: object::encode_attrs(&obj.attrs),
-            secret: obj
-                .key
-                .as_ref()
-                .map(|k| k.material().to_bytes())
-                .unwrap_or_default(),
+            secret: obj.material_bytes(),
         })
     }
 
@@ -84,11 +80,7 @@ impl Hsm {
     }
 
     fn digest_of(&self, key: &CloneKey, obj: &Object) -> [u8; 32] {
-        let secret = obj
-            .key
-            .as_ref()
-            .map(|k| k.material().to_bytes())
-            .unwrap_or_default();
+        let secret = obj.material_bytes();
         key.digest(
             obj.id,
             obj.owner.as_deref(),

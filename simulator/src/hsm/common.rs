@@ -94,8 +94,10 @@ impl Hsm {
             subject,
             detail,
         };
-        let sign = |m: &[u8]| self.audit_key.sign(m).as_ref().to_vec();
-        if let Err(e) = self.store.append_audit(&event, &sign) {
+        if let Err(e) = self
+            .store
+            .append_audit(&event, &|m| self.sign_checkpoint(m))
+        {
             tracing::error!(store = %self.store.path().display(), kind, "audit record not written: {e}");
         }
     }
@@ -112,11 +114,7 @@ impl Hsm {
         if !obj.token {
             return Ok(());
         }
-        let secret = obj
-            .key
-            .as_ref()
-            .map(|k| k.material().to_bytes())
-            .unwrap_or_default();
+        let secret = obj.material_bytes();
         let subject = format!("{:016x}", obj.id);
         let event = AuditEvent {
             at_ms: now_ms(),
@@ -125,15 +123,19 @@ impl Hsm {
             subject: &subject,
             detail,
         };
-        let sign = |m: &[u8]| self.audit_key.sign(m).as_ref().to_vec();
         self.store.put_object_audited(
             obj.id,
             obj.owner.as_deref(),
             &object::encode_attrs(&obj.attrs),
             &secret,
             &event,
-            &sign,
+            &|m| self.sign_checkpoint(m),
         )
+    }
+
+    /// An audit checkpoint's signature, by this member's audit key.
+    fn sign_checkpoint(&self, message: &[u8]) -> Vec<u8> {
+        self.audit_key.sign(message).as_ref().to_vec()
     }
 
     /// Who is logged in on `sess`, for the audit log (`-` when no one).
@@ -175,11 +177,7 @@ impl Hsm {
         if !obj.token {
             return Ok(());
         }
-        let secret = obj
-            .key
-            .as_ref()
-            .map(|k| k.material().to_bytes())
-            .unwrap_or_default();
+        let secret = obj.material_bytes();
         self.store.put_object(
             obj.id,
             obj.owner.as_deref(),
