@@ -15,7 +15,7 @@ use hsmpool_member::audit::checkpoint_message;
 use hsmpool_member::{AuditCheckpoint, AuditLog, AuditRecord};
 use serde_json::{json, Value};
 
-use crate::users::{failed, open_cluster, parsed, secret};
+use crate::users::{failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `audit` part of `hsmpool --help`.
 pub const USAGE: &str = "  audit show|verify|export ...
@@ -88,20 +88,6 @@ enum AuditCmd {
         #[arg(long)]
         member: Option<usize>,
     },
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -226,7 +212,7 @@ fn log_json(member: usize, describe: &str, log: &AuditLog) -> Value {
 
 /// An exported log read back (`None` when it is not one).
 fn log_from_json(v: &Value) -> Option<AuditLog> {
-    let h32 = |v: &Value| -> Option<[u8; 32]> { unhex(v.as_str()?)?.try_into().ok() };
+    let h32 = |v: &Value| -> Option<[u8; 32]> { unhex(v.as_str()?).ok()?.try_into().ok() };
     let records = v["records"]
         .as_array()?
         .iter()
@@ -250,12 +236,12 @@ fn log_from_json(v: &Value) -> Option<AuditLog> {
             Some(AuditCheckpoint {
                 seq: c["seq"].as_u64()?,
                 hash: h32(&c["hash"])?,
-                signature: unhex(c["signature"].as_str()?)?,
+                signature: unhex(c["signature"].as_str()?).ok()?,
             })
         })
         .collect::<Option<Vec<_>>>()?;
     Some(AuditLog {
-        public_key: unhex(v["public_key"].as_str()?)?,
+        public_key: unhex(v["public_key"].as_str()?).ok()?,
         checkpoint_every: v["checkpoint_every"].as_u64()?,
         last_seq: v["last_seq"].as_u64()?,
         records,

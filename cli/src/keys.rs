@@ -14,7 +14,7 @@ use hsmpool_engine::types::{AttrAnswer, ObjectHandle};
 use hsmpool_engine::{Attr, Engine};
 use hsmpool_member::OwnedObject;
 
-use crate::users::{explain, failed, open_cluster, parsed, secret};
+use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `key` part of `hsmpool --help`.
 pub const USAGE: &str =
@@ -85,10 +85,6 @@ fn class_name(class: CK_OBJECT_CLASS) -> &'static str {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// One line for a key: its cluster-wide id, class, label and CKA_ID.
 pub(crate) fn describe(k: &OwnedObject) -> String {
     let mut s = format!("uid:{:016x} {}", k.id, class_name(k.class));
@@ -99,16 +95,6 @@ pub(crate) fn describe(k: &OwnedObject) -> String {
         s.push_str(&format!(" id:{}", hex(&k.ck_id)));
     }
     s
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{s:?} is not hexadecimal"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// The one token key `spec` names among those the logged-in user sees.

@@ -16,7 +16,7 @@ use cryptoki_sys::CKU_SO;
 use hsmpool_member::{Approval, QuorumToken, Role, UserChange};
 use zeroize::Zeroizing;
 
-use crate::users::{explain, failed, open_cluster, parsed, secret};
+use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `quorum` part of `hsmpool --help`.
 pub const USAGE: &str = "  quorum keygen|register-key|set|token-gen|sign ...
@@ -129,21 +129,6 @@ enum QuorumCmd {
         #[command(flatten)]
         source: KeySource,
     },
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    let s = s.trim();
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("not hexadecimal".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
 }
 
 fn read_hex(path: &Path) -> Result<Vec<u8>, String> {

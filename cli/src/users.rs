@@ -246,6 +246,23 @@ pub(crate) fn parsed<T: Parser>(prog: &str, args: &[String]) -> Result<T, ExitCo
     })
 }
 
+/// Lower-case hexadecimal of `b` (keys, tokens, signatures, digests on the command line).
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The bytes of hexadecimal `s` (surrounding white space ignored).
+pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not hexadecimal"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
 /// Exit status 1, after the message.
 pub(crate) fn failed(msg: &str) -> ExitCode {
     eprintln!("hsmpool: {msg}");
