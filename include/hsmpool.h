@@ -39,8 +39,21 @@
 #define CKA_HSMPOOL_SHARED_WITH (CKA_VENDOR_DEFINED | 0x48500002UL)
 
 /*
+ * Vendor-defined attributes, read-only, CK_ULONG: the approvals using (CKA_HSMPOOL_QUORUM_USE)
+ * and managing (CKA_HSMPOOL_QUORUM_MANAGE: destroy, copy, set attributes, wrap it out, share,
+ * unshare) the key needs, from the crypto users associated with it (its owner and the users it
+ * is shared with); 1 when absent. Set by the owner with `hsmpool key set-quorum`. A key whose
+ * value is above 1 is refused with CKR_HSMPOOL_QUORUM_REQUIRED (at C_SignInit and the other
+ * *Init functions, or at the management call) until its user presents M signatures of a quorum
+ * token with `hsmpool key approve`; the approval lasts until the token expires (ten minutes).
+ */
+#define CKA_HSMPOOL_QUORUM_USE (CKA_VENDOR_DEFINED | 0x48500003UL)
+#define CKA_HSMPOOL_QUORUM_MANAGE (CKA_VENDOR_DEFINED | 0x48500004UL)
+
+/*
  * Vendor-defined return values of user administration (the `hsmpool user` commands and the
- * engine's user changes; never returned by a standard C_* function):
+ * engine's user changes; only CKR_HSMPOOL_QUORUM_REQUIRED is returned by standard C_*
+ * functions, for a key with its own quorum):
  *
  * CKR_HSMPOOL_USER_EXISTS      a user of that name exists already
  * CKR_HSMPOOL_USER_NOT_FOUND   no user of that name (or it was deleted)
@@ -49,9 +62,16 @@
  * CKR_HSMPOOL_USER_OWNS_KEYS   the user still owns token keys (`hsmpool user delete --force`
  *                              deletes it anyway; those keys then belong to no one)
  * CKR_HSMPOOL_QUORUM_REQUIRED  the change needs M approvals of distinct officers (`hsmpool
- *                              quorum`) and has fewer valid ones
+ *                              quorum`) and has fewer valid ones; or the key has a quorum
+ *                              (CKA_HSMPOOL_QUORUM_USE/_MANAGE) and the user holds no
+ *                              approval in force for it (`hsmpool key approve`); also
+ *                              returned by C_*Init, C_DestroyObject, C_SetAttributeValue,
+ *                              C_CopyObject and C_WrapKey for such a key
  * CKR_HSMPOOL_QUORUM_TOKEN_INVALID  the quorum token is for another change, or already used
  * CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED  the quorum token is older than ten minutes
+ * CKR_HSMPOOL_QUORUM_TOO_HIGH  a key's quorum value would exceed the users associated with it
+ *                              (its owner and those it is shared with), or an unshare would
+ *                              leave fewer of them than it
  */
 #define CKR_HSMPOOL_USER_EXISTS (CKR_VENDOR_DEFINED | 0x48500001UL)
 #define CKR_HSMPOOL_USER_NOT_FOUND (CKR_VENDOR_DEFINED | 0x48500002UL)
@@ -60,6 +80,7 @@
 #define CKR_HSMPOOL_QUORUM_REQUIRED (CKR_VENDOR_DEFINED | 0x48500005UL)
 #define CKR_HSMPOOL_QUORUM_TOKEN_INVALID (CKR_VENDOR_DEFINED | 0x48500006UL)
 #define CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED (CKR_VENDOR_DEFINED | 0x48500007UL)
+#define CKR_HSMPOOL_QUORUM_TOO_HIGH (CKR_VENDOR_DEFINED | 0x48500008UL)
 
 /*
  * AWS CloudHSM compatibility: the vendor mechanisms of CloudHSM's PKCS #11 library (Client SDK 5,

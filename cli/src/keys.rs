@@ -12,14 +12,18 @@ use clap::{Parser, Subcommand};
 use cryptoki_sys::*;
 use hsmpool_engine::types::{AttrAnswer, ObjectHandle};
 use hsmpool_engine::{Attr, Engine};
-use hsmpool_member::OwnedObject;
+use hsmpool_member::users::{
+    CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_QUORUM_TOO_HIGH,
+};
+use hsmpool_member::{KeyService, OwnedObject, QuorumToken};
 
+use crate::quorum::Approvals;
 use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `key` part of `hsmpool --help`.
-pub const USAGE: &str =
-    "  key list|share|unshare ...  token keys by owner, and sharing a key with another crypto
-                              user (hsmpool key --help)
+pub const USAGE: &str = "  key list|share|unshare|set-quorum|approve ...
+                              token keys by owner, sharing a key with another crypto user,
+                              and a key's own quorum (hsmpool key --help)
 ";
 
 const EXAMPLES: &str = "Examples:
@@ -28,6 +32,13 @@ const EXAMPLES: &str = "Examples:
   # alice shares her key labelled signing-key with bob, then stops
   HSMPOOL_PIN=alice:... hsmpool key share signing-key --with bob
   HSMPOOL_PIN=alice:... hsmpool key unshare uid:1f2e3d4c5b6a7988 --with bob
+  # signing with alice's key needs two of alice, bob and carol from now on
+  HSMPOOL_PIN=alice:... hsmpool key set-quorum signing-key --use 2
+  HSMPOOL_PIN=bob:... hsmpool quorum token-gen --out t.hex key use signing-key
+  hsmpool quorum sign --token t.hex --user alice --key alice-approval.pem > a.sig
+  hsmpool quorum sign --token t.hex --user carol --key carol-approval.pem > c.sig
+  HSMPOOL_PIN=bob:... hsmpool key approve signing-key --token t.hex --approval a.sig \\
+      --approval c.sig     # bob may sign with it for the token's remaining ten minutes
 
 KEY is a label, id:HEX (CKA_ID) or uid:HEX (CKA_UNIQUE_ID, the key's cluster-wide id, as
 `key list` shows it); it must name exactly one of the owner's token keys. Exit status: 0 done,
@@ -72,6 +83,29 @@ enum KeyCmd {
         #[arg(long = "with")]
         with: String,
     },
+    /// Set how many approvals of the key's users (its owner and those it is shared with)
+    /// using it, or managing it, needs (1: none). Only the owner; at most the key's users that
+    /// registered an approval key (`hsmpool quorum register-key --user`).
+    SetQuorum {
+        /// The key: a label, id:HEX or uid:HEX.
+        key: String,
+        /// Approvals needed to use it (sign, decrypt, unwrap, derive, wrap with it).
+        #[arg(long = "use", value_name = "M")]
+        use_m: Option<u32>,
+        /// Approvals needed to manage it (destroy, copy, change, wrap it out, share, unshare,
+        /// change its quorum).
+        #[arg(long, value_name = "M")]
+        manage: Option<u32>,
+    },
+    /// Present a key quorum token signed by the key's users (`hsmpool quorum token-gen key
+    /// use|manage KEY`, then `quorum sign`): you may then use or manage the key, as the token
+    /// says, until the token expires (ten minutes). The token is accepted once.
+    Approve {
+        /// The key: a label, id:HEX or uid:HEX.
+        key: String,
+        #[command(flatten)]
+        approvals: Approvals,
+    },
 }
 
 fn class_name(class: CK_OBJECT_CLASS) -> &'static str {
@@ -98,7 +132,7 @@ pub(crate) fn describe(k: &OwnedObject) -> String {
 }
 
 /// The one token key `spec` names among those the logged-in user sees.
-fn one_key(
+pub(crate) fn one_key(
     engine: &Engine,
     s: hsmpool_engine::types::SessionHandle,
     spec: &str,
@@ -166,6 +200,112 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         }
         KeyCmd::Share { key, with } => share(data, &key, &with, true),
         KeyCmd::Unshare { key, with } => share(data, &key, &with, false),
+        KeyCmd::SetQuorum { key, use_m, manage } => set_quorum(data, &key, use_m, manage),
+        KeyCmd::Approve { key, approvals } => approve(data, &key, &approvals),
+    }
+}
+
+/// What went wrong with a key's quorum, and what to do.
+fn explain_key(e: &hsmpool_engine::Error, key: &str) -> String {
+    match e.ck_rv() {
+        CKR_HSMPOOL_QUORUM_REQUIRED => format!(
+            "{key} needs the approval of M of its users first (CKR_HSMPOOL_QUORUM_REQUIRED): \
+             `hsmpool quorum token-gen key use|manage {key}`, `quorum sign` by each, then \
+             `hsmpool key approve {key} --token ... --approval ...`"
+        ),
+        CKR_HSMPOOL_QUORUM_TOO_HIGH => format!(
+            "refused (CKR_HSMPOOL_QUORUM_TOO_HIGH): {key}'s quorum cannot exceed its users \
+             (its owner and those it is shared with) that registered an approval key, and an \
+             unshare cannot leave fewer of them than it; share it first, or lower the quorum"
+        ),
+        CKR_ACTION_PROHIBITED => "only the key's owner may change its sharing or quorum, and \
+                                  only a user of the key may ask to use it \
+                                  (CKR_ACTION_PROHIBITED)"
+            .to_string(),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "the token is for another key, service or user, or \
+            was presented already (CKR_HSMPOOL_QUORUM_TOKEN_INVALID): make a new one"
+            .to_string(),
+        _ => explain(e, ""),
+    }
+}
+
+fn set_quorum(
+    data: Option<PathBuf>,
+    key: &str,
+    use_m: Option<u32>,
+    manage: Option<u32>,
+) -> Result<ExitCode, String> {
+    if use_m.is_none() && manage.is_none() {
+        return Ok(failed("give --use M, --manage M or both"));
+    }
+    if use_m == Some(0) || manage == Some(0) {
+        return Ok(failed("M is at least 1 (1: no approvals needed)"));
+    }
+    let pin = secret("HSMPOOL_PIN")?;
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+        Ok(x) => x,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let o = match one_key(&engine, s, key) {
+        Ok(o) => o,
+        Err(e) => return Ok(failed(&e)),
+    };
+    // Management last: raising it first would make the use change need an approval too.
+    for (service, m) in [(KeyService::Use, use_m), (KeyService::Manage, manage)] {
+        let Some(m) = m else { continue };
+        if let Err(e) = engine.set_key_quorum(s, o, service, m) {
+            eprintln!(
+                "hsmpool: key set-quorum {key} --{} {m}: {}",
+                service.word(),
+                explain_key(&e, key)
+            );
+            return Ok(ExitCode::from(1));
+        }
+        println!(
+            "{key}: {} needs {m} approval(s) from now on, on every member",
+            service.word()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn approve(data: Option<PathBuf>, key: &str, approvals: &Approvals) -> Result<ExitCode, String> {
+    let approval = approvals.read()?;
+    if approval.token.is_empty() {
+        return Ok(failed(
+            "give --token FILE (`hsmpool quorum token-gen key ...`) and one --approval per signer",
+        ));
+    }
+    let pin = secret("HSMPOOL_PIN")?;
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+        Ok(x) => x,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let done = one_key(&engine, s, key).and_then(|o| {
+        engine
+            .approve_key(s, o, &approval)
+            .map_err(|e| explain_key(&e, key))
+    });
+    match done {
+        Ok(report) => {
+            let until = QuorumToken::decode(&approval.token).map_or(0, |t| t.expires_ms);
+            println!(
+                "{key}: approved on member(s) {:?} until {until} ms since the epoch",
+                report.applied
+            );
+            if !report.pending.is_empty() {
+                eprintln!(
+                    "hsmpool: member(s) {:?} did not take the approval (down or failing): the \
+                     key stays closed to you there",
+                    report.pending
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("hsmpool: key approve {key}: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

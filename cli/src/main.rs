@@ -17,6 +17,7 @@ mod check;
 mod keys;
 mod quorum;
 mod sim;
+mod trust;
 mod users;
 
 const USAGE: &str = "usage: hsmpool [--data DIR] <command>
@@ -42,12 +43,13 @@ fn usage() -> String {
         .replace(
             "{user}",
             &format!(
-                "{}{}{}{}{}",
+                "{}{}{}{}{}{}",
                 users::USAGE,
                 keys::USAGE,
                 audit::USAGE,
                 quorum::USAGE,
-                check::USAGE
+                check::USAGE,
+                trust::USAGE
             ),
         )
 }
@@ -185,6 +187,9 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     // their own --help).
     if args.len() >= 2 && args[0] == "cluster" && args[1] == "check" {
         return check::run(&args[2..], data);
+    }
+    if args.len() >= 2 && args[0] == "cluster" && args[1] == "trust" {
+        return trust::run(&args[2..], data);
     }
     if args.first().is_some_and(|a| a == "user") {
         return users::run(&args[1..], data);

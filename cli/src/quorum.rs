@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use clap::{Args, Parser, Subcommand};
-use cryptoki_sys::CKU_SO;
-use hsmpool_member::{Approval, QuorumToken, Role, UserChange};
+use cryptoki_sys::{CKU_SO, CKU_USER};
+use hsmpool_member::{Approval, KeyService, QuorumToken, Role, UserChange};
 use zeroize::Zeroizing;
 
 use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
@@ -78,7 +78,8 @@ pub(crate) struct Approvals {
     /// The quorum token (`quorum token-gen`), in hex.
     #[arg(long, requires = "approval")]
     token: Option<PathBuf>,
-    /// An officer's signature of the token (`quorum sign`); once per officer.
+    /// A signature of the token (`quorum sign`): once per officer, or for a key's token, per
+    /// user of the key.
     #[arg(long)]
     approval: Vec<PathBuf>,
 }
@@ -92,10 +93,14 @@ enum QuorumCmd {
         out: PathBuf,
     },
     /// Register the logged-in officer's approval public key (HSMPOOL_SO_PIN names the
-    /// officer, `NAME:PASSWORD`, or is the `admin` officer's PIN).
+    /// officer, `NAME:PASSWORD`, or is the `admin` officer's PIN); with --user, the crypto
+    /// user's that HSMPOOL_PIN names (it approves the use of keys it shares).
     RegisterKey {
         #[command(flatten)]
         source: KeySource,
+        /// Register a crypto user's key (HSMPOOL_PIN) instead of an officer's.
+        #[arg(long)]
+        user: bool,
     },
     /// Set M: the approvals a protected change needs (1: none).
     Set {
@@ -109,7 +114,8 @@ enum QuorumCmd {
         approvals: Approvals,
     },
     /// Make a token for one change: the words after it are the change, as `hsmpool` takes it
-    /// (`user delete alice`, `user add bob --officer`, `quorum set 3`).
+    /// (`user delete alice`, `user add bob --officer`, `quorum set 3`), or, as a crypto user
+    /// (HSMPOOL_PIN), `key use KEY` or `key manage KEY` for a key with its own quorum.
     TokenGen {
         /// Write the token here (hex) instead of to standard output.
         #[arg(long)]
@@ -123,8 +129,8 @@ enum QuorumCmd {
         /// The token (hex).
         #[arg(long)]
         token: PathBuf,
-        /// The officer signing.
-        #[arg(long)]
+        /// The officer (or, for a key's token, the crypto user) signing.
+        #[arg(long, visible_alias = "user")]
         officer: String,
         #[command(flatten)]
         source: KeySource,
@@ -332,13 +338,18 @@ fn change_of(words: &[String]) -> Result<UserChange, String> {
             name: name(n),
             role: Role::User,
         },
+        ["cluster", "trust", "set", certs @ ..] if !certs.is_empty() => {
+            let files: Vec<PathBuf> = certs.iter().map(PathBuf::from).collect();
+            crate::trust::change(&files)?
+        }
+        ["cluster", "trust", "clear"] => UserChange::SetTrustAnchors { anchors: vec![] },
         ["quorum", "set", m] => UserChange::SetQuorum {
             m: m.parse().map_err(|_| format!("{m:?} is not a number"))?,
         },
         _ => {
             return Err(format!(
                 "{:?} is not a change a quorum protects (user add|delete|passwd|role ..., \
-                 quorum set M)",
+                 quorum set M, cluster trust set CERT...|clear, key use|manage KEY)",
                 words.join(" ")
             ))
         }
@@ -361,11 +372,53 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
 }
 
 /// The officer HSMPOOL_SO_PIN logs in as: the name before `:`, else `admin`.
-fn officer_of(pin: &[u8]) -> String {
+/// The user a PIN names (`NAME:PASSWORD`), or `default` for a bare PIN.
+fn officer_of(pin: &[u8], default: &str) -> String {
     match pin.iter().position(|b| *b == b':') {
         Some(i) => String::from_utf8_lossy(&pin[..i]).into_owned(),
-        None => "admin".into(),
+        None => default.into(),
     }
+}
+
+/// `quorum token-gen key use|manage KEY`: a token for a key's own quorum, made for the crypto
+/// user HSMPOOL_PIN names.
+fn key_token(
+    data: Option<PathBuf>,
+    service: KeyService,
+    key: &str,
+    out: Option<PathBuf>,
+) -> Result<ExitCode, String> {
+    let pin = secret("HSMPOOL_PIN")?;
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+        Ok(x) => x,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let t = match crate::keys::one_key(&engine, s, key).and_then(|o| {
+        engine
+            .key_quorum_token(s, o, service)
+            .map_err(|e| explain(&e, ""))
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(failed(&format!(
+                "token-gen key {} {key}: {e}",
+                service.word()
+            )))
+        }
+    };
+    write_token(&t, out, &format!("{} the key {key}", service.word()))
+}
+
+/// A token to `out` (or standard output), in hex.
+fn write_token(t: &[u8], out: Option<PathBuf>, what: &str) -> Result<ExitCode, String> {
+    match out {
+        Some(f) => {
+            std::fs::write(&f, hex(t)).map_err(|e| format!("{}: {e}", f.display()))?;
+            eprintln!("token for: {what} (ten minutes) written to {}", f.display());
+        }
+        None => println!("{}", hex(t)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hsmpool quorum ...` (the words after `quorum`); `data` is the global `--data DIR`.
@@ -400,9 +453,21 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             let t = read_hex(&token)?;
             let parsed = QuorumToken::decode(&t)
                 .ok_or_else(|| format!("{}: not a quorum token", token.display()))?;
+            let what = match parsed.change.checked_sub(9).and_then(KeyService::from_code) {
+                Some(service) => format!(
+                    "{} the key uid:{} by {}",
+                    service.word(),
+                    hex(&parsed.params),
+                    parsed.name
+                ),
+                None => format!(
+                    "change {} of {:?} (version {})",
+                    parsed.change, parsed.name, parsed.target_version
+                ),
+            };
             eprintln!(
-                "signing for {officer}: change {} of {:?} (version {}), expires at {} ms",
-                parsed.change, parsed.name, parsed.target_version, parsed.expires_ms
+                "signing for {officer}: {what}, expires at {} ms",
+                parsed.expires_ms
             );
             match source.sign(&t) {
                 Ok(sig) => {
@@ -412,14 +477,19 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
                 Err(e) => Ok(failed(&e)),
             }
         }
-        QuorumCmd::RegisterKey { source } => {
+        QuorumCmd::RegisterKey { source, user } => {
             let public_key = match source.public_key() {
                 Ok(k) => k,
                 Err(e) => return Ok(failed(&e)),
             };
-            let pin = secret("HSMPOOL_SO_PIN")?;
-            let me = officer_of(&pin);
-            let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
+            let (var, user_type, default) = if user {
+                ("HSMPOOL_PIN", CKU_USER, "user")
+            } else {
+                ("HSMPOOL_SO_PIN", CKU_SO, "admin")
+            };
+            let pin = secret(var)?;
+            let me = officer_of(&pin, default);
+            let (engine, _) = match open_cluster(data, &pin, user_type, true) {
                 Ok(x) => x,
                 Err(e) => return Ok(failed(&e)),
             };
@@ -481,6 +551,16 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             }
         }
         QuorumCmd::TokenGen { out, change } => {
+            match change
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["key", "use", key] => return key_token(data, KeyService::Use, key, out),
+                ["key", "manage", key] => return key_token(data, KeyService::Manage, key, out),
+                _ => {}
+            }
             let change = change_of(&change)?;
             let pin = secret("HSMPOOL_SO_PIN")?;
             let (engine, _) = match open_cluster(data, &pin, CKU_SO, true) {
@@ -488,22 +568,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
                 Err(e) => return Ok(failed(&e)),
             };
             match engine.quorum_token(&change) {
-                Ok(t) => {
-                    match out {
-                        Some(f) => {
-                            std::fs::write(&f, hex(&t))
-                                .map_err(|e| format!("{}: {e}", f.display()))?;
-                            eprintln!(
-                                "token for: {} {} (ten minutes) written to {}",
-                                change.verb(),
-                                change.name(),
-                                f.display()
-                            );
-                        }
-                        None => println!("{}", hex(&t)),
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
+                Ok(t) => write_token(&t, out, &format!("{} {}", change.verb(), change.name())),
                 Err(e) => Ok(failed(&format!(
                     "token-gen: {}",
                     explain(&e, change.name())

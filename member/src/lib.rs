@@ -24,4 +24,6 @@ pub use backend::{
     Backend, MemberError, MemberId, MemberObject, MemberResult, MemberSession, Replication,
 };
 pub use meta::{AttrAnswer, KeyMeta, Role, TokenStatus, MAX_PIN_LEN, MIN_PIN_LEN};
-pub use users::{Approval, OwnedObject, QuorumToken, UserChange, UserSet, UserState, Users};
+pub use users::{
+    Approval, KeyService, OwnedObject, QuorumToken, UserChange, UserSet, UserState, Users,
+};

@@ -22,6 +22,18 @@ pub const CKA_HSMPOOL_OBJECT_ID: cryptoki_sys::CK_ATTRIBUTE_TYPE =
 pub const CKA_HSMPOOL_SHARED_WITH: cryptoki_sys::CK_ATTRIBUTE_TYPE =
     cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0002;
 
+/// Vendor attribute (`CKA_VENDOR_DEFINED | "HP" 0003`): the approvals using the key needs, a
+/// `CK_ULONG` (absent: 1, none). Set by the owner (`Users::set_key_quorum`, `hsmpool key
+/// set-quorum`); read-only to applications; it travels with the object.
+pub const CKA_HSMPOOL_QUORUM_USE: cryptoki_sys::CK_ATTRIBUTE_TYPE =
+    cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0003;
+
+/// Vendor attribute (`CKA_VENDOR_DEFINED | "HP" 0004`): the approvals managing the key needs
+/// (destroy, copy, change, wrap out, share, unshare, change its quorum), as
+/// [`CKA_HSMPOOL_QUORUM_USE`].
+pub const CKA_HSMPOOL_QUORUM_MANAGE: cryptoki_sys::CK_ATTRIBUTE_TYPE =
+    cryptoki_sys::CKA_VENDOR_DEFINED | 0x4850_0004;
+
 /// AWS CloudHSM's vendor mechanisms (Client SDK 5, `cloudhsm_pkcs11_vendor_defs.h`), offered so
 /// that programs written for CloudHSM run unchanged; the C declarations are in
 /// `include/hsmpool.h`. This module is the one Rust place they are declared.

@@ -50,9 +50,18 @@ pub const CKR_HSMPOOL_QUORUM_TOKEN_INVALID: cryptoki_sys::CK_RV = VENDOR | 0x485
 /// The quorum token has expired (tokens live ten minutes).
 pub const CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED: cryptoki_sys::CK_RV = VENDOR | 0x4850_0007;
 
+/// A key's quorum value would exceed the crypto users who can approve its use or management
+/// (its owner and the users it is shared with), or unsharing would leave fewer of them than it.
+pub const CKR_HSMPOOL_QUORUM_TOO_HIGH: cryptoki_sys::CK_RV = VENDOR | 0x4850_0008;
+
 /// The name of the record that holds the cluster's quorum policy (no user can have a name with
 /// `:`).
 pub const QUORUM_RECORD: &str = ":quorum";
+/// The name of the record that holds the cluster certificates daemons accept clients under.
+pub const TRUST_RECORD: &str = ":trust";
+/// At most this many trusted cluster certificates (an old and a new one while the cluster
+/// certificate is rotated, with room to spare).
+pub const MAX_TRUST_ANCHORS: usize = 4;
 /// How long a quorum token lives, in milliseconds.
 pub const QUORUM_TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -66,6 +75,7 @@ pub fn vendor_rv_name(rv: cryptoki_sys::CK_RV) -> Option<&'static str> {
         CKR_HSMPOOL_QUORUM_REQUIRED => "CKR_HSMPOOL_QUORUM_REQUIRED",
         CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "CKR_HSMPOOL_QUORUM_TOKEN_INVALID",
         CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED => "CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED",
+        CKR_HSMPOOL_QUORUM_TOO_HIGH => "CKR_HSMPOOL_QUORUM_TOO_HIGH",
         _ => return None,
     })
 }
@@ -116,6 +126,23 @@ pub struct UserSet {
     pub quorum: u32,
     /// The users, by name.
     pub users: Vec<UserState>,
+}
+
+impl UserSet {
+    /// The cluster certificates registered for daemons to accept clients under (the
+    /// [`TRUST_RECORD`]; see [`UserChange::SetTrustAnchors`]): empty when none is.
+    pub fn trust_anchors(&self) -> Vec<[u8; 32]> {
+        self.users
+            .iter()
+            .find(|u| u.name == TRUST_RECORD && !u.deleted)
+            .map(|u| {
+                u.approval_key
+                    .chunks_exact(32)
+                    .filter_map(|c| c.try_into().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A crypto officer's change to one user. Its `Debug` never prints a password.
@@ -176,6 +203,14 @@ pub enum UserChange {
         /// M of "M of N".
         m: u32,
     },
+    /// The cluster certificates a daemon member accepts clients under from now on (CloudHSM's
+    /// mTLS trust anchors): the SHA-256 of each certificate's DER. A client whose presented
+    /// chain holds none of them is refused at connection; empty: any chain to the customer
+    /// CA, as the daemon's `--ca` alone says.
+    SetTrustAnchors {
+        /// SHA-256 of each registered certificate.
+        anchors: Vec<[u8; 32]>,
+    },
 }
 
 impl UserChange {
@@ -190,6 +225,7 @@ impl UserChange {
             | UserChange::SetRole { name, .. }
             | UserChange::SetApprovalKey { name, .. } => name,
             UserChange::SetQuorum { .. } => QUORUM_RECORD,
+            UserChange::SetTrustAnchors { .. } => TRUST_RECORD,
         }
     }
 
@@ -204,6 +240,8 @@ impl UserChange {
             UserChange::SetRole { .. } => 6,
             UserChange::SetApprovalKey { .. } => 7,
             UserChange::SetQuorum { .. } => 8,
+            // 9 and 10 are a key's quorum tokens (`KeyService::token_code`).
+            UserChange::SetTrustAnchors { .. } => 11,
         }
     }
 
@@ -217,6 +255,7 @@ impl UserChange {
             UserChange::Delete { force, .. } => vec![u8::from(*force)],
             UserChange::SetQuorum { m } => m.to_be_bytes().to_vec(),
             UserChange::SetApprovalKey { public_key, .. } => public_key.clone(),
+            UserChange::SetTrustAnchors { anchors } => anchors.concat(),
             _ => Vec::new(),
         }
     }
@@ -231,6 +270,7 @@ impl UserChange {
             UserChange::SetRole { .. } => "change the role of",
             UserChange::SetApprovalKey { .. } => "register the approval key of",
             UserChange::SetQuorum { .. } => "set the quorum of",
+            UserChange::SetTrustAnchors { .. } => "set the trusted cluster certificates of",
         }
     }
 }
@@ -310,6 +350,61 @@ impl QuorumToken {
             nonce: rest[24..40].try_into().ok()?,
         })
     }
+}
+
+/// What a key's own quorum protects (CloudHSM's key-usage and key-management services). The
+/// key's owner sets M for each ([`Users::set_key_quorum`]); the approvers are the crypto users
+/// associated with the key (its owner and the users it is shared with) that registered an
+/// approval key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyService {
+    /// Using the key: every operation that starts with it (`C_SignInit`, `C_DecryptInit`,
+    /// `C_WrapKey` with it as the wrapping key, `C_DeriveKey`, ...).
+    Use,
+    /// Managing it: destroying, copying, changing its attributes, wrapping it out, sharing and
+    /// unsharing it, and changing its quorum values.
+    Manage,
+}
+
+impl KeyService {
+    /// Its number on the wire and in a quorum token's change code (`9 + n`).
+    pub fn code(self) -> u8 {
+        match self {
+            KeyService::Use => 0,
+            KeyService::Manage => 1,
+        }
+    }
+    /// The service of a number (`None`: no such service).
+    pub fn from_code(c: u8) -> Option<KeyService> {
+        match c {
+            0 => Some(KeyService::Use),
+            1 => Some(KeyService::Manage),
+            _ => None,
+        }
+    }
+    /// The quorum token change code of this service on a key (after [`UserChange::code`]'s).
+    pub fn token_code(self) -> u8 {
+        9 + self.code()
+    }
+    /// The vendor attribute that holds the key's M for this service.
+    pub fn attribute(self) -> cryptoki_sys::CK_ATTRIBUTE_TYPE {
+        match self {
+            KeyService::Use => crate::types::CKA_HSMPOOL_QUORUM_USE,
+            KeyService::Manage => crate::types::CKA_HSMPOOL_QUORUM_MANAGE,
+        }
+    }
+    /// A word for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            KeyService::Use => "use",
+            KeyService::Manage => "manage",
+        }
+    }
+}
+
+/// What a key quorum token binds beyond its service and requester: the key's cluster-wide id.
+pub fn key_token_params(object: u64) -> Vec<u8> {
+    object.to_be_bytes().to_vec()
 }
 
 /// The officers' approvals that go with a quorum-protected change: the token and each
@@ -399,6 +494,34 @@ pub trait Users: Send + Sync {
         s: MemberSession,
         owner: Option<&str>,
     ) -> MemberResult<Vec<OwnedObject>>;
+    /// The owner of token key `o`, logged in on `s`, sets the approvals `service` on it needs
+    /// (1: none) to `m`. At most the users associated with the key (`CKR_HSMPOOL_QUORUM_TOO_HIGH`);
+    /// changing it is key management, so a key whose management quorum is above 1 needs an
+    /// approval in force for the owner ([`Users::approve_key`]).
+    fn set_key_quorum(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        service: KeyService,
+        m: u32,
+    ) -> MemberResult<()>;
+    /// A quorum token for `service` on key `o`, for the crypto user logged in on `s` (its owner,
+    /// or, for use, a user it is shared with). The users associated with the key sign it.
+    fn key_quorum_token(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        service: KeyService,
+    ) -> MemberResult<Vec<u8>>;
+    /// Present the signed token of [`Users::key_quorum_token`]: with M valid signatures of
+    /// distinct associated users, the user logged in on `s` (the one the token names) may use or
+    /// manage the key, as the token says, until the token expires. A token is accepted once.
+    fn approve_key(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        approval: &Approval,
+    ) -> MemberResult<()>;
 }
 
 #[cfg(test)]
@@ -444,6 +567,7 @@ mod tests {
                 "CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED",
                 CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
             ),
+            ("CKR_HSMPOOL_QUORUM_TOO_HIGH", CKR_HSMPOOL_QUORUM_TOO_HIGH),
         ] {
             let line = header
                 .lines()

@@ -363,8 +363,16 @@ impl Daemon {
                 .name(format!("hsmd-worker-{i}"))
                 .spawn(move || {
                     for job in queue.iter() {
+                        // A user change may be a new list of trusted cluster certificates.
+                        let users = matches!(
+                            job.req,
+                            Request::ChangeUser { .. } | Request::ImportUser { .. }
+                        );
                         let resp = shared.run_caught(job.req);
                         shared.reply(&job.link, job.id, &resp);
+                        if users && !matches!(resp, Response::Err(_)) {
+                            shared.enforce_trust(&job.link);
+                        }
                     }
                 })
                 .map_err(|e| format!("starting a worker thread: {e}"))?;
@@ -448,6 +456,20 @@ impl Shared {
                 return;
             }
         };
+        // The cluster certificates the officers registered (`hsmpool cluster trust`): a client
+        // whose chain holds none of them is refused, though it chains to the customer CA (a
+        // certificate issued under a cluster key that was retired, or stolen with its file).
+        let anchors = self.member.hsm().trust_anchors();
+        if !Self::registered(&link, &anchors) {
+            bump(&self.counters.handshakes_refused);
+            tracing::warn!(
+                "connection from {peer} refused: its certificate chain holds none of the {} \
+                 cluster certificate(s) the officers registered (hsmpool cluster trust list)",
+                anchors.len()
+            );
+            link.close();
+            return;
+        }
         bump(&self.counters.connections_accepted);
         let n = self.next_link.fetch_add(1, Ordering::Relaxed);
         self.links.lock().insert(n, Arc::clone(&link));
@@ -543,6 +565,40 @@ impl Shared {
                 // `Request::is_admin` (the request table's `admin` entries): `Version`.
                 let resp = self.run_caught(other);
                 self.reply(link, id, &resp);
+            }
+        }
+    }
+
+    /// Whether `link`'s client presented a chain holding one of `anchors` (always, when none
+    /// is registered).
+    fn registered(link: &Link, anchors: &[[u8; 32]]) -> bool {
+        anchors.is_empty()
+            || link.peer_certificates().iter().any(|der| {
+                let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+                anchors.iter().any(|a| a.as_slice() == d.as_ref())
+            })
+    }
+
+    /// After a user change: close the open connections whose client is no longer under a
+    /// registered cluster certificate (`requester`'s once its answer is out), so taking a
+    /// certificate off the list takes effect at once, not at each client's next connection.
+    fn enforce_trust(&self, requester: &Arc<Link>) {
+        let anchors = self.member.hsm().trust_anchors();
+        if anchors.is_empty() {
+            return;
+        }
+        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
+        for l in links.iter().filter(|l| !Self::registered(l, &anchors)) {
+            tracing::warn!(
+                "connection from {} closed: its certificate chain holds none of the cluster \
+                 certificates the officers registered",
+                l.peer()
+            );
+            bump(&self.counters.connections_dropped);
+            if Arc::ptr_eq(l, requester) {
+                l.close_after_flush();
+            } else {
+                l.close();
             }
         }
     }

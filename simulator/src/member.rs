@@ -5,9 +5,9 @@
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    Approval, AttrAnswer, Audit, AuditLog, Backend, KeyMeta, MemberError, MemberId, MemberObject,
-    MemberResult, MemberSession, OwnedObject, Replication, Role, TokenStatus, UserChange, UserSet,
-    Users,
+    Approval, AttrAnswer, Audit, AuditLog, Backend, KeyMeta, KeyService, MemberError, MemberId,
+    MemberObject, MemberResult, MemberSession, OwnedObject, Replication, Role, TokenStatus,
+    UserChange, UserSet, Users,
 };
 use zeroize::Zeroizing;
 
@@ -388,6 +388,37 @@ impl Users for SimMember {
     ) -> MemberResult<Vec<OwnedObject>> {
         self.hsm
             .owned_objects(self.s(s), owner)
+            .map_err(|e| self.err(e))
+    }
+    fn set_key_quorum(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        service: KeyService,
+        m: u32,
+    ) -> MemberResult<()> {
+        self.hsm
+            .set_key_quorum(self.s(s), o.0, service, m)
+            .map_err(|e| self.err(e))
+    }
+    fn key_quorum_token(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        service: KeyService,
+    ) -> MemberResult<Vec<u8>> {
+        self.hsm
+            .key_quorum_token(self.s(s), o.0, service)
+            .map_err(|e| self.err(e))
+    }
+    fn approve_key(
+        &self,
+        s: MemberSession,
+        o: MemberObject,
+        approval: &Approval,
+    ) -> MemberResult<()> {
+        self.hsm
+            .approve_key(self.s(s), o.0, approval)
             .map_err(|e| self.err(e))
     }
 }

@@ -92,6 +92,9 @@ static STORAGE: &[Rule] = &[
     r(crate::types::CKA_HSMPOOL_OBJECT_ID, U, CG, None),
     // Set by the owner's share calls only (`Hsm::share_object`): read-only to templates.
     r(crate::types::CKA_HSMPOOL_SHARED_WITH, Y, 0, None),
+    // Set by the owner's key quorum calls only (`Hsm::set_key_quorum`): read-only to templates.
+    r(crate::types::CKA_HSMPOOL_QUORUM_USE, U, 0, None),
+    r(crate::types::CKA_HSMPOOL_QUORUM_MANAGE, U, 0, None),
 ];
 static DATA: &[Rule] = &[
     r(CKA_PRIVATE, B, CG, F),

@@ -283,7 +283,10 @@ impl Store {
                  kind TEXT NOT NULL, actor TEXT NOT NULL, subject TEXT NOT NULL,
                  detail TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS audit_checkpoints (seq INTEGER PRIMARY KEY,
-                 hash BLOB NOT NULL, signature BLOB NOT NULL);",
+                 hash BLOB NOT NULL, signature BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS key_approvals (nonce BLOB PRIMARY KEY,
+                 object INTEGER NOT NULL, user TEXT NOT NULL, service INTEGER NOT NULL,
+                 expires_ms INTEGER NOT NULL);",
         )
         .map_err(|e| SimError::store(&path, e))?;
         // Stores made before users were kept in step across members lack these columns: a row
@@ -714,6 +717,56 @@ impl Store {
         Ok((last as u64, records, checkpoints))
     }
 
+    /// Record an approval of a key quorum token (see `hsmpool_member::Users::approve_key`):
+    /// `user` may use or manage (`service`) `object` until `expires_ms`. `false` when the
+    /// token (its `nonce`) was presented before: a token is accepted once. Approvals that have
+    /// expired are dropped on the way.
+    pub fn add_key_approval(
+        &self,
+        nonce: &[u8],
+        object: u64,
+        user: &str,
+        service: u8,
+        expires_ms: u64,
+        now_ms: u64,
+    ) -> SimResult<bool> {
+        let conn = self.conn.lock();
+        // A spent token must stay spent while it could still be presented: keep rows until
+        // their token expires, not sooner.
+        conn.execute(
+            "DELETE FROM key_approvals WHERE expires_ms < ?1",
+            params![now_ms as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO key_approvals (nonce, object, user, service, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![nonce, object as i64, user, service, expires_ms as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Whether an approval lets `user` use or manage (`service`) `object` at `now_ms`.
+    pub fn key_approved(
+        &self,
+        object: u64,
+        user: &str,
+        service: u8,
+        now_ms: u64,
+    ) -> SimResult<bool> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT COUNT(*) FROM key_approvals
+                 WHERE object = ?1 AND user = ?2 AND service = ?3 AND expires_ms >= ?4",
+            params![object as i64, user, service, now_ms as i64],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| self.err(e))
+    }
+
     /// Remove every object and every user but the ones named (token re-initialisation), in one
     /// transaction. The audit log stays.
     pub fn wipe(&self, keep_users: &[&str]) -> SimResult<()> {
@@ -722,6 +775,8 @@ impl Store {
             .transaction()
             .map_err(|e| SimError::store(&self.path, e))?;
         tx.execute("DELETE FROM objects", [])
+            .map_err(|e| SimError::store(&self.path, e))?;
+        tx.execute("DELETE FROM key_approvals", [])
             .map_err(|e| SimError::store(&self.path, e))?;
         let users: Vec<String> = {
             let mut stmt = tx

@@ -1035,6 +1035,29 @@ fn signed(
     )
 }
 
+/// `name` (password `NAME-pw-1`), logged in as `user_type` on an engine over every member,
+/// registers `key` as its own approval key: that engine and session, still logged in.
+fn register_approval_key(
+    setup: &Setup,
+    user_type: CK_USER_TYPE,
+    name: &str,
+    key: &aws_lc_rs::signature::EcdsaKeyPair,
+) -> (Engine, SessionHandle) {
+    use aws_lc_rs::signature::KeyPair;
+    let e = setup.engine(&[0, 1, 2]);
+    let s = e
+        .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+        .unwrap();
+    e.login(s, user_type, format!("{name}:{name}-pw-1").as_bytes(), None)
+        .unwrap();
+    e.change_user(&UserChange::SetApprovalKey {
+        name: name.to_string(),
+        public_key: key.public_key().as_ref().to_vec(),
+    })
+    .unwrap();
+    (e, s)
+}
+
 fn a_quorum_protects_user_deletion(setup: &Setup) {
     use aws_lc_rs::signature::KeyPair;
     use hsmpool_member::users::{
@@ -1058,17 +1081,7 @@ fn a_quorum_protects_user_deletion(setup: &Setup) {
         .map(|o| (*o, approval_key()))
         .collect();
     for (o, k) in &keys {
-        let e = setup.engine(&[0, 1, 2]);
-        let s = e
-            .open_session(SLOT, CKF_SERIAL_SESSION | CKF_RW_SESSION)
-            .unwrap();
-        e.login(s, CKU_SO, format!("{o}:{o}-pw-1").as_bytes(), None)
-            .unwrap();
-        e.change_user(&UserChange::SetApprovalKey {
-            name: o.to_string(),
-            public_key: k.public_key().as_ref().to_vec(),
-        })
-        .unwrap();
+        let (e, _) = register_approval_key(setup, CKU_SO, o, k);
         // Not another officer's.
         assert_eq!(
             rv(e.change_user(&UserChange::SetApprovalKey {
@@ -1492,4 +1505,454 @@ fn in_process_cluster_check_finds_drift_and_repairs_it() {
 #[test]
 fn daemons_cluster_check_finds_drift_and_repairs_it() {
     cluster_check_finds_drift_and_repairs_it(&mut Setup::daemons());
+}
+
+/// A crypto user's session on `e`, logged in with `pin`.
+fn as_user(e: &Engine, pin: &str) -> SessionHandle {
+    let (r, s) = user_login(e, pin);
+    assert_eq!(r, CKR_OK, "{pin:?} logs in");
+    s
+}
+
+fn a_key_quorum_guards_its_use_and_management(setup: &Setup) {
+    use aws_lc_rs::signature::KeyPair;
+    use hsmpool_engine::Attr;
+    use hsmpool_member::types::{CKA_HSMPOOL_QUORUM_MANAGE, CKA_HSMPOOL_QUORUM_USE};
+    use hsmpool_member::users::{
+        key_token_params, CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_QUORUM_TOO_HIGH,
+    };
+    use hsmpool_member::{Approval, KeyService, QuorumToken};
+    let name = setup.name();
+    let (admin, so) = officer(setup);
+    for u in ["alice", "bob", "carol", "dave"] {
+        admin
+            .change_user(&create(u, Role::User, &format!("{u}-pw-1")))
+            .unwrap();
+    }
+    admin.logout(so).unwrap();
+    let e = setup.engine(&[0, 1, 2]);
+    // Each crypto user registers its own approval key, logged in as itself; not another's.
+    let keys: Vec<(&str, aws_lc_rs::signature::EcdsaKeyPair)> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|u| (*u, approval_key()))
+        .collect();
+    let key = |u: &str| &keys.iter().find(|(n, _)| *n == u).unwrap().1;
+    for (u, k) in &keys {
+        let (mine, _) = register_approval_key(setup, CKU_USER, u, k);
+        let other = if *u == "alice" { "bob" } else { "alice" };
+        assert_eq!(
+            rv(mine.change_user(&UserChange::SetApprovalKey {
+                name: other.into(),
+                public_key: k.public_key().as_ref().to_vec(),
+            })),
+            CKR_ACTION_PROHIBITED,
+            "{u} registers no key for {other}"
+        );
+    }
+
+    let a = as_user(&e, "alice:alice-pw-1");
+    let k = aes_key(&e, a, b"alice-aes", false);
+    let (pubk, _) = ec_pair(&e, a, b"alice-ec", true);
+    // Not the application's to set; not on a public key; never above the users who can approve.
+    assert_eq!(
+        rv(e.set_attribute_value(a, k, vec![Attr::ulong(CKA_HSMPOOL_QUORUM_USE, 2)])),
+        CKR_ATTRIBUTE_READ_ONLY
+    );
+    assert_eq!(
+        rv(e.set_key_quorum(a, pubk, KeyService::Use, 2)),
+        CKR_ACTION_PROHIBITED
+    );
+    assert_eq!(
+        rv(e.set_key_quorum(a, k, KeyService::Use, 2)),
+        CKR_HSMPOOL_QUORUM_TOO_HIGH,
+        "{name}: alice alone cannot be two approvers"
+    );
+    e.share_object(a, k, "bob", true).unwrap();
+    e.share_object(a, k, "carol", true).unwrap();
+    assert_eq!(
+        rv(e.set_key_quorum(a, k, KeyService::Use, 4)),
+        CKR_HSMPOOL_QUORUM_TOO_HIGH
+    );
+    e.set_key_quorum(a, k, KeyService::Use, 2).unwrap();
+    e.set_key_quorum(a, k, KeyService::Manage, 2).unwrap();
+    assert_eq!(
+        hsmpool_tests::engine::value(&e, a, k, CKA_HSMPOOL_QUORUM_USE),
+        (2 as CK_ULONG).to_ne_bytes().to_vec()
+    );
+    assert_eq!(
+        hsmpool_tests::engine::value(&e, a, k, CKA_HSMPOOL_QUORUM_MANAGE),
+        (2 as CK_ULONG).to_ne_bytes().to_vec()
+    );
+    // Without an approval, its owner neither uses nor manages it.
+    assert_eq!(encrypt(&e, a, k), CKR_HSMPOOL_QUORUM_REQUIRED, "{name}");
+    assert_eq!(rv(e.destroy_object(a, k)), CKR_HSMPOOL_QUORUM_REQUIRED);
+    assert_eq!(
+        rv(e.set_attribute_value(a, k, vec![Attr::bytes(CKA_LABEL, b"renamed")])),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    assert_eq!(
+        rv(e.share_object(a, k, "dave", true)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    assert_eq!(
+        rv(e.set_key_quorum(a, k, KeyService::Use, 1)),
+        CKR_HSMPOOL_QUORUM_REQUIRED
+    );
+    e.logout(a).unwrap();
+
+    // Bob, whom it is shared with, asks to use it (not to manage it: that is its owner's).
+    let b = as_user(&e, "bob:bob-pw-1");
+    assert_eq!(encrypt(&e, b, k), CKR_HSMPOOL_QUORUM_REQUIRED);
+    assert_eq!(
+        rv(e.key_quorum_token(b, k, KeyService::Manage)),
+        CKR_ACTION_PROHIBITED
+    );
+    let token = e.key_quorum_token(b, k, KeyService::Use).unwrap();
+    let with = |sigs: Vec<(String, Vec<u8>)>, token: &[u8]| Approval {
+        token: token.to_vec(),
+        signatures: sigs,
+    };
+    let by = |u: &str, t: &[u8]| signed(u, key(u), t);
+    // M - 1 signatures; one user twice; a signer the key is not shared with.
+    let refused = [
+        with(vec![by("alice", &token)], &token),
+        with(vec![by("alice", &token), by("alice", &token)], &token),
+        with(vec![by("alice", &token), by("dave", &token)], &token),
+    ];
+    for (i, approval) in refused.iter().enumerate() {
+        assert_eq!(
+            rv(e.approve_key(b, k, approval)),
+            CKR_HSMPOOL_QUORUM_REQUIRED,
+            "{name}: refused approval {i}"
+        );
+    }
+    // An expired token, and one for another key, however well signed.
+    let mut old = QuorumToken::decode(&token).unwrap();
+    old.issued_ms -= 11 * 60 * 1000;
+    old.expires_ms -= 11 * 60 * 1000;
+    let old = old.encode();
+    assert_eq!(
+        rv(e.approve_key(
+            b,
+            k,
+            &with(vec![by("alice", &old), by("carol", &old)], &old)
+        )),
+        CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED
+    );
+    let mut other = QuorumToken::decode(&token).unwrap();
+    other.params = key_token_params(12345);
+    let other = other.encode();
+    assert_eq!(
+        rv(e.approve_key(
+            b,
+            k,
+            &with(vec![by("alice", &other), by("carol", &other)], &other)
+        )),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID
+    );
+    // M signatures of distinct users of the key: bob may use it now, on every member.
+    let good = with(vec![by("alice", &token), by("carol", &token)], &token);
+    let report = e.approve_key(b, k, &good).unwrap();
+    assert_eq!(report.applied, vec![0, 1, 2], "{name}");
+    assert_eq!(
+        rv(e.approve_key(b, k, &good)),
+        CKR_HSMPOOL_QUORUM_TOKEN_INVALID,
+        "a token is accepted once"
+    );
+    assert_eq!(encrypt(&e, b, k), CKR_OK, "{name}");
+    e.logout(b).unwrap();
+    for i in 0..3 {
+        let alone = setup.engine(&[i]);
+        let b = as_user(&alone, "bob:bob-pw-1");
+        let found =
+            hsmpool_tests::engine::find(&alone, b, vec![Attr::bytes(CKA_LABEL, b"alice-aes")]);
+        assert_eq!(encrypt(&alone, b, found[0]), CKR_OK, "member {i} ({name})");
+    }
+    // The approval is bob's: alice still needs one of her own.
+    let a = as_user(&e, "alice:alice-pw-1");
+    assert_eq!(encrypt(&e, a, k), CKR_HSMPOOL_QUORUM_REQUIRED);
+    // Alice manages it with bob's approval: an unshare may not leave fewer users than M.
+    let t = e.key_quorum_token(a, k, KeyService::Manage).unwrap();
+    e.approve_key(a, k, &with(vec![by("alice", &t), by("bob", &t)], &t))
+        .unwrap();
+    e.share_object(a, k, "carol", false).unwrap();
+    assert_eq!(
+        rv(e.share_object(a, k, "bob", false)),
+        CKR_HSMPOOL_QUORUM_TOO_HIGH,
+        "{name}"
+    );
+    e.share_object(a, k, "carol", true).unwrap();
+    e.set_key_quorum(a, k, KeyService::Use, 1).unwrap();
+    assert_eq!(encrypt(&e, a, k), CKR_OK, "use needs no approval any more");
+    e.set_key_quorum(a, k, KeyService::Manage, 1).unwrap();
+    e.logout(a).unwrap();
+
+    // Each member's audit log names who approved.
+    admin.login(so, CKU_SO, SO, None).unwrap();
+    for i in 0..3 {
+        let log = admin.audit_log(i, 1, 10_000).unwrap();
+        assert!(
+            log.records.iter().any(|r| r.kind == "key_approve"
+                && r.actor == "bob"
+                && r.detail.contains("use approved by alice, carol")),
+            "member {i} ({name})"
+        );
+    }
+    admin.logout(so).unwrap();
+
+    // The same through the tool: keys in files, a token, signatures, the approval.
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for u in ["alice", "carol"] {
+        let pem = f(&format!("{u}.pem"));
+        let (code, out, err) = tool_env(setup, &["quorum", "keygen", "--out", &pem], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let pin = format!("{u}:{u}-pw-1");
+        let (code, out, err) = tool_env(
+            setup,
+            &["quorum", "register-key", "--user", "--key", &pem],
+            &[("HSMPOOL_PIN", &pin)],
+        );
+        assert_eq!(code, 0, "{name}: {out}{err}");
+    }
+    let alice = [("HSMPOOL_PIN", "alice:alice-pw-1")];
+    let (code, out, err) = tool_env(
+        setup,
+        &["key", "set-quorum", "alice-aes", "--use", "9"],
+        &alice,
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_TOO_HIGH"), "{err}");
+    let (code, out, err) = tool_env(
+        setup,
+        &["key", "set-quorum", "alice-aes", "--use", "2"],
+        &alice,
+    );
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    // Carol asks (bob holds an approval of his own already, from above).
+    let carol = [("HSMPOOL_PIN", "carol:carol-pw-1")];
+    let t = f("t.hex");
+    let (code, out, err) = tool_env(
+        setup,
+        &[
+            "quorum",
+            "token-gen",
+            "--out",
+            &t,
+            "key",
+            "use",
+            "alice-aes",
+        ],
+        &carol,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut sigs = Vec::new();
+    for u in ["alice", "carol"] {
+        let (code, out, err) = tool_env(
+            setup,
+            &[
+                "quorum",
+                "sign",
+                "--token",
+                &t,
+                "--user",
+                u,
+                "--key",
+                &f(&format!("{u}.pem")),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let sig = f(&format!("{u}.sig"));
+        std::fs::write(&sig, out).unwrap();
+        sigs.push(sig);
+    }
+    let approve = |sigs: &[String]| {
+        let mut args = vec!["key", "approve", "alice-aes", "--token", t.as_str()];
+        for s in sigs {
+            args.extend(["--approval", s.as_str()]);
+        }
+        tool_env(setup, &args, &carol)
+    };
+    let (code, out, err) = approve(&sigs[..1]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_REQUIRED"), "{err}");
+    let c = as_user(&e, "carol:carol-pw-1");
+    assert_eq!(encrypt(&e, c, k), CKR_HSMPOOL_QUORUM_REQUIRED, "{name}");
+    let (code, out, err) = approve(&sigs);
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    assert_eq!(encrypt(&e, c, k), CKR_OK, "{name}: approved by the tool");
+    let (code, out, err) = approve(&sigs);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_TOKEN_INVALID"), "{err}");
+}
+
+#[test]
+fn in_process_a_key_quorum_guards_its_use_and_management() {
+    a_key_quorum_guards_its_use_and_management(&Setup::in_process());
+}
+
+#[test]
+fn daemons_a_key_quorum_guards_its_use_and_management() {
+    a_key_quorum_guards_its_use_and_management(&Setup::daemons());
+}
+
+/// SHA-256 of the first certificate of a PEM file.
+fn cert_digest(path: &std::path::Path) -> [u8; 32] {
+    let text = std::fs::read(path).unwrap();
+    let der = pem::parse_many(&text)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .unwrap();
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.contents())
+        .as_ref()
+        .try_into()
+        .unwrap()
+}
+
+fn the_officers_register_the_cluster_certificates_under_quorum(setup: &Setup) {
+    use hsmpool_member::users::CKR_HSMPOOL_QUORUM_REQUIRED;
+    use hsmpool_member::Approval;
+    let name = setup.name();
+    let so_pin = std::str::from_utf8(SO).unwrap();
+    let (admin, so) = officer(setup);
+    let keys: Vec<(&str, aws_lc_rs::signature::EcdsaKeyPair)> = ["bob", "carol"]
+        .iter()
+        .map(|o| (*o, approval_key()))
+        .collect();
+    for (o, k) in &keys {
+        admin
+            .change_user(&create(o, Role::Officer, &format!("{o}-pw-1")))
+            .unwrap();
+        register_approval_key(setup, CKU_SO, o, k);
+    }
+    admin.change_user(&UserChange::SetQuorum { m: 2 }).unwrap();
+    let (code, out, err) = tool(setup, &["cluster", "trust", "list"], so_pin, None);
+    assert_eq!(code, 0, "{name}: {out}{err}");
+    assert!(out.contains("none registered"), "{out}");
+
+    // The cluster certificate the clients' leaves are issued under, and another cluster's.
+    let dir = tempfile::tempdir().unwrap();
+    let new_cluster = |n: &str| {
+        let d = dir.path().join(n);
+        let (code, out, err) = tool_env(
+            setup,
+            &[
+                "cluster",
+                "init",
+                "--test-only-sign-with-new-ca",
+                "--dir",
+                d.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        d.join("cluster.crt.pem")
+    };
+    let ours = match setup {
+        Setup::Daemons(dc) => dc.pki.join("cluster.crt.pem"),
+        Setup::InProcess { .. } => new_cluster("ours"),
+    };
+    let other = new_cluster("other");
+    let ours_s = ours.to_str().unwrap();
+    let other_s = other.to_str().unwrap();
+
+    // Without the officers' approvals: refused.
+    let (code, out, err) = tool(setup, &["cluster", "trust", "set", ours_s], so_pin, None);
+    assert_eq!(code, 1, "{name}: {out}{err}");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_REQUIRED"), "{err}");
+    let set = |digests: Vec<[u8; 32]>| {
+        let change = UserChange::SetTrustAnchors { anchors: digests };
+        assert_eq!(
+            rv(admin.change_user(&change)),
+            CKR_HSMPOOL_QUORUM_REQUIRED,
+            "{name}"
+        );
+        let token = admin.quorum_token(&change).unwrap();
+        let approval = Approval {
+            signatures: keys.iter().map(|(o, k)| signed(o, k, &token)).collect(),
+            token,
+        };
+        admin.change_user_approved(&change, &approval).unwrap();
+    };
+    if let Setup::Daemons(_) = setup {
+        // This tool's own chain is under our cluster certificate: a list without it would
+        // lock the tool out, and is refused before any member is asked.
+        let (code, out, err) = tool(setup, &["cluster", "trust", "set", other_s], so_pin, None);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("own client chain"), "{err}");
+    }
+    // With M approvals: on every member.
+    set(vec![cert_digest(&ours)]);
+    for (i, users) in admin.member_users().unwrap() {
+        assert_eq!(
+            users.unwrap().trust_anchors(),
+            vec![cert_digest(&ours)],
+            "member {i} ({name})"
+        );
+    }
+    let (code, out, err) = tool(setup, &["cluster", "trust", "list"], so_pin, None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            &cert_digest(&ours)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        "{name}: {out}"
+    );
+    // Clients under our cluster certificate still connect, on each member alone.
+    for i in 0..3 {
+        logs_in_and_signs(&setup.engine(&[i]), std::str::from_utf8(PIN).unwrap());
+    }
+    if let Setup::Daemons(dc) = setup {
+        // Only the other cluster's certificate: the daemons drop every client of ours at once
+        // and refuse each new connection, though each chains to the customer CA. (Engines that
+        // give up retrying after 1.5 s, not the default 20.)
+        let quick = || {
+            let text = dc.config_text(&[0], "probe_interval_ms = 50\ncall_deadline_ms = 1500");
+            Engine::new(Config::parse(&text, "test").unwrap()).unwrap()
+        };
+        let connected = quick();
+        let (r, s) = user_login(&connected, std::str::from_utf8(PIN).unwrap());
+        assert_eq!(r, CKR_OK);
+        let (_, k) = ec_pair(&connected, s, b"before", false);
+        set(vec![cert_digest(&other)]);
+        let signed = connected
+            .op_init(
+                s,
+                hsmpool_engine::types::OpKind::Sign,
+                hsmpool_engine::Mechanism::plain(CKM_ECDSA_SHA256),
+                k,
+            )
+            .and_then(|()| {
+                let mut out = vec![0u8; 64];
+                connected.op_single(
+                    s,
+                    hsmpool_engine::types::OpKind::Sign,
+                    b"after",
+                    Some(&mut out),
+                )
+            });
+        assert_ne!(rv(signed), CKR_OK, "a connection made before is dropped");
+        let (r, _) = user_login(&quick(), std::str::from_utf8(PIN).unwrap());
+        assert_ne!(
+            r, CKR_OK,
+            "a client under an unregistered cluster certificate"
+        );
+    }
+    admin.logout(so).ok();
+}
+
+#[test]
+fn in_process_the_officers_register_the_cluster_certificates_under_quorum() {
+    the_officers_register_the_cluster_certificates_under_quorum(&Setup::in_process());
+}
+
+#[test]
+fn daemons_the_officers_register_the_cluster_certificates_under_quorum() {
+    the_officers_register_the_cluster_certificates_under_quorum(&Setup::daemons());
 }

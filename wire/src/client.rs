@@ -45,8 +45,8 @@ use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use dashmap::DashMap;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    Approval, AttrAnswer, AuditLog, KeyMeta, MemberError, MemberId, MemberObject, MemberResult,
-    MemberSession, OwnedObject, Role, TokenStatus, UserChange, UserSet,
+    Approval, AttrAnswer, AuditLog, KeyMeta, KeyService, MemberError, MemberId, MemberObject,
+    MemberResult, MemberSession, OwnedObject, Role, TokenStatus, UserChange, UserSet,
 };
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;

@@ -7,8 +7,8 @@ use std::ops::Deref;
 use cryptoki_sys::{CK_MECHANISM_TYPE, CK_ULONG};
 use hsmpool_member::types::{Attr, KdfSegment, MechParam, Mechanism, SignInput};
 use hsmpool_member::{
-    Approval, AttrAnswer, AuditCheckpoint, AuditLog, AuditRecord, KeyMeta, OwnedObject, Role,
-    TokenStatus, UserChange, UserSet, UserState,
+    Approval, AttrAnswer, AuditCheckpoint, AuditLog, AuditRecord, KeyMeta, KeyService, OwnedObject,
+    Role, TokenStatus, UserChange, UserSet, UserState,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -547,6 +547,15 @@ impl Field for Role {
     }
 }
 
+impl Field for KeyService {
+    fn put(&self, w: &mut Writer) -> Result<()> {
+        w.u8(self.code())
+    }
+    fn take(r: &mut Reader<'_>) -> Result<Self> {
+        KeyService::from_code(r.u8()?).ok_or(WireError::Malformed("unknown key service"))
+    }
+}
+
 impl Field for InputKind {
     fn put(&self, w: &mut Writer) -> Result<()> {
         w.input(*self)
@@ -775,6 +784,11 @@ impl Field for UserChange {
                 String::new().put(w)?;
                 w.u32(*m)
             }
+            UserChange::SetTrustAnchors { anchors } => {
+                w.u8(11)?;
+                String::new().put(w)?;
+                w.bytes(&anchors.concat())
+            }
         }
     }
     fn take(r: &mut Reader<'_>) -> Result<Self> {
@@ -805,6 +819,18 @@ impl Field for UserChange {
                 public_key: r.vec()?,
             },
             8 => UserChange::SetQuorum { m: r.u32()? },
+            11 => {
+                let all = r.vec()?;
+                if all.len() % 32 != 0 {
+                    return Err(WireError::Malformed("trust anchors are 32 bytes each"));
+                }
+                UserChange::SetTrustAnchors {
+                    anchors: all
+                        .chunks_exact(32)
+                        .map(|c| c.try_into().unwrap_or([0; 32]))
+                        .collect(),
+                }
+            }
             _ => return Err(WireError::Malformed("unknown user change")),
         })
     }

@@ -304,6 +304,15 @@ impl Link {
         self.peer
     }
 
+    /// The certificates the other end presented (its leaf first, then its chain), DER.
+    pub fn peer_certificates(&self) -> Vec<Vec<u8>> {
+        self.tls
+            .lock()
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the link is closed (by either end, or after an error).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)

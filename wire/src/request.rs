@@ -15,7 +15,7 @@ use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::backend::{audit, replication, users};
 use hsmpool_member::types::{Attr, Mechanism};
 use hsmpool_member::{
-    Approval, Backend, MemberObject, MemberResult, MemberSession, Role, UserChange,
+    Approval, Backend, KeyService, MemberObject, MemberResult, MemberSession, Role, UserChange,
 };
 use zeroize::Zeroizing;
 
@@ -435,6 +435,24 @@ macro_rules! request_table {
                 client Users fn owned_objects(s: MemberSession, owner: Option<&str>) -> Vec<OwnedObject> {
                     Request::OwnedObjects { session: s.0, owner: owner.map(str::to_owned) }
                 } Response::Owned(v) => v;
+            /// `set_key_quorum` → [`Response::Ok`].
+            SET_KEY_QUORUM = 0x2d, SetKeyQuorum { session: u64, object: u64, service: KeyService, m: u32 }
+                => serve |b| users(b)?.set_key_quorum(sess(session), mo(object), service, m).map(|()| Response::Ok),
+                client Users fn set_key_quorum(s: MemberSession, o: MemberObject, service: KeyService, m: u32) -> () {
+                    Request::SetKeyQuorum { session: s.0, object: o.0, service, m }
+                } Response::Ok => ();
+            /// `key_quorum_token` → [`Response::Bytes`].
+            KEY_QUORUM_TOKEN = 0x2e, KeyQuorumToken { session: u64, object: u64, service: KeyService }
+                => serve |b| users(b)?.key_quorum_token(sess(session), mo(object), service).map(Response::Bytes),
+                client Users fn key_quorum_token(s: MemberSession, o: MemberObject, service: KeyService) -> Vec<u8> {
+                    Request::KeyQuorumToken { session: s.0, object: o.0, service }
+                } Response::Bytes(b) => b;
+            /// `approve_key` → [`Response::Ok`].
+            APPROVE_KEY = 0x2f, ApproveKey { session: u64, object: u64, approval: Approval }
+                => serve |b| users(b)?.approve_key(sess(session), mo(object), &approval).map(|()| Response::Ok),
+                client Users fn approve_key(s: MemberSession, o: MemberObject, approval: &Approval) -> () {
+                    Request::ApproveKey { session: s.0, object: o.0, approval: approval.clone() }
+                } Response::Ok => ();
         }
     };
 }

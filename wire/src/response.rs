@@ -125,7 +125,7 @@ responses! {
 
 /// The protocol this build speaks: the set of messages and their bodies (the frame header's
 /// version byte is the framing's). Raised whenever a message changes.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// What a daemon says of itself in the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -287,6 +287,25 @@ fn sample_requests() -> Vec<Request> {
             from: 17,
             limit: 100,
         },
+        Request::SetKeyQuorum {
+            session: 2,
+            object: 19,
+            service: hsmpool_member::KeyService::Use,
+            m: 2,
+        },
+        Request::KeyQuorumToken {
+            session: 2,
+            object: 19,
+            service: hsmpool_member::KeyService::Manage,
+        },
+        Request::ApproveKey {
+            session: 2,
+            object: 19,
+            approval: hsmpool_member::Approval {
+                token: vec![7; 9],
+                signatures: vec![("dave".into(), vec![5; 64])],
+            },
+        },
     ];
     // Every kind of user change round-trips.
     for change in [
@@ -314,6 +333,10 @@ fn sample_requests() -> Vec<Request> {
             public_key: vec![4; 65],
         },
         UserChange::SetQuorum { m: 2 },
+        UserChange::SetTrustAnchors {
+            anchors: vec![[3; 32], [4; 32]],
+        },
+        UserChange::SetTrustAnchors { anchors: vec![] },
     ] {
         v.push(Request::QuorumToken {
             session: 2,

@@ -301,6 +301,41 @@ impl Cluster {
         Ok(UserChangeReport { applied, pending })
     }
 
+    /// A signed key quorum token (`hsmpool_member::Users::approve_key`) presented to every up
+    /// member that keeps users. The first to answer decides: its refusal (too few
+    /// signatures, expired, used) is returned as it is, before any other is asked. A member that
+    /// then fails to take it is left without it (`pending`): there the user is refused with
+    /// `CKR_HSMPOOL_QUORUM_REQUIRED` until approved again, never let through.
+    pub(crate) fn key_approval(
+        &self,
+        o: crate::backend::MemberObject,
+        approval: &Approval,
+    ) -> Result<UserChangeReport> {
+        self.refuse_without_users("approve the use of a key")?;
+        let mut applied = Vec::new();
+        let mut last_err = None;
+        for i in self.user_keepers() {
+            match self.call(Route::Member(i), 2, |b, s| {
+                users(b)?.approve_key(s, o, approval)
+            }) {
+                Ok(()) => applied.push(i),
+                Err(e @ Error::Hsm { .. }) if applied.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(member = i, "a key approval was not taken: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if applied.is_empty() {
+            return Err(last_err
+                .unwrap_or_else(|| Error::DeviceError("no member that keeps users is up".into())));
+        }
+        let pending = (0..self.members.len())
+            .filter(|i| !applied.contains(i))
+            .collect();
+        Ok(UserChangeReport { applied, pending })
+    }
+
     /// `C_InitPIN` or `C_SetPIN` (`f`) on every up member: the member `route` picks decides;
     /// with the application logged in, the others that keep users take its new record (the
     /// hash travels, not the PIN), and only those that keep none (a vendor's token) are asked

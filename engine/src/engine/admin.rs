@@ -3,7 +3,7 @@
 //! officer for a change.
 
 use hsmpool_member::backend::{audit, users};
-use hsmpool_member::{Approval, AuditLog, OwnedObject, UserChange, UserSet};
+use hsmpool_member::{Approval, AuditLog, KeyService, OwnedObject, UserChange, UserSet};
 
 use super::lifecycle::Engine;
 use crate::cluster::{Route, UserChangeReport};
@@ -29,7 +29,11 @@ impl Engine {
         change: &UserChange,
         approval: &Approval,
     ) -> Result<UserChangeReport> {
-        if self.login_state() != LoginState::So {
+        // A crypto user registers its own approval key (for its keys' quorum); every other
+        // change is an officer's.
+        let own_key = matches!(change, UserChange::SetApprovalKey { .. })
+            && self.login_state() == LoginState::User;
+        if self.login_state() != LoginState::So && !own_key {
             return Err(Error::UserNotLoggedIn);
         }
         let report = self.cluster.user_change(change, approval)?;
@@ -117,6 +121,87 @@ impl Engine {
         user: &str,
         share: bool,
     ) -> Result<()> {
+        self.key_change(s, o, "share a key", |b, ms, mo| {
+            users(b)?.share_object(ms, mo, user, share)
+        })
+    }
+
+    /// The owner of token key `o` (a crypto user, on a read-write session) sets the approvals
+    /// `service` on it needs to `m` (1: none), on every member; see
+    /// `hsmpool_member::Users::set_key_quorum`. Changing it is key management: a key whose
+    /// management quorum is above 1 needs an approval in force ([`Engine::approve_key`]).
+    pub fn set_key_quorum(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        service: KeyService,
+        m: u32,
+    ) -> Result<()> {
+        self.key_change(s, o, "set a key's quorum", |b, ms, mo| {
+            users(b)?.set_key_quorum(ms, mo, service, m)
+        })
+    }
+
+    /// A quorum token for `service` on key `o`, for the crypto user logged in (the key's
+    /// owner; for use, also a user it is shared with). The key's users sign it
+    /// (`hsmpool quorum sign`) and [`Engine::approve_key`] presents it.
+    pub fn key_quorum_token(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        service: KeyService,
+    ) -> Result<Vec<u8>> {
+        self.rw_of(s)?;
+        if self.login_state() != LoginState::User {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let e = self.entry(o)?;
+        if e.home.is_some() {
+            return Err(Error::ActionProhibited);
+        }
+        self.cluster
+            .refuse_without_users("make a key quorum token")?;
+        self.cluster.call(e.route(&self.cluster), 2, |b, ms| {
+            users(b)?.key_quorum_token(ms, e.member_obj, service)
+        })
+    }
+
+    /// Present a signed key quorum token on every up member: with M valid signatures of the
+    /// key's users, the crypto user logged in (the one the token names) may use or manage key
+    /// `o`, as the token says, until the token expires (ten minutes). `C_Sign` and the other
+    /// calls carry no approval, so this is how a key with a quorum is opened for a while.
+    pub fn approve_key(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        approval: &Approval,
+    ) -> Result<UserChangeReport> {
+        self.rw_of(s)?;
+        if self.login_state() != LoginState::User {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let e = self.entry(o)?;
+        if e.home.is_some() {
+            return Err(Error::ActionProhibited);
+        }
+        let _gate = self.cluster.gate.read();
+        self.cluster.key_approval(e.member_obj, approval)
+    }
+
+    /// A change of token key `o`'s sharing or quorum (`f`) made by its owner on one member and
+    /// copied to the others (the changed object replaces the old one; a member that misses it
+    /// now is brought level when it returns).
+    fn key_change(
+        &self,
+        s: SessionHandle,
+        o: ObjectHandle,
+        what: &str,
+        f: impl Fn(
+            &dyn crate::backend::Backend,
+            crate::backend::MemberSession,
+            crate::backend::MemberObject,
+        ) -> std::result::Result<(), crate::backend::MemberError>,
+    ) -> Result<()> {
         if !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
         }
@@ -127,16 +212,14 @@ impl Engine {
         if e.home.is_some() {
             return Err(Error::ActionProhibited);
         }
-        self.cluster.refuse_without_users("share a key")?;
+        self.cluster.refuse_without_users(what)?;
         let _gate = self.cluster.gate.read();
-        let (first, _, ()) = self.cluster.call_full(e.route(&self.cluster), 1, |b, ms| {
-            users(b)?.share_object(ms, e.member_obj, user, share)
-        })?;
+        let (first, _, ()) = self
+            .cluster
+            .call_full(e.route(&self.cluster), 1, |b, ms| f(b, ms, e.member_obj))?;
         self.invalidate();
-        // The changed object replaces the old one on the others; a member that misses it now
-        // is brought level when it returns.
         if let Err(err) = self.cluster.replicate(&mut vec![first], &[e.member_obj]) {
-            tracing::warn!("a shared key's change could not be copied: {err}");
+            tracing::warn!("a key's change could not be copied: {err}");
         }
         Ok(())
     }

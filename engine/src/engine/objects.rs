@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
-use hsmpool_member::types::{Attr, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
+use hsmpool_member::types::{
+    Attr, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_QUORUM_MANAGE, CKA_HSMPOOL_QUORUM_USE,
+    CKA_HSMPOOL_SHARED_WITH,
+};
 use hsmpool_member::AttrAnswer;
 
 use super::lifecycle::Engine;
@@ -461,8 +464,12 @@ fn check_app_template(template: &[Attr]) -> Result<()> {
         if a.ty == CKA_HSMPOOL_OBJECT_ID {
             return Err(Error::AttributeTypeInvalid(a.ty));
         }
-        // Set by the owner's share calls only (`Engine::share_object`).
-        if a.ty == CKA_HSMPOOL_SHARED_WITH {
+        // Set by the owner's share and key quorum calls only (`Engine::share_object`,
+        // `Engine::set_key_quorum`).
+        if matches!(
+            a.ty,
+            CKA_HSMPOOL_SHARED_WITH | CKA_HSMPOOL_QUORUM_USE | CKA_HSMPOOL_QUORUM_MANAGE
+        ) {
             return Err(Error::AttributeReadOnly(a.ty));
         }
         if TOKEN_SET.contains(&a.ty) {

@@ -305,7 +305,7 @@ impl Hsm {
             e => e,
         })?;
         // A key shared with this user is used, never carried out of the HSM by it.
-        Self::may_manage(&self.login_of(sess)?, &k)?;
+        self.check_manage(sess, &self.login_of(sess)?, &k)?;
         let loaded = k
             .key
             .as_deref()

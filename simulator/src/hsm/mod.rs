@@ -8,6 +8,8 @@
 //! - `objects`: create, copy, destroy, find, attributes, object size, key metadata,
 //!   `check_key`;
 //! - `keys`: generate (a key, a key pair), wrap, unwrap, derive;
+//! - `keyquorum`: a key's own quorum: its values, tokens for it, and approvals (the checks
+//!   are in `objects`);
 //! - `ops`: sign, verify, encrypt, decrypt, a key's value for `C_DigestKey`, random;
 //! - `clone`: the cluster clone path and the health probe;
 //! - `audit`: reading the audit log (appending is in `common`, as every room appends);
@@ -15,7 +17,7 @@
 //!   member sessions, keeping the object map, its index and the store together, small helpers.
 //!
 //! A room calls only the rooms before it in the order `common`, `open`, `users`, `objects`,
-//! then any of `keys`, `ops`, `clone` and `audit` (which call none of each other); what a later room
+//! then any of `keys`, `keyquorum`, `ops`, `clone` and `audit` (which call none of each other); what a later room
 //! calls is `pub(super)`.
 //!
 //! # Concurrency
@@ -46,6 +48,7 @@ use crate::types::IdHash;
 mod audit;
 mod clone;
 mod common;
+mod keyquorum;
 mod keys;
 mod objects;
 mod open;

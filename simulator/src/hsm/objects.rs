@@ -14,9 +14,12 @@ use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::timing::{self, OpClass};
 use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
 
-use super::common::{bit_len, random_id, rv, strip_zeros};
+use super::common::{bit_len, now_ms, random_id, rv, strip_zeros};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
-use hsmpool_member::users::{shared_names, shared_value, OwnedObject, CKR_HSMPOOL_USER_NOT_FOUND};
+use hsmpool_member::users::{
+    shared_names, shared_value, KeyService, OwnedObject, CKR_HSMPOOL_QUORUM_REQUIRED,
+    CKR_HSMPOOL_QUORUM_TOO_HIGH, CKR_HSMPOOL_USER_NOT_FOUND,
+};
 
 impl Hsm {
     fn visible(login: &Option<(Role, String)>, sess: u64, o: &Object) -> bool {
@@ -37,7 +40,7 @@ impl Hsm {
     }
 
     /// Whether `o`'s owner shared it with `name`.
-    fn shared_with(o: &Object, name: &str) -> bool {
+    pub(super) fn shared_with(o: &Object, name: &str) -> bool {
         o.attrs
             .get(&CKA_HSMPOOL_SHARED_WITH)
             .is_some_and(|v| v.split(|b| *b == b'\n').any(|n| n == name.as_bytes()))
@@ -52,6 +55,54 @@ impl Hsm {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The approvals `service` on `o` needs (its quorum value; 1: none).
+    pub(super) fn key_quorum(o: &Object, service: KeyService) -> u32 {
+        o.attrs
+            .get(&service.attribute())
+            .and_then(|v| v.as_slice().try_into().ok())
+            .map_or(1, |b| {
+                u32::try_from(CK_ULONG::from_ne_bytes(b)).unwrap_or(u32::MAX)
+            })
+            .max(1)
+    }
+
+    /// A key whose quorum for `service` is above 1 is used or managed only by a crypto user
+    /// holding an approval in force for it (`approve_key`): `CKR_HSMPOOL_QUORUM_REQUIRED`
+    /// otherwise. Free for every other key (one attribute lookup).
+    pub(super) fn require_approval(
+        &self,
+        sess: u64,
+        o: &Object,
+        service: KeyService,
+    ) -> SimResult<()> {
+        if Self::key_quorum(o, service) <= 1 {
+            return Ok(());
+        }
+        let approved = match self.login_of(sess)? {
+            Some((Role::User, me)) => {
+                self.store
+                    .key_approved(o.id, &me, service.code(), now_ms())?
+            }
+            _ => false,
+        };
+        if approved {
+            Ok(())
+        } else {
+            Err(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED))
+        }
+    }
+
+    /// [`Hsm::may_manage`], then the key's management quorum.
+    pub(super) fn check_manage(
+        &self,
+        sess: u64,
+        login: &Option<(Role, String)>,
+        o: &Object,
+    ) -> SimResult<()> {
+        Self::may_manage(login, o)?;
+        self.require_approval(sess, o, KeyService::Manage)
     }
 
     /// The object, if the session may see it. The hot path of every operation: it reads the
@@ -336,7 +387,7 @@ impl Hsm {
         self.fault_check()?; // fault hook
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let obj = self.get_visible(sess, id)?;
-        Self::may_manage(&self.login_of(sess)?, &obj)?;
+        self.check_manage(sess, &self.login_of(sess)?, &obj)?;
         if !obj.flag(CKA_DESTROYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -366,7 +417,7 @@ impl Hsm {
                 timing::token_in(template).unwrap_or(obj.token),
             )
         });
-        Self::may_manage(&login, &obj)?;
+        self.check_manage(sess, &login, &obj)?;
         if !obj.flag(CKA_COPYABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -392,7 +443,7 @@ impl Hsm {
         let _timing = self.timed(|| (OpClass::Management, false)); // timing hook
         let login = self.login_of(sess)?;
         let obj = self.get_visible(sess, id)?;
-        Self::may_manage(&login, &obj)?;
+        self.check_manage(sess, &login, &obj)?;
         if !obj.flag(CKA_MODIFIABLE) {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
@@ -414,7 +465,7 @@ impl Hsm {
     }
 
     /// Store `obj` with new attributes (store first), then show it.
-    fn replace_attrs(
+    pub(super) fn replace_attrs(
         &self,
         obj: &Object,
         attrs: BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
@@ -451,6 +502,7 @@ impl Hsm {
         if !obj.token || user == me {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
+        self.require_approval(sess, &obj, KeyService::Manage)?;
         let mut names = obj
             .attrs
             .get(&CKA_HSMPOOL_SHARED_WITH)
@@ -463,6 +515,14 @@ impl Hsm {
             names.push(user.to_string());
         } else {
             names.retain(|n| n != user);
+            // The key's approvers are its owner and the users it is shared with: never fewer
+            // than its quorum values.
+            let left = 1 + names.len() as u32;
+            if left < Self::key_quorum(&obj, KeyService::Use)
+                || left < Self::key_quorum(&obj, KeyService::Manage)
+            {
+                return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOO_HIGH));
+            }
         }
         let mut attrs = obj.attrs.clone();
         if names.is_empty() {
@@ -634,6 +694,7 @@ impl Hsm {
         if !obj.flag(usage) {
             return Err(SimError::Rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
+        self.require_approval(sess, &obj, KeyService::Use)?;
         if let Some(allowed) = obj.attrs.get(&CKA_ALLOWED_MECHANISMS) {
             if !allowed.is_empty() {
                 let n = std::mem::size_of::<CK_ULONG>();

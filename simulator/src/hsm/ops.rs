@@ -108,6 +108,7 @@ impl Hsm {
         let obj = self
             .get_visible(sess, key)
             .map_err(|_| SimError::Rv(CKR_KEY_HANDLE_INVALID))?;
+        self.require_approval(sess, &obj, hsmpool_member::KeyService::Use)?;
         match obj.key.as_ref().map(|k| k.material()) {
             Some(KeyMaterial::Secret { value, .. }) => Ok(value.clone()),
             _ => Err(SimError::Rv(CKR_KEY_INDIGESTIBLE)),

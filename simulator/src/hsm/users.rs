@@ -10,7 +10,8 @@ use hsmpool_member::users::{
     vendor_rv_name, Approval, QuorumToken, UserChange, UserSet, UserState,
     CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
     CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
-    CKR_HSMPOOL_USER_OWNS_KEYS, QUORUM_RECORD, QUORUM_TOKEN_TTL_MS,
+    CKR_HSMPOOL_USER_OWNS_KEYS, MAX_TRUST_ANCHORS, QUORUM_RECORD, QUORUM_TOKEN_TTL_MS,
+    TRUST_RECORD,
 };
 use zeroize::Zeroizing;
 
@@ -120,7 +121,7 @@ impl User {
 }
 
 /// An outcome for the audit log: `ok`, or the code it was refused with.
-fn outcome<T>(r: &SimResult<T>) -> String {
+pub(super) fn outcome<T>(r: &SimResult<T>) -> String {
     match r {
         Ok(_) => "ok".into(),
         Err(SimError::Rv(rv)) => match vendor_rv_name(*rv) {
@@ -478,11 +479,24 @@ impl Hsm {
             UserChange::SetRole { .. } => "user_role",
             UserChange::SetApprovalKey { .. } => "approval_key",
             UserChange::SetQuorum { .. } => "quorum_set",
+            UserChange::SetTrustAnchors { .. } => "trust_set",
         };
         let mut detail = match (change, &done) {
             (UserChange::Delete { force: true, .. }, Ok(_)) => "ok (forced)".to_string(),
             (UserChange::SetRole { role, .. }, Ok(_)) => format!("ok: now {role:?}"),
             (UserChange::SetQuorum { m }, Ok(_)) => format!("ok: {m} approvals from now on"),
+            (UserChange::SetTrustAnchors { anchors }, Ok(_)) => format!(
+                "ok: {} cluster certificate(s): {}",
+                anchors.len(),
+                anchors
+                    .iter()
+                    .map(|a| a[..8]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             _ => outcome(&done),
         };
         if let Ok(approvers) = &done {
@@ -519,6 +533,23 @@ impl Hsm {
         Ok(())
     }
 
+    /// The cluster certificates (SHA-256 of each DER) a daemon accepts clients under: empty
+    /// for any chain to the customer CA (see `UserChange::SetTrustAnchors`).
+    pub fn trust_anchors(&self) -> Vec<[u8; 32]> {
+        self.catch_up();
+        self.users
+            .read()
+            .get(TRUST_RECORD)
+            .filter(|t| t.live())
+            .map(|t| {
+                t.extra
+                    .chunks_exact(32)
+                    .filter_map(|c| c.try_into().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The approvals a quorum-protected change needs now (1: none).
     fn quorum_m(&self) -> u32 {
         self.users
@@ -537,7 +568,8 @@ impl Hsm {
             UserChange::Create { .. }
             | UserChange::Delete { .. }
             | UserChange::SetRole { .. }
-            | UserChange::SetQuorum { .. } => true,
+            | UserChange::SetQuorum { .. }
+            | UserChange::SetTrustAnchors { .. } => true,
             UserChange::Password { name, .. } => name != me,
             _ => false,
         }
@@ -565,6 +597,18 @@ impl Hsm {
             // The change it was made for happened already (or another one did).
             return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_INVALID));
         }
+        Self::check_fresh(&token)?;
+        let mut approvers = Self::approvers(&users, approval, |_, o| o.role == Role::Officer);
+        if approvers.len() < m as usize {
+            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED));
+        }
+        approvers.sort();
+        Ok(approvers)
+    }
+
+    /// `CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED` for a token past its expiry, living longer than a
+    /// token may, or issued in the future (beyond a minute of clock skew between members).
+    pub(super) fn check_fresh(token: &QuorumToken) -> SimResult<()> {
         let now = now_ms();
         let skew = 60_000;
         if now > token.expires_ms
@@ -573,38 +617,90 @@ impl Hsm {
         {
             return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED));
         }
-        // Distinct officers, and distinct keys: one signature presented under two names
-        // (an officer that registered another's public key) counts once.
+        Ok(())
+    }
+
+    /// The users whose signatures in `approval` verify over its token, each counted once:
+    /// live, unlocked, `eligible`, with a registered approval key, and distinct keys (one
+    /// signature presented under two names, by a user that registered another's public key,
+    /// counts once).
+    fn approvers(
+        users: &std::collections::HashMap<String, User>,
+        approval: &Approval,
+        eligible: impl Fn(&str, &User) -> bool,
+    ) -> Vec<String> {
         let mut approvers: Vec<String> = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
-        for (officer, sig) in &approval.signatures {
-            if approvers.contains(officer) {
+        for (name, sig) in &approval.signatures {
+            if approvers.contains(name) || name.starts_with(':') {
                 continue;
             }
-            let Some(o) = users
-                .get(officer)
-                .filter(|o| o.live() && o.role == Role::Officer && !o.meta.locked)
+            let Some(u) = users
+                .get(name)
+                .filter(|u| u.live() && !u.meta.locked && eligible(name, u))
             else {
                 continue;
             };
-            if o.extra.is_empty() || officer.starts_with(':') || keys.contains(&o.extra.as_slice())
-            {
+            if u.extra.is_empty() || keys.contains(&u.extra.as_slice()) {
                 continue;
             }
             let key = aws_lc_rs::signature::UnparsedPublicKey::new(
                 &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
-                &o.extra,
+                &u.extra,
             );
             if key.verify(&approval.token, sig).is_ok() {
-                approvers.push(officer.clone());
-                keys.push(&o.extra);
+                approvers.push(name.clone());
+                keys.push(&u.extra);
             }
         }
-        if approvers.len() < m as usize {
-            return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED));
+        approvers
+    }
+
+    /// [`Hsm::approvers`] over this member's users.
+    pub(super) fn approvers_among(
+        &self,
+        approval: &Approval,
+        eligible: impl Fn(&str, Role) -> bool,
+    ) -> Vec<String> {
+        Self::approvers(&self.users.read(), approval, |n, u| eligible(n, u.role))
+    }
+
+    /// How many of the crypto users `names` can approve: live, with an approval key (distinct
+    /// keys counted once).
+    pub(super) fn users_with_approval_keys(&self, names: &[String]) -> u32 {
+        let users = self.users.read();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for n in names {
+            if let Some(u) = users.get(n).filter(|u| u.live() && u.role == Role::User) {
+                if !u.extra.is_empty() && !keys.contains(&u.extra.as_slice()) {
+                    keys.push(&u.extra);
+                }
+            }
         }
-        approvers.sort();
-        Ok(approvers)
+        keys.len() as u32
+    }
+
+    /// A new token (random nonce, ten minutes from now).
+    pub(super) fn new_token(
+        change: u8,
+        name: &str,
+        params: Vec<u8>,
+        target_version: u64,
+    ) -> SimResult<QuorumToken> {
+        let mut nonce = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
+        let issued_ms = now_ms();
+        Ok(QuorumToken {
+            change,
+            name: name.to_string(),
+            params,
+            target_version,
+            issued_ms,
+            expires_ms: issued_ms + QUORUM_TOKEN_TTL_MS,
+            nonce,
+        })
     }
 
     /// The users capability: a quorum token for `change` (an officer's session).
@@ -615,24 +711,12 @@ impl Hsm {
             Some((Role::Officer, _)) => {}
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         }
-        let mut nonce = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| SimError::Rv(CKR_DEVICE_ERROR))?;
-        let issued_ms = now_ms();
-        let token = QuorumToken {
-            change: change.code(),
-            name: change.name().to_string(),
-            params: change.params(),
-            target_version: self
-                .users
-                .read()
-                .get(change.name())
-                .map_or(0, |u| u.meta.version),
-            issued_ms,
-            expires_ms: issued_ms + QUORUM_TOKEN_TTL_MS,
-            nonce,
-        };
+        let version = self
+            .users
+            .read()
+            .get(change.name())
+            .map_or(0, |u| u.meta.version);
+        let token = Self::new_token(change.code(), change.name(), change.params(), version)?;
         self.audit(
             "quorum_token",
             &self.actor(sess),
@@ -653,10 +737,12 @@ impl Hsm {
         self.catch_up();
         let me = match self.login_of(sess)? {
             Some((Role::Officer, me)) => me,
+            // A crypto user registers its own approval key (it approves its keys' use).
+            Some((Role::User, me)) if matches!(change, UserChange::SetApprovalKey { .. }) => me,
             _ => return Err(SimError::Rv(CKR_USER_NOT_LOGGED_IN)),
         };
         let name = change.name();
-        if !valid_name(name) && name != QUORUM_RECORD {
+        if !valid_name(name) && name != QUORUM_RECORD && name != TRUST_RECORD {
             return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
         }
         let m = self.quorum_m();
@@ -756,6 +842,15 @@ impl Hsm {
                     q.extra = new_m.to_be_bytes().to_vec();
                     Ok(q)
                 }
+                (UserChange::SetTrustAnchors { anchors }, _, _) => {
+                    if anchors.len() > MAX_TRUST_ANCHORS {
+                        return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
+                    }
+                    let mut t = User::tombstone(Role::Officer, next, (0, 0));
+                    t.meta.deleted = false;
+                    t.extra = anchors.concat();
+                    Ok(t)
+                }
                 (UserChange::SetApprovalKey { public_key, .. }, Some(o), _) => {
                     if name != me {
                         return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
@@ -763,7 +858,11 @@ impl Hsm {
                     if !(public_key.is_empty() || (public_key.len() == 65 && public_key[0] == 4)) {
                         return Err(SimError::Rv(CKR_ARGUMENTS_BAD));
                     }
-                    if public_key.is_empty() && officers_with_keys <= m && m > 1 {
+                    if public_key.is_empty()
+                        && o.role == Role::Officer
+                        && officers_with_keys <= m
+                        && m > 1
+                    {
                         return Err(SimError::Rv(CKR_HSMPOOL_LAST_OFFICER));
                     }
                     // Another officer's key is not a second approval.
@@ -876,7 +975,9 @@ impl Hsm {
             locked: u.meta.locked,
             resets: u.meta.resets,
             failures: u.meta.failures,
-            approval_key: if name.starts_with(':') {
+            // The quorum record's M is in `UserSet::quorum`; the trust record's certificates
+            // are read from here (`UserSet::trust_anchors`).
+            approval_key: if name.starts_with(':') && name != TRUST_RECORD {
                 Vec::new()
             } else {
                 u.extra.clone()
@@ -954,7 +1055,7 @@ impl Hsm {
         })?;
         let (epoch, theirs) =
             User::from_clone_record(&plain).ok_or(SimError::Rv(CKR_WRAPPED_KEY_INVALID))?;
-        if !valid_name(&name) && name != QUORUM_RECORD {
+        if !valid_name(&name) && name != QUORUM_RECORD && name != TRUST_RECORD {
             return Err(SimError::Rv(CKR_WRAPPED_KEY_INVALID));
         }
         let mine = self.token.read().epoch;
