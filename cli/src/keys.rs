@@ -3,7 +3,8 @@
 //!
 //! `key list` logs in as a crypto officer (`HSMPOOL_SO_PIN`), who sees every key's owner and
 //! sharing but can use none; `key share` / `unshare` log in as the key's owner
-//! (`HSMPOOL_PIN`, `NAME:PASSWORD`), the only one who may share it.
+//! (`HSMPOOL_PIN`, `NAME:PASSWORD`), the only one who may share it or set its quorum;
+//! `key approve` presents, as a user of the key, a key quorum token its users signed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

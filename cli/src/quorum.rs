@@ -3,8 +3,12 @@
 //! it likes: a PKCS #8 file (`quorum keygen` makes one) or a PKCS #11 token (any module, the
 //! private key never leaving it). For a protected change, one officer asks the cluster for a
 //! token (`token-gen`), M officers sign it (`sign`), and the change is made with the token and
-//! the signatures (`--token`, `--approval` on `hsmpool user ...` and `quorum set`). A token is
-//! for one change, lives ten minutes, and is spent once the change is made.
+//! the signatures (`--token`, `--approval` on `hsmpool user ...`, `quorum set` and `cluster
+//! trust`). A token is for one change, lives ten minutes, and is spent once the change is made.
+//!
+//! A key's own quorum works the same way among crypto users: each registers an approval key
+//! (`register-key --user`), a user of the key asks for a token (`token-gen key use|manage KEY`,
+//! logged in with HSMPOOL_PIN), the key's users sign it, and `hsmpool key approve` presents it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,8 +24,9 @@ use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `quorum` part of `hsmpool --help`.
 pub const USAGE: &str = "  quorum keygen|register-key|set|token-gen|sign ...
-                              M of N officers' approval of user and quorum changes
-                              (hsmpool quorum --help)
+                              M of N approval: officers' of user, quorum and cluster
+                              certificate changes; a key's users' of its use (hsmpool quorum
+                              --help)
 ";
 
 const EXAMPLES: &str = "Examples:
