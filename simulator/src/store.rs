@@ -748,6 +748,15 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Drop every key approval of `user` (deleted: a new user of that name gets none).
+    pub fn drop_key_approvals_of(&self, user: &str) -> SimResult<()> {
+        self.conn
+            .lock()
+            .execute("DELETE FROM key_approvals WHERE user = ?1", params![user])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Whether an approval lets `user` use or manage (`service`) `object` at `now_ms`.
     pub fn key_approved(
         &self,

@@ -1786,6 +1786,39 @@ fn a_key_quorum_guards_its_use_and_management(setup: &Setup) {
     let (code, out, err) = approve(&sigs);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("CKR_HSMPOOL_QUORUM_TOKEN_INVALID"), "{err}");
+    e.logout(c).unwrap();
+    let b = as_user(&e, "bob:bob-pw-1");
+    assert_eq!(
+        encrypt(&e, b, k),
+        CKR_OK,
+        "bob's approval is still in force"
+    );
+    e.logout(b).unwrap();
+
+    // A deleted user's approvals go with it: a new bob (whom the key is shared with by name)
+    // needs one of his own.
+    admin.login(so, CKU_SO, SO, None).unwrap();
+    admin
+        .change_user(&UserChange::Delete {
+            name: "bob".into(),
+            force: false,
+        })
+        .unwrap();
+    admin
+        .change_user(&create("bob", Role::User, "bob-pw-2"))
+        .unwrap();
+    admin.logout(so).unwrap();
+    for i in 0..3 {
+        let alone = setup.engine(&[i]);
+        let b = as_user(&alone, "bob:bob-pw-2");
+        let found =
+            hsmpool_tests::engine::find(&alone, b, vec![Attr::bytes(CKA_LABEL, b"alice-aes")]);
+        assert_eq!(
+            encrypt(&alone, b, found[0]),
+            CKR_HSMPOOL_QUORUM_REQUIRED,
+            "member {i} ({name})"
+        );
+    }
 }
 
 #[test]

@@ -514,12 +514,13 @@ impl Hsm {
 
     /// Token objects of a deleted user belong to no one who can log in: their owner becomes
     /// `NAME:deleted-VERSION` (a name no user can have), the same on every member, as each
-    /// applies the same tombstone.
+    /// applies the same tombstone. Its key approvals go too (a new user of the name gets none).
     fn orphan_objects_of(&self, name: &str) -> SimResult<()> {
         let version = match self.users.read().get(name) {
             Some(u) if !u.live() => u.meta.version,
             _ => return Ok(()),
         };
+        self.store.drop_key_approvals_of(name)?;
         let orphaned = format!("{name}:deleted-{version}");
         let n = self.reown(name, &orphaned)?;
         if n > 0 {
