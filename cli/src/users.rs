@@ -18,8 +18,9 @@ use hsmpool_engine::types::SlotId;
 use hsmpool_engine::{Engine, Error};
 use hsmpool_member::users::{
     vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED,
-    CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_USER_EXISTS,
-    CKR_HSMPOOL_USER_NOT_FOUND, CKR_HSMPOOL_USER_OWNS_KEYS,
+    CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID,
+    CKR_HSMPOOL_QUORUM_TOO_HIGH, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
+    CKR_HSMPOOL_USER_OWNS_KEYS,
 };
 use hsmpool_member::{Role, UserChange};
 use zeroize::Zeroizing;
@@ -179,6 +180,12 @@ pub(crate) fn explain(e: &Error, name: &str) -> String {
             (CKR_HSMPOOL_QUORUM_REQUIRED): `hsmpool quorum token-gen`, then `quorum sign` by \
             each, then this command with --token and one --approval per officer"
             .to_string(),
+        CKR_HSMPOOL_QUORUM_TOO_HIGH => format!(
+            "refused (CKR_HSMPOOL_QUORUM_TOO_HIGH): a key shared with {name} has its own quorum, \
+             and without {name} it would have fewer users than approvals it needs, so no one \
+             could use or manage it again; have its owner lower the quorum or share it with \
+             another user first, or pass --force (the key is then lost)"
+        ),
         CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "the quorum token is for another change, or was \
             used already (CKR_HSMPOOL_QUORUM_TOKEN_INVALID): make a new one"
             .to_string(),

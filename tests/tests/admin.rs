@@ -1524,6 +1524,7 @@ fn a_key_quorum_guards_its_use_and_management(setup: &Setup) {
     };
     use hsmpool_member::{Approval, KeyService, QuorumToken};
     let name = setup.name();
+    let so_pin = std::str::from_utf8(SO).unwrap();
     let (admin, so) = officer(setup);
     for u in ["alice", "bob", "carol", "dave"] {
         admin
@@ -1795,8 +1796,8 @@ fn a_key_quorum_guards_its_use_and_management(setup: &Setup) {
     );
     e.logout(b).unwrap();
 
-    // A deleted user's approvals go with it: a new bob (whom the key is shared with by name)
-    // needs one of his own.
+    // A deleted user's sharing and approvals go with it: a new bob neither sees the key nor,
+    // once it is shared with him again, uses it on his predecessor's approval.
     admin.login(so, CKU_SO, SO, None).unwrap();
     admin
         .change_user(&UserChange::Delete {
@@ -1808,17 +1809,37 @@ fn a_key_quorum_guards_its_use_and_management(setup: &Setup) {
         .change_user(&create("bob", Role::User, "bob-pw-2"))
         .unwrap();
     admin.logout(so).unwrap();
-    for i in 0..3 {
+    let new_bob = |i: usize| {
         let alone = setup.engine(&[i]);
         let b = as_user(&alone, "bob:bob-pw-2");
         let found =
             hsmpool_tests::engine::find(&alone, b, vec![Attr::bytes(CKA_LABEL, b"alice-aes")]);
+        found.first().map(|k| encrypt(&alone, b, *k))
+    };
+    for i in 0..3 {
         assert_eq!(
-            encrypt(&alone, b, found[0]),
-            CKR_HSMPOOL_QUORUM_REQUIRED,
+            new_bob(i),
+            None,
+            "member {i} ({name}): not shared with the new bob"
+        );
+    }
+    let a = as_user(&e, "alice:alice-pw-1");
+    e.share_object(a, k, "bob", true).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            new_bob(i),
+            Some(CKR_HSMPOOL_QUORUM_REQUIRED),
             "member {i} ({name})"
         );
     }
+    // Deleting a user a key's quorum needs is refused (the key would be lost), unless forced.
+    e.share_object(a, k, "bob", false).unwrap();
+    e.logout(a).unwrap();
+    let (code, out, err) = tool(setup, &["user", "delete", "carol"], so_pin, None);
+    assert_eq!(code, 1, "{name}: {out}{err}");
+    assert!(err.contains("CKR_HSMPOOL_QUORUM_TOO_HIGH"), "{err}");
+    let (code, out, err) = tool(setup, &["user", "delete", "carol", "--force"], so_pin, None);
+    assert_eq!(code, 0, "{name}: {out}{err}");
 }
 
 #[test]

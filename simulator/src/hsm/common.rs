@@ -15,6 +15,8 @@ use crate::fault::Faults;
 use crate::object::{self, Object};
 use crate::store::AuditEvent;
 use crate::timing::{self, OpClass, TimingModel};
+use crate::types::CKA_HSMPOOL_SHARED_WITH;
+use hsmpool_member::users::{shared_names, shared_value, KeyService};
 
 use super::{Hsm, SimSession, INDEXED};
 
@@ -214,6 +216,55 @@ impl Hsm {
         Ok(owned.len())
     }
 
+    /// `name` taken off the sharing of every token object shared with it (store first); how
+    /// many. (The attribute is not indexed: the index stays as it is.)
+    pub(super) fn unshare_all(&self, name: &str) -> SimResult<usize> {
+        let shared: Vec<Arc<Object>> = self
+            .objects
+            .iter()
+            .filter(|o| o.token && shared_names_of(o).iter().any(|n| n == name))
+            .map(|o| o.value().clone())
+            .collect();
+        for o in &shared {
+            let mut names = shared_names_of(o);
+            names.retain(|n| n != name);
+            let mut attrs = o.attrs.clone();
+            if names.is_empty() {
+                attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
+            } else {
+                attrs.insert(CKA_HSMPOOL_SHARED_WITH, shared_value(&names));
+            }
+            let new = Arc::new(Object {
+                owner: o.owner.clone(),
+                attrs,
+                key: o.key.clone(),
+                ..**o
+            });
+            self.persist(&new)?;
+            self.objects.insert(new.id, new);
+        }
+        Ok(shared.len())
+    }
+
+    /// The token keys shared with `name` whose own quorum would exceed their users (owner and
+    /// those shared with) without it: deleting `name` would leave them unusable or
+    /// unmanageable.
+    pub(super) fn quorum_keys_needing(&self, name: &str) -> Vec<u64> {
+        self.objects
+            .iter()
+            .filter(|o| o.token)
+            .filter_map(|o| {
+                let names = shared_names_of(&o);
+                if !names.iter().any(|n| n == name) {
+                    return None;
+                }
+                let left = names.len() as u32; // the owner, and the others shared with
+                let m = key_quorum(&o, KeyService::Use).max(key_quorum(&o, KeyService::Manage));
+                (left < m).then_some(o.id)
+            })
+            .collect()
+    }
+
     pub(super) fn remove(&self, obj: &Object) -> SimResult<()> {
         if obj.token {
             self.store.delete_object(obj.id)?;
@@ -268,6 +319,25 @@ impl Hsm {
 }
 
 /// Milliseconds since the Unix epoch (the audit log's clock).
+/// The users `o`'s owner shared it with.
+pub(super) fn shared_names_of(o: &Object) -> Vec<String> {
+    o.attrs
+        .get(&CKA_HSMPOOL_SHARED_WITH)
+        .map(|v| shared_names(v))
+        .unwrap_or_default()
+}
+
+/// The approvals `service` on `o` needs (its quorum value; 1: none).
+pub(super) fn key_quorum(o: &Object, service: KeyService) -> u32 {
+    o.attrs
+        .get(&service.attribute())
+        .and_then(|v| v.as_slice().try_into().ok())
+        .map_or(1, |b| {
+            u32::try_from(CK_ULONG::from_ne_bytes(b)).unwrap_or(u32::MAX)
+        })
+        .max(1)
+}
+
 pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

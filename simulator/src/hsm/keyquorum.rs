@@ -17,7 +17,7 @@ use crate::error::{SimError, SimResult};
 use crate::object::Object;
 use crate::timing::OpClass;
 
-use super::common::now_ms;
+use super::common::{key_quorum, now_ms};
 use super::users::outcome;
 use super::{Hsm, Role};
 
@@ -149,7 +149,7 @@ impl Hsm {
         let mut approvers = self.approvers_among(approval, |name, role| {
             role == Role::User && Self::associated(obj, name)
         });
-        if approvers.len() < Self::key_quorum(obj, service) as usize {
+        if approvers.len() < key_quorum(obj, service) as usize {
             return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_REQUIRED));
         }
         approvers.sort();

@@ -14,7 +14,7 @@ use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::timing::{self, OpClass};
 use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
 
-use super::common::{bit_len, now_ms, random_id, rv, strip_zeros};
+use super::common::{bit_len, key_quorum, now_ms, random_id, rv, strip_zeros};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
 use hsmpool_member::users::{
     shared_names, shared_value, KeyService, OwnedObject, CKR_HSMPOOL_QUORUM_REQUIRED,
@@ -57,17 +57,6 @@ impl Hsm {
         }
     }
 
-    /// The approvals `service` on `o` needs (its quorum value; 1: none).
-    pub(super) fn key_quorum(o: &Object, service: KeyService) -> u32 {
-        o.attrs
-            .get(&service.attribute())
-            .and_then(|v| v.as_slice().try_into().ok())
-            .map_or(1, |b| {
-                u32::try_from(CK_ULONG::from_ne_bytes(b)).unwrap_or(u32::MAX)
-            })
-            .max(1)
-    }
-
     /// A key whose quorum for `service` is above 1 is used or managed only by a crypto user
     /// holding an approval in force for it (`approve_key`): `CKR_HSMPOOL_QUORUM_REQUIRED`
     /// otherwise. Free for every other key (one attribute lookup).
@@ -77,7 +66,7 @@ impl Hsm {
         o: &Object,
         service: KeyService,
     ) -> SimResult<()> {
-        if Self::key_quorum(o, service) <= 1 {
+        if key_quorum(o, service) <= 1 {
             return Ok(());
         }
         let approved = match self.login_of(sess)? {
@@ -518,8 +507,8 @@ impl Hsm {
             // The key's approvers are its owner and the users it is shared with: never fewer
             // than its quorum values.
             let left = 1 + names.len() as u32;
-            if left < Self::key_quorum(&obj, KeyService::Use)
-                || left < Self::key_quorum(&obj, KeyService::Manage)
+            if left < key_quorum(&obj, KeyService::Use)
+                || left < key_quorum(&obj, KeyService::Manage)
             {
                 return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOO_HIGH));
             }

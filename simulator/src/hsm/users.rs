@@ -9,9 +9,9 @@ use cryptoki_sys::*;
 use hsmpool_member::users::{
     vendor_rv_name, Approval, QuorumToken, UserChange, UserSet, UserState,
     CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED,
-    CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
-    CKR_HSMPOOL_USER_OWNS_KEYS, MAX_TRUST_ANCHORS, QUORUM_RECORD, QUORUM_TOKEN_TTL_MS,
-    TRUST_RECORD,
+    CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_QUORUM_TOO_HIGH, CKR_HSMPOOL_USER_EXISTS,
+    CKR_HSMPOOL_USER_NOT_FOUND, CKR_HSMPOOL_USER_OWNS_KEYS, MAX_TRUST_ANCHORS, QUORUM_RECORD,
+    QUORUM_TOKEN_TTL_MS, TRUST_RECORD,
 };
 use zeroize::Zeroizing;
 
@@ -521,6 +521,8 @@ impl Hsm {
             _ => return Ok(()),
         };
         self.store.drop_key_approvals_of(name)?;
+        // Nor the keys shared with this name.
+        self.unshare_all(name)?;
         let orphaned = format!("{name}:deleted-{version}");
         let n = self.reown(name, &orphaned)?;
         if n > 0 {
@@ -900,6 +902,10 @@ impl Hsm {
                     keeps_officer(o)?;
                     if !force && self.owns_objects(name) {
                         return Err(SimError::Rv(CKR_HSMPOOL_USER_OWNS_KEYS));
+                    }
+                    // A key whose own quorum needs this user's approval would be lost.
+                    if !force && !self.quorum_keys_needing(name).is_empty() {
+                        return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOO_HIGH));
                     }
                     Ok(User::tombstone(
                         o.role,
