@@ -1,8 +1,9 @@
 //! `hsmpool cluster trust ...`: the cluster certificates the daemon members accept clients
 //! under (CloudHSM's mTLS trust anchors). The daemons verify every client against the customer
 //! CA; with certificates registered here, they also refuse a client whose chain holds none of
-//! them: a leaf issued under a retired cluster key (or one stolen with its file) stops working
-//! the moment the officers take that cluster certificate off the list. The list is a record
+//! them: a leaf issued under a retired cluster key (or one stolen with its file) can no longer
+//! connect once the officers take that cluster certificate off the list (connections already
+//! open stay until they close, as TLS checks a client at connection). The list is a record
 //! every member keeps, changed as one user change is, and under the officers' quorum.
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,8 @@ const EXAMPLES: &str = "Examples:
   hsmpool cluster trust set new/cluster.crt.pem --token t.hex --approval bob.sig ...
 
 A daemon checks each new connection: its client's presented chain (leaf, then the cluster
-certificate) must hold a registered certificate. `set` refuses a list that holds none of the
+certificate) must hold a registered certificate (connections already open stay until they
+close). `set` refuses a list that holds none of the
 certificates in this tool's own client chain (the `cert` file of its configuration): the
 daemons would then refuse it, and every client like it; --force accepts that. At most 4
 certificates. Exit status: 0 done, 1 refused or failed, 2 a usage error.";

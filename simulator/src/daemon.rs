@@ -363,16 +363,8 @@ impl Daemon {
                 .name(format!("hsmd-worker-{i}"))
                 .spawn(move || {
                     for job in queue.iter() {
-                        // A user change may be a new list of trusted cluster certificates.
-                        let users = matches!(
-                            job.req,
-                            Request::ChangeUser { .. } | Request::ImportUser { .. }
-                        );
                         let resp = shared.run_caught(job.req);
                         shared.reply(&job.link, job.id, &resp);
-                        if users && !matches!(resp, Response::Err(_)) {
-                            shared.enforce_trust(&job.link);
-                        }
                     }
                 })
                 .map_err(|e| format!("starting a worker thread: {e}"))?;
@@ -459,6 +451,10 @@ impl Shared {
         // The cluster certificates the officers registered (`hsmpool cluster trust`): a client
         // whose chain holds none of them is refused, though it chains to the customer CA (a
         // certificate issued under a cluster key that was retired, or stolen with its file).
+        // Checked here, at connection, as TLS checks a client: connections already open stay
+        // until they close. Cutting them when the list changes would cut the change's own way
+        // to the other members (the first member to take it would drop the connections the
+        // engine copies it over, and the cluster would be left half changed).
         let anchors = self.member.hsm().trust_anchors();
         if !Self::registered(&link, &anchors) {
             bump(&self.counters.handshakes_refused);
@@ -577,30 +573,6 @@ impl Shared {
                 let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
                 anchors.iter().any(|a| a.as_slice() == d.as_ref())
             })
-    }
-
-    /// After a user change: close the open connections whose client is no longer under a
-    /// registered cluster certificate (`requester`'s once its answer is out), so taking a
-    /// certificate off the list takes effect at once, not at each client's next connection.
-    fn enforce_trust(&self, requester: &Arc<Link>) {
-        let anchors = self.member.hsm().trust_anchors();
-        if anchors.is_empty() {
-            return;
-        }
-        let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
-        for l in links.iter().filter(|l| !Self::registered(l, &anchors)) {
-            tracing::warn!(
-                "connection from {} closed: its certificate chain holds none of the cluster \
-                 certificates the officers registered",
-                l.peer()
-            );
-            bump(&self.counters.connections_dropped);
-            if Arc::ptr_eq(l, requester) {
-                l.close_after_flush();
-            } else {
-                l.close();
-            }
-        }
     }
 
     /// Close every client connection; `requester`'s once its answer is out.
