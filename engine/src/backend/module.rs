@@ -573,14 +573,6 @@ pub struct Module {
     always_auth: DashMap<CK_OBJECT_HANDLE, bool, IdHash>,
     /// Creates of objects alike (label, id) wait for each other (see `without_orphans`).
     create_locks: [Mutex<()>; CREATE_STRIPES],
-    /// Creates under one cluster-wide id wait for each other (see `new_object`).
-    id_locks: [Mutex<()>; CREATE_STRIPES],
-    /// Held (shared) by a create from its call to the adoption of what it made, and
-    /// (exclusive) by a find that meets a handle it does not know, before giving that handle
-    /// an id from its content: an object just made is never taken for a stranger (given a
-    /// second id, under which another member's copy would then be found missing and copied
-    /// here again).
-    creating: parking_lot::RwLock<()>,
     /// The module is NSS softokn (see [`NSS_DB`] and `Module::strip`).
     nss: bool,
     /// One call at a time on each of the engine's pool sessions (striped by handle): a pool
@@ -779,8 +771,6 @@ impl Module {
             own_so_pin,
             always_auth: DashMap::with_hasher(IdHash),
             create_locks: std::array::from_fn(|_| Mutex::new(())),
-            id_locks: std::array::from_fn(|_| Mutex::new(())),
-            creating: parking_lot::RwLock::new(()),
             nss: false,
             session_locks: std::array::from_fn(|_| Mutex::new(())),
         };
@@ -1420,24 +1410,6 @@ impl Module {
     ) -> MemberResult<MemberObject> {
         self.holdable(template)?;
         let (t, id) = self.strip(template);
-        let _creating = self.creating.read();
-        // The id is the create's idempotency token (the member contract, as the simulator
-        // keeps it): a create under an id we hold already returns that object, and creates
-        // under one id wait for each other, so two at once (a replication pass beside a
-        // create's own copying) make one object, never a second the token keeps unmapped.
-        let _same_id = id.map(|i| self.id_locks[(i % CREATE_STRIPES as u64) as usize].lock());
-        if let Some(i) = id {
-            if let Some(held) = self.handles.get(&i).map(|h| *h) {
-                match self.ulong(held, CKA_CLASS) {
-                    Ok(_) => return Ok(MemberObject(i)),
-                    Err(MemberError::Rv {
-                        rv: CKR_OBJECT_HANDLE_INVALID,
-                        ..
-                    }) => self.forget(held),
-                    Err(e) => return Err(e),
-                }
-            }
-        }
         let ck = CkTemplate::new(&t).map_err(|rv| self.rv(rv))?;
         let mut h: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
         self.without_orphans(&[probe_of(&t, None)], || make(&ck, &mut h))?;
@@ -1881,12 +1853,6 @@ impl Backend for Module {
     fn find(&self, _s: MemberSession, template: &[Attr]) -> MemberResult<Vec<MemberObject>> {
         let (t, id) = self.strip(template);
         let found = self.raw_find(&t)?;
-        // A handle we do not know may be an object a create in flight has just made: let the
-        // creates in flight adopt theirs first (see `Module::creating`).
-        let _settled = found
-            .iter()
-            .any(|h| !self.ids.contains_key(h))
-            .then(|| self.creating.write());
         let mut out = Vec::with_capacity(found.len());
         for h in found {
             let o = self.adopt(h, None)?;
@@ -1997,7 +1963,6 @@ impl Backend for Module {
             probe_of(&pt, Some(CKO_PUBLIC_KEY)),
             probe_of(&kt, Some(CKO_PRIVATE_KEY)),
         ];
-        let _creating = self.creating.read();
         self.without_orphans(&probes, || {
             let _one = self.on(s);
             call!(

@@ -411,9 +411,6 @@ pub struct Cluster {
     budget: AtomicI64,
     /// Creates (shared) against the final pass of a resynchronisation (exclusive).
     pub(crate) gate: RwLock<()>,
-    /// Wrapped copies of one object onto one member wait for each other (`wrap.rs`
-    /// `import_object`: its look, destroy and create are one step), striped by (member, id).
-    pub(crate) import_locks: [Mutex<()>; 16],
     /// `settings.clock`, at hand.
     clock: Arc<dyn Clock>,
     /// The retry jitter's xorshift state (never zero).
@@ -637,7 +634,6 @@ impl Cluster {
             creds_gen: AtomicU64::new(0),
             budget: AtomicI64::new(BUDGET_MAX),
             gate: RwLock::new(()),
-            import_locks: std::array::from_fn(|_| Mutex::new(())),
             clock,
             rng,
             ids,

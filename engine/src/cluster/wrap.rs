@@ -338,10 +338,6 @@ impl Cluster {
             Some(_) => (Some(self.wrap_key_on(dst)?), self.wrap_mechanism(dst)),
             None => (None, self.wrap_mechanism(dst)),
         };
-        // Two copies of one object onto one member at once (a create's own copying beside a
-        // level pass) would each find it absent and each make one: one at a time.
-        let stripe = (id.0.wrapping_mul(31).wrapping_add(dst as u64) % 16) as usize;
-        let _one = self.import_locks[stripe].lock();
         self.call(Route::Member(dst), 5, |b, s| {
             if b.get_attributes(s, id, &[CKA_CLASS]).is_ok() {
                 b.destroy_object(s, id)?;
