@@ -152,13 +152,7 @@ impl Engine {
         service: KeyService,
     ) -> Result<Vec<u8>> {
         self.rw_of(s)?;
-        if self.login_state() != LoginState::User {
-            return Err(Error::UserNotLoggedIn);
-        }
-        let e = self.entry(o)?;
-        if e.home.is_some() {
-            return Err(Error::ActionProhibited);
-        }
+        let e = self.users_token_key(o)?;
         self.cluster
             .refuse_without_users("make a key quorum token")?;
         self.cluster.call(e.route(&self.cluster), 2, |b, ms| {
@@ -177,6 +171,14 @@ impl Engine {
         approval: &Approval,
     ) -> Result<UserChangeReport> {
         self.rw_of(s)?;
+        let e = self.users_token_key(o)?;
+        let _gate = self.cluster.gate.read();
+        self.cluster.key_approval(e.member_obj, approval)
+    }
+
+    /// Token key `o`, for a call of its users' (sharing, quorum): a crypto user must be
+    /// logged in, and a session object is no one else's to share or approve.
+    fn users_token_key(&self, o: ObjectHandle) -> Result<crate::state::ObjEntry> {
         if self.login_state() != LoginState::User {
             return Err(Error::UserNotLoggedIn);
         }
@@ -184,8 +186,7 @@ impl Engine {
         if e.home.is_some() {
             return Err(Error::ActionProhibited);
         }
-        let _gate = self.cluster.gate.read();
-        self.cluster.key_approval(e.member_obj, approval)
+        Ok(e)
     }
 
     /// A change of token key `o`'s sharing or quorum (`f`) made by its owner on one member and
@@ -205,13 +206,7 @@ impl Engine {
         if !self.rw_of(s)? {
             return Err(Error::SessionReadOnly);
         }
-        if self.login_state() != LoginState::User {
-            return Err(Error::UserNotLoggedIn);
-        }
-        let e = self.entry(o)?;
-        if e.home.is_some() {
-            return Err(Error::ActionProhibited);
-        }
+        let e = self.users_token_key(o)?;
         self.cluster.refuse_without_users(what)?;
         let _gate = self.cluster.gate.read();
         let (first, _, ()) = self

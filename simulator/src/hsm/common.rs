@@ -228,15 +228,9 @@ impl Hsm {
         for o in &shared {
             let mut names = shared_names_of(o);
             names.retain(|n| n != name);
-            let mut attrs = o.attrs.clone();
-            if names.is_empty() {
-                attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
-            } else {
-                attrs.insert(CKA_HSMPOOL_SHARED_WITH, shared_value(&names));
-            }
             let new = Arc::new(Object {
                 owner: o.owner.clone(),
-                attrs,
+                attrs: attrs_shared_with(o, &names),
                 key: o.key.clone(),
                 ..**o
             });
@@ -258,9 +252,8 @@ impl Hsm {
                 if !names.iter().any(|n| n == name) {
                     return None;
                 }
-                let left = names.len() as u32; // the owner, and the others shared with
-                let m = key_quorum(&o, KeyService::Use).max(key_quorum(&o, KeyService::Manage));
-                (left < m).then_some(o.id)
+                // The owner, and the others shared with.
+                quorum_above(&o, names.len() as u32).then_some(o.id)
             })
             .collect()
     }
@@ -318,13 +311,26 @@ impl Hsm {
     }
 }
 
-/// Milliseconds since the Unix epoch (the audit log's clock).
 /// The users `o`'s owner shared it with.
 pub(super) fn shared_names_of(o: &Object) -> Vec<String> {
     o.attrs
         .get(&CKA_HSMPOOL_SHARED_WITH)
         .map(|v| shared_names(v))
         .unwrap_or_default()
+}
+
+/// `o`'s attributes with its sharing set to `names` (the attribute left out for none).
+pub(super) fn attrs_shared_with(
+    o: &Object,
+    names: &[String],
+) -> std::collections::BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>> {
+    let mut attrs = o.attrs.clone();
+    if names.is_empty() {
+        attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
+    } else {
+        attrs.insert(CKA_HSMPOOL_SHARED_WITH, shared_value(names));
+    }
+    attrs
 }
 
 /// The approvals `service` on `o` needs (its quorum value; 1: none).
@@ -338,6 +344,13 @@ pub(super) fn key_quorum(o: &Object, service: KeyService) -> u32 {
         .max(1)
 }
 
+/// Whether `o`'s own quorum (for use or for management) is above `users` approvers: with
+/// that many users the key could never be approved again.
+pub(super) fn quorum_above(o: &Object, users: u32) -> bool {
+    users < key_quorum(o, KeyService::Use).max(key_quorum(o, KeyService::Manage))
+}
+
+/// Milliseconds since the Unix epoch (the audit log's and quorum tokens' clock).
 pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -9,7 +9,7 @@
 
 use cryptoki_sys::*;
 use hsmpool_member::users::{
-    key_token_params, shared_names, Approval, KeyService, QuorumToken, CKR_HSMPOOL_QUORUM_REQUIRED,
+    key_token_params, Approval, KeyService, QuorumToken, CKR_HSMPOOL_QUORUM_REQUIRED,
     CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_QUORUM_TOO_HIGH,
 };
 
@@ -17,7 +17,7 @@ use crate::error::{SimError, SimResult};
 use crate::object::Object;
 use crate::timing::OpClass;
 
-use super::common::{key_quorum, now_ms};
+use super::common::{key_quorum, now_ms, shared_names_of};
 use super::users::outcome;
 use super::{Hsm, Role};
 
@@ -58,11 +58,7 @@ impl Hsm {
         self.require_approval(sess, &obj, KeyService::Manage)?;
         // A value no set of the key's users can meet would leave the key unusable (or
         // unmanageable) for good: at most the associated users that registered approval keys.
-        let mut names = obj
-            .attrs
-            .get(&crate::types::CKA_HSMPOOL_SHARED_WITH)
-            .map(|v| shared_names(v))
-            .unwrap_or_default();
+        let mut names = shared_names_of(&obj);
         names.push(me.clone());
         let able = self.users_with_approval_keys(&names);
         if m > 1 && m > able {

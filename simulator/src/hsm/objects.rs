@@ -14,11 +14,14 @@ use crate::object::{self, find, find_ulong, Object, Origin};
 use crate::timing::{self, OpClass};
 use crate::types::{Attr, Mechanism, CKA_HSMPOOL_OBJECT_ID, CKA_HSMPOOL_SHARED_WITH};
 
-use super::common::{bit_len, key_quorum, now_ms, random_id, rv, strip_zeros};
+use super::common::{
+    attrs_shared_with, bit_len, key_quorum, now_ms, quorum_above, random_id, rv, shared_names_of,
+    strip_zeros,
+};
 use super::{AttrAnswer, Hsm, KeyMeta, Role, INDEXED};
 use hsmpool_member::users::{
-    shared_names, shared_value, KeyService, OwnedObject, CKR_HSMPOOL_QUORUM_REQUIRED,
-    CKR_HSMPOOL_QUORUM_TOO_HIGH, CKR_HSMPOOL_USER_NOT_FOUND,
+    KeyService, OwnedObject, CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOO_HIGH,
+    CKR_HSMPOOL_USER_NOT_FOUND,
 };
 
 impl Hsm {
@@ -492,11 +495,7 @@ impl Hsm {
             return Err(SimError::Rv(CKR_ACTION_PROHIBITED));
         }
         self.require_approval(sess, &obj, KeyService::Manage)?;
-        let mut names = obj
-            .attrs
-            .get(&CKA_HSMPOOL_SHARED_WITH)
-            .map(|v| shared_names(v))
-            .unwrap_or_default();
+        let mut names = shared_names_of(&obj);
         if share {
             if !self.is_crypto_user(user) {
                 return Err(SimError::Rv(CKR_HSMPOOL_USER_NOT_FOUND));
@@ -506,19 +505,11 @@ impl Hsm {
             names.retain(|n| n != user);
             // The key's approvers are its owner and the users it is shared with: never fewer
             // than its quorum values.
-            let left = 1 + names.len() as u32;
-            if left < key_quorum(&obj, KeyService::Use)
-                || left < key_quorum(&obj, KeyService::Manage)
-            {
+            if quorum_above(&obj, 1 + names.len() as u32) {
                 return Err(SimError::Rv(CKR_HSMPOOL_QUORUM_TOO_HIGH));
             }
         }
-        let mut attrs = obj.attrs.clone();
-        if names.is_empty() {
-            attrs.remove(&CKA_HSMPOOL_SHARED_WITH);
-        } else {
-            attrs.insert(CKA_HSMPOOL_SHARED_WITH, shared_value(&names));
-        }
+        let attrs = attrs_shared_with(&obj, &names);
         if attrs == obj.attrs {
             return Ok(());
         }
@@ -548,11 +539,7 @@ impl Hsm {
                 key_type: o.key_type,
                 label: o.attrs.get(&CKA_LABEL).cloned().unwrap_or_default(),
                 ck_id: o.attrs.get(&CKA_ID).cloned().unwrap_or_default(),
-                shared_with: o
-                    .attrs
-                    .get(&CKA_HSMPOOL_SHARED_WITH)
-                    .map(|v| shared_names(v))
-                    .unwrap_or_default(),
+                shared_with: shared_names_of(&o),
             })
             .collect();
         out.sort_by_key(|o| o.id);
