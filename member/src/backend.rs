@@ -12,6 +12,7 @@ use cryptoki_sys::{
 use zeroize::Zeroizing;
 
 use crate::audit::Audit;
+use crate::backup::Backup;
 use crate::mechanism::MechRow;
 use crate::meta::{AttrAnswer, KeyMeta, Role, TokenStatus};
 use crate::types::{Attr, Mechanism, SignInput};
@@ -317,6 +318,20 @@ pub trait Backend: Send + Sync {
     fn audit(&self) -> Option<&dyn Audit> {
         None
     }
+
+    /// Backups of everything this member holds, if this kind of member takes them (see
+    /// [`crate::backup`]). A vendor module answers `None` (its vendor has its own backups).
+    fn backup(&self) -> Option<&dyn Backup> {
+        None
+    }
+}
+
+/// `b`'s backup capability, or [`MemberError::Unsupported`] for a kind that has none.
+pub fn backup(b: &dyn Backend) -> MemberResult<&dyn Backup> {
+    b.backup().ok_or(MemberError::Unsupported {
+        member: b.id(),
+        what: "take backups (no backup capability)",
+    })
 }
 
 /// `b`'s audit log, or [`MemberError::Unsupported`] for a kind that keeps none.
@@ -346,7 +361,7 @@ pub fn replication(b: &dyn Backend) -> MemberResult<&dyn Replication> {
 
 /// Optional capability: copying token objects between members of one cluster as sealed blobs
 /// only members can open (the simulator's clone key; CloudHSM's cluster key). Room is left
-/// beside it for users, audit and backups as traits of their own.
+/// beside it for users, audit and backups as traits of their own (`Users`, `Audit`, `Backup`).
 pub trait Replication: Send + Sync {
     /// Token object `o` sealed for another member of the same cluster (a clone blob only
     /// members can open). Needs a logged-in session.

@@ -47,6 +47,7 @@ const HKDF_SALT: &[u8] = b"hsmpool cluster v1";
 pub struct CloneKey {
     seal: SealKey,
     digest: hmac::Key,
+    cluster_id: [u8; 16],
 }
 
 /// One object as it travels in a clone blob.
@@ -86,10 +87,20 @@ impl CloneKey {
     }
 
     fn from_secret(secret: &[u8]) -> SimResult<CloneKey> {
+        let mut cluster_id = [0u8; 16];
+        cluster_id.copy_from_slice(&derive(secret, b"cluster id")?[..16]);
         Ok(CloneKey {
             seal: SealKey::new(&derive(secret, b"clone blob")?)?,
             digest: hmac::Key::new(hmac::HMAC_SHA256, &derive(secret, b"object digest")?),
+            cluster_id,
         })
+    }
+
+    /// The cluster's id: derived from the clone key, so every member of one cluster has the
+    /// same one and a cluster restored from a backup (a new clone key) has a new one. It says
+    /// nothing about the key.
+    pub fn cluster_id(&self) -> [u8; 16] {
+        self.cluster_id
     }
 
     /// Seal one object for another member of the cluster.
@@ -233,7 +244,8 @@ impl CloneKey {
 }
 
 /// Give every member data directory in `dirs` the same clone key: the one some of them already
-/// have (they must agree), else a new random one. Directories are created as needed.
+/// have (they must agree), else a new random one; and the fleet's backup key
+/// ([`crate::backup::provision`]). Directories are created as needed.
 pub fn provision(dirs: &[PathBuf]) -> SimResult<()> {
     let mut found: Option<Zeroizing<Vec<u8>>> = None;
     for d in dirs {
@@ -267,7 +279,8 @@ pub fn provision(dirs: &[PathBuf]) -> SimResult<()> {
             write_key_file(&path, &key)?;
         }
     }
-    Ok(())
+    // Members of one cluster are HSMs of one fleet: they hold its backup key too.
+    crate::backup::provision(dirs, None)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! panics on input; `unsafe` is confined to `crypto/raw.rs` (raw aws-lc calls).
 #![deny(unsafe_code)]
 
+pub mod backup;
 pub mod cluster;
 pub mod crypto;
 pub mod daemon;

@@ -1,13 +1,13 @@
 //! The simulator as a cluster member: [`SimMember`] implements the member contract
-//! ([`Backend`] and its [`Replication`] and [`Users`] capabilities) over an [`Hsm`] in this process. The
+//! ([`Backend`] and its [`Replication`], [`Users`], [`Audit`] and [`Backup`] capabilities) over an [`Hsm`] in this process. The
 //! engine's embedded default uses it directly; `hsmpool-hsmd` serves it over the wire.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
 use hsmpool_member::types::{Attr, Mechanism, SignInput};
 use hsmpool_member::{
-    Approval, AttrAnswer, Audit, AuditLog, Backend, KeyMeta, KeyService, MemberError, MemberId,
-    MemberObject, MemberResult, MemberSession, OwnedObject, Replication, Role, TokenStatus,
-    UserChange, UserSet, Users,
+    Approval, AttrAnswer, Audit, AuditLog, Backend, Backup, KeyMeta, KeyService, MemberError,
+    MemberId, MemberObject, MemberResult, MemberSession, OwnedObject, Replication, Role,
+    TokenStatus, UserChange, UserSet, Users,
 };
 use zeroize::Zeroizing;
 
@@ -330,6 +330,26 @@ impl Backend for SimMember {
     }
     fn audit(&self) -> Option<&dyn Audit> {
         Some(self)
+    }
+    fn backup(&self) -> Option<&dyn Backup> {
+        Some(self)
+    }
+}
+
+impl Backup for SimMember {
+    fn export_backup(
+        &self,
+        s: MemberSession,
+        id: &str,
+        created_ms: u64,
+        offset: u64,
+    ) -> MemberResult<(u64, Vec<u8>)> {
+        self.hsm
+            .export_backup(self.s(s), id, created_ms, offset)
+            .map_err(|e| self.err(e))
+    }
+    fn cluster_id(&self, s: MemberSession) -> MemberResult<[u8; 16]> {
+        self.hsm.cluster_id(self.s(s)).map_err(|e| self.err(e))
     }
 }
 

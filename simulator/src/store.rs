@@ -176,6 +176,18 @@ pub struct StoredUser {
     pub extra: Vec<u8>,
 }
 
+/// Everything a backup holds, as read from a store ([`Store::snapshot`]).
+pub struct Snapshot {
+    /// The metadata rows (token state: initialised, label, epoch).
+    pub meta: Vec<(String, Vec<u8>)>,
+    /// Every user record (tombstones and the cluster's records included).
+    pub users: Vec<StoredUser>,
+    /// Every token object.
+    pub objects: Vec<StoredObject>,
+    /// The number of the last audit record.
+    pub audit_seq: u64,
+}
+
 /// What loading found that could not be trusted.
 #[derive(Debug, Default, Clone)]
 pub struct Refused {
@@ -392,6 +404,14 @@ impl Store {
     /// Every object whose seal verifies, and the ids of those whose seal does not.
     pub fn load_objects(&self, refused: &mut Refused) -> SimResult<Vec<StoredObject>> {
         let conn = self.conn.lock();
+        self.load_objects_in(&conn, refused)
+    }
+
+    fn load_objects_in(
+        &self,
+        conn: &Connection,
+        refused: &mut Refused,
+    ) -> SimResult<Vec<StoredObject>> {
         let mut stmt = conn
             .prepare("SELECT id, owner, attrs, sealed FROM objects ORDER BY id")
             .map_err(|e| self.err(e))?;
@@ -515,6 +535,14 @@ impl Store {
     /// Every user whose seal verifies.
     pub fn load_users(&self, refused: &mut Refused) -> SimResult<Vec<StoredUser>> {
         let conn = self.conn.lock();
+        self.load_users_in(&conn, refused)
+    }
+
+    fn load_users_in(
+        &self,
+        conn: &Connection,
+        refused: &mut Refused,
+    ) -> SimResult<Vec<StoredUser>> {
         let mut stmt = conn
             .prepare(
                 "SELECT name, role, sealed, failures, version, deleted, locked, resets, extra
@@ -774,6 +802,108 @@ impl Store {
         )
         .map(|n| n > 0)
         .map_err(|e| self.err(e))
+    }
+
+    /// Everything a backup holds (see `crate::backup`), read in one transaction so that no
+    /// write lands between its parts: the metadata, every user and every token object whose
+    /// seal verifies (what does not is in `refused`), and the number of the last audit record.
+    pub fn snapshot(&self, refused: &mut Refused) -> SimResult<Snapshot> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let meta = {
+            let mut stmt = tx
+                .prepare("SELECT k, v FROM meta ORDER BY k")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            rows
+        };
+        let users = self.load_users_in(&tx, refused)?;
+        let objects = self.load_objects_in(&tx, refused)?;
+        let audit_seq: i64 = tx
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Snapshot {
+            meta,
+            users,
+            objects,
+            audit_seq: audit_seq.max(0) as u64,
+        })
+    }
+
+    /// Write `snap` into this store, which must hold no user and no object
+    /// (`CKR_DEVICE_ERROR` otherwise: a restore never mixes two clusters), sealing every row
+    /// under this store's master key, with the audit record that says so, in one transaction.
+    pub fn restore(
+        &self,
+        snap: &Snapshot,
+        e: &AuditEvent<'_>,
+        sign: &dyn Fn(&[u8]) -> Vec<u8>,
+    ) -> SimResult<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let held: i64 = tx
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM objects)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if held > 0 {
+            return Err(SimError::Store(format!(
+                "{}: restoring into a store that already holds users or objects",
+                self.path.display()
+            )));
+        }
+        for (k, v) in &snap.meta {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![k, v],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        for u in &snap.users {
+            let sealed = self.master.seal(
+                &user_aad(&u.name, u.role, Some(&u.meta), &u.extra),
+                &u.record,
+            )?;
+            tx.execute(
+                "INSERT INTO users (name, role, sealed, failures, version, deleted, locked,
+                     resets, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    u.name,
+                    u.role,
+                    sealed,
+                    u.meta.failures,
+                    u.meta.version as i64,
+                    u.meta.deleted,
+                    u.meta.locked,
+                    u.meta.resets as i64,
+                    u.extra
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        for o in &snap.objects {
+            let sealed = self
+                .master
+                .seal(&object_aad(o.id, o.owner.as_deref(), &o.attrs), &o.secret)?;
+            tx.execute(
+                "INSERT INTO objects (id, owner, attrs, sealed) VALUES (?1, ?2, ?3, ?4)",
+                params![o.id as i64, o.owner, o.attrs, sealed],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        self.append_in(&tx, e, sign)?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Remove every object and every user but the ones named (token re-initialisation), in one

@@ -425,7 +425,7 @@ pub fn admin_request(cfg: &RemoteConfig, req: &Request) -> MemberResult<Response
 /// that are not one request each written here: who the member is, closing a session (it cannot
 /// fail), random bytes (asked in pieces of at most [`crate::MAX_RANDOM`]).
 macro_rules! client_impls {
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*]) => {
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*]) => {
         impl hsmpool_member::Backend for Remote {
             $($bk)*
             fn id(&self) -> MemberId {
@@ -463,6 +463,9 @@ macro_rules! client_impls {
             fn audit(&self) -> Option<&dyn hsmpool_member::Audit> {
                 Some(self)
             }
+            fn backup(&self) -> Option<&dyn hsmpool_member::Backup> {
+                Some(self)
+            }
         }
         impl hsmpool_member::Replication for Remote {
             $($rp)*
@@ -473,18 +476,24 @@ macro_rules! client_impls {
         impl hsmpool_member::Audit for Remote {
             $($au)*
         }
+        impl hsmpool_member::Backup for Remote {
+            $($bu)*
+        }
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] [$($us)*] [$($au)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*] Backend { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)* $($item)*] [$($rp)*] [$($us)*] [$($au)*] [$($bu)*] $($rest)*);
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] [$($us)*] [$($au)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*] Replication { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)* $($item)*] [$($us)*] [$($au)*] [$($bu)*] $($rest)*);
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Users { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)* $($item)*] [$($au)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*] Users { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)* $($item)*] [$($au)*] [$($bu)*] $($rest)*);
     };
-    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] Audit { $($item:tt)* } $($rest:tt)*) => {
-        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)*] [$($au)* $($item)*] $($rest)*);
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*] Audit { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)*] [$($au)* $($item)*] [$($bu)*] $($rest)*);
+    };
+    (@go [$($bk:tt)*] [$($rp:tt)*] [$($us:tt)*] [$($au:tt)*] [$($bu:tt)*] Backup { $($item:tt)* } $($rest:tt)*) => {
+        client_impls!(@go [$($bk)*] [$($rp)*] [$($us)*] [$($au)*] [$($bu)* $($item)*] $($rest)*);
     };
 }
 
@@ -500,7 +509,7 @@ macro_rules! client_methods {
             $make:block $rpat:pat => $rval:expr)?
         ;
     )*) => {
-        client_impls!(@go [] [] [] []
+        client_impls!(@go [] [] [] [] []
             $($(
                 $tr {
                     fn $m(&self, $($a: $at),*) -> MemberResult<$ret> {

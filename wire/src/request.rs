@@ -12,7 +12,7 @@
 //! its implementation in each member kind that has it.
 
 use cryptoki_sys::CK_ATTRIBUTE_TYPE;
-use hsmpool_member::backend::{audit, replication, users};
+use hsmpool_member::backend::{audit, backup, replication, users};
 use hsmpool_member::types::{Attr, Mechanism};
 use hsmpool_member::{
     Approval, Backend, KeyService, MemberObject, MemberResult, MemberSession, Role, UserChange,
@@ -453,6 +453,19 @@ macro_rules! request_table {
                 client Users fn approve_key(s: MemberSession, o: MemberObject, approval: &Approval) -> () {
                     Request::ApproveKey { session: s.0, object: o.0, approval: approval.clone() }
                 } Response::Ok => ();
+            /// `export_backup`: a piece of a backup image → [`Response::Chunk`].
+            EXPORT_BACKUP = 0x30, ExportBackup { session: u64, id: String, created_ms: u64, offset: u64 }
+                => serve |b| backup(b)?.export_backup(sess(session), &id, created_ms, offset)
+                    .map(|(total, bytes)| Response::Chunk(total, bytes)),
+                client Backup fn export_backup(s: MemberSession, id: &str, created_ms: u64, offset: u64) -> (u64, Vec<u8>) {
+                    Request::ExportBackup { session: s.0, id: id.to_owned(), created_ms, offset }
+                } Response::Chunk(total, bytes) => (total, bytes);
+            /// `cluster_id` → [`Response::ClusterId`].
+            CLUSTER_ID = 0x31, ClusterId { session: u64 }
+                => serve |b| backup(b)?.cluster_id(sess(session)).map(Response::ClusterId),
+                client Backup fn cluster_id(s: MemberSession) -> [u8; 16] {
+                    Request::ClusterId { session: s.0 }
+                } Response::ClusterId(id) => id;
         }
     };
 }

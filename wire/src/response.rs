@@ -121,11 +121,15 @@ responses! {
     R_OWNED = 0x8f, Owned(v: Vec<OwnedObject>);
     /// A page of a member's audit log.
     R_AUDIT = 0x90, Audit(a: AuditLog);
+    /// A piece of a larger answer, and the whole's length (a backup image).
+    R_CHUNK = 0x91, Chunk(total: u64, b: Vec<u8>);
+    /// A cluster's id.
+    R_CLUSTER_ID = 0x92, ClusterId(id: [u8; 16]);
 }
 
 /// The protocol this build speaks: the set of messages and their bodies (the frame header's
 /// version byte is the framing's). Raised whenever a message changes.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// What a daemon says of itself in the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -306,6 +306,13 @@ fn sample_requests() -> Vec<Request> {
                 signatures: vec![("dave".into(), vec![5; 64])],
             },
         },
+        Request::ExportBackup {
+            session: 2,
+            id: "20261207T161500Z-0a1b2c3d".into(),
+            created_ms: 1_796_000_000_000,
+            offset: 8 << 20,
+        },
+        Request::ClusterId { session: 2 },
     ];
     // Every kind of user change round-trips.
     for change in [
@@ -434,6 +441,9 @@ fn sample_responses() -> Vec<Response> {
         }),
         Response::Users(UserSet::default()),
         Response::Owned(vec![]),
+        Response::Chunk(0, vec![]),
+        Response::ClusterId([0xc1; 16]),
+        Response::Chunk(9 << 20, vec![0x48; 300]),
         Response::Audit(hsmpool_member::AuditLog::default()),
         Response::Audit(hsmpool_member::AuditLog {
             public_key: vec![0x11; 32],

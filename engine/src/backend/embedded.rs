@@ -9,14 +9,15 @@ use crate::config::{Config, MemberConfig, MemberKind};
 use crate::error::{Error, Result};
 
 /// Before the members open: embedded members of one cluster share a clone key (see
-/// `hsmpool_sim::cluster`), made once and given to each data directory.
+/// `hsmpool_sim::cluster`; it also names the cluster, for its backups) and the fleet's backup
+/// key, made once and given to each data directory. A lone embedded member gets them too.
 pub(super) fn prepare(cfg: &Config) -> Result<()> {
     let members = cfg.members();
     let dirs: Vec<std::path::PathBuf> = (0..members.len())
         .filter(|i| matches!(members[*i].kind(), Ok(MemberKind::Embedded)))
         .map(|i| cfg.member_data_dir(i))
         .collect();
-    if members.len() > 1 && !dirs.is_empty() {
+    if !dirs.is_empty() {
         hsmpool_sim::cluster::provision(&dirs).map_err(|e| Error::Config(e.to_string()))?;
     }
     Ok(())

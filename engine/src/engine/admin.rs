@@ -2,7 +2,7 @@
 //! member (see `crate::cluster` `users.rs`). The application logs in first, as a crypto
 //! officer for a change.
 
-use hsmpool_member::backend::{audit, users};
+use hsmpool_member::backend::{audit, backup, users};
 use hsmpool_member::{Approval, AuditLog, KeyService, OwnedObject, UserChange, UserSet};
 
 use super::lifecycle::Engine;
@@ -243,6 +243,85 @@ impl Engine {
         self.cluster.call(Route::Member(member), 2, |b, s| {
             audit(b)?.audit_log(s, from, limit)
         })
+    }
+
+    /// A backup image of the cluster named `id`, dated `created_ms`, taken by one up member
+    /// that takes backups (the first that succeeds, in index order), read out in pieces; with
+    /// the index of the member that took it. An image holds everything a member holds, sealed
+    /// under keys only HSMs of the fleet have (`hsmpool_member::backup`): this process never
+    /// reads inside it. Needs an officer login; the up members are brought level first, so
+    /// the image is the cluster's, not one member's lag.
+    pub fn export_backup(&self, id: &str, created_ms: u64) -> Result<(usize, Vec<u8>)> {
+        if self.login_state() != LoginState::So {
+            return Err(Error::UserNotLoggedIn);
+        }
+        if !hsmpool_member::backup::valid_id(id) {
+            return Err(Error::ArgumentsBad(
+                "a backup id is 1 to 64 of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        self.cluster.level_all();
+        let takers: Vec<usize> = self
+            .cluster
+            .status()
+            .iter()
+            .filter(|m| m.health == crate::cluster::Health::Up)
+            .map(|m| m.index)
+            .filter(|&i| self.cluster.members[i].backend.backup().is_some())
+            .collect();
+        let mut last = Error::DeviceError("no up member takes backups".into());
+        for i in takers {
+            match self.export_from(i, id, created_ms) {
+                Ok(image) => return Ok((i, image)),
+                Err(e) => {
+                    tracing::warn!(member = i, "backup {id} not taken there: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The cluster's id (what its backups carry), as the first up member that takes backups
+    /// says. Needs a login.
+    pub fn cluster_id(&self) -> Result<[u8; 16]> {
+        if self.login_state() == LoginState::Public {
+            return Err(Error::UserNotLoggedIn);
+        }
+        let i = self
+            .cluster
+            .status()
+            .iter()
+            .filter(|m| m.health == crate::cluster::Health::Up)
+            .map(|m| m.index)
+            .find(|&i| self.cluster.members[i].backend.backup().is_some())
+            .ok_or_else(|| Error::DeviceError("no up member takes backups".into()))?;
+        self.cluster
+            .call(Route::Member(i), 1, |b, s| backup(b)?.cluster_id(s))
+    }
+
+    /// Read backup image `id` out of member `i`, piece by piece.
+    fn export_from(&self, i: usize, id: &str, created_ms: u64) -> Result<Vec<u8>> {
+        let mut image: Vec<u8> = Vec::new();
+        let mut total = None;
+        loop {
+            let offset = image.len() as u64;
+            let (whole, piece) = self.cluster.call(Route::Member(i), 4, |b, s| {
+                backup(b)?.export_backup(s, id, created_ms, offset)
+            })?;
+            if *total.get_or_insert(whole) != whole
+                || (piece.is_empty() && offset < whole)
+                || offset + piece.len() as u64 > whole
+            {
+                return Err(Error::DeviceError(format!(
+                    "member {i} answered a backup piece that does not fit"
+                )));
+            }
+            image.extend_from_slice(&piece);
+            if image.len() as u64 == whole {
+                return Ok(image);
+            }
+        }
     }
 
     /// Whether a login brings the up members level (on by default). `hsmpool cluster check

@@ -136,7 +136,7 @@ impl Hsm {
     }
 
     /// An audit checkpoint's signature, by this member's audit key.
-    fn sign_checkpoint(&self, message: &[u8]) -> Vec<u8> {
+    pub(super) fn sign_checkpoint(&self, message: &[u8]) -> Vec<u8> {
         self.audit_key.sign(message).as_ref().to_vec()
     }
 
@@ -335,7 +335,15 @@ pub(super) fn attrs_shared_with(
 
 /// The approvals `service` on `o` needs (its quorum value; 1: none).
 pub(super) fn key_quorum(o: &Object, service: KeyService) -> u32 {
-    o.attrs
+    attrs_quorum(&o.attrs, service)
+}
+
+/// The approvals `service` needs on an object with attributes `attrs` (1: none).
+pub(super) fn attrs_quorum(
+    attrs: &std::collections::BTreeMap<CK_ATTRIBUTE_TYPE, Vec<u8>>,
+    service: KeyService,
+) -> u32 {
+    attrs
         .get(&service.attribute())
         .and_then(|v| v.as_slice().try_into().ok())
         .map_or(1, |b| {

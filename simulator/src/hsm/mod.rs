@@ -13,11 +13,13 @@
 //! - `ops`: sign, verify, encrypt, decrypt, a key's value for `C_DigestKey`, random;
 //! - `clone`: the cluster clone path and the health probe;
 //! - `audit`: reading the audit log (appending is in `common`, as every room appends);
+//! - `backup`: taking a backup image of the store, restoring one into a new HSM, and what a
+//!   store holds (its inventory);
 //! - `common`: what several rooms share: the timing and fault hooks, opening and closing
 //!   member sessions, keeping the object map, its index and the store together, small helpers.
 //!
 //! A room calls only the rooms before it in the order `common`, `open`, `users`, `objects`,
-//! then any of `keys`, `keyquorum`, `ops`, `clone` and `audit` (which call none of each other); what a later room
+//! then any of `keys`, `keyquorum`, `ops`, `clone`, `audit` and `backup` (which call none of each other); what a later room
 //! calls is `pub(super)`.
 //!
 //! # Concurrency
@@ -46,6 +48,8 @@ use crate::timing::{Clock, TimingConfig, TimingModel};
 use crate::types::IdHash;
 
 mod audit;
+mod backup;
+pub use backup::SelfTest;
 mod clone;
 mod common;
 mod keyquorum;
@@ -192,7 +196,7 @@ struct TokenMeta {
 /// - **Session ids.** They come from `next_session`, which only grows from a random start, so
 ///   an id never names two sessions of one `Hsm`.
 /// - **Fixed at open.** `cfg`, `refused` (what failed its integrity check when the store was
-///   opened), `timing`, `faults`, `clone_key` and `audit_key` never change afterwards.
+///   opened), `timing`, `faults`, `clone_key`, `backup_key` and `audit_key` never change afterwards.
 /// - **Audit.** Every management event is appended to the store's audit log after it took
 ///   effect (or was refused), never before: the log says what happened.
 pub struct Hsm {
@@ -212,6 +216,10 @@ pub struct Hsm {
     faults: Option<Faults>,
     /// The cluster's clone key, when this member has been provisioned with one.
     clone_key: Option<CloneKey>,
+    /// The fleet's persistent backup key, when this member has been provisioned with one.
+    backup_key: Option<crate::backup::BackupKey>,
+    /// The backup image being read out in pieces (`export_backup`): its id and bytes.
+    backup_image: parking_lot::Mutex<Option<(String, Arc<Vec<u8>>)>>,
     /// The key this member signs its audit checkpoints with (`audit.key`, made at first open).
     audit_key: aws_lc_rs::signature::Ed25519KeyPair,
     /// The store's `data_version` when this HSM last caught up with other processes' writes.

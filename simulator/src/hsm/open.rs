@@ -46,6 +46,7 @@ impl Hsm {
             .as_ref()
             .map(|f| Faults::with_clock(f, Arc::clone(&clock))); // fault hook
         let clone_key = CloneKey::load(&cfg.data_dir)?;
+        let backup_key = crate::backup::BackupKey::load(&cfg.data_dir)?;
         let audit_key = audit_key(&cfg.data_dir)?;
         let hsm = Hsm {
             cfg,
@@ -62,6 +63,8 @@ impl Hsm {
             timing,
             faults,
             clone_key,
+            backup_key,
+            backup_image: parking_lot::Mutex::new(None),
             audit_key,
             seen_version: std::sync::atomic::AtomicI64::new(0),
             checked_ms: AtomicU64::new(0),
