@@ -98,6 +98,12 @@ enum KeyCmd {
         #[arg(long, value_name = "M")]
         manage: Option<u32>,
     },
+    /// Destroy one of your token keys on every member (a key needing approvals to manage
+    /// needs them first: `hsmpool key approve`). Names the backups that still hold it.
+    Destroy {
+        /// The key: a label, id:HEX or uid:HEX.
+        key: String,
+    },
     /// Present a key quorum token signed by the key's users (`hsmpool quorum token-gen key
     /// use|manage KEY`, then `quorum sign`): you may then use or manage the key, as the token
     /// says, until the token expires (ten minutes). The token is accepted once.
@@ -203,7 +209,39 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         KeyCmd::Unshare { key, with } => share(data, &key, &with, false),
         KeyCmd::SetQuorum { key, use_m, manage } => set_quorum(data, &key, use_m, manage),
         KeyCmd::Approve { key, approvals } => approve(data, &key, &approvals),
+        KeyCmd::Destroy { key } => destroy(data, &key),
     }
+}
+
+/// `hsmpool key destroy KEY`: the owner destroys it everywhere; older backups still hold it.
+fn destroy(data: Option<PathBuf>, key: &str) -> Result<ExitCode, String> {
+    let pin = secret("HSMPOOL_PIN")?;
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+        Ok(x) => x,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let o = match one_key(&engine, s, key) {
+        Ok(o) => o,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let uid = match engine
+        .get_attribute_value(s, o, &[CKA_UNIQUE_ID])
+        .as_deref()
+    {
+        Ok([AttrAnswer::Value(v)]) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok()),
+        _ => None,
+    };
+    if let Err(e) = engine.destroy_object(s, o) {
+        eprintln!("hsmpool: key destroy {key}: {}", explain_key(&e, key));
+        return Ok(ExitCode::from(1));
+    }
+    println!("{key}: destroyed on every member");
+    if let Some(uid) = uid {
+        crate::backup::name_stale_backups(&engine, crate::backup::Stale::Key(uid));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What went wrong with a key's quorum, and what to do.

@@ -13,8 +13,10 @@ use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 
 mod audit;
+mod backup;
 mod check;
 mod keys;
+mod members;
 mod quorum;
 mod sim;
 mod trust;
@@ -43,13 +45,15 @@ fn usage() -> String {
         .replace(
             "{user}",
             &format!(
-                "{}{}{}{}{}{}",
+                "{}{}{}{}{}{}{}{}",
                 users::USAGE,
                 keys::USAGE,
                 audit::USAGE,
                 quorum::USAGE,
                 check::USAGE,
-                trust::USAGE
+                trust::USAGE,
+                members::USAGE,
+                backup::USAGE
             ),
         )
 }
@@ -188,6 +192,9 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     if args.len() >= 2 && args[0] == "cluster" && args[1] == "check" {
         return check::run(&args[2..], data);
     }
+    if args.len() >= 2 && args[0] == "cluster" && args[1] == "member" {
+        return members::run(&args[2..]);
+    }
     if args.len() >= 2 && args[0] == "cluster" && args[1] == "trust" {
         return trust::run(&args[2..], data);
     }
@@ -202,6 +209,9 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     }
     if args.first().is_some_and(|a| a == "quorum") {
         return quorum::run(&args[1..], data);
+    }
+    if args.first().is_some_and(|a| a == "backup") {
+        return backup::run(&args[1..], data);
     }
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());

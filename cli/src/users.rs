@@ -368,6 +368,13 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
                     list(&report.pending)
                 );
             }
+            // Older backups still hold the old password (or the deleted user): say which.
+            if matches!(
+                change,
+                UserChange::Password { .. } | UserChange::Delete { .. }
+            ) {
+                crate::backup::name_stale_backups(&engine, crate::backup::Stale::User(&name));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

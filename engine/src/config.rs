@@ -85,6 +85,27 @@ pub struct Config {
     /// What some clients need of the token beyond the standard (see the module documentation).
     #[serde(default)]
     pub compat: CompatConfig,
+    /// Where the cluster's backups go (read by the `hsmpool` tool; the module ignores it).
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: the backup store of `hsmpool backup`; every key optional.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The store's URL: `file:///dir`, `s3://bucket/prefix`, `gs://...`, `az://...` (default:
+    /// `backups` under the default data directory).
+    pub store: Option<String>,
+    /// The region this store is in (default `local`).
+    pub region: Option<String>,
+    /// Hours between scheduled backups (default 24).
+    pub interval_hours: Option<u64>,
+    /// Backups listed per page when the store is read (default 1000).
+    pub page_size: Option<usize>,
+    /// Other regions' stores, by region name, for copies (`hsmpool backup copy`).
+    #[serde(default)]
+    pub regions: std::collections::BTreeMap<String, String>,
 }
 
 /// `[compat]`: behaviour some clients need; everything off by default.
