@@ -104,6 +104,34 @@ enum KeyCmd {
         /// The key: a label, id:HEX or uid:HEX.
         key: String,
     },
+    /// Copy a token key for an offline HSM: wrapped (CKM_RSA_AES_KEY_WRAP's form: RSA-OAEP
+    /// SHA-256 of a fresh AES key, then AES-KWP) under the offline HSM's RSA public key, into
+    /// an escrow file. Only a key whose policy allows it (extractable; not wrap-with-trusted).
+    Escrow {
+        /// The key: a label, id:HEX or uid:HEX.
+        #[arg(long)]
+        key: String,
+        /// The offline HSM's RSA public key (PEM PUBLIC KEY; RSA-3072 or larger for keys of
+        /// 128-bit strength).
+        #[arg(long, value_name = "PEM")]
+        to_public_key: PathBuf,
+        /// Where to write the escrow file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Bring an escrowed key into this token (the offline HSM, or a new cluster): unwrapped
+    /// with the RSA private key the escrow was made for, with its public key.
+    ImportEscrow {
+        /// The escrow file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The RSA private key to unwrap with: a label, id:HEX or uid:HEX.
+        #[arg(long, value_name = "KEY")]
+        unwrap_key: String,
+        /// Leave the imported key extractable (default: it never leaves this token again).
+        #[arg(long)]
+        extractable: bool,
+    },
     /// Present a key quorum token signed by the key's users (`hsmpool quorum token-gen key
     /// use|manage KEY`, then `quorum sign`): you may then use or manage the key, as the token
     /// says, until the token expires (ten minutes). The token is accepted once.
@@ -210,6 +238,16 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         KeyCmd::SetQuorum { key, use_m, manage } => set_quorum(data, &key, use_m, manage),
         KeyCmd::Approve { key, approvals } => approve(data, &key, &approvals),
         KeyCmd::Destroy { key } => destroy(data, &key),
+        KeyCmd::Escrow {
+            key,
+            to_public_key,
+            out,
+        } => crate::escrow::escrow(data, &key, &to_public_key, out.as_deref()),
+        KeyCmd::ImportEscrow {
+            file,
+            unwrap_key,
+            extractable,
+        } => crate::escrow::import(data, &file, &unwrap_key, extractable),
     }
 }
 
@@ -245,7 +283,7 @@ fn destroy(data: Option<PathBuf>, key: &str) -> Result<ExitCode, String> {
 }
 
 /// What went wrong with a key's quorum, and what to do.
-fn explain_key(e: &hsmpool_engine::Error, key: &str) -> String {
+pub(crate) fn explain_key(e: &hsmpool_engine::Error, key: &str) -> String {
     match e.ck_rv() {
         CKR_HSMPOOL_QUORUM_REQUIRED => format!(
             "{key} needs the approval of M of its users first (CKR_HSMPOOL_QUORUM_REQUIRED): \

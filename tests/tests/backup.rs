@@ -845,3 +845,271 @@ fn a_membership_change_takes_a_backup_and_the_new_member_holds_everything() {
         .unwrap()
         .contains(&lab.path("hsm0").display().to_string()));
 }
+
+/// An RSA key pair of `bits` on `e` labelled `label` with CKA_ID `id`: (public, private).
+fn rsa_pair(
+    e: &Engine,
+    s: SessionHandle,
+    bits: CK_ULONG,
+    label: &str,
+    private: Vec<Attr>,
+) -> (
+    hsmpool_engine::types::ObjectHandle,
+    hsmpool_engine::types::ObjectHandle,
+) {
+    let mut priv_t = vec![
+        Attr::bool(CKA_TOKEN, true),
+        Attr::bytes(CKA_LABEL, label.as_bytes()),
+        Attr::bytes(CKA_ID, label.as_bytes()),
+    ];
+    priv_t.extend(private);
+    e.generate_key_pair(
+        s,
+        hsmpool_engine::Mechanism::plain(CKM_RSA_PKCS_KEY_PAIR_GEN),
+        vec![
+            Attr::bool(CKA_TOKEN, true),
+            Attr::ulong(CKA_MODULUS_BITS, bits),
+            Attr::bytes(CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
+            Attr::bool(CKA_VERIFY, true),
+            Attr::bool(CKA_WRAP, true),
+            Attr::bytes(CKA_LABEL, label.as_bytes()),
+            Attr::bytes(CKA_ID, label.as_bytes()),
+        ],
+        priv_t,
+    )
+    .unwrap()
+}
+
+fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let n = body.len();
+    let mut out = vec![tag];
+    if n < 128 {
+        out.push(n as u8);
+    } else {
+        let b: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|x| *x == 0)
+            .collect();
+        out.push(0x80 | b.len() as u8);
+        out.extend(b);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// An RSA public key (modulus, exponent) as a PEM SubjectPublicKeyInfo.
+fn spki_pem(n: &[u8], e: &[u8]) -> String {
+    let int = |v: &[u8]| {
+        let v = if v[0] & 0x80 != 0 {
+            [&[0u8][..], v].concat()
+        } else {
+            v.to_vec()
+        };
+        tlv(0x02, &v)
+    };
+    let rsa_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let alg = tlv(0x30, &[tlv(0x06, &rsa_oid), vec![0x05, 0x00]].concat());
+    let key = tlv(0x30, &[int(n), int(e)].concat());
+    let bits = tlv(0x03, &[&[0u8][..], &key].concat());
+    pem::encode(&pem::Pem::new(
+        "PUBLIC KEY",
+        tlv(0x30, &[alg, bits].concat()),
+    ))
+}
+
+#[test]
+fn an_escrowed_key_imported_into_a_fresh_token_makes_the_same_signatures() {
+    // The cluster, with an RSA root key that may be escrowed and one that may not.
+    let lab = Lab::new(3);
+    small_cluster(&lab, 0);
+    let e = lab.engine();
+    let s = login(&e, CKU_USER, "default-user-pin");
+    let (_, root) = rsa_pair(
+        &e,
+        s,
+        2048,
+        "root-rsa",
+        vec![
+            Attr::bool(CKA_SIGN, true),
+            Attr::bool(CKA_SENSITIVE, true),
+            Attr::bool(CKA_EXTRACTABLE, true),
+        ],
+    );
+    rsa_pair(
+        &e,
+        s,
+        2048,
+        "kept-in",
+        vec![
+            Attr::bool(CKA_SIGN, true),
+            Attr::bool(CKA_EXTRACTABLE, false),
+        ],
+    );
+    let signed = sign(&e, s, CKM_SHA256_RSA_PKCS, root, b"issue an intermediate");
+    let root_uid = String::from_utf8(value(&e, s, root, CKA_UNIQUE_ID)).unwrap();
+    e.logout(s).unwrap();
+    drop(e);
+
+    // The offline HSM: its own token, and its RSA-3072 escrow key pair.
+    let offline = Lab::new(1);
+    let oe = offline.engine();
+    let os = init_and_login_user(&oe, b"offline-root", SO.as_bytes(), b"offline-pin");
+    let (opub, _) = rsa_pair(
+        &oe,
+        os,
+        3072,
+        "offline-escrow",
+        vec![
+            Attr::bool(CKA_UNWRAP, true),
+            Attr::bool(CKA_DECRYPT, false),
+            Attr::bool(CKA_SENSITIVE, true),
+        ],
+    );
+    let pem_text = spki_pem(
+        &value(&oe, os, opub, CKA_MODULUS),
+        &value(&oe, os, opub, CKA_PUBLIC_EXPONENT),
+    );
+    oe.logout(os).unwrap();
+    drop(oe);
+    let pem_path = lab.path("offline.pem");
+    std::fs::write(&pem_path, pem_text).unwrap();
+    let escrow = lab.path("root.escrow");
+    let pem_arg = pem_path.display().to_string();
+    let escrow_arg = escrow.display().to_string();
+
+    // A key its policy keeps in the cluster is refused, and nothing is written.
+    let out = lab.tool(
+        &[
+            "key",
+            "escrow",
+            "--key",
+            "kept-in",
+            "--to-public-key",
+            &pem_arg,
+            "--out",
+            &escrow_arg,
+        ],
+        &[("HSMPOOL_PIN", "default-user-pin")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CKR_KEY_UNEXTRACTABLE"),
+        "{out:?}"
+    );
+    assert!(!escrow.exists());
+    let out = lab.tool(
+        &[
+            "key",
+            "escrow",
+            "--key",
+            "root-rsa",
+            "--to-public-key",
+            &pem_arg,
+            "--out",
+            &escrow_arg,
+        ],
+        &[("HSMPOOL_PIN", "default-user-pin")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&escrow).unwrap()).unwrap();
+    assert_eq!(file["aes_bits"], 128);
+    assert!(file["public"].is_array(), "the public key travels with it");
+    // The members' audit logs say so.
+    {
+        let e = lab.engine();
+        let s = login(&e, CKU_SO, &format!("admin:{SO}"));
+        for m in 0..3 {
+            let log = e.audit_log(m, 1, 10_000).unwrap();
+            let wraps = log
+                .records
+                .iter()
+                .filter(|r| r.kind == "key_wrap" && r.subject == root_uid)
+                .count();
+            if wraps > 0 {
+                e.logout(s).unwrap();
+                break;
+            }
+            assert!(m < 2, "no member recorded the wrap of {root_uid}");
+        }
+    }
+
+    // Brought into the offline token: the same signature, byte for byte (PKCS #1 v1.5).
+    let out = offline.tool(
+        &[
+            "key",
+            "import-escrow",
+            "--file",
+            &escrow_arg,
+            "--unwrap-key",
+            "offline-escrow",
+        ],
+        &[("HSMPOOL_PIN", "offline-pin")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let oe = offline.engine();
+    let os = login(&oe, CKU_USER, "offline-pin");
+    let copy = hsmpool_engine::types::ObjectHandle(one(&oe, os, "root-rsa", CKO_PRIVATE_KEY));
+    assert_eq!(
+        sign(&oe, os, CKM_SHA256_RSA_PKCS, copy, b"issue an intermediate"),
+        signed
+    );
+    assert_eq!(
+        value(&oe, os, copy, CKA_EXTRACTABLE),
+        vec![0],
+        "it stays offline"
+    );
+    one(&oe, os, "root-rsa", CKO_PUBLIC_KEY);
+}
+
+#[test]
+fn daemons_take_backups_over_the_wire_that_restore_in_process() {
+    let dc = hsmpool_tests::daemons::DaemonCluster::start(
+        3,
+        hsmpool_tests::fault_seed(),
+        "probe_interval_ms = 50\nslow_start_ms = 100\nmin_replicas = 2",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let lab = Lab {
+        conf: root.path().join("daemons.toml"),
+        root,
+    };
+    let text = format!(
+        "{}[backup]\nstore = {:?}\nregion = \"us-east-1\"\n",
+        dc.config_text(&[0, 1, 2], "probe_interval_ms = 50\nmin_replicas = 2"),
+        lab.path("store-us").display().to_string()
+    );
+    std::fs::write(&lab.conf, text).unwrap();
+    let point = {
+        let e = lab.engine();
+        let s = init_and_login_user(&e, b"daemons", SO.as_bytes(), b"default-user-pin");
+        let (public, _) = ec_pair(&e, s, b"k1", true);
+        value(&e, s, public, CKA_EC_POINT)
+    };
+    let id = lab.create();
+    // No HSM of the fleet is configured here: the restore is told where one is.
+    let new = lab.path("new0").display().to_string();
+    let out = lab.tool(&["backup", "restore", "--backup", &id, "--into", &new], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--fleet-from"),
+        "{out:?}"
+    );
+    let fleet = dc.data_dir(0).display().to_string();
+    lab.ok(&[
+        "backup",
+        "restore",
+        "--backup",
+        &id,
+        "--into",
+        &new,
+        "--fleet-from",
+        &fleet,
+    ]);
+    let e = lab.engine_over(&[lab.path("new0")]);
+    let s = login(&e, CKU_USER, "default-user-pin");
+    let k = hsmpool_engine::types::ObjectHandle(one(&e, s, "k1", CKO_PRIVATE_KEY));
+    let sig = sign(&e, s, CKM_ECDSA_SHA256, k, b"over the wire");
+    assert!(verify_p256(&point, b"over the wire", &sig));
+}

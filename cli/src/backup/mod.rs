@@ -1098,7 +1098,12 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         data,
         rt: runtime()?,
     };
-    match cli.cmd {
+    // Past the arguments, what goes wrong is a refusal or a failure (1), not a usage error.
+    dispatch(&ctx, cli.cmd).or_else(|e| Ok(failed(&e)))
+}
+
+fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<ExitCode, String> {
+    match cmd {
         Cmd::Create { trigger } => {
             let engine = match ctx.engine() {
                 Ok(e) => e,
@@ -1109,7 +1114,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
                 Ok(m) => {
                     print_taken(&m, &store);
                     let (deleted, failures) =
-                        apply_retention(&ctx, &store, &m.cluster, when::now_ms())?;
+                        apply_retention(ctx, &store, &m.cluster, when::now_ms())?;
                     Ok(if report_retention(&deleted, &failures) {
                         ExitCode::SUCCESS
                     } else {
@@ -1123,9 +1128,9 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             cluster,
             region,
             json,
-        } => list(&ctx, cluster, region.as_deref(), json),
-        Cmd::Restore { which, into } => restore(&ctx, &which, &into),
-        Cmd::Verify { which, sample } => verify(&ctx, &which, sample),
+        } => list(ctx, cluster, region.as_deref(), json),
+        Cmd::Restore { which, into } => restore(ctx, &which, &into),
+        Cmd::Verify { which, sample } => verify(ctx, &which, sample),
         Cmd::Delete {
             cluster,
             region,
@@ -1135,7 +1140,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             dry_run,
             json,
         } => delete(
-            &ctx,
+            ctx,
             &cluster,
             &region,
             before.as_deref(),
@@ -1144,7 +1149,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             dry_run,
             json,
         ),
-        Cmd::Copy { which, to_region } => copy(&ctx, &which, &to_region),
+        Cmd::Copy { which, to_region } => copy(ctx, &which, &to_region),
         Cmd::Retention { cmd } => match cmd {
             RetentionCmd::Set { days, cluster } => {
                 let cluster = ctx.cluster_or_own(cluster)?;
@@ -1174,7 +1179,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
                     Some(t) => when::ms(when::instant(&t, None)?),
                     None => when::now_ms(),
                 };
-                let (deleted, failures) = apply_retention(&ctx, &store, &cluster, now_ms)?;
+                let (deleted, failures) = apply_retention(ctx, &store, &cluster, now_ms)?;
                 println!("{} backup(s) expired", deleted.len());
                 Ok(if report_retention(&deleted, &failures) {
                     ExitCode::SUCCESS
@@ -1187,6 +1192,6 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             once,
             now,
             every_hours,
-        } => schedule(&ctx, once, now.as_deref(), every_hours),
+        } => schedule(ctx, once, now.as_deref(), every_hours),
     }
 }
