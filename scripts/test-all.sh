@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(opensc p11-kit libp11-kit-dev gcc valgrind openssl procps fonts-dejavu-core softhsm2
           libengine-pkcs11-openssl gnutls-bin libnss3-tools openjdk-17-jdk-headless
-          meson ninja-build pkg-config libssl-dev expect)
+          meson ninja-build pkg-config libssl-dev expect tzdata)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

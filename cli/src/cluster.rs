@@ -652,8 +652,9 @@ pub const USAGE: &str = "  cluster init --dir DIR [--name NAME] [--force]
   cluster clone-key DATA_DIR...
                               give these HSM data directories one clone key (clone.key, 0600:
                               the one some of them already share, else a new one), so token
-                              objects can be cloned between them; run it on each HSM's
-                              directory before the daemons start
+                              objects can be cloned between them, and the fleet's backup key
+                              (backup.key, 0600), so their backups restore; run it on each
+                              HSM's directory before the daemons start
   cluster wrap-key [--label LABEL]
                               put one trusted AES-256 wrapping key on every configured member
                               (HSMPOOL_CONF), by which token keys are copied between members
@@ -756,10 +757,7 @@ pub fn command(args: &[String]) -> Result<(), String> {
             let dirs: Vec<PathBuf> = rest.iter().map(PathBuf::from).collect();
             hsmpool_sim::cluster::provision(&dirs).map_err(|e| e.to_string())?;
             for d in &dirs {
-                println!(
-                    "{}: clone key in place",
-                    d.join(hsmpool_sim::cluster::CLONE_KEY_FILE).display()
-                );
+                println!("{}: clone key and backup key in place", d.display());
             }
             Ok(())
         }

@@ -199,15 +199,10 @@ pub(crate) fn explain(e: &Error, name: &str) -> String {
     }
 }
 
-/// The engine over the configured cluster, logged in as a crypto officer with
-/// `HSMPOOL_SO_PIN`.
-pub(crate) fn open_cluster(
-    data: Option<PathBuf>,
-    pin: &[u8],
-    user_type: CK_USER_TYPE,
-    level: bool,
-) -> Result<(Engine, hsmpool_engine::types::SessionHandle), String> {
-    let cfg = match data {
+/// The configuration the tool works on: one embedded store with the global `--data DIR`, else
+/// the module's (HSMPOOL_CONF, else the embedded default).
+pub(crate) fn config_for(data: Option<&std::path::Path>) -> Result<Config, String> {
+    match data {
         Some(dir) => Config::parse(
             &format!(
                 "[[member]]\nkind = \"embedded\"\ndata_dir = {:?}\n",
@@ -217,7 +212,18 @@ pub(crate) fn open_cluster(
         ),
         None => Config::resolve(None),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// The engine over the configured cluster, logged in as a crypto officer with
+/// `HSMPOOL_SO_PIN`.
+pub(crate) fn open_cluster(
+    data: Option<PathBuf>,
+    pin: &[u8],
+    user_type: CK_USER_TYPE,
+    level: bool,
+) -> Result<(Engine, hsmpool_engine::types::SessionHandle), String> {
+    let cfg = config_for(data.as_deref())?;
     let engine = Engine::new(cfg).map_err(|e| format!("opening the cluster: {e}"))?;
     engine.set_level_at_login(level);
     let s = engine

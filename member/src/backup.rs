@@ -459,7 +459,8 @@ impl Header {
         let header = &image[PREFIX_LEN..p.header_len as usize];
         // Past the prefix the header's own length bounds every field: one that does not fit
         // is a changed header, not a short image.
-        let fields = |r: &mut Reader<'_>| -> Result<_, HeaderFault> {
+        let mut r = Reader { b: header };
+        let mut fields = || -> Result<Header, HeaderFault> {
             let image_len = r.u64()?;
             let mut cluster_id = [0u8; 16];
             cluster_id.copy_from_slice(r.take(16)?);
@@ -474,28 +475,7 @@ impl Header {
             let inventory = Inventory::decode(r.take(n)?)?;
             let mut mac = [0u8; 32];
             mac.copy_from_slice(r.take(32)?);
-            Ok((
-                image_len, cluster_id, backup_id, created_ms, audit_seq, segments, body_len,
-                inventory, mac,
-            ))
-        };
-        let mut r = Reader { b: header };
-        let (
-            image_len,
-            cluster_id,
-            backup_id,
-            created_ms,
-            audit_seq,
-            segments,
-            body_len,
-            inventory,
-            mac,
-        ) = fields(&mut r).map_err(|_| HeaderFault::Changed)?;
-        if !r.b.is_empty() {
-            return Err(HeaderFault::Changed);
-        }
-        Ok((
-            Header {
+            Ok(Header {
                 fleet: p.fleet,
                 wrapped_key: p.wrapped_key,
                 image_len,
@@ -507,9 +487,13 @@ impl Header {
                 body_len,
                 inventory,
                 mac,
-            },
-            p.header_len as usize,
-        ))
+            })
+        };
+        let parsed = fields().map_err(|_| HeaderFault::Changed)?;
+        if !r.b.is_empty() {
+            return Err(HeaderFault::Changed);
+        }
+        Ok((parsed, p.header_len as usize))
     }
 }
 

@@ -36,7 +36,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{SimError, SimResult};
 use crate::store::{
-    read_key_file, write_key_file, SealKey, Snapshot, StoredObject, StoredUser, UserMeta,
+    provision_key_file, read_key_file, SealKey, Snapshot, StoredObject, StoredUser, UserMeta,
 };
 
 /// The PBK's file name in a member's data directory.
@@ -409,47 +409,7 @@ fn decode_body(b: &[u8]) -> Option<Snapshot> {
 /// of the fleet) or any of them holds (they must agree), else a new one. Directories are made
 /// as needed.
 pub fn provision(dirs: &[PathBuf], from: Option<&Path>) -> SimResult<()> {
-    let mut found: Option<Zeroizing<Vec<u8>>> = None;
-    if let Some(f) = from {
-        found = Some(
-            read_key_file(&f.join(BACKUP_KEY_FILE), false)?.ok_or_else(|| {
-                SimError::Store(format!(
-                    "{}: no backup key there: not an HSM of this fleet",
-                    f.join(BACKUP_KEY_FILE).display()
-                ))
-            })?,
-        );
-    }
-    for d in dirs {
-        if let Some(k) = read_key_file(&d.join(BACKUP_KEY_FILE), false)? {
-            match &found {
-                Some(f) if **f != *k => {
-                    return Err(SimError::Store(format!(
-                    "{}: this HSM's backup key differs from another's: they are not of one fleet",
-                    d.join(BACKUP_KEY_FILE).display()
-                )))
-                }
-                Some(_) => {}
-                None => found = Some(k),
-            }
-        }
-    }
-    let key = match found {
-        Some(k) => k,
-        None => {
-            let mut k = Zeroizing::new(vec![0u8; 32]);
-            random(&mut k)?;
-            k
-        }
-    };
-    for d in dirs {
-        let path = d.join(BACKUP_KEY_FILE);
-        if !path.exists() {
-            std::fs::create_dir_all(d).map_err(|e| SimError::store(d, e))?;
-            write_key_file(&path, &key)?;
-        }
-    }
-    Ok(())
+    provision_key_file(dirs, BACKUP_KEY_FILE, from, "fleet")
 }
 
 #[cfg(test)]

@@ -27,12 +27,11 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::hkdf;
 use aws_lc_rs::hmac;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use crate::error::{SimError, SimResult};
-use crate::store::{read_key_file, write_key_file, SealKey};
+use crate::store::{provision_key_file, read_key_file, SealKey};
 
 /// The clone key's file name in a member's data directory.
 pub const CLONE_KEY_FILE: &str = "clone.key";
@@ -247,38 +246,7 @@ impl CloneKey {
 /// have (they must agree), else a new random one; and the fleet's backup key
 /// ([`crate::backup::provision`]). Directories are created as needed.
 pub fn provision(dirs: &[PathBuf]) -> SimResult<()> {
-    let mut found: Option<Zeroizing<Vec<u8>>> = None;
-    for d in dirs {
-        if let Some(k) = read_key_file(&d.join(CLONE_KEY_FILE), false)? {
-            match &found {
-                Some(f) if **f != *k => {
-                    return Err(SimError::Store(format!(
-                        "{}: this member's clone key differs from another member's: they are not of one cluster",
-                        d.join(CLONE_KEY_FILE).display()
-                    )))
-                }
-                Some(_) => {}
-                None => found = Some(k),
-            }
-        }
-    }
-    let key = match found {
-        Some(k) => k,
-        None => {
-            let mut k = Zeroizing::new(vec![0u8; 32]);
-            SystemRandom::new()
-                .fill(&mut k)
-                .map_err(|_| SimError::Store("random generator failed".into()))?;
-            k
-        }
-    };
-    for d in dirs {
-        let path = d.join(CLONE_KEY_FILE);
-        if !path.exists() {
-            std::fs::create_dir_all(d).map_err(|e| SimError::store(d, e))?;
-            write_key_file(&path, &key)?;
-        }
-    }
+    provision_key_file(dirs, CLONE_KEY_FILE, None, "cluster")?;
     // Members of one cluster are HSMs of one fleet: they hold its backup key too.
     crate::backup::provision(dirs, None)
 }

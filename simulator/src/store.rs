@@ -90,6 +90,59 @@ pub(crate) fn write_key_file(path: &Path, key: &[u8]) -> SimResult<()> {
     f.sync_all().map_err(|e| SimError::store(path, e))
 }
 
+/// Give every directory in `dirs` the same key file `file`: the one `from` holds (required
+/// there when given), or the one some of `dirs` hold (they must agree: `what` names the group
+/// they would otherwise not be one of), else 32 new random bytes. Directories are made as
+/// needed; an existing file is never replaced.
+pub(crate) fn provision_key_file(
+    dirs: &[std::path::PathBuf],
+    file: &str,
+    from: Option<&Path>,
+    what: &str,
+) -> SimResult<()> {
+    let mut found: Option<Zeroizing<Vec<u8>>> = match from {
+        Some(f) => Some(read_key_file(&f.join(file), false)?.ok_or_else(|| {
+            SimError::Store(format!(
+                "{}: missing: not of this {what}",
+                f.join(file).display()
+            ))
+        })?),
+        None => None,
+    };
+    for d in dirs {
+        if let Some(k) = read_key_file(&d.join(file), false)? {
+            match &found {
+                Some(f) if **f != *k => {
+                    return Err(SimError::Store(format!(
+                        "{}: differs from another's: they are not of one {what}",
+                        d.join(file).display()
+                    )))
+                }
+                Some(_) => {}
+                None => found = Some(k),
+            }
+        }
+    }
+    let key = match found {
+        Some(k) => k,
+        None => {
+            let mut k = Zeroizing::new(vec![0u8; 32]);
+            SystemRandom::new()
+                .fill(&mut k)
+                .map_err(|_| SimError::Store("random generator failed".into()))?;
+            k
+        }
+    };
+    for d in dirs {
+        let path = d.join(file);
+        if !path.exists() {
+            fs::create_dir_all(d).map_err(|e| SimError::store(d, e))?;
+            write_key_file(&path, &key)?;
+        }
+    }
+    Ok(())
+}
+
 impl SealKey {
     pub(crate) fn new(bytes: &[u8]) -> SimResult<Self> {
         let key = UnboundKey::new(&AES_256_GCM, bytes)

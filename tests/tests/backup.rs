@@ -1113,3 +1113,32 @@ fn daemons_take_backups_over_the_wire_that_restore_in_process() {
     let sig = sign(&e, s, CKM_ECDSA_SHA256, k, b"over the wire");
     assert!(verify_p256(&point, b"over the wire", &sig));
 }
+
+#[test]
+fn the_systemd_unit_runs_a_command_the_tool_takes() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/systemd/hsmpool-backup.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/hsmpool"));
+    let mut args: Vec<&str> = words.collect();
+    assert_eq!(args, ["backup", "schedule", "--once"]);
+    args.push("--help");
+    let out = Command::new(workspace_bin("hsmpool"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let timer = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/systemd/hsmpool-backup.timer"
+    ))
+    .unwrap();
+    assert!(timer.contains("OnCalendar=hourly") && timer.contains("Persistent=true"));
+}

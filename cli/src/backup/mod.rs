@@ -1082,17 +1082,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let cfg = match &data {
-        Some(dir) => Config::parse(
-            &format!(
-                "[[member]]\nkind = \"embedded\"\ndata_dir = {:?}\n",
-                dir.to_str().ok_or("--data: the path is not UTF-8")?
-            ),
-            "--data",
-        ),
-        None => Config::resolve(None),
-    }
-    .map_err(|e| e.to_string())?;
+    let cfg = crate::users::config_for(data.as_deref())?;
     let ctx = Ctx {
         cfg,
         data,
