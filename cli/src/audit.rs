@@ -15,7 +15,7 @@ use hsmpool_member::audit::checkpoint_message;
 use hsmpool_member::{AuditCheckpoint, AuditLog, AuditRecord};
 use serde_json::{json, Value};
 
-use crate::users::{failed, hex, open_cluster, parsed, secret, unhex};
+use crate::common::{failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `audit` part of `hsmpool --help`.
 pub const USAGE: &str = "  audit show|verify|export ...

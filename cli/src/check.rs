@@ -14,7 +14,7 @@ use hsmpool_engine::{Engine, ObjectDigests};
 use hsmpool_member::UserSet;
 use serde_json::{json, Value};
 
-use crate::users::{failed, open_cluster, parsed, secret};
+use crate::common::{failed, open_cluster, parsed, secret};
 
 /// The `cluster check` part of `hsmpool --help`.
 pub const USAGE: &str =

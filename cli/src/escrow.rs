@@ -22,7 +22,7 @@ use hsmpool_member::types::{MechParam, Mechanism};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::FromDer;
 
-use crate::users::{explain, failed, hex, open_cluster, secret, unhex};
+use crate::common::{explain, failed, hex, open_cluster, secret, unhex};
 
 /// The escrow file layout this build writes and reads.
 const FORMAT: u32 = 1;
@@ -222,7 +222,7 @@ pub fn escrow(
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };
-    let o = match crate::keys::one_key(&engine, s, key) {
+    let o = match crate::common::one_key(&engine, s, key) {
         Ok(o) => o,
         Err(e) => return Ok(failed(&e)),
     };
@@ -259,7 +259,7 @@ pub fn escrow(
                      weaker than the key (RSA-3072 carries keys of up to 128-bit strength) \
                      (CKR_KEY_NOT_WRAPPABLE)"
                 ),
-                _ => crate::keys::explain_key(&e, key),
+                _ => crate::common::explain_key(&e, key),
             };
             return Ok(failed(&format!("key escrow {key}: {why}")));
         }
@@ -339,7 +339,7 @@ pub fn import(
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };
-    let unwrapper = match crate::keys::one_key(&engine, s, unwrap_key) {
+    let unwrapper = match crate::common::one_key(&engine, s, unwrap_key) {
         Ok(o) => o,
         Err(e) => return Ok(failed(&e)),
     };

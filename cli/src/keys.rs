@@ -11,15 +11,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cryptoki_sys::*;
-use hsmpool_engine::types::{AttrAnswer, ObjectHandle};
-use hsmpool_engine::{Attr, Engine};
-use hsmpool_member::users::{
-    CKR_HSMPOOL_QUORUM_REQUIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID, CKR_HSMPOOL_QUORUM_TOO_HIGH,
-};
+use hsmpool_engine::types::AttrAnswer;
 use hsmpool_member::{KeyService, OwnedObject, QuorumToken};
 
+use crate::common::{
+    class_name, explain, explain_key, failed, hex, one_key, open_cluster, parsed, secret,
+};
 use crate::quorum::Approvals;
-use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `key` part of `hsmpool --help`.
 pub const USAGE: &str = "  key list|share|unshare|set-quorum|approve ...
@@ -143,74 +141,6 @@ enum KeyCmd {
     },
 }
 
-fn class_name(class: CK_OBJECT_CLASS) -> &'static str {
-    match class {
-        CKO_SECRET_KEY => "secret key",
-        CKO_PRIVATE_KEY => "private key",
-        CKO_PUBLIC_KEY => "public key",
-        CKO_CERTIFICATE => "certificate",
-        CKO_DATA => "data",
-        _ => "object",
-    }
-}
-
-/// One line for a key: its cluster-wide id, class, label and CKA_ID.
-pub(crate) fn describe(k: &OwnedObject) -> String {
-    let mut s = format!("uid:{:016x} {}", k.id, class_name(k.class));
-    if !k.label.is_empty() {
-        s.push_str(&format!(" label {:?}", String::from_utf8_lossy(&k.label)));
-    }
-    if !k.ck_id.is_empty() {
-        s.push_str(&format!(" id:{}", hex(&k.ck_id)));
-    }
-    s
-}
-
-/// The one token key `spec` names among those the logged-in user sees.
-pub(crate) fn one_key(
-    engine: &Engine,
-    s: hsmpool_engine::types::SessionHandle,
-    spec: &str,
-) -> Result<ObjectHandle, String> {
-    let mut template = vec![Attr::bool(CKA_TOKEN, true)];
-    if let Some(h) = spec.strip_prefix("uid:") {
-        template.push(Attr::bytes(
-            CKA_UNIQUE_ID,
-            h.to_ascii_lowercase().as_bytes(),
-        ));
-    } else if let Some(h) = spec.strip_prefix("id:") {
-        template.push(Attr::bytes(CKA_ID, &unhex(h)?));
-    } else {
-        template.push(Attr::bytes(CKA_LABEL, spec.as_bytes()));
-    }
-    engine
-        .find_objects_init(s, template)
-        .map_err(|e| e.to_string())?;
-    let found = engine.find_objects(s, 16).map_err(|e| e.to_string());
-    let _ = engine.find_objects_final(s);
-    // A public key and its private key may share a label: the one of a class that can be
-    // shared and is the user's own (a private or secret key) is meant.
-    let found: Vec<ObjectHandle> = found?
-        .into_iter()
-        .filter(|o| {
-            matches!(
-                engine.get_attribute_value(s, *o, &[CKA_CLASS]).as_deref(),
-                Ok([AttrAnswer::Value(v)]) if v.as_slice() != CKO_PUBLIC_KEY.to_ne_bytes()
-            )
-        })
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(format!(
-            "no token key of yours matches {spec:?} (a label, id:HEX or uid:HEX)"
-        )),
-        _ => Err(format!(
-            "{} keys match {spec:?}; name one by uid:HEX (`hsmpool key list` shows them)",
-            found.len()
-        )),
-    }
-}
-
 /// `hsmpool key ...` (the words after `key`); `data` is the global `--data DIR`.
 pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
     let cli: KeyCli = match parsed("hsmpool key", args) {
@@ -280,30 +210,6 @@ fn destroy(data: Option<PathBuf>, key: &str) -> Result<ExitCode, String> {
         crate::backup::name_stale_backups(&engine, crate::backup::Stale::Key(uid));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What went wrong with a key's quorum, and what to do.
-pub(crate) fn explain_key(e: &hsmpool_engine::Error, key: &str) -> String {
-    match e.ck_rv() {
-        CKR_HSMPOOL_QUORUM_REQUIRED => format!(
-            "{key} needs the approval of M of its users first (CKR_HSMPOOL_QUORUM_REQUIRED): \
-             `hsmpool quorum token-gen key use|manage {key}`, `quorum sign` by each, then \
-             `hsmpool key approve {key} --token ... --approval ...`"
-        ),
-        CKR_HSMPOOL_QUORUM_TOO_HIGH => format!(
-            "refused (CKR_HSMPOOL_QUORUM_TOO_HIGH): {key}'s quorum cannot exceed its users \
-             (its owner and those it is shared with) that registered an approval key, and an \
-             unshare cannot leave fewer of them than it; share it first, or lower the quorum"
-        ),
-        CKR_ACTION_PROHIBITED => "only the key's owner may change its sharing or quorum, and \
-                                  only a user of the key may ask to use it \
-                                  (CKR_ACTION_PROHIBITED)"
-            .to_string(),
-        CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "the token is for another key, service or user, or \
-            was presented already (CKR_HSMPOOL_QUORUM_TOKEN_INVALID): make a new one"
-            .to_string(),
-        _ => explain(e, ""),
-    }
 }
 
 fn set_quorum(

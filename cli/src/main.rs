@@ -15,6 +15,7 @@ use hsmpool_sim::hsm::{Hsm, HsmConfig, Role};
 mod audit;
 mod backup;
 mod check;
+mod common;
 mod escrow;
 mod keys;
 mod members;

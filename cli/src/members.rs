@@ -11,7 +11,7 @@ use cryptoki_sys::CKU_SO;
 use hsmpool_engine::cluster::Health;
 use hsmpool_engine::config::Config;
 
-use crate::users::{failed, open_cluster, parsed, secret};
+use crate::common::{failed, open_cluster, parsed, secret};
 
 /// The `cluster member` part of `hsmpool --help`.
 pub const USAGE: &str = "  cluster member add|remove ...

@@ -20,7 +20,7 @@ use cryptoki_sys::{CKU_SO, CKU_USER};
 use hsmpool_member::{Approval, KeyService, QuorumToken, Role, UserChange};
 use zeroize::Zeroizing;
 
-use crate::users::{explain, failed, hex, open_cluster, parsed, secret, unhex};
+use crate::common::{explain, failed, hex, open_cluster, parsed, secret, unhex};
 
 /// The `quorum` part of `hsmpool --help`.
 pub const USAGE: &str = "  quorum keygen|register-key|set|token-gen|sign ...
@@ -398,7 +398,7 @@ fn key_token(
         Ok(x) => x,
         Err(e) => return Ok(failed(&e)),
     };
-    let t = match crate::keys::one_key(&engine, s, key).and_then(|o| {
+    let t = match crate::common::one_key(&engine, s, key).and_then(|o| {
         engine
             .key_quorum_token(s, o, service)
             .map_err(|e| explain(&e, ""))

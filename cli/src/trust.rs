@@ -15,8 +15,8 @@ use hsmpool_engine::config::{Config, MemberKind};
 use hsmpool_member::users::MAX_TRUST_ANCHORS;
 use hsmpool_member::UserChange;
 
+use crate::common::{explain, failed, hex, open_cluster, parsed, secret};
 use crate::quorum::Approvals;
-use crate::users::{explain, failed, hex, open_cluster, parsed, secret};
 
 /// The `cluster trust` part of `hsmpool --help`.
 pub const USAGE: &str = "  cluster trust list|set|clear ...

@@ -13,17 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use cryptoki_sys::*;
 use hsmpool_engine::cluster::Health;
-use hsmpool_engine::config::Config;
-use hsmpool_engine::types::SlotId;
-use hsmpool_engine::{Engine, Error};
-use hsmpool_member::users::{
-    vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED,
-    CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED, CKR_HSMPOOL_QUORUM_TOKEN_INVALID,
-    CKR_HSMPOOL_QUORUM_TOO_HIGH, CKR_HSMPOOL_USER_EXISTS, CKR_HSMPOOL_USER_NOT_FOUND,
-    CKR_HSMPOOL_USER_OWNS_KEYS,
-};
+use hsmpool_engine::Engine;
+use hsmpool_member::users::CKR_HSMPOOL_USER_OWNS_KEYS;
 use hsmpool_member::{Role, UserChange};
-use zeroize::Zeroizing;
+
+use crate::common::{describe, explain, failed, open_cluster, parsed, secret};
 
 /// The `user` part of `hsmpool --help`.
 pub const USAGE: &str = "  user list|add|delete|passwd|lock|unlock|role ...
@@ -144,144 +138,6 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-pub(crate) fn secret(name: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    std::env::var(name)
-        .map(|v| Zeroizing::new(v.into_bytes()))
-        .map_err(|_| format!("{name} is not set (secrets are read from the environment only)"))
-}
-
-/// What went wrong, and what to do, for an error of the engine.
-pub(crate) fn explain(e: &Error, name: &str) -> String {
-    let rv = e.ck_rv();
-    match rv {
-        CKR_HSMPOOL_USER_EXISTS => format!(
-            "user {name} exists already (CKR_HSMPOOL_USER_EXISTS); `hsmpool user passwd {name}` \
-             sets a new password"
-        ),
-        CKR_HSMPOOL_USER_NOT_FOUND => format!(
-            "there is no user {name} (CKR_HSMPOOL_USER_NOT_FOUND); `hsmpool user list` shows \
-             who there is"
-        ),
-        CKR_HSMPOOL_LAST_OFFICER => "refused (CKR_HSMPOOL_LAST_OFFICER): an officer cannot \
-                                     delete, lock or demote itself, nor the last officer that \
-                                     can log in; make another officer first"
-            .to_string(),
-        CKR_PIN_LEN_RANGE => "the password must be 4 to 255 bytes (CKR_PIN_LEN_RANGE)".into(),
-        CKR_HSMPOOL_USER_OWNS_KEYS => format!(
-            "{name} still owns token keys (CKR_HSMPOOL_USER_OWNS_KEYS), listed below; destroy \
-             them or have them re-made by another user first, or pass --force (they then \
-             become unusable)"
-        ),
-        CKR_ARGUMENTS_BAD => {
-            format!("{name:?} cannot be a user name (1 to 64 bytes, no `:`, no control characters)")
-        }
-        CKR_FUNCTION_NOT_SUPPORTED => format!("{e}"),
-        CKR_HSMPOOL_QUORUM_REQUIRED => "this change needs the approval of M distinct officers \
-            (CKR_HSMPOOL_QUORUM_REQUIRED): `hsmpool quorum token-gen`, then `quorum sign` by \
-            each, then this command with --token and one --approval per officer"
-            .to_string(),
-        CKR_HSMPOOL_QUORUM_TOO_HIGH => format!(
-            "refused (CKR_HSMPOOL_QUORUM_TOO_HIGH): a key shared with {name} has its own quorum, \
-             and without {name} it would have fewer users than approvals it needs, so no one \
-             could use or manage it again; have its owner lower the quorum or share it with \
-             another user first, or pass --force (the key is then lost)"
-        ),
-        CKR_HSMPOOL_QUORUM_TOKEN_INVALID => "the quorum token is for another change, or was \
-            used already (CKR_HSMPOOL_QUORUM_TOKEN_INVALID): make a new one"
-            .to_string(),
-        CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED => "the quorum token has expired: tokens live ten \
-            minutes (CKR_HSMPOOL_QUORUM_TOKEN_EXPIRED): make a new one"
-            .to_string(),
-        _ => format!(
-            "{e} ({})",
-            vendor_rv_name(rv).map_or_else(|| format!("CK_RV {rv:#x}"), str::to_string)
-        ),
-    }
-}
-
-/// The configuration the tool works on: one embedded store with the global `--data DIR`, else
-/// the module's (HSMPOOL_CONF, else the embedded default).
-pub(crate) fn config_for(data: Option<&std::path::Path>) -> Result<Config, String> {
-    match data {
-        Some(dir) => Config::parse(
-            &format!(
-                "[[member]]\nkind = \"embedded\"\ndata_dir = {:?}\n",
-                dir.to_str().ok_or("--data: the path is not UTF-8")?
-            ),
-            "--data",
-        ),
-        None => Config::resolve(None),
-    }
-    .map_err(|e| e.to_string())
-}
-
-/// The engine over the configured cluster, logged in as a crypto officer with
-/// `HSMPOOL_SO_PIN`.
-pub(crate) fn open_cluster(
-    data: Option<PathBuf>,
-    pin: &[u8],
-    user_type: CK_USER_TYPE,
-    level: bool,
-) -> Result<(Engine, hsmpool_engine::types::SessionHandle), String> {
-    let cfg = config_for(data.as_deref())?;
-    let engine = Engine::new(cfg).map_err(|e| format!("opening the cluster: {e}"))?;
-    engine.set_level_at_login(level);
-    let s = engine
-        .open_session(SlotId(0), CKF_SERIAL_SESSION | CKF_RW_SESSION)
-        .map_err(|e| format!("opening a session: {e}"))?;
-    let (who, var) = if user_type == CKU_SO {
-        ("crypto officer", "HSMPOOL_SO_PIN")
-    } else {
-        ("crypto user", "HSMPOOL_PIN")
-    };
-    engine
-        .login(s, user_type, pin, None)
-        .map_err(|e| match e.ck_rv() {
-            CKR_PIN_INCORRECT => {
-                format!("{who} login: the PIN in {var} is wrong (CKR_PIN_INCORRECT)")
-            }
-            CKR_PIN_LOCKED => format!(
-                "{who} login: locked (CKR_PIN_LOCKED); an officer unlocks it with `hsmpool \
-                 user unlock`"
-            ),
-            _ => format!("{who} login: {e}"),
-        })?;
-    Ok((engine, s))
-}
-
-/// The arguments of command `prog` (`hsmpool user`), or the exit status after clap printed
-/// the help (0) or the usage error (2).
-pub(crate) fn parsed<T: Parser>(prog: &str, args: &[String]) -> Result<T, ExitCode> {
-    T::try_parse_from(std::iter::once(prog.to_string()).chain(args.iter().cloned())).map_err(|e| {
-        let code = e.exit_code();
-        let _ = e.print();
-        ExitCode::from(u8::try_from(code).unwrap_or(2))
-    })
-}
-
-/// Lower-case hexadecimal of `b` (keys, tokens, signatures, digests on the command line).
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The bytes of hexadecimal `s` (surrounding white space ignored).
-pub(crate) fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    let s = s.trim();
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{s:?} is not hexadecimal"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// Exit status 1, after the message.
-pub(crate) fn failed(msg: &str) -> ExitCode {
-    eprintln!("hsmpool: {msg}");
-    ExitCode::from(1)
-}
-
 /// `hsmpool user ...` (the words after `user`); `data` is the global `--data DIR`.
 pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
     let cli: UserCli = match parsed("hsmpool user", args) {
@@ -388,7 +244,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
             if e.ck_rv() == CKR_HSMPOOL_USER_OWNS_KEYS {
                 if let Ok(keys) = engine.owned_objects(Some(&name)) {
                     for k in &keys {
-                        eprintln!("  {}", crate::keys::describe(k));
+                        eprintln!("  {}", describe(k));
                     }
                 }
             }
@@ -438,7 +294,7 @@ fn warn_orphans(engine: &Engine, name: &str) {
                 keys.len()
             );
             for k in &keys {
-                eprintln!("  {}", crate::keys::describe(k));
+                eprintln!("  {}", describe(k));
             }
         }
     }

@@ -48,9 +48,10 @@ impl Lab {
         let mut t = format!(
             "[cluster]\nprobe_interval_ms = 50\nslow_start_ms = 100\nmin_replicas = 2\n\
              [backup]\nstore = {:?}\nregion = \"us-east-1\"\n[backup.regions]\n\
-             eu-west-1 = {:?}\n",
+             eu-west-1 = {:?}\nscratch = {:?}\n",
             self.path("store-us").display().to_string(),
-            self.path("store-eu").display().to_string()
+            self.path("store-eu").display().to_string(),
+            self.path("store-scratch").display().to_string()
         );
         for d in dirs {
             t.push_str(&format!(
@@ -499,6 +500,20 @@ fn a_changed_cut_reordered_or_foreign_backup_is_refused_by_name() {
     lab.ok(&["backup", "verify", "--backup", &id]);
 }
 
+/// Copy directory `from` (recursively) to a new `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Take a backup dated `at` (the schedule's own clock, one-hour intervals): its id.
 fn backup_at(lab: &Lab, at: &str) -> String {
     let out = lab.ok(&[
@@ -588,6 +603,30 @@ fn delete_before_reads_every_form_in_every_zone_pages_and_reports_failures() {
             ids[..n].to_vec(),
             "{ts} in {tz:?}"
         );
+        // For real, on a copy of the store (region `scratch`): exactly those go.
+        let scratch = lab.path("store-scratch");
+        let _ = std::fs::remove_dir_all(&scratch);
+        copy_dir(&lab.path("store-us"), &scratch);
+        let mut all = vec![
+            "backup",
+            "delete",
+            "--cluster",
+            &cluster,
+            "--region",
+            "scratch",
+            "--json",
+        ];
+        all.extend_from_slice(&args);
+        let out = lab.tool(&all, &[("HSMPOOL_BACKUP_PAGE_SIZE", "2")]);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["deleted"], serde_json::json!(ids[..n]), "{ts} in {tz:?}");
+        let left: Vec<String> = lab
+            .list("scratch")
+            .iter()
+            .map(|m| field(m, "id").to_string())
+            .collect();
+        assert_eq!(left, ids[n..].to_vec(), "{ts} in {tz:?}");
     }
     assert_eq!(selected(&lab, &cluster, &["--all"]), ids);
     // Refused before anything is listed: both, neither, an unknown form, a zone beside an

@@ -26,7 +26,7 @@ use hsmpool_sim::backup::Expected;
 use hsmpool_sim::error::SimError;
 use hsmpool_sim::hsm::{Hsm, HsmConfig};
 
-use crate::users::{failed, hex, open_cluster, parsed, secret, unhex};
+use crate::common::{failed, hex, open_cluster, parsed, secret, unhex};
 
 pub mod manifest;
 pub mod store;
@@ -1082,7 +1082,7 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let cfg = crate::users::config_for(data.as_deref())?;
+    let cfg = crate::common::config_for(data.as_deref())?;
     let ctx = Ctx {
         cfg,
         data,
