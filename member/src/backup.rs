@@ -140,8 +140,9 @@ pub struct InvObject {
 pub struct Inventory {
     /// The officers' quorum (approvals a quorum-protected change needs; 1: none).
     pub quorum: u32,
-    /// Registered cluster certificates (left out of a restored cluster: see the README).
-    pub trust_anchors: u32,
+    /// The SHA-256 digests of the registered cluster certificates, the cluster certificate
+    /// chain's part a member holds (left out of a restored cluster: see the README).
+    pub trust_anchors: Vec<[u8; 32]>,
     /// Live users, sorted by name.
     pub users: Vec<InvUser>,
     /// Token objects, sorted by id.
@@ -308,7 +309,10 @@ impl Inventory {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.quorum.to_be_bytes());
-        out.extend_from_slice(&self.trust_anchors.to_be_bytes());
+        out.extend_from_slice(&(self.trust_anchors.len() as u32).to_be_bytes());
+        for a in &self.trust_anchors {
+            out.extend_from_slice(a);
+        }
         out.extend_from_slice(&(self.users.len() as u32).to_be_bytes());
         for u in &self.users {
             put_str(&mut out, &u.name);
@@ -346,7 +350,13 @@ impl Inventory {
 
     fn read(r: &mut Reader<'_>) -> Result<Inventory, HeaderFault> {
         let quorum = r.u32()?;
-        let trust_anchors = r.u32()?;
+        let n = r.u32()? as usize;
+        let mut trust_anchors = Vec::with_capacity(n.min(16));
+        for _ in 0..n {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(r.take(32)?);
+            trust_anchors.push(a);
+        }
         let n = r.u32()? as usize;
         let mut users = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
@@ -514,7 +524,7 @@ mod tests {
             body_len: 150_000,
             inventory: Inventory {
                 quorum: 2,
-                trust_anchors: 1,
+                trust_anchors: vec![[3; 32]],
                 users: vec![InvUser {
                     name: "alice".into(),
                     role: Role::User,

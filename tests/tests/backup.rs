@@ -245,6 +245,10 @@ fn populate(lab: &Lab) -> (Vec<u8>, Officers) {
     (point, Officers(officers))
 }
 
+fn hex7() -> String {
+    "07".repeat(32)
+}
+
 fn verify_p256(point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
     // CKA_EC_POINT is a DER OCTET STRING around the uncompressed point.
@@ -258,6 +262,18 @@ fn verify_p256(point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
 fn a_backup_restores_into_a_new_cluster_with_every_key_user_share_and_quorum() {
     let lab = Lab::new(3);
     let (root_point, officers) = populate(&lab);
+    // A registered cluster certificate (its digest), under the officers' quorum.
+    {
+        let e = lab.engine();
+        let s = login(&e, CKU_SO, &format!("admin:{SO}"));
+        officers.approve(
+            &e,
+            &UserChange::SetTrustAnchors {
+                anchors: vec![[7; 32]],
+            },
+        );
+        e.logout(s).unwrap();
+    }
     let id = lab.create();
     let listed = lab.list("us-east-1");
     assert_eq!(listed.len(), 1);
@@ -265,6 +281,8 @@ fn a_backup_restores_into_a_new_cluster_with_every_key_user_share_and_quorum() {
     assert_eq!(field(m, "id"), id);
     let old_cluster = field(m, "cluster").to_string();
     assert_eq!(m["inventory"]["objects"].as_array().unwrap().len(), 3);
+    assert_eq!(m["inventory"]["trust_anchors"], serde_json::json!([hex7()]));
+    assert_eq!(m["inventory"]["quorum"], 2);
 
     // After the backup: alice's AES key destroyed, `user` deleted, alice's password changed
     // (the last two under the officers' quorum).
@@ -320,6 +338,10 @@ fn a_backup_restores_into_a_new_cluster_with_every_key_user_share_and_quorum() {
     let out = lab.ok(&args);
     assert!(out.contains("restored into a new cluster"), "{out}");
     assert!(
+        out.contains("1 registered cluster certificate(s) were left out"),
+        "{out}"
+    );
+    assert!(
         !out.contains(&format!("new cluster {old_cluster}")),
         "{out}"
     );
@@ -335,6 +357,10 @@ fn a_backup_restores_into_a_new_cluster_with_every_key_user_share_and_quorum() {
     // `user` is the crypto user C_InitPIN made.
     assert_eq!(names, ["admin", "alice", "bob", "carol", "dave", "user"]);
     assert_eq!(set.quorum, 2, "the officers' quorum holds");
+    // Unclaimed: no cluster certificate is registered until its officers register one.
+    for (_, set) in e.member_users().unwrap() {
+        assert!(set.unwrap().trust_anchors().is_empty());
+    }
     let owned = e.owned_objects(None).unwrap();
     e.logout(s).unwrap();
     let root = owned

@@ -93,9 +93,9 @@ pub struct ObjectJson {
 pub struct InventoryJson {
     /// The officers' quorum.
     pub quorum: u32,
-    /// Registered cluster certificates (a restored cluster has none until they are registered
-    /// again).
-    pub trust_anchors: u32,
+    /// SHA-256 of each registered cluster certificate (a restored cluster has none until its
+    /// officers register its own).
+    pub trust_anchors: Vec<String>,
     /// Live users.
     pub users: Vec<UserJson>,
     /// Token objects.
@@ -106,7 +106,11 @@ impl From<&Inventory> for InventoryJson {
     fn from(inv: &Inventory) -> Self {
         InventoryJson {
             quorum: inv.quorum,
-            trust_anchors: inv.trust_anchors,
+            trust_anchors: inv
+                .trust_anchors
+                .iter()
+                .map(|a| a.iter().map(|b| format!("{b:02x}")).collect())
+                .collect(),
             users: inv
                 .users
                 .iter()

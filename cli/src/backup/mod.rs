@@ -594,10 +594,10 @@ fn restore(ctx: &Ctx, which: &Which, into: &[PathBuf]) -> Result<ExitCode, Strin
          these directories (or name them as embedded members), then register the new cluster \
          certificate (hsmpool cluster trust set, under the officers' quorum)."
     );
-    if m.inventory.trust_anchors > 0 {
+    if !m.inventory.trust_anchors.is_empty() {
         println!(
             "The old cluster's {} registered cluster certificate(s) were left out.",
-            m.inventory.trust_anchors
+            m.inventory.trust_anchors.len()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -48,7 +48,11 @@ pub(crate) fn inventory_of(snap: &Snapshot) -> Inventory {
                 .map_or(1, u32::from_be_bytes)
                 .max(1);
         } else if u.name == TRUST_RECORD {
-            inv.trust_anchors = (u.extra.len() / 32) as u32;
+            inv.trust_anchors = u
+                .extra
+                .chunks_exact(32)
+                .filter_map(|c| c.try_into().ok())
+                .collect();
         } else if let Some(role) = Role::from_code(u.role) {
             inv.users.push(InvUser {
                 name: u.name.clone(),
