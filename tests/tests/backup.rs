@@ -411,7 +411,9 @@ fn a_backup_restores_into_a_new_cluster_with_every_key_user_share_and_quorum() {
 fn small_cluster(lab: &Lab, data_objects: usize) {
     let e = lab.engine();
     let s = init_and_login_user(&e, b"backup-lab", SO.as_bytes(), b"default-user-pin");
+    // Two pairs with the same (empty) CKA_ID: verify must still pair each key with its own.
     ec_pair(&e, s, b"k1", true);
+    ec_pair(&e, s, b"k2", true);
     for i in 0..data_objects {
         e.create_object(
             s,
@@ -890,7 +892,7 @@ fn a_membership_change_takes_a_backup_and_the_new_member_holds_everything() {
     assert!(field(&listed[0], "trigger").starts_with("membership: member 2 added"));
     assert_eq!(
         listed[0]["inventory"]["objects"].as_array().unwrap().len(),
-        5
+        7
     );
     // The configuration names it, and it alone serves the key.
     let conf = std::fs::read_to_string(&lab.conf).unwrap();
@@ -1206,4 +1208,48 @@ fn the_systemd_unit_runs_a_command_the_tool_takes() {
     ))
     .unwrap();
     assert!(timer.contains("OnCalendar=hourly") && timer.contains("Persistent=true"));
+}
+
+/// What a backup of a cluster of some size costs, for the notes (not a timed check: run it by
+/// hand with `--ignored --nocapture`; `HSMPOOL_MEASURE_KEYS` sets the number of key pairs).
+#[test]
+#[ignore]
+fn measure_a_backup_of_many_keys() {
+    let pairs: usize = std::env::var("HSMPOOL_MEASURE_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let lab = Lab::new(2);
+    small_cluster(&lab, 0);
+    {
+        let e = lab.engine();
+        let s = login(&e, CKU_USER, "default-user-pin");
+        for i in 0..pairs {
+            ec_pair(&e, s, format!("key-{i}").as_bytes(), true);
+        }
+    }
+    let time = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        let out = lab.ok(args);
+        (t.elapsed(), out)
+    };
+    let (create, out) = time(&["backup", "create"]);
+    let id = backup_id(&out);
+    let m = lab.list("us-east-1")[0].clone();
+    assert_eq!(
+        m["inventory"]["objects"].as_array().unwrap().len(),
+        2 * pairs + 4
+    );
+    let (verify, _) = time(&["backup", "verify", "--backup", &id, "--sample", "16"]);
+    let into = lab.path("restored").display().to_string();
+    let (restore, _) = time(&["backup", "restore", "--backup", &id, "--into", &into]);
+    println!(
+        "{} objects: image {} bytes; create {:.2?}, verify (16 keys signed) {:.2?}, restore \
+         into one HSM {:.2?}",
+        2 * pairs + 4,
+        m["size"],
+        create,
+        verify,
+        restore
+    );
 }

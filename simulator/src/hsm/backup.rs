@@ -282,39 +282,112 @@ impl Hsm {
             SignInput::Message(SELF_TEST_MESSAGE),
         ))
         .map_err(|e| format!("signing failed: {e}"))?;
-        let public = (k.class == CKO_PRIVATE_KEY)
-            .then(|| k.attrs.get(&CKA_ID))
-            .flatten()
-            .and_then(|id| {
-                self.objects
-                    .iter()
-                    .find(|o| {
-                        o.token
-                            && o.class == CKO_PUBLIC_KEY
-                            && o.key_type == k.key_type
-                            && o.attrs.get(&CKA_ID) == Some(id)
-                    })
-                    .map(|o| o.value().clone())
-            });
-        let verifier = match &public {
-            Some(p) => Self::key_of(p).map_err(|e| e.to_string())?,
-            None => key,
+        // Its public key: a token public key of the same type and the same, non-empty CKA_ID
+        // (several may share one: any that verifies is its pair).
+        let id = k.attrs.get(&CKA_ID).filter(|id| !id.is_empty());
+        let publics: Vec<Arc<object::Object>> = match (k.class, id) {
+            (CKO_PRIVATE_KEY, Some(id)) => self
+                .objects
+                .iter()
+                .filter(|o| {
+                    o.token
+                        && o.class == CKO_PUBLIC_KEY
+                        && o.key_type == k.key_type
+                        && o.attrs.get(&CKA_ID) == Some(id)
+                })
+                .map(|o| o.value().clone())
+                .collect(),
+            _ => Vec::new(),
         };
-        rv(crate::crypto::verify(
-            &mech,
-            verifier,
-            SignInput::Message(SELF_TEST_MESSAGE),
-            &sig,
+        let verifies = |v: &crate::crypto::LoadedKey| {
+            rv(crate::crypto::verify(
+                &mech,
+                v,
+                SignInput::Message(SELF_TEST_MESSAGE),
+                &sig,
+            ))
+        };
+        if publics.is_empty() {
+            return verifies(key).map_err(|e| format!("the signature does not verify: {e}"));
+        }
+        let mut last = String::new();
+        for p in &publics {
+            match Self::key_of(p)
+                .map_err(|e| e.to_string())
+                .and_then(|v| verifies(v).map_err(|e| e.to_string()))
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(format!(
+            "the signature verifies with none of the {} public key(s) of its CKA_ID: {last}",
+            publics.len()
         ))
-        .map_err(|e| {
-            format!(
-                "the signature does not verify{}: {e}",
-                if public.is_some() {
-                    " with its public key"
-                } else {
-                    ""
-                }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Attr;
+
+    /// An image larger than one export piece is read out in pieces that fit together; a piece
+    /// of another image, or a read past a finished one, is refused.
+    #[test]
+    fn an_image_larger_than_a_piece_is_read_in_pieces() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("hsm");
+        crate::cluster::provision(std::slice::from_ref(&dir)).unwrap();
+        let mut cfg = HsmConfig::new(dir);
+        cfg.pin_iterations = 10;
+        let h = Hsm::open(cfg).unwrap();
+        h.init_token(b"so-pin-1", &[b' '; 32]).unwrap();
+        let s = h.open_session();
+        h.login(s, Role::Officer, b"so-pin-1").unwrap();
+        // Some 9 MiB of data objects.
+        for i in 0..9u8 {
+            h.create_object(
+                s,
+                &[
+                    Attr::ulong(CKA_CLASS, CKO_DATA),
+                    Attr::bool(CKA_TOKEN, true),
+                    Attr::bytes(CKA_VALUE, &vec![i; 1 << 20]),
+                ],
             )
-        })
+            .unwrap();
+        }
+        let (total, first) = h.export_backup(s, "b-1", 7, 0).unwrap();
+        assert!(total > CHUNK, "{total}");
+        assert_eq!(first.len() as u64, CHUNK);
+        // Another id has no image in progress.
+        assert_eq!(
+            h.export_backup(s, "b-2", 7, CHUNK).err(),
+            Some(SimError::Rv(CKR_OPERATION_NOT_INITIALIZED))
+        );
+        let (again, rest) = h.export_backup(s, "b-1", 7, CHUNK).unwrap();
+        assert_eq!(again, total);
+        let image = [first, rest].concat();
+        assert_eq!(image.len() as u64, total);
+        // Read to its end, it is gone.
+        assert_eq!(
+            h.export_backup(s, "b-1", 7, CHUNK).err(),
+            Some(SimError::Rv(CKR_OPERATION_NOT_INITIALIZED))
+        );
+        let cluster = h.cluster_id(s).unwrap();
+        let pbk = h.backup_key.as_ref().unwrap();
+        let expect = Expected {
+            cluster_id: cluster,
+            backup_id: Some("b-1".into()),
+        };
+        let (header, snap) = backup::open(pbk, &image, &expect).unwrap();
+        assert_eq!(header.inventory.objects.len(), 9);
+        assert!(snap.objects.iter().any(|o| o.attrs.len() > 1 << 20));
+        // A crypto user may not take one.
+        let u = h.open_session();
+        assert_eq!(
+            h.export_backup(u, "b-3", 7, 0).err(),
+            Some(SimError::Rv(CKR_USER_NOT_LOGGED_IN))
+        );
     }
 }
