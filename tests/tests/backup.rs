@@ -657,6 +657,19 @@ fn delete_before_reads_every_form_in_every_zone_pages_and_reports_failures() {
         assert_eq!(left, ids[n..].to_vec(), "{ts} in {tz:?}");
     }
     assert_eq!(selected(&lab, &cluster, &["--all"]), ids);
+    // A damaged manifest is named and left out; the others are still listed and selected.
+    let junk = lab.path(&format!(
+        "store-us/manifests/{cluster}/20261201T000000000Z-junk.json"
+    ));
+    std::fs::write(&junk, b"{not json").unwrap();
+    let out = lab.tool(&["backup", "list", "--region", "us-east-1"], &[]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a manifest"),
+        "{out:?}"
+    );
+    assert_eq!(selected(&lab, &cluster, &["--all"]), ids);
+    std::fs::remove_file(&junk).unwrap();
     // Refused before anything is listed: both, neither, an unknown form, a zone beside an
     // offset, an unknown zone.
     for args in [

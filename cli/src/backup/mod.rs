@@ -324,7 +324,8 @@ fn checked_cluster(c: &str) -> Result<String, String> {
     Ok(hex(&b))
 }
 
-/// Every manifest of `cluster` (all clusters when `None`) in `store`, oldest first.
+/// Every manifest of `cluster` (all clusters when `None`) in `store`, oldest first (one that
+/// cannot be read is named on standard error and left out).
 fn manifests(store: &Store, cluster: Option<&str>, page: usize) -> Result<Vec<Manifest>, String> {
     let prefix = match cluster {
         Some(c) => format!("manifests/{c}"),
@@ -339,9 +340,21 @@ fn manifests(store: &Store, cluster: Option<&str>, page: usize) -> Result<Vec<Ma
         let Some(bytes) = store.get(&path)? else {
             continue; // deleted since it was listed
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: {path}: not a manifest: {e}", store.url()))?;
-        out.push(m);
+        // One unreadable manifest must not hide the others (nor stop a deletion): it is named
+        // and left out.
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) if m.format == manifest::FORMAT => out.push(m),
+            Ok(m) => eprintln!(
+                "hsmpool: {}: {path}: manifest format {} (this build reads {}): left out",
+                store.url(),
+                m.format,
+                manifest::FORMAT
+            ),
+            Err(e) => eprintln!(
+                "hsmpool: {}: {path}: not a manifest ({e}): left out",
+                store.url()
+            ),
+        }
     }
     out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     Ok(out)
