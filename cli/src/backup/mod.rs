@@ -366,18 +366,26 @@ fn find(ctx: &Ctx, store: &Store, which: &Which) -> Result<Manifest, String> {
     if !hsmpool_member::backup::valid_id(&which.backup) {
         return Err(format!("{:?} is not a backup id", which.backup));
     }
-    let found: Vec<Manifest> = match &cluster {
-        Some(c) => store
-            .get(&manifest_path(c, &which.backup))?
-            .map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .transpose()?
-            .into_iter()
-            .collect(),
-        None => manifests(store, None, ctx.page())?
-            .into_iter()
-            .filter(|m| m.id == which.backup)
-            .collect(),
+    // Without a cluster, the listing's names say which clusters hold the id: only those
+    // manifests are read, not every one in the region.
+    let paths: Vec<String> = match &cluster {
+        Some(c) => vec![manifest_path(c, &which.backup)],
+        None => {
+            let file = format!("{}.json", which.backup);
+            store
+                .list_all("manifests", ctx.page())?
+                .into_iter()
+                .filter(|n| n.rsplit('/').next() == Some(file.as_str()))
+                .map(|n| format!("manifests/{n}"))
+                .collect()
+        }
     };
+    let mut found: Vec<Manifest> = Vec::new();
+    for path in &paths {
+        if let Some(b) = store.get(path)? {
+            found.push(serde_json::from_slice(&b).map_err(|e| format!("{path}: {e}"))?);
+        }
+    }
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(format!(

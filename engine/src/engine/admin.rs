@@ -261,16 +261,8 @@ impl Engine {
             ));
         }
         self.cluster.level_all();
-        let takers: Vec<usize> = self
-            .cluster
-            .status()
-            .iter()
-            .filter(|m| m.health == crate::cluster::Health::Up)
-            .map(|m| m.index)
-            .filter(|&i| self.cluster.members[i].backend.backup().is_some())
-            .collect();
         let mut last = Error::DeviceError("no up member takes backups".into());
-        for i in takers {
+        for i in self.backup_takers() {
             match self.export_from(i, id, created_ms) {
                 Ok(image) => return Ok((i, image)),
                 Err(e) => {
@@ -288,16 +280,23 @@ impl Engine {
         if self.login_state() == LoginState::Public {
             return Err(Error::UserNotLoggedIn);
         }
-        let i = self
-            .cluster
+        let i = *self
+            .backup_takers()
+            .first()
+            .ok_or_else(|| Error::DeviceError("no up member takes backups".into()))?;
+        self.cluster
+            .call(Route::Member(i), 1, |b, s| backup(b)?.cluster_id(s))
+    }
+
+    /// The up members that take backups, by index.
+    fn backup_takers(&self) -> Vec<usize> {
+        self.cluster
             .status()
             .iter()
             .filter(|m| m.health == crate::cluster::Health::Up)
             .map(|m| m.index)
-            .find(|&i| self.cluster.members[i].backend.backup().is_some())
-            .ok_or_else(|| Error::DeviceError("no up member takes backups".into()))?;
-        self.cluster
-            .call(Route::Member(i), 1, |b, s| backup(b)?.cluster_id(s))
+            .filter(|&i| self.cluster.members[i].backend.backup().is_some())
+            .collect()
     }
 
     /// Read backup image `id` out of member `i`, piece by piece.
