@@ -251,6 +251,16 @@ fn new_id(created_ms: u64) -> Result<String, String> {
 }
 
 impl Ctx {
+    /// The module's configuration (HSMPOOL_CONF, else the embedded default): what the commands
+    /// that take a backup as a side effect (membership, stale-state notices) work on.
+    fn configured() -> Result<Ctx, String> {
+        Ok(Ctx {
+            cfg: Config::resolve(None).map_err(|e| e.to_string())?,
+            data: None,
+            rt: runtime()?,
+        })
+    }
+
     fn home_region(&self) -> String {
         self.cfg
             .backup
@@ -1007,12 +1017,7 @@ fn schedule(
 /// Take a backup right after a change of cluster membership (the command that made the
 /// change calls this): the store is the configured one.
 pub fn after_membership_change(engine: &Engine, what: &str) -> Result<(), String> {
-    let cfg = Config::resolve(None).map_err(|e| e.to_string())?;
-    let ctx = Ctx {
-        cfg,
-        data: None,
-        rt: runtime()?,
-    };
+    let ctx = Ctx::configured()?;
     let store = ctx.store(None)?;
     let m = take(
         engine,
@@ -1036,12 +1041,7 @@ pub enum Stale<'a> {
 /// configured region) and how to delete them. Quiet when the store cannot be read.
 pub fn name_stale_backups(engine: &Engine, what: Stale<'_>) {
     let run = || -> Result<(), String> {
-        let cfg = Config::resolve(None).map_err(|e| e.to_string())?;
-        let ctx = Ctx {
-            cfg,
-            data: None,
-            rt: runtime()?,
-        };
+        let ctx = Ctx::configured()?;
         let cluster = cluster_hex(&engine.cluster_id().map_err(|e| e.to_string())?);
         let now = when::now_ms();
         let mut regions = vec![ctx.home_region()];
