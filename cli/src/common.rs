@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cryptoki_sys::*;
 use hsmpool_engine::config::Config;
-use hsmpool_engine::types::{AttrAnswer, ObjectHandle, SlotId};
+use hsmpool_engine::types::{AttrAnswer, ObjectHandle, SessionHandle, SlotId};
 use hsmpool_engine::{Attr, Engine, Error};
 use hsmpool_member::users::{
     vendor_rv_name, CKR_HSMPOOL_LAST_OFFICER, CKR_HSMPOOL_QUORUM_REQUIRED,
@@ -179,6 +179,25 @@ pub(crate) fn describe(k: &OwnedObject) -> String {
         s.push_str(&format!(" id:{}", hex(&k.ck_id)));
     }
     s
+}
+
+/// A crypto user's engine (HSMPOOL_PIN) and the one token key `spec` names among theirs: the
+/// start of every command on one of your keys. The outer error is a missing PIN (a usage
+/// error); the inner one the exit status after the message of a failed login or find.
+#[allow(clippy::type_complexity)]
+pub(crate) fn user_and_key(
+    data: Option<PathBuf>,
+    spec: &str,
+) -> Result<Result<(Engine, SessionHandle, ObjectHandle), ExitCode>, String> {
+    let pin = secret("HSMPOOL_PIN")?;
+    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(failed(&e))),
+    };
+    Ok(match one_key(&engine, s, spec) {
+        Ok(o) => Ok((engine, s, o)),
+        Err(e) => Err(failed(&e)),
+    })
 }
 
 /// The one token key `spec` names among those the logged-in user sees.

@@ -22,7 +22,7 @@ use hsmpool_member::types::{MechParam, Mechanism};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::FromDer;
 
-use crate::common::{explain, failed, hex, open_cluster, secret, unhex};
+use crate::common::{explain, failed, hex, unhex, user_and_key};
 
 /// The escrow file layout this build writes and reads.
 const FORMAT: u32 = 1;
@@ -217,14 +217,9 @@ pub fn escrow(
     out: Option<&Path>,
 ) -> Result<ExitCode, String> {
     let (n, pub_e, offline_sha) = offline_key(to)?;
-    let pin = secret("HSMPOOL_PIN")?;
-    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+    let (engine, s, o) = match user_and_key(data, key)? {
         Ok(x) => x,
-        Err(e) => return Ok(failed(&e)),
-    };
-    let o = match crate::common::one_key(&engine, s, key) {
-        Ok(o) => o,
-        Err(e) => return Ok(failed(&e)),
+        Err(code) => return Ok(code),
     };
     let attrs = read_attrs(&engine, s, o, KEY_ATTRS)?;
     let offline = engine
@@ -334,14 +329,9 @@ pub fn import(
         )));
     }
     let wrapped = unhex(&f.wrapped)?;
-    let pin = secret("HSMPOOL_PIN")?;
-    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+    let (engine, s, unwrapper) = match user_and_key(data, unwrap_key)? {
         Ok(x) => x,
-        Err(e) => return Ok(failed(&e)),
-    };
-    let unwrapper = match crate::common::one_key(&engine, s, unwrap_key) {
-        Ok(o) => o,
-        Err(e) => return Ok(failed(&e)),
+        Err(code) => return Ok(code),
     };
     let modulus = engine
         .get_attribute_value(s, unwrapper, &[CKA_MODULUS])

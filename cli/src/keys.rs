@@ -16,6 +16,7 @@ use hsmpool_member::{KeyService, OwnedObject, QuorumToken};
 
 use crate::common::{
     class_name, explain, explain_key, failed, hex, one_key, open_cluster, parsed, secret,
+    user_and_key,
 };
 use crate::quorum::Approvals;
 
@@ -183,14 +184,9 @@ pub fn run(args: &[String], data: Option<PathBuf>) -> Result<ExitCode, String> {
 
 /// `hsmpool key destroy KEY`: the owner destroys it everywhere; older backups still hold it.
 fn destroy(data: Option<PathBuf>, key: &str) -> Result<ExitCode, String> {
-    let pin = secret("HSMPOOL_PIN")?;
-    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+    let (engine, s, o) = match user_and_key(data, key)? {
         Ok(x) => x,
-        Err(e) => return Ok(failed(&e)),
-    };
-    let o = match one_key(&engine, s, key) {
-        Ok(o) => o,
-        Err(e) => return Ok(failed(&e)),
+        Err(code) => return Ok(code),
     };
     let uid = match engine
         .get_attribute_value(s, o, &[CKA_UNIQUE_ID])
@@ -224,14 +220,9 @@ fn set_quorum(
     if use_m == Some(0) || manage == Some(0) {
         return Ok(failed("M is at least 1 (1: no approvals needed)"));
     }
-    let pin = secret("HSMPOOL_PIN")?;
-    let (engine, s) = match open_cluster(data, &pin, CKU_USER, true) {
+    let (engine, s, o) = match user_and_key(data, key)? {
         Ok(x) => x,
-        Err(e) => return Ok(failed(&e)),
-    };
-    let o = match one_key(&engine, s, key) {
-        Ok(o) => o,
-        Err(e) => return Ok(failed(&e)),
+        Err(code) => return Ok(code),
     };
     // Management last: raising it first would make the use change need an approval too.
     for (service, m) in [(KeyService::Use, use_m), (KeyService::Manage, manage)] {
